@@ -1,0 +1,464 @@
+"""Mouth tracking: speech at 16 kHz → a 100 Hz track of mouth classes → mouth parameters per video frame.
+
+Three sources, best first:
+- alignment: PocketSphinx forced alignment of the segment against its known text (run once the
+  segment's audio is complete; frames still to be played use it);
+- phones: streaming PocketSphinx phone recognition, queried `lookahead` behind the audio head;
+- energy: loudness and spectral balance, language-agnostic; used for non-English speech and where
+  the recogniser hears silence in what is clearly speech.
+
+Decoding is lazy and happens at positions derived from the video frame grid, so the result does not
+depend on how the host chunked the audio.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from facecast.engine.config import ANALYSIS_RATE
+from facecast.engine.types import VISEMES
+from facecast.engine.visemes import (
+    CLOSED_COLUMN,
+    CLOSED_INDEX,
+    COARTICULATION_RADIUS,
+    REST_INDEX,
+    TARGETS,
+    TRACK_HZ,
+    coarticulate,
+    gaussian_kernel,
+    phone_to_viseme,
+    viseme_from_params,
+)
+
+HOP = ANALYSIS_RATE // TRACK_HZ  # analysis samples per track frame (160)
+UNKNOWN = -1
+
+# The recogniser's utterance is restarted inside long segments so partial backtraces stay cheap:
+# at the first silent frame after SOFT_UTTERANCE_S, unconditionally at HARD_UTTERANCE_S.
+SOFT_UTTERANCE_S = 8.0
+HARD_UTTERANCE_S = 20.0
+ALIGN_MAX_S = 40.0  # longer segments are not force-aligned (cost and failure rate grow)
+
+# Energy tracker: level = loudness relative to the loudest recent frame, gated below SPEECH_GATE_DB.
+SPEECH_GATE_DB = -52.0
+LEVEL_RANGE_DB = 26.0
+PEAK_DECAY_DB_PER_FRAME = 0.02
+ENERGY_WINDOW = 400  # 25 ms analysis window, as the recogniser's
+# Auto mode: where phones say silence but the energy level says this much, the recogniser missed speech.
+RECOGNISER_MISS_LEVEL = 0.45
+
+
+def model_dir() -> Path:
+    """The en-us model inside the pocketsphinx wheel (nothing is downloaded)."""
+    from pocketsphinx import get_model_path
+
+    return Path(get_model_path()) / "en-us"
+
+
+def _phone_config(with_dict: bool) -> Any:
+    from pocketsphinx import Config
+
+    d = model_dir()
+    config = Config(
+        hmm=str(d / "en-us"),
+        allphone=str(d / "en-us-phone.lm.bin"),
+        lw=2.0,
+        beam=1e-20,
+        pbeam=1e-20,
+        loglevel="FATAL",
+    )
+    # The dictionary costs ~18 MB per decoder: only the shared aligner loads it.
+    config["dict"] = str(d / "cmudict-en-us.dict") if with_dict else None
+    return config
+
+
+_CODE_CACHE: dict[str, int] = {}
+
+
+def phone_code(phone: str) -> int:
+    """Viseme index of a recogniser phone label (cached: called for every phone of every query)."""
+    c = _CODE_CACHE.get(phone)
+    if c is None:
+        c = VISEMES.index(phone_to_viseme(phone))
+        _CODE_CACHE[phone] = c
+    return c
+
+
+class PhoneRecognizer:
+    """One streaming allphone decoder per engine (~7 MB)."""
+
+    def __init__(self) -> None:
+        from pocketsphinx import Decoder
+
+        self._decoder = Decoder(_phone_config(with_dict=False))
+        self._in_utt = False
+
+    def start(self, reset_features: bool) -> None:
+        if self._in_utt:
+            self._decoder.end_utt()
+        if reset_features:
+            # Cepstral-mean state otherwise carries over: a segment's phones would depend on history.
+            self._decoder.reinit_feat()
+        self._decoder.start_utt()
+        self._in_utt = True
+
+    def process(self, pcm16: np.ndarray) -> None:
+        if len(pcm16):
+            self._decoder.process_raw(pcm16.tobytes(), False, False)
+
+    def phones(self) -> list[tuple[int, int, int]]:
+        """(viseme index, start frame, end frame inclusive) of the current (partial) utterance."""
+        return [(phone_code(s.word), s.start_frame, s.end_frame) for s in self._decoder.seg()]
+
+    def finish(self) -> list[tuple[int, int, int]]:
+        if not self._in_utt:
+            return []
+        self._decoder.end_utt()
+        self._in_utt = False
+        return self.phones()
+
+    def abort(self) -> None:
+        if self._in_utt:
+            self._decoder.end_utt()
+            self._in_utt = False
+
+
+_WORD_RE = re.compile(r"[a-z0-9']+")
+
+
+class SharedAligner:
+    """Forced alignment: one decoder with the pronunciation dictionary per process, shared by engines."""
+
+    _instance: SharedAligner | None = None
+    _instance_lock = threading.Lock()
+
+    def __init__(self) -> None:
+        from pocketsphinx import Decoder
+
+        self._decoder = Decoder(_phone_config(with_dict=True))
+        self._lock = threading.Lock()
+
+    @classmethod
+    def get(cls) -> SharedAligner:
+        with cls._instance_lock:
+            if cls._instance is None:
+                cls._instance = SharedAligner()
+            return cls._instance
+
+    def words(self, text: str) -> list[str] | None:
+        """Dictionary words of `text`, or None when a word is unknown (the alignment would be wrong)."""
+        out = []
+        for raw in _WORD_RE.findall(text.lower()):
+            word = raw.strip("'")
+            if not word:
+                continue
+            if self._decoder.lookup_word(word) is None:
+                stem = word[:-2] if word.endswith("'s") else word.replace("'", "")
+                if not stem or self._decoder.lookup_word(stem) is None:
+                    return None
+                word = stem
+            out.append(word)
+        return out or None
+
+    def align(self, pcm16: np.ndarray, text: str) -> np.ndarray | None:
+        """Viseme index per track frame for the whole segment, or None where alignment fails."""
+        n_frames = len(pcm16) // HOP
+        if n_frames < 5:
+            return None
+        with self._lock:
+            words = self.words(text)
+            if words is None:
+                return None
+            d = self._decoder
+            try:
+                # Two passes: word alignment against the text, then state alignment for phone timings.
+                d.reinit_feat()
+                d.set_align_text(" ".join(words))
+                d.start_utt()
+                d.process_raw(pcm16.tobytes(), False, True)
+                d.end_utt()
+                if d.hyp() is None:
+                    return None
+                d.set_alignment()
+                d.start_utt()
+                d.process_raw(pcm16.tobytes(), False, True)
+                d.end_utt()
+                alignment = d.get_alignment()
+            except RuntimeError:
+                return None
+            if alignment is None:
+                return None
+            codes = np.full(n_frames, REST_INDEX, dtype=np.int8)
+            for word in alignment:
+                for phone in word:
+                    s = max(0, phone.start)
+                    codes[s : min(n_frames, s + phone.duration)] = phone_code(phone.name)
+            return codes
+
+
+class EnergyAnalyzer:
+    """Per track frame: a 0..1 speech level and the spectral centroid (Hz), streaming."""
+
+    def __init__(self) -> None:
+        self._peak_db = -20.0
+        self._window = np.hanning(ENERGY_WINDOW).astype(np.float32)
+        self._freqs = np.fft.rfftfreq(ENERGY_WINDOW, 1.0 / ANALYSIS_RATE).astype(np.float32)
+
+    def frames(self, audio: np.ndarray, first: int, last: int) -> tuple[np.ndarray, np.ndarray]:
+        """Features of frames first..last-1 of `audio` (16 kHz float); frames past its end see silence."""
+        n = last - first
+        if n <= 0:
+            return np.zeros(0, np.float32), np.zeros(0, np.float32)
+        lo = first * HOP
+        span = audio[lo : (last - 1) * HOP + ENERGY_WINDOW]
+        span = np.concatenate([span, np.zeros((last - 1) * HOP + ENERGY_WINDOW - lo - len(span), np.float32)])
+        idx = (np.arange(n) * HOP)[:, None] + np.arange(ENERGY_WINDOW)[None, :]
+        win = span[idx]
+        rms = np.sqrt(np.mean(win * win, axis=1) + 1e-12)
+        db = 20.0 * np.log10(rms)
+        spec = np.abs(np.fft.rfft(win * self._window, axis=1))
+        centroid = (spec * self._freqs).sum(axis=1) / (spec.sum(axis=1) + 1e-9)
+        level = np.empty(n, np.float32)
+        for i in range(n):  # the running peak is sequential by nature
+            self._peak_db = max(self._peak_db - PEAK_DECAY_DB_PER_FRAME, float(db[i]))
+            if db[i] < SPEECH_GATE_DB:
+                level[i] = 0.0
+            else:
+                rel = (db[i] - (self._peak_db - LEVEL_RANGE_DB)) / LEVEL_RANGE_DB
+                level[i] = min(1.0, max(0.0, rel))
+        return level, centroid.astype(np.float32)
+
+
+_ENERGY_KERNEL = gaussian_kernel(2.5)
+
+
+def energy_params(level: np.ndarray, centroid: np.ndarray) -> np.ndarray:
+    """Mouth parameters from loudness and spectral balance (no phones, so no m/b/p closures)."""
+    n = len(level)
+    out = np.zeros((n, TARGETS.shape[1]), np.float32)
+    if n == 0:
+        return out
+    bright = np.clip((centroid - 2500.0) / 2500.0, 0.0, 1.0)  # sibilants, EE: spread lips, teeth
+    dark = np.clip((1200.0 - centroid) / 700.0, 0.0, 1.0)  # back rounded vowels
+    out[:, 0] = level * (0.85 - 0.55 * bright)
+    out[:, 1] = level * (0.15 + 0.3 * bright)
+    out[:, 2] = level * 0.6 * dark
+    out[:, 4] = np.clip(level * (0.4 + 0.5 * bright), 0, 1)
+    r = len(_ENERGY_KERNEL) // 2
+    pad = np.zeros((r, out.shape[1]), np.float32)
+    padded = np.concatenate([pad, out, pad])
+    for c in range(out.shape[1]):
+        out[:, c] = np.convolve(padded[:, c], _ENERGY_KERNEL, mode="valid")
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class TrackedMouth:
+    row: np.ndarray  # mouth parameters in visemes.PARAM_NAMES order
+    viseme: str
+    source: str  # alignment | phones | energy
+
+
+class SegmentTrack:
+    """The mouth track of one segment: 16 kHz audio in, mouth parameters per video frame out."""
+
+    def __init__(self, recognizer: PhoneRecognizer | None) -> None:
+        self._recognizer = recognizer
+        self._pcm = np.zeros(1 << 14, np.int16)  # the whole segment at 16 kHz (alignment needs it)
+        self._n = 0
+        self._decoded = 0  # samples given to the recogniser
+        self._ended = False
+        self._finished = False
+        self._codes = np.full(1024, UNKNOWN, np.int8)
+        self._level = np.zeros(1024, np.float32)
+        self._centroid = np.zeros(1024, np.float32)
+        self._n_feat = 0  # track frames with energy features
+        self._utt_base = 0  # track frame where the recogniser's current utterance started
+        self._utt_started = False
+        self._recogniser_failed = False
+        self._align: np.ndarray | None = None
+        self._energy = EnergyAnalyzer()
+
+    # -- intake -------------------------------------------------------------------------------------
+    def feed(self, audio16: np.ndarray) -> None:
+        pcm = np.clip(np.round(audio16 * 32767.0), -32768, 32767).astype(np.int16)
+        need = self._n + len(pcm)
+        if need > len(self._pcm):
+            grown = np.zeros(max(need, 2 * len(self._pcm)), np.int16)
+            grown[: self._n] = self._pcm[: self._n]
+            self._pcm = grown
+        self._pcm[self._n : need] = pcm
+        self._n = need
+
+    def end(self) -> None:
+        self._ended = True
+
+    @property
+    def samples(self) -> int:
+        return self._n
+
+    @property
+    def aligned(self) -> bool:
+        return self._align is not None
+
+    def align(self, text: str) -> bool:
+        """Force-align the complete segment against `text`; True when it worked."""
+        if self._n > ALIGN_MAX_S * ANALYSIS_RATE or not text.strip():
+            return False
+        codes = SharedAligner.get().align(self._pcm[: self._n], text)
+        if codes is None:
+            return False
+        self._align = codes
+        return True
+
+    def abort(self) -> None:
+        if self._recognizer is not None and self._utt_started and not self._finished:
+            self._recognizer.abort()
+        self._finished = True
+
+    # -- decoding -----------------------------------------------------------------------------------
+    @property
+    def _complete(self) -> bool:
+        return self._ended and self._decoded >= self._n
+
+    def _advance(self, head: int) -> None:
+        head = min(head, self._n)
+        if head > self._decoded:
+            self._decode_phones(self._pcm[self._decoded : head], head)
+            self._decoded = head
+        if self._complete:
+            feat_end = -(-self._n // HOP)
+        else:
+            feat_end = max(0, (head - ENERGY_WINDOW) // HOP + 1)
+        if feat_end > self._n_feat:
+            audio = self._pcm[self._n_feat * HOP : self._n].astype(np.float32) / 32768.0
+            level, centroid = self._energy.frames(audio, 0, feat_end - self._n_feat)
+            self._ensure(feat_end)
+            self._level[self._n_feat : feat_end] = level
+            self._centroid[self._n_feat : feat_end] = centroid
+            self._n_feat = feat_end
+        if self._complete and not self._finished:
+            self._finished = True
+            if self._recognizer is not None and self._utt_started and not self._recogniser_failed:
+                self._write_phones(self._recognizer.finish())
+
+    def _decode_phones(self, chunk: np.ndarray, head: int) -> None:
+        rec = self._recognizer
+        if rec is None or self._recogniser_failed:
+            return
+        try:
+            if not self._utt_started:
+                rec.start(reset_features=True)
+                self._utt_started = True
+            rec.process(chunk)
+            phones = rec.phones()
+            self._write_phones(phones)
+            utt_frames = head // HOP - self._utt_base
+            if utt_frames > HARD_UTTERANCE_S * TRACK_HZ or (
+                utt_frames > SOFT_UTTERANCE_S * TRACK_HZ and phones and phones[-1][0] == REST_INDEX
+            ):
+                # Restart at the last whole hop before the head: decoded phones are final, and the
+                # partial hop is fed again so the new utterance's frame numbers stay exact.
+                self._write_phones(rec.finish())
+                self._utt_base = head // HOP
+                rec.start(reset_features=False)
+                rec.process(self._pcm[self._utt_base * HOP : head])
+        except RuntimeError:
+            # A recogniser failure must never stop the face: the energy track takes over.
+            self._recogniser_failed = True
+
+    def _write_phones(self, phones: list[tuple[int, int, int]]) -> None:
+        if not phones:
+            return
+        base = self._utt_base
+        end = base + phones[-1][2] + 1
+        self._ensure(end)
+        for code, s, e in reversed(phones):
+            self._codes[base + s : base + e + 1] = code
+            if base + e + 1 < end - 4 * TRACK_HZ:
+                break  # older phones were written by earlier calls and have settled
+
+    def _ensure(self, n: int) -> None:
+        if n <= len(self._codes):
+            return
+        size = max(n, 2 * len(self._codes))
+        for name, fill in (("_codes", UNKNOWN), ("_level", 0.0), ("_centroid", 0.0)):
+            old = getattr(self, name)
+            new = np.full(size, fill, old.dtype)
+            new[: len(old)] = old
+            setattr(self, name, new)
+
+    # -- query --------------------------------------------------------------------------------------
+    def mouth(self, t0: float, t1: float, head: int) -> TrackedMouth:
+        """Mouth for the video frame covering segment time [t0, t1) s, knowing audio up to `head`."""
+        self._advance(head)
+        f0 = int(np.floor(t0 * TRACK_HZ + 1e-9))
+        f1 = max(f0 + 1, int(np.ceil(t1 * TRACK_HZ - 1e-9)))
+        r = COARTICULATION_RADIUS + 1
+        w0, w1 = f0 - r, f1 + r
+        level = _window(self._level, self._n_feat, w0, w1)
+        energy = energy_params(level, _window(self._centroid, self._n_feat, w0, w1))
+        span = slice(f0 - w0, f1 - w0)
+        centre = (f0 + f1) // 2 - w0
+
+        if self._align is not None:
+            codes = _window_codes(self._align, len(self._align), w0, w1, complete=True)
+            source = "alignment"
+        elif self._recognizer is not None and not self._recogniser_failed:
+            known = min(len(self._codes), self._decoded // HOP)
+            codes = _window_codes(self._codes, known, w0, w1, complete=self._complete)
+            source = "phones"
+        else:
+            rows = energy[span]
+            row = rows.mean(axis=0)
+            viseme = viseme_from_params(row) if level[span].max() > 0.05 else "X"
+            return TrackedMouth(row, viseme, "energy")
+
+        params = coarticulate(codes)
+        miss = (codes == REST_INDEX) & (level > RECOGNISER_MISS_LEVEL)
+        if miss[span].any():
+            params = np.where(miss[:, None], energy, params)
+            if miss[centre]:
+                source = "energy"
+        rows = params[span]
+        closed_row = int(np.argmax(rows[:, CLOSED_COLUMN]))
+        if rows[closed_row, CLOSED_COLUMN] >= 0.99:
+            return TrackedMouth(rows[closed_row].copy(), VISEMES[CLOSED_INDEX], source)
+        row = rows.mean(axis=0)
+        viseme = viseme_from_params(row) if miss[centre] else VISEMES[int(codes[centre])]
+        return TrackedMouth(row, viseme, source)
+
+
+def _window(values: np.ndarray, known: int, w0: int, w1: int) -> np.ndarray:
+    out = np.zeros(w1 - w0, values.dtype)
+    lo, hi = max(0, w0), min(known, w1)
+    if hi > lo:
+        out[lo - w0 : hi - w0] = values[lo:hi]
+    return out
+
+
+def _window_codes(codes: np.ndarray, known: int, w0: int, w1: int, complete: bool) -> np.ndarray:
+    """Codes for track frames [w0, w1): rest before the segment and after a complete one; past the
+    head of an incomplete one (and in gaps) the last decided class is held."""
+    out = np.full(w1 - w0, REST_INDEX, np.int8)
+    last = REST_INDEX
+    for i in range(w1 - w0):
+        f = w0 + i
+        if f < 0:
+            continue
+        if f >= known:
+            out[i] = REST_INDEX if complete else last
+            continue
+        c = int(codes[f])
+        if c == UNKNOWN:
+            out[i] = last
+        else:
+            out[i] = c
+            last = c
+    return out
