@@ -37,6 +37,9 @@ from facecast.engine.types import (
 from facecast.engine.visemes import mouth_from_row
 
 
+ANALYSIS_SLACK = 32  # analysis samples (2 ms): more than any resampler's hold-back at 8..48 kHz in
+
+
 class _SampleQueue:
     """FIFO of int16 samples; played audio is released as it is taken."""
 
@@ -280,7 +283,9 @@ class Engine:
         return self._analysis_head(head_out)
 
     def _analysis_head(self, out_sample: int) -> int:
-        return -(-out_sample * ANALYSIS_RATE // self.config.out_rate)
+        # The analysis resampler holds back a few samples until its filter window is complete; asking
+        # for that much less keeps a just-in-time stream from waiting an extra frame.
+        return max(0, out_sample * ANALYSIS_RATE // self.config.out_rate - ANALYSIS_SLACK)
 
     def _drop_finished(self, events: list[SegmentEvent]) -> None:
         while self._segments and self._segments[0].finished:

@@ -14,7 +14,7 @@ import numpy as np
 from facecast.engine.config import MAX_IN_RATE, MIN_IN_RATE
 
 MAX_CHANNELS = 8
-TAPS_PER_PHASE = 16  # filter length per polyphase branch, in input samples (stop-band ~ -70 dB)
+TAPS_PER_ZERO_CROSSING = 16  # filter length in units of the lower rate's period (stop-band ~ -70 dB)
 _KAISER_BETA = 8.0
 _BLOCK_OUTPUTS = 1 << 15  # outputs computed per vectorised block, bounds memory on 10-minute pushes
 
@@ -142,11 +142,13 @@ class StreamResampler:
         if not self._identity:
             # An odd filter length makes the group delay a whole number of upsampled samples, so
             # it can be compensated exactly; the bank is padded with one zero tap.
-            num_taps = self._up * TAPS_PER_PHASE - 1
+            # Downsampling needs a filter as long in time as the *output* period demands.
+            self._taps = -(-TAPS_PER_ZERO_CROSSING * max(self._up, self._down) // self._up)
+            num_taps = self._up * self._taps - 1
             cutoff = 0.94 * min(1.0 / self._up, 1.0 / self._down)
             h = np.append(_kaiser_sinc(num_taps, cutoff, self._up), 0.0)
             # Polyphase bank: branch p holds taps p, p+up, p+2up, ... applied to x[base], x[base-1], ...
-            self._bank = h.reshape(TAPS_PER_PHASE, self._up).T.astype(np.float32).copy()
+            self._bank = h.reshape(self._taps, self._up).T.astype(np.float32).copy()
             self._delay = (num_taps - 1) // 2
 
     @property
@@ -190,7 +192,7 @@ class StreamResampler:
             k = m * self._down + self._delay
             base = k // self._up
             phase = k % self._up
-            idx = base[:, None] - np.arange(TAPS_PER_PHASE, dtype=np.int64)[None, :] - self._buf_start
+            idx = base[:, None] - np.arange(self._taps, dtype=np.int64)[None, :] - self._buf_start
             if len(self._buf) == 0:
                 vals = np.zeros(idx.shape, dtype=np.float32)
             else:
@@ -200,7 +202,7 @@ class StreamResampler:
         self._n_out = end
         # Keep only the history that future outputs can still reach.
         next_base = (end * self._down + self._delay) // self._up
-        keep_from = max(self._buf_start, next_base - TAPS_PER_PHASE + 1)
+        keep_from = max(self._buf_start, next_base - self._taps + 1)
         drop = keep_from - self._buf_start
         if drop > 0:
             self._buf = self._buf[drop:]

@@ -108,14 +108,15 @@ def _force_closures(codes: np.ndarray, params: np.ndarray) -> None:
     closed = codes == CLOSED_INDEX
     if not closed.any():
         return
-    # Runs of m/b/p: hold the centre of each run fully shut.
+    # Runs of m/b/p are held fully shut; short ones at least CLOSURE_HOLD_FRAMES either side of their
+    # centre, so every closure is seen at 25 fps too.
     edges = np.diff(np.concatenate([[0], closed.astype(np.int8), [0]]))
     starts = np.flatnonzero(edges == 1)
     ends = np.flatnonzero(edges == -1)
     for s, e in zip(starts, ends, strict=True):
         centre = (s + e - 1) // 2
-        lo = max(s, centre - CLOSURE_HOLD_FRAMES)
-        hi = min(e, centre + CLOSURE_HOLD_FRAMES + 1)
+        lo = max(0, min(s, centre - CLOSURE_HOLD_FRAMES))
+        hi = min(len(codes), max(e, centre + CLOSURE_HOLD_FRAMES + 1))
         params[lo:hi, :] = TARGETS[CLOSED_INDEX]
 
 
