@@ -18,7 +18,9 @@ def speech(tmp_path_factory: pytest.TempPathFactory) -> tuple[np.ndarray, int, s
     if shutil.which("flite") is None:
         pytest.skip("flite is not installed (apt-get install flite)")
     path = Path(tmp_path_factory.mktemp("speech")) / "speech.wav"
-    subprocess.run(["flite", "-voice", "slt", "-t", SENTENCE, "-o", str(path)], check=True, capture_output=True)
+    subprocess.run(
+        ["flite", "-voice", "slt", "-t", SENTENCE, "-o", str(path)], check=True, capture_output=True
+    )
     with av.open(str(path)) as container:
         stream = container.streams.audio[0]
         rate = stream.rate

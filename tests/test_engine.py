@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -28,7 +30,9 @@ def _tone(seconds: float, rate: int, freq: float = 220.0) -> np.ndarray:
     return (0.4 * envelope * np.sin(2 * np.pi * freq * t)).astype(np.float32)
 
 
-def _stream(engine: Engine, pcm: np.ndarray, rate: int, chunk: int, text: str | None = None) -> list[FramePair]:
+def _stream(
+    engine: Engine, pcm: np.ndarray, rate: int, chunk: int, text: str | None = None
+) -> list[FramePair]:
     """A live host: push a chunk, pull a frame, repeat; then end the segment and drain."""
     frames = []
     for i in range(0, len(pcm), chunk):
@@ -91,7 +95,7 @@ def test_lookahead_delays_the_first_speech_frame_in_a_live_stream() -> None:
     # ...and every input sample is still played, in order, exactly once.
     speech = _speech_frames(frames)
     assert speech[0].meta.input_start == 0
-    for a, b in zip(speech, speech[1:], strict=False):
+    for a, b in itertools.pairwise(speech):
         assert b.meta.input_start == a.meta.input_end
     assert speech[-1].meta.input_end == len(tone)
 
@@ -101,7 +105,13 @@ def test_lookahead_delays_the_first_speech_frame_in_a_live_stream() -> None:
 
 def _fingerprint(frames: list[FramePair]) -> list[tuple]:
     return [
-        (f.meta.index, f.audio.tobytes() if f.audio is not None else None, f.meta.mouth, f.meta.state, f.meta.events)
+        (
+            f.meta.index,
+            f.audio.tobytes() if f.audio is not None else None,
+            f.meta.mouth,
+            f.meta.state,
+            f.meta.events,
+        )
         for f in frames
     ]
 
@@ -240,7 +250,8 @@ def test_a_ten_minute_chunk_is_accepted_and_can_be_interrupted() -> None:
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"fps": 24}, {"out_rate": 44100}, {"lookahead_ms": 500}, {"lookahead_ms": -1}, {"tracker": "x"}]
+    "kwargs",
+    [{"fps": 24}, {"out_rate": 44100}, {"lookahead_ms": 500}, {"lookahead_ms": -1}, {"tracker": "x"}],
 )
 def test_bad_configuration_names_the_valid_choices(kwargs: dict) -> None:
     with pytest.raises(ValueError, match="must be"):

@@ -17,7 +17,9 @@ def _resample_all(x: np.ndarray, a: int, b: int, chunks: list[int] | None = None
     return np.concatenate(parts)
 
 
-@pytest.mark.parametrize(("a", "b"), [(24000, 16000), (44100, 16000), (8000, 24000), (22050, 48000), (48000, 16000)])
+@pytest.mark.parametrize(
+    ("a", "b"), [(24000, 16000), (44100, 16000), (8000, 24000), (22050, 48000), (48000, 16000)]
+)
 def test_resampler_preserves_a_sine_and_the_timeline(a: int, b: int) -> None:
     t = np.arange(a) / a
     x = (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)

@@ -7,6 +7,7 @@ and seed give the same face. Random events (blinks, gaze shifts) are drawn when 
 from __future__ import annotations
 
 import math
+
 import numpy as np
 
 from facecast.engine.types import REST_MOUTH, FaceState, MouthParams
@@ -68,8 +69,11 @@ class FaceAnimator:
 
         p = self._phases
         sway = (1.0 - 0.4 * self._listen) * (1.0 + 0.3 * self._speech)
-        yaw = SWAY_DEG[0] * sway * (0.7 * math.sin(2 * math.pi * 0.11 * t + p[0]) + 0.3 * math.sin(
-            2 * math.pi * 0.27 * t + p[1]))
+        yaw = (
+            SWAY_DEG[0]
+            * sway
+            * (0.7 * math.sin(2 * math.pi * 0.11 * t + p[0]) + 0.3 * math.sin(2 * math.pi * 0.27 * t + p[1]))
+        )
         pitch = SWAY_DEG[1] * sway * math.sin(2 * math.pi * 0.09 * t + p[2])
         pitch += SPEAKING_NOD_DEG * (self._emphasis - 0.3 * self._speech) - 1.5 * self._listen
         roll = SWAY_DEG[2] * sway * math.sin(2 * math.pi * 0.07 * t + p[3]) + LISTEN_ROLL_DEG * self._listen
@@ -108,8 +112,14 @@ class FaceAnimator:
             k = self._release_left / MOUTH_RELEASE_FRAMES
             f = self._release_from
             out = MouthParams(
-                open=f.open * k, width=f.width * k, round=f.round * k, closed=f.closed * k,
-                teeth=f.teeth * k, tongue=f.tongue * k, bite=f.bite * k, viseme=f.viseme,
+                open=f.open * k,
+                width=f.width * k,
+                round=f.round * k,
+                closed=f.closed * k,
+                teeth=f.teeth * k,
+                tongue=f.tongue * k,
+                bite=f.bite * k,
+                viseme=f.viseme,
             )
         else:
             self._release_from = None
@@ -154,4 +164,3 @@ class FaceAnimator:
                     self._gaze_target *= 0.3  # attentive: eyes stay on the speaker
             self._next_gaze = self._frame_after(*GAZE_INTERVAL_S)
         self._gaze += (self._gaze_target - self._gaze) * GAZE_SPEED
-

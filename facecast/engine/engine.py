@@ -36,7 +36,6 @@ from facecast.engine.types import (
 )
 from facecast.engine.visemes import mouth_from_row
 
-
 ANALYSIS_SLACK = 32  # analysis samples (2 ms): more than any resampler's hold-back at 8..48 kHz in
 
 
@@ -233,7 +232,9 @@ class Engine:
             pos = segment.played
             audio = segment.audio.take(n)
             segment.played += n
-            tracked = segment.track.mouth(pos / cfg.out_rate, (pos + n) / cfg.out_rate, self._head(segment, pos + n))
+            tracked = segment.track.mouth(
+                pos / cfg.out_rate, (pos + n) / cfg.out_rate, self._head(segment, pos + n)
+            )
             mouth = mouth_from_row(tracked.row, tracked.viseme)
             source = tracked.source
             segment_id = segment.id

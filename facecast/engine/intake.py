@@ -91,7 +91,9 @@ def _decode_array(pcm: np.ndarray, channels: int) -> np.ndarray:
             )
         frames = pcm.reshape(-1, channels)
     else:
-        raise AudioFormatError(f"pcm array must be 1-D (interleaved) or 2-D (samples, channels), got {pcm.ndim}-D")
+        raise AudioFormatError(
+            f"pcm array must be 1-D (interleaved) or 2-D (samples, channels), got {pcm.ndim}-D"
+        )
     if frames.shape[1] > MAX_CHANNELS:
         raise AudioFormatError(f"at most {MAX_CHANNELS} channels are supported, got {frames.shape[1]}")
     if frames.dtype == np.int16:
@@ -103,9 +105,7 @@ def _decode_array(pcm: np.ndarray, channels: int) -> np.ndarray:
             out = np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
         np.clip(out, -1.0, 1.0, out=out)
     else:
-        raise AudioFormatError(
-            f"unsupported sample type {frames.dtype}; push int16 PCM or float32 in -1..1"
-        )
+        raise AudioFormatError(f"unsupported sample type {frames.dtype}; push int16 PCM or float32 in -1..1")
     return _downmix(out) if out.shape[1] > 1 else out[:, 0].copy()
 
 

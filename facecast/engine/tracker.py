@@ -332,10 +332,7 @@ class SegmentTrack:
         if head > self._decoded:
             self._decode_phones(self._pcm[self._decoded : head], head)
             self._decoded = head
-        if self._complete:
-            feat_end = -(-self._n // HOP)
-        else:
-            feat_end = max(0, (head - ENERGY_WINDOW) // HOP + 1)
+        feat_end = -(-self._n // HOP) if self._complete else max(0, (head - ENERGY_WINDOW) // HOP + 1)
         if feat_end > self._n_feat:
             audio = self._pcm[self._n_feat * HOP : self._n].astype(np.float32) / 32768.0
             level, centroid = self._energy.frames(audio, 0, feat_end - self._n_feat)

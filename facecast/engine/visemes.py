@@ -16,23 +16,56 @@ TRACK_HZ = 100
 # ARPAbet (CMUdict / PocketSphinx upper case, flite lower case) → mouth class.
 _PHONE_CLASSES: dict[str, str] = {
     # A: lips closed
-    "M": "A", "B": "A", "P": "A",
+    "M": "A",
+    "B": "A",
+    "P": "A",
     # B: most consonants and EE (teeth nearly together)
-    "IY": "B", "IH": "B", "Y": "B", "K": "B", "G": "B", "NG": "B", "N": "B", "S": "B", "Z": "B",
-    "SH": "B", "ZH": "B", "CH": "B", "JH": "B", "T": "B", "D": "B", "TH": "B", "DH": "B", "HH": "B",
+    "IY": "B",
+    "IH": "B",
+    "Y": "B",
+    "K": "B",
+    "G": "B",
+    "NG": "B",
+    "N": "B",
+    "S": "B",
+    "Z": "B",
+    "SH": "B",
+    "ZH": "B",
+    "CH": "B",
+    "JH": "B",
+    "T": "B",
+    "D": "B",
+    "TH": "B",
+    "DH": "B",
+    "HH": "B",
     "DX": "B",
     # C: open mid vowels
-    "EH": "C", "AE": "C", "AH": "C", "AX": "C", "EY": "C",
+    "EH": "C",
+    "AE": "C",
+    "AH": "C",
+    "AX": "C",
+    "EY": "C",
     # D: wide open
-    "AA": "D", "AY": "D", "AW": "D",
+    "AA": "D",
+    "AY": "D",
+    "AW": "D",
     # E: slightly rounded
-    "AO": "E", "ER": "E", "R": "E", "OY": "E", "AXR": "E",
+    "AO": "E",
+    "ER": "E",
+    "R": "E",
+    "OY": "E",
+    "AXR": "E",
     # F: puckered
-    "UW": "F", "UH": "F", "OW": "F", "W": "F",
+    "UW": "F",
+    "UH": "F",
+    "OW": "F",
+    "W": "F",
     # G: F/V
-    "F": "G", "V": "G",
+    "F": "G",
+    "V": "G",
     # H: L
-    "L": "H", "EL": "H",
+    "L": "H",
+    "EL": "H",
 }
 _SILENCE = {"SIL", "PAU", "H#", "<SIL>", "</S>", "<S>", "SP"}
 
