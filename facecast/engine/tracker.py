@@ -43,6 +43,11 @@ UNKNOWN = -1
 # at the first silent frame after SOFT_UTTERANCE_S, unconditionally at HARD_UTTERANCE_S.
 SOFT_UTTERANCE_S = 8.0
 HARD_UTTERANCE_S = 20.0
+# Live cepstral mean normalisation starts from this speech prior instead of the model's default
+# (40,3,-1,0,...), which misrecognises the first second of every utterance. It is the mean over
+# 24 utterances (flite slt/awb and espeak-ng en/en-us, sentences disjoint from the benchmark corpus);
+# with it, streaming phone accuracy on the flite benchmark voices rose from 0.715 to 0.751 at 10 ms.
+CMN_PRIOR = "59.0,9.0,-4.1,34.5,-11.7,-1.3,2.4,-21.3,-2.2,-14.0,11.3,-4.6,-5.1"
 ALIGN_MAX_S = 40.0  # longer segments are not force-aligned (cost and failure rate grow)
 
 # Energy tracker: level = loudness relative to the loudest recent frame, gated below SPEECH_GATE_DB.
@@ -91,22 +96,32 @@ def phone_code(phone: str) -> int:
 
 
 class PhoneRecognizer:
-    """One streaming allphone decoder per engine (~7 MB)."""
+    """One streaming allphone decoder per engine (~7 MB).
+
+    Each segment starts from a clean feature state and the cepstral mean adapted over the engine's
+    previous segments (a session usually keeps one voice), so the result depends only on the audio
+    pushed so far, never on timing or chunking."""
 
     def __init__(self) -> None:
         from pocketsphinx import Decoder
 
         self._decoder = Decoder(_phone_config(with_dict=False))
         self._in_utt = False
+        self._cmn = CMN_PRIOR
 
     def start(self, reset_features: bool) -> None:
         if self._in_utt:
-            self._decoder.end_utt()
+            self._end()
         if reset_features:
-            # Cepstral-mean state otherwise carries over: a segment's phones would depend on history.
             self._decoder.reinit_feat()
+            self._decoder.set_cmn(self._cmn)
         self._decoder.start_utt()
         self._in_utt = True
+
+    def _end(self) -> None:
+        self._decoder.end_utt()
+        self._in_utt = False
+        self._cmn = self._decoder.get_cmn(True)
 
     def process(self, pcm16: np.ndarray) -> None:
         if len(pcm16):
@@ -114,19 +129,19 @@ class PhoneRecognizer:
 
     def phones(self) -> list[tuple[int, int, int]]:
         """(viseme index, start frame, end frame inclusive) of the current (partial) utterance."""
-        return [(phone_code(s.word), s.start_frame, s.end_frame) for s in self._decoder.seg()]
+        # seg() is None until the decoder has a hypothesis (the first frames of an utterance).
+        segments = self._decoder.seg() or ()
+        return [(phone_code(s.word), s.start_frame, s.end_frame) for s in segments]
 
     def finish(self) -> list[tuple[int, int, int]]:
         if not self._in_utt:
             return []
-        self._decoder.end_utt()
-        self._in_utt = False
+        self._end()
         return self.phones()
 
     def abort(self) -> None:
         if self._in_utt:
-            self._decoder.end_utt()
-            self._in_utt = False
+            self._end()
 
 
 _WORD_RE = re.compile(r"[a-z0-9']+")
