@@ -1,0 +1,132 @@
+"""The `facecast` command line: render, demo, avatars, bench forwarding, and one-line user errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import soundfile as sf
+
+from facecast.cli import main
+
+RATE = 16000
+
+
+@pytest.fixture()
+def speech_wav(tmp_path: Path) -> Path:
+    t = np.arange(RATE) / RATE
+    tone = 0.4 * np.sin(2 * np.pi * 180 * t) * (0.5 + 0.5 * np.sin(2 * np.pi * 4 * t))
+    pcm = np.concatenate([np.zeros(RATE // 4), tone, np.zeros(RATE // 4)])
+    path = tmp_path / "speech.wav"
+    sf.write(path, (pcm * 32767).astype(np.int16), RATE, subtype="PCM_16")
+    return path
+
+
+def assert_mp4(path: Path) -> None:
+    with av.open(str(path)) as c:
+        assert {s.type: s.codec_context.name for s in c.streams} == {"video": "h264", "audio": "aac"}
+
+
+def test_render(speech_wav: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out, params = tmp_path / "out.mp4", tmp_path / "out.jsonl"
+    rc = main([
+        "render", str(speech_wav), "-o", str(out), "--params", str(params), "--tracker", "energy",
+        "--fps", "25", "--lookahead-ms", "80", "--text", "hello there",
+    ])
+    captured = capsys.readouterr()
+    assert rc == 0
+    assert_mp4(out)
+    assert "frames" in captured.out and "realtime" in captured.out
+    assert "100.0%" in captured.err  # the progress display ends complete
+    rows = [json.loads(line) for line in params.read_text().splitlines()]
+    assert len(rows) == 38  # 1.5 s at 25 fps
+    assert rows[1]["t"] == pytest.approx(0.04)
+
+
+def test_render_quiet_has_no_progress(
+    speech_wav: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "q.mp4"
+    assert main(["render", str(speech_wav), "-o", str(out), "--tracker", "energy", "-q"]) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_python_dash_m(speech_wav: Path, tmp_path: Path) -> None:
+    out = tmp_path / "m.mp4"
+    proc = subprocess.run(
+        [sys.executable, "-m", "facecast", "render", str(speech_wav), "-o", str(out), "--tracker", "energy"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert_mp4(out)
+    assert "realtime" in proc.stdout
+
+
+def test_demo(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "demo.mp4"
+    assert main(["demo", "-o", str(out), "-q", "--text", "Hello, nice to meet you."]) == 0
+    assert_mp4(out)
+    assert str(out.resolve()) in capsys.readouterr().out
+
+
+def test_avatars_lists_builtins(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["avatars"]) == 0
+    listing = capsys.readouterr().out
+    for name in ("ava", "noah", "mira", "leo"):
+        assert name in listing
+
+
+def test_bench_forwards_argv(monkeypatch: pytest.MonkeyPatch) -> None:
+    import facecast.bench
+
+    seen: list[list[str]] = []
+
+    def fake_main(argv: list[str]) -> int:
+        seen.append(argv)
+        return 3
+
+    monkeypatch.setattr(facecast.bench, "main", fake_main, raising=False)
+    assert main(["bench", "--quick", "lipsync"]) == 3
+    assert seen == [["--quick", "lipsync"]]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["render", "{tmp}/missing.wav", "-o", "{tmp}/o.mp4"], "not found"),
+        (["render", "{tmp}/garbage.wav", "-o", "{tmp}/o.mp4"], "cannot decode"),
+        (["render", "{wav}", "-o", "{tmp}/o.mp4", "--background", "transparent"], "green"),
+        (["render", "{wav}", "-o", "{tmp}/nodir/o.mp4"], "does not exist"),
+        (["render", "{wav}", "-o", "{tmp}/o.mp4", "--avatar", "nobody"], "nobody"),
+        (["render", "{wav}", "-o", "{tmp}/o.mp4", "--lookahead-ms", "5000"], "lookahead"),
+        (["render", "{wav}", "-o", "{tmp}/o.mp4", "--fps", "60"], "fps"),
+        (["render", "{wav}"], "output"),
+        (["frobnicate"], "invalid choice"),
+        ([], "required"),
+    ],
+)
+def test_user_errors_exit_2(
+    args: list[str], message: str, speech_wav: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "garbage.wav").write_bytes(b"RIFF not really a wave file" * 50)
+    argv = [a.format(tmp=tmp_path, wav=speech_wav) for a in args]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o.mp4").exists()
+
+
+def test_user_error_via_subprocess(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "facecast", "render", str(tmp_path / "no.wav"), "-o", str(tmp_path / "o.mp4")],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("facecast: error:") and "Traceback" not in proc.stderr

@@ -1,0 +1,319 @@
+"""Offline file host: decoding, MP4 muxing and A/V sync, the --params JSONL, and error messages."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import soundfile as sf
+
+from facecast.engine.types import VISEMES
+from facecast.hosts.file import MediaError, Mp4Writer, read_audio, render_file
+from facecast.hosts.progress import Progress
+
+RATE = 16000
+FPS = 30
+# A silence–burst–silence test signal: the burst is a steady voiced vowel-like tone.
+BURST_START_S, BURST_END_S, TOTAL_S = 1.0, 1.6, 2.6
+
+
+def vowel(seconds: float, rate: int, f0: float = 140.0) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    # Harmonics with a ~1/k roll-off and formant-like boosts near 700 and 1200 Hz, like an open "ah".
+    wave = np.zeros_like(t)
+    for k in range(1, 25):
+        f = k * f0
+        gain = 1 / k + 0.8 * math.exp(-(((f - 700) / 150) ** 2)) + 0.5 * math.exp(-(((f - 1200) / 200) ** 2))
+        wave += gain * np.sin(2 * np.pi * f * t)
+    return wave / np.abs(wave).max()
+
+
+def burst_signal(rate: int = RATE) -> np.ndarray:
+    sig = np.zeros(int(TOTAL_S * rate))
+    start = int(BURST_START_S * rate)
+    burst = vowel(BURST_END_S - BURST_START_S, rate)
+    sig[start : start + burst.size] = 0.6 * burst
+    return (sig * 32767).astype(np.int16)
+
+
+def speechlike(seconds: float = 1.0, rate: int = RATE, channels: int = 1) -> np.ndarray:
+    mono = (0.5 * vowel(seconds, rate) * 32767).astype(np.int16)
+    return mono if channels == 1 else np.stack([mono] * channels, axis=1)
+
+
+def write_with_pyav(path: Path, pcm: np.ndarray, rate: int, codec: str) -> None:
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream(codec, rate=rate, layout="mono")
+        frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = rate
+        frame.pts = 0
+        for packet in stream.encode(frame):
+            out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+
+
+def streams_of(path: Path) -> dict[str, str]:
+    with av.open(str(path)) as c:
+        return {s.type: s.codec_context.name for s in c.streams}
+
+
+def video_frame_count(path: Path) -> int:
+    with av.open(str(path)) as c:
+        return sum(1 for _ in c.decode(video=0))
+
+
+def first_loud(pcm: np.ndarray, rate: int, threshold: int = 3000) -> tuple[float, float]:
+    loud = np.nonzero(np.abs(pcm.astype(np.int32)) > threshold)[0]
+    return loud[0] / rate, loud[-1] / rate
+
+
+# --- decoding -------------------------------------------------------------------------------------
+
+
+def test_read_wav_exact(tmp_path: Path) -> None:
+    pcm = speechlike()
+    sf.write(tmp_path / "a.wav", pcm, RATE, subtype="PCM_16")
+    got, rate = read_audio(tmp_path / "a.wav")
+    assert rate == RATE and got.dtype == np.int16
+    assert np.array_equal(got, pcm)
+
+
+def test_read_stereo_keeps_channels(tmp_path: Path) -> None:
+    pcm = speechlike(channels=2)
+    sf.write(tmp_path / "s.wav", pcm, 44100, subtype="PCM_16")
+    got, rate = read_audio(tmp_path / "s.wav")
+    assert rate == 44100 and got.shape == pcm.shape
+    assert np.array_equal(got, pcm)
+
+
+def test_read_flac_exact(tmp_path: Path) -> None:
+    pcm = speechlike()
+    sf.write(tmp_path / "a.flac", pcm, RATE)
+    got, rate = read_audio(tmp_path / "a.flac")
+    assert rate == RATE and np.array_equal(got, pcm)
+
+
+def test_read_ogg(tmp_path: Path) -> None:
+    pcm = speechlike(rate=22050)
+    sf.write(tmp_path / "a.ogg", pcm, 22050, format="OGG", subtype="VORBIS")
+    got, rate = read_audio(tmp_path / "a.ogg")
+    assert rate == 22050 and got.ndim == 1
+    assert abs(got.size - pcm.size) < 2048  # at most one Vorbis block of padding
+    assert np.abs(got.astype(np.int32)).max() > 8000
+
+
+def test_read_mp3(tmp_path: Path) -> None:
+    pcm = speechlike(rate=24000)
+    write_with_pyav(tmp_path / "a.mp3", pcm, 24000, "libmp3lame")
+    got, rate = read_audio(tmp_path / "a.mp3")
+    assert rate == 24000 and got.ndim == 1
+    assert abs(got.size - pcm.size) < 2 * 1152  # MP3 encoder delay and padding
+    assert np.abs(got.astype(np.int32)).max() > 8000
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(MediaError, match="not found"):
+        read_audio(tmp_path / "nope.wav")
+
+
+def test_directory_is_not_audio(tmp_path: Path) -> None:
+    with pytest.raises(MediaError, match="directory"):
+        read_audio(tmp_path)
+
+
+def test_garbage_file(tmp_path: Path) -> None:
+    path = tmp_path / "garbage.wav"
+    path.write_bytes(np.random.default_rng(1).bytes(5000))
+    with pytest.raises(MediaError, match="cannot decode"):
+        read_audio(path)
+
+
+def test_empty_audio(tmp_path: Path) -> None:
+    sf.write(tmp_path / "empty.wav", np.zeros(0, np.int16), RATE, subtype="PCM_16")
+    with pytest.raises(MediaError, match="no audio samples"):
+        read_audio(tmp_path / "empty.wav")
+
+
+def test_video_without_audio(tmp_path: Path) -> None:
+    path = tmp_path / "silent.mp4"
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=FPS)
+        stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
+        for i in range(3):
+            frame = av.VideoFrame.from_ndarray(np.zeros((64, 64, 3), np.uint8), format="rgb24")
+            frame.pts = i
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    with pytest.raises(MediaError, match="no audio stream"):
+        read_audio(path)
+
+
+# --- muxing (no engine): timestamps put audio and video on one clock ------------------------------
+
+
+def test_mp4_writer_sync(tmp_path: Path) -> None:
+    out_rate, n_frames, burst = 24000, 60, range(30, 40)
+    path = tmp_path / "syn.mp4"
+    writer = Mp4Writer(path, width=95, height=63, fps=FPS, sample_rate=out_rate)  # odd sizes get padded
+    rng = np.random.default_rng(0)
+    for i in range(n_frames):
+        n = (i + 1) * out_rate // FPS - i * out_rate // FPS
+        picture = np.zeros((63, 95, 3), np.uint8)
+        audio = np.zeros(n, np.int16)
+        if i in burst:
+            picture[:] = 255
+            audio = (rng.standard_normal(n) * 6000).astype(np.int16)
+        writer.write(picture, audio)
+    writer.close()
+
+    assert streams_of(path) == {"video": "h264", "audio": "aac"}
+    with av.open(str(path)) as c:
+        stream = c.streams.video[0]
+        assert (stream.width, stream.height) == (96, 64)
+        white = [
+            round(float(f.pts * stream.time_base) * FPS)
+            for f in c.decode(stream)
+            if f.to_ndarray(format="gray")[32, 48] > 200
+        ]
+    assert white == list(burst)
+    pcm, rate = read_audio(path)
+    start, end = first_loud(pcm, rate, threshold=2000)
+    assert start == pytest.approx(burst.start / FPS, abs=0.005)  # AAC smears an onset by a few ms
+    assert end == pytest.approx(burst.stop / FPS, abs=0.005)  # AAC smears an onset by a few ms
+
+
+# --- rendering through the engine ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def burst_render(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, object]:
+    d = tmp_path_factory.mktemp("burst")
+    sf.write(d / "burst.wav", burst_signal(), RATE, subtype="PCM_16")
+    report = render_file(
+        d / "burst.wav", d / "burst.mp4", fps=FPS, tracker="energy", params_path=d / "burst.jsonl",
+        progress=False,
+    )
+    return d / "burst.mp4", d / "burst.jsonl", report
+
+
+def load_params(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_render_streams_and_counts(burst_render: tuple[Path, Path, object]) -> None:
+    mp4, _, report = burst_render
+    expected = math.ceil(TOTAL_S * FPS)
+    assert abs(report.frames - expected) <= 1
+    assert report.out_path == mp4 and report.realtime_factor > 0
+    assert streams_of(mp4) == {"video": "h264", "audio": "aac"}
+    assert abs(video_frame_count(mp4) - expected) <= 1
+    with av.open(str(mp4)) as c:
+        v = c.streams.video[0]
+        assert v.codec_context.pix_fmt == "yuv420p"
+        assert v.average_rate == Fraction(FPS)
+    pcm, rate = read_audio(mp4)
+    assert pcm.size / rate == pytest.approx(TOTAL_S, abs=2 / FPS)
+
+
+def test_params_jsonl(burst_render: tuple[Path, Path, object]) -> None:
+    _, params, report = burst_render
+    rows = load_params(params)
+    assert len(rows) == report.frames
+    keys = {
+        "v", "t", "frame", "viseme", "open", "width", "round", "closed", "teeth", "tongue", "bite",
+        "source", "speaking", "blink", "head_yaw", "head_pitch", "head_roll", "segment_id",
+    }
+    for i, row in enumerate(rows):
+        assert set(row) == keys
+        assert row["v"] == 1 and row["frame"] == i
+        assert row["t"] == pytest.approx(i / FPS, abs=1e-6)
+        assert row["viseme"] in VISEMES
+        assert row["source"] in {"phones", "alignment", "energy", "rest"}
+        assert isinstance(row["speaking"], bool)
+        for k in ("open", "width", "round", "closed", "teeth", "tongue", "bite", "blink"):
+            assert 0.0 <= row[k] <= 1.0, (k, row)
+
+
+def test_mouth_opens_only_during_burst(burst_render: tuple[Path, Path, object]) -> None:
+    _, params, _ = burst_render
+    rows = load_params(params)
+    open_frames = [r["frame"] for r in rows if r["open"] > 0.2]
+    first, last = round(BURST_START_S * FPS), round(BURST_END_S * FPS)
+    assert open_frames, "the mouth never opened during the burst"
+    assert all(first - 2 <= f <= last + 2 for f in open_frames), open_frames
+    # The burst is a steady vowel: the mouth is open for most of it.
+    assert len(open_frames) >= 0.6 * (last - first)
+
+
+def test_burst_audio_at_same_time_in_mp4(burst_render: tuple[Path, Path, object]) -> None:
+    mp4, _, _ = burst_render
+    pcm, rate = read_audio(mp4)
+    start, end = first_loud(pcm, rate)
+    assert start == pytest.approx(BURST_START_S, abs=1 / FPS)
+    assert end == pytest.approx(BURST_END_S, abs=1 / FPS)
+
+
+def test_render_stereo_48k_mp3(tmp_path: Path) -> None:
+    pcm = np.concatenate([np.zeros((4800, 2), np.int16), speechlike(0.5, 48000, channels=2)])
+    sf.write(tmp_path / "st.wav", pcm, 48000, subtype="PCM_16")
+    report = render_file(tmp_path / "st.wav", tmp_path / "st.mp4", tracker="energy", progress=False)
+    assert abs(report.frames - math.ceil(0.6 * FPS)) <= 1
+    out, rate = read_audio(tmp_path / "st.mp4")
+    assert out.ndim == 1 and rate == 48000
+
+
+def test_transparent_background_refused(tmp_path: Path) -> None:
+    sf.write(tmp_path / "a.wav", speechlike(), RATE, subtype="PCM_16")
+    with pytest.raises(MediaError, match="green"):
+        render_file(tmp_path / "a.wav", tmp_path / "a.mp4", background="transparent", progress=False)
+    assert not (tmp_path / "a.mp4").exists()
+
+
+def test_missing_output_directory(tmp_path: Path) -> None:
+    sf.write(tmp_path / "a.wav", speechlike(), RATE, subtype="PCM_16")
+    with pytest.raises(MediaError, match="does not exist"):
+        render_file(tmp_path / "a.wav", tmp_path / "no" / "a.mp4", progress=False)
+
+
+# --- progress display -------------------------------------------------------------------------------
+
+
+class _Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_plain_stream_prints_quarters() -> None:
+    out = io.StringIO()
+    bar = Progress(100, enabled=True, stream=out)
+    for i in range(1, 101):
+        bar.update(i)
+    bar.close()
+    lines = out.getvalue().splitlines()
+    assert [line.split()[1] for line in lines] == ["25.0%", "50.0%", "75.0%", "100.0%"]
+    assert all("x realtime" in line and "frames" in line for line in lines)
+
+
+def test_progress_tty_redraws_one_line() -> None:
+    out = _Tty()
+    bar = Progress(10, enabled=True, stream=out)
+    bar.update(5)
+    bar.close()
+    text = out.getvalue()
+    assert text.startswith("\r") and text.endswith("\n") and text.count("\n") == 1
+    assert "100.0%" in text.rsplit("\r", 1)[1]
+
+
+def test_progress_disabled_is_silent() -> None:
+    out = _Tty()
+    bar = Progress(10, enabled=False, stream=out)
+    bar.update(10)
+    bar.close()
+    assert out.getvalue() == ""
