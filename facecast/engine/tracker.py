@@ -440,13 +440,23 @@ class SegmentTrack:
             params = np.where(miss[:, None], energy, params)
             if miss[centre]:
                 source = "energy"
+        # A frame shows a closure when the lips are shut at its centre or it holds the centre of an m/b/p
+        # run: every closure is seen once, and the vowels around it are not shut along with it.
+        if params[centre, CLOSED_COLUMN] >= 0.99 or _holds_closure_centre(codes, f0 - w0, f1 - w0):
+            return TrackedMouth(TARGETS[CLOSED_INDEX].copy(), VISEMES[CLOSED_INDEX], source)
         rows = params[span]
-        closed_row = int(np.argmax(rows[:, CLOSED_COLUMN]))
-        if rows[closed_row, CLOSED_COLUMN] >= 0.99:
-            return TrackedMouth(rows[closed_row].copy(), VISEMES[CLOSED_INDEX], source)
         row = rows.mean(axis=0)
         viseme = viseme_from_params(row) if miss[centre] else VISEMES[int(codes[centre])]
         return TrackedMouth(row, viseme, source)
+
+
+def _holds_closure_centre(codes: np.ndarray, lo: int, hi: int) -> bool:
+    closed = codes == CLOSED_INDEX
+    if not closed[lo:hi].any():
+        return False
+    edges = np.diff(np.concatenate([[0], closed.astype(np.int8), [0]]))
+    centres = (np.flatnonzero(edges == 1) + np.flatnonzero(edges == -1) - 1) // 2
+    return bool(((centres >= lo) & (centres < hi)).any())
 
 
 def _window(values: np.ndarray, known: int, w0: int, w1: int) -> np.ndarray:

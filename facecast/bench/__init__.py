@@ -1,0 +1,113 @@
+"""`facecast bench`: speed, latency, lip-sync quality and memory, measured side by side in one run.
+
+Subcommands: speed · latency · lipsync · memory · all. Results print as tables on stdout (Markdown
+with --markdown); progress goes to stderr, one line per item. See docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+from facecast.bench.corpus import ALL_VOICES, FliteMissingError
+from facecast.bench.report import Log, Table
+
+COMMANDS = ("speed", "latency", "lipsync", "memory", "all")
+# Default subset: keeps `all` within a few minutes on a 2-core machine; --full uses everything.
+SUBSET_SENTENCES = 5
+SUBSET_VOICES = ("slt", "kal16")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="facecast bench", description=__doc__.splitlines()[0])
+    p.add_argument("command", choices=COMMANDS, help="which benchmark to run")
+    p.add_argument("--full", action="store_true", help="whole corpus (20 sentences x 4 voices); slower")
+    p.add_argument(
+        "--avatar", default=None, help="avatar for engine, latency and MP4 runs (default: first built-in)"
+    )
+    p.add_argument("--voices", default=None, help="comma-separated flite voices (slt,kal,kal16,awb,rms)")
+    p.add_argument("--sentences", type=int, default=None, help="number of corpus sentences to use")
+    p.add_argument("--frames", type=int, default=300, help="frames per render-speed measurement")
+    p.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="where generated speech is cached (default ~/.cache/facecast/bench)",
+    )
+    p.add_argument("--confusion", action="store_true", help="also print confusion matrices (lipsync)")
+    p.add_argument("--markdown", action="store_true", help="print tables as Markdown")
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if args.voices:
+        unknown = sorted(set(args.voices.split(",")) - set(ALL_VOICES))
+        if unknown:
+            parser.error(f"unknown voice(s) {', '.join(unknown)}; choose from {', '.join(ALL_VOICES)}")
+    log = Log(enabled=not args.quiet)
+    started = time.perf_counter()
+    load_before = os.getloadavg()[0]
+    try:
+        tables = _run(args, log)
+    except (FliteMissingError, ImportError) as exc:  # a missing prerequisite, not a bug: one line
+        print(f"facecast bench: {exc}", file=sys.stderr)
+        return 2
+    header = (
+        f"facecast bench {args.command} — {date.today().isoformat()}, Python "
+        f"{platform.python_version()}, {_cpu_note()}, {time.perf_counter() - started:.0f} s, "
+        # Timings from a loaded machine are inflated; the load average tells the reader.
+        f"load average {load_before:.1f} at start / {os.getloadavg()[0]:.1f} at end"
+    )
+    print(header)
+    for t in tables:
+        print()
+        print(t.markdown() if args.markdown else t.text())
+    return 0
+
+
+def _cpu_note() -> str:
+    model = ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
+    except OSError:
+        pass
+    return f"{os.cpu_count()} cores" + (f" ({model})" if model else "")
+
+
+def _run(args: argparse.Namespace, log: Log) -> list[Table]:
+    from facecast.bench import runs
+    from facecast.bench.corpus import SENTENCES, VOICES, build_corpus
+
+    want = {args.command} if args.command != "all" else set(COMMANDS) - {"all"}
+    voices = tuple(args.voices.split(",")) if args.voices else (VOICES if args.full else SUBSET_VOICES)
+    n_sent = args.sentences or (len(SENTENCES) if args.full else SUBSET_SENTENCES)
+    log(f"corpus: {n_sent} sentences x {len(voices)} voices ({', '.join(voices)})")
+    utts = build_corpus(voices, SENTENCES[:n_sent], args.cache_dir)
+    avatar = args.avatar or runs.avatar_names()[0]
+    tables: list[Table] = []
+    if "speed" in want:
+        names = runs.avatar_names() if args.full or args.avatar is None else [avatar]
+        tables.append(runs.render_speed(names, args.frames, log))
+        tables.append(runs.engine_speed(utts, avatar, log))
+        tables.append(runs.file_speed(utts, avatar, log))
+    if "latency" in want:
+        tables.extend(runs.latency(utts, avatar, log))
+    if "lipsync" in want:
+        table, scores = runs.lipsync(utts, log)
+        tables.append(table)
+        if args.confusion:
+            tables.extend(runs.confusion_table(s, label) for label, s in scores.items())
+        mp4_utts = utts if args.full else utts[:: max(1, len(utts) // 4)]
+        tables.append(runs.mp4_offsets(mp4_utts, avatar, log))
+    if "memory" in want:
+        tables.append(runs.memory(utts[0], avatar, log))
+    return tables

@@ -1,0 +1,7 @@
+"""`python -m facecast.bench` runs the benchmarks (same as `facecast bench`)."""
+
+import sys
+
+from facecast.bench import main
+
+sys.exit(main())

@@ -1,0 +1,224 @@
+"""Labelled speech for lip-sync measurement: flite sentences with their phoneme timings.
+
+flite's `-psdur` prints the end time of every phone it synthesised, so each utterance comes with
+exact ground truth. The truth track is built with the engine's own phone → viseme table and
+coarticulation (`facecast.engine.visemes`), so that a measured difference is a tracking difference,
+never a mapping difference.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from facecast.engine.visemes import (
+    CLOSED_INDEX,
+    OPEN_COLUMN,
+    TRACK_HZ,
+    VISEME_INDEX,
+    coarticulate,
+    phone_to_viseme,
+)
+
+# Varied English: questions, numbers, names, clusters, and many bilabials (m/b/p), because lip
+# closures are what viewers notice first and what an energy tracker cannot produce.
+SENTENCES: tuple[str, ...] = (
+    "Bob made my maple pie, please.",
+    "The quick brown fox jumps over the lazy dog.",
+    "Please pass the bread and butter to Pam.",
+    "My mother bought a big blue umbrella in Boston.",
+    "Would you like some more pepper on your potatoes?",
+    "Members of the public may apply by the first of March.",
+    "We will meet at the museum at three thirty.",
+    "Peter Piper picked a peck of pickled peppers.",
+    "How about a movie tonight, or maybe tomorrow?",
+    "Her bright purple balloon floated above the palm trees.",
+    "I think the problem is simple, but the fix may be big.",
+    "Every morning the baker opens his shop at six.",
+    "Can you remember the number of the main building?",
+    "Bees buzz happily among the blooming apple branches.",
+    "The committee approved the budget with a narrow margin.",
+    "Thank you for calling, how may I help you today?",
+    "A warm bath helps me sleep much better.",
+    "Please book a table for two at seven o'clock.",
+    "Maybe the map is wrong, or maybe we missed the bridge.",
+    "Jim brought home a box of plums and some bananas.",
+)
+
+# kal is an 8 kHz voice; kal16 is the same voice at 16 kHz.
+VOICES: tuple[str, ...] = ("slt", "kal16", "awb", "rms")
+ALL_VOICES: tuple[str, ...] = ("slt", "kal", "kal16", "awb", "rms")
+
+_CACHE_FORMAT = 1
+
+
+class FliteMissingError(RuntimeError):
+    """flite is needed to make labelled speech."""
+
+
+@dataclass(frozen=True, slots=True)
+class Phone:
+    """One synthesised phone: ARPAbet label (flite lower case) and its span in seconds."""
+
+    phone: str
+    start: float
+    end: float
+
+
+@dataclass(frozen=True, slots=True)
+class Truth:
+    """Ground truth at TRACK_HZ (frame j covers [j, j+1) / TRACK_HZ seconds, decided at its centre)."""
+
+    codes: np.ndarray  # (N,) int viseme index per track frame
+    open: np.ndarray  # (N,) float openness after coarticulation
+    closures: tuple[tuple[float, float], ...]  # m/b/p phone spans in seconds
+
+    @property
+    def rate_hz(self) -> int:
+        return TRACK_HZ
+
+
+@dataclass(frozen=True)
+class Utterance:
+    uid: str
+    text: str
+    voice: str
+    wav_path: Path
+    sample_rate: int
+    phones: tuple[Phone, ...]
+
+    @property
+    def duration(self) -> float:
+        return self.num_samples / self.sample_rate
+
+    @cached_property
+    def num_samples(self) -> int:
+        return sf.info(str(self.wav_path)).frames
+
+    def audio(self) -> np.ndarray:
+        """Mono int16 samples at `sample_rate`."""
+        data, _ = sf.read(str(self.wav_path), dtype="int16", always_2d=True)
+        return np.ascontiguousarray(data[:, 0])
+
+    @cached_property
+    def truth(self) -> Truth:
+        return truth_track(self.phones, self.duration)
+
+
+def find_flite() -> str:
+    path = shutil.which("flite")
+    if path is None:
+        raise FliteMissingError(
+            "flite is not installed; the lip-sync benchmark needs it for speech with phoneme timings "
+            "(Debian/Ubuntu: `apt-get install flite`)"
+        )
+    return path
+
+
+def have_flite() -> bool:
+    return shutil.which("flite") is not None
+
+
+def parse_psdur(output: str) -> tuple[Phone, ...]:
+    """Parse flite `-psdur` output (`phone:end_time` tokens separated by whitespace)."""
+    phones: list[Phone] = []
+    start = 0.0
+    for token in output.split():
+        name, sep, end_text = token.rpartition(":")
+        if not sep or not name:
+            continue
+        try:
+            end = float(end_text)
+        except ValueError:
+            continue
+        phones.append(Phone(name, start, max(start, end)))
+        start = max(start, end)
+    if not phones:
+        raise ValueError(f"no phone timings in flite output: {output[:200]!r}")
+    return tuple(phones)
+
+
+def truth_track(phones: Sequence[Phone], duration: float) -> Truth:
+    """Viseme code per 10 ms track frame (the phone covering the frame's centre), coarticulated
+    openness, and the m/b/p phone spans."""
+    n = int(np.ceil(duration * TRACK_HZ - 1e-9))
+    centres = (np.arange(n) + 0.5) / TRACK_HZ
+    codes = np.full(n, VISEME_INDEX["X"], dtype=np.int64)
+    ends = np.array([p.end for p in phones])
+    idx = np.searchsorted(ends, centres, side="right")
+    inside = idx < len(phones)
+    phone_codes = np.array([VISEME_INDEX[phone_to_viseme(p.phone)] for p in phones], dtype=np.int64)
+    codes[inside] = phone_codes[idx[inside]]
+    params = coarticulate(codes)
+    closures = tuple(
+        (p.start, p.end)
+        for p, c in zip(phones, phone_codes, strict=True)
+        if c == CLOSED_INDEX and p.end > p.start
+    )
+    return Truth(codes=codes, open=params[:, OPEN_COLUMN].astype(np.float64), closures=closures)
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "facecast" / "bench"
+
+
+def _key(text: str, voice: str) -> str:
+    return hashlib.sha1(f"{_CACHE_FORMAT}|{voice}|{text}".encode()).hexdigest()[:16]
+
+
+def synthesize(text: str, voice: str, cache_dir: Path | None = None) -> Utterance:
+    """One flite utterance (cached by text and voice)."""
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    key = _key(text, voice)
+    wav = cache / f"{voice}-{key}.wav"
+    labels = cache / f"{voice}-{key}.json"
+    if wav.exists() and labels.exists():
+        phones = tuple(Phone(*p) for p in json.loads(labels.read_text())["phones"])
+    else:
+        flite = find_flite()
+        # Write to a private name first so that concurrent runs never read a half-written file.
+        tmp_wav = wav.with_suffix(f".{os.getpid()}.tmp.wav")
+        proc = subprocess.run(
+            [flite, "-voice", voice, "-psdur", "-t", text, "-o", str(tmp_wav)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if proc.returncode != 0 or not tmp_wav.exists():
+            raise RuntimeError(f"flite failed for voice {voice!r}: {proc.stderr.strip() or proc.returncode}")
+        phones = parse_psdur(proc.stdout)
+        tmp_wav.replace(wav)
+        labels.write_text(json.dumps({"text": text, "voice": voice, "phones": [list(_p(p)) for p in phones]}))
+    rate = sf.info(str(wav)).samplerate
+    return Utterance(
+        uid=f"{voice}:{key[:6]}", text=text, voice=voice, wav_path=wav, sample_rate=rate, phones=phones
+    )
+
+
+def _p(p: Phone) -> tuple[str, float, float]:
+    return (p.phone, p.start, p.end)
+
+
+def build_corpus(
+    voices: Iterable[str] = VOICES,
+    sentences: Sequence[str] = SENTENCES,
+    cache_dir: Path | None = None,
+) -> list[Utterance]:
+    """Every sentence in every voice, generated in parallel on first use and cached after that."""
+    find_flite()
+    jobs = [(s, v) for v in voices for s in sentences]
+    with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:
+        return list(pool.map(lambda job: synthesize(job[0], job[1], cache_dir), jobs))
