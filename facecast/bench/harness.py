@@ -10,6 +10,7 @@ import numpy as np
 
 from facecast.bench import metrics
 from facecast.bench.corpus import Utterance
+from facecast.engine.config import DEFAULT_LOOKAHEAD_MS
 from facecast.engine.types import VISEMES, FramePair, Renderer
 
 if TYPE_CHECKING:
@@ -74,7 +75,7 @@ class _Collector:
 def make_engine(
     *,
     tracker: str = "phones",
-    lookahead_ms: int = 120,
+    lookahead_ms: int = DEFAULT_LOOKAHEAD_MS,
     fps: int = 30,
     out_rate: int = 24000,
     renderer: Renderer | None = None,
@@ -92,7 +93,7 @@ def run_utterance(
     tracker: str = "phones",
     streaming: bool = True,
     text: str | None = None,
-    lookahead_ms: int = 120,
+    lookahead_ms: int = DEFAULT_LOOKAHEAD_MS,
     fps: int = 30,
     renderer: Renderer | None = None,
     engine: Engine | None = None,

@@ -11,7 +11,7 @@ MIN_IN_RATE = 8000
 MAX_IN_RATE = 48000
 ANALYSIS_RATE = 16000  # PocketSphinx's en-us model rate; the energy tracker uses it too
 MAX_LOOKAHEAD_MS = 200
-DEFAULT_LOOKAHEAD_MS = 120
+DEFAULT_LOOKAHEAD_MS = 100  # the knee of the look-ahead sweep in docs/benchmarks.md
 
 TrackerMode = Literal["auto", "phones", "energy"]
 
