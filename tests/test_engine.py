@@ -239,6 +239,16 @@ def test_malformed_input_is_rejected_or_made_safe() -> None:
         assert np.isfinite(list(f.meta.mouth.as_dict().values())[:-1]).all()
 
 
+def test_a_rejected_first_push_leaves_nothing_pending() -> None:
+    engine = Engine(None, EngineConfig(tracker="energy"))
+    with pytest.raises(AudioFormatError, match="int16 PCM or float32"):
+        engine.push_audio(np.zeros(100, np.int32), 16000)
+    with pytest.raises(AudioFormatError, match="bytes"):
+        engine.push_audio([0, 1, 2], 16000)  # type: ignore[arg-type]
+    assert not engine.pending_speech
+    assert not engine.next_frame().meta.events
+
+
 def test_a_ten_minute_chunk_is_accepted_and_can_be_interrupted() -> None:
     engine = Engine(None, EngineConfig(out_rate=16000, tracker="energy"))
     engine.push_audio(np.zeros(10 * 60 * 16000, np.int16), 16000)

@@ -166,8 +166,15 @@ class Engine:
         enables forced alignment once the segment ends."""
         rate = validate_rate(sample_rate)
         ch = validate_channels(pcm.shape[1] if isinstance(pcm, np.ndarray) and pcm.ndim == 2 else channels)
+        opened = self._open is None
         segment = self._open_segment()
-        segment.push(pcm, rate, ch)
+        try:
+            segment.push(pcm, rate, ch)
+        except AudioFormatError:
+            if opened:  # a rejected first push must not leave an empty segment pending
+                self._segments.remove(segment)
+                self._open = None
+            raise
         if text:
             segment.text.append(text)
 
