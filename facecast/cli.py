@@ -95,30 +95,32 @@ def _print_report(report: RenderReport) -> None:
 
 
 def _cmd_render(args: argparse.Namespace) -> int:
-    from facecast.hosts.file import render_file
+    from facecast.hosts.file import RenderOptions, render_file
 
-    report = render_file(
-        args.audio, args.output, avatar=args.avatar, fps=args.fps, aspect=args.aspect, quality=args.quality,
+    options = RenderOptions(
+        avatar=args.avatar, fps=args.fps, aspect=args.aspect, quality=args.quality,
         background=args.background, text=args.text, params_path=args.params, tracker=args.tracker,
         lookahead_ms=args.lookahead_ms, progress=not args.quiet,
     )
+    report = render_file(args.audio, args.output, options)
     _print_report(report)
     return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from facecast.avatars import load_style
-    from facecast.hosts.file import render_pcm
+    from facecast.hosts.file import RenderOptions, render_pcm
     from facecast.tts import EspeakTTS
 
     started = time.perf_counter()
     text = args.text or DEMO_TEXT.format(name=load_style(args.avatar).display_name)
     tts = EspeakTTS(voice=args.voice)
     speech = tts.synthesize(text)
-    report = render_pcm(
-        speech, tts.sample_rate, args.output, avatar=args.avatar, fps=args.fps, aspect=args.aspect,
-        quality=args.quality, background=args.background, text=text, progress=not args.quiet, started=started,
+    options = RenderOptions(
+        avatar=args.avatar, fps=args.fps, aspect=args.aspect, quality=args.quality,
+        background=args.background, text=text, progress=not args.quiet,
     )
+    report = render_pcm(speech, tts.sample_rate, args.output, options, started=started)
     _print_report(report)
     print(f"demo video: {report.out_path.resolve()}")
     return 0

@@ -14,7 +14,7 @@ import pytest
 import soundfile as sf
 
 from facecast.engine.types import VISEMES
-from facecast.hosts.file import MediaError, Mp4Writer, read_audio, render_file
+from facecast.hosts.file import MediaError, Mp4Writer, RenderOptions, read_audio, render_file
 from facecast.hosts.progress import Progress
 
 RATE = 16000
@@ -196,10 +196,8 @@ def test_mp4_writer_sync(tmp_path: Path) -> None:
 def burst_render(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, object]:
     d = tmp_path_factory.mktemp("burst")
     sf.write(d / "burst.wav", burst_signal(), RATE, subtype="PCM_16")
-    report = render_file(
-        d / "burst.wav", d / "burst.mp4", fps=FPS, tracker="energy", params_path=d / "burst.jsonl",
-        progress=False,
-    )
+    options = RenderOptions(fps=FPS, tracker="energy", params_path=d / "burst.jsonl", progress=False)
+    report = render_file(d / "burst.wav", d / "burst.mp4", options)
     return d / "burst.mp4", d / "burst.jsonl", report
 
 
@@ -227,8 +225,24 @@ def test_params_jsonl(burst_render: tuple[Path, Path, object]) -> None:
     rows = load_params(params)
     assert len(rows) == report.frames
     keys = {
-        "v", "t", "frame", "viseme", "open", "width", "round", "closed", "teeth", "tongue", "bite",
-        "source", "speaking", "blink", "head_yaw", "head_pitch", "head_roll", "segment_id",
+        "v",
+        "t",
+        "frame",
+        "viseme",
+        "open",
+        "width",
+        "round",
+        "closed",
+        "teeth",
+        "tongue",
+        "bite",
+        "source",
+        "speaking",
+        "blink",
+        "head_yaw",
+        "head_pitch",
+        "head_roll",
+        "segment_id",
     }
     for i, row in enumerate(rows):
         assert set(row) == keys
@@ -263,7 +277,9 @@ def test_burst_audio_at_same_time_in_mp4(burst_render: tuple[Path, Path, object]
 def test_render_stereo_48k_mp3(tmp_path: Path) -> None:
     pcm = np.concatenate([np.zeros((4800, 2), np.int16), speechlike(0.5, 48000, channels=2)])
     sf.write(tmp_path / "st.wav", pcm, 48000, subtype="PCM_16")
-    report = render_file(tmp_path / "st.wav", tmp_path / "st.mp4", tracker="energy", progress=False)
+    report = render_file(
+        tmp_path / "st.wav", tmp_path / "st.mp4", RenderOptions(tracker="energy", progress=False)
+    )
     assert abs(report.frames - math.ceil(0.6 * FPS)) <= 1
     out, rate = read_audio(tmp_path / "st.mp4")
     assert out.ndim == 1 and rate == 48000
@@ -272,14 +288,16 @@ def test_render_stereo_48k_mp3(tmp_path: Path) -> None:
 def test_transparent_background_refused(tmp_path: Path) -> None:
     sf.write(tmp_path / "a.wav", speechlike(), RATE, subtype="PCM_16")
     with pytest.raises(MediaError, match="green"):
-        render_file(tmp_path / "a.wav", tmp_path / "a.mp4", background="transparent", progress=False)
+        render_file(
+            tmp_path / "a.wav", tmp_path / "a.mp4", RenderOptions(background="transparent", progress=False)
+        )
     assert not (tmp_path / "a.mp4").exists()
 
 
 def test_missing_output_directory(tmp_path: Path) -> None:
     sf.write(tmp_path / "a.wav", speechlike(), RATE, subtype="PCM_16")
     with pytest.raises(MediaError, match="does not exist"):
-        render_file(tmp_path / "a.wav", tmp_path / "no" / "a.mp4", progress=False)
+        render_file(tmp_path / "a.wav", tmp_path / "no" / "a.mp4", RenderOptions(progress=False))
 
 
 # --- progress display -------------------------------------------------------------------------------

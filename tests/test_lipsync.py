@@ -77,11 +77,13 @@ def test_mp4_pixels_are_in_sync_with_the_audio(utterances: list[Utterance], tmp_
     MP4's own audio plays the speech, and cross-correlate."""
     from facecast.avatars import DEFAULT_AVATAR, load_renderer
     from facecast.bench.runs import mp4_sync
-    from facecast.hosts.file import render_file
+    from facecast.hosts.file import RenderOptions, render_file
 
     utt = utterances[0]
     out = tmp_path / "sync.mp4"
-    render_file(utt.wav_path, out, avatar=DEFAULT_AVATAR, fps=30, tracker="phones", progress=False)
+    render_file(
+        utt.wav_path, out, RenderOptions(avatar=DEFAULT_AVATAR, fps=30, tracker="phones", progress=False)
+    )
     box = load_renderer(DEFAULT_AVATAR, aspect="1:1", quality="high").mouth_box()
     sync = mp4_sync(utt, out, box, 30)
     assert abs(sync.audio_shift_ms) <= 2.0, sync

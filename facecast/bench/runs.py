@@ -195,7 +195,7 @@ def file_speed(utts: Sequence[Utterance], avatar: str, log: Log) -> Table:
     """Offline MP4 rendering (decode, analysis, render, H.264+AAC encode) against real time."""
     import soundfile as sf
 
-    from facecast.hosts.file import render_file
+    from facecast.hosts.file import RenderOptions, render_file
 
     _quiet_cv2()
     table = Table(
@@ -209,14 +209,8 @@ def file_speed(utts: Sequence[Utterance], avatar: str, log: Log) -> Table:
         pcm = np.concatenate([u.audio() for u in utts if u.sample_rate == rate])
         sf.write(str(wav), pcm, rate, subtype="PCM_16")
         for tracker in ("phones", "energy"):
-            rep = render_file(
-                wav,
-                Path(tmp) / f"long-{tracker}.mp4",
-                avatar=avatar,
-                fps=FPS,
-                tracker=tracker,
-                progress=False,
-            )
+            options = RenderOptions(avatar=avatar, fps=FPS, tracker=tracker, progress=False)
+            rep = render_file(wav, Path(tmp) / f"long-{tracker}.mp4", options)
             table.add(avatar, tracker, len(pcm) / rate, rep.wall_s, rep.realtime_factor)
             log(f"render_file {tracker}: {rep.realtime_factor:.1f}x realtime")
     table.notes.append("target: offline render >= 20x real time")
@@ -399,7 +393,7 @@ def mp4_offsets(
 ) -> Table:
     """Render each utterance to MP4 with render_file, read the mouth opening back from the pixels and
     cross-correlate it with the truth openness placed where the MP4's audio plays the input."""
-    from facecast.hosts.file import render_file
+    from facecast.hosts.file import RenderOptions, render_file
 
     _quiet_cv2()
     table = Table(
@@ -412,15 +406,14 @@ def mp4_offsets(
             offsets, corrs, shifts = [], [], []
             for u in utts:
                 out = Path(tmp) / f"{u.voice}-{mode.tracker}-{int(mode.with_text)}.mp4"
-                render_file(
-                    u.wav_path,
-                    out,
+                options = RenderOptions(
                     avatar=avatar,
                     fps=FPS,
                     tracker=mode.tracker,
                     text=u.text if mode.with_text else None,
                     progress=False,
                 )
+                render_file(u.wav_path, out, options)
                 sync = mp4_sync(u, out, box, FPS)
                 offsets.append(sync.offset_ms)
                 corrs.append(sync.pixel_corr)

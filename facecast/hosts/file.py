@@ -228,57 +228,47 @@ def _check_output(path: Path, what: str) -> None:
         raise MediaError(f"cannot write {what} {path}: it is a directory")
 
 
+@dataclass(frozen=True, slots=True)
+class RenderOptions:
+    """How to render: the avatar's look, the clock, the tracker, and what to write besides the MP4."""
+
+    avatar: str = "ava"
+    fps: int = 30
+    aspect: str = "1:1"
+    quality: str = "high"
+    background: str = "scene"
+    text: str | None = None  # the transcript: enables forced alignment
+    params_path: str | Path | None = None  # per-frame parameters as JSONL (docs/params-format.md)
+    tracker: str = "auto"
+    lookahead_ms: int | None = None  # None: the engine's default
+    progress: bool = True
+
+    def check_outputs(self, out_path: str | Path) -> None:
+        """Fail on bad options before any expensive work."""
+        if self.background == "transparent":
+            raise MediaError("MP4 (H.264) cannot store transparency; use --background green and key it out")
+        _check_output(Path(out_path), "video")
+        if self.params_path is not None:
+            _check_output(Path(self.params_path), "params")
+
+
 def render_file(
-    audio_path: str | Path,
-    out_path: str | Path,
-    *,
-    avatar: str = "ava",
-    fps: int = 30,
-    aspect: str = "1:1",
-    quality: str = "high",
-    background: str = "scene",
-    text: str | None = None,
-    params_path: str | Path | None = None,
-    tracker: str = "auto",
-    lookahead_ms: int | None = None,
-    progress: bool = True,
+    audio_path: str | Path, out_path: str | Path, options: RenderOptions | None = None
 ) -> RenderReport:
-    """Render `audio_path` spoken by `avatar` into an MP4 at `out_path`; optionally write per-frame
-    mouth/face parameters as JSONL to `params_path`. `text` (the transcript) enables forced alignment."""
+    """Render `audio_path` into an MP4 at `out_path` (and optionally per-frame parameters)."""
     started = time.perf_counter()
-    # Fail on bad options before spending time decoding a long file.
-    _check_background(background)
-    _check_output(Path(out_path), "video")
-    if params_path is not None:
-        _check_output(Path(params_path), "params")
+    options = options or RenderOptions()
+    options.check_outputs(out_path)  # before spending time decoding a long file
     pcm, rate = read_audio(audio_path)
-    return render_pcm(
-        pcm, rate, out_path, avatar=avatar, fps=fps, aspect=aspect, quality=quality, background=background,
-        text=text, params_path=params_path, tracker=tracker, lookahead_ms=lookahead_ms, progress=progress,
-        started=started,
-    )
-
-
-def _check_background(background: str) -> None:
-    if background == "transparent":
-        raise MediaError("MP4 (H.264) cannot store transparency; use --background green and key it out")
+    return render_pcm(pcm, rate, out_path, options, started=started)
 
 
 def render_pcm(
     pcm: np.ndarray,
     rate: int,
     out_path: str | Path,
+    options: RenderOptions | None = None,
     *,
-    avatar: str = "ava",
-    fps: int = 30,
-    aspect: str = "1:1",
-    quality: str = "high",
-    background: str = "scene",
-    text: str | None = None,
-    params_path: str | Path | None = None,
-    tracker: str = "auto",
-    lookahead_ms: int | None = None,
-    progress: bool = True,
     started: float | None = None,
 ) -> RenderReport:
     """`render_file` for audio already in memory: int16 (n,) or (n, channels) at `rate` Hz.
@@ -286,28 +276,28 @@ def render_pcm(
     from facecast.avatars import load_renderer
     from facecast.engine import Engine, EngineConfig
 
+    opts = options or RenderOptions()
     started = time.perf_counter() if started is None else started
-    _check_background(background)
+    opts.check_outputs(out_path)
     out = Path(out_path)
-    _check_output(out, "video")
-    params_file = Path(params_path) if params_path is not None else None
-    if params_file is not None:
-        _check_output(params_file, "params")
+    params_file = Path(opts.params_path) if opts.params_path is not None else None
     if pcm.shape[0] == 0:
         raise MediaError("no audio to render")
-    if text is not None and not text.strip():
-        text = None
+    text = opts.text if opts.text is not None and opts.text.strip() else None
+    fps = opts.fps
 
     channels = 1 if pcm.ndim == 1 else pcm.shape[1]
-    config_args: dict[str, Any] = {"fps": fps, "out_rate": _out_rate(rate), "tracker": tracker}
-    if lookahead_ms is not None:
-        config_args["lookahead_ms"] = lookahead_ms
+    config_args: dict[str, Any] = {"fps": fps, "out_rate": _out_rate(rate), "tracker": opts.tracker}
+    if opts.lookahead_ms is not None:
+        config_args["lookahead_ms"] = opts.lookahead_ms
     config = EngineConfig(**config_args)
-    renderer = load_renderer(name=avatar, aspect=aspect, quality=quality, background=background)
+    renderer = load_renderer(
+        name=opts.avatar, aspect=opts.aspect, quality=opts.quality, background=opts.background
+    )
     engine = Engine(renderer, config)
 
     expected = math.ceil(pcm.shape[0] / rate * fps)
-    bar = Progress(expected, fps=fps, enabled=progress)
+    bar = Progress(expected, fps=fps, enabled=opts.progress)
     writer = Mp4Writer(
         out, width=renderer.width, height=renderer.height, fps=fps, sample_rate=config.out_rate
     )
