@@ -38,7 +38,8 @@ def _add_look_options(p: argparse.ArgumentParser, *, with_background: bool) -> N
 
     aspects, qualities, backgrounds = list(ASPECTS), list(QUALITIES), list(BACKGROUNDS)
     p.add_argument(
-        "--avatar", default=DEFAULT_AVATAR,
+        "--avatar",
+        default=DEFAULT_AVATAR,
         help=f"built-in avatar (default {DEFAULT_AVATAR}; see `facecast avatars`)",
     )
     p.add_argument("--fps", type=int, default=30, choices=FPS_CHOICES, help="video frame rate (default 30)")
@@ -47,7 +48,9 @@ def _add_look_options(p: argparse.ArgumentParser, *, with_background: bool) -> N
     if with_background:
         # MP4 has no alpha channel, so transparent is refused with a hint rather than hidden.
         p.add_argument(
-            "--background", default="scene", choices=backgrounds,
+            "--background",
+            default="scene",
+            choices=backgrounds,
             help="scene, or green for chroma keying (default scene)",
         )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
@@ -65,11 +68,15 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--text", help="transcript of the audio; enables forced alignment (more accurate)")
     render.add_argument("--params", metavar="FILE", help="also write per-frame parameters (JSONL)")
     render.add_argument(
-        "--tracker", default="auto", choices=("auto", "phones", "energy"),
+        "--tracker",
+        default="auto",
+        choices=("auto", "phones", "energy"),
         help="mouth tracker: auto (phones for English), phones, or energy (any language)",
     )
     render.add_argument(
-        "--lookahead-ms", type=int, metavar="N",
+        "--lookahead-ms",
+        type=int,
+        metavar="N",
         help=f"analysis look-ahead, 0..{MAX_LOOKAHEAD_MS} ms (default: the engine's)",
     )
 
@@ -78,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_look_options(demo, with_background=True)
     demo.add_argument("--text", help="what the avatar says")
     demo.add_argument("--voice", default="en-us", help="espeak-ng voice (default en-us)")
+    demo.add_argument("--params", metavar="FILE", help="also write per-frame parameters (JSONL)")
 
     sub.add_parser("avatars", help="list the built-in avatars")
     sub.add_parser("bench", help="run benchmarks (`facecast bench --help`)", add_help=False)
@@ -98,9 +106,16 @@ def _cmd_render(args: argparse.Namespace) -> int:
     from facecast.hosts.file import RenderOptions, render_file
 
     options = RenderOptions(
-        avatar=args.avatar, fps=args.fps, aspect=args.aspect, quality=args.quality,
-        background=args.background, text=args.text, params_path=args.params, tracker=args.tracker,
-        lookahead_ms=args.lookahead_ms, progress=not args.quiet,
+        avatar=args.avatar,
+        fps=args.fps,
+        aspect=args.aspect,
+        quality=args.quality,
+        background=args.background,
+        text=args.text,
+        params_path=args.params,
+        tracker=args.tracker,
+        lookahead_ms=args.lookahead_ms,
+        progress=not args.quiet,
     )
     report = render_file(args.audio, args.output, options)
     _print_report(report)
@@ -115,12 +130,20 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     text = args.text or DEMO_TEXT.format(name=load_style(args.avatar).display_name)
     tts = EspeakTTS(voice=args.voice)
-    speech = tts.synthesize(text)
+    speech = tts.synthesize_timed(text)  # espeak-ng reports its phones: exact lip-sync
     options = RenderOptions(
-        avatar=args.avatar, fps=args.fps, aspect=args.aspect, quality=args.quality,
-        background=args.background, text=text, progress=not args.quiet,
+        avatar=args.avatar,
+        fps=args.fps,
+        aspect=args.aspect,
+        quality=args.quality,
+        background=args.background,
+        text=text,
+        params_path=args.params,
+        progress=not args.quiet,
     )
-    report = render_pcm(speech, tts.sample_rate, args.output, options, started=started)
+    report = render_pcm(
+        speech.audio, speech.sample_rate, args.output, options, phones=speech.phones, started=started
+    )
     _print_report(report)
     print(f"demo video: {report.out_path.resolve()}")
     return 0

@@ -34,10 +34,24 @@ def assert_mp4(path: Path) -> None:
 
 def test_render(speech_wav: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out, params = tmp_path / "out.mp4", tmp_path / "out.jsonl"
-    rc = main([
-        "render", str(speech_wav), "-o", str(out), "--params", str(params), "--tracker", "energy",
-        "--fps", "25", "--lookahead-ms", "80", "--text", "hello there",
-    ])
+    rc = main(
+        [
+            "render",
+            str(speech_wav),
+            "-o",
+            str(out),
+            "--params",
+            str(params),
+            "--tracker",
+            "energy",
+            "--fps",
+            "25",
+            "--lookahead-ms",
+            "80",
+            "--text",
+            "hello there",
+        ]
+    )
     captured = capsys.readouterr()
     assert rc == 0
     assert_mp4(out)
@@ -60,7 +74,9 @@ def test_python_dash_m(speech_wav: Path, tmp_path: Path) -> None:
     out = tmp_path / "m.mp4"
     proc = subprocess.run(
         [sys.executable, "-m", "facecast", "render", str(speech_wav), "-o", str(out), "--tracker", "energy"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     assert_mp4(out)
@@ -126,7 +142,9 @@ def test_user_errors_exit_2(
 def test_user_error_via_subprocess(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "facecast", "render", str(tmp_path / "no.wav"), "-o", str(tmp_path / "o.mp4")],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 2
     assert proc.stderr.startswith("facecast: error:") and "Traceback" not in proc.stderr

@@ -5,7 +5,16 @@ import itertools
 import numpy as np
 import pytest
 
-from facecast.engine import AudioFormatError, Engine, EngineConfig, FramePair, SegmentEnded, SegmentStarted
+from facecast.engine import (
+    AudioFormatError,
+    Engine,
+    EngineConfig,
+    FramePair,
+    MouthParams,
+    PhoneTiming,
+    SegmentEnded,
+    SegmentStarted,
+)
 from facecast.engine.types import REST_MOUTH
 
 
@@ -352,3 +361,45 @@ def test_listening_pose_differs_from_idle() -> None:
     assert b.listening and not a.listening
     assert b.head_roll - a.head_roll > 1.5  # attentive tilt
     assert b.brow > a.brow
+
+
+# -- reported phone timings ---------------------------------------------------------------------------
+
+
+def test_reported_phone_timings_drive_the_mouth() -> None:
+    engine = Engine(None, EngineConfig())
+    engine.push_audio(_tone(1.0, 16000), 16000)
+    timings = [("SIL", 0.0, 0.1), ("AA", 0.1, 0.4), ("M", 0.4, 0.6), ("IY", 0.6, 0.9), ("SIL", 0.9, 1.0)]
+    engine.push_phones([PhoneTiming(*t) for t in timings])
+    engine.end_segment()
+    speech = _speech_frames(_drain(engine))
+    assert {f.meta.mouth_source for f in speech} == {"timings"}
+
+    def at(t: float) -> MouthParams:
+        return next(f.meta.mouth for f in speech if f.meta.input_start <= t * 16000 < f.meta.input_end)
+
+    assert at(0.25).viseme == "D" and at(0.25).open > 0.6
+    assert at(0.5).viseme == "A" and at(0.5).closed == 1.0
+    assert at(0.75).viseme == "B"
+    assert at(0.95).viseme == "X"
+
+
+def test_partial_timings_hand_over_to_recognition(speech: tuple[np.ndarray, int, str]) -> None:
+    pcm, rate, _ = speech
+    engine = Engine(None, EngineConfig())
+    engine.push_audio(pcm, rate)
+    engine.push_phones([PhoneTiming("HH", 0.0, 0.5), PhoneTiming("AH", 0.5, 1.0)])
+    engine.end_segment()
+    frames = _speech_frames(_drain(engine))
+    sources = [f.meta.mouth_source for f in frames]
+    assert sources[0] == "timings" and sources[-10] == "phones"
+    # Recognition that starts mid-segment still places its phones on the segment's timeline.
+    late = [f for f in frames if f.meta.mouth_source == "phones"]
+    assert {"A", "D"} & {f.meta.mouth.viseme for f in late}
+
+
+@pytest.mark.parametrize("timing", [("M", -0.1, 0.2), ("M", 0.5, 0.2), ("M", float("nan"), 0.2)])
+def test_invalid_phone_timings_are_rejected(timing: tuple[str, float, float]) -> None:
+    engine = Engine(None, EngineConfig())
+    with pytest.raises(ValueError, match="not a valid interval"):
+        engine.push_phones([PhoneTiming(*timing)])

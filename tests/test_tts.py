@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 
 import numpy as np
 import pytest
 
 from facecast.tts import TTS, EspeakTTS, TTSError
+from facecast.tts.espeak import espeak_phone_to_arpabet
 
 
 @pytest.fixture(scope="module")
@@ -66,3 +68,35 @@ def test_threads_do_not_mix_audio(tts: EspeakTTS) -> None:
     # espeak-ng adds random noise, so compare lengths: interleaved synthesis would merge or split audio.
     assert len(results) == 4
     assert all(abs(r.size - expected.size) < 0.1 * expected.size for r in results)
+
+
+def test_timed_speech_reports_every_phone_in_order(tts: EspeakTTS) -> None:
+    speech = tts.synthesize_timed("My mother baked a pie. Bye!")
+    phones = speech.phones
+    assert phones and speech.sample_rate == tts.sample_rate
+    starts = [p.start for p in phones]
+    assert starts == sorted(starts)
+    assert all(p.end > p.start for p in phones)
+    for a, b in itertools.pairwise(phones):
+        assert b.start == pytest.approx(a.end)  # contiguous: each phone lasts until the next
+    assert phones[-1].end == pytest.approx(len(speech.audio) / speech.sample_rate)
+    spoken = [p.phone for p in phones if p.phone != "SIL"]
+    assert spoken[:2] == ["M", "AY"]  # "my"
+    assert spoken.count("B") >= 2 and "SIL" in [p.phone for p in phones]  # "baked", "bye"; the full stop
+
+
+@pytest.mark.parametrize(
+    ("mnemonic", "arpabet"),
+    [
+        ("'oU", "OW"),
+        (",A@", "AA"),
+        ("m", "M"),
+        ("_:", "SIL"),
+        ("_", "SIL"),
+        ("tS", "CH"),
+        ("D", "DH"),
+        ("a#", "AH"),
+    ],
+)
+def test_espeak_phonemes_map_to_arpabet(mnemonic: str, arpabet: str) -> None:
+    assert espeak_phone_to_arpabet(mnemonic) == arpabet

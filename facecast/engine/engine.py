@@ -11,6 +11,7 @@ Not thread-safe: one host task owns an engine.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -29,6 +30,7 @@ from facecast.engine.types import (
     FrameMeta,
     FramePair,
     MouthParams,
+    PhoneTiming,
     Renderer,
     SegmentEnded,
     SegmentEvent,
@@ -178,6 +180,16 @@ class Engine:
         if text:
             segment.text.append(text)
 
+    def push_phones(self, timings: Sequence[PhoneTiming]) -> None:
+        """Phones known to be spoken in the current segment, at segment-relative input seconds (from
+        a TTS engine). Frames whose analysis window they cover use them instead of recognition."""
+        checked = []
+        for phone, start, end in timings:
+            if not (np.isfinite(start) and np.isfinite(end)) or start < 0 or end < start:
+                raise ValueError(f"phone timing {phone!r} [{start}, {end}) is not a valid interval")
+            checked.append(PhoneTiming(str(phone), float(start), float(end)))
+        self._open_segment().track.add_timings(checked)
+
     def push_text(self, text: str) -> None:
         """Add transcript text to the current segment without audio."""
         if text:
@@ -187,7 +199,7 @@ class Engine:
         """The current utterance is complete: its tail plays out, then SegmentEnded is reported."""
         segment = self._open_segment()
         segment.end()
-        if segment.text and self._recognizer is not None:
+        if segment.text and self._recognizer is not None and not segment.track.timed:
             segment.track.align(" ".join(segment.text))
         self._open = None
 

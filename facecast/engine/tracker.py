@@ -1,6 +1,7 @@
 """Mouth tracking: speech at 16 kHz → a 100 Hz track of mouth classes → mouth parameters per video frame.
 
 Three sources, best first:
+- timings: phones reported by the speech's source (a TTS engine knows what it said, and when);
 - alignment: PocketSphinx forced alignment of the segment against its known text (run once the
   segment's audio is complete; frames still to be played use it);
 - phones: streaming PocketSphinx phone recognition, queried `lookahead` behind the audio head;
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import re
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from facecast.engine.config import ANALYSIS_RATE
-from facecast.engine.types import VISEMES
+from facecast.engine.types import VISEMES, PhoneTiming
 from facecast.engine.visemes import (
     CLOSED_COLUMN,
     CLOSED_INDEX,
@@ -299,6 +301,8 @@ class SegmentTrack:
         self._utt_started = False
         self._recogniser_failed = False
         self._align: np.ndarray | None = None
+        self._timed = np.full(256, UNKNOWN, np.int8)  # classes from reported phone timings
+        self._timed_until = 0  # track frames covered by reported timings
         self._energy = EnergyAnalyzer()
 
     # -- intake -------------------------------------------------------------------------------------
@@ -323,6 +327,11 @@ class SegmentTrack:
     def aligned(self) -> bool:
         return self._align is not None
 
+    @property
+    def timed(self) -> bool:
+        """True once reported phone timings cover the whole segment (alignment would add nothing)."""
+        return self._timed_until > 0 and self._timed_until >= self._n // HOP
+
     def align(self, text: str) -> bool:
         """Force-align the complete segment against `text`; True when it worked."""
         if self._n > ALIGN_MAX_S * ANALYSIS_RATE or not text.strip():
@@ -332,6 +341,20 @@ class SegmentTrack:
             return False
         self._align = codes
         return True
+
+    def add_timings(self, timings: Sequence[PhoneTiming]) -> None:
+        """Phones reported by the speech's source (a TTS engine): used wherever they cover a frame."""
+        for phone, start, end in timings:
+            f0 = max(0, round(start * TRACK_HZ))
+            f1 = round(end * TRACK_HZ)
+            if f1 <= f0:
+                continue
+            if f1 > len(self._timed):
+                grown = np.full(max(f1, 2 * len(self._timed)), UNKNOWN, np.int8)
+                grown[: len(self._timed)] = self._timed
+                self._timed = grown
+            self._timed[f0:f1] = phone_code(phone)
+            self._timed_until = max(self._timed_until, f1)
 
     def abort(self) -> None:
         if self._recognizer is not None and self._utt_started and not self._finished:
@@ -346,8 +369,8 @@ class SegmentTrack:
     def _advance(self, head: int) -> None:
         head = min(head, self._n)
         if head > self._decoded:
-            if self._align is None:  # aligned frames do not need the recogniser: save its CPU
-                self._decode_phones(self._pcm[self._decoded : head], head)
+            if self._align is None and self._timed_until * HOP < head:  # covered frames need no recogniser
+                self._decode_phones(self._decoded, head)
             self._decoded = head
         feat_end = -(-self._n // HOP) if self._complete else max(0, (head - ENERGY_WINDOW) // HOP + 1)
         if feat_end > self._n_feat:
@@ -362,15 +385,19 @@ class SegmentTrack:
             if self._recognizer is not None and self._utt_started and not self._recogniser_failed:
                 self._write_phones(self._recognizer.finish())
 
-    def _decode_phones(self, chunk: np.ndarray, head: int) -> None:
+    def _decode_phones(self, start: int, head: int) -> None:
         rec = self._recognizer
         if rec is None or self._recogniser_failed:
             return
         try:
             if not self._utt_started:
+                # Decoding may start late (reported timings covered the beginning): the utterance's
+                # frame 0 is the whole hop at or before `start`.
                 rec.start(reset_features=True)
                 self._utt_started = True
-            rec.process(chunk)
+                self._utt_base = start // HOP
+                start = self._utt_base * HOP
+            rec.process(self._pcm[start:head])
             phones = rec.phones()
             self._write_phones(phones)
             utt_frames = head // HOP - self._utt_base
@@ -421,7 +448,12 @@ class SegmentTrack:
         span = slice(f0 - w0, f1 - w0)
         centre = (f0 + f1) // 2 - w0
 
-        if self._align is not None:
+        # Reported timings are used where they cover the whole window (up to the end of an ended
+        # segment; a rounding hop short of it is covered).
+        if self._timed_until >= min(w1, self._n // HOP if self._ended else w1):
+            codes = _window_codes(self._timed, self._timed_until, w0, w1, complete=self._ended)
+            source = "timings"
+        elif self._align is not None:
             codes = _window_codes(self._align, len(self._align), w0, w1, complete=True)
             source = "alignment"
         elif self._recognizer is not None and not self._recogniser_failed:
@@ -435,7 +467,8 @@ class SegmentTrack:
             return TrackedMouth(row, viseme, "energy")
 
         params = coarticulate(codes)
-        miss = (codes == REST_INDEX) & (level > RECOGNISER_MISS_LEVEL)
+        # Silence in loud audio is a recogniser miss; reported timings are trusted as they are.
+        miss = (codes == REST_INDEX) & (level > RECOGNISER_MISS_LEVEL) & (source != "timings")
         if miss[span].any():
             params = np.where(miss[:, None], energy, params)
             if miss[centre]:

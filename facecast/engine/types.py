@@ -7,7 +7,7 @@ hosts, renderers and the public `--params` JSONL format agree on them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Literal, NamedTuple, Protocol
 
 import numpy as np
 
@@ -45,6 +45,15 @@ class MouthParams:
 
 
 REST_MOUTH = MouthParams()
+
+
+class PhoneTiming(NamedTuple):
+    """A phone known to be spoken at [start, end) seconds of its segment's input audio — what a TTS
+    engine can report about the speech it generates. `phone` is ARPAbet (CMUdict symbols)."""
+
+    phone: str
+    start: float
+    end: float
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,7 @@ import math
 import queue
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -22,7 +23,7 @@ import av
 import cv2
 import numpy as np
 
-from facecast.engine.types import FrameMeta
+from facecast.engine.types import FrameMeta, PhoneTiming
 from facecast.hosts.progress import Progress
 
 PARAMS_VERSION = 1
@@ -269,10 +270,12 @@ def render_pcm(
     out_path: str | Path,
     options: RenderOptions | None = None,
     *,
+    phones: Sequence[PhoneTiming] | None = None,
     started: float | None = None,
 ) -> RenderReport:
     """`render_file` for audio already in memory: int16 (n,) or (n, channels) at `rate` Hz.
-    `started` (a perf_counter value) lets the caller include its own decoding in the reported time."""
+    `phones` are the speech's phone timings when its source knows them (a TTS engine); `started`
+    (a perf_counter value) lets the caller include its own synthesis or decoding in the reported time."""
     from facecast.avatars import load_renderer
     from facecast.engine import Engine, EngineConfig
 
@@ -305,9 +308,11 @@ def render_pcm(
     frames = 0
     try:
         params_out = params_file.open("w", encoding="utf-8") if params_file is not None else None
-        if text is not None and config.uses_phones:
+        if text is not None and config.uses_phones and not phones:
             bar.note(f"aligning the transcript to {pcm.shape[0] / rate:.1f} s of audio")
         engine.push_audio(pcm, rate, channels=channels, text=text)
+        if phones:
+            engine.push_phones(phones)
         engine.end_segment()
         # A guard against a clock that never drains: the engine must finish within a second of slack.
         limit = expected + fps
