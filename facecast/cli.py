@@ -7,13 +7,13 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from facecast import __version__
 from facecast.engine.config import FPS_CHOICES, MAX_LOOKAHEAD_MS
 
 if TYPE_CHECKING:
-    from facecast.hosts.file import RenderReport
+    from facecast.hosts.file import RenderOptions, RenderReport
 
 EXIT_USAGE = 2
 DEMO_TEXT = (
@@ -102,21 +102,26 @@ def _print_report(report: RenderReport) -> None:
         print(f"wrote {report.params_path}: {report.frames} lines of per-frame parameters")
 
 
-def _cmd_render(args: argparse.Namespace) -> int:
-    from facecast.hosts.file import RenderOptions, render_file
+def _render_options(args: argparse.Namespace, **extra: Any) -> RenderOptions:
+    """The options `render` and `demo` share (look, clock, outputs), plus command-specific ones."""
+    from facecast.hosts.file import RenderOptions
 
-    options = RenderOptions(
+    return RenderOptions(
         avatar=args.avatar,
         fps=args.fps,
         aspect=args.aspect,
         quality=args.quality,
         background=args.background,
-        text=args.text,
         params_path=args.params,
-        tracker=args.tracker,
-        lookahead_ms=args.lookahead_ms,
         progress=not args.quiet,
+        **extra,
     )
+
+
+def _cmd_render(args: argparse.Namespace) -> int:
+    from facecast.hosts.file import render_file
+
+    options = _render_options(args, text=args.text, tracker=args.tracker, lookahead_ms=args.lookahead_ms)
     report = render_file(args.audio, args.output, options)
     _print_report(report)
     return 0
@@ -124,23 +129,14 @@ def _cmd_render(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from facecast.avatars import load_style
-    from facecast.hosts.file import RenderOptions, render_pcm
+    from facecast.hosts.file import render_pcm
     from facecast.tts import EspeakTTS
 
     started = time.perf_counter()
     text = args.text or DEMO_TEXT.format(name=load_style(args.avatar).display_name)
     tts = EspeakTTS(voice=args.voice)
     speech = tts.synthesize_timed(text)  # espeak-ng reports its phones: exact lip-sync
-    options = RenderOptions(
-        avatar=args.avatar,
-        fps=args.fps,
-        aspect=args.aspect,
-        quality=args.quality,
-        background=args.background,
-        text=text,
-        params_path=args.params,
-        progress=not args.quiet,
-    )
+    options = _render_options(args, text=text)
     report = render_pcm(
         speech.audio, speech.sample_rate, args.output, options, phones=speech.phones, started=started
     )
