@@ -224,10 +224,6 @@ class Engine:
         """True while any pushed or still-open segment has not been fully played."""
         return bool(self._segments)
 
-    @property
-    def frame_index(self) -> int:
-        return self._index
-
     # -- output ---------------------------------------------------------------------------------------
     def next_frame(self) -> FramePair:
         cfg = self.config

@@ -151,14 +151,6 @@ class StreamResampler:
             self._bank = h.reshape(self._taps, self._up).T.astype(np.float32).copy()
             self._delay = (num_taps - 1) // 2
 
-    @property
-    def samples_in(self) -> int:
-        return self._n_in
-
-    @property
-    def samples_out(self) -> int:
-        return self._n_out
-
     def process(self, x: np.ndarray) -> np.ndarray:
         if self._flushed:
             raise RuntimeError("resampler already flushed")

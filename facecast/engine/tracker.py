@@ -324,10 +324,6 @@ class SegmentTrack:
         return self._n
 
     @property
-    def aligned(self) -> bool:
-        return self._align is not None
-
-    @property
     def timed(self) -> bool:
         """True once reported phone timings cover the whole segment (alignment would add nothing)."""
         return self._timed_until > 0 and self._timed_until >= self._n // HOP
@@ -374,7 +370,9 @@ class SegmentTrack:
             self._decoded = head
         feat_end = -(-self._n // HOP) if self._complete else max(0, (head - ENERGY_WINDOW) // HOP + 1)
         if feat_end > self._n_feat:
-            audio = self._pcm[self._n_feat * HOP : self._n].astype(np.float32) / 32768.0
+            # Only the samples these frames' windows reach: the segment may hold minutes more.
+            stop = min(self._n, (feat_end - 1) * HOP + ENERGY_WINDOW)
+            audio = self._pcm[self._n_feat * HOP : stop].astype(np.float32) / 32768.0
             level, centroid = self._energy.frames(audio, 0, feat_end - self._n_feat)
             self._ensure(feat_end)
             self._level[self._n_feat : feat_end] = level

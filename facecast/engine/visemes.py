@@ -105,10 +105,6 @@ def phone_to_viseme(phone: str) -> str:
     return _PHONE_CLASSES.get(p, "B")
 
 
-def viseme_open(viseme: str) -> float:
-    return float(TARGETS[VISEME_INDEX[viseme], OPEN_COLUMN])
-
-
 def gaussian_kernel(sigma_frames: float) -> np.ndarray:
     radius = max(1, int(np.ceil(3 * sigma_frames)))
     x = np.arange(-radius, radius + 1, dtype=np.float32)
