@@ -403,3 +403,28 @@ def test_invalid_phone_timings_are_rejected(timing: tuple[str, float, float]) ->
     engine = Engine(None, EngineConfig())
     with pytest.raises(ValueError, match="not a valid interval"):
         engine.push_phones([PhoneTiming(*timing)])
+
+
+def test_push_returns_the_segment_id_its_events_carry() -> None:
+    engine = Engine(None, EngineConfig(fps=25, out_rate=16000, tracker="energy"))
+    tone = (np.sin(np.arange(3200) / 5.0) * 8000).astype(np.int16)
+    first = engine.push_audio(tone, 16000)
+    assert engine.push_audio(tone, 16000) == first
+    engine.end_segment()
+    second = engine.push_audio(tone, 16000)
+    assert second == first + 1
+    engine.end_segment()
+    events = [e for _ in range(40) for e in engine.next_frame().meta.events]
+    assert [e.segment_id for e in events] == [first, first, second, second]
+
+
+def test_unrendered_frame_still_advances_audio() -> None:
+    from facecast.avatars import load_renderer
+
+    engine = Engine(load_renderer("ava", quality="low"), EngineConfig(fps=25, out_rate=16000))
+    engine.push_audio(np.zeros(1600, np.int16), 16000)
+    engine.end_segment()
+    skipped = engine.next_frame(render=False)
+    drawn = engine.next_frame()
+    assert skipped.video is None and skipped.audio is not None and len(skipped.audio) == 640
+    assert drawn.video is not None and drawn.meta.index == 1

@@ -160,8 +160,9 @@ class Engine:
         *,
         channels: int = 1,
         text: str | None = None,
-    ) -> None:
-        """Queue speech for the current segment (opened on demand).
+    ) -> int:
+        """Queue speech for the current segment (opened on demand); returns that segment's id, the one
+        its SegmentStarted / SegmentEnded events carry.
 
         `pcm` is int16 little-endian bytes (interleaved when stereo) or an int16 / float32 array of shape
         (n,) or (n, channels). `text`, when given, is (part of) the transcript of this segment and
@@ -179,8 +180,9 @@ class Engine:
             raise
         if text:
             segment.text.append(text)
+        return segment.id
 
-    def push_phones(self, timings: Sequence[PhoneTiming]) -> None:
+    def push_phones(self, timings: Sequence[PhoneTiming]) -> int:
         """Phones known to be spoken in the current segment, at segment-relative input seconds (from
         a TTS engine). Frames whose analysis window they cover use them instead of recognition."""
         checked = []
@@ -188,12 +190,18 @@ class Engine:
             if not (np.isfinite(start) and np.isfinite(end)) or start < 0 or end < start:
                 raise ValueError(f"phone timing {phone!r} [{start}, {end}) is not a valid interval")
             checked.append(PhoneTiming(str(phone), float(start), float(end)))
-        self._open_segment().track.add_timings(checked)
+        segment = self._open_segment()
+        segment.track.add_timings(checked)
+        return segment.id
 
-    def push_text(self, text: str) -> None:
-        """Add transcript text to the current segment without audio."""
-        if text:
-            self._open_segment().text.append(text)
+    def push_text(self, text: str) -> int | None:
+        """Add transcript text to the current segment without audio; returns the segment's id (None,
+        and no segment opened, when `text` is empty)."""
+        if not text:
+            return None
+        segment = self._open_segment()
+        segment.text.append(text)
+        return segment.id
 
     def end_segment(self) -> None:
         """The current utterance is complete: its tail plays out, then SegmentEnded is reported."""
@@ -225,7 +233,9 @@ class Engine:
         return bool(self._segments)
 
     # -- output ---------------------------------------------------------------------------------------
-    def next_frame(self) -> FramePair:
+    def next_frame(self, *, render: bool = True) -> FramePair:
+        """Advance the clock by one frame. `render=False` skips drawing (video is None) but still
+        advances audio and face state: a real-time host that fell behind drops frames this way."""
         cfg = self.config
         index = self._index
         n = cfg.frame_samples(index)
@@ -260,7 +270,7 @@ class Engine:
             playback = segment.played_s()  # underrun mid-segment: video keeps going, audio waits
 
         state = self._animator.step(mouth, listening=self._listening)
-        video = self.renderer.render(state) if self.renderer is not None else None
+        video = self.renderer.render(state) if render and self.renderer is not None else None
         meta = FrameMeta(
             index=index,
             t=start / cfg.out_rate,

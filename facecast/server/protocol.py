@@ -1,0 +1,88 @@
+"""Every name on the wire, in one place: API paths, session states, end reasons, LITE WebSocket events.
+
+The shapes follow HeyGen LiveAvatar's public API so that a user of it feels at home: JSON responses are
+`{code, data, message}`, WebSocket messages are `{type, event_id, ...}`."""
+
+from __future__ import annotations
+
+from typing import Final, Literal
+
+API_PREFIX: Final = "/v1"
+
+# -- response codes (the `code` field; HTTP statuses carry the same meaning) --------------------------
+CODE_OK: Final = 1000
+CODE_BAD_REQUEST: Final = 4000
+CODE_UNAUTHORIZED: Final = 4001
+CODE_FORBIDDEN: Final = 4003
+CODE_NOT_FOUND: Final = 4004
+CODE_CONFLICT: Final = 4009
+CODE_GONE: Final = 4010
+CODE_LIMIT: Final = 4029
+CODE_NOT_IMPLEMENTED: Final = 5001
+CODE_INTERNAL: Final = 5000
+
+# -- sessions -----------------------------------------------------------------------------------------
+Mode = Literal["LITE", "FULL"]
+Transport = Literal["webrtc", "livekit"]
+Encoding = Literal["VP8", "H264"]
+InteractivityType = Literal["CONVERSATIONAL", "PUSH_TO_TALK"]
+
+# A session's lifecycle as stored: created (token minted) -> started -> ended.
+STATE_CREATED: Final = "created"
+STATE_STARTED: Final = "started"
+STATE_ENDED: Final = "ended"
+
+# Why a session ended; every ended record carries exactly one.
+END_STOPPED: Final = "stopped"
+END_MAX_DURATION: Final = "max_duration"
+END_IDLE: Final = "idle"
+END_CLIENT_GONE: Final = "client_gone"
+END_ERROR: Final = "error"
+END_SERVER_SHUTDOWN: Final = "server_shutdown"
+END_TOKEN_EXPIRED: Final = "token_expired"  # minted but never started before its token expired
+END_REASONS: Final = (
+    END_STOPPED,
+    END_MAX_DURATION,
+    END_IDLE,
+    END_CLIENT_GONE,
+    END_ERROR,
+    END_SERVER_SHUTDOWN,
+    END_TOKEN_EXPIRED,
+)
+
+# -- LITE WebSocket: client -> server ----------------------------------------------------------------
+AGENT_SPEAK: Final = "agent.speak"  # {audio: base64 PCM16 mono 24 kHz, event_id}
+AGENT_SPEAK_END: Final = "agent.speak_end"  # {event_id}
+AGENT_SPEAK_TEXT: Final = "agent.speak_text"  # {text, event_id}: server-side TTS
+AGENT_INTERRUPT: Final = "agent.interrupt"
+AGENT_START_LISTENING: Final = "agent.start_listening"
+AGENT_STOP_LISTENING: Final = "agent.stop_listening"
+SESSION_KEEP_ALIVE: Final = "session.keep_alive"
+CLIENT_EVENTS: Final = frozenset(
+    {
+        AGENT_SPEAK,
+        AGENT_SPEAK_END,
+        AGENT_SPEAK_TEXT,
+        AGENT_INTERRUPT,
+        AGENT_START_LISTENING,
+        AGENT_STOP_LISTENING,
+        SESSION_KEEP_ALIVE,
+    }
+)
+LITE_AUDIO_RATE: Final = 24000  # agent.speak audio: PCM16 little-endian, mono, this rate
+
+# -- LITE WebSocket / data channel: server -> client --------------------------------------------------
+SESSION_STATE_UPDATED: Final = "session.state_updated"  # {state: connecting|connected|closing|closed}
+AGENT_SPEAK_STARTED: Final = "agent.speak_started"
+AGENT_SPEAK_ENDED: Final = "agent.speak_ended"
+AGENT_SPEAK_INTERRUPTED: Final = "agent.speak_interrupted"
+SESSION_STOPPED: Final = "session.stopped"  # {end_reason}
+SESSION_STATS: Final = "session.stats"
+ERROR: Final = "error"  # {code, message, event_id?}
+
+WS_STATE_CONNECTING: Final = "connecting"
+WS_STATE_CONNECTED: Final = "connected"
+WS_STATE_CLOSING: Final = "closing"
+WS_STATE_CLOSED: Final = "closed"
+
+DATA_CHANNEL_LABEL: Final = "events"
