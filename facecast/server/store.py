@@ -1,0 +1,541 @@
+"""The server's persistent store: API keys and session records, in SQLite (default) or PostgreSQL.
+
+The API is synchronous and thread-safe: the asyncio server calls it directly because every query is a
+small indexed lookup. Times are unix seconds. Secrets never reach the database, only their hashes
+(facecast.server.auth.hash_secret). Several API servers may share one PostgreSQL database, so every
+state transition is a single conditional statement in the database, never a read-modify-write here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sqlite3
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import astuple, dataclass, field, fields
+from pathlib import Path
+from typing import Any, NamedTuple, Protocol
+
+import psycopg
+
+from facecast.server.auth import hash_secret, key_prefix, new_api_key
+from facecast.server.protocol import END_REASONS, STATE_CREATED, STATE_ENDED, STATE_STARTED
+
+DEV_KEY_NAME = "dev"
+DEV_KEY_FILE = "dev-key"
+SQLITE_FILE = "facecast.db"
+ACCEPTED_URLS = (
+    "sqlite:///ABSOLUTE/PATH.db, sqlite:RELATIVE/PATH.db, or postgresql://USER:PASSWORD@HOST:PORT/DBNAME"
+)
+_PG_MIGRATION_LOCK = 0x46434D47  # pg_advisory_xact_lock id: servers starting together migrate one at a time
+_MIN_PREFIX_LEN = 5  # "key_" / "fck_" alone would match every key
+
+
+class StoreError(RuntimeError):
+    """The database cannot be opened or has a schema this version does not know."""
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    id: str
+    name: str
+    prefix: str
+    created_at: float
+    revoked_at: float | None
+    max_concurrent: int | None
+
+    @property
+    def revoked(self) -> bool:
+        return self.revoked_at is not None
+
+
+@dataclass
+class SessionRecord:
+    id: str
+    key_id: str
+    mode: str
+    avatar_id: str
+    is_sandbox: bool
+    transport: str
+    settings: dict[str, Any]  # video_settings, aspect_ratio, fps, interactivity_type, max_session_duration...
+    state: str  # protocol.STATE_*
+    token_hash: str
+    token_expires_at: float
+    created_at: float
+    started_at: float | None = None
+    ended_at: float | None = None
+    end_reason: str | None = None
+    last_activity_at: float | None = None
+    stats: dict[str, Any] = field(default_factory=dict)
+    owner: str | None = None  # the API server that runs (or minted) it, when several share the database
+
+    @property
+    def duration_s(self) -> float | None:
+        """Seconds since start, up to the end if it has ended; None if it never started."""
+        if self.started_at is None:
+            return None
+        end = self.ended_at if self.ended_at is not None else time.time()
+        return max(0.0, end - self.started_at)
+
+
+def new_session_id() -> str:
+    return "ses_" + secrets.token_hex(16)
+
+
+def _new_key_id() -> str:
+    return "key_" + secrets.token_hex(8)
+
+
+class Store(Protocol):
+    def create_key(self, name: str, *, max_concurrent: int | None = None) -> tuple[ApiKey, str]:
+        """A new key and its secret; the secret is returned only here, the store keeps its hash."""
+        ...
+
+    def authenticate_key(self, secret: str) -> ApiKey | None:
+        """The key with this secret; None if unknown or revoked."""
+        ...
+
+    def get_key(self, key_id: str) -> ApiKey | None: ...
+
+    def list_keys(self) -> list[ApiKey]:
+        """All keys, revoked ones included, newest first."""
+        ...
+
+    def revoke_key(self, key_id_or_prefix: str) -> ApiKey | None:
+        """Revoke the key with this id, or whose id or secret starts with this; None if no key matches.
+        Idempotent. ValueError if several keys match."""
+        ...
+
+    def insert_session(self, record: SessionRecord) -> None: ...
+
+    def get_session(self, session_id: str) -> SessionRecord | None: ...
+
+    def session_by_token_hash(self, token_hash: str) -> SessionRecord | None: ...
+
+    def update_session(self, session_id: str, **fields: Any) -> bool:
+        """Set these fields; False if the session is unknown, or `state` was given and it has ended.
+        ValueError for unknown fields and for those only end_session may set."""
+        ...
+
+    def end_session(
+        self, session_id: str, reason: str, ended_at: float, stats: dict[str, Any] | None = None
+    ) -> bool:
+        """End the session unless it has already ended (then False): every session ends exactly once."""
+        ...
+
+    def count_active(self, key_id: str) -> int: ...
+
+    def list_sessions(
+        self, key_id: str | None, *, active: bool, page: int = 1, page_size: int = 20
+    ) -> tuple[list[SessionRecord], int]:
+        """One page of live (active=True) or ended sessions, newest first, and the number of all matches."""
+        ...
+
+    def end_live_sessions(self, reason: str, ended_at: float, *, owner: str | None = None) -> int:
+        """End every session that has not ended (crash recovery at start-up), only those of `owner` if
+        given (other servers' sessions on a shared database are still running); how many."""
+        ...
+
+    def close(self) -> None: ...
+
+
+# -- schema -------------------------------------------------------------------------------------------
+# Migration N takes the schema from version N to N+1; never edit a released one, append a new one.
+# {real}, {bool} and {json} are filled in per database.
+_MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE api_keys (
+            id TEXT PRIMARY KEY,
+            name TEXT NOT NULL,
+            prefix TEXT NOT NULL,
+            secret_hash TEXT NOT NULL UNIQUE,
+            created_at {real} NOT NULL,
+            revoked_at {real},
+            max_concurrent INTEGER
+        )""",
+        """CREATE TABLE sessions (
+            id TEXT PRIMARY KEY,
+            key_id TEXT NOT NULL REFERENCES api_keys (id),
+            mode TEXT NOT NULL,
+            avatar_id TEXT NOT NULL,
+            is_sandbox {bool} NOT NULL,
+            transport TEXT NOT NULL,
+            settings {json} NOT NULL,
+            state TEXT NOT NULL,
+            token_hash TEXT NOT NULL,
+            token_expires_at {real} NOT NULL,
+            created_at {real} NOT NULL,
+            started_at {real},
+            ended_at {real},
+            end_reason TEXT,
+            last_activity_at {real},
+            stats {json} NOT NULL,
+            owner TEXT
+        )""",
+        "CREATE UNIQUE INDEX sessions_token_hash ON sessions (token_hash)",
+        "CREATE INDEX sessions_key_id ON sessions (key_id, created_at)",
+        "CREATE INDEX sessions_state ON sessions (state)",
+    ),
+)
+SCHEMA_VERSION = len(_MIGRATIONS)
+
+_KEY_COLUMNS = ", ".join(f.name for f in fields(ApiKey))
+_SESSION_FIELDS = tuple(f.name for f in fields(SessionRecord))
+_SESSION_COLUMNS = ", ".join(_SESSION_FIELDS)
+_JSON_FIELDS = frozenset({"settings", "stats"})
+_END_ONLY_FIELDS = frozenset({"ended_at", "end_reason"})
+_FIXED_FIELDS = frozenset({"id", "key_id", "created_at"})
+
+
+def _check_schema_version(version: int) -> None:
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"the database has schema version {version}, newer than this facecast knows "
+            f"({SCHEMA_VERSION}); upgrade facecast"
+        )
+
+
+def _check_reason(reason: str) -> None:
+    if reason not in END_REASONS:
+        raise ValueError(f"unknown end reason {reason!r}; expected one of {', '.join(END_REASONS)}")
+
+
+def _encode(name: str, value: Any) -> Any:
+    return json.dumps(value, separators=(",", ":")) if name in _JSON_FIELDS else value
+
+
+def _decode_json(value: Any) -> dict[str, Any]:
+    # SQLite hands back the JSON text, psycopg an already-parsed JSONB value.
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def _session(row: Sequence[Any]) -> SessionRecord:
+    values = dict(zip(_SESSION_FIELDS, row, strict=True))
+    values["is_sandbox"] = bool(values["is_sandbox"])
+    for name in _JSON_FIELDS:
+        values[name] = _decode_json(values[name])
+    return SessionRecord(**values)
+
+
+class _Result(NamedTuple):
+    rows: list[tuple[Any, ...]]
+    rowcount: int
+
+
+class _SqlStore(ABC):
+    """Everything but the connection: SQL written once, with `?` placeholders."""
+
+    @abstractmethod
+    def _execute(self, sql: str, params: Sequence[Any] = ()) -> _Result: ...
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    # -- keys ---------------------------------------------------------------------------------------
+    def create_key(self, name: str, *, max_concurrent: int | None = None) -> tuple[ApiKey, str]:
+        name = name.strip()
+        if not name:
+            raise ValueError("a key needs a name")
+        if max_concurrent is not None and max_concurrent < 1:
+            raise ValueError(f"max_concurrent must be at least 1, got {max_concurrent}")
+        secret = new_api_key()
+        key = ApiKey(_new_key_id(), name, key_prefix(secret), time.time(), None, max_concurrent)
+        self._execute(
+            f"INSERT INTO api_keys ({_KEY_COLUMNS}, secret_hash) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (*astuple(key), hash_secret(secret)),
+        )
+        return key, secret
+
+    def authenticate_key(self, secret: str) -> ApiKey | None:
+        rows = self._execute(
+            f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE secret_hash = ?", (hash_secret(secret),)
+        ).rows
+        key = ApiKey(*rows[0]) if rows else None
+        return None if key is None or key.revoked else key
+
+    def get_key(self, key_id: str) -> ApiKey | None:
+        rows = self._execute(f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE id = ?", (key_id,)).rows
+        return ApiKey(*rows[0]) if rows else None
+
+    def list_keys(self) -> list[ApiKey]:
+        rows = self._execute(f"SELECT {_KEY_COLUMNS} FROM api_keys ORDER BY created_at DESC, id DESC").rows
+        return [ApiKey(*row) for row in rows]
+
+    def revoke_key(self, key_id_or_prefix: str) -> ApiKey | None:
+        wanted = key_id_or_prefix.strip()
+        keys = self.list_keys()  # a handful of rows; matching here keeps LIKE's `_` wildcard out of it
+        matches = [k for k in keys if wanted in (k.id, k.prefix)]
+        if not matches:
+            if len(wanted) < _MIN_PREFIX_LEN:
+                raise ValueError(
+                    f"{wanted!r} is too short to pick a key: give its id or at least "
+                    f"{_MIN_PREFIX_LEN} characters of its id or prefix"
+                )
+            matches = [k for k in keys if k.id.startswith(wanted) or k.prefix.startswith(wanted)]
+        if not matches:
+            return None
+        if len(matches) > 1:
+            ids = ", ".join(k.id for k in matches)
+            raise ValueError(f"{wanted!r} matches {len(matches)} keys ({ids}); give the full key id")
+        self._execute(
+            "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+            (time.time(), matches[0].id),
+        )
+        return self.get_key(matches[0].id)
+
+    # -- sessions -----------------------------------------------------------------------------------
+    def insert_session(self, record: SessionRecord) -> None:
+        if record.state not in (STATE_CREATED, STATE_STARTED):
+            raise ValueError(f"a new session is {STATE_CREATED} or {STATE_STARTED}, not {record.state!r}")
+        placeholders = ", ".join("?" for _ in _SESSION_FIELDS)
+        values = [_encode(name, getattr(record, name)) for name in _SESSION_FIELDS]
+        self._execute(f"INSERT INTO sessions ({_SESSION_COLUMNS}) VALUES ({placeholders})", values)
+
+    def get_session(self, session_id: str) -> SessionRecord | None:
+        rows = self._execute(f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE id = ?", (session_id,)).rows
+        return _session(rows[0]) if rows else None
+
+    def session_by_token_hash(self, token_hash: str) -> SessionRecord | None:
+        rows = self._execute(
+            f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE token_hash = ?", (token_hash,)
+        ).rows
+        return _session(rows[0]) if rows else None
+
+    def update_session(self, session_id: str, **fields: Any) -> bool:
+        if not fields:
+            raise ValueError("no fields to update")
+        for name in fields:
+            if name not in _SESSION_FIELDS:
+                raise ValueError(f"unknown session field {name!r}")
+            if name in _FIXED_FIELDS:
+                raise ValueError(f"a session's {name} cannot change")
+            if name in _END_ONLY_FIELDS:
+                raise ValueError(f"{name} is set by end_session")
+        if "state" in fields and fields["state"] not in (STATE_CREATED, STATE_STARTED):
+            raise ValueError(f"state {fields['state']!r} cannot be set here; end sessions with end_session")
+        assignments = ", ".join(f"{name} = ?" for name in fields)
+        # An ended session must never come back to life, e.g. a start racing an idle timeout.
+        guard = f" AND state <> '{STATE_ENDED}'" if "state" in fields else ""
+        values = [_encode(name, value) for name, value in fields.items()]
+        result = self._execute(
+            f"UPDATE sessions SET {assignments} WHERE id = ?{guard}", (*values, session_id)
+        )
+        return result.rowcount == 1
+
+    def end_session(
+        self, session_id: str, reason: str, ended_at: float, stats: dict[str, Any] | None = None
+    ) -> bool:
+        _check_reason(reason)
+        # One conditional UPDATE is the compare-and-set: of concurrent enders, from any thread or server,
+        # exactly one sees its row come back.
+        rows = self._execute(
+            f"UPDATE sessions SET state = '{STATE_ENDED}', ended_at = ?, end_reason = ?, "
+            f"stats = COALESCE(?, stats) WHERE id = ? AND state <> '{STATE_ENDED}' RETURNING id",
+            (ended_at, reason, None if stats is None else _encode("stats", stats), session_id),
+        ).rows
+        return len(rows) == 1
+
+    def count_active(self, key_id: str) -> int:
+        rows = self._execute(
+            f"SELECT COUNT(*) FROM sessions WHERE key_id = ? AND state <> '{STATE_ENDED}'", (key_id,)
+        ).rows
+        return int(rows[0][0])
+
+    def list_sessions(
+        self, key_id: str | None, *, active: bool, page: int = 1, page_size: int = 20
+    ) -> tuple[list[SessionRecord], int]:
+        if page < 1 or page_size < 1:
+            raise ValueError(f"page and page_size start at 1, got page={page}, page_size={page_size}")
+        where = f"state {'<>' if active else '='} '{STATE_ENDED}'"
+        params: list[Any] = []
+        if key_id is not None:
+            where += " AND key_id = ?"
+            params.append(key_id)
+        total = int(self._execute(f"SELECT COUNT(*) FROM sessions WHERE {where}", params).rows[0][0])
+        rows = self._execute(
+            f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE {where} "
+            "ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?",
+            (*params, page_size, (page - 1) * page_size),
+        ).rows
+        return [_session(row) for row in rows], total
+
+    def end_live_sessions(self, reason: str, ended_at: float, *, owner: str | None = None) -> int:
+        _check_reason(reason)
+        where, params = f"state <> '{STATE_ENDED}'", [ended_at, reason]
+        if owner is not None:
+            where += " AND owner = ?"
+            params.append(owner)
+        return self._execute(
+            f"UPDATE sessions SET state = '{STATE_ENDED}', ended_at = ?, end_reason = ? WHERE {where}", params
+        ).rowcount
+
+
+class SQLiteStore(_SqlStore):
+    """A single SQLite file (WAL mode), one connection behind a lock."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # Autocommit (isolation_level=None): each statement is its own transaction, except the
+            # migration, which opens one explicitly. timeout waits out other processes' write locks.
+            self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10)
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"cannot open SQLite database {self.path}: {exc}") from exc
+        try:
+            self._conn.execute("PRAGMA journal_mode = WAL")
+            self._conn.execute("PRAGMA foreign_keys = ON")
+            self._migrate()
+        except BaseException as exc:
+            self._conn.close()
+            if isinstance(exc, sqlite3.Error):
+                raise StoreError(f"cannot open SQLite database {self.path}: {exc}") from exc
+            raise
+
+    def _migrate(self) -> None:
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")  # take the write lock before reading the version
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            _check_schema_version(version)
+            types = {"real": "REAL", "bool": "INTEGER", "json": "TEXT"}
+            for migration in _MIGRATIONS[version:]:
+                for statement in migration:
+                    conn.execute(statement.format(**types))
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def _execute(self, sql: str, params: Sequence[Any] = ()) -> _Result:
+        with self._lock:
+            cursor = self._conn.execute(sql, params)
+            rows = cursor.fetchall()
+            return _Result(rows, cursor.rowcount)
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+
+class PostgresStore(_SqlStore):
+    """PostgreSQL through psycopg 3: one autocommit connection behind a lock, reconnected once if broken."""
+
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self._lock = threading.Lock()
+        try:
+            self._conn = self._connect()
+        except psycopg.Error as exc:
+            # The message names host and port, never the password.
+            raise StoreError(f"cannot connect to PostgreSQL: {exc}") from exc
+        try:
+            self._migrate()
+        except BaseException as exc:
+            self._conn.close()
+            if isinstance(exc, psycopg.Error):  # e.g. no right to create tables
+                raise StoreError(f"cannot set up the PostgreSQL schema: {exc}") from exc
+            raise
+
+    def _connect(self) -> psycopg.Connection[tuple[Any, ...]]:
+        return psycopg.connect(self._url, autocommit=True, connect_timeout=10)
+
+    def _migrate(self) -> None:
+        conn = self._conn
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_PG_MIGRATION_LOCK,))
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS facecast_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)"
+            )
+            row = conn.execute("SELECT value FROM facecast_meta WHERE name = 'schema_version'").fetchone()
+            version = int(row[0]) if row else 0
+            _check_schema_version(version)
+            types = {"real": "DOUBLE PRECISION", "bool": "BOOLEAN", "json": "JSONB"}
+            for migration in _MIGRATIONS[version:]:
+                for statement in migration:
+                    conn.execute(statement.format(**types))
+            conn.execute(
+                "INSERT INTO facecast_meta (name, value) VALUES ('schema_version', %s) "
+                "ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value",
+                (str(SCHEMA_VERSION),),
+            )
+
+    def _execute(self, sql: str, params: Sequence[Any] = ()) -> _Result:
+        query = sql.replace("?", "%s")
+        with self._lock:
+            try:
+                return self._run(query, params)
+            except psycopg.OperationalError:
+                if not self._conn.broken:
+                    raise
+            # Retrying is safe: inserts are keyed by id and every update is conditional, so a statement
+            # that did commit before the connection dropped cannot apply twice.
+            self._conn = self._connect()
+            return self._run(query, params)
+
+    def _run(self, query: str, params: Sequence[Any]) -> _Result:
+        cursor = self._conn.execute(query, params)
+        rows = cursor.fetchall() if cursor.description is not None else []
+        return _Result(rows, cursor.rowcount)
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+
+def open_store(url: str | None, data_dir: Path) -> Store:
+    """The store a database URL names; None means SQLite in `data_dir`.
+
+    Accepted: sqlite:///ABSOLUTE/PATH.db, sqlite:RELATIVE/PATH.db (relative to the working directory),
+    postgresql://... or postgres://... (any libpq URL).
+    """
+    if url is None:
+        return SQLiteStore(Path(data_dir) / SQLITE_FILE)
+    scheme, colon, rest = url.partition(":")
+    scheme = scheme.lower()
+    if colon and scheme == "sqlite":
+        path = rest
+        if rest.startswith("//"):
+            path = rest[2:]  # sqlite:///abs: an empty host, then the absolute path
+            if not path.startswith("/"):
+                raise ValueError(f"{url!r} has a host; use {ACCEPTED_URLS}")
+        if path.strip("/") == "":
+            raise ValueError(f"{url!r} names no file; use {ACCEPTED_URLS}")
+        return SQLiteStore(Path(path).expanduser())
+    if colon and scheme in ("postgresql", "postgres") and rest.startswith("//"):
+        return PostgresStore(url)
+    # Only the scheme is echoed: the rest of a URL may hold a password.
+    shown = f"{scheme}:..." if colon else "a URL without a scheme"
+    raise ValueError(f"unsupported database URL ({shown}); use {ACCEPTED_URLS}")
+
+
+def ensure_dev_key(store: Store, data_dir: Path) -> str:
+    """The secret of the local demo's API key ("dev"), created on first use.
+
+    The secret is saved in `data_dir/dev-key` (mode 0600) and reused while that key exists and is not
+    revoked; otherwise a new key replaces it. A plaintext secret on disk is acceptable only for this
+    local development key, so the demo works in one command; keys for real clients come from
+    `facecast keys create` and exist only as hashes.
+    """
+    path = Path(data_dir) / DEV_KEY_FILE
+    try:
+        saved = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        saved = ""
+    if saved and store.authenticate_key(saved) is not None:
+        return saved
+    _key, secret = store.create_key(DEV_KEY_NAME)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".tmp")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # O_CREAT's mode does not apply to a leftover file
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(secret + "\n")
+    os.replace(partial, path)  # readers never see a half-written key
+    return secret
