@@ -4,6 +4,8 @@ the benchmark suite. User mistakes print one line to stderr and exit with status
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -14,12 +16,9 @@ from facecast.engine.config import FPS_CHOICES, MAX_LOOKAHEAD_MS
 
 if TYPE_CHECKING:
     from facecast.hosts.file import RenderOptions, RenderReport
+    from facecast.server.config import ServerConfig
 
 EXIT_USAGE = 2
-DEMO_TEXT = (
-    "Hello! I am {name}, a talking avatar. I run on your own computer, with no cloud and no special "
-    "hardware. Nice to meet you!"
-)
 
 
 class UsageError(Exception):
@@ -56,13 +55,34 @@ def _add_look_options(p: argparse.ArgumentParser, *, with_background: bool) -> N
     p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
 
 
+def _add_server_options(p: argparse.ArgumentParser, *, default_port: int) -> None:
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=default_port, help=f"TCP port (default {default_port})")
+    p.add_argument(
+        "--data-dir",
+        help="where keys and session records live (default: $FACECAST_DATA_DIR or ~/.local/share/facecast)",
+    )
+    p.add_argument(
+        "--database-url",
+        default=os.environ.get("FACECAST_DATABASE_URL"),
+        help="postgresql://... to share state between servers (default: SQLite in the data directory)",
+    )
+    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="facecast", description="Self-hosted real-time talking avatars, on a CPU.")
     parser.add_argument("--version", action="version", version=f"facecast {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
-    render = sub.add_parser("render", help="render an audio file to a lip-synced MP4")
-    render.add_argument("audio", help="speech audio file (WAV, MP3, OGG, FLAC, or any file FFmpeg reads)")
+    render = sub.add_parser("render", help="render an audio file (or text, with --say) to a lip-synced MP4")
+    render.add_argument(
+        "audio", nargs="?", help="speech audio file (WAV, MP3, OGG, FLAC, or any file FFmpeg reads)"
+    )
+    render.add_argument(
+        "--say", metavar="TEXT", help="speak TEXT with the built-in espeak-ng voice instead of reading a file"
+    )
+    render.add_argument("--voice", default="en-us", help="espeak-ng voice for --say (default en-us)")
     render.add_argument("-o", "--output", required=True, help="MP4 file to write")
     _add_look_options(render, with_background=True)
     render.add_argument("--text", help="transcript of the audio; enables forced alignment (more accurate)")
@@ -80,12 +100,27 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"analysis look-ahead, 0..{MAX_LOOKAHEAD_MS} ms (default: the engine's)",
     )
 
-    demo = sub.add_parser("demo", help="speak a sentence with espeak-ng and render it to MP4")
-    demo.add_argument("-o", "--output", default="demo.mp4", help="MP4 file to write (default demo.mp4)")
-    _add_look_options(demo, with_background=True)
-    demo.add_argument("--text", help="what the avatar says")
-    demo.add_argument("--voice", default="en-us", help="espeak-ng voice (default en-us)")
-    demo.add_argument("--params", metavar="FILE", help="also write per-frame parameters (JSONL)")
+    demo = sub.add_parser(
+        "demo",
+        help="start the server on localhost with a dev key and open-in-browser URL (embedded defaults)",
+    )
+    _add_server_options(demo, default_port=8080)
+    serve = sub.add_parser("serve", help="run the Facecast server (session API, WebRTC, LITE WebSocket)")
+    _add_server_options(serve, default_port=8080)
+    serve.add_argument(
+        "--public-url",
+        help="how clients reach this server, e.g. https://avatars.example.com (behind a proxy)",
+    )
+    serve.add_argument(
+        "--ice-servers",
+        metavar="JSON",
+        help='STUN/TURN list, e.g. \'[{"urls": "turn:turn.example.com:3478", "username": "u", '
+        '"credential": "p"}]\' (default: $FACECAST_ICE_SERVERS)',
+    )
+
+    from facecast.server.keys_cli import add_keys_parser
+
+    add_keys_parser(sub)
 
     sub.add_parser("avatars", help="list the built-in avatars")
     sub.add_parser("bench", help="run benchmarks (`facecast bench --help`)", add_help=False)
@@ -119,6 +154,10 @@ def _render_options(args: argparse.Namespace, **extra: Any) -> RenderOptions:
 
 
 def _cmd_render(args: argparse.Namespace) -> int:
+    if (args.audio is None) == (args.say is None):
+        raise UsageError("facecast render: error: give an audio file or --say TEXT (one of them)")
+    if args.say is not None:
+        return _render_text(args)
     from facecast.hosts.file import render_file
 
     options = _render_options(args, text=args.text, tracker=args.tracker, lookahead_ms=args.lookahead_ms)
@@ -127,21 +166,66 @@ def _cmd_render(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from facecast.avatars import load_style
+def _render_text(args: argparse.Namespace) -> int:
     from facecast.hosts.file import render_pcm
     from facecast.tts import EspeakTTS
 
     started = time.perf_counter()
-    text = args.text or DEMO_TEXT.format(name=load_style(args.avatar).display_name)
-    tts = EspeakTTS(voice=args.voice)
-    speech = tts.synthesize_timed(text)  # espeak-ng reports its phones: exact lip-sync
-    options = _render_options(args, text=text)
+    speech = EspeakTTS(voice=args.voice).synthesize_timed(args.say)  # espeak-ng reports its phones
+    options = _render_options(args, text=args.say, tracker=args.tracker, lookahead_ms=args.lookahead_ms)
     report = render_pcm(
         speech.audio, speech.sample_rate, args.output, options, phones=speech.phones, started=started
     )
     _print_report(report)
-    print(f"demo video: {report.out_path.resolve()}")
+    return 0
+
+
+def _server_config(args: argparse.Namespace) -> ServerConfig:
+    from pathlib import Path
+
+    from facecast.server.config import Limits, ServerConfig, parse_ice_servers
+
+    ice = ServerConfig.ice_servers_from_env()
+    if getattr(args, "ice_servers", None):
+        try:
+            ice = parse_ice_servers(json.loads(args.ice_servers))
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"facecast: error: --ice-servers is not valid JSON: {exc}") from None
+    return ServerConfig(
+        host=args.host,
+        port=args.port,
+        data_dir=Path(args.data_dir) if args.data_dir else None,
+        database_url=args.database_url,
+        public_url=getattr(args, "public_url", None),
+        ice_servers=ice,
+        limits=ServerConfig.limits_from_env(Limits()),
+    )
+
+
+def _cmd_serve(args: argparse.Namespace, *, demo: bool) -> int:
+    from facecast.server.auth import default_data_dir
+    from facecast.server.run import serve
+    from facecast.server.store import ensure_dev_key, open_store
+
+    config = _server_config(args)
+    dev_key = None
+    if demo:
+        data_dir = config.data_dir or default_data_dir()
+        store = open_store(config.database_url, data_dir)
+        try:
+            dev_key = ensure_dev_key(store, data_dir)
+        finally:
+            store.close()
+
+    def ready(url: str) -> None:
+        print(f"Facecast {__version__} is listening on {url}")
+        if dev_key is not None:
+            print(f"  open {url}/#key={dev_key}")
+            print(f"  dev API key: {dev_key}")
+        print(f"  API docs: {url}/docs    metrics: {url}/metrics    Ctrl-C stops it")
+        sys.stdout.flush()
+
+    serve(config, fallback_to_free_port=demo, on_ready=ready, log_level=args.log_level)
     return 0
 
 
@@ -157,10 +241,11 @@ def _cmd_avatars() -> int:
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from facecast.hosts.file import MediaError
+    from facecast.server.store import StoreError
     from facecast.tts import TTSError
 
     # ValueError covers option validation in EngineConfig and the avatar loader.
-    return (MediaError, TTSError, ValueError, FileNotFoundError)
+    return (MediaError, StoreError, TTSError, ValueError, OSError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -174,8 +259,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(args_list)
         if args.command == "render":
             return _cmd_render(args)
-        if args.command == "demo":
-            return _cmd_demo(args)
+        if args.command in ("demo", "serve"):
+            return _cmd_serve(args, demo=args.command == "demo")
+        if args.command == "keys":
+            from facecast.server.keys_cli import run_keys
+
+            return run_keys(args)
         return _cmd_avatars()
     except KeyboardInterrupt:
         print("facecast: interrupted", file=sys.stderr)

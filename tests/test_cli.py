@@ -83,11 +83,17 @@ def test_python_dash_m(speech_wav: Path, tmp_path: Path) -> None:
     assert "realtime" in proc.stdout
 
 
-def test_demo(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    out = tmp_path / "demo.mp4"
-    assert main(["demo", "-o", str(out), "-q", "--text", "Hello, nice to meet you."]) == 0
+def test_render_text_with_say(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "hello.mp4"
+    assert main(["render", "--say", "Hello, nice to meet you.", "-o", str(out), "-q"]) == 0
     assert_mp4(out)
-    assert str(out.resolve()) in capsys.readouterr().out
+    assert str(out) in capsys.readouterr().out
+
+
+def test_render_needs_exactly_one_source(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["render", "-o", str(tmp_path / "x.mp4")]) == 2
+    assert main(["render", "a.wav", "--say", "hi", "-o", str(tmp_path / "x.mp4")]) == 2
+    assert "--say" in capsys.readouterr().err
 
 
 def test_avatars_lists_builtins(capsys: pytest.CaptureFixture[str]) -> None:

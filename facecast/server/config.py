@@ -1,0 +1,109 @@
+"""Server settings: every limit a session runs under, with the embedded defaults `facecast demo` uses."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a whole number") from None
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-session and per-key limits. Times are seconds."""
+
+    max_session_duration: int = 3600  # hard ceiling; a token body may ask for less, never more
+    default_session_duration: int = 600
+    idle_timeout: int = 300  # no audio and no keep-alive for this long ends the session
+    token_ttl: int = 300  # a minted token must be started within this
+    connect_timeout: int = 60  # a started WebRTC session whose peer never connects ends as client_gone
+    max_concurrent_per_key: int = 4  # for keys without their own cap
+    sandbox_duration: int = 60
+    sandbox_avatar: str = "ava"
+    max_audio_chunk_s: float = 10.0  # one agent.speak message carries at most this much audio
+    max_queued_speech_s: float = 120.0  # speech accepted ahead of playback
+
+    def __post_init__(self) -> None:
+        for name in ("max_session_duration", "default_session_duration", "idle_timeout", "token_ttl"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"limit {name} must be positive, got {getattr(self, name)}")
+        if self.default_session_duration > self.max_session_duration:
+            raise ValueError("default_session_duration cannot exceed max_session_duration")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    data_dir: Path | None = None  # None: facecast.server.auth.default_data_dir()
+    database_url: str | None = None  # None: SQLite in the data directory; or postgresql://...
+    public_url: str | None = None  # how clients reach this server (behind a proxy); None: from the request
+    ice_servers: tuple[dict[str, Any], ...] = ()  # STUN/TURN for peers on other networks
+    limits: Limits = field(default_factory=Limits)
+    server_id: str | None = None  # names this process's sessions in a shared database; None: derived
+
+    @staticmethod
+    def ice_servers_from_env() -> tuple[dict[str, Any], ...]:
+        """`FACECAST_ICE_SERVERS`: a JSON list like
+        `[{"urls": "turn:turn.example.com:3478", "username": "u", "credential": "p"}]`."""
+        raw = os.environ.get("FACECAST_ICE_SERVERS", "").strip()
+        if not raw:
+            return ()
+        try:
+            servers = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"FACECAST_ICE_SERVERS is not valid JSON: {exc}") from None
+        return parse_ice_servers(servers)
+
+    @staticmethod
+    def limits_from_env(base: Limits | None = None) -> Limits:
+        base = base or Limits()
+        return Limits(
+            max_session_duration=_env_int("FACECAST_MAX_SESSION_DURATION", base.max_session_duration),
+            default_session_duration=min(
+                _env_int("FACECAST_DEFAULT_SESSION_DURATION", base.default_session_duration),
+                _env_int("FACECAST_MAX_SESSION_DURATION", base.max_session_duration),
+            ),
+            idle_timeout=_env_int("FACECAST_IDLE_TIMEOUT", base.idle_timeout),
+            token_ttl=_env_int("FACECAST_TOKEN_TTL", base.token_ttl),
+            connect_timeout=_env_int("FACECAST_CONNECT_TIMEOUT", base.connect_timeout),
+            max_concurrent_per_key=_env_int("FACECAST_MAX_CONCURRENT_PER_KEY", base.max_concurrent_per_key),
+            sandbox_duration=_env_int("FACECAST_SANDBOX_DURATION", base.sandbox_duration),
+            sandbox_avatar=base.sandbox_avatar,
+            max_audio_chunk_s=base.max_audio_chunk_s,
+            max_queued_speech_s=base.max_queued_speech_s,
+        )
+
+
+def parse_ice_servers(servers: Any) -> tuple[dict[str, Any], ...]:
+    """Validate an RTCIceServer-shaped list (the browser's own format)."""
+    if not isinstance(servers, list):
+        raise ValueError("ICE servers must be a JSON list of {urls, username?, credential?} objects")
+    out = []
+    for entry in servers:
+        if not isinstance(entry, dict) or "urls" not in entry:
+            raise ValueError(f"ICE server entry {entry!r} needs a 'urls' field")
+        urls = entry["urls"]
+        if isinstance(urls, str):
+            urls = [urls]
+        if not urls or not all(
+            isinstance(u, str) and u.split(":", 1)[0] in ("stun", "turn", "turns") for u in urls
+        ):
+            raise ValueError(f"ICE server urls {entry['urls']!r} must be stun:, turn: or turns: URLs")
+        clean: dict[str, Any] = {"urls": urls}
+        for key in ("username", "credential"):
+            if key in entry:
+                clean[key] = str(entry[key])
+        out.append(clean)
+    return tuple(out)

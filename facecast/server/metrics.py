@@ -1,0 +1,84 @@
+"""Prometheus text exposition of the server's sessions: totals by end reason, and one series per live
+session for the figures users watch (first-frame time, frames sent and dropped, encode and render cost,
+audio-to-video latency)."""
+
+from __future__ import annotations
+
+import resource
+import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from facecast.server.sessions import SessionManager
+
+# stat key -> (metric name, help)
+SESSION_SERIES: dict[str, tuple[str, str]] = {
+    "frames_sent": ("facecast_session_frames_sent", "Video frames released to the transport"),
+    "frames_dropped": ("facecast_session_frames_dropped", "Frames skipped because rendering ran late"),
+    "render_ms": ("facecast_session_render_ms", "Mean engine + render time per frame (ms)"),
+    "encode_ms": ("facecast_session_encode_ms", "Mean video encode time per frame (ms)"),
+    "audio_to_video_latency_ms": (
+        "facecast_session_audio_to_video_latency_ms",
+        "Median time from receiving speech to sending its first frame (ms)",
+    ),
+    "time_to_first_frame_ms": (
+        "facecast_session_time_to_first_frame_ms",
+        "Start to first video frame sent (ms)",
+    ),
+    "duration_s": ("facecast_session_duration_seconds", "Seconds since the session started"),
+}
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _peak_rss_bytes() -> int:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
+def _rss_bytes() -> int | None:
+    try:
+        with open("/proc/self/statm") as f:
+            pages = int(f.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pages * resource.getpagesize()
+
+
+async def render_metrics(manager: SessionManager) -> str:
+    lines = [
+        "# HELP facecast_live_sessions Sessions running on this server",
+        "# TYPE facecast_live_sessions gauge",
+        f"facecast_live_sessions {len(manager.live)}",
+        "# HELP facecast_sessions_started_total Sessions started on this server",
+        "# TYPE facecast_sessions_started_total counter",
+        f"facecast_sessions_started_total {manager.started_total}",
+        "# HELP facecast_sessions_ended_total Sessions ended on this server, by reason",
+        "# TYPE facecast_sessions_ended_total counter",
+    ]
+    for reason, count in sorted(manager.ended_total.items()):
+        lines.append(f'facecast_sessions_ended_total{{reason="{_escape(reason)}"}} {count}')
+    rss = _rss_bytes()
+    if rss is not None:
+        lines += [
+            "# HELP facecast_process_resident_memory_bytes Resident memory of the server process",
+            "# TYPE facecast_process_resident_memory_bytes gauge",
+            f"facecast_process_resident_memory_bytes {rss}",
+        ]
+    lines += [
+        "# HELP facecast_process_peak_resident_memory_bytes Peak resident memory of the server process",
+        "# TYPE facecast_process_peak_resident_memory_bytes gauge",
+        f"facecast_process_peak_resident_memory_bytes {_peak_rss_bytes()}",
+    ]
+    per_session = {}
+    for session in list(manager.live.values()):
+        per_session[session.id] = await session.stats()
+    for key, (name, help_text) in SESSION_SERIES.items():
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
+        for session_id, stats in per_session.items():
+            value = stats.get(key)
+            if value is not None:
+                lines.append(f'{name}{{session_id="{_escape(session_id)}"}} {value}')
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,62 @@
+"""Running the server: bind, print where it is, serve until Ctrl-C, and shut every session down."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import errno
+import logging
+import socket
+from collections.abc import Callable
+
+import uvicorn
+
+from facecast.server.app import create_app
+from facecast.server.config import ServerConfig
+
+
+def bind(host: str, port: int, *, fallback_to_free_port: bool) -> socket.socket:
+    """A listening socket on host:port; when that port is taken and `fallback_to_free_port`, any free
+    port (the demo must start on a busy machine rather than fail)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE or not fallback_to_free_port:
+            sock.close()
+            raise OSError(
+                exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}; choose another --port"
+            ) from None
+        sock.bind((host, 0))
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
+def serve(
+    config: ServerConfig,
+    *,
+    fallback_to_free_port: bool = False,
+    on_ready: Callable[[str], None] | None = None,
+    log_level: str = "info",
+) -> None:
+    """Serve until interrupted. `on_ready` gets the base URL once the socket is bound."""
+    logging.basicConfig(
+        level=getattr(logging, log_level.upper(), logging.INFO), format="%(levelname)s %(name)s: %(message)s"
+    )
+    sock = bind(config.host, config.port, fallback_to_free_port=fallback_to_free_port)
+    port = sock.getsockname()[1]
+    if port != config.port:
+        config = dataclasses.replace(config, port=port)
+    host = f"[{config.host}]" if ":" in config.host else config.host
+    url = config.public_url or f"http://{host}:{port}"
+    app = create_app(config)
+    server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, ws_max_size=4 * 1024 * 1024))
+    if on_ready is not None:
+        on_ready(url)
+    try:
+        asyncio.run(server.serve(sockets=[sock]))
+    finally:
+        sock.close()

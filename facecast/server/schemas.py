@@ -1,0 +1,63 @@
+"""Request bodies of the session API, validated with pydantic so a bad body gets a 400 naming the field."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from facecast.avatars import ASPECTS, QUALITIES
+from facecast.engine.config import FPS_CHOICES
+
+
+class _Body(BaseModel):
+    # Unknown fields are refused: a typo like `avatar` for `avatar_id` must not be silently ignored.
+    model_config = ConfigDict(extra="forbid")
+
+
+class VideoSettings(_Body):
+    quality: Literal[tuple(QUALITIES)] = "high"  # type: ignore[valid-type]
+    encoding: Literal["VP8", "H264"] = "VP8"
+
+
+class AvatarPersona(_Body):
+    voice_id: str | None = None
+    context_id: str | None = None
+    language: str = "en"
+
+
+class LiveKitConfig(_Body):
+    livekit_url: str
+    livekit_room: str
+    livekit_client_token: str | None = None
+    livekit_worker_token: str | None = None
+    agent_identity: str | None = None
+    avatar_identity: str | None = None
+    avatar_name: str | None = None
+
+
+class TokenRequest(_Body):
+    mode: Literal["LITE", "FULL"] = "LITE"
+    avatar_id: str | None = None
+    avatar_persona: AvatarPersona | None = None
+    is_sandbox: bool = False
+    video_settings: VideoSettings = Field(default_factory=VideoSettings)
+    aspect_ratio: Literal[tuple(ASPECTS)] = "1:1"  # type: ignore[valid-type]
+    fps: Literal[tuple(FPS_CHOICES)] = 30  # type: ignore[valid-type]
+    max_session_duration: int | None = Field(default=None, gt=0)
+    interactivity_type: Literal["CONVERSATIONAL", "PUSH_TO_TALK"] = "CONVERSATIONAL"
+    transport: Literal["webrtc", "livekit"] = "webrtc"
+    livekit_config: LiveKitConfig | None = None
+
+
+class SessionRef(_Body):
+    session_id: str | None = None  # optional: the bearer token already names the session
+
+
+class StopRequest(SessionRef):
+    reason: str | None = None  # the caller's note; the record's end_reason is always `stopped`
+
+
+class OfferRequest(_Body):
+    sdp: str = Field(min_length=1)
+    type: Literal["offer"] = "offer"

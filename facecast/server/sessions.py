@@ -1,0 +1,599 @@
+"""Live sessions and their owner.
+
+`SessionManager` is the one owner of every session this server runs: it mints tokens, starts sessions,
+enforces their limits (maximum duration, idle timeout, token expiry, a peer that never connects) and ends
+them, exactly once, with a reason written to the store. `LiveSession` maps the LITE protocol onto one
+engine: client events in (from the WebSocket or the WebRTC data channel), session events out (to both)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from facecast.avatars import list_avatars, load_renderer
+from facecast.engine import Engine, EngineConfig
+from facecast.engine.types import SegmentEnded, SegmentEvent, SegmentStarted
+from facecast.hosts.realtime import RealtimeAvatar
+from facecast.hosts.webrtc import AvatarPeer
+from facecast.server import protocol as p
+from facecast.server.auth import hash_secret, new_session_token
+from facecast.server.config import ServerConfig
+from facecast.server.schemas import TokenRequest
+from facecast.server.store import ApiKey, SessionRecord, Store, new_session_id
+from facecast.tts import EspeakTTS, TTSError
+
+log = logging.getLogger(__name__)
+
+WEBRTC_AUDIO_RATE = 48000  # Opus runs at 48 kHz; rendering at that rate avoids a second resampler
+MAX_SPEAK_TEXT_CHARS = 2000
+REAP_INTERVAL_S = 0.25
+
+
+class ApiError(Exception):
+    """An error the API reports as `{code, data: null, message}` with an HTTP status."""
+
+    def __init__(self, status: int, code: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+EventSink = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+@dataclass
+class _Utterance:
+    event_id: str
+    segment_id: int
+
+
+class LiveSession:
+    """One started session: an engine paced in real time, its transport, and the clients listening."""
+
+    def __init__(
+        self,
+        record: SessionRecord,
+        avatar: RealtimeAvatar,
+        *,
+        manager: SessionManager,
+        started_mono: float,
+    ) -> None:
+        self.record = record
+        self.id = record.id
+        self.avatar = avatar
+        self.peer: AvatarPeer | None = None
+        self._manager = manager
+        self._limits = manager.config.limits
+        self.started_mono = started_mono
+        self.deadline = started_mono + int(record.settings["max_session_duration"])
+        self.last_activity = started_mono
+        self.connected_at: float | None = None
+        self.first_video_at: float | None = None
+        self.ws_state = p.WS_STATE_CONNECTING
+        self._sinks: set[EventSink] = set()
+        self._open: _Utterance | None = None
+        self._event_ids: dict[int, str] = {}
+        self._unnamed_starts: set[int] = set()  # started before their event_id was registered
+        self._queued_input_s = 0.0  # speech accepted and not yet played, in input seconds
+        self.ending = False
+
+    # -- clients ----------------------------------------------------------------------------------------
+    def add_sink(self, sink: EventSink) -> None:
+        self._sinks.add(sink)
+
+    def remove_sink(self, sink: EventSink) -> None:
+        self._sinks.discard(sink)
+
+    async def emit(self, event_type: str, event_id: str | None = None, **fields: Any) -> None:
+        event = {"type": event_type, "event_id": event_id or uuid.uuid4().hex, "session_id": self.id}
+        event.update(fields)
+        if self.peer is not None:
+            self.peer.send_event(event)
+        for sink in list(self._sinks):
+            try:
+                await sink(event)
+            except Exception:  # a client that went away is dropped, the session goes on
+                self._sinks.discard(sink)
+
+    async def set_ws_state(self, state: str) -> None:
+        self.ws_state = state
+        await self.emit(p.SESSION_STATE_UPDATED, state=state)
+
+    def touch(self) -> None:
+        self.last_activity = time.monotonic()
+
+    # -- transport --------------------------------------------------------------------------------------
+    def on_peer_connected(self) -> None:
+        if self.connected_at is None:
+            self.connected_at = time.monotonic()
+            self._manager.spawn(self.set_ws_state(p.WS_STATE_CONNECTED))
+
+    def on_peer_closed(self) -> None:
+        self._manager.spawn(self._manager.end(self.id, p.END_CLIENT_GONE))
+
+    def _name_segment(self, segment_id: int, event_id: str) -> None:
+        """Tie an engine segment to the client's event_id. The first frame can be released while the
+        push that opened the segment is still returning, so a start seen before this is sent now."""
+        self._event_ids[segment_id] = event_id
+        if segment_id in self._unnamed_starts:
+            self._unnamed_starts.discard(segment_id)
+            self._manager.spawn(self.emit(p.AGENT_SPEAK_STARTED, event_id))
+
+    def on_segment_event(self, event: SegmentEvent) -> None:
+        event_id = self._event_ids.get(event.segment_id)
+        if event_id is None:
+            if isinstance(event, SegmentStarted):
+                self._unnamed_starts.add(event.segment_id)
+            else:
+                self._unnamed_starts.discard(event.segment_id)
+            return
+        if isinstance(event, SegmentStarted):
+            self._manager.spawn(self.emit(p.AGENT_SPEAK_STARTED, event_id))
+        elif isinstance(event, SegmentEnded):
+            del self._event_ids[event.segment_id]
+            if not self._event_ids:
+                self._queued_input_s = 0.0
+            kind = p.AGENT_SPEAK_INTERRUPTED if event.interrupted else p.AGENT_SPEAK_ENDED
+            self._manager.spawn(self.emit(kind, event_id, played_s=round(event.played_s, 3)))
+
+    # -- LITE commands ----------------------------------------------------------------------------------
+    async def handle(self, message: Any) -> None:
+        """Apply one client message; problems come back as an `error` event and never end the session."""
+        event_id = message.get("event_id") if isinstance(message, dict) else None
+        try:
+            await self._dispatch(message)
+        except ApiError as exc:
+            await self.emit(
+                p.ERROR, event_id if isinstance(event_id, str) else None, code=exc.code, message=exc.message
+            )
+
+    async def _dispatch(self, message: Any) -> None:
+        if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+            raise ApiError(400, p.CODE_BAD_REQUEST, "a message must be a JSON object with a string 'type'")
+        kind = message["type"]
+        if kind not in p.CLIENT_EVENTS:
+            known = ", ".join(sorted(p.CLIENT_EVENTS))
+            raise ApiError(400, p.CODE_BAD_REQUEST, f"unknown message type {kind!r}; expected one of {known}")
+        if kind == p.SESSION_KEEP_ALIVE:
+            self.touch()
+            return
+        if self.ws_state != p.WS_STATE_CONNECTED:
+            raise ApiError(
+                409,
+                p.CODE_CONFLICT,
+                f"{kind} arrived while the session is {self.ws_state}; wait for "
+                f"session.state_updated {{state: connected}} (the video peer must connect first)",
+            )
+        self.touch()
+        if kind == p.AGENT_SPEAK:
+            await self._speak(message)
+        elif kind == p.AGENT_SPEAK_END:
+            await self._speak_end(message)
+        elif kind == p.AGENT_SPEAK_TEXT:
+            await self._speak_text(message)
+        elif kind == p.AGENT_INTERRUPT:
+            self._open = None
+            await self.avatar.clear()
+        elif kind == p.AGENT_START_LISTENING:
+            await self.avatar.set_listening(True)
+        elif kind == p.AGENT_STOP_LISTENING:
+            await self.avatar.set_listening(False)
+
+    @staticmethod
+    def _event_id(message: dict[str, Any], *, required: bool) -> str | None:
+        event_id = message.get("event_id")
+        if event_id is None and not required:
+            return None
+        if not isinstance(event_id, str) or not event_id or len(event_id) > 128:
+            raise ApiError(
+                400, p.CODE_BAD_REQUEST, f"{message['type']} needs an 'event_id' string (1-128 chars)"
+            )
+        return event_id
+
+    def _admit(self, seconds: float) -> None:
+        if seconds > self._limits.max_audio_chunk_s:
+            raise ApiError(
+                413,
+                p.CODE_BAD_REQUEST,
+                f"one message carries {seconds:.1f} s of audio; send at most "
+                f"{self._limits.max_audio_chunk_s:g} s per message",
+            )
+        if self._queued_input_s + seconds > self._limits.max_queued_speech_s:
+            raise ApiError(
+                429,
+                p.CODE_LIMIT,
+                f"more than {self._limits.max_queued_speech_s:g} s of speech is queued; "
+                "wait for agent.speak_ended before sending more",
+            )
+        self._queued_input_s += seconds
+
+    async def _speak(self, message: dict[str, Any]) -> None:
+        event_id = self._event_id(message, required=True)
+        assert event_id is not None
+        audio = message.get("audio")
+        if not isinstance(audio, str):
+            raise ApiError(400, p.CODE_BAD_REQUEST, "agent.speak needs 'audio': base64 PCM16 mono 24 kHz")
+        try:
+            pcm = base64.b64decode(audio, validate=True)
+        except (binascii.Error, ValueError):
+            raise ApiError(400, p.CODE_BAD_REQUEST, "agent.speak 'audio' is not valid base64") from None
+        if len(pcm) % 2:
+            raise ApiError(
+                400, p.CODE_BAD_REQUEST, "agent.speak audio has an odd byte count; PCM16 needs 2 per sample"
+            )
+        self._admit(len(pcm) / 2 / p.LITE_AUDIO_RATE)
+        if self._open is not None and self._open.event_id != event_id:
+            await self.avatar.end_segment()  # a new utterance implies the previous one is complete
+            self._open = None
+        segment_id = await self.avatar.push_audio(pcm, p.LITE_AUDIO_RATE)
+        if self._open is None:
+            self._name_segment(segment_id, event_id)
+        self._open = _Utterance(event_id, segment_id)
+
+    async def _speak_end(self, message: dict[str, Any]) -> None:
+        event_id = self._event_id(message, required=False)
+        if self._open is None or (event_id is not None and event_id != self._open.event_id):
+            raise ApiError(
+                409, p.CODE_CONFLICT, f"agent.speak_end: no open utterance with event_id {event_id!r}"
+            )
+        self._open = None
+        await self.avatar.end_segment()
+
+    async def _speak_text(self, message: dict[str, Any]) -> None:
+        event_id = self._event_id(message, required=False) or uuid.uuid4().hex
+        text = message.get("text")
+        if not isinstance(text, str) or not text.strip():
+            raise ApiError(400, p.CODE_BAD_REQUEST, "agent.speak_text needs non-empty 'text'")
+        if len(text) > MAX_SPEAK_TEXT_CHARS:
+            raise ApiError(
+                400, p.CODE_BAD_REQUEST, f"agent.speak_text 'text' is over {MAX_SPEAK_TEXT_CHARS} chars"
+            )
+        try:
+            speech = await self._manager.synthesize(text)
+        except TTSError as exc:
+            raise ApiError(500, p.CODE_INTERNAL, f"text-to-speech failed: {exc}") from None
+        if self.ending:
+            return
+        self._admit(len(speech.audio) / speech.sample_rate)
+        if self._open is not None:
+            await self.avatar.end_segment()
+            self._open = None
+        # Timings from the synthesiser beat recognition, so they go in before the audio that makes the
+        # segment playable; the text still lets the engine align if they fail.
+        segment_id = await self.avatar.push_phones(speech.phones)
+        self._name_segment(segment_id, event_id)
+        await self.avatar.push_audio(speech.audio, speech.sample_rate, text=text)
+        await self.avatar.end_segment()
+
+    # -- stats ------------------------------------------------------------------------------------------
+    async def stats(self) -> dict[str, Any]:
+        s = self.avatar.stats
+        latency = sorted(s.speech_latency_ms)
+        out: dict[str, Any] = {
+            "duration_s": round(time.monotonic() - self.started_mono, 3),
+            "frames_sent": s.frames,
+            "frames_dropped": s.frames_dropped,
+            "render_ms": round(s.render_ms, 3),
+            "audio_to_video_latency_ms": round(latency[len(latency) // 2], 1) if latency else None,
+            "time_to_first_frame_ms": None,
+            "encode_ms": None,
+        }
+        if self.peer is not None:
+            peer_stats = await self.peer.stats()
+            out.update({k: v for k, v in peer_stats.items() if k not in out or v is not None})
+            first_sent = peer_stats.get("first_video_sent_at")
+            if first_sent is not None:
+                out["time_to_first_frame_ms"] = round((first_sent - self.started_mono) * 1000, 1)
+            out.pop("first_video_sent_at", None)
+        return out
+
+    async def close(self, reason: str) -> dict[str, Any]:
+        """Stop everything this session owns; returns its final stats. Called once, by the manager."""
+        self.ending = True
+        stats: dict[str, Any] = {}
+        with contextlib.suppress(Exception):
+            stats = await self.stats()
+        await self.set_ws_state(p.WS_STATE_CLOSING)
+        await self.emit(p.SESSION_STOPPED, end_reason=reason)
+        if self.peer is not None:
+            await self.peer.aclose()
+        await self.avatar.aclose()
+        await self.set_ws_state(p.WS_STATE_CLOSED)
+        self._sinks.clear()
+        return stats
+
+
+class SessionManager:
+    """Owns every session of this server process, and every background task they need."""
+
+    def __init__(self, store: Store, config: ServerConfig, server_id: str) -> None:
+        self.store = store
+        self.config = config
+        self.server_id = server_id
+        self.live: dict[str, LiveSession] = {}
+        self._pending: dict[str, float] = {}  # minted here, not started: session id -> token expiry (unix)
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._reaper: asyncio.Task[None] | None = None
+        self._tts: EspeakTTS | None = None
+        self._tts_lock = asyncio.Lock()
+        self._closed = False
+        self.ended_total: dict[str, int] = {reason: 0 for reason in p.END_REASONS}
+        self.started_total = 0
+
+    # -- lifecycle --------------------------------------------------------------------------------------
+    async def open(self) -> int:
+        """Recover from a crash: sessions this server left live are ended now. Returns how many."""
+        recovered = self.store.end_live_sessions(p.END_SERVER_SHUTDOWN, time.time(), owner=self.server_id)
+        if recovered:
+            log.warning(
+                "marked %d session(s) left live by a previous run as ended (server_shutdown)", recovered
+            )
+        self._reaper = asyncio.create_task(self._reap_forever(), name="facecast-session-reaper")
+        return recovered
+
+    async def close(self) -> None:
+        """Server shutdown: every live and pending session ends with reason server_shutdown."""
+        self._closed = True
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+        for session_id in list(self.live):
+            await self.end(session_id, p.END_SERVER_SHUTDOWN)
+        for session_id in list(self._pending):
+            await self.end(session_id, p.END_SERVER_SHUTDOWN)
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def spawn(self, coro: Awaitable[Any]) -> None:
+        """Run a short task the manager owns (cancelled at shutdown, errors logged)."""
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("session task failed", exc_info=task.exception())
+
+    # -- minting and starting ---------------------------------------------------------------------------
+    def mint(self, key: ApiKey, body: TokenRequest) -> tuple[SessionRecord, str]:
+        limits = self.config.limits
+        if body.mode == "FULL":
+            raise ApiError(
+                501,
+                p.CODE_NOT_IMPLEMENTED,
+                "mode FULL (the server runs STT, LLM and TTS) is not supported yet; use mode LITE and send "
+                "the agent's audio over the WebSocket, or agent.speak_text for server-side speech",
+            )
+        if body.transport == "livekit":
+            raise ApiError(
+                501,
+                p.CODE_NOT_IMPLEMENTED,
+                "transport livekit is not available on this server yet; use transport webrtc",
+            )
+        avatar_id = limits.sandbox_avatar if body.is_sandbox else (body.avatar_id or limits.sandbox_avatar)
+        if avatar_id not in {info.name for info in list_avatars()}:
+            raise ApiError(
+                404,
+                p.CODE_NOT_FOUND,
+                f"unknown avatar_id {avatar_id!r}; GET /v1/avatars lists the available ones",
+            )
+        if body.is_sandbox:
+            duration = limits.sandbox_duration
+        else:
+            duration = body.max_session_duration or limits.default_session_duration
+            if duration > limits.max_session_duration:
+                raise ApiError(
+                    400,
+                    p.CODE_BAD_REQUEST,
+                    f"max_session_duration {duration} s is over this server's limit of "
+                    f"{limits.max_session_duration} s",
+                )
+        cap = key.max_concurrent if key.max_concurrent is not None else limits.max_concurrent_per_key
+        active = self.store.count_active(key.id)
+        if active >= cap:
+            raise ApiError(
+                429,
+                p.CODE_LIMIT,
+                f"this API key already has {active} active session(s), its limit is {cap}; stop one "
+                "(POST /v1/sessions/stop) or wait for it to end",
+            )
+        now = time.time()
+        token = new_session_token()
+        record = SessionRecord(
+            id=new_session_id(),
+            key_id=key.id,
+            mode=body.mode,
+            avatar_id=avatar_id,
+            is_sandbox=body.is_sandbox,
+            transport=body.transport,
+            settings={
+                "video_settings": body.video_settings.model_dump(),
+                "aspect_ratio": body.aspect_ratio,
+                "fps": body.fps,
+                "max_session_duration": duration,
+                "interactivity_type": body.interactivity_type,
+            },
+            state=p.STATE_CREATED,
+            token_hash=hash_secret(token),
+            token_expires_at=now + limits.token_ttl,
+            created_at=now,
+            owner=self.server_id,
+        )
+        self.store.insert_session(record)
+        self._pending[record.id] = record.token_expires_at
+        return record, token
+
+    def authenticate_token(self, token: str | None) -> SessionRecord:
+        if not token:
+            raise ApiError(
+                401,
+                p.CODE_UNAUTHORIZED,
+                "missing session token: send 'Authorization: Bearer <session_token>'",
+            )
+        record = self.store.session_by_token_hash(hash_secret(token))
+        if record is None:
+            raise ApiError(401, p.CODE_UNAUTHORIZED, "invalid session token")
+        if record.state != p.STATE_ENDED and time.time() >= record.token_expires_at:
+            raise ApiError(
+                401, p.CODE_UNAUTHORIZED, "session token expired; mint a new one with /v1/sessions/token"
+            )
+        return record
+
+    async def start(self, record: SessionRecord) -> LiveSession:
+        if record.state == p.STATE_ENDED:
+            raise ApiError(410, p.CODE_GONE, f"session {record.id} has ended ({record.end_reason})")
+        if record.state == p.STATE_STARTED or record.id in self.live:
+            raise ApiError(409, p.CODE_CONFLICT, f"session {record.id} is already started")
+        if self._closed:
+            raise ApiError(503, p.CODE_INTERNAL, "the server is shutting down")
+        settings = record.settings
+        started_mono = time.monotonic()
+        engine = await asyncio.to_thread(self._build_engine, record)
+        session: LiveSession | None = None
+
+        def on_event(event: SegmentEvent) -> None:
+            if session is not None:
+                session.on_segment_event(event)
+
+        avatar = RealtimeAvatar(engine, on_event=on_event)
+        session = LiveSession(record, avatar, manager=self, started_mono=started_mono)
+        now = time.time()
+        # The token stays valid for the session's life, so stop and keep-alive work until it ends.
+        expires = now + int(settings["max_session_duration"]) + self.config.limits.token_ttl
+        started = self.store.update_session(
+            record.id,
+            state=p.STATE_STARTED,
+            started_at=now,
+            last_activity_at=now,
+            token_expires_at=expires,
+            owner=self.server_id,
+        )
+        if not started:  # ended meanwhile (stopped, or its token expired): never revive it
+            await avatar.aclose()
+            raise ApiError(410, p.CODE_GONE, f"session {record.id} has ended")
+        record.state, record.started_at, record.token_expires_at = p.STATE_STARTED, now, expires
+        self._pending.pop(record.id, None)
+        self.live[record.id] = session
+        self.started_total += 1
+        try:
+            await avatar.start()
+        except Exception:
+            await self.end(record.id, p.END_ERROR)
+            raise
+        return session
+
+    @staticmethod
+    def _build_engine(record: SessionRecord) -> Engine:
+        settings = record.settings
+        renderer = load_renderer(
+            record.avatar_id,
+            aspect=settings["aspect_ratio"],
+            quality=settings["video_settings"]["quality"],
+        )
+        return Engine(renderer, EngineConfig(fps=int(settings["fps"]), out_rate=WEBRTC_AUDIO_RATE))
+
+    async def connect_peer(self, session: LiveSession, sdp: str, sdp_type: str) -> tuple[str, str]:
+        if session.peer is not None:
+            raise ApiError(
+                409, p.CODE_CONFLICT, "this session already has a WebRTC peer; start a new session"
+            )
+        encoding = session.record.settings["video_settings"]["encoding"]
+        peer = AvatarPeer(
+            session.avatar,
+            codec=encoding,
+            ice_servers=list(self.config.ice_servers),
+            on_message=lambda message: self.spawn(session.handle(message)),
+            on_connected=session.on_peer_connected,
+            on_closed=session.on_peer_closed,
+        )
+        session.peer = peer
+        try:
+            answer = await peer.answer(sdp, sdp_type)
+        except Exception as exc:
+            await self.end(session.id, p.END_ERROR)
+            raise ApiError(400, p.CODE_BAD_REQUEST, f"could not answer the WebRTC offer: {exc}") from None
+        return answer.sdp, answer.type
+
+    # -- ending -----------------------------------------------------------------------------------------
+    async def end(self, session_id: str, reason: str) -> bool:
+        """End a session once; later calls (and other servers' calls) return False."""
+        session = self.live.pop(session_id, None)
+        self._pending.pop(session_id, None)
+        stats: dict[str, Any] | None = None
+        if session is not None:
+            try:
+                stats = await session.close(reason)
+            except Exception:
+                log.exception("closing session %s failed", session_id)
+        ended = self.store.end_session(session_id, reason, time.time(), stats=stats)
+        if ended:
+            self.ended_total[reason] = self.ended_total.get(reason, 0) + 1
+            log.info("session %s ended: %s", session_id, reason)
+        return ended
+
+    async def _reap_forever(self) -> None:
+        while True:
+            await asyncio.sleep(REAP_INTERVAL_S)
+            try:
+                await self.reap()
+            except Exception:
+                log.exception("session reaper failed; retrying")
+
+    async def reap(self) -> None:
+        """End every session past one of its limits."""
+        mono, now = time.monotonic(), time.time()
+        limits = self.config.limits
+        for session_id, session in list(self.live.items()):
+            reason = None
+            if mono >= session.deadline:
+                reason = p.END_MAX_DURATION
+            elif mono - session.last_activity >= limits.idle_timeout:
+                reason = p.END_IDLE
+            elif session.connected_at is None and mono - session.started_mono >= limits.connect_timeout:
+                reason = p.END_CLIENT_GONE
+            if reason is not None:
+                await self.end(session_id, reason)
+        for session_id, expires in list(self._pending.items()):
+            if now >= expires:
+                await self.end(session_id, p.END_TOKEN_EXPIRED)
+
+    # -- speech -----------------------------------------------------------------------------------------
+    async def synthesize(self, text: str) -> Any:
+        """Server-side text to speech, off the event loop; one synthesis at a time (espeak-ng is global)."""
+        async with self._tts_lock:
+            if self._tts is None:
+                self._tts = await asyncio.to_thread(EspeakTTS)
+            return await asyncio.to_thread(self._tts.synthesize_timed, text)
+
+    # -- views ------------------------------------------------------------------------------------------
+    async def describe(self, record: SessionRecord) -> dict[str, Any]:
+        live = self.live.get(record.id)
+        stats = await live.stats() if live is not None else record.stats
+        return {
+            "session_id": record.id,
+            "state": record.state,
+            "mode": record.mode,
+            "avatar_id": record.avatar_id,
+            "is_sandbox": record.is_sandbox,
+            "transport": record.transport,
+            "settings": record.settings,
+            "created_at": record.created_at,
+            "started_at": record.started_at,
+            "ended_at": record.ended_at,
+            "end_reason": record.end_reason,
+            "duration_s": record.duration_s,
+            "stats": stats,
+        }

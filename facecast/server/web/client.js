@@ -1,0 +1,299 @@
+// Facecast browser test client: mint a token, start a session, receive the avatar over WebRTC, drive it
+// over the LITE WebSocket, and show what happens. Plain ES module, no build step.
+
+const $ = (id) => document.getElementById(id);
+const state = {
+  apiKey: "", avatar: null, session: null, pc: null, ws: null, stats: null, keepAlive: null,
+  startedAt: 0, lastBytes: 0, lastFrames: 0, lastStatsAt: 0, speakSentAt: new Map(),
+};
+
+function log(text, cls = "") {
+  const li = document.createElement("li");
+  const time = document.createElement("span");
+  time.className = "time";
+  time.textContent = new Date().toLocaleTimeString([], { hour12: false });
+  const body = document.createElement("span");
+  body.textContent = text;
+  if (cls) body.className = cls;
+  li.append(time, body);
+  $("log").prepend(li);
+  while ($("log").children.length > 300) $("log").lastChild.remove();
+}
+
+function setStatus(text, cls = text) {
+  $("status").textContent = text;
+  $("status").className = `pill ${cls}`;
+}
+
+function showError(message) {
+  $("error").textContent = message;
+  $("error").hidden = !message;
+  if (message) log(message, "error");
+}
+
+async function api(path, { key, token, body, method = "POST" } = {}) {
+  const headers = { "Content-Type": "application/json" };
+  if (key) headers["X-API-KEY"] = key;
+  if (token) headers.Authorization = `Bearer ${token}`;
+  const response = await fetch(path, { method, headers, body: body ? JSON.stringify(body) : undefined });
+  let payload;
+  try { payload = await response.json(); } catch { payload = { message: response.statusText }; }
+  if (!response.ok) throw new Error(`${path}: ${payload.message || response.status}`);
+  return payload.data;
+}
+
+async function loadAvatars() {
+  const res = await fetch("/v1/avatars");
+  const { data } = await res.json();
+  const box = $("avatars");
+  box.replaceChildren();
+  for (const avatar of data.avatars) {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "avatar";
+    button.setAttribute("role", "radio");
+    button.title = `${avatar.name} — ${avatar.description}`;
+    button.dataset.id = avatar.avatar_id;
+    const img = document.createElement("img");
+    img.src = avatar.preview_url;
+    img.alt = avatar.name;
+    button.append(img);
+    button.addEventListener("click", () => selectAvatar(avatar.avatar_id));
+    box.append(button);
+  }
+  if (data.avatars.length) selectAvatar(data.avatars[0].avatar_id);
+}
+
+function selectAvatar(id) {
+  state.avatar = id;
+  for (const el of $("avatars").children) el.setAttribute("aria-checked", String(el.dataset.id === id));
+}
+
+function setLive(live) {
+  $("start").disabled = live;
+  $("stop").disabled = !live;
+  for (const id of ["text", "speak", "interrupt", "listening"]) $(id).disabled = !live;
+}
+
+function waitForIceGathering(pc, timeoutMs = 3000) {
+  if (pc.iceGatheringState === "complete") return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = () => { pc.removeEventListener("icegatheringstatechange", check); resolve(); };
+    const check = () => { if (pc.iceGatheringState === "complete") done(); };
+    pc.addEventListener("icegatheringstatechange", check);
+    setTimeout(done, timeoutMs); // send what we have: host candidates suffice on one machine
+  });
+}
+
+function onEvent(event, via) {
+  const extra = event.state ? ` ${event.state}` : event.message ? `: ${event.message}` : "";
+  const id = event.event_id && event.type.startsWith("agent.") ? ` [${event.event_id.slice(0, 8)}]` : "";
+  log(`${via} ← ${event.type}${extra}${id}`, event.type === "error" ? "error" : "");
+  if (event.type === "session.state_updated") {
+    setStatus(event.state);
+    if (event.state === "connected" && $("greet").checked && state.session && !state.session.greeted) {
+      state.session.greeted = true;
+      const name = $("avatars").querySelector("[aria-checked=true] img")?.alt || "your avatar";
+      sayText(`Hello! I am ${name}. I am running on your own computer. Type something and I will say it.`);
+    }
+  } else if (event.type === "agent.speak_started") {
+    setStatus("speaking");
+    const sent = state.speakSentAt.get(event.event_id);
+    if (sent) $("stat-latency").textContent = `${Math.round(performance.now() - sent)} ms`;
+  } else if (event.type === "agent.speak_ended" || event.type === "agent.speak_interrupted") {
+    state.speakSentAt.delete(event.event_id);
+    if (state.session) setStatus("connected");
+  } else if (event.type === "session.stopped") {
+    teardown(`session stopped: ${event.end_reason}`);
+  }
+}
+
+function send(message) {
+  if (!state.ws || state.ws.readyState !== WebSocket.OPEN) {
+    showError("not connected");
+    return;
+  }
+  state.ws.send(JSON.stringify(message));
+  log(`ws → ${message.type}${message.text ? `: ${message.text}` : ""}`, "out");
+}
+
+async function start() {
+  showError("");
+  state.apiKey = $("api-key").value.trim();
+  if (!state.apiKey) { showError("Enter an API key (facecast demo prints one)."); return; }
+  setLive(true);
+  setStatus("connecting");
+  state.startedAt = performance.now();
+  $("stat-first-frame").textContent = "–";
+  try {
+    const body = {
+      mode: "LITE",
+      avatar_id: state.avatar,
+      is_sandbox: $("sandbox").checked,
+      aspect_ratio: $("aspect").value,
+      fps: Number($("fps").value),
+      video_settings: { quality: $("quality").value, encoding: $("encoding").value },
+      transport: "webrtc",
+    };
+    const minted = await api("/v1/sessions/token", { key: state.apiKey, body });
+    log(`session ${minted.session_id}`);
+    const started = await api("/v1/sessions/start", { token: minted.session_token, body: { session_id: minted.session_id } });
+    state.session = { ...started, token: minted.session_token };
+    openSocket(started.ws_url);
+    await connectPeer(started);
+  } catch (err) {
+    showError(err.message);
+    await stop();
+  }
+}
+
+function openSocket(url) {
+  const ws = new WebSocket(url);
+  state.ws = ws;
+  ws.addEventListener("message", (msg) => {
+    try { onEvent(JSON.parse(msg.data), "ws"); } catch (err) { log(`bad event: ${err}`, "error"); }
+  });
+  ws.addEventListener("close", () => { if (state.ws === ws) log("websocket closed"); });
+  state.keepAlive = setInterval(() => {
+    if (document.visibilityState === "visible" && ws.readyState === WebSocket.OPEN) {
+      ws.send(JSON.stringify({ type: "session.keep_alive" }));
+    }
+  }, 30000);
+}
+
+async function connectPeer(started) {
+  const pc = new RTCPeerConnection({ iceServers: started.webrtc.ice_servers });
+  state.pc = pc;
+  pc.addTransceiver("video", { direction: "recvonly" });
+  pc.addTransceiver("audio", { direction: "recvonly" });
+  const channel = pc.createDataChannel(started.webrtc.data_channel.label, {
+    negotiated: true, id: started.webrtc.data_channel.id,
+  });
+  channel.addEventListener("message", (msg) => {
+    try {
+      const event = JSON.parse(msg.data);
+      if (event.type !== "session.state_updated") onEvent(event, "dc");
+    } catch (err) { log(`bad data channel event: ${err}`, "error"); }
+  });
+  const video = $("video");
+  const stream = new MediaStream();
+  video.srcObject = stream; // once: re-assigning it per track restarts the element's load
+  pc.addEventListener("track", (ev) => {
+    stream.addTrack(ev.track);
+    if (ev.track.kind === "video") video.play().catch((err) => log(`autoplay blocked: ${err.message}`, "error"));
+  });
+  pc.addEventListener("connectionstatechange", () => {
+    log(`webrtc ${pc.connectionState}`);
+    if (pc.connectionState === "failed") showError("WebRTC connection failed (firewall? see docs/server.md on TURN)");
+  });
+  const markFirstFrame = () => {
+    const ms = Math.round(performance.now() - state.startedAt);
+    $("stat-first-frame").textContent = `${ms} ms`;
+    $("placeholder").hidden = true;
+    log(`first video frame after ${ms} ms`);
+  };
+  if ("requestVideoFrameCallback" in video) video.requestVideoFrameCallback(markFirstFrame);
+  else video.addEventListener("playing", markFirstFrame, { once: true });
+
+  await pc.setLocalDescription(await pc.createOffer());
+  await waitForIceGathering(pc);
+  log(`offer ready after ${Math.round(performance.now() - state.startedAt)} ms`);
+  const answer = await api(started.webrtc.offer_url, {
+    token: state.session.token, body: { sdp: pc.localDescription.sdp, type: "offer" },
+  });
+  await pc.setRemoteDescription(answer);
+  state.stats = setInterval(updateStats, 1000);
+}
+
+async function updateStats() {
+  if (!state.pc) return;
+  const report = await state.pc.getStats();
+  const now = performance.now();
+  report.forEach((s) => {
+    if (s.type === "inbound-rtp" && s.kind === "video") {
+      const seconds = (now - state.lastStatsAt) / 1000;
+      if (state.lastStatsAt && seconds > 0) {
+        $("stat-fps").textContent = ((s.framesDecoded - state.lastFrames) / seconds).toFixed(1);
+        $("stat-bitrate").textContent = `${Math.round(((s.bytesReceived - state.lastBytes) * 8) / seconds / 1000)} kbit/s`;
+      }
+      state.lastFrames = s.framesDecoded;
+      state.lastBytes = s.bytesReceived;
+      if (s.frameWidth) $("stat-size").textContent = `${s.frameWidth}×${s.frameHeight}`;
+      $("stat-dropped").textContent = String(s.framesDropped ?? 0);
+    }
+    if (s.type === "candidate-pair" && s.nominated && s.currentRoundTripTime !== undefined) {
+      $("stat-rtt").textContent = `${(s.currentRoundTripTime * 1000).toFixed(1)} ms`;
+    }
+  });
+  state.lastStatsAt = now;
+}
+
+function teardown(reason) {
+  if (reason) log(reason);
+  clearInterval(state.stats);
+  clearInterval(state.keepAlive);
+  if (state.ws) { const ws = state.ws; state.ws = null; ws.close(); }
+  if (state.pc) { state.pc.close(); state.pc = null; }
+  state.session = null;
+  state.lastStatsAt = 0;
+  $("video").srcObject = null;
+  $("placeholder").hidden = false;
+  setLive(false);
+  setStatus("idle");
+}
+
+async function stop() {
+  const session = state.session;
+  if (session) {
+    try {
+      const data = await api("/v1/sessions/stop", { token: session.token, body: { session_id: session.session_id } });
+      log(`stopped (${data.end_reason})`);
+    } catch (err) { log(err.message, "error"); }
+  }
+  teardown();
+}
+
+// crypto.randomUUID exists only in secure contexts; a plain-http LAN address is not one.
+const newEventId = () =>
+  crypto.randomUUID ? crypto.randomUUID() : Array.from({ length: 4 }, () => Math.random().toString(16).slice(2, 10)).join("");
+
+function sayText(text) {
+  const eventId = newEventId();
+  state.speakSentAt.set(eventId, performance.now());
+  send({ type: "agent.speak_text", event_id: eventId, text });
+}
+
+function speak(ev) {
+  ev.preventDefault();
+  const text = $("text").value.trim();
+  if (!text) return;
+  sayText(text);
+  $("text").value = "";
+}
+
+function init() {
+  const fromHash = new URLSearchParams(location.hash.slice(1)).get("key");
+  const saved = sessionStorage.getItem("facecast-key");
+  $("api-key").value = fromHash || saved || "";
+  $("api-key").addEventListener("change", () => sessionStorage.setItem("facecast-key", $("api-key").value.trim()));
+  if (fromHash) sessionStorage.setItem("facecast-key", fromHash);
+  $("start").addEventListener("click", start);
+  $("stop").addEventListener("click", stop);
+  $("speak-form").addEventListener("submit", speak);
+  $("interrupt").addEventListener("click", () => send({ type: "agent.interrupt" }));
+  $("listening").addEventListener("change", (ev) =>
+    send({ type: ev.target.checked ? "agent.start_listening" : "agent.stop_listening" }));
+  window.addEventListener("beforeunload", () => {
+    if (state.session) {
+      // keepalive lets the stop request outlive the page, so a closed tab never leaves a session running.
+      fetch("/v1/sessions/stop", {
+        method: "POST", keepalive: true,
+        headers: { "Content-Type": "application/json", Authorization: `Bearer ${state.session.token}` },
+        body: JSON.stringify({ session_id: state.session.session_id }),
+      });
+    }
+  });
+  loadAvatars().catch((err) => showError(`could not list avatars: ${err.message}`));
+}
+
+init();

@@ -1,0 +1,70 @@
+"""The browser test client in real headless Chromium (Debian's package, driven by Playwright): start a
+session, the video plays, typed text produces speech events, stop ends the session."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from facecast.server import protocol as p
+from tests.server_harness import RunningServer, running_server
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium; scripts/test installs it)"
+)
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[RunningServer]:
+    with running_server(tmp_path) as running:
+        yield running
+
+
+def test_page_starts_a_session_plays_video_and_speaks(server: RunningServer) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    key = server.store.create_key("browser")[1]
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--autoplay-policy=no-user-gesture-required", "--no-sandbox"],
+        )
+        try:
+            page = browser.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(f"{server.url}/#key={key}")
+            expect(page.locator("#avatars .avatar")).to_have_count(4)
+            page.select_option("#quality", "low")
+            page.get_by_test_id("start").click()
+
+            expect(page.get_by_test_id("status")).to_have_text("connected", timeout=20_000)
+            page.wait_for_function(
+                "() => { const v = document.getElementById('video');"
+                " return v.readyState >= 2 && v.videoWidth > 0 && v.currentTime > 0.3; }",
+                timeout=20_000,
+            )
+            assert page.evaluate("document.getElementById('video').videoWidth") == 256
+            expect(page.get_by_test_id("first-frame")).to_contain_text("ms")
+
+            log = page.get_by_test_id("log")
+            # The greeting is sent on connect; then a typed sentence.
+            expect(log).to_contain_text("agent.speak_started", timeout=20_000)
+            page.fill("#text", "Typed text becomes speech.")
+            page.click("#speak")
+            expect(log).to_contain_text("agent.speak_text: Typed text becomes speech.")
+            page.click("#interrupt")
+            expect(log).to_contain_text("agent.speak_interrupted", timeout=20_000)
+
+            page.click("#stop")
+            expect(page.get_by_test_id("status")).to_have_text("idle")
+            assert errors == []
+        finally:
+            browser.close()
+    records, total = server.store.list_sessions(None, active=False)
+    assert total == 1 and records[0].end_reason == p.END_STOPPED
+    assert records[0].stats["frames_sent"] > 0

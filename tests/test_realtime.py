@@ -1,0 +1,359 @@
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+
+import numpy as np
+import pytest
+
+from facecast.avatars import load_renderer
+from facecast.engine import Engine, EngineConfig, FaceState, SegmentEnded, SegmentStarted
+from facecast.engine.types import SegmentEvent
+from facecast.hosts.realtime import (
+    AUDIO_QUEUE_S,
+    VIDEO_QUEUE_FRAMES,
+    AudioOut,
+    AvatarClosed,
+    RealtimeAvatar,
+    VideoOut,
+)
+
+RATE = 16000
+
+
+def _tone(seconds: float, rate: int = RATE) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    envelope = 0.5 + 0.5 * np.sin(2 * np.pi * 3 * t)
+    return (0.4 * envelope * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
+
+
+def _engine(fps: int = 30, out_rate: int = 16000, renderer: object | None = "low") -> Engine:
+    r = load_renderer("ava", quality=renderer) if isinstance(renderer, str) else renderer
+    return Engine(r, EngineConfig(fps=fps, out_rate=out_rate, tracker="energy"))  # type: ignore[arg-type]
+
+
+async def _until(cond: Callable[[], bool], timeout: float = 20.0) -> None:
+    """Poll until cond() holds; the timeout only turns a hang into a failure."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not reached"
+        await asyncio.sleep(0.005)
+
+
+class Recorder:
+    """Consumes both outputs of an avatar into lists, and records events with the frame they came on."""
+
+    def __init__(self, avatar: RealtimeAvatar) -> None:
+        self.avatar = avatar
+        self.video: list[VideoOut] = []
+        self.audio: list[AudioOut] = []
+        self.events: list[tuple[SegmentEvent, int, bool]] = []  # event, frames released, on loop thread
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def on_event(self, event: SegmentEvent) -> None:
+        on_loop = threading.current_thread() is threading.main_thread()
+        self.events.append((event, self.avatar.stats.frames, on_loop))
+
+    async def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._pull_video()), asyncio.create_task(self._pull_audio())]
+        await asyncio.sleep(0)  # both consumers subscribe before frame 0 is released
+        await self.avatar.start()
+
+    async def _pull_video(self) -> None:
+        while True:
+            self.video.append(await self.avatar.next_video())
+
+    async def _pull_audio(self) -> None:
+        while True:
+            self.audio.append(await self.avatar.next_audio())
+
+    async def stop(self) -> None:
+        await self.avatar.aclose()
+        results = await asyncio.gather(*self._tasks, return_exceptions=True)
+        assert all(isinstance(r, AvatarClosed) for r in results), results
+
+    def pcm(self) -> np.ndarray:
+        return np.concatenate([a.samples for a in self.audio])
+
+    def speech_frames(self) -> list[AudioOut]:
+        return [a for a in self.audio if np.any(a.samples)]
+
+
+@pytest.fixture
+async def recorders() -> AsyncIterator[Callable[[Engine], Recorder]]:
+    made: list[Recorder] = []
+
+    def make(engine: Engine, **kwargs: object) -> Recorder:
+        holder: list[Recorder] = []
+        avatar = RealtimeAvatar(engine, on_event=lambda e: holder[0].on_event(e), **kwargs)  # type: ignore[arg-type]
+        holder.append(Recorder(avatar))
+        made.append(holder[0])
+        return holder[0]
+
+    yield make
+    for rec in made:
+        await rec.avatar.aclose()
+
+
+def _assert_continuous(audio: list[AudioOut], cfg: EngineConfig) -> None:
+    assert audio
+    first = audio[0].sample_start
+    index = next(i for i in range(first * cfg.fps // cfg.out_rate + 2) if cfg.frame_start_sample(i) == first)
+    for k, out in enumerate(audio):
+        assert out.sample_start == cfg.frame_start_sample(index + k)
+        assert len(out.samples) == cfg.frame_samples(index + k)
+        assert out.samples.dtype == np.int16
+
+
+@pytest.mark.parametrize(("fps", "out_rate"), [(25, 48000), (30, 16000)])
+async def test_idle_frames_carry_continuous_silence_and_video_at_their_index(
+    recorders: Callable[[Engine], Recorder], fps: int, out_rate: int
+) -> None:
+    rec = recorders(_engine(fps, out_rate))
+    await rec.start()
+    await _until(lambda: len(rec.audio) >= 12 and len(rec.video) >= 12)
+    await rec.stop()
+    cfg = rec.avatar.config
+    _assert_continuous(rec.audio, cfg)
+    assert rec.audio[0].sample_start == 0  # subscribed before start: nothing missed
+    assert not rec.pcm().any()
+    stats = rec.avatar.stats
+    indices = [v.index for v in rec.video]
+    assert indices[0] == 0 and indices == sorted(set(indices))
+    missing = set(range(indices[-1])) - set(indices)
+    assert len(missing) <= stats.frames_dropped + stats.video_overflow
+    for v in rec.video:
+        assert v.pts == v.index / fps
+        assert v.image.shape == (256, 256, 3) and v.image.dtype == np.uint8
+    assert stats.started_at is not None and stats.first_frame_at is not None
+    assert stats.first_frame_at >= stats.started_at
+    assert stats.frames >= len(rec.audio)
+    assert stats.render_ms > 0
+
+
+async def test_speech_plays_intact_with_events_in_order_on_the_frames_that_carry_them(
+    recorders: Callable[[Engine], Recorder],
+) -> None:
+    tone = _tone(0.6)
+    offline = _engine(renderer=None)
+    offline.push_audio(tone, RATE)
+    offline.end_segment()
+    expected = []
+    while offline.pending_speech:
+        pair = offline.next_frame()
+        if pair.audio is not None:
+            expected.append(pair.audio)
+
+    rec = recorders(_engine())
+    await rec.start()
+    await _until(lambda: len(rec.audio) >= 3)
+    first = await rec.avatar.push_audio(tone[:4000], RATE, text="hello")
+    second = await rec.avatar.push_audio(tone[4000:], RATE)
+    assert await rec.avatar.push_text("world") == first == second == 0
+    await rec.avatar.end_segment()
+    assert await rec.avatar.push_audio(tone[:1600], RATE) == 1
+    await rec.avatar.end_segment()
+    await _until(lambda: sum(isinstance(e, SegmentEnded) for e, _, _ in rec.events) == 2)
+    await _until(lambda: len(rec.audio) >= rec.events[-1][1])
+    await rec.stop()
+
+    cfg = rec.avatar.config
+    _assert_continuous(rec.audio, cfg)
+    kinds = [(type(e).__name__, e.segment_id) for e, _, _ in rec.events]
+    assert kinds == [("SegmentStarted", 0), ("SegmentEnded", 0), ("SegmentStarted", 1), ("SegmentEnded", 1)]
+    assert all(on_loop for _, _, on_loop in rec.events)
+    assert not any(e.interrupted for e, _, _ in rec.events if isinstance(e, SegmentEnded))
+    # Each event came with the frame it belongs to: frames are released in index order from 0, so
+    # the frame that carried an event is frame (frames released - 1).
+    by_start = {a.sample_start: a for a in rec.audio}
+    (s0, n0, _), (e0, m0, _), (s1, n1, _), _ = rec.events
+    assert isinstance(s0, SegmentStarted) and isinstance(e0, SegmentEnded)
+    assert by_start[cfg.frame_start_sample(n0 - 1)].samples.any()  # first speech frame
+    assert not by_start[cfg.frame_start_sample(n0 - 2)].samples.any()  # the idle frame before it
+    assert isinstance(s1, SegmentStarted) and n1 > m0
+    # The first segment's audio went through untouched: same samples as an offline pull.
+    played = np.concatenate([by_start[cfg.frame_start_sample(i)].samples for i in range(n0 - 1, m0)])
+    np.testing.assert_array_equal(played, np.concatenate(expected))
+    stats = rec.avatar.stats
+    assert len(stats.speech_latency_ms) == 2 and all(v > 0 for v in stats.speech_latency_ms)
+    assert stats.as_dict()["speech_latency_ms"] == [round(v, 1) for v in stats.speech_latency_ms]
+
+
+class _GatedRenderer:
+    """A renderer that can be held inside render(), to call clear() while a frame is being made."""
+
+    def __init__(self) -> None:
+        self._inner = load_renderer("ava", quality="low")
+        self.width, self.height, self.channels = self._inner.width, self._inner.height, 3
+        self.hold = False
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+
+    def render(self, state: FaceState) -> np.ndarray:
+        if self.hold:
+            self.hold = False
+            self.entered.set()
+            self.gate.wait(10)
+        return self._inner.render(state)
+
+
+async def test_clear_silences_speech_from_the_next_released_frame(
+    recorders: Callable[[Engine], Recorder],
+) -> None:
+    renderer = _GatedRenderer()
+    rec = recorders(_engine(renderer=renderer), queue_frames=3)
+    await rec.start()
+    segment = await rec.avatar.push_audio(_tone(3.0), RATE)
+    await rec.avatar.end_segment()
+    await _until(lambda: len(rec.speech_frames()) >= 4)
+    # Interrupt while a speech frame is being produced: that frame was asked for before the clear,
+    # so it must lose its speech too, like the frames already waiting for their due time.
+    renderer.hold = True
+    await asyncio.to_thread(renderer.entered.wait, 10)
+    released_at_call = rec.avatar.stats.frames
+    clearing = asyncio.create_task(rec.avatar.clear())
+    await asyncio.sleep(0)
+    renderer.gate.set()
+    await clearing
+    await _until(lambda: len(rec.audio) >= released_at_call + 10)
+    await rec.stop()
+
+    cfg = rec.avatar.config
+    _assert_continuous(rec.audio, cfg)
+    cutoff = cfg.frame_start_sample(released_at_call)
+    assert not any(a.samples.any() for a in rec.audio if a.sample_start >= cutoff)
+    assert sum(a.samples.any() for a in rec.audio if a.sample_start < cutoff) >= 4
+    ended = [e for e, _, _ in rec.events if isinstance(e, SegmentEnded)]
+    assert len(ended) == 1 and ended[0].segment_id == segment and ended[0].interrupted
+    assert 0 < ended[0].played_s < 3.0
+    # Frames produced before the clear lose their video as well: the held frame and those queued
+    # before it are skipped, then drawing resumes.
+    after = [v.index for v in rec.video if v.index >= released_at_call]
+    assert after and after[0] <= released_at_call + 3 + rec.avatar.stats.frames_dropped
+
+
+async def test_clear_while_idle_skips_nothing(recorders: Callable[[Engine], Recorder]) -> None:
+    rec = recorders(_engine())
+    await rec.start()
+    await _until(lambda: len(rec.video) >= 3)
+    await rec.avatar.clear()
+    await rec.avatar.set_listening(True)
+    await _until(lambda: len(rec.video) >= 12)
+    await rec.stop()
+    indices = [v.index for v in rec.video]
+    assert rec.avatar.stats.frames_dropped > 0 or indices == list(range(indices[0], indices[-1] + 1))
+    assert not rec.events
+
+
+class _SlowRenderer:
+    """A renderer that takes 1.5 frame periods per frame: production cannot keep up."""
+
+    def __init__(self, seconds: float) -> None:
+        self._inner = load_renderer("ava", quality="low")
+        self._seconds = seconds
+        self.width, self.height, self.channels = self._inner.width, self._inner.height, 3
+
+    def render(self, state: FaceState) -> np.ndarray:
+        time.sleep(self._seconds)
+        return self._inner.render(state)
+
+
+async def test_late_frames_are_produced_without_video_but_audio_stays_continuous(
+    recorders: Callable[[Engine], Recorder],
+) -> None:
+    rec = recorders(_engine(fps=25, renderer=_SlowRenderer(1.5 / 25)))
+    await rec.start()
+    await rec.avatar.push_audio(_tone(0.8), RATE)
+    await rec.avatar.end_segment()
+    await _until(lambda: rec.avatar.stats.frames >= 30 and len(rec.audio) >= 30)
+    await rec.stop()
+
+    stats = rec.avatar.stats
+    assert stats.frames_dropped > 0
+    _assert_continuous(rec.audio, rec.avatar.config)
+    assert len(rec.speech_frames()) >= 0.8 * 25 - 1  # no speech frame was lost
+    indices = [v.index for v in rec.video]
+    assert indices == sorted(set(indices))
+    assert len(indices) < indices[-1] - indices[0] + 1  # the skipped frames are missing from the video
+    assert len(rec.video) + stats.frames_dropped + stats.video_overflow >= stats.frames - VIDEO_QUEUE_FRAMES
+
+
+async def test_outputs_stay_bounded_when_the_consumer_stops_reading() -> None:
+    avatar = RealtimeAvatar(_engine())
+    try:
+        await avatar.start()
+        await avatar.next_video()  # subscribes; the queue is empty again
+        video_from, dropped_from = avatar.stats.frames, avatar.stats.frames_dropped
+        await avatar.next_audio()
+        audio_from = avatar.stats.frames
+        await _until(lambda: avatar.stats.frames >= audio_from + 20)
+        stats = avatar.stats
+        # Every frame released since is queued and all but the newest ones are dropped. (A frame or two
+        # may have been released before the first call returned, and may still be queued; frames
+        # produced without video put nothing, and a few of those may not be released yet.)
+        audio_puts = stats.frames - audio_from
+        audio_limit = round(AUDIO_QUEUE_S * 30)
+        assert audio_puts - audio_limit <= stats.audio_overflow <= audio_puts - audio_limit + 2
+        drawn = stats.frames - video_from
+        undrawn = stats.frames_dropped - dropped_from + 2
+        assert drawn - undrawn - VIDEO_QUEUE_FRAMES <= stats.video_overflow <= drawn - VIDEO_QUEUE_FRAMES + 2
+    finally:
+        await avatar.aclose()
+
+
+async def test_aclose_is_idempotent_wakes_consumers_and_stops_the_worker() -> None:
+    avatar = RealtimeAvatar(_engine())
+    await avatar.start()
+    await avatar.next_video()
+    waiting = [asyncio.create_task(avatar.next_video()), asyncio.create_task(avatar.next_audio())]
+    pushing = asyncio.create_task(avatar.push_audio(_tone(0.1), RATE))
+    await asyncio.sleep(0)
+    await asyncio.gather(avatar.aclose(), avatar.aclose())
+    await avatar.aclose()
+    assert await pushing == 0  # a call already on its way completes instead of being cancelled
+    results = await asyncio.gather(*waiting, return_exceptions=True)
+    assert all(isinstance(r, AvatarClosed) for r in results), results
+    assert avatar.closed
+    with pytest.raises(AvatarClosed):
+        await avatar.next_video()
+    with pytest.raises(AvatarClosed):
+        await avatar.push_audio(_tone(0.1), RATE)
+    with pytest.raises(AvatarClosed):
+        await avatar.clear()
+    frames = avatar.stats.frames
+    await asyncio.sleep(0.1)
+    assert avatar.stats.frames == frames  # pacing stopped
+    assert not [t for t in threading.enumerate() if t.name.startswith("facecast-avatar")]
+
+
+async def test_aclose_before_start_and_bad_arguments() -> None:
+    avatar = RealtimeAvatar(_engine())
+    await avatar.aclose()
+    with pytest.raises(AvatarClosed):
+        await avatar.start()
+    with pytest.raises(ValueError, match="queue_frames"):
+        RealtimeAvatar(_engine(), queue_frames=0)
+    avatar = RealtimeAvatar(_engine())
+    try:
+        await avatar.start()
+        with pytest.raises(RuntimeError, match="already started"):
+            await avatar.start()
+    finally:
+        await avatar.aclose()
+
+
+async def test_a_failing_renderer_closes_the_outputs_with_the_cause() -> None:
+    class Broken(_SlowRenderer):
+        def render(self, state: FaceState) -> np.ndarray:
+            raise RuntimeError("renderer exploded")
+
+    avatar = RealtimeAvatar(_engine(renderer=Broken(0.0)))
+    try:
+        await avatar.start()
+        with pytest.raises(AvatarClosed) as info:
+            await avatar.next_video()
+        assert isinstance(info.value.__cause__, RuntimeError)
+    finally:
+        await avatar.aclose()
