@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from facecast.server import protocol as p
-from tests.server_harness import RunningServer, running_server
+from server_harness import RunningServer, running_server
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(

@@ -16,7 +16,7 @@ from facecast.server import protocol as p
 from facecast.server.auth import hash_secret
 from facecast.server.config import Limits
 from facecast.server.store import SessionRecord, open_store
-from tests.server_harness import RunningServer, running_server
+from server_harness import RunningServer, running_server
 
 
 @pytest.fixture

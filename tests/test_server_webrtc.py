@@ -23,7 +23,7 @@ from scipy.signal import resample_poly
 
 from facecast.avatars import load_renderer
 from facecast.server import protocol as p
-from tests.server_harness import RunningServer, running_server
+from server_harness import RunningServer, running_server
 
 FPS = 25
 CHUNK_S = 0.1

@@ -549,3 +549,27 @@ def test_keys_parser_keeps_the_parser_class(tmp_path: Path, monkeypatch: pytest.
     with pytest.raises(LookupError):
         keys([], RaisingParser)
     assert keys(["list", "--data-dir", str(tmp_path)], RaisingParser) == 0
+
+
+def test_capped_insert_admits_exactly_the_cap_across_stores(reopen: Callable[[], Store]) -> None:
+    """Two stores on one database (two servers) minting for one key at once never exceed its cap."""
+    import threading
+
+    stores = [reopen(), reopen()]
+    key, _ = stores[0].create_key("capped")
+    admitted: list[bool] = []
+    lock = threading.Lock()
+
+    def mint(store: Store) -> None:
+        for _ in range(10):
+            ok = store.insert_session(make_session(key.id), max_active=3)
+            with lock:
+                admitted.append(ok)
+
+    threads = [threading.Thread(target=mint, args=(s,)) for s in stores for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert admitted.count(True) == 3 and len(admitted) == 40
+    assert stores[1].count_active(key.id) == 3

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 WEBRTC_AUDIO_RATE = 48000  # Opus runs at 48 kHz; rendering at that rate avoids a second resampler
 MAX_SPEAK_TEXT_CHARS = 2000
 REAP_INTERVAL_S = 0.25
+STORE_SYNC_EVERY = 4  # reaper rounds between checks for sessions another server ended
 
 
 class ApiError(Exception):
@@ -323,6 +324,7 @@ class SessionManager:
         self._pending: dict[str, float] = {}  # minted here, not started: session id -> token expiry (unix)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._reaper: asyncio.Task[None] | None = None
+        self._reaps = 0
         self._tts: EspeakTTS | None = None
         self._tts_lock = asyncio.Lock()
         self._closed = False
@@ -402,14 +404,6 @@ class SessionManager:
                     f"{limits.max_session_duration} s",
                 )
         cap = key.max_concurrent if key.max_concurrent is not None else limits.max_concurrent_per_key
-        active = self.store.count_active(key.id)
-        if active >= cap:
-            raise ApiError(
-                429,
-                p.CODE_LIMIT,
-                f"this API key already has {active} active session(s), its limit is {cap}; stop one "
-                "(POST /v1/sessions/stop) or wait for it to end",
-            )
         now = time.time()
         token = new_session_token()
         record = SessionRecord(
@@ -432,7 +426,13 @@ class SessionManager:
             created_at=now,
             owner=self.server_id,
         )
-        self.store.insert_session(record)
+        if not self.store.insert_session(record, max_active=cap):
+            raise ApiError(
+                429,
+                p.CODE_LIMIT,
+                f"this API key already has {cap} active session(s), its limit is {cap}; stop one "
+                "(POST /v1/sessions/stop) or wait for it to end",
+            )
         self._pending[record.id] = record.token_expires_at
         return record, token
 
@@ -566,9 +566,24 @@ class SessionManager:
                 reason = p.END_CLIENT_GONE
             if reason is not None:
                 await self.end(session_id, reason)
+        self._reaps += 1
+        if self._reaps % STORE_SYNC_EVERY == 0:
+            await self._sync_with_store()
         for session_id, expires in list(self._pending.items()):
-            if now >= expires:
+            if now < expires:
+                continue
+            record = self.store.get_session(session_id)
+            if record is None or record.state != p.STATE_CREATED:
+                self._pending.pop(session_id, None)  # started (perhaps by another server) or ended
+            else:
                 await self.end(session_id, p.END_TOKEN_EXPIRED)
+
+    async def _sync_with_store(self) -> None:
+        """With a shared database another server may stop one of our sessions: close it here too."""
+        for session_id in list(self.live):
+            record = self.store.get_session(session_id)
+            if record is not None and record.state == p.STATE_ENDED and record.end_reason is not None:
+                await self.end(session_id, record.end_reason)
 
     # -- speech -----------------------------------------------------------------------------------------
     async def synthesize(self, text: str) -> Any:

@@ -110,7 +110,10 @@ class Store(Protocol):
         Idempotent. ValueError if several keys match."""
         ...
 
-    def insert_session(self, record: SessionRecord) -> None: ...
+    def insert_session(self, record: SessionRecord, *, max_active: int | None = None) -> bool:
+        """Store a new session. With `max_active`, only while its key has fewer active sessions, checked
+        and inserted atomically (several servers may mint for one key at once); False when at the cap."""
+        ...
 
     def get_session(self, session_id: str) -> SessionRecord | None: ...
 
@@ -288,12 +291,22 @@ class _SqlStore(ABC):
         return self.get_key(matches[0].id)
 
     # -- sessions -----------------------------------------------------------------------------------
-    def insert_session(self, record: SessionRecord) -> None:
+    def insert_session(self, record: SessionRecord, *, max_active: int | None = None) -> bool:
         if record.state not in (STATE_CREATED, STATE_STARTED):
             raise ValueError(f"a new session is {STATE_CREATED} or {STATE_STARTED}, not {record.state!r}")
         placeholders = ", ".join("?" for _ in _SESSION_FIELDS)
         values = [_encode(name, getattr(record, name)) for name in _SESSION_FIELDS]
-        self._execute(f"INSERT INTO sessions ({_SESSION_COLUMNS}) VALUES ({placeholders})", values)
+        insert = f"INSERT INTO sessions ({_SESSION_COLUMNS}) VALUES ({placeholders})"
+        if max_active is None:
+            self._execute(insert, values)
+            return True
+        count = f"SELECT COUNT(*) FROM sessions WHERE key_id = ? AND state <> '{STATE_ENDED}'"
+        return self._insert_capped(record.key_id, count, insert, values, max_active)
+
+    @abstractmethod
+    def _insert_capped(
+        self, key_id: str, count_sql: str, insert_sql: str, values: Sequence[Any], cap: int
+    ) -> bool: ...
 
     def get_session(self, session_id: str) -> SessionRecord | None:
         rows = self._execute(f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE id = ?", (session_id,)).rows
@@ -419,6 +432,22 @@ class SQLiteStore(_SqlStore):
             rows = cursor.fetchall()
             return _Result(rows, cursor.rowcount)
 
+    def _insert_capped(
+        self, key_id: str, count_sql: str, insert_sql: str, values: Sequence[Any], cap: int
+    ) -> bool:
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")  # the database write lock: no other process counts now
+            try:
+                if self._conn.execute(count_sql, (key_id,)).fetchone()[0] >= cap:
+                    self._conn.execute("ROLLBACK")
+                    return False
+                self._conn.execute(insert_sql, values)
+                self._conn.execute("COMMIT")
+                return True
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+
     def close(self) -> None:
         with self._lock:
             self._conn.close()
@@ -478,6 +507,19 @@ class PostgresStore(_SqlStore):
             # that did commit before the connection dropped cannot apply twice.
             self._conn = self._connect()
             return self._run(query, params)
+
+    def _insert_capped(
+        self, key_id: str, count_sql: str, insert_sql: str, values: Sequence[Any], cap: int
+    ) -> bool:
+        with self._lock, self._conn.transaction():
+            # One lock per key, held to commit; under READ COMMITTED the count that follows sees every
+            # session another server inserted while holding it.
+            self._conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (key_id,))
+            row = self._conn.execute(count_sql.replace("?", "%s"), (key_id,)).fetchone()
+            if row is not None and row[0] >= cap:
+                return False
+            self._conn.execute(insert_sql.replace("?", "%s"), values)
+            return True
 
     def _run(self, query: str, params: Sequence[Any]) -> _Result:
         cursor = self._conn.execute(query, params)
