@@ -10,13 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from server_harness import RunningServer, running_server
 from websockets.sync.client import connect
 
 from facecast.server import protocol as p
 from facecast.server.auth import hash_secret
 from facecast.server.config import Limits
 from facecast.server.store import SessionRecord, open_store
-from server_harness import RunningServer, running_server
 
 
 @pytest.fixture

@@ -20,10 +20,10 @@ import websockets
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 from scipy.signal import resample_poly
+from server_harness import RunningServer, running_server
 
 from facecast.avatars import load_renderer
 from facecast.server import protocol as p
-from server_harness import RunningServer, running_server
 
 FPS = 25
 CHUNK_S = 0.1
