@@ -501,3 +501,22 @@ def test_bitrate_range_scales_with_the_frame_size() -> None:
         assert r[0] < r[1] < r[2]
     assert small[1] < square[1] < large[1]
     assert square[2] / square[1] == pytest.approx(0.25 / 0.08, rel=0.01)
+
+
+def test_mdns_candidates_are_dropped_from_offers() -> None:
+    from facecast.hosts.webrtc import without_mdns_candidates
+
+    sdp = (
+        "v=0\r\n"
+        "a=candidate:1 1 udp 2113937151 0d5e5fc9-d90e-4e18-8f94-763ca2d95aeb.local 51165 typ host\r\n"
+        "a=candidate:2 1 udp 2113937151 192.168.1.20 51166 typ host\r\n"
+        "a=candidate:3 1 udp 1677729535 203.0.113.7 40000 typ srflx raddr 0.0.0.0 rport 0\r\n"
+        "a=end-of-candidates\r\n"
+    )
+    kept = without_mdns_candidates(sdp)
+    assert ".local" not in kept
+    assert (
+        "192.168.1.20 51166" in kept
+        and "203.0.113.7 40000" in kept
+        and kept.endswith("a=end-of-candidates\r\n")
+    )

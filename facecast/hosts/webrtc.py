@@ -348,6 +348,17 @@ def _ice_server(server: Mapping[str, Any]) -> RTCIceServer:
     )
 
 
+def without_mdns_candidates(sdp: str) -> str:
+    """Drop the browser's `*.local` (mDNS-obfuscated) host candidates from an offer.
+
+    aioice resolves each with a 1 s multicast query inside setRemoteDescription, which fails across
+    networks and where multicast is filtered, adding a second to every session start. Without them the
+    browser's connectivity checks still reach our candidates and aioice learns its address as a
+    peer-reflexive candidate (RFC 8445 7.3.1.3), so the connection forms just the same."""
+    lines = sdp.splitlines(keepends=True)
+    return "".join(line for line in lines if not (line.startswith("a=candidate:") and ".local " in line))
+
+
 class AvatarPeer:
     """One client's WebRTC connection to a RealtimeAvatar.
 
@@ -408,6 +419,7 @@ class AvatarPeer:
         """Apply the client's offer and return the complete answer (all ICE candidates inside)."""
         if offer_type != "offer":
             raise ValueError(f"expected an SDP offer, got type {offer_type!r}")
+        offer_sdp = without_mdns_candidates(offer_sdp)
         await self._pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type=offer_type))
         await self._pc.setLocalDescription(await self._pc.createAnswer())
         self.answered_at = time.monotonic()

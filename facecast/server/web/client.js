@@ -202,6 +202,7 @@ async function connectPeer(started) {
     token: state.session.token, body: { sdp: pc.localDescription.sdp, type: "offer" },
   });
   await pc.setRemoteDescription(answer);
+  log(`answer applied after ${Math.round(performance.now() - state.startedAt)} ms`);
   state.stats = setInterval(updateStats, 1000);
 }
 
