@@ -118,9 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
         '"credential": "p"}]\' (default: $FACECAST_ICE_SERVERS)',
     )
 
+    from facecast.hosts.livekit.cli import add_livekit_parsers
     from facecast.server.keys_cli import add_keys_parser
 
     add_keys_parser(sub)
+    add_livekit_parsers(sub)
 
     sub.add_parser("avatars", help="list the built-in avatars")
     sub.add_parser("bench", help="run benchmarks (`facecast bench --help`)", add_help=False)
@@ -261,6 +263,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_render(args)
         if args.command in ("demo", "serve"):
             return _cmd_serve(args, demo=args.command == "demo")
+        if args.command in ("worker", "say"):
+            from facecast.hosts.livekit import cli as livekit_cli
+
+            run = livekit_cli.run_worker_command if args.command == "worker" else livekit_cli.run_say_command
+            try:
+                return run(args)
+            except ImportError as exc:
+                raise UsageError(
+                    f"facecast {args.command} needs the LiveKit extra: "
+                    f"pip install 'facecast[livekit]' ({exc})"
+                ) from None
         if args.command == "keys":
             from facecast.server.keys_cli import run_keys
 

@@ -80,6 +80,17 @@ def test_token_needs_a_valid_unrevoked_key(server: RunningServer, key: str) -> N
         ({"avatar_id": "nobody"}, 404, "/v1/avatars"),
         ({"mode": "FULL"}, 501, "not supported yet"),
         ({"transport": "carrier-pigeon"}, 400, "transport"),
+        ({"transport": "livekit"}, 400, "livekit_config"),
+        (
+            {"transport": "livekit", "livekit_config": {"livekit_url": "ws://lk:7880", "livekit_room": "r"}},
+            400,
+            "LIVEKIT_API_KEY",
+        ),
+        (
+            {"transport": "livekit", "livekit_config": {"livekit_url": "lk:7880", "livekit_room": "r"}},
+            400,
+            "not a URL",
+        ),
     ],
 )
 def test_bad_token_bodies_say_what_is_wrong(

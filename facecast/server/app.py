@@ -9,7 +9,7 @@ import json
 import logging
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
@@ -27,7 +27,7 @@ from facecast.server.auth import default_data_dir, parse_bearer
 from facecast.server.config import ServerConfig
 from facecast.server.metrics import render_metrics
 from facecast.server.schemas import OfferRequest, SessionRef, StopRequest, TokenRequest
-from facecast.server.sessions import ApiError, LiveSession, SessionManager
+from facecast.server.sessions import ApiError, LiveSession, RoomSession, Session, SessionManager
 from facecast.server.store import ApiKey, SessionRecord, Store, open_store
 
 log = logging.getLogger(__name__)
@@ -49,8 +49,14 @@ def default_server_id(config: ServerConfig) -> str:
     return config.server_id or f"{socket.gethostname()}:{config.port}"
 
 
-def create_app(config: ServerConfig | None = None, *, store: Store | None = None) -> FastAPI:
-    """Build the ASGI app. The store is opened at start-up (or the one given is used and not closed)."""
+def create_app(
+    config: ServerConfig | None = None,
+    *,
+    store: Store | None = None,
+    livekit_room_factory: Callable[[], Any] | None = None,
+) -> FastAPI:
+    """Build the ASGI app. The store is opened at start-up (or the one given is used and not closed).
+    `livekit_room_factory` makes the rooms livekit sessions join (default: real `rtc.Room`s)."""
     config = config or ServerConfig()
     data_dir = Path(config.data_dir) if config.data_dir else default_data_dir()
     owns_store = store is None
@@ -58,7 +64,9 @@ def create_app(config: ServerConfig | None = None, *, store: Store | None = None
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.store = store if store is not None else open_store(config.database_url, data_dir)
-        app.state.manager = SessionManager(app.state.store, config, default_server_id(config))
+        app.state.manager = SessionManager(
+            app.state.store, config, default_server_id(config), livekit_room_factory=livekit_room_factory
+        )
         app.state.started_at = time.time()
         await app.state.manager.open()
         try:
@@ -115,7 +123,7 @@ def create_app(config: ServerConfig | None = None, *, store: Store | None = None
         if ref is not None and ref.session_id is not None and ref.session_id != record.id:
             raise ApiError(403, p.CODE_FORBIDDEN, "this session token belongs to another session")
 
-    def live_session(mgr: SessionManager, record: SessionRecord) -> LiveSession:
+    def live_session(mgr: SessionManager, record: SessionRecord) -> Session:
         if record.state == p.STATE_ENDED:
             raise ApiError(410, p.CODE_GONE, f"session {record.id} has ended ({record.end_reason})")
         session = mgr.live.get(record.id)
@@ -126,6 +134,15 @@ def create_app(config: ServerConfig | None = None, *, store: Store | None = None
                 )
             raise ApiError(
                 409, p.CODE_CONFLICT, f"session {record.id} runs on another server ({record.owner})"
+            )
+        return session
+
+    def webrtc_session(session: Session) -> LiveSession:
+        if not isinstance(session, LiveSession):
+            raise ApiError(
+                409,
+                p.CODE_CONFLICT,
+                f"session {session.id} uses transport livekit: its media travels through the LiveKit room",
             )
         return session
 
@@ -150,11 +167,24 @@ def create_app(config: ServerConfig | None = None, *, store: Store | None = None
         body: SessionRef | None = None,
     ) -> dict[str, Any]:
         check_ref(record, body)
-        await mgr.start(record)
+        session = await mgr.start(record)
+        settings = record.settings
+        if isinstance(session, RoomSession):
+            lk = settings["livekit"]
+            return ok(
+                {
+                    "session_id": record.id,
+                    "transport": "livekit",
+                    "livekit_url": lk["url"],
+                    "livekit_room": lk["room"],
+                    "avatar_identity": lk["avatar_identity"],
+                    "max_session_duration": settings["max_session_duration"],
+                    "idle_timeout": config.limits.idle_timeout,
+                }
+            )
         base = public_base(request)
         token = parse_bearer(request.headers.get("authorization"))
         ws_base = "ws" + base[4:] if base.startswith("http") else base
-        settings = record.settings
         width, height = frame_size(settings["aspect_ratio"], settings["video_settings"]["quality"])
         return ok(
             {
@@ -185,7 +215,7 @@ def create_app(config: ServerConfig | None = None, *, store: Store | None = None
         mgr: Annotated[SessionManager, Depends(manager)],
     ) -> dict[str, Any]:
         check_ref(record, SessionRef(session_id=session_id))
-        session = live_session(mgr, record)
+        session = webrtc_session(live_session(mgr, record))
         sdp, sdp_type = await mgr.connect_peer(session, body.sdp, body.type)
         return ok({"sdp": sdp, "type": sdp_type})
 
@@ -253,7 +283,7 @@ def create_app(config: ServerConfig | None = None, *, store: Store | None = None
             record = mgr.authenticate_token(token)
             if record.id != session_id:
                 raise ApiError(403, p.CODE_FORBIDDEN, "this session token belongs to another session")
-            session = live_session(mgr, record)
+            session = webrtc_session(live_session(mgr, record))
         except ApiError as exc:
             await websocket.send_json({"type": p.ERROR, "code": exc.code, "message": exc.message})
             await websocket.close(code=4000 + exc.status % 1000)

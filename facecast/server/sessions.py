@@ -12,6 +12,7 @@ import base64
 import binascii
 import contextlib
 import logging
+import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -313,14 +314,72 @@ class LiveSession:
         return stats
 
 
+class RoomSession:
+    """A started session with transport `livekit`: a worker in the user's LiveKit room plays the agent's
+    speech; audio arrives over LiveKit's avatar protocol, so there is no WebRTC peer and no LITE socket."""
+
+    def __init__(self, record: SessionRecord, worker: Any, *, started_mono: float) -> None:
+        self.record = record
+        self.id = record.id
+        self.worker = worker  # facecast.hosts.livekit.worker.RoomAvatar (imported only when used)
+        self.started_mono = started_mono
+        self.deadline = started_mono + int(record.settings["max_session_duration"])
+        self.connected_at: float | None = started_mono  # connected before start() returned
+        self._kept_alive = started_mono
+        self.ending = False
+
+    @property
+    def last_activity(self) -> float:
+        """Latest of a keep-alive and the last audio the agent streamed."""
+        idle_s = self.worker.stats().get("idle_s")
+        heard = time.monotonic() - idle_s if idle_s is not None else self.started_mono
+        return max(self._kept_alive, heard)
+
+    def touch(self) -> None:
+        self._kept_alive = time.monotonic()
+
+    async def stats(self) -> dict[str, Any]:
+        worker = self.worker.stats()
+        latency = worker.get("audio_to_lips_ms") or {}
+        return {
+            "duration_s": round(time.monotonic() - self.started_mono, 3),
+            "frames_sent": worker.get("frames"),
+            "frames_dropped": worker.get("dropped_frames"),
+            "render_ms": None,
+            "encode_ms": None,  # LiveKit's native SDK encodes
+            "audio_to_video_latency_ms": latency.get("mean"),
+            "time_to_first_frame_ms": worker.get("first_frame_ms"),
+            "livekit": {k: worker.get(k) for k in ("room", "agent_identity", "segments", "interrupts")},
+        }
+
+    async def close(self, reason: str) -> dict[str, Any]:
+        self.ending = True
+        stats = await self.stats()
+        await self.worker.aclose(reason)
+        return stats
+
+
+Session = LiveSession | RoomSession
+
+
 class SessionManager:
     """Owns every session of this server process, and every background task they need."""
 
-    def __init__(self, store: Store, config: ServerConfig, server_id: str) -> None:
+    def __init__(
+        self,
+        store: Store,
+        config: ServerConfig,
+        server_id: str,
+        *,
+        livekit_room_factory: Callable[[], Any] | None = None,
+    ) -> None:
         self.store = store
         self.config = config
         self.server_id = server_id
-        self.live: dict[str, LiveSession] = {}
+        # Where LiveKit rooms come from: None means a real `rtc.Room()`; tests pass an in-memory double.
+        self.livekit_room_factory = livekit_room_factory
+        self.live: dict[str, Session] = {}
+        self._closing: dict[str, asyncio.Future[None]] = {}  # ends in progress, so a second waits
         self._pending: dict[str, float] = {}  # minted here, not started: session id -> token expiry (unix)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._reaper: asyncio.Task[None] | None = None
@@ -379,12 +438,7 @@ class SessionManager:
                 "mode FULL (the server runs STT, LLM and TTS) is not supported yet; use mode LITE and send "
                 "the agent's audio over the WebSocket, or agent.speak_text for server-side speech",
             )
-        if body.transport == "livekit":
-            raise ApiError(
-                501,
-                p.CODE_NOT_IMPLEMENTED,
-                "transport livekit is not available on this server yet; use transport webrtc",
-            )
+        livekit = self._livekit_settings(body) if body.transport == "livekit" else None
         avatar_id = limits.sandbox_avatar if body.is_sandbox else (body.avatar_id or limits.sandbox_avatar)
         if avatar_id not in {info.name for info in list_avatars()}:
             raise ApiError(
@@ -419,6 +473,7 @@ class SessionManager:
                 "fps": body.fps,
                 "max_session_duration": duration,
                 "interactivity_type": body.interactivity_type,
+                **({"livekit": livekit} if livekit is not None else {}),
             },
             state=p.STATE_CREATED,
             token_hash=hash_secret(token),
@@ -435,6 +490,50 @@ class SessionManager:
             )
         self._pending[record.id] = record.token_expires_at
         return record, token
+
+    def _livekit_settings(self, body: TokenRequest) -> dict[str, Any]:
+        """Where the worker joins, with a worker token from the body or minted from this server's
+        LiveKit credentials (LIVEKIT_API_KEY / LIVEKIT_API_SECRET)."""
+        cfg = body.livekit_config
+        if cfg is None:
+            raise ApiError(
+                400,
+                p.CODE_BAD_REQUEST,
+                "transport livekit needs livekit_config {livekit_url, livekit_room, livekit_worker_token or "
+                "agent_identity}",
+            )
+        if not cfg.livekit_url.startswith(("ws://", "wss://", "http://", "https://")):
+            raise ApiError(
+                400, p.CODE_BAD_REQUEST, f"livekit_config.livekit_url {cfg.livekit_url!r} is not a URL"
+            )
+        identity = cfg.avatar_identity or "facecast-avatar"
+        token = cfg.livekit_worker_token
+        if token is None:
+            key, secret = os.environ.get("LIVEKIT_API_KEY"), os.environ.get("LIVEKIT_API_SECRET")
+            if not (key and secret and cfg.agent_identity):
+                raise ApiError(
+                    400,
+                    p.CODE_BAD_REQUEST,
+                    "livekit_config has no livekit_worker_token; pass one (the plugin mints it), or give "
+                    "agent_identity and run the server with LIVEKIT_API_KEY and LIVEKIT_API_SECRET set",
+                )
+            from facecast.hosts.livekit.tokens import mint_worker_token
+
+            token = mint_worker_token(
+                key,
+                secret,
+                room=cfg.livekit_room,
+                identity=identity,
+                name=cfg.avatar_name or identity,
+                agent_identity=cfg.agent_identity,
+            )
+        return {
+            "url": cfg.livekit_url,
+            "room": cfg.livekit_room,
+            "worker_token": token,
+            "agent_identity": cfg.agent_identity,
+            "avatar_identity": identity,
+        }
 
     def authenticate_token(self, token: str | None) -> SessionRecord:
         if not token:
@@ -459,6 +558,8 @@ class SessionManager:
             raise ApiError(409, p.CODE_CONFLICT, f"session {record.id} is already started")
         if self._closed:
             raise ApiError(503, p.CODE_INTERNAL, "the server is shutting down")
+        if record.transport == "livekit":
+            return await self._start_in_room(record)
         settings = record.settings
         started_mono = time.monotonic()
         engine = await asyncio.to_thread(self._build_engine, record)
@@ -493,6 +594,59 @@ class SessionManager:
         except Exception:
             await self.end(record.id, p.END_ERROR)
             raise
+        return session
+
+    async def _start_in_room(self, record: SessionRecord) -> RoomSession:
+        try:
+            from facecast.hosts.livekit.worker import RoomAvatar
+        except ImportError as exc:
+            raise ApiError(
+                501,
+                p.CODE_NOT_IMPLEMENTED,
+                f"transport livekit needs the LiveKit extra: pip install 'facecast[livekit]' ({exc})",
+            ) from None
+        settings = record.settings
+        lk = settings["livekit"]
+        started_mono = time.monotonic()
+
+        def on_end(reason: str) -> None:
+            self.spawn(self.end(record.id, reason))
+
+        worker = RoomAvatar(
+            lk["url"],
+            lk["worker_token"],
+            avatar=record.avatar_id,
+            aspect=settings["aspect_ratio"],
+            quality=settings["video_settings"]["quality"],
+            fps=int(settings["fps"]),
+            max_duration_s=None,  # the manager enforces the duration, like every other limit
+            agent_identity=lk["agent_identity"],
+            on_end=on_end,
+            room=self.livekit_room_factory() if self.livekit_room_factory is not None else None,
+        )
+        session = RoomSession(record, worker, started_mono=started_mono)
+        now = time.time()
+        expires = now + int(settings["max_session_duration"]) + self.config.limits.token_ttl
+        if not self.store.update_session(
+            record.id,
+            state=p.STATE_STARTED,
+            started_at=now,
+            last_activity_at=now,
+            token_expires_at=expires,
+            owner=self.server_id,
+        ):
+            raise ApiError(410, p.CODE_GONE, f"session {record.id} has ended")
+        record.state, record.started_at, record.token_expires_at = p.STATE_STARTED, now, expires
+        self._pending.pop(record.id, None)
+        self.live[record.id] = session
+        self.started_total += 1
+        try:
+            await worker.start()
+        except Exception as exc:
+            await self.end(record.id, p.END_ERROR)
+            raise ApiError(
+                502, p.CODE_INTERNAL, f"the avatar worker could not join the LiveKit room: {exc}"
+            ) from None
         return session
 
     @staticmethod
@@ -530,14 +684,22 @@ class SessionManager:
     # -- ending -----------------------------------------------------------------------------------------
     async def end(self, session_id: str, reason: str) -> bool:
         """End a session once; later calls (and other servers' calls) return False."""
+        closing = self._closing.get(session_id)
+        if closing is not None:  # already being closed here (e.g. the transport reporting its own end)
+            await asyncio.shield(closing)
+            return False
         session = self.live.pop(session_id, None)
         self._pending.pop(session_id, None)
         stats: dict[str, Any] | None = None
         if session is not None:
+            done = self._closing[session_id] = asyncio.get_running_loop().create_future()
             try:
                 stats = await session.close(reason)
             except Exception:
                 log.exception("closing session %s failed", session_id)
+            finally:
+                del self._closing[session_id]
+                done.set_result(None)
         ended = self.store.end_session(session_id, reason, time.time(), stats=stats)
         if ended:
             self.ended_total[reason] = self.ended_total.get(reason, 0) + 1
@@ -604,7 +766,7 @@ class SessionManager:
             "avatar_id": record.avatar_id,
             "is_sandbox": record.is_sandbox,
             "transport": record.transport,
-            "settings": record.settings,
+            "settings": _public_settings(record.settings),
             "created_at": record.created_at,
             "started_at": record.started_at,
             "ended_at": record.ended_at,
@@ -612,3 +774,11 @@ class SessionManager:
             "duration_s": record.duration_s,
             "stats": stats,
         }
+
+
+def _public_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """A session's settings without secrets (the LiveKit worker token)."""
+    if "livekit" not in settings:
+        return settings
+    livekit = {k: v for k, v in settings["livekit"].items() if k != "worker_token"}
+    return {**settings, "livekit": livekit}

@@ -1,0 +1,198 @@
+"""`facecast worker`: a fleet of avatar workers behind LiveKit's own job dispatch.
+
+Each worker process registers with the LiveKit server under one agent name (explicit dispatch only) and
+reports its load; LiveKit hands each dispatch to one worker, which joins the room as the avatar of the
+agent named in the dispatch metadata. Start as many workers, on as many machines, as you need.
+
+Dispatch an avatar into a room (from an agent, a backend, or `lk dispatch create`):
+
+    await lkapi.agent_dispatch.create_dispatch(api.CreateAgentDispatchRequest(
+        agent_name="facecast-avatar", room="my-room",
+        metadata=json.dumps({"agent_identity": "agent-AJ_xyz", "avatar": "ava", "aspect": "4:3"})))
+
+Metadata keys, all optional: avatar, aspect, quality, fps, max_duration_s, agent_identity, avatar_identity,
+avatar_name. The worker joins with `lk.publish_on_behalf` = agent_identity, so frontends show it as the
+agent's avatar.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import functools
+import json
+import logging
+import signal
+from dataclasses import dataclass
+from typing import Any
+
+from livekit.agents import AgentServer, AutoSubscribe, JobContext, JobProcess, JobRequest
+
+from facecast.avatars import DEFAULT_AVATAR
+from facecast.hosts.livekit.names import (
+    ATTRIBUTE_PUBLISH_ON_BEHALF,
+    DEFAULT_AGENT_NAME,
+    DEFAULT_AVATAR_IDENTITY,
+    DEFAULT_AVATAR_NAME,
+)
+from facecast.hosts.livekit.worker import RoomAvatar, run_room_avatar
+from facecast.server.protocol import END_SERVER_SHUTDOWN
+
+logger = logging.getLogger("facecast.livekit")
+
+
+@dataclass(frozen=True)
+class AvatarJob:
+    """What one dispatched avatar should look like and whom it serves. The worker's defaults, overridden
+    by the dispatch metadata."""
+
+    avatar: str = DEFAULT_AVATAR
+    aspect: str = "1:1"
+    quality: str = "high"
+    fps: int = 30
+    max_duration_s: float | None = 3600.0
+    agent_identity: str | None = None
+    avatar_identity: str = DEFAULT_AVATAR_IDENTITY
+    avatar_name: str = DEFAULT_AVATAR_NAME
+
+
+_TYPES: dict[str, tuple[type, ...]] = {
+    "avatar": (str,),
+    "aspect": (str,),
+    "quality": (str,),
+    "fps": (int,),
+    "max_duration_s": (int, float),
+    "agent_identity": (str,),
+    "avatar_identity": (str,),
+    "avatar_name": (str,),
+}
+
+
+def parse_dispatch_metadata(metadata: str, defaults: AvatarJob | None = None) -> AvatarJob:
+    """The job for a dispatch: `defaults` with the metadata's JSON object applied. Unknown keys and wrong
+    types raise ValueError (a typo should fail the dispatch, not render the wrong avatar)."""
+    base = defaults or AvatarJob()
+    if not metadata.strip():
+        return base
+    try:
+        data = json.loads(metadata)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"dispatch metadata is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError("dispatch metadata must be a JSON object")
+    changes: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in _TYPES:
+            raise ValueError(f"unknown dispatch metadata key {key!r}; known: {', '.join(_TYPES)}")
+        if value is None and key in ("max_duration_s", "agent_identity"):
+            changes[key] = None
+        elif isinstance(value, bool) or not isinstance(value, _TYPES[key]):
+            raise ValueError(f"dispatch metadata {key!r} has the wrong type: {value!r}")
+        else:
+            changes[key] = value
+    return dataclasses.replace(base, **changes)
+
+
+async def handle_request(defaults: AvatarJob, req: JobRequest) -> None:
+    """Accept a dispatch as the avatar of the agent it names; reject metadata we cannot serve."""
+    try:
+        job = parse_dispatch_metadata(req.job.metadata, defaults)
+    except ValueError as exc:
+        logger.warning("rejecting dispatch to room %s: %s", req.room.name, exc)
+        await req.reject()
+        return
+    attributes = {ATTRIBUTE_PUBLISH_ON_BEHALF: job.agent_identity} if job.agent_identity else None
+    await req.accept(identity=job.avatar_identity, name=job.avatar_name, attributes=attributes)
+
+
+async def avatar_entrypoint(defaults: AvatarJob, ctx: JobContext) -> None:
+    """One dispatched avatar: join the room, serve the agent until it leaves, then end the job."""
+    job = parse_dispatch_metadata(ctx.job.metadata, defaults)
+    await ctx.connect(auto_subscribe=AutoSubscribe.SUBSCRIBE_NONE)
+    avatar = RoomAvatar(
+        "",
+        "",
+        room=ctx.room,
+        avatar=job.avatar,
+        aspect=job.aspect,
+        quality=job.quality,
+        fps=job.fps,
+        max_duration_s=job.max_duration_s,
+        agent_identity=job.agent_identity,
+    )
+
+    async def on_shutdown() -> None:
+        await avatar.aclose(END_SERVER_SHUTDOWN)
+
+    ctx.add_shutdown_callback(on_shutdown)
+    reason = await run_room_avatar(avatar)
+    logger.info("avatar job in room %s ended: %s (%s)", ctx.room.name, reason, avatar.stats())
+    ctx.shutdown(reason)
+
+
+def _prewarm(_proc: JobProcess) -> None:
+    # Idle job processes import the engine and renderer ahead of the dispatch.
+    import facecast.hosts.livekit.generator  # noqa: F401
+
+
+def build_agent_server(
+    agent_name: str = DEFAULT_AGENT_NAME,
+    *,
+    defaults: AvatarJob | None = None,
+    url: str | None = None,
+    api_key: str | None = None,
+    api_secret: str | None = None,
+) -> AgentServer:
+    """An AgentServer that serves explicit dispatches to `agent_name` with Facecast avatars. Credentials
+    default to LIVEKIT_URL / LIVEKIT_API_KEY / LIVEKIT_API_SECRET."""
+    if not agent_name:
+        raise ValueError("agent_name must not be empty: avatars are dispatched explicitly, by name")
+    defaults = defaults or AvatarJob()
+    server = AgentServer(ws_url=url, api_key=api_key, api_secret=api_secret, setup_fnc=_prewarm)
+    # partials of module-level functions pickle, so jobs can run in separate processes
+    server.rtc_session(
+        functools.partial(avatar_entrypoint, defaults),
+        agent_name=agent_name,
+        on_request=functools.partial(handle_request, defaults),
+    )
+    return server
+
+
+def run_agent_server(
+    agent_name: str = DEFAULT_AGENT_NAME,
+    *,
+    defaults: AvatarJob | None = None,
+    url: str | None = None,
+    api_key: str | None = None,
+    api_secret: str | None = None,
+    devmode: bool = False,
+) -> None:
+    """Run a worker until SIGINT/SIGTERM, then drain: running avatars finish before the process exits."""
+    server = build_agent_server(
+        agent_name, defaults=defaults, url=url, api_key=api_key, api_secret=api_secret
+    )
+    asyncio.run(_serve(server, devmode=devmode))
+
+
+async def _serve(server: AgentServer, *, devmode: bool) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    run = asyncio.create_task(server.run(devmode=devmode))
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait({run, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    try:
+        if run.done():
+            run.result()  # the server stopped on its own: surface why
+        else:
+            logger.info("draining: waiting for running avatars to end (signal again to force)")
+            draining = asyncio.current_task()
+            assert draining is not None
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, draining.cancel)
+            if not devmode:
+                await server.drain()
+    finally:
+        stopping.cancel()
+        await server.aclose()

@@ -1,0 +1,471 @@
+"""livekit-plugins-facecast driven by a real livekit-agents `AgentSession`.
+
+The agent speaks with `session.say(text, audio=...)` (no STT/LLM/TTS). Real: AgentSession, the plugin,
+livekit-agents' audio outputs, the Facecast worker or in-process runner and the engine. Stand-ins: the
+LiveKit server (tests/livekit_room.py), the job context (`fake_job_context`, with a RoomService that acts
+on the room double), and in remote mode a small HTTP server implementing the three Facecast session
+endpoints the plugin calls, which starts a real `RoomAvatar` for each session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from livekit import api, rtc
+from livekit.agents import Agent, AgentSession, APIConnectOptions, APIStatusError, JobContext
+from livekit.agents.testing import fake_job_context
+from livekit.plugins import facecast
+from livekit_room import URL, MemoryRoom, MemoryServer
+
+from facecast.avatars import DEFAULT_AVATAR
+from facecast.hosts.livekit.tokens import mint_worker_token
+from facecast.hosts.livekit.worker import RoomAvatar
+
+ROOM = "room-1"
+AGENT = "agent-1"
+RATE = 24000
+HANG_S = 20.0  # guards against a hang; never a performance threshold
+FAST = APIConnectOptions(max_retry=2, retry_interval=0.05, timeout=5.0)
+
+
+async def speech(seconds: float) -> AsyncIterator[rtc.AudioFrame]:
+    samples = (300 + 100 * (np.arange(int(seconds * RATE)) // 480)).clip(max=30000).astype(np.int16)
+    for i in range(0, len(samples), 480):
+        chunk = samples[i : i + 480]
+        yield rtc.AudioFrame(chunk.tobytes(), RATE, 1, len(chunk))
+
+
+class RoomService:
+    """What the job's LiveKitAPI.room does to the room double."""
+
+    def __init__(self, server: MemoryServer) -> None:
+        self.server = server
+        self.removed: list[str] = []
+
+    async def remove_participant(self, req: api.RoomParticipantIdentity) -> None:
+        self.removed.append(req.identity)
+        await self.server.remove_participant(req.room, req.identity)
+
+
+class Rooms:
+    def __init__(
+        self, server: MemoryServer, agent: MemoryRoom, user: MemoryRoom, service: RoomService
+    ) -> None:
+        self.server = server
+        self.agent = agent
+        self.user = user
+        self.service = service
+
+
+@pytest.fixture
+async def rooms(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Rooms]:
+    server = MemoryServer()
+    agent = await server.connect(AGENT, ROOM, kind="agent")
+    user = await server.connect("user-1", ROOM)  # subscribes to what is published, like a frontend
+    service = RoomService(server)
+    lkapi = type("LiveKitAPI", (), {"room": service})()
+    monkeypatch.setattr(JobContext, "api", property(lambda _self: lkapi))
+    yield Rooms(server, agent, user, service)
+    await user.disconnect()
+    await agent.disconnect()
+
+
+@pytest.fixture
+def job(rooms: Rooms) -> Iterator[JobContext]:
+    with fake_job_context(room=rooms.agent, agent_identity=AGENT) as ctx:  # type: ignore[arg-type]
+        yield ctx
+
+
+async def start_session(
+    avatar: facecast.AvatarSession, room: MemoryRoom, **kw: Any
+) -> tuple[AgentSession[Any], list[str]]:
+    session: AgentSession[Any] = AgentSession()
+    states: list[str] = []
+    session.on("agent_state_changed", lambda ev: states.append(ev.new_state))
+    await avatar.start(session, room=room, **kw)  # type: ignore[arg-type]
+    await session.start(agent=Agent(instructions="Speak when told."))
+    return session, states
+
+
+async def speak_then_interrupt(session: AgentSession, states: list[str]) -> None:
+    """A full utterance, then one cut short; the agent must come back to listening both times."""
+    handle = session.say("Hello there.", audio=speech(0.5))
+    await asyncio.wait_for(handle.wait_for_playout(), HANG_S)
+    assert handle.interrupted is False
+    assert states[-2:] == ["speaking", "listening"]
+
+    handle = session.say("A long story that gets interrupted.", audio=speech(3.0))
+    async with asyncio.timeout(HANG_S):
+        while states[-1] != "speaking":
+            await asyncio.sleep(0.01)
+    await asyncio.sleep(0.3)  # let some of it play
+    handle.interrupt()
+    await asyncio.wait_for(handle.wait_for_playout(), HANG_S)
+    assert handle.interrupted is True
+    async with asyncio.timeout(HANG_S):
+        while states[-1] != "listening":
+            await asyncio.sleep(0.01)
+    assert states.count("speaking") == 2
+
+
+# -- local mode -----------------------------------------------------------------------------------------
+
+
+async def test_local_mode_with_a_real_agent_session(rooms: Rooms, job: JobContext) -> None:
+    avatar = facecast.AvatarSession(mode="local", video_quality="low")
+    session, states = await start_session(avatar, rooms.agent)
+    assert avatar.avatar_identity == AGENT and avatar.session_id and avatar.provider == "facecast"
+
+    await speak_then_interrupt(session, states)
+    # The agent participant itself publishes the avatar's media.
+    published = {p.name for p in rooms.user.remote_participants[AGENT].track_publications.values()}
+    assert published == {"avatar_audio", "avatar_video"}
+
+    with pytest.raises(RuntimeError):
+        await avatar.start(session, room=rooms.agent)  # type: ignore[arg-type]
+
+    await avatar.aclose()
+    assert rooms.service.removed == []  # never removes the agent
+    assert AGENT in rooms.server.participants(ROOM)
+    assert rooms.agent.local_participant.track_publications == {}
+    await session.aclose()
+
+
+async def test_local_mode_starts_before_the_room_connects(rooms: Rooms) -> None:
+    """In a job, avatar.start() runs before AgentSession.start() connects the room."""
+    late = rooms.server.new_room()
+    with fake_job_context(room=late, agent_identity="agent-2"):  # type: ignore[arg-type]
+        avatar = facecast.AvatarSession(mode="local", video_quality="low")
+        session: AgentSession[Any] = AgentSession()
+        states: list[str] = []
+        session.on("agent_state_changed", lambda ev: states.append(ev.new_state))
+        await avatar.start(session, room=late)  # type: ignore[arg-type]
+        await late.connect(URL, rooms.server.token("agent-2", ROOM, kind="agent"))
+        await session.start(agent=Agent(instructions="Speak when told."))
+        handle = session.say("Hi.", audio=speech(0.4))
+        await asyncio.wait_for(handle.wait_for_playout(), HANG_S)
+        assert states[-2:] == ["speaking", "listening"]
+        assert avatar.avatar_identity == "agent-2"
+        published = {p.name for p in rooms.user.remote_participants["agent-2"].track_publications.values()}
+        assert published == {"avatar_audio", "avatar_video"}
+        await avatar.aclose()
+        await session.aclose()
+    await late.disconnect()
+
+
+async def test_local_mode_renders_built_in_avatars_only(rooms: Rooms, job: JobContext) -> None:
+    avatar = facecast.AvatarSession(avatar="https://example.com/me.jpg", mode="local")
+    with pytest.raises(facecast.FacecastException, match="built-in"):
+        await avatar.start(AgentSession(), room=rooms.agent)  # type: ignore[arg-type]
+
+
+# -- remote mode ----------------------------------------------------------------------------------------
+
+
+class StandInFacecastServer:
+    """The three session endpoints of the Facecast HTTP API. /start runs a real RoomAvatar worker over the
+    room double; /stop closes it."""
+
+    def __init__(self, lk: MemoryServer, *, api_key: str = "fc-key") -> None:
+        self.lk = lk
+        self.api_key = api_key
+        self.requests: list[tuple[str, dict[str, Any], dict[str, str]]] = []
+        self.avatars: dict[str, RoomAvatar] = {}
+        self.fail: dict[str, list[int]] = {}  # path -> statuses to answer with, one per request
+        self._bodies: dict[str, dict[str, Any]] = {}
+        app = web.Application()
+        app.router.add_post("/v1/sessions/token", self._token)
+        app.router.add_post("/v1/sessions/start", self._start)
+        app.router.add_post("/v1/sessions/stop", self._stop)
+        self.http = TestServer(app)
+
+    @property
+    def url(self) -> str:
+        return str(self.http.make_url("")).rstrip("/")
+
+    async def _record(self, request: web.Request) -> tuple[dict[str, Any], web.Response | None]:
+        body = await request.json()
+        self.requests.append((request.path, body, dict(request.headers)))
+        if statuses := self.fail.get(request.path):
+            status = statuses.pop(0)
+            return body, web.json_response(
+                {"code": status * 10, "data": None, "message": "no"}, status=status
+            )
+        return body, None
+
+    def _session_of(self, request: web.Request) -> str | None:
+        token = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        return token.removeprefix("tok-") if token.startswith("tok-") else None
+
+    async def _token(self, request: web.Request) -> web.Response:
+        body, failed = await self._record(request)
+        if failed:
+            return failed
+        if request.headers.get("X-API-KEY") != self.api_key:
+            return web.json_response({"code": 4001, "data": None, "message": "bad key"}, status=401)
+        session_id = f"s{len(self._bodies) + 1}"
+        self._bodies[session_id] = body
+        data = {"session_id": session_id, "session_token": f"tok-{session_id}"}
+        return web.json_response({"code": 1000, "data": data, "message": "ok"})
+
+    async def _start(self, request: web.Request) -> web.Response:
+        _, failed = await self._record(request)
+        if failed:
+            return failed
+        session_id = self._session_of(request)
+        if session_id not in self._bodies:
+            return web.json_response({"code": 4001, "data": None, "message": "bad token"}, status=401)
+        body = self._bodies[session_id]
+        lk = body["livekit_config"]
+        avatar = RoomAvatar(
+            lk["livekit_url"],
+            lk["livekit_worker_token"],
+            avatar=body["avatar_id"],
+            aspect=body["aspect_ratio"],
+            quality=body["video_settings"]["quality"],
+            max_duration_s=body.get("max_session_duration"),
+            agent_identity=lk["agent_identity"],
+            room=self.lk.new_room(),  # type: ignore[arg-type]
+        )
+        await avatar.start()
+        self.avatars[session_id] = avatar
+        return web.json_response({"code": 1000, "data": {"session_id": session_id}, "message": "ok"})
+
+    async def _stop(self, request: web.Request) -> web.Response:
+        body, failed = await self._record(request)
+        if failed:
+            return failed
+        avatar = self.avatars.get(self._session_of(request) or "")
+        if avatar is None or body.get("session_id") != self._session_of(request):
+            return web.json_response({"code": 4004, "data": None, "message": "no such session"}, status=404)
+        await avatar.aclose(body.get("reason", "stopped"))
+        return web.json_response({"code": 1000, "data": {}, "message": "ok"})
+
+
+@pytest.fixture
+async def facecast_server(rooms: Rooms) -> AsyncIterator[StandInFacecastServer]:
+    server = StandInFacecastServer(rooms.server)
+    await server.http.start_server()
+    yield server
+    for avatar in server.avatars.values():
+        await avatar.aclose()
+    await server.http.close()
+
+
+def remote_avatar(server: StandInFacecastServer, **kw: Any) -> facecast.AvatarSession:
+    kw.setdefault("api_key", server.api_key)
+    return facecast.AvatarSession(
+        avatar="leo", aspect_ratio="1:1", api_url=server.url, video_quality="low", conn_options=FAST, **kw
+    )
+
+
+LK = {
+    "livekit_url": URL,
+    "livekit_api_key": "devkey",
+    "livekit_api_secret": "memory-room-secret-that-is-long-enough",
+}
+
+
+async def test_remote_mode_with_a_real_agent_session_and_a_stand_in_server(
+    rooms: Rooms, job: JobContext, facecast_server: StandInFacecastServer
+) -> None:
+    avatar = remote_avatar(facecast_server, max_duration_seconds=120)
+    session, states = await start_session(avatar, rooms.agent, **LK)
+    assert avatar.session_id == "s1" and avatar.avatar_identity == "facecast-avatar"
+
+    path, body, headers = facecast_server.requests[0]
+    assert path == "/v1/sessions/token" and headers["X-API-KEY"] == "fc-key"
+    assert {k: v for k, v in body.items() if k != "livekit_config"} == {
+        "mode": "LITE",
+        "avatar_id": "leo",
+        "aspect_ratio": "1:1",
+        "video_settings": {"quality": "low"},
+        "max_session_duration": 120,
+        "transport": "livekit",
+    }
+    lk = body["livekit_config"]
+    assert (lk["livekit_url"], lk["livekit_room"], lk["agent_identity"]) == (URL, ROOM, AGENT)
+    assert (lk["avatar_identity"], lk["avatar_name"]) == ("facecast-avatar", "Facecast avatar")
+    claims = api.TokenVerifier(rooms.server.api_key, rooms.server.api_secret).verify(
+        lk["livekit_worker_token"]
+    )
+    assert claims.kind == "agent" and claims.attributes == {"lk.publish_on_behalf": AGENT}
+    assert facecast_server.requests[1][0] == "/v1/sessions/start"
+    assert facecast_server.requests[1][2]["Authorization"] == "Bearer tok-s1"
+
+    await speak_then_interrupt(session, states)
+    worker = rooms.user.remote_participants["facecast-avatar"]
+    assert worker.attributes["lk.publish_on_behalf"] == AGENT
+    assert {p.name for p in worker.track_publications.values()} == {"avatar_audio", "avatar_video"}
+
+    with pytest.raises(RuntimeError):
+        await avatar.start(session, room=rooms.agent, **LK)  # type: ignore[arg-type]
+
+    await avatar.aclose()
+    assert facecast_server.requests[-1][0] == "/v1/sessions/stop"
+    assert facecast_server.requests[-1][1] == {"session_id": "s1", "reason": "stopped"}
+    assert await asyncio.wait_for(facecast_server.avatars["s1"].ended, HANG_S) == "stopped"
+    assert rooms.service.removed == ["facecast-avatar"]
+    assert "facecast-avatar" not in rooms.server.participants(ROOM)
+    await session.aclose()
+
+
+async def test_remote_aclose_tolerates_a_failing_stop(
+    rooms: Rooms, job: JobContext, facecast_server: StandInFacecastServer
+) -> None:
+    avatar = remote_avatar(facecast_server)
+    session, _ = await start_session(avatar, rooms.agent, **LK)
+    facecast_server.fail["/v1/sessions/stop"] = [500, 500, 500]
+    await avatar.aclose()  # does not raise
+    assert [p for p, _, _ in facecast_server.requests].count("/v1/sessions/stop") == 3  # retried
+    # The participant is still removed, which ends the worker.
+    assert await asyncio.wait_for(facecast_server.avatars["s1"].ended, HANG_S) == "client_gone"
+    await session.aclose()
+
+
+async def test_remote_retries_transient_errors_but_not_refusals(
+    rooms: Rooms, job: JobContext, facecast_server: StandInFacecastServer
+) -> None:
+    facecast_server.fail["/v1/sessions/token"] = [503]
+    avatar = remote_avatar(facecast_server)
+    session, _ = await start_session(avatar, rooms.agent, **LK)
+    assert avatar.session_id == "s1"
+    await avatar.aclose()
+    await session.aclose()
+
+    refused = remote_avatar(facecast_server, api_key="wrong", avatar_participant_identity="other-avatar")
+    with pytest.raises(APIStatusError) as err:
+        await start_session(refused, rooms.agent, **LK)
+    assert err.value.status_code == 401 and not err.value.retryable
+    await refused.aclose()
+
+
+async def test_remote_needs_livekit_credentials(
+    rooms: Rooms, job: JobContext, facecast_server: StandInFacecastServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("LIVEKIT_URL", "LIVEKIT_API_KEY", "LIVEKIT_API_SECRET"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(facecast.FacecastException, match="livekit_url"):
+        await remote_avatar(facecast_server).start(AgentSession(), room=rooms.agent)  # type: ignore[arg-type]
+    monkeypatch.setenv("LIVEKIT_URL", LK["livekit_url"])
+    monkeypatch.setenv("LIVEKIT_API_KEY", LK["livekit_api_key"])
+    monkeypatch.setenv("LIVEKIT_API_SECRET", LK["livekit_api_secret"])
+    avatar = remote_avatar(facecast_server)
+    session, _ = await start_session(avatar, rooms.agent)
+    assert avatar.session_id is not None
+    await avatar.aclose()
+    await session.aclose()
+
+
+# -- construction ---------------------------------------------------------------------------------------
+
+
+def test_env_fallbacks(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("FACECAST_API_URL", "FACECAST_API_KEY", "FACECAST_AVATAR"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(facecast.FacecastException, match="api_key"):
+        facecast.AvatarSession()
+    local = facecast.AvatarSession(mode="local")  # no server, no key needed
+    assert local._avatar == DEFAULT_AVATAR == "ava"
+
+    monkeypatch.setenv("FACECAST_API_URL", "http://facecast.internal:9000/")
+    monkeypatch.setenv("FACECAST_API_KEY", "env-key")
+    monkeypatch.setenv("FACECAST_AVATAR", "mira")
+    avatar = facecast.AvatarSession()
+    assert avatar._avatar == "mira"
+    assert avatar._api is not None
+    assert (avatar._api._api_url, avatar._api._api_key) == ("http://facecast.internal:9000", "env-key")
+    explicit = facecast.AvatarSession(avatar="noah", api_url="http://x:1", api_key="k")
+    assert explicit._avatar == "noah" and explicit._api is not None and explicit._api._api_url == "http://x:1"
+
+
+def test_bad_options() -> None:
+    with pytest.raises(facecast.FacecastException):
+        facecast.AvatarSession(api_key="k", aspect_ratio="16:9")  # type: ignore[arg-type]
+    with pytest.raises(facecast.FacecastException):
+        facecast.AvatarSession(api_key="k", video_quality="4k")  # type: ignore[arg-type]
+    with pytest.raises(facecast.FacecastException):
+        facecast.AvatarSession(api_key="k", mode="cloud")  # type: ignore[arg-type]
+
+
+def test_worker_token_claims_match_the_worker_side() -> None:
+    key, secret = "key", "a-secret-that-is-long-enough-for-hs256"
+    verifier = api.TokenVerifier(key, secret)
+    ours = verifier.verify(
+        facecast.mint_worker_token(key, secret, room="r", identity="av", name="Ava", agent_identity="ag")
+    )
+    theirs = verifier.verify(
+        mint_worker_token(key, secret, room="r", identity="av", name="Ava", agent_identity="ag")
+    )
+    assert (ours.identity, ours.name, ours.kind, ours.attributes, ours.video) == (
+        theirs.identity,
+        theirs.name,
+        theirs.kind,
+        theirs.attributes,
+        theirs.video,
+    )
+    assert ours.attributes == {"lk.publish_on_behalf": "ag"}
+
+
+# -- remote mode against the real Facecast server ---------------------------------------------------------
+
+
+@pytest.fixture
+async def real_facecast_server(rooms: Rooms, tmp_path: Any) -> AsyncIterator[tuple[str, str, Any]]:
+    """The real Facecast app (routes, session manager, store) served by uvicorn on a loopback port in this
+    event loop, so its workers join the room double; yields (url, api key, store)."""
+    import uvicorn
+
+    from facecast.server.app import create_app
+    from facecast.server.config import ServerConfig
+    from facecast.server.run import bind
+    from facecast.server.store import open_store
+
+    store = open_store(None, tmp_path)
+    _, key = store.create_key("agent-backend")
+    app = create_app(
+        ServerConfig(port=0, data_dir=tmp_path, server_id="lk-test"),
+        store=store,
+        livekit_room_factory=rooms.server.new_room,
+    )
+    sock = bind("127.0.0.1", 0, fallback_to_free_port=False)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    serving = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        await asyncio.sleep(0.01)
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}", key, store
+    server.should_exit = True
+    await asyncio.wait_for(serving, HANG_S)
+    sock.close()
+    store.close()
+
+
+async def test_remote_mode_against_the_real_facecast_server(
+    rooms: Rooms, job: JobContext, real_facecast_server: tuple[str, str, Any]
+) -> None:
+    url, key, store = real_facecast_server
+    avatar = facecast.AvatarSession(
+        avatar="leo", aspect_ratio="1:1", api_url=url, api_key=key, video_quality="low", conn_options=FAST
+    )
+    session, states = await start_session(avatar, rooms.agent, **LK)
+    session_id = avatar.session_id
+    assert session_id is not None
+    record = store.get_session(session_id)
+    assert record is not None and record.state == "started" and record.transport == "livekit"
+    assert record.avatar_id == "leo" and record.owner == "lk-test"
+
+    await speak_then_interrupt(session, states)
+    worker = rooms.user.remote_participants["facecast-avatar"]
+    assert {p.name for p in worker.track_publications.values()} == {"avatar_audio", "avatar_video"}
+
+    await avatar.aclose()
+    ended = store.get_session(session_id)
+    assert ended is not None and ended.end_reason == "stopped"
+    assert ended.stats["frames_sent"] > 0
+    await session.aclose()
