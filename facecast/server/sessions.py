@@ -75,8 +75,9 @@ class LiveSession:
         self.peer: AvatarPeer | None = None
         self._manager = manager
         self._limits = manager.config.limits
-        self.started_mono = started_mono
-        self.deadline = started_mono + int(record.settings["max_session_duration"])
+        self.started_mono = started_mono  # the start request: time to first frame counts from here
+        # The duration counts from the moment the record says the session started (set by the manager).
+        self.deadline = time.monotonic() + int(record.settings["max_session_duration"])
         self.last_activity = started_mono
         self.connected_at: float | None = None
         self.first_video_at: float | None = None
@@ -323,7 +324,7 @@ class RoomSession:
         self.id = record.id
         self.worker = worker  # facecast.hosts.livekit.worker.RoomAvatar (imported only when used)
         self.started_mono = started_mono
-        self.deadline = started_mono + int(record.settings["max_session_duration"])
+        self.deadline = time.monotonic() + int(record.settings["max_session_duration"])
         self.connected_at: float | None = started_mono  # connected before start() returned
         self._kept_alive = started_mono
         self.ending = False
@@ -570,8 +571,8 @@ class SessionManager:
                 session.on_segment_event(event)
 
         avatar = RealtimeAvatar(engine, on_event=on_event)
+        now = time.time()  # started_at; the session's deadline is taken just after, so never early
         session = LiveSession(record, avatar, manager=self, started_mono=started_mono)
-        now = time.time()
         # The token stays valid for the session's life, so stop and keep-alive work until it ends.
         expires = now + int(settings["max_session_duration"]) + self.config.limits.token_ttl
         started = self.store.update_session(
@@ -624,8 +625,8 @@ class SessionManager:
             on_end=on_end,
             room=self.livekit_room_factory() if self.livekit_room_factory is not None else None,
         )
-        session = RoomSession(record, worker, started_mono=started_mono)
         now = time.time()
+        session = RoomSession(record, worker, started_mono=started_mono)
         expires = now + int(settings["max_session_duration"]) + self.config.limits.token_ttl
         if not self.store.update_session(
             record.id,
