@@ -273,3 +273,24 @@ async def test_peer_leaving_ends_the_session_as_client_gone(client: Client, serv
     record = await asyncio.to_thread(server.wait_ended, session_id, 30.0)
     assert record.end_reason == p.END_CLIENT_GONE
     assert record.stats["frames_sent"] > 0 and record.stats["time_to_first_frame_ms"] is not None
+
+
+async def test_speech_limits_answer_with_errors_and_the_session_goes_on(client: Client) -> None:
+    ten_s = base64.b64encode(np.zeros(p.LITE_AUDIO_RATE * 10, "<i2").tobytes()).decode()
+    too_long = base64.b64encode(np.zeros(p.LITE_AUDIO_RATE * 11, "<i2").tobytes()).decode()
+    await client.send({"type": "agent.speak", "event_id": "big", "audio": too_long})
+    _, error = await client.wait_event(lambda e: e["type"] == p.ERROR)
+    assert error["event_id"] == "big" and "at most 10 s per message" in error["message"]
+    limit = int(client.server.config.limits.max_queued_speech_s // 10)
+    for _ in range(limit):
+        await client.send({"type": "agent.speak", "event_id": "flood", "audio": ten_s})
+    await client.send({"type": "agent.speak", "event_id": "flood", "audio": ten_s})
+    _, queued = await client.wait_event(lambda e: e["type"] == p.ERROR and e["event_id"] == "flood")
+    assert "ahead of playback" in queued["message"]
+    await client.send({"type": "agent.interrupt"})
+    await client.wait_event(lambda e: e["type"] == p.AGENT_SPEAK_INTERRUPTED)
+    await client.send({"type": "agent.speak", "event_id": "after", "audio": ten_s[:6400]})
+    await client.send({"type": "agent.speak_end", "event_id": "after"})
+    await client.wait_event(lambda e: e["type"] == p.AGENT_SPEAK_ENDED and e["event_id"] == "after")
+    errors = [e for _, e in client.events if e["type"] == p.ERROR]
+    assert len(errors) == 2

@@ -80,13 +80,13 @@ class LiveSession:
         self.deadline = time.monotonic() + int(record.settings["max_session_duration"])
         self.last_activity = started_mono
         self.connected_at: float | None = None
-        self.first_video_at: float | None = None
         self.ws_state = p.WS_STATE_CONNECTING
         self._sinks: set[EventSink] = set()
         self._open: _Utterance | None = None
         self._event_ids: dict[int, str] = {}
         self._unnamed_starts: set[int] = set()  # started before their event_id was registered
-        self._queued_input_s = 0.0  # speech accepted and not yet played, in input seconds
+        # When the speech accepted so far will have played out (monotonic), if it plays without gaps.
+        self._speech_ends_at = 0.0
         self.ending = False
 
     # -- clients ----------------------------------------------------------------------------------------
@@ -143,8 +143,6 @@ class LiveSession:
             self._manager.spawn(self.emit(p.AGENT_SPEAK_STARTED, event_id))
         elif isinstance(event, SegmentEnded):
             del self._event_ids[event.segment_id]
-            if not self._event_ids:
-                self._queued_input_s = 0.0
             kind = p.AGENT_SPEAK_INTERRUPTED if event.interrupted else p.AGENT_SPEAK_ENDED
             self._manager.spawn(self.emit(kind, event_id, played_s=round(event.played_s, 3)))
 
@@ -185,6 +183,7 @@ class LiveSession:
             await self._speak_text(message)
         elif kind == p.AGENT_INTERRUPT:
             self._open = None
+            self._speech_ends_at = 0.0
             await self.avatar.clear()
         elif kind == p.AGENT_START_LISTENING:
             await self.avatar.set_listening(True)
@@ -210,14 +209,16 @@ class LiveSession:
                 f"one message carries {seconds:.1f} s of audio; send at most "
                 f"{self._limits.max_audio_chunk_s:g} s per message",
             )
-        if self._queued_input_s + seconds > self._limits.max_queued_speech_s:
+        now = time.monotonic()
+        ends_at = max(now, self._speech_ends_at) + seconds
+        if ends_at - now > self._limits.max_queued_speech_s:
             raise ApiError(
                 429,
                 p.CODE_LIMIT,
-                f"more than {self._limits.max_queued_speech_s:g} s of speech is queued; "
-                "wait for agent.speak_ended before sending more",
+                f"this would queue more than {self._limits.max_queued_speech_s:g} s of speech ahead of "
+                "playback; send audio closer to real time",
             )
-        self._queued_input_s += seconds
+        self._speech_ends_at = ends_at
 
     async def _speak(self, message: dict[str, Any]) -> None:
         event_id = self._event_id(message, required=True)
