@@ -13,6 +13,7 @@ from facecast.engine import Engine, EngineConfig, FaceState, SegmentEnded, Segme
 from facecast.engine.types import SegmentEvent
 from facecast.hosts.realtime import (
     AUDIO_QUEUE_S,
+    MAX_LAG_S,
     VIDEO_QUEUE_FRAMES,
     AudioOut,
     AvatarClosed,
@@ -357,3 +358,25 @@ async def test_a_failing_renderer_closes_the_outputs_with_the_cause() -> None:
         assert isinstance(info.value.__cause__, RuntimeError)
     finally:
         await avatar.aclose()
+
+
+async def test_a_long_stall_moves_the_clock_on_instead_of_skipping_every_later_frame(
+    recorders: Callable[[Engine], Recorder],
+) -> None:
+    renderer = _GatedRenderer()
+    rec = recorders(_engine(fps=25, renderer=renderer))
+    await rec.start()
+    await _until(lambda: len(rec.video) >= 3)
+    renderer.hold = True  # the next frame stalls well past MAX_LAG_S, as on an overloaded machine
+    await asyncio.to_thread(renderer.entered.wait, 10)
+    await asyncio.sleep(3 * MAX_LAG_S)
+    stalled_at = rec.avatar.stats.frames
+    renderer.gate.set()
+    await _until(lambda: rec.avatar.stats.frames >= stalled_at + 20)
+    await rec.stop()
+
+    stats = rec.avatar.stats
+    assert stats.rebased >= 1
+    _assert_continuous(rec.audio, rec.avatar.config)
+    drawn_after = [v for v in rec.video if v.index > stalled_at + 2]
+    assert len(drawn_after) >= 10  # drawing resumed rather than every frame being late

@@ -191,6 +191,18 @@ def test_concurrency_cap_per_key(server: RunningServer) -> None:
     mint(server, key)  # a stopped session frees its slot
 
 
+def test_server_refuses_sessions_past_its_capacity(tmp_path: Path) -> None:
+    with running_server(tmp_path, limits=Limits(max_live_sessions=1)) as server:
+        key = server.store.create_key("k")[1]
+        first, second = mint(server, key), mint(server, key)
+        start(server, first["session_token"])
+        status, body = call(server, "/v1/sessions/start", second["session_token"])
+        assert status == 503 and body["code"] == p.CODE_LIMIT and "at capacity" in body["message"]
+        assert server.session(second["session_id"]).state == p.STATE_CREATED  # may retry
+        call(server, "/v1/sessions/stop", first["session_token"])
+        start(server, second["session_token"])
+
+
 def test_max_duration_ends_the_session(server: RunningServer, key: str) -> None:
     minted = mint(server, key, max_session_duration=1, video_settings={"quality": "low"})
     start(server, minted["session_token"])

@@ -46,8 +46,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["server"]:  # the server benchmark has its own subcommands and options
+        from facecast.bench.server import main as server_main
+
+        return server_main(argv[1:])
     parser = _parser()
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(argv)
     if args.voices:
         unknown = sorted(set(args.voices.split(",")) - set(ALL_VOICES))
         if unknown:

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 VIDEO_QUEUE_FRAMES = 2  # a consumer that falls behind gets the newest frames, not a growing backlog
 AUDIO_QUEUE_S = 0.3  # audio is never skipped on purpose, so its queue absorbs a few hundred ms of stall
 STATS_WINDOW = 100  # frames in the render_ms mean; segments in speech_latency_ms
+MAX_LAG_S = 0.25  # behind by more than this, the clock is moved on rather than caught up
 
 T = TypeVar("T")
 
@@ -64,6 +65,7 @@ class RealtimeStats:
     speech_latency_ms: list[float] = field(default_factory=list)  # per segment, the last STATS_WINDOW
     video_overflow: int = 0  # video frames dropped because the consumer fell behind
     audio_overflow: int = 0  # audio frames dropped because the consumer fell behind
+    rebased: int = 0  # times the clock was moved on because production fell MAX_LAG_S behind
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -75,6 +77,7 @@ class RealtimeStats:
             "speech_latency_ms": [round(v, 1) for v in self.speech_latency_ms],
             "video_overflow": self.video_overflow,
             "audio_overflow": self.audio_overflow,
+            "rebased": self.rebased,
         }
 
 
@@ -253,7 +256,15 @@ class RealtimeAvatar:
                     self._room.clear()
                     await self._room.wait()
                 due = self._t0 + self._produced * period
-                render = loop.time() - due <= period  # more than a frame behind: skip drawing
+                lag = loop.time() - due
+                if lag > MAX_LAG_S:
+                    # Skipping drawing did not catch up (the machine is overloaded): accept the delay
+                    # instead of chasing it, or every later frame would be late and none drawn.
+                    self._t0 += lag
+                    due += lag
+                    lag = 0.0
+                    self.stats.rebased += 1
+                render = lag <= period  # more than a frame behind: skip drawing
                 seq = self._clear_seq
                 pair, seconds = await loop.run_in_executor(self._worker, self._next_frame, render)
                 self._produced += 1

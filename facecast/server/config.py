@@ -29,13 +29,22 @@ class Limits:
     token_ttl: int = 300  # a minted token must be started within this
     connect_timeout: int = 60  # a started WebRTC session whose peer never connects ends as client_gone
     max_concurrent_per_key: int = 4  # for keys without their own cap
+    # Live sessions this server admits. Measured: a speaking 512x512@30 session costs ~40% of a core and
+    # the process tops out near one core (GIL), so more than about one per core drops frames.
+    max_live_sessions: int = field(default_factory=lambda: max(2, os.cpu_count() or 1))
     sandbox_duration: int = 60
     sandbox_avatar: str = "ava"
     max_audio_chunk_s: float = 10.0  # one agent.speak message carries at most this much audio
     max_queued_speech_s: float = 120.0  # speech accepted ahead of playback
 
     def __post_init__(self) -> None:
-        for name in ("max_session_duration", "default_session_duration", "idle_timeout", "token_ttl"):
+        for name in (
+            "max_session_duration",
+            "default_session_duration",
+            "idle_timeout",
+            "token_ttl",
+            "max_live_sessions",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"limit {name} must be positive, got {getattr(self, name)}")
         if self.default_session_duration > self.max_session_duration:
@@ -79,6 +88,7 @@ class ServerConfig:
             token_ttl=_env_int("FACECAST_TOKEN_TTL", base.token_ttl),
             connect_timeout=_env_int("FACECAST_CONNECT_TIMEOUT", base.connect_timeout),
             max_concurrent_per_key=_env_int("FACECAST_MAX_CONCURRENT_PER_KEY", base.max_concurrent_per_key),
+            max_live_sessions=_env_int("FACECAST_MAX_LIVE_SESSIONS", base.max_live_sessions),
             sandbox_duration=_env_int("FACECAST_SANDBOX_DURATION", base.sandbox_duration),
             sandbox_avatar=base.sandbox_avatar,
             max_audio_chunk_s=base.max_audio_chunk_s,

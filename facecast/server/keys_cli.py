@@ -59,7 +59,8 @@ def add_keys_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
         "--max-concurrent",
         type=_positive_int,
         metavar="N",
-        help="at most N live sessions at a time with this key (default: no limit)",
+        help="at most N live sessions at a time with this key (default: the server's per-key limit, "
+        "FACECAST_MAX_CONCURRENT_PER_KEY, 4 unless set)",
     )
     _add_store_options(create)
 

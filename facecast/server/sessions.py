@@ -11,6 +11,8 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import ctypes
+import ctypes.util
 import logging
 import os
 import time
@@ -37,6 +39,25 @@ WEBRTC_AUDIO_RATE = 48000  # Opus runs at 48 kHz; rendering at that rate avoids 
 MAX_SPEAK_TEXT_CHARS = 2000
 REAP_INTERVAL_S = 0.25
 STORE_SYNC_EVERY = 4  # reaper rounds between checks for sessions another server ended
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc.malloc_trim  # type: ignore[no-any-return]
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+_MALLOC_TRIM = _malloc_trim()
+
+
+def release_freed_memory() -> None:
+    """Hand memory freed by an ended session back to the OS. glibc keeps freed native buffers (frames,
+    encoder state) in its arenas: measured over 500 sessions started and stopped, resident memory climbed
+    by ~500 MB with nothing live, and malloc_trim returned most of it."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 class ApiError(Exception):
@@ -287,6 +308,9 @@ class LiveSession:
             "frames_sent": s.frames,
             "frames_dropped": s.frames_dropped,
             "render_ms": round(s.render_ms, 3),
+            "frames_lost_in_queue": s.video_overflow,
+            "audio_frames_lost_in_queue": s.audio_overflow,
+            "clock_rebased": s.rebased,
             "audio_to_video_latency_ms": round(latency[len(latency) // 2], 1) if latency else None,
             "time_to_first_frame_ms": None,
             "encode_ms": None,
@@ -560,6 +584,16 @@ class SessionManager:
             raise ApiError(409, p.CODE_CONFLICT, f"session {record.id} is already started")
         if self._closed:
             raise ApiError(503, p.CODE_INTERNAL, "the server is shutting down")
+        capacity = self.config.limits.max_live_sessions
+        if len(self.live) >= capacity:
+            # Refused rather than admitted: one session too many makes every session on the machine drop
+            # frames. The token stays valid, so the client may retry or go to another server.
+            raise ApiError(
+                503,
+                p.CODE_LIMIT,
+                f"this server is at capacity ({capacity} live sessions, FACECAST_MAX_LIVE_SESSIONS); "
+                "retry shortly or start the session on another server",
+            )
         if record.transport == "livekit":
             return await self._start_in_room(record)
         settings = record.settings
@@ -703,6 +737,8 @@ class SessionManager:
                 del self._closing[session_id]
                 done.set_result(None)
         ended = self.store.end_session(session_id, reason, time.time(), stats=stats)
+        if session is not None:
+            await asyncio.to_thread(release_freed_memory)
         if ended:
             self.ended_total[reason] = self.ended_total.get(reason, 0) + 1
             log.info("session %s ended: %s", session_id, reason)
