@@ -87,7 +87,11 @@ def _when(ts: float | None) -> str:
 
 def _create(store: Store, args: argparse.Namespace) -> int:
     key, secret = store.create_key(args.name, max_concurrent=args.max_concurrent)
-    limit = "no session limit" if key.max_concurrent is None else f"max {key.max_concurrent} live sessions"
+    limit = (
+        "the server's per-key session limit"
+        if key.max_concurrent is None
+        else f"max {key.max_concurrent} live sessions"
+    )
     # The secret alone goes to stdout, so `KEY=$(facecast keys create)` works; the notes go to stderr.
     print(f"created API key {key.id} ({key.name}, {limit})", file=sys.stderr)
     print(secret)

@@ -108,6 +108,7 @@ class LiveSession:
         self._unnamed_starts: set[int] = set()  # started before their event_id was registered
         # When the speech accepted so far will have played out (monotonic), if it plays without gaps.
         self._speech_ends_at = 0.0
+        self._interrupts = 0  # agent.interrupt count: speech synthesised across one is dropped
         self.ending = False
 
     # -- clients ----------------------------------------------------------------------------------------
@@ -203,6 +204,7 @@ class LiveSession:
         elif kind == p.AGENT_SPEAK_TEXT:
             await self._speak_text(message)
         elif kind == p.AGENT_INTERRUPT:
+            self._interrupts += 1
             self._open = None
             self._speech_ends_at = 0.0
             await self.avatar.clear()
@@ -282,11 +284,15 @@ class LiveSession:
             raise ApiError(
                 400, p.CODE_BAD_REQUEST, f"agent.speak_text 'text' is over {MAX_SPEAK_TEXT_CHARS} chars"
             )
+        interrupts = self._interrupts
         try:
             speech = await self._manager.synthesize(text)
         except TTSError as exc:
             raise ApiError(500, p.CODE_INTERNAL, f"text-to-speech failed: {exc}") from None
         if self.ending:
+            return
+        if interrupts != self._interrupts:  # interrupted while synthesising: the text is not spoken
+            await self.emit(p.AGENT_SPEAK_INTERRUPTED, event_id, played_s=0.0)
             return
         self._admit(len(speech.audio) / speech.sample_rate)
         if self._open is not None:
