@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from server_harness import RunningServer, running_server
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from facecast.server import protocol as p
@@ -357,6 +358,8 @@ def test_websocket_reports_errors_and_survives(server: RunningServer, key: str) 
         assert "unknown message type" in json.loads(ws.recv(timeout=10))["message"]
         ws.send(json.dumps(["a", "list"]))
         assert json.loads(ws.recv(timeout=10))["type"] == p.ERROR
+        ws.send(b"\x00\x01")
+        assert "binary frames" in json.loads(ws.recv(timeout=10))["message"]
         ws.send(json.dumps({"type": "session.keep_alive"}))  # allowed at any time, no reply
     assert server.session(minted["session_id"]).end_reason is None
 
@@ -368,3 +371,17 @@ def test_websocket_refuses_bad_tokens(server: RunningServer, key: str) -> None:
     with connect(wrong) as ws:
         message = json.loads(ws.recv(timeout=10))
         assert message["type"] == p.ERROR and "invalid session token" in message["message"]
+
+
+def test_websocket_is_closed_when_the_session_ends(server: RunningServer, key: str) -> None:
+    minted = mint(server, key, video_settings={"quality": "low"})
+    data = start(server, minted["session_token"])
+    with connect(data["ws_url"]) as ws:
+        ws.recv(timeout=10)
+        call(server, "/v1/sessions/stop", minted["session_token"])
+        seen = []
+        with pytest.raises(ConnectionClosed):
+            while True:
+                seen.append(json.loads(ws.recv(timeout=10)))
+    assert [e["state"] for e in seen if e["type"] == p.SESSION_STATE_UPDATED] == ["closing", "closed"]
+    assert any(e["type"] == p.SESSION_STOPPED and e["end_reason"] == p.END_STOPPED for e in seen)

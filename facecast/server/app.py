@@ -292,7 +292,7 @@ def create_app(
         async def send(event: dict[str, Any]) -> None:
             await websocket.send_json(event)
 
-        session.add_sink(send)
+        session.add_sink(send, close=websocket.close)
         await send(
             {
                 "type": p.SESSION_STATE_UPDATED,
@@ -303,31 +303,32 @@ def create_app(
         )
         try:
             while not session.ending:
-                raw = await websocket.receive_text()
+                frame = await websocket.receive()
+                if frame["type"] == "websocket.disconnect":
+                    break
+                raw = frame.get("text")
+                if raw is None:
+                    await session.reply_error(
+                        send, p.CODE_BAD_REQUEST, "binary frames are not accepted: send JSON text"
+                    )
+                    continue
                 if len(raw) > MAX_WS_MESSAGE_BYTES:
-                    await session.emit(
-                        p.ERROR,
-                        code=p.CODE_BAD_REQUEST,
-                        message=f"message of {len(raw)} bytes is over the {MAX_WS_MESSAGE_BYTES} byte limit",
+                    await session.reply_error(
+                        send,
+                        p.CODE_BAD_REQUEST,
+                        f"message of {len(raw)} bytes is over the {MAX_WS_MESSAGE_BYTES} byte limit",
                     )
                     continue
                 try:
                     message = json.loads(raw)
                 except json.JSONDecodeError as exc:
-                    await session.emit(
-                        p.ERROR, code=p.CODE_BAD_REQUEST, message=f"message is not JSON: {exc}"
-                    )
+                    await session.reply_error(send, p.CODE_BAD_REQUEST, f"message is not JSON: {exc}")
                     continue
-                await session.handle(message)
-        except WebSocketDisconnect:
-            pass
-        except RuntimeError:  # the session closed the socket while we waited
+                await session.handle(message, reply=send)
+        except (WebSocketDisconnect, RuntimeError):  # RuntimeError: the session closed the socket first
             pass
         finally:
             session.remove_sink(send)
-            if session.ending:
-                with contextlib.suppress(Exception):
-                    await websocket.close()
 
     # -- catalogue, health, metrics -------------------------------------------------------------------
     @app.get("/v1/avatars", tags=["avatars"], summary="Avatars this server can render")

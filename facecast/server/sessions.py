@@ -103,6 +103,7 @@ class LiveSession:
         self.connected_at: float | None = None
         self.ws_state = p.WS_STATE_CONNECTING
         self._sinks: set[EventSink] = set()
+        self._closers: list[Callable[[], Awaitable[None]]] = []
         self._open: _Utterance | None = None
         self._event_ids: dict[int, str] = {}
         self._unnamed_starts: set[int] = set()  # started before their event_id was registered
@@ -112,8 +113,11 @@ class LiveSession:
         self.ending = False
 
     # -- clients ----------------------------------------------------------------------------------------
-    def add_sink(self, sink: EventSink) -> None:
+    def add_sink(self, sink: EventSink, close: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Send this client every session event; `close` disconnects it when the session ends."""
         self._sinks.add(sink)
+        if close is not None:
+            self._closers.append(close)
 
     def remove_sink(self, sink: EventSink) -> None:
         self._sinks.discard(sink)
@@ -169,15 +173,24 @@ class LiveSession:
             self._manager.spawn(self.emit(kind, event_id, played_s=round(event.played_s, 3)))
 
     # -- LITE commands ----------------------------------------------------------------------------------
-    async def handle(self, message: Any) -> None:
-        """Apply one client message; problems come back as an `error` event and never end the session."""
+    async def handle(self, message: Any, reply: EventSink) -> None:
+        """Apply one client message; problems go back to its sender (`reply`) as an `error` event and
+        never end the session."""
         event_id = message.get("event_id") if isinstance(message, dict) else None
         try:
             await self._dispatch(message)
         except ApiError as exc:
-            await self.emit(
-                p.ERROR, event_id if isinstance(event_id, str) else None, code=exc.code, message=exc.message
+            await self.reply_error(
+                reply, exc.code, exc.message, event_id if isinstance(event_id, str) else None
             )
+
+    async def reply_error(
+        self, reply: EventSink, code: int, message: str, event_id: str | None = None
+    ) -> None:
+        event = {"type": p.ERROR, "event_id": event_id or uuid.uuid4().hex, "session_id": self.id}
+        event.update(code=code, message=message)
+        with contextlib.suppress(Exception):  # the sender may be gone already
+            await reply(event)
 
     async def _dispatch(self, message: Any) -> None:
         if not isinstance(message, dict) or not isinstance(message.get("type"), str):
@@ -343,6 +356,10 @@ class LiveSession:
         await self.avatar.aclose()
         await self.set_ws_state(p.WS_STATE_CLOSED)
         self._sinks.clear()
+        for close in self._closers:
+            with contextlib.suppress(Exception):
+                await close()
+        self._closers.clear()
         return stats
 
 
@@ -707,11 +724,15 @@ class SessionManager:
                 409, p.CODE_CONFLICT, "this session already has a WebRTC peer; start a new session"
             )
         encoding = session.record.settings["video_settings"]["encoding"]
+
+        async def reply(event: dict[str, Any]) -> None:
+            peer.send_event(event)
+
         peer = AvatarPeer(
             session.avatar,
             codec=encoding,
             ice_servers=list(self.config.ice_servers),
-            on_message=lambda message: self.spawn(session.handle(message)),
+            on_message=lambda message: self.spawn(session.handle(message, reply=reply)),
             on_connected=session.on_peer_connected,
             on_closed=session.on_peer_closed,
         )
