@@ -619,7 +619,6 @@ class SessionManager:
             )
         if record.transport == "livekit":
             return await self._start_in_room(record)
-        settings = record.settings
         started_mono = time.monotonic()
         engine = await asyncio.to_thread(self._build_engine, record)
         session: LiveSession | None = None
@@ -631,8 +630,22 @@ class SessionManager:
         avatar = RealtimeAvatar(engine, on_event=on_event)
         now = time.time()  # started_at; the session's deadline is taken just after, so never early
         session = LiveSession(record, avatar, manager=self, started_mono=started_mono)
+        try:
+            self._mark_started(record, session, now)
+        except ApiError:
+            await avatar.aclose()
+            raise
+        try:
+            await avatar.start()
+        except Exception:
+            await self.end(record.id, p.END_ERROR)
+            raise
+        return session
+
+    def _mark_started(self, record: SessionRecord, session: Session, now: float) -> None:
+        """Record the start (this server owns the session from now) and count it live."""
         # The token stays valid for the session's life, so stop and keep-alive work until it ends.
-        expires = now + int(settings["max_session_duration"]) + self.config.limits.token_ttl
+        expires = now + int(record.settings["max_session_duration"]) + self.config.limits.token_ttl
         started = self.store.update_session(
             record.id,
             state=p.STATE_STARTED,
@@ -642,18 +655,11 @@ class SessionManager:
             owner=self.server_id,
         )
         if not started:  # ended meanwhile (stopped, or its token expired): never revive it
-            await avatar.aclose()
             raise ApiError(410, p.CODE_GONE, f"session {record.id} has ended")
         record.state, record.started_at, record.token_expires_at = p.STATE_STARTED, now, expires
         self._pending.pop(record.id, None)
         self.live[record.id] = session
         self.started_total += 1
-        try:
-            await avatar.start()
-        except Exception:
-            await self.end(record.id, p.END_ERROR)
-            raise
-        return session
 
     async def _start_in_room(self, record: SessionRecord) -> RoomSession:
         try:
@@ -685,20 +691,7 @@ class SessionManager:
         )
         now = time.time()
         session = RoomSession(record, worker, started_mono=started_mono)
-        expires = now + int(settings["max_session_duration"]) + self.config.limits.token_ttl
-        if not self.store.update_session(
-            record.id,
-            state=p.STATE_STARTED,
-            started_at=now,
-            last_activity_at=now,
-            token_expires_at=expires,
-            owner=self.server_id,
-        ):
-            raise ApiError(410, p.CODE_GONE, f"session {record.id} has ended")
-        record.state, record.started_at, record.token_expires_at = p.STATE_STARTED, now, expires
-        self._pending.pop(record.id, None)
-        self.live[record.id] = session
-        self.started_total += 1
+        self._mark_started(record, session, now)
         try:
             await worker.start()
         except Exception as exc:
