@@ -428,3 +428,13 @@ def test_unrendered_frame_still_advances_audio() -> None:
     drawn = engine.next_frame()
     assert skipped.video is None and skipped.audio is not None and len(skipped.audio) == 640
     assert drawn.video is not None and drawn.meta.index == 1
+
+
+def test_open_segment_names_the_utterance_before_its_audio() -> None:
+    engine = Engine(None, EngineConfig(fps=25, out_rate=16000, tracker="energy"))
+    opened = engine.open_segment()
+    assert engine.open_segment() == opened  # still the same open segment
+    tone = (np.sin(np.arange(3200) / 5.0) * 8000).astype(np.int16)
+    assert engine.push_audio(tone, 16000) == opened
+    engine.end_segment()
+    assert engine.open_segment() == opened + 1

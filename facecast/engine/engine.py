@@ -182,6 +182,11 @@ class Engine:
             segment.text.append(text)
         return segment.id
 
+    def open_segment(self) -> int:
+        """Open the current segment (or keep the open one) without adding anything, and return its id.
+        A host can then name the utterance before any audio makes it playable."""
+        return self._open_segment().id
+
     def push_phones(self, timings: Sequence[PhoneTiming]) -> int:
         """Phones known to be spoken in the current segment, at segment-relative input seconds (from
         a TTS engine). Frames whose analysis window they cover use them instead of recognition."""

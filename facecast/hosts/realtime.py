@@ -201,6 +201,10 @@ class RealtimeAvatar:
         self._first_push.setdefault(segment_id, called)
         return segment_id
 
+    async def open_segment(self) -> int:
+        """Open the current segment and return its id (see Engine.open_segment)."""
+        return await self._call(self._engine.open_segment)
+
     async def push_phones(self, timings: Sequence[PhoneTiming]) -> int:
         return await self._call(self._engine.push_phones, timings)
 

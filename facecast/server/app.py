@@ -26,6 +26,7 @@ from facecast.server import protocol as p
 from facecast.server.auth import default_data_dir, parse_bearer
 from facecast.server.config import ServerConfig
 from facecast.server.metrics import render_metrics
+from facecast.server.previews import preview_png
 from facecast.server.schemas import OfferRequest, SessionRef, StopRequest, TokenRequest
 from facecast.server.sessions import ApiError, LiveSession, RoomSession, Session, SessionManager
 from facecast.server.store import ApiKey, SessionRecord, Store, open_store
@@ -352,8 +353,6 @@ def create_app(
     async def avatar_preview(avatar_id: str) -> Response:
         if avatar_id not in {info.name for info in list_avatars()}:
             raise ApiError(404, p.CODE_NOT_FOUND, f"unknown avatar_id {avatar_id!r}")
-        from facecast.server.previews import preview_png
-
         return Response(
             preview_png(avatar_id), media_type="image/png", headers={"Cache-Control": "public, max-age=3600"}
         )

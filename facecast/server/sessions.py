@@ -18,7 +18,6 @@ import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 from facecast.avatars import list_avatars, load_renderer
@@ -73,12 +72,6 @@ class ApiError(Exception):
 EventSink = Callable[[dict[str, Any]], Awaitable[None]]
 
 
-@dataclass
-class _Utterance:
-    event_id: str
-    segment_id: int
-
-
 class LiveSession:
     """One started session: an engine paced in real time, its transport, and the clients listening."""
 
@@ -104,9 +97,8 @@ class LiveSession:
         self.ws_state = p.WS_STATE_CONNECTING
         self._sinks: set[EventSink] = set()
         self._closers: list[Callable[[], Awaitable[None]]] = []
-        self._open: _Utterance | None = None
+        self._open: str | None = None  # event_id of the utterance still receiving agent.speak audio
         self._event_ids: dict[int, str] = {}
-        self._unnamed_starts: set[int] = set()  # started before their event_id was registered
         # When the speech accepted so far will have played out (monotonic), if it plays without gaps.
         self._speech_ends_at = 0.0
         self._interrupts = 0  # agent.interrupt count: speech synthesised across one is dropped
@@ -149,21 +141,16 @@ class LiveSession:
     def on_peer_closed(self) -> None:
         self._manager.spawn(self._manager.end(self.id, p.END_CLIENT_GONE))
 
-    def _name_segment(self, segment_id: int, event_id: str) -> None:
-        """Tie an engine segment to the client's event_id. The first frame can be released while the
-        push that opened the segment is still returning, so a start seen before this is sent now."""
+    async def _open_utterance(self, event_id: str) -> int:
+        """Open a segment named `event_id` before any of its audio is pushed: once audio is in, its first
+        frame may be released (and its start reported) before the push returns."""
+        segment_id = await self.avatar.open_segment()
         self._event_ids[segment_id] = event_id
-        if segment_id in self._unnamed_starts:
-            self._unnamed_starts.discard(segment_id)
-            self._manager.spawn(self.emit(p.AGENT_SPEAK_STARTED, event_id))
+        return segment_id
 
     def on_segment_event(self, event: SegmentEvent) -> None:
         event_id = self._event_ids.get(event.segment_id)
         if event_id is None:
-            if isinstance(event, SegmentStarted):
-                self._unnamed_starts.add(event.segment_id)
-            else:
-                self._unnamed_starts.discard(event.segment_id)
             return
         if isinstance(event, SegmentStarted):
             self._manager.spawn(self.emit(p.AGENT_SPEAK_STARTED, event_id))
@@ -271,17 +258,17 @@ class LiveSession:
                 400, p.CODE_BAD_REQUEST, "agent.speak audio has an odd byte count; PCM16 needs 2 per sample"
             )
         self._admit(len(pcm) / 2 / p.LITE_AUDIO_RATE)
-        if self._open is not None and self._open.event_id != event_id:
+        if self._open is not None and self._open != event_id:
             await self.avatar.end_segment()  # a new utterance implies the previous one is complete
             self._open = None
-        segment_id = await self.avatar.push_audio(pcm, p.LITE_AUDIO_RATE)
         if self._open is None:
-            self._name_segment(segment_id, event_id)
-        self._open = _Utterance(event_id, segment_id)
+            await self._open_utterance(event_id)
+            self._open = event_id
+        await self.avatar.push_audio(pcm, p.LITE_AUDIO_RATE)
 
     async def _speak_end(self, message: dict[str, Any]) -> None:
         event_id = self._event_id(message, required=False)
-        if self._open is None or (event_id is not None and event_id != self._open.event_id):
+        if self._open is None or (event_id is not None and event_id != self._open):
             raise ApiError(
                 409, p.CODE_CONFLICT, f"agent.speak_end: no open utterance with event_id {event_id!r}"
             )
@@ -313,8 +300,8 @@ class LiveSession:
             self._open = None
         # Timings from the synthesiser beat recognition, so they go in before the audio that makes the
         # segment playable; the text still lets the engine align if they fail.
-        segment_id = await self.avatar.push_phones(speech.phones)
-        self._name_segment(segment_id, event_id)
+        await self._open_utterance(event_id)
+        await self.avatar.push_phones(speech.phones)
         await self.avatar.push_audio(speech.audio, speech.sample_rate, text=text)
         await self.avatar.end_segment()
 
