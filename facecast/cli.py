@@ -140,7 +140,7 @@ def _print_report(report: RenderReport) -> None:
 
 
 def _render_options(args: argparse.Namespace, **extra: Any) -> RenderOptions:
-    """The options `render` and `demo` share (look, clock, outputs), plus command-specific ones."""
+    """The options of `render` (look, clock, outputs) for both its sources, plus source-specific ones."""
     from facecast.hosts.file import RenderOptions
 
     return RenderOptions(
