@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import io
 import json
 import os
 import re
@@ -35,6 +36,7 @@ from facecast import __version__
 from facecast.avatars.presets import frame_size
 from facecast.avatars.procedural import ProceduralRenderer
 from facecast.avatars.style import Style, parse_style, style_names
+from facecast.engine.types import Renderer
 
 FORMAT_VERSION = 1
 MIN_FORMAT_VERSION = 1
@@ -60,7 +62,7 @@ MAX_TEXT_CHARS = 10_000
 # Procedural styles are resolution independent; this is the size they are designed and previewed at.
 PROCEDURAL_FRAME = (512, 512)
 
-_SLUG = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 _PATH_PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _MEDIA_TYPE = re.compile(r"[a-z]+/[a-z0-9][a-z0-9.+-]*")
@@ -188,7 +190,7 @@ class Manifest:
                 "(a newer Facecast may support it)"
             )
         name = _field(data, "name", str)
-        if not _SLUG.fullmatch(name):
+        if not NAME_PATTERN.fullmatch(name):
             raise BundleError(
                 f"{MANIFEST_NAME}: name {name!r} must be 1-64 of a-z 0-9 _ - starting with a letter or digit"
             )
@@ -242,16 +244,37 @@ class Bundle:
             raise BundleError(f"{self.path}: no asset {name!r} (assets: {have})")
         return self.files[name]
 
-    def image(self, name: str) -> np.ndarray:
-        """A PNG or JPEG asset as an (h, w, 3) uint8 RGB array, its size checked before decoding."""
+    def image(self, name: str, *, gray: bool = False) -> np.ndarray:
+        """A PNG or JPEG asset as an (h, w, 3) uint8 RGB array, or (h, w) with `gray`; its size is
+        checked before decoding."""
         data = self.asset(name)
         width, height = image_size(data, f"{self.path}: {name}")
         # Orientation is ignored on purpose: landmarks precomputed at build time refer to the stored pixels.
-        flags = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
+        flags = (cv2.IMREAD_GRAYSCALE if gray else cv2.IMREAD_COLOR) | cv2.IMREAD_IGNORE_ORIENTATION
         img = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
         if img is None or img.shape[:2] != (height, width):
             raise BundleError(f"{self.path}: {name} is a damaged image; rebuild the bundle")
-        return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+        return img if gray else cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+    def array(self, name: str, shape: tuple[int, ...], dtypes: tuple[str, ...] = ("<f4",)) -> np.ndarray:
+        """A `.npy` asset of exactly `shape` (-1 = any length) and one of `dtypes`, with finite values.
+
+        Pickled objects are refused, so loading an array cannot run code."""
+        where = f"{self.path}: {name}"
+        try:
+            arr = np.load(io.BytesIO(self.asset(name)), allow_pickle=False)
+        except (ValueError, OSError, EOFError) as e:
+            raise BundleError(f"{where} is not a valid .npy array ({e}); rebuild the bundle") from None
+        if arr.dtype.str not in dtypes:
+            raise BundleError(f"{where} has dtype {arr.dtype.str}, expected one of {', '.join(dtypes)}")
+        fits = len(arr.shape) == len(shape) and all(
+            w in (-1, h) for h, w in zip(arr.shape, shape, strict=True)
+        )
+        if not fits:
+            raise BundleError(f"{where} has shape {arr.shape}, expected {shape}")
+        if not np.isfinite(arr).all():
+            raise BundleError(f"{where} contains NaN or infinite values; rebuild the bundle")
+        return arr
 
 
 def asset_info(name: str, data: bytes, media_type: str | None = None) -> AssetInfo:
@@ -321,8 +344,13 @@ def read_bundle(path: str | os.PathLike[str]) -> Bundle:
         raise BundleError(f"{path}: {e}") from None
     _check_assets(manifest, raw, str(path))
     bundle = Bundle(path=path, manifest=manifest, files=MappingProxyType(raw))
+    # A broken bundle fails at load, not at the first frame.
     if manifest.kind == "procedural":
-        style_from_bundle(bundle)  # a broken style fails at load, not at the first frame
+        style_from_bundle(bundle)
+    else:
+        from facecast.avatars.portrait import PortraitData  # portrait.py reads bundles: import here
+
+        PortraitData.from_bundle(bundle)
     return bundle
 
 
@@ -383,14 +411,13 @@ def style_from_bundle(bundle: Bundle) -> Style:
 
 def renderer_from_bundle(
     bundle: Bundle, *, aspect: str = "1:1", quality: str = "high", background: str = "scene"
-) -> ProceduralRenderer:
-    """A renderer for a bundle at a preset frame size (procedural bundles only, for now)."""
-    if bundle.manifest.kind == "portrait":
-        raise BundleError(
-            f"{bundle.path}: portrait bundles are not supported by this Facecast ({__version__}) yet; "
-            "upgrade Facecast to use it"
-        )
+) -> Renderer:
+    """A renderer for a bundle at a preset frame size."""
     width, height = frame_size(aspect, quality)
+    if bundle.manifest.kind == "portrait":
+        from facecast.avatars.portrait import PortraitRenderer  # portrait.py reads bundles: import here
+
+        return PortraitRenderer(bundle, width, height, aspect=aspect, background=background)
     return ProceduralRenderer(style_from_bundle(bundle), width, height, background=background)
 
 

@@ -1,0 +1,140 @@
+"""The avatar library: a folder of `NAME.facecast` bundles, and how an avatar reference is resolved.
+
+An avatar reference is what users type or send: a built-in name (`ava`), the id of a bundle in the library
+(`alice`), or the path of a `.facecast` file. Image paths and URLs are not references: they must be built
+into a bundle first (`facecast.avatars.build.build_avatar`), which takes seconds.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from facecast.avatars.bundle import (
+    NAME_PATTERN,
+    SUFFIX,
+    Bundle,
+    BundleError,
+    Manifest,
+    read_bundle,
+    write_bundle,
+)
+from facecast.avatars.style import style_names
+
+AVATARS_DIR_ENV = "FACECAST_AVATARS_DIR"
+
+
+class AvatarNotFoundError(ValueError):
+    """No avatar by that reference; the message lists where it looked and what exists."""
+
+
+class AvatarExistsError(ValueError):
+    """An avatar with that id exists already (or the id is a built-in's)."""
+
+
+def default_avatars_dir() -> Path:
+    """$FACECAST_AVATARS_DIR, else $XDG_DATA_HOME/facecast/avatars (~/.local/share/facecast/avatars)."""
+    if os.environ.get(AVATARS_DIR_ENV):
+        return Path(os.environ[AVATARS_DIR_ENV]).expanduser()
+    data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(data_home) / "facecast" / "avatars"
+
+
+def is_bundle_path(ref: str) -> bool:
+    """True when `ref` names a bundle file rather than an id: it ends in .facecast or has a folder part."""
+    return ref.endswith(SUFFIX) or os.sep in ref or (os.altsep is not None and os.altsep in ref)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredAvatar:
+    """One bundle in the library, as listed (its manifest was validated; assets are checked on load)."""
+
+    manifest: Manifest
+    path: Path
+    size_bytes: int
+
+
+class AvatarLibrary:
+    """A folder of validated bundles, one file per avatar id: `<root>/<id>.facecast`."""
+
+    def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
+        self.root = Path(root) if root is not None else default_avatars_dir()
+
+    def path(self, avatar_id: str) -> Path:
+        """Where the bundle of `avatar_id` lives (whether or not it exists)."""
+        check_avatar_id(avatar_id)
+        return self.root / f"{avatar_id}{SUFFIX}"
+
+    def __contains__(self, avatar_id: object) -> bool:
+        return isinstance(avatar_id, str) and _is_slug(avatar_id) and self.path(avatar_id).is_file()
+
+    def ids(self) -> list[str]:
+        """Ids of the bundles in the library, sorted."""
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name[: -len(SUFFIX)] for p in self.root.glob(f"*{SUFFIX}") if _is_slug(p.stem))
+
+    def load(self, avatar_id: str) -> Bundle:
+        """The validated bundle of `avatar_id`; AvatarNotFoundError if there is none."""
+        path = self.path(avatar_id)
+        if not path.is_file():
+            raise AvatarNotFoundError(
+                f"no avatar {avatar_id!r} in {self.root}; `facecast avatar list` shows the available ones"
+            )
+        return read_bundle(path)
+
+    def entries(self) -> list[StoredAvatar]:
+        """Every readable bundle in the library; damaged files are skipped (read_bundle says why)."""
+        out = []
+        for avatar_id in self.ids():
+            path = self.path(avatar_id)
+            try:
+                bundle = read_bundle(path)
+            except (BundleError, OSError):
+                continue
+            out.append(StoredAvatar(bundle.manifest, path, path.stat().st_size))
+        return out
+
+    def save(self, manifest: Manifest, files: dict[str, bytes], *, replace: bool = False) -> Path:
+        """Write a bundle under its manifest name. The id may not be a built-in's, nor an existing one
+        unless `replace`."""
+        path = self.path(manifest.name)
+        if manifest.name in style_names():
+            raise AvatarExistsError(f"{manifest.name!r} is a built-in avatar; choose another name")
+        if path.exists() and not replace:
+            raise AvatarExistsError(
+                f"an avatar named {manifest.name!r} exists already ({path}); delete it or choose another name"
+            )
+        self.root.mkdir(parents=True, exist_ok=True)
+        return write_bundle(path, manifest, files)
+
+    def install(self, bundle_path: str | os.PathLike[str], *, replace: bool = False) -> Manifest:
+        """Copy a bundle file into the library after validating it; its id is the manifest's name."""
+        bundle = read_bundle(bundle_path)
+        self.save(bundle.manifest, dict(bundle.files), replace=replace)
+        return bundle.manifest
+
+    def delete(self, avatar_id: str) -> bool:
+        """Remove a bundle; False when there was none. Built-ins cannot be deleted."""
+        if avatar_id in style_names():
+            raise AvatarExistsError(f"{avatar_id!r} is a built-in avatar and cannot be deleted")
+        path = self.path(avatar_id)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
+
+def check_avatar_id(avatar_id: str) -> str:
+    """`avatar_id` if it is a valid id (what a bundle's manifest name may be), else ValueError."""
+    if not _is_slug(avatar_id):
+        raise ValueError(
+            f"avatar id {avatar_id!r} must be 1-64 of a-z 0-9 _ - starting with a letter or digit"
+        )
+    return avatar_id
+
+
+def _is_slug(value: str) -> bool:
+    return NAME_PATTERN.fullmatch(value) is not None
