@@ -14,8 +14,9 @@ from typing import Any
 import httpx
 import uvicorn
 
+from facecast.avatars.fetch import FetchPolicy
 from facecast.server.app import create_app
-from facecast.server.config import Limits, ServerConfig
+from facecast.server.config import AvatarSettings, Limits, ServerConfig
 from facecast.server.run import bind
 from facecast.server.store import SessionRecord, Store, open_store
 
@@ -29,7 +30,8 @@ class RunningServer:
     loop: asyncio.AbstractEventLoop
 
     def client(self, **kwargs: Any) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=20.0, **kwargs)
+        kwargs.setdefault("timeout", 20.0)
+        return httpx.Client(base_url=self.url, **kwargs)
 
     def session(self, session_id: str) -> SessionRecord:
         record = self.store.get_session(session_id)
@@ -53,10 +55,17 @@ def running_server(
     limits: Limits | None = None,
     store: Store | None = None,
     server_id: str = "test-server",
+    avatars: AvatarSettings | None = None,
 ) -> Iterator[RunningServer]:
     store = store or open_store(None, data_dir)
     config = ServerConfig(
-        host="127.0.0.1", port=0, data_dir=data_dir, limits=limits or Limits(), server_id=server_id
+        host="127.0.0.1",
+        port=0,
+        data_dir=data_dir,
+        limits=limits or Limits(),
+        server_id=server_id,
+        # The defaults, whatever the environment says (FACECAST_FETCH_ALLOW_NETWORKS included).
+        avatars=avatars or AvatarSettings(fetch_policy=FetchPolicy()),
     )
     app = create_app(config, store=store)
     sock = bind("127.0.0.1", 0, fallback_to_free_port=False)

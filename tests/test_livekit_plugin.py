@@ -3,14 +3,18 @@
 The agent speaks with `session.say(text, audio=...)` (no STT/LLM/TTS). Real: AgentSession, the plugin,
 livekit-agents' audio outputs, the Facecast worker or in-process runner and the engine. Stand-ins: the
 LiveKit server (tests/livekit_room.py), the job context (`fake_job_context`, with a RoomService that acts
-on the room double), and in remote mode a small HTTP server implementing the three Facecast session
-endpoints the plugin calls, which starts a real `RoomAvatar` for each session.
+on the room double), and in remote mode a small HTTP server implementing the Facecast endpoints the plugin
+calls (the three session calls, and the avatar upload and status), which starts a real `RoomAvatar` for each
+session; the last tests run the real Facecast server instead.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import hashlib
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,12 +22,14 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from livekit import api, rtc
-from livekit.agents import Agent, AgentSession, APIConnectOptions, APIStatusError, JobContext
+from livekit.agents import Agent, AgentSession, APIConnectOptions, APIStatusError, APITimeoutError, JobContext
 from livekit.agents.testing import fake_job_context
 from livekit.plugins import facecast
+from livekit.plugins.facecast.avatar import avatar_source, photo_avatar_id
 from livekit_room import URL, MemoryRoom, MemoryServer
 
-from facecast.avatars import DEFAULT_AVATAR
+from facecast.avatars import DEFAULT_AVATAR, AvatarLibrary
+from facecast.avatars.bundle import bundle_from_style, read_bundle, write_bundle
 from facecast.hosts.livekit.tokens import mint_worker_token
 from facecast.hosts.livekit.worker import RoomAvatar
 
@@ -159,30 +165,93 @@ async def test_local_mode_starts_before_the_room_connects(rooms: Rooms) -> None:
     await late.disconnect()
 
 
-async def test_local_mode_renders_built_in_avatars_only(rooms: Rooms, job: JobContext) -> None:
-    avatar = facecast.AvatarSession(avatar="https://example.com/me.jpg", mode="local")
-    with pytest.raises(facecast.FacecastException, match="built-in"):
+def make_bundle(folder: Path, name: str, style: str = "noah") -> Path:
+    """A procedural bundle file `name`.facecast drawn with a built-in style."""
+    manifest, files = bundle_from_style(style)
+    return write_bundle(folder / f"{name}.facecast", dataclasses.replace(manifest, name=name), files)
+
+
+@pytest.fixture
+def library(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AvatarLibrary:
+    """The default avatar library, moved to a temporary folder, holding `bob` (drawn like noah)."""
+    monkeypatch.setenv("FACECAST_AVATARS_DIR", str(tmp_path / "avatars"))
+    lib = AvatarLibrary()
+    lib.install(make_bundle(tmp_path, "bob"))
+    return lib
+
+
+async def test_local_mode_rejects_unknown_avatars(
+    rooms: Rooms, job: JobContext, library: AvatarLibrary
+) -> None:
+    avatar = facecast.AvatarSession(avatar="nobody", mode="local")
+    with pytest.raises(facecast.FacecastException, match=r"unknown avatar 'nobody'.*bob"):
         await avatar.start(AgentSession(), room=rooms.agent)  # type: ignore[arg-type]
+    with pytest.raises(facecast.FacecastException, match="no such file"):
+        facecast.AvatarSession(avatar="/nowhere/me.jpg", mode="local")
+
+
+async def test_local_mode_with_a_library_avatar_and_a_bundle_file(
+    rooms: Rooms, job: JobContext, library: AvatarLibrary, tmp_path: Path
+) -> None:
+    for ref in ("bob", str(make_bundle(tmp_path, "carol", "leo"))):
+        avatar = facecast.AvatarSession(avatar=ref, mode="local", video_quality="low")
+        session, states = await start_session(avatar, rooms.agent)
+        assert avatar.avatar_id == ref
+        handle = session.say("Hi.", audio=speech(0.4))
+        await asyncio.wait_for(handle.wait_for_playout(), HANG_S)
+        assert states[-2:] == ["speaking", "listening"]
+        await avatar.aclose()
+        await session.aclose()
+    broken = tmp_path / "broken.facecast"
+    broken.write_bytes(b"not a zip")
+    avatar = facecast.AvatarSession(avatar=str(broken), mode="local")
+    with pytest.raises(facecast.FacecastException, match="not a valid zip"):
+        await avatar.start(AgentSession(), room=rooms.agent)  # type: ignore[arg-type]
+
+
+def test_avatar_sources(tmp_path: Path) -> None:
+    photo = tmp_path / "me.jpg"
+    photo.write_bytes(b"x")
+    bundle = make_bundle(tmp_path, "dana")
+    assert avatar_source("ava") == "id"
+    assert avatar_source("photo-0123456789ab") == "id"
+    assert avatar_source("https://example.com/me.jpg?size=2") == "url"
+    assert avatar_source("HTTP://example.com/me") == "url"
+    assert avatar_source(str(photo)) == "image"
+    assert avatar_source(str(bundle)) == "bundle"
+    for missing in ("missing.png", str(tmp_path / "missing.facecast"), str(tmp_path / "photo")):
+        with pytest.raises(facecast.FacecastException, match="no such file"):
+            avatar_source(missing)
+    assert photo_avatar_id(b"abc") == "photo-" + hashlib.sha256(b"abc").hexdigest()[:12]
 
 
 # -- remote mode ----------------------------------------------------------------------------------------
 
 
 class StandInFacecastServer:
-    """The three session endpoints of the Facecast HTTP API. /start runs a real RoomAvatar worker over the
-    room double; /stop closes it."""
+    """The three session endpoints of the Facecast HTTP API, and the two avatar ones. /start runs a real
+    RoomAvatar worker over the room double, rendering from the stand-in's avatar library; /stop closes it.
+    POST /v1/avatars installs an uploaded bundle at once; a photo (uploaded or by URL) "builds" for
+    `build_polls` status requests, then becomes a procedural avatar (drawn like leo) named after the
+    photo's hash, or fails when the photo's bytes contain b"no face"."""
 
-    def __init__(self, lk: MemoryServer, *, api_key: str = "fc-key") -> None:
+    def __init__(self, lk: MemoryServer, library: AvatarLibrary, *, api_key: str = "fc-key") -> None:
         self.lk = lk
         self.api_key = api_key
+        self.library = library
         self.requests: list[tuple[str, dict[str, Any], dict[str, str]]] = []
         self.avatars: dict[str, RoomAvatar] = {}
         self.fail: dict[str, list[int]] = {}  # path -> statuses to answer with, one per request
+        self.uploads: list[tuple[str, str, bytes]] = []  # (field or "image_url", file name, content)
+        self.builds: dict[str, dict[str, Any]] = {}  # avatar_id -> status data
+        self.build_polls = 2
         self._bodies: dict[str, dict[str, Any]] = {}
         app = web.Application()
         app.router.add_post("/v1/sessions/token", self._token)
         app.router.add_post("/v1/sessions/start", self._start)
         app.router.add_post("/v1/sessions/stop", self._stop)
+        app.router.add_post("/v1/avatars", self._create_avatar)
+        app.router.add_get("/v1/avatars/{avatar_id}", self._get_avatar)
         self.http = TestServer(app)
 
     @property
@@ -232,6 +301,7 @@ class StandInFacecastServer:
             max_duration_s=body.get("max_session_duration"),
             agent_identity=lk["agent_identity"],
             room=self.lk.new_room(),  # type: ignore[arg-type]
+            library=self.library,
         )
         await avatar.start()
         self.avatars[session_id] = avatar
@@ -247,10 +317,68 @@ class StandInFacecastServer:
         await avatar.aclose(body.get("reason", "stopped"))
         return web.json_response({"code": 1000, "data": {}, "message": "ok"})
 
+    async def _create_avatar(self, request: web.Request) -> web.Response:
+        headers = dict(request.headers)
+        if request.headers.get("X-API-KEY") != self.api_key:
+            return web.json_response({"code": 4001, "data": None, "message": "bad key"}, status=401)
+        if request.content_type == "application/json":
+            body = await request.json()
+            self.uploads.append(("image_url", "", body["image_url"].encode()))
+            content = body["image_url"].encode()
+            field = "image_url"
+        else:
+            form = await request.post()
+            (field, upload), *_ = form.items()
+            assert isinstance(upload, web.FileField)
+            content = upload.file.read()
+            self.uploads.append((field, upload.filename, content))
+        self.requests.append((request.path, {"field": field}, headers))
+        if field == "bundle":
+            path = self.library.root / "upload.tmp"
+            self.library.root.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(content)
+            manifest = self.library.install(path, replace=True)
+            status = self._status(manifest.name, "ready", 1.0, "done")
+            return web.json_response({"code": 1000, "data": status, "message": "avatar created"}, status=201)
+        avatar_id = "img-" + hashlib.sha256(content).hexdigest()[:12]
+        if avatar_id in self.builds:
+            return web.json_response({"code": 1000, "data": self.builds[avatar_id], "message": "exists"})
+        self.builds[avatar_id] = self._status(avatar_id, "building", 0.0, "queued")
+        self.builds[avatar_id]["_polls"] = 0
+        self.builds[avatar_id]["_fails"] = b"no face" in content
+        return web.json_response({"code": 1000, "data": self._public(avatar_id), "message": "ok"}, status=202)
+
+    async def _get_avatar(self, request: web.Request) -> web.Response:
+        self.requests.append((request.path, {}, dict(request.headers)))
+        avatar_id = request.match_info["avatar_id"]
+        if request.headers.get("X-API-KEY") != self.api_key:
+            return web.json_response({"code": 4001, "data": None, "message": "bad key"}, status=401)
+        build = self.builds.get(avatar_id)
+        if build is None:
+            return web.json_response({"code": 4004, "data": None, "message": "no such avatar"}, status=404)
+        build["_polls"] += 1
+        if build["status"] == "building" and build["_polls"] >= self.build_polls:
+            if build["_fails"]:
+                build.update(status="failed", stage="failed", error="no face found in the photo")
+            else:
+                manifest, files = bundle_from_style("leo")
+                self.library.save(dataclasses.replace(manifest, name=avatar_id), files, replace=True)
+                build.update(status="ready", progress=1.0, stage="done")
+        elif build["status"] == "building":
+            build.update(progress=0.5, stage="finding the face")
+        return web.json_response({"code": 1000, "data": self._public(avatar_id), "message": "ok"})
+
+    def _public(self, avatar_id: str) -> dict[str, Any]:
+        return {k: v for k, v in self.builds[avatar_id].items() if not k.startswith("_")}
+
+    @staticmethod
+    def _status(avatar_id: str, status: str, progress: float, stage: str) -> dict[str, Any]:
+        return {"avatar_id": avatar_id, "status": status, "progress": progress, "stage": stage, "error": None}
+
 
 @pytest.fixture
-async def facecast_server(rooms: Rooms) -> AsyncIterator[StandInFacecastServer]:
-    server = StandInFacecastServer(rooms.server)
+async def facecast_server(rooms: Rooms, tmp_path: Path) -> AsyncIterator[StandInFacecastServer]:
+    server = StandInFacecastServer(rooms.server, AvatarLibrary(tmp_path / "server-avatars"))
     await server.http.start_server()
     yield server
     for avatar in server.avatars.values():
@@ -260,8 +388,9 @@ async def facecast_server(rooms: Rooms) -> AsyncIterator[StandInFacecastServer]:
 
 def remote_avatar(server: StandInFacecastServer, **kw: Any) -> facecast.AvatarSession:
     kw.setdefault("api_key", server.api_key)
+    kw.setdefault("avatar", "leo")
     return facecast.AvatarSession(
-        avatar="leo", aspect_ratio="1:1", api_url=server.url, video_quality="low", conn_options=FAST, **kw
+        aspect_ratio="1:1", api_url=server.url, video_quality="low", conn_options=FAST, **kw
     )
 
 
@@ -363,6 +492,89 @@ async def test_remote_needs_livekit_credentials(
     await session.aclose()
 
 
+async def test_remote_mode_uploads_a_photo_and_waits_for_the_build(
+    rooms: Rooms, job: JobContext, facecast_server: StandInFacecastServer, tmp_path: Path
+) -> None:
+    photo = tmp_path / "me.png"
+    photo.write_bytes(b"\x89PNG a photo of me")
+    avatar = remote_avatar(facecast_server, avatar=str(photo))
+    session, states = await start_session(avatar, rooms.agent, **LK)
+    expected = "img-" + hashlib.sha256(photo.read_bytes()).hexdigest()[:12]
+    assert avatar.avatar_id == expected
+    assert facecast_server.uploads == [("image", "me.png", photo.read_bytes())]
+    paths = [path for path, _, _ in facecast_server.requests]
+    assert paths[0] == "/v1/avatars"
+    assert paths[1:3] == [f"/v1/avatars/{expected}"] * 2  # polled until ready
+    assert all(h["X-API-KEY"] == "fc-key" for path, _, h in facecast_server.requests if "avatars" in path)
+    token_body = next(body for path, body, _ in facecast_server.requests if path == "/v1/sessions/token")
+    assert token_body["avatar_id"] == expected
+
+    handle = session.say("Hello there.", audio=speech(0.5))
+    await asyncio.wait_for(handle.wait_for_playout(), HANG_S)
+    assert states[-2:] == ["speaking", "listening"]
+    await avatar.aclose()
+    await session.aclose()
+
+    # The same photo again: the server answers 200 with the ready avatar, and nothing is polled.
+    again = remote_avatar(facecast_server, avatar=str(photo))
+    session, _ = await start_session(again, rooms.agent, **LK)
+    assert again.avatar_id == expected
+    assert [p for p, _, _ in facecast_server.requests].count(f"/v1/avatars/{expected}") == 2
+    await again.aclose()
+    await session.aclose()
+
+
+async def test_remote_mode_uploads_a_bundle_and_sends_a_url(
+    rooms: Rooms, job: JobContext, facecast_server: StandInFacecastServer, tmp_path: Path
+) -> None:
+    bundle = make_bundle(tmp_path, "erin", "mira")
+    avatar = remote_avatar(facecast_server, avatar=str(bundle))
+    session, _ = await start_session(avatar, rooms.agent, **LK)
+    assert avatar.avatar_id == "erin"
+    field, name, content = facecast_server.uploads[-1]
+    assert (field, name, content) == ("bundle", "erin.facecast", bundle.read_bytes())
+    assert read_bundle(facecast_server.library.path("erin")).manifest.name == "erin"
+    await avatar.aclose()
+    await session.aclose()
+
+    url = "https://images.example.com/people/me.jpg"
+    avatar = remote_avatar(facecast_server, avatar=url)
+    session, _ = await start_session(avatar, rooms.agent, **LK)
+    assert facecast_server.uploads[-1] == ("image_url", "", url.encode())
+    assert avatar.avatar_id == "img-" + hashlib.sha256(url.encode()).hexdigest()[:12]
+    await avatar.aclose()
+    await session.aclose()
+
+
+async def test_remote_mode_reports_a_failed_build_and_a_timeout(
+    rooms: Rooms, job: JobContext, facecast_server: StandInFacecastServer, tmp_path: Path
+) -> None:
+    photo = tmp_path / "cup.jpg"
+    photo.write_bytes(b"a cup of coffee, no face")
+    avatar = remote_avatar(facecast_server, avatar=str(photo))
+    with pytest.raises(facecast.FacecastException, match="no face found in the photo"):
+        await avatar.start(AgentSession(), room=rooms.agent, **LK)  # type: ignore[arg-type]
+    assert not any(p == "/v1/sessions/token" for p, _, _ in facecast_server.requests)
+    await avatar.aclose()
+
+    facecast_server.build_polls = 10_000  # never ready
+    slow = tmp_path / "slow.webp"
+    slow.write_bytes(b"a photo that takes forever")
+    avatar = remote_avatar(facecast_server, avatar=str(slow), avatar_build_timeout=0.6)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(APITimeoutError, match="avatar_build_timeout"):
+        await avatar.start(AgentSession(), room=rooms.agent, **LK)  # type: ignore[arg-type]
+    assert loop.time() - started < 5.0
+    await avatar.aclose()
+
+    avatar = remote_avatar(facecast_server, avatar=str(slow), api_key="wrong")
+    with pytest.raises(APIStatusError) as err:
+        await avatar.start(AgentSession(), room=rooms.agent, **LK)  # type: ignore[arg-type]
+    assert err.value.status_code == 401
+    await avatar.aclose()
+
+
 # -- construction ---------------------------------------------------------------------------------------
 
 
@@ -392,6 +604,8 @@ def test_bad_options() -> None:
         facecast.AvatarSession(api_key="k", video_quality="4k")  # type: ignore[arg-type]
     with pytest.raises(facecast.FacecastException):
         facecast.AvatarSession(api_key="k", mode="cloud")  # type: ignore[arg-type]
+    with pytest.raises(facecast.FacecastException, match="avatar_build_timeout"):
+        facecast.AvatarSession(api_key="k", avatar_build_timeout=0)
 
 
 def test_worker_token_claims_match_the_worker_side() -> None:

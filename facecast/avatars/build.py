@@ -46,7 +46,8 @@ def build_avatar(
         raise AvatarExistsError(f"{name!r} is a built-in avatar; choose another name")
     if name in library and not replace:
         raise AvatarExistsError(
-            f"an avatar named {name!r} exists already ({library.path(name)}); delete it or choose another name"
+            f"an avatar named {name!r} exists already ({library.path(name)}); "
+            "delete it or choose another name"
         )
 
     def stage(key: str) -> ProgressFn:

@@ -269,7 +269,7 @@ class PortraitRenderer:
         m = _clamp_mouth(s.mouth)
         yaw, pitch, roll = (
             max(-1.5, min(1.5, v / at))
-            for v, at in zip((s.head_yaw, s.head_pitch, s.head_roll), self._head_at, strict=False)
+            for v, at in zip((s.head_yaw, s.head_pitch, s.head_roll), self._head_at, strict=True)
         )
         smile = min(1.0, max(0.0, s.smile))
         face = {
@@ -336,7 +336,7 @@ class PortraitRenderer:
         span = lip[-1, 0] - lip[0, 0]
         # Teeth stop short of the corners, where the cheeks hide them.
         core = lip[2:-2] if lower else lip[1:-1]
-        edge = [*core, 0, -height if lower else height]
+        edge = core + np.array([0.0, -height if lower else height])
         poly = np.concatenate([core, edge[::-1]])
         cv2.fillPoly(band, [np.round(poly * 8).astype(np.int32)], 255, cv2.LINE_AA, shift=3)
         a = band.astype(np.float32)[..., None] / 255.0
@@ -378,7 +378,7 @@ class PortraitRenderer:
         """F/V: the upper teeth rest on the lower lip."""
         band_h = 0.05 * self._mouth_w * min(1.0, bite)
         core = upper[2:-2]
-        poly = np.concatenate([core, ([*core, 0, band_h])[::-1]])
+        poly = np.concatenate([core, (core + np.array([0.0, band_h]))[::-1]])
         cv2.fillPoly(img, [_fixed(poly)], (*(int(c) for c in _TEETH), 255)[: self._c], cv2.LINE_AA, _SHIFT)
 
     def _draw_lid(self, img: np.ndarray, upper: np.ndarray, lower: np.ndarray, blink: float) -> None:

@@ -233,7 +233,7 @@ def _check_output(path: Path, what: str) -> None:
 class RenderOptions:
     """How to render: the avatar's look, the clock, the tracker, and what to write besides the MP4."""
 
-    avatar: str = "ava"
+    avatar: str = "ava"  # a built-in name, an id in the avatar library, or a .facecast path
     fps: int = 30
     aspect: str = "1:1"
     quality: str = "high"
@@ -243,6 +243,7 @@ class RenderOptions:
     tracker: str = "auto"
     lookahead_ms: int | None = None  # None: the engine's default
     progress: bool = True
+    avatars_dir: str | Path | None = None  # the avatar library (None: $FACECAST_AVATARS_DIR or the default)
 
     def check_outputs(self, out_path: str | Path) -> None:
         """Fail on bad options before any expensive work."""
@@ -276,7 +277,7 @@ def render_pcm(
     """`render_file` for audio already in memory: int16 (n,) or (n, channels) at `rate` Hz.
     `phones` are the speech's phone timings when its source knows them (a TTS engine); `started`
     (a perf_counter value) lets the caller include its own synthesis or decoding in the reported time."""
-    from facecast.avatars import load_renderer
+    from facecast.avatars import AvatarLibrary, load_renderer
     from facecast.engine import Engine, EngineConfig
 
     opts = options or RenderOptions()
@@ -295,7 +296,11 @@ def render_pcm(
         config_args["lookahead_ms"] = opts.lookahead_ms
     config = EngineConfig(**config_args)
     renderer = load_renderer(
-        name=opts.avatar, aspect=opts.aspect, quality=opts.quality, background=opts.background
+        opts.avatar,
+        aspect=opts.aspect,
+        quality=opts.quality,
+        background=opts.background,
+        library=AvatarLibrary(opts.avatars_dir),
     )
     engine = Engine(renderer, config)
 

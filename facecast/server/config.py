@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from facecast.avatars.fetch import FetchPolicy
+
 
 def _env_int(name: str, default: int) -> int:
     raw = os.environ.get(name)
@@ -51,6 +53,51 @@ class Limits:
             raise ValueError("default_session_duration cannot exceed max_session_duration")
 
 
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a number") from None
+
+
+@dataclass(frozen=True)
+class AvatarSettings:
+    """Avatars made through the API (`POST /v1/avatars`, `avatar_image_url`): uploads and builds."""
+
+    max_upload_bytes: int = 20 * 1024 * 1024  # a photo or bundle upload; a bigger body is refused (413)
+    build_workers: int = 1  # builds run at once by this server (each is mostly a subprocess and numpy)
+    max_building_per_key: int = 2  # builds queued or running per API key (429 past it)
+    build_wait_s: float = 180.0  # /v1/sessions/start waits this long for the session's avatar to build
+    # Where `image_url` may be fetched from; None: FetchPolicy.from_env() (FACECAST_FETCH_ALLOW_NETWORKS,
+    # FACECAST_FETCH_MAX_BYTES, FACECAST_FETCH_TIMEOUT_S), which refuses loopback and private addresses.
+    fetch_policy: FetchPolicy | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("max_upload_bytes", "build_workers", "max_building_per_key"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"avatar setting {name} must be positive, got {getattr(self, name)}")
+        if self.build_wait_s < 0:
+            raise ValueError(f"avatar setting build_wait_s cannot be negative, got {self.build_wait_s}")
+
+    @staticmethod
+    def from_env() -> AvatarSettings:
+        """FACECAST_MAX_UPLOAD_BYTES, FACECAST_AVATAR_BUILD_WORKERS, FACECAST_MAX_AVATAR_BUILDS_PER_KEY,
+        FACECAST_AVATAR_BUILD_WAIT (seconds); unset ones keep their defaults."""
+        base = AvatarSettings()
+        return AvatarSettings(
+            max_upload_bytes=_env_int("FACECAST_MAX_UPLOAD_BYTES", base.max_upload_bytes),
+            build_workers=_env_int("FACECAST_AVATAR_BUILD_WORKERS", base.build_workers),
+            max_building_per_key=_env_int("FACECAST_MAX_AVATAR_BUILDS_PER_KEY", base.max_building_per_key),
+            build_wait_s=_env_float("FACECAST_AVATAR_BUILD_WAIT", base.build_wait_s),
+        )
+
+    def resolved_fetch_policy(self) -> FetchPolicy:
+        return self.fetch_policy if self.fetch_policy is not None else FetchPolicy.from_env()
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     host: str = "127.0.0.1"
@@ -61,6 +108,8 @@ class ServerConfig:
     ice_servers: tuple[dict[str, Any], ...] = ()  # STUN/TURN for peers on other networks
     limits: Limits = field(default_factory=Limits)
     server_id: str | None = None  # names this process's sessions in a shared database; None: derived
+    # Read from the environment by default, so `facecast serve` honours the FACECAST_* avatar variables.
+    avatars: AvatarSettings = field(default_factory=AvatarSettings.from_env)
 
     @staticmethod
     def ice_servers_from_env() -> tuple[dict[str, Any], ...]:

@@ -6,13 +6,15 @@ from functools import lru_cache
 
 import cv2
 
-from facecast.avatars import load_renderer
+from facecast.avatars import AvatarLibrary, load_renderer
 from facecast.engine.types import FaceState
 
 
-@lru_cache(maxsize=32)
-def preview_png(avatar_id: str) -> bytes:
-    renderer = load_renderer(avatar_id, quality="low")
+@lru_cache(maxsize=64)
+def preview_png(avatar_id: str, library: AvatarLibrary | None = None) -> bytes:
+    """A PNG of the avatar at rest. Cached by id (and library): avatar ids made by the server are never
+    reused, so a cached preview cannot show another avatar. Blocking: render it in a thread."""
+    renderer = load_renderer(avatar_id, quality="low", library=library)
     rgb = renderer.render(FaceState())
     ok, png = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
     if not ok:

@@ -86,3 +86,15 @@ WS_STATE_CLOSING: Final = "closing"
 WS_STATE_CLOSED: Final = "closed"
 
 DATA_CHANNEL_LABEL: Final = "events"
+
+# -- avatars ------------------------------------------------------------------------------------------
+# An avatar made through the API: building (queued or running) -> ready, or failed with an error.
+AVATAR_BUILDING: Final = "building"
+AVATAR_READY: Final = "ready"
+AVATAR_FAILED: Final = "failed"
+AVATAR_STATUSES: Final = (AVATAR_BUILDING, AVATAR_READY, AVATAR_FAILED)
+
+# Where its bundle came from: a photo uploaded, a photo fetched from a URL, or a ready-made bundle.
+AVATAR_SOURCE_UPLOAD: Final = "upload"
+AVATAR_SOURCE_URL: Final = "url"
+AVATAR_SOURCE_BUNDLE: Final = "bundle"

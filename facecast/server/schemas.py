@@ -38,7 +38,9 @@ class LiveKitConfig(_Body):
 
 class TokenRequest(_Body):
     mode: Literal["LITE", "FULL"] = "LITE"
-    avatar_id: str | None = None
+    avatar_id: str | None = None  # a built-in, or one of this key's avatars (GET /v1/avatars)
+    # A photo to build the session's avatar from, like POST /v1/avatars {image_url}; /start waits for it.
+    avatar_image_url: str | None = Field(default=None, min_length=1, max_length=2048)
     avatar_persona: AvatarPersona | None = None
     is_sandbox: bool = False
     video_settings: VideoSettings = Field(default_factory=VideoSettings)
@@ -61,3 +63,11 @@ class StopRequest(SessionRef):
 class OfferRequest(_Body):
     sdp: str = Field(min_length=1)
     type: Literal["offer"] = "offer"
+
+
+class AvatarUrlRequest(_Body):
+    """`POST /v1/avatars` as JSON: build a portrait avatar from the photo at a URL."""
+
+    image_url: str = Field(min_length=1, max_length=2048)
+    name: str | None = Field(default=None, max_length=200)  # display name; default: the avatar id
+    consent: str | None = Field(default=None, max_length=10_000)  # the likeness owner's consent, kept

@@ -20,14 +20,17 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from facecast.avatars import list_avatars, load_renderer
+from facecast.avatars import load_renderer
+from facecast.avatars.style import style_names
 from facecast.engine import Engine, EngineConfig
 from facecast.engine.types import SegmentEnded, SegmentEvent, SegmentStarted
 from facecast.hosts.realtime import RealtimeAvatar
 from facecast.hosts.webrtc import AvatarPeer
 from facecast.server import protocol as p
 from facecast.server.auth import hash_secret, new_session_token
+from facecast.server.avatars import AvatarService
 from facecast.server.config import ServerConfig
+from facecast.server.errors import ApiError
 from facecast.server.schemas import TokenRequest
 from facecast.server.store import ApiKey, SessionRecord, Store, new_session_id
 from facecast.tts import EspeakTTS, TTSError
@@ -57,16 +60,6 @@ def release_freed_memory() -> None:
     by ~500 MB with nothing live, and malloc_trim returned most of it."""
     if _MALLOC_TRIM is not None:
         _MALLOC_TRIM(0)
-
-
-class ApiError(Exception):
-    """An error the API reports as `{code, data: null, message}` with an HTTP status."""
-
-    def __init__(self, status: int, code: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
 
 
 EventSink = Callable[[dict[str, Any]], Awaitable[None]]
@@ -407,16 +400,19 @@ class SessionManager:
         config: ServerConfig,
         server_id: str,
         *,
+        avatars: AvatarService,
         livekit_room_factory: Callable[[], Any] | None = None,
     ) -> None:
         self.store = store
         self.config = config
         self.server_id = server_id
+        self.avatars = avatars  # avatars made through the API, and the library sessions render them from
         # Where LiveKit rooms come from: None means a real `rtc.Room()`; tests pass an in-memory double.
         self.livekit_room_factory = livekit_room_factory
         self.live: dict[str, Session] = {}
         self._closing: dict[str, asyncio.Future[None]] = {}  # ends in progress, so a second waits
         self._pending: dict[str, float] = {}  # minted here, not started: session id -> token expiry (unix)
+        self._waiting: set[str] = set()  # starts waiting for their avatar to finish building
         self._tasks: set[asyncio.Task[Any]] = set()
         self._reaper: asyncio.Task[None] | None = None
         self._reaps = 0
@@ -428,18 +424,22 @@ class SessionManager:
 
     # -- lifecycle --------------------------------------------------------------------------------------
     async def open(self) -> int:
-        """Recover from a crash: sessions this server left live are ended now. Returns how many."""
+        """Recover from a crash: sessions this server left live are ended now, and avatar builds it left
+        running are failed. Returns how many sessions were ended."""
         recovered = self.store.end_live_sessions(p.END_SERVER_SHUTDOWN, time.time(), owner=self.server_id)
         if recovered:
             log.warning(
                 "marked %d session(s) left live by a previous run as ended (server_shutdown)", recovered
             )
+        self.avatars.open()
         self._reaper = asyncio.create_task(self._reap_forever(), name="facecast-session-reaper")
         return recovered
 
     async def close(self) -> None:
-        """Server shutdown: every live and pending session ends with reason server_shutdown."""
+        """Server shutdown: every live and pending session ends with reason server_shutdown; queued avatar
+        builds are cancelled and a running one is waited for (a bounded time)."""
         self._closed = True
+        await asyncio.to_thread(self.avatars.close)
         if self._reaper is not None:
             self._reaper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -475,13 +475,30 @@ class SessionManager:
                 "the agent's audio over the WebSocket, or agent.speak_text for server-side speech",
             )
         livekit = self._livekit_settings(body) if body.transport == "livekit" else None
+        if body.avatar_image_url is not None:
+            if body.avatar_id is not None:
+                raise ApiError(
+                    400,
+                    p.CODE_BAD_REQUEST,
+                    "give avatar_id or avatar_image_url, not both: avatar_image_url builds a new avatar",
+                )
+            if body.is_sandbox:
+                raise ApiError(
+                    400,
+                    p.CODE_BAD_REQUEST,
+                    "sandbox sessions use the sandbox avatar; drop avatar_image_url or is_sandbox",
+                )
         avatar_id = limits.sandbox_avatar if body.is_sandbox else (body.avatar_id or limits.sandbox_avatar)
-        if avatar_id not in {info.name for info in list_avatars()}:
+        custom = body.avatar_image_url is not None or avatar_id not in style_names()
+        if custom and body.transport == "livekit":
             raise ApiError(
-                404,
-                p.CODE_NOT_FOUND,
-                f"unknown avatar_id {avatar_id!r}; GET /v1/avatars lists the available ones",
+                400,
+                p.CODE_BAD_REQUEST,
+                "transport livekit renders the built-in avatars only for now; use transport webrtc for "
+                "avatars made through /v1/avatars",
             )
+        if custom and body.avatar_image_url is None:
+            self.avatars.check_usable(key.id, avatar_id)  # 404 for unknown ids, 400 for failed builds
         if body.is_sandbox:
             duration = limits.sandbox_duration
         else:
@@ -494,6 +511,11 @@ class SessionManager:
                     f"{limits.max_session_duration} s",
                 )
         cap = key.max_concurrent if key.max_concurrent is not None else limits.max_concurrent_per_key
+        built = None
+        if body.avatar_image_url is not None:
+            # Built like POST /v1/avatars {image_url}; /start waits for it.
+            built = self.avatars.create_from_url(key, body.avatar_image_url, display_name=None, consent=None)
+            avatar_id = built.avatar_id
         now = time.time()
         token = new_session_token()
         record = SessionRecord(
@@ -518,6 +540,8 @@ class SessionManager:
             owner=self.server_id,
         )
         if not self.store.insert_session(record, max_active=cap):
+            if built is not None:  # no session will use it
+                self.avatars.delete(key, built.avatar_id)
             raise ApiError(
                 429,
                 p.CODE_LIMIT,
@@ -590,10 +614,12 @@ class SessionManager:
     async def start(self, record: SessionRecord) -> LiveSession:
         if record.state == p.STATE_ENDED:
             raise ApiError(410, p.CODE_GONE, f"session {record.id} has ended ({record.end_reason})")
-        if record.state == p.STATE_STARTED or record.id in self.live:
+        if record.state == p.STATE_STARTED or record.id in self.live or record.id in self._waiting:
             raise ApiError(409, p.CODE_CONFLICT, f"session {record.id} is already started")
         if self._closed:
             raise ApiError(503, p.CODE_INTERNAL, "the server is shutting down")
+        if record.avatar_id not in style_names():
+            await self._wait_for_avatar(record)
         capacity = self.config.limits.max_live_sessions
         if len(self.live) >= capacity:
             # Refused rather than admitted: one session too many makes every session on the machine drop
@@ -607,7 +633,13 @@ class SessionManager:
         if record.transport == "livekit":
             return await self._start_in_room(record)
         started_mono = time.monotonic()
-        engine = await asyncio.to_thread(self._build_engine, record)
+        try:
+            engine = await asyncio.to_thread(self._build_engine, record)
+        except ValueError as exc:  # a bundle that cannot be rendered (AvatarNotFoundError, BundleError)
+            await self.end(record.id, p.END_ERROR)
+            raise ApiError(
+                500, p.CODE_INTERNAL, f"could not load avatar {record.avatar_id!r}: {exc}"
+            ) from None
         session: LiveSession | None = None
 
         def on_event(event: SegmentEvent) -> None:
@@ -628,6 +660,25 @@ class SessionManager:
             await self.end(record.id, p.END_ERROR)
             raise
         return session
+
+    async def _wait_for_avatar(self, record: SessionRecord) -> None:
+        """Hold a start while the session's avatar builds (up to the configured wait). A failed or
+        deleted avatar ends the session: it could never start."""
+        self._waiting.add(record.id)
+        try:
+            await self.avatars.wait_ready(record.key_id, record.avatar_id, self.config.avatars.build_wait_s)
+        except ApiError as exc:
+            if exc.status in (400, 404):
+                await self.end(record.id, p.END_ERROR)
+            raise
+        finally:
+            self._waiting.discard(record.id)
+        if self._closed:
+            raise ApiError(503, p.CODE_INTERNAL, "the server is shutting down")
+        current = self.store.get_session(record.id)
+        if current is None or current.state == p.STATE_ENDED:  # stopped or expired while it waited
+            reason = current.end_reason if current is not None else "gone"
+            raise ApiError(410, p.CODE_GONE, f"session {record.id} has ended ({reason})")
 
     def _mark_started(self, record: SessionRecord, session: Session, now: float) -> None:
         """Record the start (this server owns the session from now) and count it live."""
@@ -688,13 +739,14 @@ class SessionManager:
             ) from None
         return session
 
-    @staticmethod
-    def _build_engine(record: SessionRecord) -> Engine:
+    def _build_engine(self, record: SessionRecord) -> Engine:
         settings = record.settings
+        # The id was checked at mint (a built-in, or one of the key's avatars): never a path.
         renderer = load_renderer(
             record.avatar_id,
             aspect=settings["aspect_ratio"],
             quality=settings["video_settings"]["quality"],
+            library=self.avatars.library,
         )
         return Engine(renderer, EngineConfig(fps=int(settings["fps"]), out_rate=WEBRTC_AUDIO_RATE))
 

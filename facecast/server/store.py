@@ -1,4 +1,5 @@
-"""The server's persistent store: API keys and session records, in SQLite (default) or PostgreSQL.
+"""The server's persistent store: API keys, session records and avatar records, in SQLite (default) or
+PostgreSQL.
 
 The API is synchronous and thread-safe: the asyncio server calls it directly because every query is a
 small indexed lookup. Times are unix seconds. Secrets never reach the database, only their hashes
@@ -23,7 +24,16 @@ from typing import Any, NamedTuple, Protocol
 import psycopg
 
 from facecast.server.auth import hash_secret, key_prefix, new_api_key
-from facecast.server.protocol import END_REASONS, STATE_CREATED, STATE_ENDED, STATE_STARTED
+from facecast.server.protocol import (
+    AVATAR_BUILDING,
+    AVATAR_FAILED,
+    AVATAR_READY,
+    AVATAR_STATUSES,
+    END_REASONS,
+    STATE_CREATED,
+    STATE_ENDED,
+    STATE_STARTED,
+)
 
 DEV_KEY_NAME = "dev"
 DEV_KEY_FILE = "dev-key"
@@ -80,6 +90,30 @@ class SessionRecord:
             return None
         end = self.ended_at if self.ended_at is not None else time.time()
         return max(0.0, end - self.started_at)
+
+
+@dataclass
+class AvatarRecord:
+    """An avatar uploaded or built through the API; its bundle is `<data_dir>/avatars/<id>.facecast`."""
+
+    avatar_id: str
+    owner: str  # the API key id that created it; no other key sees it
+    display_name: str
+    kind: str  # the bundle's kind: portrait (built from a photo) or whatever an uploaded bundle holds
+    status: str  # protocol.AVATAR_*: building -> ready | failed
+    progress: float  # 0..1 while building
+    stage: str  # what the build is doing ("queued", "analysing the face", ..., "done")
+    error: str | None  # why it failed
+    source: str  # protocol.AVATAR_SOURCE_*: upload | url | bundle
+    source_sha256: str | None  # of the uploaded bytes: the same upload by the same key is not built twice
+    created_at: float
+    updated_at: float
+    server: str | None = None  # the API server that runs (or ran) the build
+
+
+def new_avatar_id() -> str:
+    """`av_` + 12 hex digits: a valid bundle name, so it is also the library id."""
+    return "av_" + secrets.token_hex(6)
 
 
 def new_session_id() -> str:
@@ -143,6 +177,37 @@ class Store(Protocol):
         given (other servers' sessions on a shared database are still running); how many."""
         ...
 
+    def insert_avatar(self, record: AvatarRecord, *, max_building: int | None = None) -> bool:
+        """Store a new avatar. With `max_building`, only while its owner has fewer avatars building,
+        checked and inserted atomically; False when at the cap."""
+        ...
+
+    def get_avatar(self, avatar_id: str) -> AvatarRecord | None: ...
+
+    def list_avatars(self, owner: str) -> list[AvatarRecord]:
+        """This key's avatars, oldest first."""
+        ...
+
+    def avatar_by_source(self, owner: str, source_sha256: str) -> AvatarRecord | None:
+        """The key's building or ready avatar made from these bytes, if any (failed ones do not count)."""
+        ...
+
+    def count_building(self, owner: str) -> int: ...
+
+    def update_avatar(self, avatar_id: str, *, if_status: str | None = None, **fields: Any) -> bool:
+        """Set these fields (and updated_at); with `if_status` only while the avatar has that status.
+        False if the avatar is unknown (deleted) or not in that status."""
+        ...
+
+    def delete_avatar(self, avatar_id: str) -> bool:
+        """Remove the record; False if there was none."""
+        ...
+
+    def fail_building_avatars(self, error: str, now: float, *, server: str | None = None) -> list[str]:
+        """Mark every building avatar failed (crash recovery at start-up), only `server`'s if given;
+        the ids."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -183,6 +248,26 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX sessions_key_id ON sessions (key_id, created_at)",
         "CREATE INDEX sessions_state ON sessions (state)",
     ),
+    (
+        """CREATE TABLE avatars (
+            avatar_id TEXT PRIMARY KEY,
+            owner TEXT NOT NULL REFERENCES api_keys (id),
+            display_name TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            status TEXT NOT NULL,
+            progress {real} NOT NULL,
+            stage TEXT NOT NULL,
+            error TEXT,
+            source TEXT NOT NULL,
+            source_sha256 TEXT,
+            created_at {real} NOT NULL,
+            updated_at {real} NOT NULL,
+            server TEXT
+        )""",
+        "CREATE INDEX avatars_owner ON avatars (owner, created_at)",
+        "CREATE INDEX avatars_source ON avatars (owner, source_sha256)",
+        "CREATE INDEX avatars_status ON avatars (status)",
+    ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -192,6 +277,9 @@ _SESSION_COLUMNS = ", ".join(_SESSION_FIELDS)
 _JSON_FIELDS = frozenset({"settings", "stats"})
 _END_ONLY_FIELDS = frozenset({"ended_at", "end_reason"})
 _FIXED_FIELDS = frozenset({"id", "key_id", "created_at"})
+_AVATAR_FIELDS = tuple(f.name for f in fields(AvatarRecord))
+_AVATAR_COLUMNS = ", ".join(_AVATAR_FIELDS)
+_AVATAR_FIXED_FIELDS = frozenset({"avatar_id", "owner", "created_at", "source", "source_sha256"})
 
 
 def _check_schema_version(version: int) -> None:
@@ -214,6 +302,15 @@ def _encode(name: str, value: Any) -> Any:
 def _decode_json(value: Any) -> dict[str, Any]:
     # SQLite hands back the JSON text, psycopg an already-parsed JSONB value.
     return json.loads(value) if isinstance(value, str) else value
+
+
+def _check_avatar_status(status: str) -> None:
+    if status not in AVATAR_STATUSES:
+        raise ValueError(f"unknown avatar status {status!r}; expected one of {', '.join(AVATAR_STATUSES)}")
+
+
+def _avatar(row: Sequence[Any]) -> AvatarRecord:
+    return AvatarRecord(*row)
 
 
 def _session(row: Sequence[Any]) -> SessionRecord:
@@ -306,7 +403,9 @@ class _SqlStore(ABC):
     @abstractmethod
     def _insert_capped(
         self, key_id: str, count_sql: str, insert_sql: str, values: Sequence[Any], cap: int
-    ) -> bool: ...
+    ) -> bool:
+        """Run `insert_sql` only while `count_sql` (one `?`: the key id) counts fewer than `cap`, atomically
+        across threads, processes and servers."""
 
     def get_session(self, session_id: str) -> SessionRecord | None:
         rows = self._execute(f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE id = ?", (session_id,)).rows
@@ -385,6 +484,76 @@ class _SqlStore(ABC):
         return self._execute(
             f"UPDATE sessions SET state = '{STATE_ENDED}', ended_at = ?, end_reason = ? WHERE {where}", params
         ).rowcount
+
+    # -- avatars ------------------------------------------------------------------------------------
+    def insert_avatar(self, record: AvatarRecord, *, max_building: int | None = None) -> bool:
+        _check_avatar_status(record.status)
+        placeholders = ", ".join("?" for _ in _AVATAR_FIELDS)
+        values = list(astuple(record))
+        insert = f"INSERT INTO avatars ({_AVATAR_COLUMNS}) VALUES ({placeholders})"
+        if max_building is None:
+            self._execute(insert, values)
+            return True
+        count = f"SELECT COUNT(*) FROM avatars WHERE owner = ? AND status = '{AVATAR_BUILDING}'"
+        return self._insert_capped(record.owner, count, insert, values, max_building)
+
+    def get_avatar(self, avatar_id: str) -> AvatarRecord | None:
+        rows = self._execute(f"SELECT {_AVATAR_COLUMNS} FROM avatars WHERE avatar_id = ?", (avatar_id,)).rows
+        return _avatar(rows[0]) if rows else None
+
+    def list_avatars(self, owner: str) -> list[AvatarRecord]:
+        rows = self._execute(
+            f"SELECT {_AVATAR_COLUMNS} FROM avatars WHERE owner = ? ORDER BY created_at, avatar_id", (owner,)
+        ).rows
+        return [_avatar(row) for row in rows]
+
+    def avatar_by_source(self, owner: str, source_sha256: str) -> AvatarRecord | None:
+        rows = self._execute(
+            f"SELECT {_AVATAR_COLUMNS} FROM avatars WHERE owner = ? AND source_sha256 = ? "
+            f"AND status IN ('{AVATAR_BUILDING}', '{AVATAR_READY}') ORDER BY created_at LIMIT 1",
+            (owner, source_sha256),
+        ).rows
+        return _avatar(rows[0]) if rows else None
+
+    def count_building(self, owner: str) -> int:
+        rows = self._execute(
+            f"SELECT COUNT(*) FROM avatars WHERE owner = ? AND status = '{AVATAR_BUILDING}'", (owner,)
+        ).rows
+        return int(rows[0][0])
+
+    def update_avatar(self, avatar_id: str, *, if_status: str | None = None, **fields: Any) -> bool:
+        if not fields:
+            raise ValueError("no fields to update")
+        for name in fields:
+            if name not in _AVATAR_FIELDS:
+                raise ValueError(f"unknown avatar field {name!r}")
+            if name in _AVATAR_FIXED_FIELDS:
+                raise ValueError(f"an avatar's {name} cannot change")
+        if "status" in fields:
+            _check_avatar_status(fields["status"])
+        fields.setdefault("updated_at", time.time())
+        assignments = ", ".join(f"{name} = ?" for name in fields)
+        where, params = "avatar_id = ?", [*fields.values(), avatar_id]
+        if if_status is not None:
+            # The compare-and-set that keeps a finished build from reviving a deleted or failed avatar.
+            where += " AND status = ?"
+            params.append(if_status)
+        return self._execute(f"UPDATE avatars SET {assignments} WHERE {where}", params).rowcount == 1
+
+    def delete_avatar(self, avatar_id: str) -> bool:
+        return self._execute("DELETE FROM avatars WHERE avatar_id = ?", (avatar_id,)).rowcount == 1
+
+    def fail_building_avatars(self, error: str, now: float, *, server: str | None = None) -> list[str]:
+        where, params = f"status = '{AVATAR_BUILDING}'", [error, now]
+        if server is not None:
+            where += " AND server = ?"
+            params.append(server)
+        rows = self._execute(
+            f"UPDATE avatars SET status = '{AVATAR_FAILED}', stage = 'failed', error = ?, updated_at = ? "
+            f"WHERE {where} RETURNING avatar_id",
+            params,
+        ).rows
+        return sorted(row[0] for row in rows)
 
 
 class SQLiteStore(_SqlStore):

@@ -30,8 +30,9 @@ def add_livekit_parsers(subparsers: Any) -> None:
         "worker",
         help="serve avatars to LiveKit rooms (register for explicit agent dispatch)",
         description="Register with a LiveKit server as an avatar worker. Dispatch avatars to rooms with "
-        "the agent name; the dispatch metadata (JSON) may set avatar, aspect, quality, fps, "
-        "max_duration_s, agent_identity, avatar_identity, avatar_name.",
+        "the agent name; the dispatch metadata (JSON) may set avatar (a built-in name or an id in this "
+        "worker's avatar library), aspect, quality, fps, max_duration_s, agent_identity, avatar_identity, "
+        "avatar_name.",
     )
     worker.add_argument(
         "--agent-name",
@@ -39,7 +40,12 @@ def add_livekit_parsers(subparsers: Any) -> None:
         help=f"name to dispatch avatars by (default {DEFAULT_AGENT_NAME})",
     )
     _add_credentials(worker)
-    worker.add_argument("--avatar", default=DEFAULT_AVATAR, help=f"default avatar (default {DEFAULT_AVATAR})")
+    worker.add_argument(
+        "--avatar",
+        default=DEFAULT_AVATAR,
+        help=f"default avatar: a built-in name, an id in the avatar library ($FACECAST_AVATARS_DIR, see "
+        f"`facecast avatar list`) or a .facecast path (default {DEFAULT_AVATAR})",
+    )
     worker.add_argument("--aspect", default="1:1", choices=list(ASPECTS), help="default aspect (default 1:1)")
     worker.add_argument(
         "--quality", default="high", choices=list(QUALITIES), help="default frame size (default high)"

@@ -13,6 +13,11 @@ Dispatch an avatar into a room (from an agent, a backend, or `lk dispatch create
 Metadata keys, all optional: avatar, aspect, quality, fps, max_duration_s, agent_identity, avatar_identity,
 avatar_name. The worker joins with `lk.publish_on_behalf` = agent_identity, so frontends show it as the
 agent's avatar.
+
+`avatar` is a built-in name or the id of an avatar in the worker's library ($FACECAST_AVATARS_DIR, default
+~/.local/share/facecast/avatars; add avatars with `facecast avatar create`). A dispatch cannot name a file:
+only the worker's own `--avatar` default may be a `.facecast` path. A dispatch naming an avatar the worker
+does not have is rejected.
 """
 
 from __future__ import annotations
@@ -28,7 +33,9 @@ from typing import Any
 
 from livekit.agents import AgentServer, AutoSubscribe, JobContext, JobProcess, JobRequest
 
-from facecast.avatars import DEFAULT_AVATAR
+from facecast.avatars import DEFAULT_AVATAR, AvatarLibrary
+from facecast.avatars.library import is_bundle_path
+from facecast.hosts.livekit.generator import check_avatar
 from facecast.hosts.livekit.names import (
     ATTRIBUTE_PUBLISH_ON_BEHALF,
     DEFAULT_AGENT_NAME,
@@ -90,6 +97,11 @@ def parse_dispatch_metadata(metadata: str, defaults: AvatarJob | None = None) ->
             raise ValueError(f"dispatch metadata {key!r} has the wrong type: {value!r}")
         else:
             changes[key] = value
+    if "avatar" in changes and is_bundle_path(changes["avatar"]):
+        raise ValueError(
+            f"dispatch metadata 'avatar' must be a built-in name or an avatar id in the worker's library, "
+            f"not a path: {changes['avatar']!r}"
+        )
     return dataclasses.replace(base, **changes)
 
 
@@ -97,6 +109,7 @@ async def handle_request(defaults: AvatarJob, req: JobRequest) -> None:
     """Accept a dispatch as the avatar of the agent it names; reject metadata we cannot serve."""
     try:
         job = parse_dispatch_metadata(req.job.metadata, defaults)
+        check_avatar(job.avatar, AvatarLibrary())
     except ValueError as exc:
         logger.warning("rejecting dispatch to room %s: %s", req.room.name, exc)
         await req.reject()

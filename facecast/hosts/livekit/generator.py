@@ -15,13 +15,22 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
 from livekit import rtc
 from livekit.agents.voice.avatar import AudioSegmentEnd, AvatarOptions, VideoGenerator
 
-from facecast.avatars import DEFAULT_AVATAR, frame_size, load_renderer
+from facecast.avatars import (
+    DEFAULT_AVATAR,
+    AvatarLibrary,
+    AvatarNotFoundError,
+    frame_size,
+    load_bundle,
+    load_renderer,
+)
+from facecast.avatars.library import is_bundle_path
 from facecast.avatars.presets import check_background
 from facecast.avatars.style import style_names
 from facecast.engine import AudioFormatError, Engine, EngineConfig, FrameMeta, SegmentEnded
@@ -43,11 +52,29 @@ class Tick:
     epoch: int
 
 
-def check_avatar(avatar: str) -> None:
-    """Built-in avatars only; a clear error for anything else (image paths and URLs need the server)."""
-    names = style_names()
-    if avatar not in names:
-        raise ValueError(f"unknown avatar {avatar!r}; built-in avatars: {', '.join(names)}")
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+
+def check_avatar(avatar: str, library: AvatarLibrary | None = None) -> None:
+    """A built-in name, the id of a bundle in `library` (default: the default library) or a `.facecast`
+    path that exists; anything else raises ValueError (AvatarNotFoundError) listing what exists. Cheap: the
+    bundle itself is read and validated when the renderer is built. Photos must be built into a bundle
+    first (`facecast avatar create`)."""
+    if avatar in style_names():
+        return
+    library = library if library is not None else AvatarLibrary()
+    lowered = avatar.lower()
+    if lowered.startswith(("http://", "https://")) or lowered.endswith(_IMAGE_SUFFIXES):
+        raise ValueError(
+            f"avatar {avatar!r} is a photo, not an avatar: build it first with "
+            f"`facecast avatar create --image {avatar} --name ID` (library {library.root}) and use the id"
+        )
+    if is_bundle_path(avatar):
+        if not Path(avatar).expanduser().is_file():
+            raise AvatarNotFoundError(f"no avatar bundle at {avatar}")
+        return
+    if avatar not in library:
+        load_bundle(avatar, library)  # raises AvatarNotFoundError listing the available avatars
 
 
 class FacecastVideoGenerator(VideoGenerator):
@@ -67,9 +94,13 @@ class FacecastVideoGenerator(VideoGenerator):
         language: str = "en",
         lookahead_ms: int = DEFAULT_LOOKAHEAD_MS,
         seed: int = 0,
+        library: AvatarLibrary | None = None,
     ) -> None:
+        """`avatar` is a built-in name, an id in `library` (default: `AvatarLibrary()`, the folder
+        $FACECAST_AVATARS_DIR or ~/.local/share/facecast/avatars) or a `.facecast` path."""
         # Validate on the caller's thread so mistakes raise here; the costly build runs on the worker.
-        check_avatar(avatar)
+        library = library if library is not None else AvatarLibrary()
+        check_avatar(avatar, library)
         check_background(background)
         self.width, self.height = frame_size(aspect, quality)
         self.config = EngineConfig(
@@ -91,13 +122,20 @@ class FacecastVideoGenerator(VideoGenerator):
 
         def build() -> None:
             try:
-                renderer = load_renderer(avatar, aspect=aspect, quality=quality, background=background)
+                renderer = load_renderer(
+                    avatar, aspect=aspect, quality=quality, background=background, library=library
+                )
                 self._engine = Engine(renderer, self.config)
             except BaseException as exc:
                 self._build_error = exc
                 raise
 
-        self._executor.submit(self._timed, build)
+        self._built = self._executor.submit(self._timed, build)
+
+    async def wait_ready(self) -> None:
+        """Wait until the renderer and engine are built (reading the avatar's bundle); raises what the
+        build raised (BundleError for a damaged bundle, ...)."""
+        await asyncio.wrap_future(self._built)
 
     # -- properties ------------------------------------------------------------------------------------
     @property

@@ -23,7 +23,7 @@ from livekit import rtc
 from livekit.agents import utils
 from livekit.agents.voice.avatar import DataStreamAudioReceiver
 
-from facecast.avatars import DEFAULT_AVATAR, frame_size
+from facecast.avatars import DEFAULT_AVATAR, AvatarLibrary, frame_size
 from facecast.engine import EngineConfig
 from facecast.hosts.livekit.generator import FacecastVideoGenerator, check_avatar
 from facecast.hosts.livekit.names import (
@@ -75,7 +75,9 @@ class RoomAvatar:
 
     `agent_identity` is whom to listen to; by default the `lk.publish_on_behalf` attribute of the worker
     token, else the first agent participant. `room` lets a caller supply the `rtc.Room` (an agent job's
-    already-connected room, or a test double); a connected room is used as it is.
+    already-connected room, or a test double); a connected room is used as it is. `avatar` is a built-in
+    name, an id in `library` (default: `AvatarLibrary()`, $FACECAST_AVATARS_DIR or
+    ~/.local/share/facecast/avatars) or a `.facecast` path.
     """
 
     def __init__(
@@ -93,8 +95,10 @@ class RoomAvatar:
         agent_join_timeout_s: float = 60.0,
         sample_rate: int = 24000,
         room: rtc.Room | None = None,
+        library: AvatarLibrary | None = None,
     ) -> None:
-        check_avatar(avatar)
+        self._library = library if library is not None else AvatarLibrary()
+        check_avatar(avatar, self._library)
         frame_size(aspect, quality)
         EngineConfig(fps=fps, out_rate=sample_rate)  # validates both
         if max_duration_s is not None and max_duration_s <= 0:
@@ -163,7 +167,13 @@ class RoomAvatar:
                 quality=self._quality,
                 fps=self._fps,
                 sample_rate=self._sample_rate,
+                library=self._library,
             )
+            try:
+                await generator.wait_ready()  # a damaged bundle fails the start, not the first frame
+            except BaseException:
+                await generator.aclose()
+                raise
             # 20 ms frames rather than 100: a stream interrupted early has still shown us its audio.
             receiver = _RoomScopedReceiver(
                 self._room, sender_identity=self._agent_identity, frame_size_ms=RECEIVE_FRAME_MS

@@ -11,7 +11,7 @@ from loguru import logger
 from pipecat.frames.frames import OutputImageRawFrame
 from pipecat.utils.base_object import BaseObject
 
-from facecast.avatars import ProceduralRenderer, load_renderer
+from facecast.avatars import AvatarLibrary, ProceduralRenderer, load_renderer
 from facecast.engine import Engine, EngineConfig, PhoneTiming, Renderer, SegmentEnded, SegmentStarted
 from facecast.engine.config import OUT_RATES, TrackerMode
 from pipecat_facecast._playout import SEGMENT_DONE, OutputResampler, Position
@@ -70,7 +70,7 @@ class LocalAvatar:
         Args:
             owner: The processor whose task manager runs the clock task.
             emit: Called with every frame the clock produces.
-            avatar: Built-in avatar name.
+            avatar: A built-in avatar name, an id in the avatar library or a ``.facecast`` path.
             fps: Frames per second (25 or 30).
             aspect: Frame aspect ratio.
             quality: Frame size preset.
@@ -247,7 +247,9 @@ class LocalAvatar:
         if self._custom_renderer is not None:
             return self._custom_renderer
         avatar, aspect, quality, background = self._look
-        return load_renderer(avatar, aspect=aspect, quality=quality, background=background)
+        return load_renderer(
+            avatar, aspect=aspect, quality=quality, background=background, library=AvatarLibrary()
+        )
 
     def _require_engine(self) -> Engine:
         if self._engine is None:

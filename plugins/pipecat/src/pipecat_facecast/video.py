@@ -41,7 +41,7 @@ from pipecat.services.ai_service import AIService
 from pipecat.services.settings import ServiceSettings
 from pipecat.utils.types import NOT_GIVEN, NotGiven
 
-from facecast.avatars import BACKGROUNDS, DEFAULT_AVATAR, frame_size, load_style
+from facecast.avatars import BACKGROUNDS, DEFAULT_AVATAR, AvatarLibrary, frame_size, load_bundle
 from facecast.engine import EngineConfig, PhoneTiming, Renderer
 from facecast.engine.config import DEFAULT_LOOKAHEAD_MS, FPS_CHOICES, TrackerMode
 from pipecat_facecast._local import LocalAvatar
@@ -66,7 +66,10 @@ class FacecastVideoSettings(ServiceSettings):
     whose ``video_out_width``/``video_out_height`` match (Pipecat resizes other sizes, at a CPU cost).
 
     Parameters:
-        avatar: Built-in avatar name (``facecast.avatars.list_avatars()``: ava, leo, mira, noah).
+        avatar: A built-in avatar (ava, leo, mira, noah), the id of an avatar in the local avatar library
+            (``facecast avatar create``; ``$FACECAST_AVATARS_DIR``, default
+            ``~/.local/share/facecast/avatars``), or the path of a ``.facecast`` file. In remote mode, an
+            avatar id on the server (checked by the server).
         fps: Video frame rate, 25 or 30. Use 30 with ``SmallWebRTCTransport``, which stamps video at a
             fixed 30 fps.
         aspect: Frame aspect ratio: "1:1", "4:3" or "3:4".
@@ -194,7 +197,7 @@ class FacecastVideoService(AIService):
         )
         if settings is not None:
             default_settings.apply_update(settings)
-        _validate(default_settings)
+        _validate(default_settings, remote=bool(server_url))
         # Checks the look-ahead, tracker and language now rather than when the pipeline starts.
         EngineConfig(lookahead_ms=lookahead_ms, tracker=tracker, language=language)
         super().__init__(settings=default_settings, **kwargs)
@@ -484,7 +487,7 @@ class FacecastVideoService(AIService):
         candidate = self._settings.copy()
         candidate.apply_update(delta)
         try:
-            _validate(candidate)
+            _validate(candidate, remote=self._remote)
         except ValueError as e:
             await self.push_error(f"{self}: settings not applied: {e}", exception=e)
             return {}
@@ -508,9 +511,14 @@ class FacecastVideoService(AIService):
         return changed
 
 
-def _validate(settings: FacecastVideoSettings) -> None:
-    """Raise ValueError naming what is wrong with a complete settings object."""
-    load_style(settings.avatar)  # unknown names raise ValueError listing the available ones
+def _validate(settings: FacecastVideoSettings, *, remote: bool = False) -> None:
+    """Raise ValueError naming what is wrong with a complete settings object.
+
+    A remote avatar is the server's to check; a local one must be a built-in, a library id or a readable
+    .facecast file.
+    """
+    if not remote:
+        load_bundle(settings.avatar, AvatarLibrary())  # unknown ones raise ValueError listing what exists
     frame_size(settings.aspect, settings.quality)
     if settings.fps not in FPS_CHOICES:
         raise ValueError(f"fps must be one of {FPS_CHOICES}, got {settings.fps!r}")

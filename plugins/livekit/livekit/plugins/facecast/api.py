@@ -1,10 +1,16 @@
-"""A small client for the Facecast server's session API (the three calls an avatar session needs)."""
+"""A small client for the Facecast server's API: the three session calls an avatar session needs, and
+the avatar calls that turn a photo (or a `.facecast` bundle) into a server avatar id."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import mimetypes
+import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 from livekit.agents import (
@@ -19,6 +25,9 @@ from livekit.agents import (
 from .log import logger
 
 CODE_OK = 1000  # the `code` of a successful {code, data, message} response
+# GET /v1/avatars/{id} while an avatar builds: soon at first (a build takes seconds), then every second.
+AVATAR_POLL_FIRST = 0.25
+AVATAR_POLL_MAX = 1.0
 
 
 class FacecastException(Exception):
@@ -28,7 +37,8 @@ class FacecastException(Exception):
 
 class FacecastAPI:
     """`POST /v1/sessions/token` (API key) → session token; `/v1/sessions/start` and `/v1/sessions/stop`
-    (Bearer session token). Retries connection errors, timeouts, 5xx and 408/429 per `conn_options`."""
+    (Bearer session token); `POST /v1/avatars` and `GET /v1/avatars/{id}` (API key) to build an avatar
+    from a photo. Retries connection errors, timeouts, 5xx and 408/429 per `conn_options`."""
 
     def __init__(
         self,
@@ -61,6 +71,80 @@ class FacecastAPI:
             "/v1/sessions/stop", {"session_id": session_id, "reason": reason}, self._bearer(session_token)
         )
 
+    async def create_avatar(
+        self,
+        *,
+        image: str | Path | None = None,
+        bundle: str | Path | None = None,
+        image_url: str | None = None,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """`POST /v1/avatars` with one of: a local photo (multipart field `image`), a local `.facecast`
+        file (field `bundle`) or an http(s) photo URL (JSON `image_url`, fetched by the server). Returns
+        the avatar's status: {avatar_id, status ("building" | "ready" | "failed"), progress, stage,
+        error}. The server dedupes by content, so the same photo twice gives the same avatar. `timeout`
+        (s) replaces conn_options.timeout for this request: an upload may take longer than an API call."""
+        if sum(x is not None for x in (image, bundle, image_url)) != 1:
+            raise ValueError("give exactly one of image, bundle or image_url")
+        headers = {"X-API-KEY": self._api_key}
+        if image_url is not None:
+            data = await self._request(
+                "POST", "/v1/avatars", headers, body={"image_url": image_url}, timeout=timeout
+            )
+        else:
+            field, path = ("image", Path(image)) if image is not None else ("bundle", Path(bundle or ""))
+            try:
+                content = await asyncio.to_thread(path.read_bytes)
+            except OSError as exc:
+                raise FacecastException(f"cannot read {path}: {exc.strerror or exc}") from None
+            media_type = (
+                "application/zip" if field == "bundle" else mimetypes.guess_type(path.name)[0]
+            ) or "application/octet-stream"
+
+            def form() -> aiohttp.FormData:
+                fd = aiohttp.FormData()
+                fd.add_field(field, content, filename=path.name, content_type=media_type)
+                return fd
+
+            data = await self._request("POST", "/v1/avatars", headers, form=form, timeout=timeout)
+        return _avatar_status(data, "POST /v1/avatars")
+
+    async def get_avatar(self, avatar_id: str) -> dict[str, Any]:
+        """`GET /v1/avatars/{avatar_id}`: the avatar's status, as `create_avatar` returns it."""
+        path = f"/v1/avatars/{quote(avatar_id, safe='')}"
+        data = await self._request("GET", path, {"X-API-KEY": self._api_key})
+        return _avatar_status(data, f"GET {path}")
+
+    async def wait_avatar_ready(
+        self,
+        status: dict[str, Any],
+        *,
+        timeout: float,
+        on_progress: Callable[[dict[str, Any]], None] | None = None,
+    ) -> str:
+        """Poll an avatar from `create_avatar` until it is ready and return its id. A failed build raises
+        FacecastException with the server's reason; no answer within `timeout` s raises APITimeoutError."""
+        deadline = time.monotonic() + timeout
+        avatar_id = status["avatar_id"]
+        interval = AVATAR_POLL_FIRST
+        while True:
+            if on_progress is not None:
+                on_progress(status)
+            if status["status"] == "ready":
+                return avatar_id
+            if status["status"] == "failed":
+                reason = status.get("error") or "failed"
+                raise FacecastException(f"the Facecast server could not build avatar {avatar_id}: {reason}")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise APITimeoutError(
+                    f"facecast avatar {avatar_id} was not ready after {timeout:.0f} s "
+                    f"(last stage: {status.get('stage') or status['status']}); raise avatar_build_timeout"
+                )
+            await asyncio.sleep(min(interval, remaining))
+            interval = min(AVATAR_POLL_MAX, interval * 1.5)
+            status = await self.get_avatar(avatar_id)
+
     async def aclose(self) -> None:
         if self._own_session is not None:
             await self._own_session.close()
@@ -82,23 +166,47 @@ class FacecastAPI:
             return self._own_session
 
     async def _post(self, path: str, body: dict[str, Any], headers: dict[str, str]) -> dict[str, Any]:
+        return await self._request("POST", path, headers, body=body)
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        headers: dict[str, str],
+        *,
+        body: dict[str, Any] | None = None,
+        form: Callable[[], aiohttp.FormData] | None = None,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
         url = self._api_url + path
         attempt = 0
         while True:
             try:
-                return await self._post_once(url, body, headers)
+                return await self._request_once(method, url, headers, body, form, timeout)
             except (APIConnectionError, APIStatusError) as exc:
                 if not exc.retryable or attempt >= self._conn_options.max_retry:
                     raise
                 delay = self._conn_options._interval_for_retry(attempt)
                 attempt += 1
-                logger.warning("facecast %s failed (%s), retrying in %.1f s", path, exc, delay)
+                logger.warning("facecast %s %s failed (%s), retrying in %.1f s", method, path, exc, delay)
                 await asyncio.sleep(delay)
 
-    async def _post_once(self, url: str, body: dict[str, Any], headers: dict[str, str]) -> dict[str, Any]:
-        timeout = aiohttp.ClientTimeout(total=self._conn_options.timeout)
+    async def _request_once(
+        self,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        body: dict[str, Any] | None,
+        form: Callable[[], aiohttp.FormData] | None,
+        timeout_s: float | None,
+    ) -> dict[str, Any]:
+        timeout = aiohttp.ClientTimeout(total=timeout_s or self._conn_options.timeout)
+        # A form is single-use in aiohttp, so each attempt builds its own.
+        kwargs: dict[str, Any] = {"data": form()} if form is not None else {}
+        if body is not None:
+            kwargs["json"] = body
         try:
-            async with self._http().post(url, json=body, headers=headers, timeout=timeout) as resp:
+            async with self._http().request(method, url, headers=headers, timeout=timeout, **kwargs) as resp:
                 text = await resp.text()
                 status, request_id, reason = resp.status, resp.headers.get("x-request-id"), resp.reason
         except TimeoutError as exc:
@@ -122,3 +230,14 @@ class FacecastAPI:
             body=payload if payload is not None else text,
             request_id=request_id,
         )
+
+
+def _avatar_status(data: dict[str, Any], where: str) -> dict[str, Any]:
+    """Check the shape of an avatar status: {avatar_id, status, progress, stage, error}."""
+    if not isinstance(data.get("avatar_id"), str) or data.get("status") not in (
+        "building",
+        "ready",
+        "failed",
+    ):
+        raise FacecastException(f"Facecast {where} response lacks avatar_id/status: {data}")
+    return data

@@ -4,14 +4,23 @@ Remote mode (default): a Facecast server sends an avatar worker into the agent's
 goes to it over LiveKit data streams, and it publishes the talking face as its own participant.
 Local mode: the face is rendered inside the agent's process and published by the agent participant
 itself; no server, no second participant (needs the `local` extra: the facecast engine).
+
+The avatar is an id (a built-in such as "ava", or an avatar created on the server / in the local library),
+a photo (a local PNG/JPEG/WebP path or an http(s) URL), or a local `.facecast` bundle. A photo is turned into
+an avatar once, before the session starts: remote mode uploads it to the server (`POST /v1/avatars`) and
+waits for the build; local mode builds it into the local avatar library (the first build on a machine also
+installs the face analysis tools, about half a minute). The same photo again reuses that avatar.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
+import time
 import uuid
 from datetime import timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from livekit import api, rtc
@@ -21,6 +30,7 @@ from livekit.agents import (
     AgentSession,
     AgentStateChangedEvent,
     APIConnectOptions,
+    APITimeoutError,
     NotGivenOr,
     get_job_context,
     utils,
@@ -32,6 +42,7 @@ from .api import FacecastAPI, FacecastException
 from .log import logger
 
 if TYPE_CHECKING:
+    from facecast.avatars import AvatarLibrary
     from facecast.hosts.livekit.runner import FacecastAvatarRunner
 
 DEFAULT_API_URL = "http://localhost:8080"
@@ -41,10 +52,16 @@ DEFAULT_AVATAR_NAME = "Facecast avatar"
 ATTRIBUTE_PUBLISH_ON_BEHALF = "lk.publish_on_behalf"
 SAMPLE_RATE = 24000
 WORKER_TOKEN_TTL = timedelta(hours=6)
+DEFAULT_AVATAR_BUILD_TIMEOUT = (
+    180.0  # seconds: building an avatar from a photo (a first build installs tools)
+)
+BUNDLE_SUFFIX = ".facecast"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 AspectRatio = Literal["4:3", "3:4", "1:1"]
 VideoQuality = Literal["low", "medium", "high", "very_high"]
 Mode = Literal["remote", "local"]
+AvatarSource = Literal["id", "url", "image", "bundle"]
 _ASPECTS = ("4:3", "3:4", "1:1")
 _QUALITIES = ("low", "medium", "high", "very_high")
 
@@ -54,6 +71,29 @@ def _given_or_env(value: NotGivenOr[str | None], env: str | None, default: str |
     if utils.is_given(value) and value:
         return value
     return (os.environ.get(env) if env else None) or default
+
+
+def avatar_source(avatar: str) -> AvatarSource:
+    """What an `avatar=` value is: an http(s) photo URL, a local `.facecast` bundle, a local photo (a
+    PNG/JPEG/WebP name, or anything with a folder part), else an avatar id. A path that does not exist
+    raises FacecastException (an id never contains a dot or a slash)."""
+    lowered = avatar.lower()
+    if lowered.startswith(("http://", "https://")):
+        return "url"
+    if lowered.endswith(BUNDLE_SUFFIX):
+        kind: AvatarSource = "bundle"
+    elif lowered.endswith(IMAGE_SUFFIXES) or "/" in avatar or os.sep in avatar:
+        kind = "image"
+    else:
+        return "id"
+    if not Path(avatar).expanduser().is_file():
+        raise FacecastException(f"avatar {avatar!r} looks like a file path, but there is no such file")
+    return kind
+
+
+def photo_avatar_id(image: bytes) -> str:
+    """The id local mode gives the avatar built from a photo: the same photo always maps to the same id."""
+    return f"photo-{hashlib.sha256(image).hexdigest()[:12]}"
 
 
 def mint_worker_token(
@@ -97,12 +137,18 @@ class AvatarSession(BaseAvatarSession):
         avatar_participant_identity: NotGivenOr[str | None] = NOT_GIVEN,
         avatar_participant_name: NotGivenOr[str | None] = NOT_GIVEN,
         conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS,
+        avatar_build_timeout: float = DEFAULT_AVATAR_BUILD_TIMEOUT,
     ) -> None:
         """Create a Facecast avatar session.
 
         Args:
-            avatar: built-in avatar id, or an image path / URL (remote mode; the server decides what it
-                can render). Defaults to `FACECAST_AVATAR`, then "ava".
+            avatar: which face. An avatar id: a built-in ("ava", "leo", "mira", "noah") or one created
+                on the server (remote) or in the local avatar library (local, `facecast avatar create`);
+                a photo of one person facing the camera: a local PNG/JPEG/WebP path or an http(s) URL;
+                or a local `.facecast` bundle file. Photos and bundles become an avatar in `start()`:
+                remote mode uploads them to the server (a URL is fetched by the server), local mode
+                builds the photo into the local library as `photo-<hash>`; both reuse the avatar of a
+                photo seen before. Defaults to `FACECAST_AVATAR`, then "ava".
             aspect_ratio: "4:3", "3:4" or "1:1".
             mode: "remote" (a Facecast server renders; default) or "local" (this process renders).
             api_url: Facecast server URL. Defaults to `FACECAST_API_URL`, then http://localhost:8080.
@@ -113,9 +159,12 @@ class AvatarSession(BaseAvatarSession):
             avatar_participant_identity: LiveKit identity of the avatar worker (remote mode).
             avatar_participant_name: display name of the avatar worker (remote mode).
             conn_options: timeout and retries for the Facecast API.
+            avatar_build_timeout: how long `start()` may wait, in seconds, for an avatar to be built
+                from a photo or bundle (upload and build; default 180).
 
         Raises:
-            FacecastException: an invalid option, or no API key in remote mode.
+            FacecastException: an invalid option, an avatar path that does not exist, or no API key in
+                remote mode.
         """
         super().__init__()
         if mode not in ("remote", "local"):
@@ -128,8 +177,13 @@ class AvatarSession(BaseAvatarSession):
             raise FacecastException(
                 f"video_quality must be one of {', '.join(_QUALITIES)}, got {video_quality!r}"
             )
+        if not avatar_build_timeout > 0:
+            raise FacecastException(f"avatar_build_timeout must be positive, got {avatar_build_timeout!r}")
         self._mode: Mode = mode
         self._avatar = _given_or_env(avatar, "FACECAST_AVATAR", DEFAULT_AVATAR) or DEFAULT_AVATAR
+        self._avatar_source = avatar_source(self._avatar)
+        self._avatar_build_timeout = avatar_build_timeout
+        self._avatar_id: str | None = None  # what the avatar resolved to in start()
         self._aspect_ratio = aspect_ratio
         self._video_quality = video_quality
         self._max_duration_seconds = max_duration_seconds if utils.is_given(max_duration_seconds) else None
@@ -172,6 +226,13 @@ class AvatarSession(BaseAvatarSession):
     def mode(self) -> Mode:
         return self._mode
 
+    @property
+    def avatar_id(self) -> str | None:
+        """The avatar the session renders, once `start()` has resolved it: the id given, the server's id
+        for an uploaded photo or bundle (remote), the library id of a built photo or the bundle path
+        (local)."""
+        return self._avatar_id
+
     async def start(
         self,
         agent_session: AgentSession,
@@ -192,9 +253,10 @@ class AvatarSession(BaseAvatarSession):
 
         Raises:
             RuntimeError: start() was already called on this AvatarSession.
-            FacecastException: missing LiveKit credentials, an avatar local mode cannot render, or an
-                unexpected server response.
+            FacecastException: missing LiveKit credentials, an unknown avatar, a photo without a usable
+                face (the server's or the local build's reason), or an unexpected server response.
             APIStatusError / APIConnectionError: the Facecast server refused or could not be reached.
+            APITimeoutError: the avatar was not built within `avatar_build_timeout`.
         """
         if self._started:
             raise RuntimeError("AvatarSession.start() called twice; create a new AvatarSession")
@@ -243,6 +305,7 @@ class AvatarSession(BaseAvatarSession):
                 "livekit_url, livekit_api_key and livekit_api_secret must be set "
                 "by arguments or the LIVEKIT_URL / LIVEKIT_API_KEY / LIVEKIT_API_SECRET environment variables"
             )
+        avatar_id = await self._remote_avatar_id()
         await super().start(agent_session, room)
         agent_identity = self._agent_identity(room)
         room_name = self._room_name(room)
@@ -256,7 +319,7 @@ class AvatarSession(BaseAvatarSession):
         )
         body: dict[str, Any] = {
             "mode": "LITE",
-            "avatar_id": self._avatar,
+            "avatar_id": avatar_id,
             "aspect_ratio": self._aspect_ratio,
             "video_settings": {"quality": self._video_quality},
             "transport": "livekit",
@@ -275,9 +338,7 @@ class AvatarSession(BaseAvatarSession):
         started = await self._api.start_session(created["session_token"])
         self._session_id = started["session_id"]
         self._session_token = created["session_token"]
-        logger.debug(
-            "facecast session started", extra={"session_id": self._session_id, "avatar": self._avatar}
-        )
+        logger.debug("facecast session started", extra={"session_id": self._session_id, "avatar": avatar_id})
 
         agent_session.output.replace_audio_tail(
             DataStreamAudioOutput(
@@ -289,6 +350,39 @@ class AvatarSession(BaseAvatarSession):
                 wait_playback_start=True,
             )
         )
+
+    async def _remote_avatar_id(self) -> str:
+        """The server's id for the avatar: as given, or the id of the photo/bundle uploaded and built."""
+        assert self._api is not None
+        source = self._avatar_source
+        if source == "id":
+            self._avatar_id = self._avatar
+            return self._avatar
+        started = time.monotonic()
+        timeout = self._avatar_build_timeout
+        what = {"url": "photo URL", "image": "photo", "bundle": "bundle"}[source]
+        logger.info("facecast: sending the avatar %s %s to the server", what, self._avatar)
+        if source == "url":
+            status = await self._api.create_avatar(image_url=self._avatar, timeout=timeout)
+        elif source == "image":
+            status = await self._api.create_avatar(image=Path(self._avatar).expanduser(), timeout=timeout)
+        else:
+            status = await self._api.create_avatar(bundle=Path(self._avatar).expanduser(), timeout=timeout)
+        stages: list[str] = []
+
+        def on_progress(st: dict[str, Any]) -> None:
+            stage = str(st.get("stage") or st["status"])
+            if not stages or stages[-1] != stage:
+                stages.append(stage)
+                progress = st.get("progress")
+                pct = f" {progress * 100:.0f}%" if isinstance(progress, int | float) else ""
+                logger.info("facecast: avatar %s%s: %s", st["avatar_id"], pct, stage)
+
+        remaining = max(0.0, timeout - (time.monotonic() - started))
+        self._avatar_id = await self._api.wait_avatar_ready(
+            status, timeout=remaining, on_progress=on_progress
+        )
+        return self._avatar_id
 
     @staticmethod
     def _agent_identity(room: rtc.Room) -> str:
@@ -312,27 +406,34 @@ class AvatarSession(BaseAvatarSession):
     # -- local -----------------------------------------------------------------------------------------
     async def _start_local(self, agent_session: AgentSession, room: rtc.Room) -> None:
         try:
-            from facecast.hosts.livekit.generator import FacecastVideoGenerator, check_avatar
+            from facecast.avatars import AvatarLibrary
+            from facecast.hosts.livekit.generator import FacecastVideoGenerator
             from facecast.hosts.livekit.runner import FacecastAvatarRunner
         except ImportError as exc:
             raise FacecastException(
                 "local mode renders in this process and needs the facecast engine: "
                 "pip install 'livekit-plugins-facecast[local]'"
             ) from exc
+        library = AvatarLibrary()  # $FACECAST_AVATARS_DIR, else ~/.local/share/facecast/avatars
+        if self._avatar_source in ("url", "image"):
+            self._avatar_id = await self._build_local_avatar(library)
+        else:
+            self._avatar_id = self._avatar
         try:
-            check_avatar(self._avatar)
+            generator = FacecastVideoGenerator(
+                avatar=self._avatar_id,
+                aspect=self._aspect_ratio,
+                quality=self._video_quality,
+                sample_rate=SAMPLE_RATE,
+                library=library,
+            )
         except ValueError as exc:
-            raise FacecastException(
-                f"local mode renders built-in avatars only ({exc}); image avatars need a Facecast server "
-                "(mode='remote')"
-            ) from None
-
-        generator = FacecastVideoGenerator(
-            avatar=self._avatar,
-            aspect=self._aspect_ratio,
-            quality=self._video_quality,
-            sample_rate=SAMPLE_RATE,
-        )
+            raise FacecastException(f"local mode cannot render avatar {self._avatar!r}: {exc}") from None
+        try:
+            await generator.wait_ready()  # reads and checks the bundle, off the event loop
+        except Exception as exc:
+            await generator.aclose()
+            raise FacecastException(f"local mode cannot render avatar {self._avatar!r}: {exc}") from None
         # The agent's audio goes to the renderer, which publishes it with the video, in sync.
         output = QueueAudioOutput(sample_rate=SAMPLE_RATE, wait_playback_start=True)
         self._runner = FacecastAvatarRunner(room, audio_recv=output, generator=generator)
@@ -347,6 +448,44 @@ class AvatarSession(BaseAvatarSession):
         else:
             # the avatar is the agent participant itself, which can publish only once connected
             self._local_start_task = asyncio.create_task(self._start_runner_when_connected(room))
+
+    async def _build_local_avatar(self, library: AvatarLibrary) -> str:
+        """Build the photo into `library` as `photo-<sha256 of its bytes>`, unless that avatar exists."""
+        from facecast.avatars.build import build_avatar
+        from facecast.avatars.faces import FaceAnalysisError
+        from facecast.avatars.fetch import FetchPolicy, load_image_source
+        from facecast.avatars.library import AvatarExistsError
+
+        def build() -> str:
+            image = load_image_source(self._avatar, FetchPolicy.from_env())
+            avatar_id = photo_avatar_id(image.data)
+            if avatar_id in library:
+                return avatar_id
+            logger.info("facecast: building avatar %s from %s into %s", avatar_id, self._avatar, library.root)
+            stages: list[str] = []
+
+            def progress(stage: str, fraction: float) -> None:
+                if not stages or stages[-1] != stage:
+                    stages.append(stage)
+                    logger.info("facecast: avatar %s %.0f%%: %s", avatar_id, fraction * 100, stage)
+
+            try:
+                build_avatar(image.data, name=avatar_id, library=library, progress=progress)
+            except AvatarExistsError:
+                if avatar_id not in library:  # built meanwhile by another session: use it
+                    raise
+            return avatar_id
+
+        try:
+            return await asyncio.wait_for(asyncio.to_thread(build), self._avatar_build_timeout)
+        except TimeoutError:
+            raise APITimeoutError(
+                f"facecast: building the avatar from {self._avatar} took over "
+                f"{self._avatar_build_timeout:.0f} s; raise avatar_build_timeout (the build goes on in the "
+                "background and its avatar is reused once done)"
+            ) from None
+        except (ValueError, FaceAnalysisError) as exc:
+            raise FacecastException(f"cannot build an avatar from {self._avatar}: {exc}") from None
 
     async def _start_runner_when_connected(self, room: rtc.Room) -> None:
         connected = asyncio.Event()
