@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import stat
 import struct
@@ -22,6 +23,7 @@ from facecast.avatars.bundle import (
     FORMAT_VERSION,
     MAX_ENTRIES,
     MAX_IMAGE_PIXELS,
+    Bundle,
     FrameSize,
     Manifest,
     asset_info,
@@ -156,19 +158,46 @@ def test_bundle_renders_like_the_builtin(tmp_path: Path, ava: tuple[Manifest, di
     np.testing.assert_array_equal(got, want)
 
 
-def test_portrait_round_trip_with_images(tmp_path: Path) -> None:
+def npy(arr: np.ndarray, *, allow_pickle: bool = False) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=allow_pickle)
+    return buf.getvalue()
+
+
+def test_images_and_arrays_in_a_bundle(tmp_path: Path) -> None:
     png, rgb = encoded(".png")
     jpg, _ = encoded(".jpg")
-    files = {"photo.png": png, "layers/photo.jpg": jpg, "warp.npy": b"\x93NUMPY fake"}
-    bundle = read_bundle(write_bundle(tmp_path / "jo.facecast", portrait(files), files))
-    assert bundle.manifest.extra == {"landmarks": [[1.5, 2.0], [3.0, 4.25]]}
+    grid = np.arange(6, dtype="<f4").reshape(2, 3)
+    files = {
+        "photo.png": png,
+        "layers/photo.jpg": jpg,
+        "warp.npy": npy(grid),
+        "bad.npy": b"\x93NUMPY fake",
+        "objects.npy": npy(np.array([{"x": 1}], dtype=object), allow_pickle=True),
+        "nan.npy": npy(np.array([1.0, np.nan], "<f4")),
+    }
+    path = write_bundle(tmp_path / "jo.facecast", portrait(files), files)
+    # These files are not a portrait the renderer can use: refused when the bundle is read.
+    with pytest.raises(ValueError, match=r"not a valid portrait"):
+        read_bundle(path)
+    bundle = Bundle(path=path, manifest=portrait(files), files=files)
     assert bundle.manifest.assets["warp.npy"].media_type == "application/x-npy"
     np.testing.assert_array_equal(bundle.image("photo.png"), rgb)  # RGB order, not OpenCV's BGR
+    assert bundle.image("photo.png", gray=True).shape == (6, 8)
     jpeg_pixels = bundle.image("layers/photo.jpg")
     assert jpeg_pixels.shape == (6, 8, 3)
     assert jpeg_pixels[0, 0, 0] > 200 and jpeg_pixels[0, -1, 2] > 200
-    with pytest.raises(ValueError, match=r"not supported"):
-        renderer_from_bundle(bundle)
+    np.testing.assert_array_equal(bundle.array("warp.npy", (2, -1)), grid)
+    with pytest.raises(ValueError, match=r"has shape \(2, 3\), expected \(3, 2\)"):
+        bundle.array("warp.npy", (3, 2))
+    with pytest.raises(ValueError, match=r"has dtype <f4"):
+        bundle.array("warp.npy", (2, 3), ("<f2",))
+    with pytest.raises(ValueError, match=r"not a valid .npy"):
+        bundle.array("bad.npy", (1,))
+    with pytest.raises(ValueError, match=r"not a valid .npy"):  # pickles are never loaded
+        bundle.array("objects.npy", (1,))
+    with pytest.raises(ValueError, match=r"NaN or infinite"):
+        bundle.array("nan.npy", (2,))
     with pytest.raises(ValueError, match=r"no asset 'nope.png'"):
         bundle.asset("nope.png")
 
