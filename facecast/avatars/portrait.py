@@ -215,12 +215,12 @@ class PortraitRenderer:
         fstep = float(x["face_step"])
         faces = [self._resample(f, cx, cy, origin, fstep) for f in d.face]
         # Only the region any field moves is remapped; the rest of the frame is the static base.
-        moving = np.zeros((self._h, self._w), bool)
-        for f in (*heads, *faces):
-            moving |= np.abs(f).max(axis=2) > 0.05
-        fmoving = np.zeros_like(moving)
+        fmoving = np.zeros((self._h, self._w), bool)
         for f in faces:
-            fmoving |= np.abs(f).max(axis=2) > 0.05
+            fmoving |= (np.abs(f[..., 0]) > 0.05) | (np.abs(f[..., 1]) > 0.05)
+        moving = fmoving.copy()
+        for f in heads:
+            moving |= (np.abs(f[..., 0]) > 0.05) | (np.abs(f[..., 1]) > 0.05)
         self._roi = _bbox(moving, self._h, self._w)
         y0, y1, x0, x1 = self._roi
         fy0, fy1, fx0, fx1 = _bbox(fmoving, self._h, self._w)
