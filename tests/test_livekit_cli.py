@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,6 +16,8 @@ import pytest
 import soundfile as sf
 from livekit_room import URL, MemoryRoom, MemoryServer
 
+from facecast.avatars import AvatarLibrary
+from facecast.avatars.bundle import bundle_from_style
 from facecast.hosts.livekit.cli import add_livekit_parsers, run_say_command, run_worker_command
 from facecast.hosts.livekit.dispatch import (
     AvatarJob,
@@ -123,6 +126,63 @@ async def test_dispatch_request_accepts_as_the_agents_avatar() -> None:
     bad = _Request("not json")
     await handle_request(AvatarJob(), bad)  # type: ignore[arg-type]
     assert bad.rejected and bad.accepted is None
+
+
+def _library_with_bob(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AvatarLibrary:
+    """The worker's library ($FACECAST_AVATARS_DIR) in a temporary folder, holding `bob`."""
+    monkeypatch.setenv("FACECAST_AVATARS_DIR", str(tmp_path / "avatars"))
+    manifest, files = bundle_from_style("noah")
+    library = AvatarLibrary()
+    library.save(dataclasses.replace(manifest, name="bob"), files)
+    return library
+
+
+async def test_dispatch_accepts_library_avatars_and_rejects_others(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    library = _library_with_bob(tmp_path, monkeypatch)
+    for avatar in ("leo", "bob"):
+        req = _Request(json.dumps({"avatar": avatar}))
+        await handle_request(AvatarJob(), req)  # type: ignore[arg-type]
+        assert req.accepted is not None and not req.rejected
+    for avatar in ("nobody", str(library.path("bob")), "../bob.facecast", "https://example.com/me.jpg"):
+        req = _Request(json.dumps({"avatar": avatar}))
+        await handle_request(AvatarJob(), req)  # type: ignore[arg-type]
+        assert req.rejected and req.accepted is None, avatar
+    with pytest.raises(ValueError, match="not a path"):
+        parse_dispatch_metadata(json.dumps({"avatar": str(library.path("bob"))}))
+
+    # The worker's own default may be a library id or a bundle path (its operator's choice).
+    monkeypatch.delenv("LIVEKIT_URL", raising=False)
+    for avatar in ("bob", str(library.path("bob"))):
+        with pytest.raises(ValueError, match="LIVEKIT_URL"):  # past the avatar check
+            run_worker_command(parse(["worker", "--avatar", avatar]))
+    with pytest.raises(ValueError, match="is a photo"):
+        run_worker_command(parse(["worker", "--avatar", "me.jpg"]))
+
+
+async def test_room_avatar_renders_a_library_avatar_and_fails_fast_on_a_damaged_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    library = _library_with_bob(tmp_path, monkeypatch)
+    server = MemoryServer()
+    agent = await server.connect("agent-7", "room-1", kind="agent")
+    token = mint_worker_token(
+        server.api_key, server.api_secret, room="room-1", identity="face", name="F", agent_identity="agent-7"
+    )
+    avatar = RoomAvatar(URL, token, avatar="bob", quality="low", room=server.new_room())  # type: ignore[arg-type]
+    await avatar.start()
+    async with asyncio.timeout(HANG_S):
+        while len(agent.remote_participants["face"].track_publications) < 1:
+            await asyncio.sleep(0.01)
+    await avatar.aclose()
+
+    library.path("bob").write_bytes(b"damaged")
+    avatar = RoomAvatar(URL, token, avatar="bob", quality="low", room=server.new_room())  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="not a valid zip"):
+        await avatar.start()
+    assert await asyncio.wait_for(avatar.ended, HANG_S) == "error"
+    await agent.disconnect()
 
 
 class _JobContext:

@@ -683,3 +683,155 @@ async def test_remote_mode_against_the_real_facecast_server(
     assert ended is not None and ended.end_reason == "stopped"
     assert ended.stats["frames_sent"] > 0
     await session.aclose()
+
+
+async def test_avatar_calls_against_the_real_facecast_server(
+    real_facecast_server: tuple[str, str, Any], tmp_path: Path
+) -> None:
+    """The plugin's avatar client and the server agree: upload, poll, dedupe, failures."""
+    from photos import skimage_data_dir
+
+    url, key, _ = real_facecast_server
+    client = facecast.FacecastAPI(api_url=url, api_key=key, conn_options=FAST)
+    try:
+        bundle = make_bundle(tmp_path, "erin", "mira")
+        status = await client.create_avatar(bundle=bundle)
+        assert status["status"] == "ready"  # a bundle is installed at once
+        assert await client.wait_avatar_ready(status, timeout=5) == status["avatar_id"]
+
+        photo = skimage_data_dir() / "astronaut.png"
+        status = await client.create_avatar(image=photo, timeout=60)
+        assert status["status"] in ("building", "ready")
+        seen: list[str] = []
+        avatar_id = await client.wait_avatar_ready(
+            status, timeout=120, on_progress=lambda st: seen.append(st["status"])
+        )
+        assert avatar_id == status["avatar_id"] and seen[-1] == "ready"
+        got = await client.get_avatar(avatar_id)
+        assert got["status"] == "ready" and got["progress"] == 1.0
+        again = await client.create_avatar(image=photo)
+        assert (again["avatar_id"], again["status"]) == (avatar_id, "ready")  # deduped by content
+
+        status = await client.create_avatar(image=skimage_data_dir() / "coffee.png")
+        with pytest.raises(facecast.FacecastException, match="face"):
+            await client.wait_avatar_ready(status, timeout=120)
+
+        with pytest.raises(APIStatusError) as err:
+            await client.get_avatar("no-such-avatar")
+        assert err.value.status_code == 404
+        wrong = facecast.FacecastAPI(api_url=url, api_key="wrong", conn_options=FAST)
+        with pytest.raises(APIStatusError) as err:
+            await wrong.create_avatar(image_url="https://images.example.com/me.jpg")
+        assert err.value.status_code == 401
+        await wrong.aclose()
+    finally:
+        await client.aclose()
+
+
+# The server refuses avatars made through /v1/avatars with transport livekit until its session manager
+# passes its avatar library to RoomAvatar (`library=`); these two run once it does.
+_LIVEKIT_API_AVATARS = pytest.mark.xfail(
+    reason="facecast.server: transport livekit renders built-in avatars only (RoomAvatar needs library=)",
+    raises=APIStatusError,
+    strict=False,
+)
+
+
+@_LIVEKIT_API_AVATARS
+async def test_remote_mode_uploads_a_bundle_to_the_real_facecast_server(
+    rooms: Rooms, job: JobContext, real_facecast_server: tuple[str, str, Any], tmp_path: Path
+) -> None:
+    url, key, store = real_facecast_server
+    bundle = make_bundle(tmp_path, "erin", "mira")
+    avatar = facecast.AvatarSession(
+        avatar=str(bundle),
+        aspect_ratio="1:1",
+        api_url=url,
+        api_key=key,
+        video_quality="low",
+        conn_options=FAST,
+    )
+    session, states = await start_session(avatar, rooms.agent, **LK)
+    assert avatar.avatar_id is not None and avatar.session_id is not None
+    record = store.get_session(avatar.session_id)
+    assert record is not None and record.avatar_id == avatar.avatar_id
+
+    handle = session.say("Hello there.", audio=speech(0.5))
+    await asyncio.wait_for(handle.wait_for_playout(), HANG_S)
+    assert states[-2:] == ["speaking", "listening"]
+    await avatar.aclose()
+    await session.aclose()
+
+
+@_LIVEKIT_API_AVATARS
+async def test_remote_mode_builds_a_photo_on_the_real_facecast_server(
+    rooms: Rooms, job: JobContext, real_facecast_server: tuple[str, str, Any]
+) -> None:
+    from photos import skimage_data_dir
+
+    url, key, store = real_facecast_server
+    photo = skimage_data_dir() / "astronaut.png"
+    avatar = facecast.AvatarSession(
+        avatar=str(photo),
+        aspect_ratio="1:1",
+        api_url=url,
+        api_key=key,
+        video_quality="low",
+        conn_options=FAST,
+    )
+    session, states = await start_session(avatar, rooms.agent, **LK)
+    assert avatar.avatar_id is not None and avatar.session_id is not None
+    record = store.get_session(avatar.session_id)
+    assert record is not None and record.avatar_id == avatar.avatar_id
+
+    handle = session.say("Hello there.", audio=speech(0.5))
+    await asyncio.wait_for(handle.wait_for_playout(), HANG_S)
+    assert states[-2:] == ["speaking", "listening"]
+    worker = rooms.user.remote_participants["facecast-avatar"]
+    assert {p.name for p in worker.track_publications.values()} == {"avatar_audio", "avatar_video"}
+    await avatar.aclose()
+    await session.aclose()
+
+    # The same photo again is the same avatar, ready at once (the server dedupes by content).
+    again = facecast.AvatarSession(
+        avatar=str(photo),
+        aspect_ratio="1:1",
+        api_url=url,
+        api_key=key,
+        video_quality="low",
+        conn_options=FAST,
+    )
+    session, _ = await start_session(again, rooms.agent, **LK)
+    assert again.avatar_id == avatar.avatar_id
+    await again.aclose()
+    await session.aclose()
+
+
+async def test_local_mode_builds_a_photo_into_the_library_once(
+    rooms: Rooms, job: JobContext, library: AvatarLibrary
+) -> None:
+    from photos import skimage_data_dir
+
+    photo = skimage_data_dir() / "astronaut.png"
+    expected = photo_avatar_id(photo.read_bytes())
+    avatar = facecast.AvatarSession(avatar=str(photo), mode="local", video_quality="low")
+    session, states = await start_session(avatar, rooms.agent)
+    assert avatar.avatar_id == expected and expected in library
+    assert library.load(expected).manifest.kind == "portrait"
+    handle = session.say("Hi.", audio=speech(0.4))
+    await asyncio.wait_for(handle.wait_for_playout(), HANG_S)
+    assert states[-2:] == ["speaking", "listening"]
+    await avatar.aclose()
+    await session.aclose()
+
+    # Built once: the second session reuses the bundle (same file, not rewritten).
+    stamp = library.path(expected).stat().st_mtime_ns
+    again = facecast.AvatarSession(avatar=str(photo), mode="local", video_quality="low")
+    session, _ = await start_session(again, rooms.agent)
+    assert again.avatar_id == expected and library.path(expected).stat().st_mtime_ns == stamp
+    await again.aclose()
+    await session.aclose()
+
+    coffee = facecast.AvatarSession(avatar=str(skimage_data_dir() / "coffee.png"), mode="local")
+    with pytest.raises(facecast.FacecastException, match="face"):
+        await coffee.start(AgentSession(), room=rooms.agent)  # type: ignore[arg-type]

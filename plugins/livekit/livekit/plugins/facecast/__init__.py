@@ -6,6 +6,9 @@
     await avatar.start(session, room=ctx.room)
     await session.start(agent=MyAgent(), room=ctx.room)
 
+`avatar=` is an avatar id ("ava", or one made on the server), a photo (a local path or an http(s) URL,
+built into an avatar in `start()`), or a `.facecast` file.
+
 Docs: docs/livekit.md in the Facecast repository.
 """
 
