@@ -60,6 +60,15 @@ async def render_metrics(manager: SessionManager) -> str:
     ]
     for reason, count in sorted(manager.ended_total.items()):
         lines.append(f'facecast_sessions_ended_total{{reason="{_escape(reason)}"}} {count}')
+    avatars = manager.avatars
+    lines += [
+        "# HELP facecast_avatar_builds_total Avatar builds this server has run",
+        "# TYPE facecast_avatar_builds_total counter",
+        f"facecast_avatar_builds_total {avatars.builds_total}",
+        "# HELP facecast_avatar_builds_pending Avatar builds queued or running on this server",
+        "# TYPE facecast_avatar_builds_pending gauge",
+        f"facecast_avatar_builds_pending {avatars.pending_builds}",
+    ]
     rss = _rss_bytes()
     if rss is not None:
         lines += [

@@ -167,7 +167,11 @@ class LiveSession:
     async def reply_error(
         self, reply: EventSink, code: int, message: str, event_id: str | None = None
     ) -> None:
-        event = {"type": p.ERROR, "event_id": event_id or uuid.uuid4().hex, "session_id": self.id}
+        event: dict[str, Any] = {
+            "type": p.ERROR,
+            "event_id": event_id or uuid.uuid4().hex,
+            "session_id": self.id,
+        }
         event.update(code=code, message=message)
         with contextlib.suppress(Exception):  # the sender may be gone already
             await reply(event)
@@ -611,7 +615,7 @@ class SessionManager:
             )
         return record
 
-    async def start(self, record: SessionRecord) -> LiveSession:
+    async def start(self, record: SessionRecord) -> Session:
         if record.state == p.STATE_ENDED:
             raise ApiError(410, p.CODE_GONE, f"session {record.id} has ended ({record.end_reason})")
         if record.state == p.STATE_STARTED or record.id in self.live or record.id in self._waiting:
