@@ -728,16 +728,6 @@ async def test_avatar_calls_against_the_real_facecast_server(
         await client.aclose()
 
 
-# The server refuses avatars made through /v1/avatars with transport livekit until its session manager
-# passes its avatar library to RoomAvatar (`library=`); these two run once it does.
-_LIVEKIT_API_AVATARS = pytest.mark.xfail(
-    reason="facecast.server: transport livekit renders built-in avatars only (RoomAvatar needs library=)",
-    raises=APIStatusError,
-    strict=False,
-)
-
-
-@_LIVEKIT_API_AVATARS
 async def test_remote_mode_uploads_a_bundle_to_the_real_facecast_server(
     rooms: Rooms, job: JobContext, real_facecast_server: tuple[str, str, Any], tmp_path: Path
 ) -> None:
@@ -763,7 +753,6 @@ async def test_remote_mode_uploads_a_bundle_to_the_real_facecast_server(
     await session.aclose()
 
 
-@_LIVEKIT_API_AVATARS
 async def test_remote_mode_builds_a_photo_on_the_real_facecast_server(
     rooms: Rooms, job: JobContext, real_facecast_server: tuple[str, str, Any]
 ) -> None:

@@ -453,11 +453,14 @@ def test_session_with_avatar_image_url(server: RunningServer, key: str) -> None:
     assert record.end_reason == p.END_ERROR
 
 
-def test_livekit_sessions_refuse_avatars_made_here(server: RunningServer, key: str, tmp_path: Path) -> None:
+def test_livekit_sessions_take_avatars_made_here(server: RunningServer, key: str, tmp_path: Path) -> None:
+    """Minting is accepted; the worker rendering them in a room is tested with the plugin against this
+    server (tests/test_livekit_plugin.py, remote mode with an uploaded bundle and a photo)."""
     avatar_id = upload(server, key, "bundle", bundle_bytes(tmp_path))[1]["data"]["avatar_id"]
     livekit = {"livekit_url": "ws://lk:7880", "livekit_room": "r", "livekit_worker_token": "t"}
     status, body = mint(server, key, avatar_id=avatar_id, transport="livekit", livekit_config=livekit)
-    assert status == 400 and "built-in avatars only" in body["message"], body
+    assert status == 200, body
+    assert server.session(body["data"]["session_id"]).avatar_id == avatar_id
 
 
 def test_session_cap_discards_the_avatar_it_would_have_built(tmp_path: Path) -> None:

@@ -494,13 +494,6 @@ class SessionManager:
                 )
         avatar_id = limits.sandbox_avatar if body.is_sandbox else (body.avatar_id or limits.sandbox_avatar)
         custom = body.avatar_image_url is not None or avatar_id not in style_names()
-        if custom and body.transport == "livekit":
-            raise ApiError(
-                400,
-                p.CODE_BAD_REQUEST,
-                "transport livekit renders the built-in avatars only for now; use transport webrtc for "
-                "avatars made through /v1/avatars",
-            )
         if custom and body.avatar_image_url is None:
             self.avatars.check_usable(key.id, avatar_id)  # 404 for unknown ids, 400 for failed builds
         if body.is_sandbox:
@@ -730,6 +723,7 @@ class SessionManager:
             agent_identity=lk["agent_identity"],
             on_end=on_end,
             room=self.livekit_room_factory() if self.livekit_room_factory is not None else None,
+            library=self.avatars.library,
         )
         now = time.time()
         session = RoomSession(record, worker, started_mono=started_mono)
