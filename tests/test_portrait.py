@@ -241,3 +241,23 @@ def test_bundle_object_reads_images_and_arrays(bundle_path: Path) -> None:
     assert bundle.image("mask.png", gray=True).ndim == 2
     with pytest.raises(BundleError, match=r"has dtype"):
         bundle.array("landmarks.npy", (478, 3), ("<f2",))
+
+
+def test_a_tilted_photo_still_talks(tmp_path: Path) -> None:
+    """A mildly non-frontal pose (head tilted 12°, photo squeezed sideways as by a slight turn) builds, and
+    its mouth opens along the tilted face."""
+    photo = astronaut_rgb()
+    rotation = cv2.getRotationMatrix2D((225.0, 125.0), 12.0, 1.0)
+    tilted = cv2.warpAffine(photo, rotation, (512, 512), borderMode=cv2.BORDER_REFLECT)
+    tilted = cv2.resize(cv2.resize(tilted, (440, 512)), (512, 512))[:, 20:492]
+    ok, png = cv2.imencode(".png", cv2.cvtColor(np.ascontiguousarray(tilted), cv2.COLOR_RGB2BGR))
+    assert ok
+    library = AvatarLibrary(tmp_path)
+    manifest = build_avatar(png.tobytes(), name="tilted", library=library)
+    ax, ay = manifest.extra["mouth_axis"]
+    assert abs(np.degrees(np.arctan2(ay, ax))) > 6  # the mouth line follows the tilt
+    r = load_renderer("tilted", library=library)
+    box = r.mouth_box()  # type: ignore[attr-defined]
+    rest = mouth_open_from_pixels(r.render(FaceState()), box)
+    speaking = mouth_open_from_pixels(r.render(FaceState(mouth=MouthParams(open=0.9))), box)
+    assert speaking > rest + 0.03
