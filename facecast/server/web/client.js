@@ -42,26 +42,69 @@ async function api(path, { key, token, body, method = "POST" } = {}) {
   return payload.data;
 }
 
-async function loadAvatars() {
-  const res = await fetch("/v1/avatars");
+async function loadAvatars(select = null) {
+  // With a key, the list also holds that key's own avatars (photo avatars made on this server).
+  const key = $("api-key").value.trim();
+  const res = await fetch("/v1/avatars", key ? { headers: { "X-API-KEY": key } } : {});
   const { data } = await res.json();
   const box = $("avatars");
   box.replaceChildren();
-  for (const avatar of data.avatars) {
+  const ready = data.avatars.filter((avatar) => avatar.status === "ready");
+  for (const avatar of ready) {
     const button = document.createElement("button");
     button.type = "button";
     button.className = "avatar";
     button.setAttribute("role", "radio");
-    button.title = `${avatar.name} — ${avatar.description}`;
+    button.title = avatar.builtin ? `${avatar.name} — ${avatar.description}` : avatar.name;
     button.dataset.id = avatar.avatar_id;
     const img = document.createElement("img");
-    img.src = avatar.preview_url;
     img.alt = avatar.name;
+    if (avatar.builtin) img.src = avatar.preview_url;
+    else previewWithKey(img, avatar.preview_url, key);  // a real person's photo: the key is needed to see it
     button.append(img);
     button.addEventListener("click", () => selectAvatar(avatar.avatar_id));
     box.append(button);
   }
-  if (data.avatars.length) selectAvatar(data.avatars[0].avatar_id);
+  const wanted = ready.find((avatar) => avatar.avatar_id === (select || state.avatar));
+  if (wanted || ready.length) selectAvatar(wanted ? wanted.avatar_id : ready[0].avatar_id);
+}
+
+async function previewWithKey(img, url, key) {
+  const res = await fetch(url, { headers: { "X-API-KEY": key } });
+  if (res.ok) img.src = URL.createObjectURL(await res.blob());
+}
+
+async function buildFromPhoto(file) {
+  const key = $("api-key").value.trim();
+  const status = $("build-status");
+  if (!key) { showError("Enter an API key before uploading a photo."); return; }
+  showError("");
+  status.hidden = false;
+  status.textContent = `uploading ${file.name}…`;
+  const form = new FormData();
+  form.append("image", file);
+  form.append("name", file.name.replace(/\.[^.]*$/, "").slice(0, 200) || "my avatar");
+  try {
+    const res = await fetch("/v1/avatars", { method: "POST", headers: { "X-API-KEY": key }, body: form });
+    const payload = await res.json();
+    if (!res.ok) throw new Error(payload.message || res.statusText);
+    let avatar = payload.data;
+    while (avatar.status === "building") {
+      status.textContent = `building: ${Math.round(100 * avatar.progress)}% ${avatar.stage || ""}`;
+      await new Promise((resolve) => setTimeout(resolve, 500));
+      avatar = await api(`/v1/avatars/${avatar.avatar_id}`, { key, method: "GET" });
+    }
+    if (avatar.status !== "ready") throw new Error(avatar.error || `build ${avatar.status}`);
+    status.textContent = `${avatar.name} is ready`;
+    log(`avatar ${avatar.avatar_id} built from ${file.name}`);
+    await loadAvatars(avatar.avatar_id);
+  } catch (err) {
+    status.textContent = "";
+    status.hidden = true;
+    showError(`could not make an avatar from ${file.name}: ${err.message}`);
+  } finally {
+    $("photo").value = "";
+  }
 }
 
 function selectAvatar(id) {
@@ -276,7 +319,11 @@ function init() {
   const fromHash = new URLSearchParams(location.hash.slice(1)).get("key");
   const saved = sessionStorage.getItem("facecast-key");
   $("api-key").value = fromHash || saved || "";
-  $("api-key").addEventListener("change", () => sessionStorage.setItem("facecast-key", $("api-key").value.trim()));
+  $("api-key").addEventListener("change", () => {
+    sessionStorage.setItem("facecast-key", $("api-key").value.trim());
+    loadAvatars().catch((err) => showError(`could not list avatars: ${err.message}`));
+  });
+  $("photo").addEventListener("change", (ev) => { if (ev.target.files[0]) buildFromPhoto(ev.target.files[0]); });
   if (fromHash) sessionStorage.setItem("facecast-key", fromHash);
   $("start").addEventListener("click", start);
   $("stop").addEventListener("click", stop);
