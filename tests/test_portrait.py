@@ -261,3 +261,19 @@ def test_a_tilted_photo_still_talks(tmp_path: Path) -> None:
     rest = mouth_open_from_pixels(r.render(FaceState()), box)
     speaking = mouth_open_from_pixels(r.render(FaceState(mouth=MouthParams(open=0.9))), box)
     assert speaking > rest + 0.03
+
+
+def test_drawn_teeth_when_the_photo_shows_none(bundle_path: Path, tmp_path: Path) -> None:
+    """Without the photo's teeth (a closed-mouth photo), an open mouth shows drawn teeth: a light band
+    under the upper lip, inside the dark interior."""
+    plain = read_bundle(
+        _rewrite(bundle_path, tmp_path / "plain.facecast", drop="teeth.png", extra={"teeth": "drawn"})
+    )
+    r = renderer_from_bundle(plain)
+    assert isinstance(r, PortraitRenderer)
+    x0, y0, x1, y1 = r.mouth_box()
+    weights = np.array([0.299, 0.587, 0.114])
+    rest = r.render(FaceState())[y0:y1, x0:x1].astype(float) @ weights
+    luma = r.render(FaceState(mouth=MouthParams(open=0.9, teeth=0.8)))[y0:y1, x0:x1].astype(float) @ weights
+    teeth = (luma > 200) & (rest < 190)  # new bright pixels: not the skin's highlights
+    assert (luma < 60).mean() > 0.03 and teeth.sum() > 20

@@ -152,7 +152,7 @@ class PortraitRenderer:
         img[y0:y1, x0:x1] = cv2.remap(self._src, acc, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         pts = self._points + np.tensordot(weights, self._moves, axes=1)
         m = _clamp_mouth(state.mouth)
-        self._draw_mouth(img, pts, m, weights[3])
+        self._draw_mouth(img, pts, m)
         blink = min(1.0, max(0.0, state.blink))
         if blink > 0.02:
             for upper, lower in self._eyes:
@@ -284,7 +284,7 @@ class PortraitRenderer:
         }
         return np.array([yaw, pitch, roll, *(face[k] for k in self._controls)])
 
-    def _draw_mouth(self, img: np.ndarray, pts: np.ndarray, m: MouthParams, _: float) -> None:
+    def _draw_mouth(self, img: np.ndarray, pts: np.ndarray, m: MouthParams) -> None:
         upper, lower = pts[self._upper_inner], pts[self._lower_inner]
         gap = float(np.max(lower[:, 1] - upper[:, 1]))
         if gap < 0.4:
@@ -300,7 +300,7 @@ class PortraitRenderer:
         h, w = y1 - y0, x1 - x0
         local = poly - [x0, y0]
         alpha = np.zeros((h, w), np.uint8)
-        cv2.fillPoly(alpha, [np.round(local * 8).astype(np.int32)], 255, cv2.LINE_AA, shift=3)
+        cv2.fillPoly(alpha, [_fixed(local)], 255, cv2.LINE_AA, _SHIFT)
         # The cavity: lit under the upper teeth, dark at the back.
         t = np.linspace(0.0, 1.0, h, dtype=np.float32)[:, None, None]
         inside = (_CAVITY_TOP * (1 - t) + _CAVITY_DEEP * t) * np.ones((1, w, 1), np.float32)
@@ -338,7 +338,7 @@ class PortraitRenderer:
         core = lip[2:-2] if lower else lip[1:-1]
         edge = core + np.array([0.0, -height if lower else height])
         poly = np.concatenate([core, edge[::-1]])
-        cv2.fillPoly(band, [np.round(poly * 8).astype(np.int32)], 255, cv2.LINE_AA, shift=3)
+        cv2.fillPoly(band, [_fixed(poly)], 255, cv2.LINE_AA, _SHIFT)
         a = band.astype(np.float32)[..., None] / 255.0
         xs = np.arange(w, dtype=np.float32)
         centre = (lip[0, 0] + lip[-1, 0]) / 2
