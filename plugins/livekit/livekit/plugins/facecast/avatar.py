@@ -52,9 +52,8 @@ DEFAULT_AVATAR_NAME = "Facecast avatar"
 ATTRIBUTE_PUBLISH_ON_BEHALF = "lk.publish_on_behalf"
 SAMPLE_RATE = 24000
 WORKER_TOKEN_TTL = timedelta(hours=6)
-DEFAULT_AVATAR_BUILD_TIMEOUT = (
-    180.0  # seconds: building an avatar from a photo (a first build installs tools)
-)
+# Seconds to wait for an avatar built from a photo (a server's first build also installs its tools).
+DEFAULT_AVATAR_BUILD_TIMEOUT = 180.0
 BUNDLE_SUFFIX = ".facecast"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
