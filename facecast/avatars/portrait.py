@@ -18,7 +18,7 @@ import numpy as np
 
 from facecast.avatars import face_mesh as fm
 from facecast.avatars.bundle import Bundle, BundleError
-from facecast.avatars.presets import CHROMA_GREEN, check_background
+from facecast.avatars.presets import ASPECTS, CHROMA_GREEN, check_background
 from facecast.engine.types import FaceState, MouthParams
 
 _CAVITY_TOP = np.array([92.0, 38.0, 42.0])  # mouth interior just under the teeth, RGB
@@ -98,8 +98,9 @@ class PortraitRenderer:
             raise ValueError(f"frame size must be at least 64×64, got {width}×{height}")
         self._w, self._h = int(width), int(height)
         self._c = 4 if background == "transparent" else 3
+        if aspect not in ASPECTS:
+            raise ValueError(f"unknown aspect {aspect!r}; choose one of: {', '.join(ASPECTS)}")
         d = PortraitData.from_bundle(bundle)
-        self._data = d
         x = d.extra
         side = d.photo.shape[0]
         fx, fy, fw, fh = (float(v) for v in x["crops"][aspect])
@@ -115,7 +116,6 @@ class PortraitRenderer:
             raise ValueError(f"the {aspect} crop does not fit the portrait; rebuild the bundle")
         self._prepare_fields(d, side)
         self._prepare_landmarks(d)
-        self._face_w = float(x["face_height"]) * self._sx
         self._mouth_w = float(x["mouth_width"]) * self._sx
         self._teeth = d.teeth
         self._box = self._compute_mouth_box()
@@ -197,7 +197,9 @@ class PortraitRenderer:
         ys = (np.arange(y0, y1, dtype=np.float32) + self._oy) / self._sy
         return np.meshgrid(xs, ys)
 
-    def _resample(self, field: np.ndarray, cx: np.ndarray, cy: np.ndarray, origin, step: float) -> np.ndarray:
+    def _resample(
+        self, field: np.ndarray, cx: np.ndarray, cy: np.ndarray, origin: tuple[float, float], step: float
+    ) -> np.ndarray:
         """A canonical field sampled at canonical points, converted to output-scale source pixels."""
         mx = ((cx - origin[0]) / step).astype(np.float32)
         my = ((cy - origin[1]) / step).astype(np.float32)
@@ -211,9 +213,9 @@ class PortraitRenderer:
         step = side / int(x["head_grid"])
         cx, cy = self._canonical_grid(0, self._h, 0, self._w)
         heads = [self._resample(f, cx, cy, (0.0, 0.0), step) for f in d.head]
-        origin = [float(v) for v in x["face_origin"]]
+        ox, oy = (float(v) for v in x["face_origin"])
         fstep = float(x["face_step"])
-        faces = [self._resample(f, cx, cy, origin, fstep) for f in d.face]
+        faces = [self._resample(f, cx, cy, (ox, oy), fstep) for f in d.face]
         # Only the region any field moves is remapped; the rest of the frame is the static base.
         fmoving = np.zeros((self._h, self._w), bool)
         for f in faces:
