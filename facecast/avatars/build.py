@@ -11,9 +11,8 @@ from collections.abc import Callable
 from facecast.avatars.bundle import Manifest
 from facecast.avatars.faces import analyze_faces
 from facecast.avatars.fetch import FetchPolicy, check_image_bytes, decode_image, load_image_source
-from facecast.avatars.library import AvatarExistsError, AvatarLibrary, check_avatar_id
+from facecast.avatars.library import AvatarLibrary
 from facecast.avatars.portrait_build import build_portrait
-from facecast.avatars.style import style_names
 
 ProgressFn = Callable[[str, float], None]
 """(what is happening, overall fraction done 0..1)."""
@@ -41,14 +40,7 @@ def build_avatar(
     Raises ValueError subclasses a user can act on: FetchError (unreadable source), NoFaceError,
     AvatarExistsError, a bad name; FaceAnalysisError (a RuntimeError) when the analysis tools fail.
     """
-    check_avatar_id(name)
-    if name in style_names():
-        raise AvatarExistsError(f"{name!r} is a built-in avatar; choose another name")
-    if name in library and not replace:
-        raise AvatarExistsError(
-            f"an avatar named {name!r} exists already ({library.path(name)}); "
-            "delete it or choose another name"
-        )
+    library.check_free(name, replace=replace)  # fail before the slow part, not after it
 
     def stage(key: str) -> ProgressFn:
         lo, hi = _STAGES[key]

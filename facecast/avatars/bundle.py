@@ -354,16 +354,21 @@ def read_bundle(path: str | os.PathLike[str]) -> Bundle:
     return bundle
 
 
-def image_size(data: bytes, where: str = "image") -> tuple[int, int]:
-    """(width, height) from a PNG IHDR or JPEG SOF header, refusing images over MAX_IMAGE_PIXELS."""
+def header_size(data: bytes, where: str = "image") -> tuple[int, int]:
+    """(width, height) from a PNG IHDR or JPEG SOF header, read without decoding (no size limit)."""
     if data.startswith(b"\x89PNG\r\n\x1a\n"):
         if len(data) < 24 or data[12:16] != b"IHDR":
             raise BundleError(f"{where}: PNG without an IHDR header")
         width, height = struct.unpack(">II", data[16:24])
-    elif data.startswith(b"\xff\xd8"):
-        width, height = _jpeg_size(data, where)
-    else:
-        raise BundleError(f"{where}: not a PNG or JPEG image")
+        return width, height
+    if data.startswith(b"\xff\xd8"):
+        return _jpeg_size(data, where)
+    raise BundleError(f"{where}: not a PNG or JPEG image")
+
+
+def image_size(data: bytes, where: str = "image") -> tuple[int, int]:
+    """(width, height) from a PNG IHDR or JPEG SOF header, refusing images over MAX_IMAGE_PIXELS."""
+    width, height = header_size(data, where)
     if width == 0 or height == 0 or width * height > MAX_IMAGE_PIXELS:
         raise BundleError(
             f"{where}: image is {width}×{height}; the limit is {MAX_IMAGE_PIXELS} pixels "

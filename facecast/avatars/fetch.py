@@ -39,7 +39,7 @@ import cv2
 import numpy as np
 
 from facecast import __version__
-from facecast.avatars.bundle import BundleError, _jpeg_size
+from facecast.avatars.bundle import BundleError, header_size
 
 __all__ = [
     "IMAGE_MEDIA_TYPES",
@@ -248,13 +248,6 @@ def _is_allowed(ip: IPAddress, policy: FetchPolicy) -> bool:
 # ------------------------------------------------------------------------------------------------- images
 
 
-def _png_size(data: bytes, where: str) -> tuple[int, int]:
-    if len(data) < 24 or data[12:16] != b"IHDR":
-        raise FetchError(f"{where}: PNG without an IHDR header (truncated or corrupt); use another image")
-    width, height = struct.unpack(">II", data[16:24])
-    return width, height
-
-
 def _webp_size(data: bytes, where: str) -> tuple[int, int]:
     """(width, height) from the first chunk of a WebP: VP8 (lossy), VP8L (lossless) or VP8X (extended)."""
     bad = FetchError(f"{where}: WebP without a readable header (truncated or corrupt); use another image")
@@ -283,14 +276,13 @@ def _sniff(data: bytes, where: str) -> tuple[str, int, int]:
     """(media type, width, height) from the magic and the header, before anything is decoded."""
     if not data:
         raise FetchError(f"{where}: the image is empty; use a PNG, JPEG or WebP photo")
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "image/png", *_png_size(data, where)
-    if data.startswith(b"\xff\xd8\xff"):
+    png = data.startswith(b"\x89PNG\r\n\x1a\n")
+    if png or data.startswith(b"\xff\xd8\xff"):
         try:
-            width, height = _jpeg_size(data, where)
+            width, height = header_size(data, where)
         except BundleError as e:
             raise FetchError(f"{e} (truncated or corrupt); use another image") from None
-        return "image/jpeg", width, height
+        return ("image/png" if png else "image/jpeg"), width, height
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "image/webp", *_webp_size(data, where)
     head = data[:256].lstrip().lower()

@@ -96,16 +96,21 @@ class AvatarLibrary:
             out.append(StoredAvatar(bundle.manifest, path, path.stat().st_size))
         return out
 
-    def save(self, manifest: Manifest, files: dict[str, bytes], *, replace: bool = False) -> Path:
-        """Write a bundle under its manifest name. The id may not be a built-in's, nor an existing one
-        unless `replace`."""
-        path = self.path(manifest.name)
-        if manifest.name in style_names():
-            raise AvatarExistsError(f"{manifest.name!r} is a built-in avatar; choose another name")
+    def check_free(self, avatar_id: str, *, replace: bool = False) -> Path:
+        """Where a new avatar `avatar_id` would be saved; AvatarExistsError if the id is a built-in's, or an
+        existing avatar's unless `replace`. Checked before a slow build as well as when saving."""
+        path = self.path(avatar_id)
+        if avatar_id in style_names():
+            raise AvatarExistsError(f"{avatar_id!r} is a built-in avatar; choose another name")
         if path.exists() and not replace:
             raise AvatarExistsError(
-                f"an avatar named {manifest.name!r} exists already ({path}); delete it or choose another name"
+                f"an avatar named {avatar_id!r} exists already ({path}); delete it or choose another name"
             )
+        return path
+
+    def save(self, manifest: Manifest, files: dict[str, bytes], *, replace: bool = False) -> Path:
+        """Write a bundle under its manifest name (see check_free for which names are refused)."""
+        path = self.check_free(manifest.name, replace=replace)
         self.root.mkdir(parents=True, exist_ok=True)
         return write_bundle(path, manifest, files)
 

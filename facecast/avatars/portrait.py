@@ -151,7 +151,7 @@ class PortraitRenderer:
         y0, y1, x0, x1 = self._roi
         img[y0:y1, x0:x1] = cv2.remap(self._src, acc, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         pts = self._points + np.tensordot(weights, self._moves, axes=1)
-        m = _clamp_mouth(state.mouth)
+        m = state.mouth.clamped()
         self._draw_mouth(img, pts, m)
         blink = min(1.0, max(0.0, state.blink))
         if blink > 0.02:
@@ -268,7 +268,7 @@ class PortraitRenderer:
 
     # ---- per frame -----------------------------------------------------------------------------------
     def _weights(self, s: FaceState) -> np.ndarray:
-        m = _clamp_mouth(s.mouth)
+        m = s.mouth.clamped()
         yaw, pitch, roll = (
             max(-1.5, min(1.5, v / at))
             for v, at in zip((s.head_yaw, s.head_pitch, s.head_roll), self._head_at, strict=True)
@@ -432,10 +432,3 @@ def _bbox(mask: np.ndarray, h: int, w: int) -> tuple[int, int, int, int]:
     if len(rows) == 0:
         return 0, 1, 0, 1
     return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
-
-
-def _clamp_mouth(m: MouthParams) -> MouthParams:
-    c = lambda v: min(1.0, max(0.0, v))  # noqa: E731
-    return MouthParams(
-        c(m.open), c(m.width), c(m.round), c(m.closed), c(m.teeth), c(m.tongue), c(m.bite), m.viseme
-    )

@@ -299,7 +299,8 @@ def _face_fields(geo: _Geometry, photo: np.ndarray) -> tuple[np.ndarray, int, np
     ys = np.arange(y0, y1, step, dtype=np.float64)
     gx, gy = np.meshgrid(xs, ys)
     region = _FaceFrame(geo, gx, gy)
-    jaw_region = _jaw_region(geo, side)[y0:y1:step, x0:x1:step]
+    jaw = _jaw_region(geo, side)
+    jaw_region = jaw[y0:y1:step, x0:x1:step]
     eyes = _eye_regions(geo, side)
     guard = _eye_guard(eyes, h)
     eye_soft = guard[y0:y1:step, x0:x1:step]
@@ -319,7 +320,7 @@ def _face_fields(geo: _Geometry, photo: np.ndarray) -> tuple[np.ndarray, int, np
     below[list(fm.LOWER_INNER)] = 1.0
     below[[fm.MOUTH_RIGHT, fm.MOUTH_LEFT, 78, 308]] = 0.5
     pts = _FaceFrame(geo, lm[:, 0], lm[:, 1], lower=below)
-    jaw_pts = _bilinear(_jaw_region(geo, side), lm[:, 0], lm[:, 1])
+    jaw_pts = _bilinear(jaw, lm[:, 0], lm[:, 1])
     eye_pts = _bilinear(guard, lm[:, 0], lm[:, 1])[:, None]
     eye_core = _bilinear(eyes, lm[:, 0], lm[:, 1])
     moves = np.stack(

@@ -125,7 +125,7 @@ class ProceduralRenderer:
         pitch = _clamp(state.head_pitch, PITCH_MAX)
         roll = _clamp(state.head_roll, ROLL_MAX)
         smile = _clamp01(state.smile)
-        m = _clamp_mouth(state.mouth)
+        m = state.mouth.clamped()
         self._set_pose(yaw, pitch, roll)
         breath = _clamp(state.breath, 1.0)
         level = round((breath + 1) / 2 * (_BREATH_LEVELS - 1))
@@ -858,16 +858,3 @@ def _clamp(v: float, limit: float) -> float:
 
 def _clamp01(v: float) -> float:
     return max(0.0, min(1.0, float(v)))
-
-
-def _clamp_mouth(m: MouthParams) -> MouthParams:
-    return MouthParams(
-        open=_clamp01(m.open),
-        width=_clamp01(m.width),
-        round=_clamp01(m.round),
-        closed=_clamp01(m.closed),
-        teeth=_clamp01(m.teeth),
-        tongue=_clamp01(m.tongue),
-        bite=_clamp01(m.bite),
-        viseme=m.viseme,
-    )

@@ -31,6 +31,14 @@ class MouthParams:
     bite: float = 0.0  # upper teeth resting on the lower lip (F/V)
     viseme: Viseme = "X"  # the dominant mouth class at this instant
 
+    def clamped(self) -> MouthParams:
+        """The same shape with every value limited to 0..1 (what renderers draw)."""
+        c = lambda v: min(1.0, max(0.0, v))  # noqa: E731
+        return MouthParams(
+            c(self.open), c(self.width), c(self.round), c(self.closed), c(self.teeth), c(self.tongue),
+            c(self.bite), self.viseme,
+        )  # fmt: skip
+
     def as_dict(self) -> dict[str, float | str]:
         return {
             "open": round(self.open, 4),
