@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from server_harness import RunningServer, running_server
@@ -24,10 +26,11 @@ def server(tmp_path: Path) -> Iterator[RunningServer]:
         yield running
 
 
-def test_page_starts_a_session_plays_video_and_speaks(server: RunningServer) -> None:
-    from playwright.sync_api import expect, sync_playwright
+@contextmanager
+def client_page(server: RunningServer, key: str) -> Iterator[tuple[Any, list[str]]]:
+    """The browser client open in headless Chromium with `key` filled in, and the page's script errors."""
+    from playwright.sync_api import sync_playwright
 
-    key = server.store.create_key("browser")[1]
     with sync_playwright() as pw:
         browser = pw.chromium.launch(
             executable_path=CHROMIUM,
@@ -38,33 +41,45 @@ def test_page_starts_a_session_plays_video_and_speaks(server: RunningServer) -> 
             errors: list[str] = []
             page.on("pageerror", lambda exc: errors.append(str(exc)))
             page.goto(f"{server.url}/#key={key}")
-            expect(page.locator("#avatars .avatar")).to_have_count(4)
-            page.select_option("#quality", "low")
-            page.get_by_test_id("start").click()
-
-            expect(page.get_by_test_id("status")).to_have_text("connected", timeout=20_000)
-            page.wait_for_function(
-                "() => { const v = document.getElementById('video');"
-                " return v.readyState >= 2 && v.videoWidth > 0 && v.currentTime > 0.3; }",
-                timeout=20_000,
-            )
-            assert page.evaluate("document.getElementById('video').videoWidth") == 256
-            expect(page.get_by_test_id("first-frame")).to_contain_text("ms")
-
-            log = page.get_by_test_id("log")
-            # The greeting is sent on connect; then a typed sentence.
-            expect(log).to_contain_text("agent.speak_started", timeout=20_000)
-            page.fill("#text", "Typed text becomes speech.")
-            page.click("#speak")
-            expect(log).to_contain_text("agent.speak_text: Typed text becomes speech.")
-            page.click("#interrupt")
-            expect(log).to_contain_text("agent.speak_interrupted", timeout=20_000)
-
-            page.click("#stop")
-            expect(page.get_by_test_id("status")).to_have_text("idle")
-            assert errors == []
+            yield page, errors
         finally:
             browser.close()
+
+
+def wait_video_plays(page: Any) -> None:
+    page.wait_for_function(
+        "() => { const v = document.getElementById('video');"
+        " return v.readyState >= 2 && v.videoWidth > 0 && v.currentTime > 0.3; }",
+        timeout=20_000,
+    )
+
+
+def test_page_starts_a_session_plays_video_and_speaks(server: RunningServer) -> None:
+    from playwright.sync_api import expect
+
+    key = server.store.create_key("browser")[1]
+    with client_page(server, key) as (page, errors):
+        expect(page.locator("#avatars .avatar")).to_have_count(4)
+        page.select_option("#quality", "low")
+        page.get_by_test_id("start").click()
+
+        expect(page.get_by_test_id("status")).to_have_text("connected", timeout=20_000)
+        wait_video_plays(page)
+        assert page.evaluate("document.getElementById('video').videoWidth") == 256
+        expect(page.get_by_test_id("first-frame")).to_contain_text("ms")
+
+        log = page.get_by_test_id("log")
+        # The greeting is sent on connect; then a typed sentence.
+        expect(log).to_contain_text("agent.speak_started", timeout=20_000)
+        page.fill("#text", "Typed text becomes speech.")
+        page.click("#speak")
+        expect(log).to_contain_text("agent.speak_text: Typed text becomes speech.")
+        page.click("#interrupt")
+        expect(log).to_contain_text("agent.speak_interrupted", timeout=20_000)
+
+        page.click("#stop")
+        expect(page.get_by_test_id("status")).to_have_text("idle")
+        assert errors == []
     records, total = server.store.list_sessions(None, active=False)
     assert total == 1 and records[0].end_reason == p.END_STOPPED
     assert records[0].stats["frames_sent"] > 0
@@ -74,40 +89,28 @@ def test_page_makes_an_avatar_from_a_photo_and_talks_with_it(server: RunningServ
     """Upload a photo from the page: it builds (with progress), appears among the avatars, is selected,
     and a session with it plays video."""
     from photos import skimage_data_dir
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     key = server.store.create_key("browser")[1]
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        try:
-            page = browser.new_page()
-            errors: list[str] = []
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.goto(f"{server.url}/#key={key}")
-            expect(page.locator("#avatars .avatar")).to_have_count(4)
-            page.get_by_test_id("photo").set_input_files(str(skimage_data_dir() / "astronaut.png"))
-            expect(page.get_by_test_id("build-status")).to_have_text("astronaut is ready", timeout=120_000)
-            expect(page.locator("#avatars .avatar")).to_have_count(5)
-            selected = page.locator("#avatars .avatar[aria-checked=true]")
-            expect(selected).to_have_attribute("title", "astronaut")
-            page.wait_for_function(
-                "() => { const img = document.querySelector('#avatars .avatar[aria-checked=true] img');"
-                " return img && img.complete && img.naturalWidth > 0; }",
-                timeout=20_000,
-            )
-            page.uncheck("#greet")
-            page.select_option("#quality", "low")
-            page.get_by_test_id("start").click()
-            expect(page.get_by_test_id("status")).to_have_text("connected", timeout=20_000)
-            page.wait_for_function(
-                "() => { const v = document.getElementById('video');"
-                " return v.videoWidth > 0 && v.currentTime > 0.3; }",
-                timeout=20_000,
-            )
-            page.click("#stop")
-            expect(page.get_by_test_id("status")).to_have_text("idle")
-            assert errors == []
-        finally:
-            browser.close()
+    with client_page(server, key) as (page, errors):
+        expect(page.locator("#avatars .avatar")).to_have_count(4)
+        page.get_by_test_id("photo").set_input_files(str(skimage_data_dir() / "astronaut.png"))
+        expect(page.get_by_test_id("build-status")).to_have_text("astronaut is ready", timeout=120_000)
+        expect(page.locator("#avatars .avatar")).to_have_count(5)
+        selected = page.locator("#avatars .avatar[aria-checked=true]")
+        expect(selected).to_have_attribute("title", "astronaut")
+        page.wait_for_function(
+            "() => { const img = document.querySelector('#avatars .avatar[aria-checked=true] img');"
+            " return img && img.complete && img.naturalWidth > 0; }",
+            timeout=20_000,
+        )
+        page.uncheck("#greet")
+        page.select_option("#quality", "low")
+        page.get_by_test_id("start").click()
+        expect(page.get_by_test_id("status")).to_have_text("connected", timeout=20_000)
+        wait_video_plays(page)
+        page.click("#stop")
+        expect(page.get_by_test_id("status")).to_have_text("idle")
+        assert errors == []
     records, _ = server.store.list_sessions(None, active=False)
     assert records[0].avatar_id.startswith("av_")
