@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from pipecat.frames.frames import (
-    OutputImageRawFrame,
     OutputTransportReadyFrame,
     TTSAudioRawFrame,
     TTSSpeakFrame,
@@ -17,6 +16,7 @@ from pipecat.pipeline.worker import PipelineParams
 from pipecat.tests.utils import SleepFrame, run_test
 from pipecat_facecast import PHONES_METADATA_KEY, FacecastVideoService
 from pipecat_facecast.tts import EspeakTTSService
+from pipecat_pairs import assert_pairs
 
 from facecast.engine import Engine, PhoneTiming
 
@@ -61,9 +61,7 @@ async def test_typed_text_becomes_a_speaking_avatar(pushed_phones: list[list[Pho
 
     audio = [f for f in down if isinstance(f, TTSAudioRawFrame)]
     assert audio and all(len(f.audio) == 2 * 800 for f in audio)  # the avatar's pairs, 24 kHz at 30 fps
-    for i, f in enumerate(down):
-        if isinstance(f, TTSAudioRawFrame):
-            assert isinstance(down[i + 1], OutputImageRawFrame)
+    assert_pairs(down)
     stop = max(i for i, f in enumerate(down) if isinstance(f, TTSStoppedFrame))
     assert stop > max(i for i, f in enumerate(down) if isinstance(f, TTSAudioRawFrame))
     assert len(pushed_phones) == 1 and pushed_phones[0]  # the mouth follows espeak-ng's phones

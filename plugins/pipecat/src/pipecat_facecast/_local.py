@@ -44,8 +44,10 @@ class LocalAvatar:
     """Runs a Facecast `Engine` against wall time: one (audio, image) pair every 1/fps.
 
     Everything runs on the event loop; a frame costs a few milliseconds (see the package README). The
-    loop keeps time with `time.monotonic()`: a frame that is late by more than a period is still played
-    (its audio) but not drawn (the previous image is sent again), so audio never falls behind.
+    loop keeps time with `time.monotonic()`: a frame more than a period late (the loop was held up)
+    still plays its audio but sends no image. The output transport draws live video one image per
+    period from a queue and drops none, so the images of a catch-up burst would stay queued and the
+    picture would trail the sound by the whole hold-up for the rest of the session.
     """
 
     def __init__(
@@ -98,7 +100,6 @@ class LocalAvatar:
         self._id_base = 0  # engine segment ids restart when the engine is rebuilt for a new fps
         self._last_id = -1
         self._rebuild = False
-        self._last_image: OutputImageRawFrame | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------------
     async def setup(self, sample_rate: int) -> None:
@@ -166,7 +167,6 @@ class LocalAvatar:
         self._look = (avatar, aspect, quality, background)
         if self._engine is not None:
             self._engine.renderer = self._renderer()
-            self._last_image = None
 
     def set_fps(self, fps: int) -> None:
         """Change the frame rate at the next moment without pending speech (the clock is rebuilt)."""
@@ -213,18 +213,12 @@ class LocalAvatar:
             segment_id = self._id_base + meta.segment_id
             audio = await self._resampler.convert(pair.audio, segment_end=ended_here)
             played = max(played or (-1, 0), (segment_id, meta.input_end))
+        image = None
         if pair.video is not None:
             height, width, channels = pair.video.shape
-            self._last_image = OutputImageRawFrame(
+            image = OutputImageRawFrame(
                 image=pair.video.tobytes(), size=(width, height), format=IMAGE_FORMATS[channels]
             )
-            image = self._last_image
-        elif self._last_image is not None:
-            # Not drawn (late): send the previous picture again so the video keeps its frame count.
-            last = self._last_image
-            image = OutputImageRawFrame(image=last.image, size=last.size, format=last.format)
-        else:
-            image = None
         await self._emit(audio, image, segment_id, played, started)
 
     # -- helpers --------------------------------------------------------------------------------------

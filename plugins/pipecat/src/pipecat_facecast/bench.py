@@ -47,6 +47,7 @@ from pipecat_facecast.video import FacecastVideoService
 PIPELINE_RATE = 24000
 TONE_HZ = 440.0
 AUDIO_ONSET = 2000  # int16 level that counts as sound
+STALL_S = 0.3  # the event-loop hold-up the bench recovers from
 
 
 class MarkerRenderer:
@@ -68,15 +69,16 @@ class MarkerRenderer:
 class MeasuringPeer:
     """An aiortc peer for a ``SmallWebRTCConnection`` that receives the bot's audio and video.
 
-    For every frame it records when the sender says it should be played (RTCP sender reports), which is
-    what a browser lines the tracks up by.
+    For every frame it records, as it arrives, when the sender says it should be played (the latest RTCP
+    sender reports), which is what a browser lines the tracks up by. Mapped later, with the last reports
+    only, the frames from before a hold-up would be placed by a mapping that no longer held for them.
     """
 
     def __init__(self) -> None:
         """Create the peer connection with an audio and a video transceiver and a data channel."""
         self.pc = RTCPeerConnection()
-        self.audio: list[tuple[float, int, int, np.ndarray]] = []  # (arrival, pts, rate, mono int16)
-        self.video: list[tuple[float, int, float]] = []  # (arrival, pts, mean brightness)
+        self.audio: list[tuple[float, int, np.ndarray]] = []  # (sender time, rate, mono int16)
+        self.video: list[tuple[float, float]] = []  # (sender time, mean brightness)
         self._clocks = {"audio": SenderClock(48000), "video": SenderClock(90000)}
         self._tasks: list[asyncio.Task] = []
         for kind in ("audio", "video"):
@@ -103,14 +105,10 @@ class MeasuringPeer:
 
     def audio_onsets(self) -> list[float]:
         """Sender times at which a sound starts after at least 100 ms of silence."""
-        clock = self._clocks["audio"]
         onsets: list[float] = []
         quiet_since: float | None = None
-        for arrival, pts, rate, samples in self.audio:
+        for start, rate, samples in self.audio:
             loud = np.nonzero(np.abs(samples.astype(np.int32)) > AUDIO_ONSET)[0]
-            start = clock.sender_time(pts, arrival)
-            if start is None:
-                continue
             if len(loud) and quiet_since is not None and start - quiet_since >= 0.1:
                 onsets.append(start + loud[0] / rate)
             if len(loud):
@@ -121,27 +119,24 @@ class MeasuringPeer:
 
     def video_onsets(self) -> list[float]:
         """Sender times of the first white (speech) frame after a black one."""
-        clock = self._clocks["video"]
         onsets: list[float] = []
         was_white = True
-        for arrival, pts, brightness in self.video:
+        for start, brightness in self.video:
             white = brightness > 128
-            start = clock.sender_time(pts, arrival)
-            if white and not was_white and start is not None:
+            if white and not was_white:
                 onsets.append(start)
             was_white = white
         return onsets
 
     def video_times(self) -> list[float]:
         """Sender times of all video frames received."""
-        clock = self._clocks["video"]
-        times = [clock.sender_time(pts, arrival) for arrival, pts, _ in self.video]
-        return [t for t in times if t is not None]
+        return [start for start, _ in self.video]
 
     def _on_track(self, track: MediaStreamTrack) -> None:
         self._tasks.append(asyncio.ensure_future(self._receive(track)))
 
     async def _receive(self, track: MediaStreamTrack) -> None:
+        unmapped: list[tuple[int, float, tuple]] = []  # (pts, arrival, what is kept of the frame)
         while True:
             try:
                 frame = await track.recv()
@@ -150,9 +145,17 @@ class MeasuringPeer:
             arrival = time.monotonic()
             if track.kind == "audio":
                 samples = frame.to_ndarray().reshape(-1)[:: len(frame.layout.channels)]
-                self.audio.append((arrival, frame.pts, frame.sample_rate, samples))
+                unmapped.append((frame.pts, arrival, (frame.sample_rate, samples)))
             else:
-                self.video.append((arrival, frame.pts, float(frame.to_ndarray(format="gray").mean())))
+                unmapped.append((frame.pts, arrival, (float(frame.to_ndarray(format="gray").mean()),)))
+            # Frames from before the first sender report wait for it, then take its mapping.
+            clock = self._clocks[track.kind]
+            if clock.sender_time(frame.pts, arrival) is None:
+                continue
+            received = self.audio if track.kind == "audio" else self.video
+            for pts, at, payload in unmapped:
+                received.append((clock.sender_time(pts, at), *payload))
+            unmapped.clear()
 
 
 def tone(seconds: float, rate: int = PIPELINE_RATE) -> bytes:
@@ -179,6 +182,7 @@ class WebRTCRun:
     video_fps: float  # frames over their sender-time span
     max_video_gap_ms: float
     cpu_percent: float  # bot side (this process less the peer's decoder threads), of one core
+    max_loop_stall_ms: float  # the longest the event loop (bot and peer alike) was held up
 
 
 async def webrtc_session(
@@ -190,8 +194,13 @@ async def webrtc_session(
     quality: str = "low",
     marker: bool = True,
     warmup_s: float = 1.5,
+    stall_s: float = 0.0,
 ) -> WebRTCRun:
-    """Run avatar → SmallWebRTC → aiortc peer, speaking `utterances` tones, and measure at the peer."""
+    """Run avatar → SmallWebRTC → aiortc peer, speaking `utterances` tones, and measure at the peer.
+
+    `stall_s` holds the event loop up that long in the middle of the second utterance, as a busy
+    machine or a long garbage collection does, to see whether the tracks come back together after it.
+    """
     width, height = frame_size("1:1", quality)
     avatar = FacecastVideoService(
         settings=FacecastVideoService.Settings(fps=fps, quality=quality),
@@ -218,20 +227,27 @@ async def webrtc_session(
         cancel_on_idle_timeout=False,
     )
     cpu = _CpuMeter(exclude=lambda name: name.endswith("-decoder"))
+    stalls = _LoopStallMeter()
 
     async def drive() -> None:
         await asyncio.sleep(warmup_s)  # connection set-up, first key frame
         cpu.start()
         for k in range(utterances):
             await worker.queue_frames(utterance(speech_s, f"u{k}"))
-            await asyncio.sleep(speech_s + pause_s)
+            if k == 1 and stall_s:
+                await asyncio.sleep(speech_s / 2)
+                time.sleep(stall_s)  # blocking on purpose: the whole loop stops
+                await asyncio.sleep(speech_s / 2 + pause_s)
+            else:
+                await asyncio.sleep(speech_s + pause_s)
         cpu.stop()
         await worker.queue_frame(EndFrame())
 
     runner = WorkerRunner()
     await runner.add_workers(worker)
     try:
-        await asyncio.gather(runner.run(), drive())
+        async with stalls:
+            await asyncio.gather(runner.run(), drive())
     finally:
         await peer.close()
 
@@ -250,6 +266,7 @@ async def webrtc_session(
         video_fps=(len(times) - 1) / span if span else 0.0,
         max_video_gap_ms=float(gaps.max() * 1000),
         cpu_percent=cpu.percent,
+        max_loop_stall_ms=stalls.max_ms,
     )
 
 
@@ -314,6 +331,36 @@ async def first_frame_latency(
         await runner.add_workers(worker)
         await asyncio.gather(runner.run(), drive())
     return latencies
+
+
+class _LoopStallMeter:
+    """The longest the running event loop was held up (a busy machine, a garbage collection), in ms.
+
+    A stall delays the bot's frames and the peer's reading alike, so it shows up as a hole in the
+    video that the avatar did not cause; the WebRTC run reports it beside the gaps it measured.
+    """
+
+    TICK_S = 0.005
+
+    def __init__(self) -> None:
+        self.max_ms = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> _LoopStallMeter:
+        self._task = asyncio.create_task(self._watch())
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _watch(self) -> None:
+        while True:
+            before = time.monotonic()
+            await asyncio.sleep(self.TICK_S)
+            late = time.monotonic() - before - self.TICK_S
+            self.max_ms = max(self.max_ms, late * 1000)
 
 
 class _CpuMeter:
@@ -424,7 +471,13 @@ async def _main(args: argparse.Namespace) -> None:
     print(f"A/V offset at a WebRTC peer (video − audio, sender clock): {_summary(run.av_offsets_ms)}")
     print(
         f"video at the peer: {run.video_frames} frames, {run.video_fps:.1f} fps, "
-        f"largest gap {run.max_video_gap_ms:.0f} ms"
+        f"largest gap {run.max_video_gap_ms:.0f} ms (largest event-loop stall {run.max_loop_stall_ms:.0f} ms)"
+    )
+    held = await webrtc_session(utterances=args.utterances, stall_s=STALL_S)
+    print(
+        f"A/V offset per utterance, the event loop held up {STALL_S * 1000:.0f} ms in the second one: "
+        + ", ".join(f"{offset:.0f}" for offset in held.av_offsets_ms)
+        + " ms"
     )
     stall, spoken = alignment_stall()
     print(f"event loop blocked by forced alignment at the end of {spoken:.1f} s of speech: {stall:.0f} ms")
