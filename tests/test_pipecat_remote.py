@@ -21,6 +21,7 @@ from pipecat.frames.frames import (
 from pipecat.pipeline.worker import PipelineParams
 from pipecat.tests.utils import SleepFrame, run_test
 from pipecat_facecast import FacecastVideoService
+from pipecat_pairs import StallingAvatar, assert_pairs, images_ahead
 
 from tests.server_harness import RunningServer, running_server
 
@@ -78,13 +79,35 @@ async def test_remote_session_speaks_in_pairs(server: RunningServer) -> None:
     images = [f for f in down if isinstance(f, OutputImageRawFrame)]
     assert len(images) >= 30 * CONNECT_S / 2 and {f.size for f in images} == {(width, height)}
     # Each audio frame travels with an image, and TTSStoppedFrame only follows the last of the speech.
-    for i, f in enumerate(down):
-        if isinstance(f, TTSAudioRawFrame):
-            assert isinstance(down[i + 1], OutputImageRawFrame)
+    assert_pairs(down)
     last_audio = max(i for i, f in enumerate(down) if isinstance(f, TTSAudioRawFrame))
     assert max(i for i, f in enumerate(down) if isinstance(f, TTSStoppedFrame)) > last_audio
     (session,), _ = server.store.list_sessions(key_id, active=False, page=1, page_size=5)
     assert session.end_reason == "stopped"  # the service stopped its session at the end
+
+
+async def test_remote_frames_held_up_send_their_audio_without_queuing_pictures(server: RunningServer) -> None:
+    # After the loop is held up, the frames received meanwhile come in a burst. Pushed as they come, their
+    # images would wait in the output transport's live video queue (one drawn per period, none dropped)
+    # and keep the picture behind the sound for the rest of the session.
+    _, secret = server.store.create_key("pipecat-stall")
+    avatar = StallingAvatar(
+        stall_s=0.3,
+        after=10,
+        server_url=server.url,
+        api_key=secret,
+        settings=FacecastVideoService.Settings(quality="low"),
+    )
+    frames = [OutputTransportReadyFrame(), SleepFrame(CONNECT_S), *speech(2.0, "held"), SleepFrame(2.0)]
+    down, up = await run_test(
+        avatar, frames_to_send=frames, pipeline_params=PipelineParams(audio_out_sample_rate=RATE)
+    )
+
+    assert not [f for f in up if isinstance(f, ErrorFrame)]
+    assert 1.95 <= audio_seconds(down) <= 2.4  # all the speech still came through
+    assert_pairs(down)
+    assert max(np.diff(avatar.image_times)) >= 0.25  # the hold-up happened while images flowed
+    assert images_ahead(avatar.image_times) <= 3.0  # yet no burst of images followed it
 
 
 async def test_remote_interruption_drops_the_rest(server: RunningServer) -> None:

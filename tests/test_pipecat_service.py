@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 import pytest
@@ -24,7 +23,7 @@ from pipecat.frames.frames import (
 from pipecat.pipeline.worker import PipelineParams
 from pipecat.tests.utils import SleepFrame, run_test
 from pipecat_facecast import FacecastVideoService
-from pipecat_pairs import assert_pairs
+from pipecat_pairs import StallingAvatar, assert_pairs, pictureless
 
 from facecast.engine import Engine
 
@@ -119,26 +118,11 @@ async def test_pairs_follow_the_speech_in_order(avatar: FacecastVideoService) ->
     assert all(len(f.image) == width * height * 3 for f in images)
 
 
-class _StallingAvatar(FacecastVideoService):
-    """Holds the event loop up for `stall_s` after its fifth speech frame, as a busy machine can."""
-
-    def __init__(self, stall_s: float) -> None:
-        super().__init__(tracker="energy")
-        self.stall_s = stall_s
-        self.spoken = 0
-
-    async def _avatar_frame(self, audio: bytes | None, *args: object) -> None:
-        await super()._avatar_frame(audio, *args)
-        if audio:
-            self.spoken += 1
-            if self.spoken == 5:
-                time.sleep(self.stall_s)
-
-
 async def test_a_held_up_clock_catches_up_on_audio_without_queuing_pictures() -> None:
     # Images pushed in the catch-up burst would wait in the output transport's live video queue, which
     # draws one per period and drops none: the picture would trail the sound by the hold-up for good.
-    avatar = _StallingAvatar(stall_s=0.25)  # 7.5 periods, under MAX_LATE_SECS: caught up, not restarted
+    # 0.25 s is 7.5 periods, under MAX_LATE_SECS: caught up, not restarted.
+    avatar = StallingAvatar(stall_s=0.25, tracker="energy")
     pcm = sine(1.0, 24000)
     frames = [OutputTransportReadyFrame(), SleepFrame(0.3), *utterance(pcm, 24000), SleepFrame(1.6)]
     down, _ = await run(avatar, frames)
@@ -146,10 +130,9 @@ async def test_a_held_up_clock_catches_up_on_audio_without_queuing_pictures() ->
     out = joined(down)
     assert np.array_equal(out[: len(pcm)], pcm) and not out[len(pcm) :].any()  # no speech lost
     assert_pairs(down)
-    audio_at = [i for i, f in enumerate(down) if isinstance(f, TTSAudioRawFrame)]
-    pictureless = [i for i in audio_at if not isinstance(down[i + 1], OutputImageRawFrame)]
-    assert len(pictureless) >= 6  # the periods the loop was held up for went out as sound only
-    assert isinstance(down[audio_at[-1] + 1], OutputImageRawFrame)  # then pairs again
+    assert pictureless(down) >= 6  # the periods the loop was held up for went out as sound only
+    last_audio = max(i for i, f in enumerate(down) if isinstance(f, TTSAudioRawFrame))
+    assert isinstance(down[last_audio + 1], OutputImageRawFrame)  # then pairs again
 
 
 async def test_no_video_before_the_transport_is_ready(avatar: FacecastVideoService) -> None:

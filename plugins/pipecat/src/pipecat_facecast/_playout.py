@@ -1,4 +1,4 @@
-"""Keeping frames behind the speech they followed, and adapting the avatar's audio to the pipeline's rate."""
+"""Playout towards the output transport: frames held behind their speech, images paced, audio resampled."""
 
 from __future__ import annotations
 
@@ -63,6 +63,31 @@ class PlayoutGate:
         released = [(frame, direction) for _, frame, direction in self._held]
         self._held.clear()
         return released
+
+
+class ImagePacer:
+    """Lets images through no faster than the output transport draws them.
+
+    Pipecat's live video output draws one queued image per period and drops none, so every image pushed
+    ahead of its period stays queued for good and the picture trails the sound by that much. Images
+    that arrive in a burst (after the event loop was held up) are refused until the burst's time has
+    passed; a steady stream with up to one period of jitter all goes through.
+    """
+
+    def __init__(self, fps: int) -> None:
+        """Pace for a transport drawing `fps` images a second."""
+        self._fps = fps
+        self._queued = 0.0  # images the transport has not drawn yet, by this reckoning
+        self._at = 0.0
+
+    def admit(self, now: float) -> bool:
+        """Whether an image ready at monotonic time `now` may be pushed (it is then counted as queued)."""
+        self._queued = max(0.0, self._queued - (now - self._at) * self._fps)
+        self._at = now
+        if self._queued >= 1.0:
+            return False
+        self._queued += 1.0
+        return True
 
 
 class OutputResampler:

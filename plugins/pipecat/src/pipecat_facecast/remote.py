@@ -35,7 +35,7 @@ from pipecat.processors.frame_processor import FrameProcessor
 from facecast.engine import PhoneTiming
 from facecast.server import protocol as p
 from pipecat_facecast._local import EmitFrame
-from pipecat_facecast._playout import SEGMENT_DONE, OutputResampler, Position
+from pipecat_facecast._playout import SEGMENT_DONE, ImagePacer, OutputResampler, Position
 from pipecat_facecast._rtp import SenderClock
 
 SILENCE_LEVEL = 64  # int16 peak below which decoded Opus counts as the server's idle silence
@@ -107,6 +107,7 @@ class RemoteAvatar:
         self._down: OutputResampler | None = None  # 48 kHz Opus → the pipeline's rate
         self._video: deque[tuple[float, OutputImageRawFrame]] = deque()
         self._video_ready = asyncio.Event()
+        self._pacer = ImagePacer(fps)
         self._audio: list[np.ndarray] = []  # speech received since the last video frame went out
         self._running = False
         self._failed = False  # the session could not be set up: nothing will play
@@ -368,9 +369,11 @@ class RemoteAvatar:
             wait = due - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
-            await self._push_pair(image)
+            # After a hold-up the frames received meanwhile come in a burst: their audio all goes, their
+            # images only as fast as the output transport draws them.
+            await self._push_pair(image if self._pacer.admit(time.monotonic()) else None)
 
-    async def _push_pair(self, image: OutputImageRawFrame) -> None:
+    async def _push_pair(self, image: OutputImageRawFrame | None) -> None:
         assert self._down is not None
         # The audio belongs to the oldest utterance not yet played out (its end event may be here already).
         playing = [segment for _, segment in self._finished] + list(self._event_segments.values())
