@@ -708,6 +708,42 @@ def test_store_caps_builds_per_key(store: Store) -> None:
     assert store.count_building(key.id) == 2
 
 
+def test_store_keeps_one_avatar_per_source(store: Store) -> None:
+    key, _ = store.create_key("a")
+    first = avatar_record(key.id)
+    assert store.insert_avatar(first, unique_source=True) == first
+    again = avatar_record(key.id)  # the same bytes: the first is returned and nothing is stored
+    assert store.insert_avatar(again, unique_source=True, max_building=1) == first
+    assert store.list_avatars(key.id) == [first]
+    store.update_avatar(first.avatar_id, status=p.AVATAR_FAILED, error="no face")
+    assert store.insert_avatar(again, unique_source=True) == again  # a failed build is tried afresh
+
+
+def test_identical_uploads_at_the_same_instant_store_one_avatar(url: str, tmp_path: Path) -> None:
+    """Two servers (connections) on one database, four threads each, one photo: one avatar."""
+    stores = [open_store(url, tmp_path) for _ in range(2)]
+    key, _ = stores[0].create_key("racer")
+    start = threading.Barrier(8)
+    stored: list[AvatarRecord | None] = []
+
+    def upload_once(store: Store) -> None:
+        record = avatar_record(key.id)
+        start.wait()
+        stored.append(store.insert_avatar(record, max_building=8, unique_source=True))
+
+    threads = [threading.Thread(target=upload_once, args=(stores[i % 2],)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    try:
+        (only,) = stores[0].list_avatars(key.id)
+        assert [record.avatar_id if record else None for record in stored] == [only.avatar_id] * 8
+    finally:
+        for store in stores:
+            store.close()
+
+
 def test_store_fails_builds_left_running(store: Store) -> None:
     key, _ = store.create_key("a")
     mine, theirs = avatar_record(key.id, server="s1"), avatar_record(key.id, server="s2")

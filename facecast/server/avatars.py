@@ -306,15 +306,19 @@ class AvatarService:
         if self._closed:
             raise ApiError(503, p.CODE_INTERNAL, "the server is shutting down")
 
-    def _insert_build(self, record: AvatarRecord) -> None:
+    def _insert_build(self, record: AvatarRecord) -> AvatarRecord:
+        """Store a new build; the key's avatar of the same bytes instead if it has one (never two builds of
+        one photo, even for uploads at the same instant)."""
         cap = self.settings.max_building_per_key
-        if not self.store.insert_avatar(record, max_building=cap):
+        stored = self.store.insert_avatar(record, max_building=cap, unique_source=True)
+        if stored is None:
             raise ApiError(
                 429,
                 p.CODE_LIMIT,
                 f"this API key already has {cap} avatar build(s) in progress, its limit is {cap}; wait for "
                 "one to finish (GET /v1/avatars/{avatar_id}) and try again",
             )
+        return stored
 
     def create_from_image(
         self, key: ApiKey, data: bytes, *, display_name: str | None, consent: str | None
@@ -326,19 +330,17 @@ class AvatarService:
             check_image_bytes(data, UPLOADED_IMAGE)
         except FetchError as exc:
             raise ApiError(400, p.CODE_BAD_REQUEST, str(exc)) from None
-        sha256 = hashlib.sha256(data).hexdigest()
-        existing = self.store.avatar_by_source(key.id, sha256)
-        if existing is not None:
-            return existing, False
         record = self._new_record(
             key,
             display_name=display_name,
             kind="portrait",
             status=p.AVATAR_BUILDING,
             source=p.AVATAR_SOURCE_UPLOAD,
-            sha256=sha256,
+            sha256=hashlib.sha256(data).hexdigest(),
         )
-        self._insert_build(record)
+        stored = self._insert_build(record)
+        if stored is not record:
+            return stored, False
         self._submit(_Job(record.avatar_id, data, None, record.display_name, consent))
         return record, True
 
@@ -402,10 +404,14 @@ class AvatarService:
         except BundleError as exc:
             raise ApiError(400, p.CODE_BAD_REQUEST, f"{UPLOADED_BUNDLE}: {exc}") from None
         try:
-            self.store.insert_avatar(record)
+            stored = self.store.insert_avatar(record, unique_source=True)
         except BaseException:
             self._remove_bundle(record.avatar_id)
             raise
+        if stored is not record:  # the same bundle, uploaded again meanwhile
+            self._remove_bundle(record.avatar_id)
+            assert stored is not None
+            return stored, False
         return record, True
 
     def delete(self, key: ApiKey, avatar_id: str) -> AvatarRecord:

@@ -16,7 +16,8 @@ import sqlite3
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import astuple, dataclass, field, fields
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
@@ -177,9 +178,13 @@ class Store(Protocol):
         given (other servers' sessions on a shared database are still running); how many."""
         ...
 
-    def insert_avatar(self, record: AvatarRecord, *, max_building: int | None = None) -> bool:
-        """Store a new avatar. With `max_building`, only while its owner has fewer avatars building,
-        checked and inserted atomically; False when at the cap."""
+    def insert_avatar(
+        self, record: AvatarRecord, *, max_building: int | None = None, unique_source: bool = False
+    ) -> AvatarRecord | None:
+        """Store a new avatar and return it. With `unique_source`, an avatar of the same owner made from
+        the same bytes (building or ready) is returned instead and nothing is stored; with `max_building`,
+        nothing is stored while the owner has that many avatars building (None). The checks and the
+        insert are one atomic step across threads, processes and servers."""
         ...
 
     def get_avatar(self, avatar_id: str) -> AvatarRecord | None: ...
@@ -279,6 +284,12 @@ _END_ONLY_FIELDS = frozenset({"ended_at", "end_reason"})
 _FIXED_FIELDS = frozenset({"id", "key_id", "created_at"})
 _AVATAR_FIELDS = tuple(f.name for f in fields(AvatarRecord))
 _AVATAR_COLUMNS = ", ".join(_AVATAR_FIELDS)
+_Run = Callable[[str, Sequence[Any]], list[tuple[Any, ...]]]  # runs one statement in a transaction: its rows
+# The owner's oldest building or ready avatar made from these bytes (failed builds do not count).
+_AVATAR_BY_SOURCE = (
+    f"SELECT {_AVATAR_COLUMNS} FROM avatars WHERE owner = ? AND source_sha256 = ? "
+    f"AND status IN ('{AVATAR_BUILDING}', '{AVATAR_READY}') ORDER BY created_at LIMIT 1"
+)
 _AVATAR_FIXED_FIELDS = frozenset({"avatar_id", "owner", "created_at", "source", "source_sha256"})
 
 
@@ -398,14 +409,16 @@ class _SqlStore(ABC):
             self._execute(insert, values)
             return True
         count = f"SELECT COUNT(*) FROM sessions WHERE key_id = ? AND state <> '{STATE_ENDED}'"
-        return self._insert_capped(record.key_id, count, insert, values, max_active)
+        with self._key_transaction(record.key_id) as run:
+            if run(count, (record.key_id,))[0][0] >= max_active:
+                return False
+            run(insert, values)
+            return True
 
     @abstractmethod
-    def _insert_capped(
-        self, key_id: str, count_sql: str, insert_sql: str, values: Sequence[Any], cap: int
-    ) -> bool:
-        """Run `insert_sql` only while `count_sql` (one `?`: the key id) counts fewer than `cap`, atomically
-        across threads, processes and servers."""
+    def _key_transaction(self, key_id: str) -> AbstractContextManager[_Run]:
+        """A context: one transaction holding API key `key_id`'s lock (across threads, processes and
+        servers) until it commits; yields a function that runs a statement in it and returns its rows."""
 
     def get_session(self, session_id: str) -> SessionRecord | None:
         rows = self._execute(f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE id = ?", (session_id,)).rows
@@ -486,16 +499,26 @@ class _SqlStore(ABC):
         ).rowcount
 
     # -- avatars ------------------------------------------------------------------------------------
-    def insert_avatar(self, record: AvatarRecord, *, max_building: int | None = None) -> bool:
+    def insert_avatar(
+        self, record: AvatarRecord, *, max_building: int | None = None, unique_source: bool = False
+    ) -> AvatarRecord | None:
         _check_avatar_status(record.status)
         placeholders = ", ".join("?" for _ in _AVATAR_FIELDS)
         values = list(astuple(record))
         insert = f"INSERT INTO avatars ({_AVATAR_COLUMNS}) VALUES ({placeholders})"
-        if max_building is None:
+        if max_building is None and not unique_source:
             self._execute(insert, values)
-            return True
-        count = f"SELECT COUNT(*) FROM avatars WHERE owner = ? AND status = '{AVATAR_BUILDING}'"
-        return self._insert_capped(record.owner, count, insert, values, max_building)
+            return record
+        with self._key_transaction(record.owner) as run:
+            if unique_source and record.source_sha256 is not None:
+                rows = run(_AVATAR_BY_SOURCE, (record.owner, record.source_sha256))
+                if rows:
+                    return _avatar(rows[0])
+            count = f"SELECT COUNT(*) FROM avatars WHERE owner = ? AND status = '{AVATAR_BUILDING}'"
+            if max_building is not None and run(count, (record.owner,))[0][0] >= max_building:
+                return None
+            run(insert, values)
+            return record
 
     def get_avatar(self, avatar_id: str) -> AvatarRecord | None:
         rows = self._execute(f"SELECT {_AVATAR_COLUMNS} FROM avatars WHERE avatar_id = ?", (avatar_id,)).rows
@@ -508,11 +531,7 @@ class _SqlStore(ABC):
         return [_avatar(row) for row in rows]
 
     def avatar_by_source(self, owner: str, source_sha256: str) -> AvatarRecord | None:
-        rows = self._execute(
-            f"SELECT {_AVATAR_COLUMNS} FROM avatars WHERE owner = ? AND source_sha256 = ? "
-            f"AND status IN ('{AVATAR_BUILDING}', '{AVATAR_READY}') ORDER BY created_at LIMIT 1",
-            (owner, source_sha256),
-        ).rows
+        rows = self._execute(_AVATAR_BY_SOURCE, (owner, source_sha256)).rows
         return _avatar(rows[0]) if rows else None
 
     def count_building(self, owner: str) -> int:
@@ -601,21 +620,17 @@ class SQLiteStore(_SqlStore):
             rows = cursor.fetchall()
             return _Result(rows, cursor.rowcount)
 
-    def _insert_capped(
-        self, key_id: str, count_sql: str, insert_sql: str, values: Sequence[Any], cap: int
-    ) -> bool:
+    @contextmanager
+    def _key_transaction(self, key_id: str) -> Iterator[_Run]:
         with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")  # the database write lock: no other process counts now
+            # The database write lock, whatever the key: no other process reads or writes meanwhile.
+            self._conn.execute("BEGIN IMMEDIATE")
             try:
-                if self._conn.execute(count_sql, (key_id,)).fetchone()[0] >= cap:
-                    self._conn.execute("ROLLBACK")
-                    return False
-                self._conn.execute(insert_sql, values)
-                self._conn.execute("COMMIT")
-                return True
+                yield lambda sql, params: self._conn.execute(sql, params).fetchall()
             except BaseException:
                 self._conn.execute("ROLLBACK")
                 raise
+            self._conn.execute("COMMIT")
 
     def close(self) -> None:
         with self._lock:
@@ -677,18 +692,13 @@ class PostgresStore(_SqlStore):
             self._conn = self._connect()
             return self._run(query, params)
 
-    def _insert_capped(
-        self, key_id: str, count_sql: str, insert_sql: str, values: Sequence[Any], cap: int
-    ) -> bool:
+    @contextmanager
+    def _key_transaction(self, key_id: str) -> Iterator[_Run]:
         with self._lock, self._conn.transaction():
-            # One lock per key, held to commit; under READ COMMITTED the count that follows sees every
-            # session another server inserted while holding it.
+            # One lock per key, held to commit; under READ COMMITTED what is read after it includes every
+            # row another server inserted while holding it.
             self._conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (key_id,))
-            row = self._conn.execute(count_sql.replace("?", "%s"), (key_id,)).fetchone()
-            if row is not None and row[0] >= cap:
-                return False
-            self._conn.execute(insert_sql.replace("?", "%s"), values)
-            return True
+            yield lambda sql, params: self._run(sql.replace("?", "%s"), params).rows
 
     def _run(self, query: str, params: Sequence[Any]) -> _Result:
         cursor = self._conn.execute(query, params)
