@@ -11,7 +11,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from photos import astronaut_rgb, coffee_rgb
+from photos import astronaut_rgb, coffee_rgb, with_beard, with_glasses
 
 from facecast.avatars import AvatarLibrary, load_renderer
 from facecast.avatars.build import build_avatar
@@ -261,6 +261,59 @@ def test_a_tilted_photo_still_talks(tmp_path: Path) -> None:
     rest = mouth_open_from_pixels(r.render(FaceState()), box)
     speaking = mouth_open_from_pixels(r.render(FaceState(mouth=MouthParams(open=0.9))), box)
     assert speaking > rest + 0.03
+
+
+def _luma(frame: np.ndarray) -> np.ndarray:
+    return frame[..., :3].astype(float) @ np.array([0.299, 0.587, 0.114])
+
+
+def _portrait(photo: np.ndarray, name: str, folder: Path) -> tuple[dict, PortraitRenderer]:
+    """Build `photo` into a bundle in `folder`; its manifest's extra and a 512² renderer of it."""
+    manifest, files = build_portrait(photo, analyze_faces(photo, where=name), name=name, display_name=name)
+    bundle = read_bundle(write_bundle(folder / f"{name}.facecast", manifest, files))
+    r = renderer_from_bundle(bundle, aspect="1:1", quality="high")
+    assert isinstance(r, PortraitRenderer)
+    return bundle.manifest.extra, r
+
+
+def test_glasses_stay_on_the_face(analysis: FaceAnalysis, bundle_path: Path, tmp_path: Path) -> None:
+    """Drawn glasses are found at build time; blinking, talking and raising the brows leave the frame
+    where it is (the lids close behind it, the brows move little)."""
+    assert read_bundle(bundle_path).manifest.extra["glasses"] is False
+    extra, r = _portrait(with_glasses(astronaut_rgb(), analysis.largest.landmarks), "glasses", tmp_path)
+    assert extra["glasses"] is True
+    rest = _luma(r.render(FaceState()))
+    around_eyes = np.zeros(rest.shape, bool)
+    for x0, y0, x1, y1 in r.eye_boxes():
+        around_eyes[max(0, y0 - 40) : y1 + 40, max(0, x0 - 40) : x1 + 40] = True
+    frame = (rest < 50) & around_eyes
+    assert frame.sum() > 1000
+    for state, moved in (
+        (FaceState(blink=1.0), 0.05),
+        (FaceState(mouth=MouthParams(open=1.0)), 0.0),
+        (FaceState(brow=0.8), 0.1),
+    ):
+        changed = np.abs(_luma(r.render(state)) - rest) > 30
+        assert changed[frame].mean() <= moved, state
+    # Shut, the lids cover the eyes inside the frame.
+    shut = _luma(r.render(FaceState(blink=1.0)))
+    for cx, cy in r.eye_centers():
+        assert shut[round(cy), round(cx)] > rest[round(cy), round(cx)] + 30
+
+
+def test_a_bearded_face_talks_and_its_neck_stays(analysis: FaceAnalysis, tmp_path: Path) -> None:
+    extra, r = _portrait(with_beard(astronaut_rgb(), analysis.largest.landmarks), "beard", tmp_path)
+    assert extra["glasses"] is False
+    x0, y0, x1, y1 = r.mouth_box()
+    frames = [r.render(FaceState(mouth=MouthParams(open=v))) for v in (0.0, 0.3, 0.6, 0.9)]
+    # The beard is as dark as an open mouth, so the opening is read by colour: the cavity's dark red.
+    mouth = [f[y0:y1, x0:x1].astype(int) for f in frames]
+    cavity = [(((m[..., 0] - m[..., 1]) > 40) & (_luma(m) < 90)).mean() for m in mouth]
+    assert cavity[0] < cavity[1] < cavity[2] < cavity[3] and cavity[3] > cavity[0] + 0.03
+    rest, talking = frames[0], frames[3]
+    changed = np.abs(talking.astype(int) - rest).max(axis=2) > 12
+    assert changed[y1:].any()  # the beard goes down with the jaw
+    assert not changed[min(r.height - 1, y1 + (y1 - y0) * 2) :].any()  # the neck does not stretch
 
 
 def test_drawn_teeth_when_the_photo_shows_none(bundle_path: Path, tmp_path: Path) -> None:

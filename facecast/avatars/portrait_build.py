@@ -48,6 +48,9 @@ FACE_CONTROLS: tuple[str, ...] = ("jaw", "close", "wide", "round", "smile", "bro
 HEAD_GRID = 64  # head fields are sampled on a (HEAD_GRID + 1)² grid over the canonical frame
 JAW_DROP = 0.12  # full jaw drop, in face heights
 NECK_ANCHOR = 0.32  # face heights below the chin where the jaw's and the head's motion reach zero
+# Glasses stay on the nose when the brows go up, but a warp moves a frame that crosses the brows with
+# them: with glasses found, the brows move this much of their usual travel, so the frame barely bends.
+BROW_GAIN_WITH_GLASSES = 0.3
 
 
 @dataclass(frozen=True)
@@ -93,7 +96,12 @@ def build_portrait(
     report("computing the warp fields", 0.2)
     head = _head_fields(geo, mask, side)
     report("computing the warp fields", 0.5)
+    glasses = _has_glasses(photo, geo)
     origin, step, face_fields, moves = _face_fields(geo, photo)
+    if glasses:
+        brow = FACE_CONTROLS.index("brow")
+        face_fields[brow] *= BROW_GAIN_WITH_GLASSES
+        moves[brow] *= BROW_GAIN_WITH_GLASSES
     head_moves = _sample_head_moves(head, lm[:, :2], side)
     report("capturing the teeth", 0.8)
     teeth = _photo_teeth(photo, geo)
@@ -121,6 +129,7 @@ def build_portrait(
         "jaw_drop_px": round(JAW_DROP * geo.face_h, 3),
         "mouth_axis": [round(float(v), 6) for v in geo.axis],
         "teeth": "photo" if teeth is not None else "drawn",
+        "glasses": glasses,
     }
     manifest = Manifest(
         format_version=FORMAT_VERSION,
@@ -283,6 +292,26 @@ class _FaceFrame:
             tau = 0.75 + np.maximum(0.0, np.abs(self.u) - 0.8 * half) * 0.6
             lower = _smoothstep(0.5 + 0.5 * (self.v - self.seam) / tau)
         self.below = lower  # 1 on the jaw's side of the lips, 0 on the upper lip's
+
+
+def _has_glasses(photo: np.ndarray, geo: _Geometry) -> bool:
+    """Whether the face wears framed glasses: under both eyes, across most of the eye's width, a line much
+    darker than the skin around it (the lower rim). Rimless and light metal frames are not found."""
+    luma = cv2.cvtColor(photo, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    for outer, inner, lower in ((33, 133, fm.RIGHT_EYE_LOWER), (263, 362, fm.LEFT_EYE_LOWER)):
+        a, b = geo.point(outer), geo.point(inner)
+        eye_w = float(np.linalg.norm(a - b))
+        xs = np.arange(round(min(a[0], b[0]) + 0.1 * eye_w), round(max(a[0], b[0]) - 0.1 * eye_w))
+        lid = geo.lm[list(lower), :2]
+        order = np.argsort(lid[:, 0])
+        lid_y = np.interp(xs, lid[order, 0], lid[order, 1])
+        crossed = 0
+        for x, y in zip(xs, lid_y, strict=True):
+            column = luma[round(y + 0.15 * eye_w) : round(y + eye_w), min(max(x, 0), luma.shape[1] - 1)]
+            crossed += bool(column.size) and float(column.min()) < 0.55 * float(np.median(column))
+        if not len(xs) or crossed < 0.6 * len(xs):
+            return False
+    return True
 
 
 def _face_fields(geo: _Geometry, photo: np.ndarray) -> tuple[np.ndarray, int, np.ndarray, np.ndarray]:
