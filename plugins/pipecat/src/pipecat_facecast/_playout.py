@@ -69,9 +69,11 @@ class ImagePacer:
     """Lets images through no faster than the output transport draws them.
 
     Pipecat's live video output draws one queued image per period and drops none, so every image pushed
-    ahead of its period stays queued for good and the picture trails the sound by that much. Images
-    that arrive in a burst (after the event loop was held up) are refused until the burst's time has
-    passed; a steady stream with up to one period of jitter all goes through.
+    ahead of its period stays queued for good and the picture trails the sound by that much more. This
+    counts the images pushed against the periods elapsed (a leaky bucket) and refuses an image while a
+    whole one is still undrawn by that count: a burst (after the event loop was held up) leaves at most one
+    image queued ahead, and the next image that comes early drains it. A steady stream all goes through
+    while its jitter spans less than a period.
     """
 
     def __init__(self, fps: int) -> None:
