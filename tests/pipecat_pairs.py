@@ -14,10 +14,11 @@ from pipecat_facecast._local import MAX_LATE_SECS
 
 def pictureless(frames: list[Frame]) -> int:
     """How many speech audio frames went out without an image right after them."""
+    followers = [*frames[1:], None]
     return sum(
         1
-        for i, frame in enumerate(frames)
-        if isinstance(frame, TTSAudioRawFrame) and not isinstance(frames[i + 1], OutputImageRawFrame)
+        for frame, after in zip(frames, followers, strict=True)
+        if isinstance(frame, TTSAudioRawFrame) and not isinstance(after, OutputImageRawFrame)
     )
 
 
