@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 from aiortc import (
     RTCPeerConnection,
-    RTCRtpReceiver,
     RTCSessionDescription,
     rtcrtpsender,
     sdp,
@@ -24,12 +23,12 @@ from aiortc import (
 from aiortc.codecs.h264 import H264Encoder, h264_depayload
 from aiortc.codecs.vpx import Vp8Encoder, vp8_depayload
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
-from aiortc.rtp import RtcpSrPacket, RtpPacket
 
 from facecast.avatars import load_renderer
 from facecast.engine import Engine, EngineConfig, SegmentEnded, SegmentStarted
 from facecast.engine.types import SegmentEvent
 from facecast.hosts.realtime import RealtimeAvatar, VideoOut
+from facecast.hosts.sender_clock import SenderClock
 from facecast.hosts.webrtc import (
     EVENT_BACKLOG,
     AvatarAudioTrack,
@@ -58,11 +57,6 @@ async def _until(cond: Callable[[], bool], timeout: float = 20.0) -> None:
         await asyncio.sleep(0.005)
 
 
-def _wrap(delta: int) -> int:
-    """A 32-bit RTP timestamp difference as a signed number."""
-    return (delta + (1 << 31)) % (1 << 32) - (1 << 31)
-
-
 def _steps(values: list[int]) -> list[int]:
     return [b - a for a, b in itertools.pairwise(values)]
 
@@ -87,8 +81,8 @@ class Client:
         self.messages: list[tuple[float, dict[str, Any]]] = []
         self.channel.on("message", lambda m: self.messages.append((time.monotonic(), json.loads(m))))
         self.rx = Received()
-        self.sender_reports: dict[str, list[tuple[float, int]]] = {"audio": [], "video": []}
-        self.first_rtp: dict[str, int] = {}
+        # Each stream on the sender's clock, as a browser lines audio and video up.
+        self.clocks = {"audio": SenderClock(48000), "video": SenderClock(90000)}
         self._tasks: list[asyncio.Task[None]] = []
         self.pc.on("track", lambda track: self._tasks.append(asyncio.create_task(self._read(track))))
 
@@ -97,35 +91,8 @@ class Client:
         answer = await peer.answer(self.pc.localDescription.sdp, self.pc.localDescription.type)
         await self.pc.setRemoteDescription(RTCSessionDescription(answer.sdp, answer.type))
         for receiver in self.pc.getReceivers():
-            self._record_sender_reports(receiver)
+            self.clocks[receiver.track.kind].watch(receiver)
         return answer.sdp
-
-    def _record_sender_reports(self, receiver: RTCRtpReceiver) -> None:
-        """Keep each stream's RTCP sender reports (sender wall clock <-> RTP timestamp), which is what a
-        browser lines audio and video up with, and its first RTP timestamp: aiortc's receiver counts
-        frame pts from there."""
-        kind = receiver.track.kind
-        handle_rtcp, handle_rtp = receiver._handle_rtcp_packet, receiver._handle_rtp_packet
-
-        async def rtcp(packet: Any) -> None:
-            if isinstance(packet, RtcpSrPacket):
-                info = packet.sender_info
-                self.sender_reports[kind].append((info.ntp_timestamp / 2**32, info.rtp_timestamp))
-            await handle_rtcp(packet)
-
-        async def rtp(packet: RtpPacket, arrival_time_ms: int) -> None:
-            self.first_rtp.setdefault(kind, packet.timestamp)
-            await handle_rtp(packet, arrival_time_ms)
-
-        receiver._handle_rtcp_packet = rtcp  # type: ignore[method-assign]
-        receiver._handle_rtp_packet = rtp  # type: ignore[method-assign]
-
-    def sender_time(self, kind: str, pts: int) -> float:
-        """Sender wall time (NTP seconds) of a received frame's pts, from the nearest sender report."""
-        clock = 90000 if kind == "video" else 48000
-        stamp = (self.first_rtp[kind] + pts) % (1 << 32)
-        ntp, rtp = min(self.sender_reports[kind], key=lambda r: abs(_wrap(stamp - r[1])))
-        return ntp + _wrap(stamp - rtp) / clock
 
     async def _read(self, track: MediaStreamTrack) -> None:
         x0, y0, x1, y1 = self.box
@@ -335,11 +302,14 @@ async def test_speech_moves_the_mouth_and_an_interrupt_brings_it_back_to_rest(
 
     # Measured, not asserted: when the first open mouth and the first sound arrived, and the A/V offset
     # a browser would show: both placed on the sender's clock through their RTCP sender reports.
-    await _until(lambda: all(s.client.sender_reports.values()))
+    await _until(lambda: all(clock.ready for clock in s.client.clocks.values()))
     first_open = next((a, pts) for a, pts, d in rx.video if a > pushed_at and d > idle + 0.02)
     sound = next((a, pts, samples) for a, pts, samples in rx.audio if np.abs(samples).max() > 1000)
-    onset = s.client.sender_time("audio", sound[1]) + int(np.argmax(np.abs(sound[2]) > 1000)) / 48000
-    offset_ms = 1000 * (s.client.sender_time("video", first_open[1]) - onset)
+    sound_at = s.client.clocks["audio"].sender_time(sound[1], sound[0])
+    open_at = s.client.clocks["video"].sender_time(first_open[1], first_open[0])
+    assert sound_at is not None and open_at is not None
+    onset = sound_at + int(np.argmax(np.abs(sound[2]) > 1000)) / 48000
+    offset_ms = 1000 * (open_at - onset)
     print(
         f"\nspeech: push -> first open mouth received {1000 * (first_open[0] - pushed_at):.0f} ms, "
         f"push -> first sound received {1000 * (sound[0] - pushed_at):.0f} ms (aiortc's receiver holds "

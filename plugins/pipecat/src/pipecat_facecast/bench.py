@@ -40,8 +40,8 @@ from pipecat.workers.runner import WorkerRunner
 from facecast.avatars import frame_size
 from facecast.engine import Engine, EngineConfig, FaceState
 from facecast.engine.config import DEFAULT_LOOKAHEAD_MS
+from facecast.hosts.sender_clock import SenderClock
 from facecast.tts import EspeakTTS
-from pipecat_facecast._rtp import SenderClock
 from pipecat_facecast.video import FacecastVideoService
 
 PIPELINE_RATE = 24000

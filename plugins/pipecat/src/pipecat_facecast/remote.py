@@ -33,10 +33,10 @@ from pipecat.frames.frames import OutputImageRawFrame
 from pipecat.processors.frame_processor import FrameProcessor
 
 from facecast.engine import PhoneTiming
+from facecast.hosts.sender_clock import SenderClock
 from facecast.server import protocol as p
 from pipecat_facecast._local import EmitFrame
 from pipecat_facecast._playout import SEGMENT_DONE, ImagePacer, OutputResampler, Position
-from pipecat_facecast._rtp import SenderClock
 
 SILENCE_LEVEL = 64  # int16 peak below which decoded Opus counts as the server's idle silence
 SPEECH_END_QUIET_SECS = 0.12  # after the server reports the end, this much silence ends the speech run

@@ -1,7 +1,8 @@
 """Mapping received WebRTC media onto the sender's clock, as browsers do for lip sync (RTCP sender reports).
 
 aiortc decodes frames with timestamps counted from each track's first packet and keeps the RTCP sender
-reports to itself; `SenderClock` watches a receiver's packets to recover both.
+reports to itself; `SenderClock` watches a receiver's packets to recover both. Used by whatever receives
+a Facecast stream with aiortc: the Pipecat plugin's remote mode, its bench and the WebRTC tests.
 """
 
 from __future__ import annotations
@@ -45,9 +46,14 @@ class SenderClock:
 
         receiver._handle_rtp_packet, receiver._handle_rtcp_packet = on_rtp, on_rtcp
 
+    @property
+    def ready(self) -> bool:
+        """Whether media and a sender report have been seen, so that `sender_time` can answer."""
+        return self._first_rtp is not None and bool(self._reports)
+
     def sender_time(self, pts: int, arrival: float) -> float | None:
         """Sender wall-clock seconds of decoded media time `pts` (None before the first report)."""
-        if self._first_rtp is None or not self._reports:
+        if not self.ready:
             return None
         _, ntp, rtp = min(self._reports, key=lambda report: abs(report[0] - arrival))
         timestamp = (self._first_rtp + pts) % 2**32
