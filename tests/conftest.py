@@ -1,11 +1,15 @@
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+from livekit_server import LiveKitServer, LiveKitServerMissing, LiveRoom, find_binary, run_livekit_server
 
 SENTENCE = "Hello there, my name is Bob and I build maps for people."
 
@@ -26,3 +30,33 @@ def speech(tmp_path_factory: pytest.TempPathFactory) -> tuple[np.ndarray, int, s
         rate = stream.rate
         chunks = [frame.to_ndarray().reshape(-1) for frame in container.decode(stream)]
     return np.concatenate(chunks).astype(np.int16), rate, SENTENCE
+
+
+@pytest.fixture(scope="session")
+def livekit_server() -> Iterator[LiveKitServer]:
+    """A real LiveKit server on loopback for the whole session (see tests/livekit_server.py).
+
+    LIVEKIT_URL, LIVEKIT_API_KEY and LIVEKIT_API_SECRET name an external one instead. Without a binary
+    the test is skipped, except under CI=true, where it fails."""
+    url, key, secret = (
+        os.environ.get(n, "") for n in ("LIVEKIT_URL", "LIVEKIT_API_KEY", "LIVEKIT_API_SECRET")
+    )
+    if url and key and secret:
+        yield LiveKitServer(url, key, secret)
+        return
+    try:
+        binary = find_binary()
+    except LiveKitServerMissing as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI runs the real-LiveKit tests: {exc}")
+        pytest.skip(str(exc))
+    with run_livekit_server(binary) as server:
+        yield server
+
+
+@pytest.fixture
+async def live_room(livekit_server: LiveKitServer) -> AsyncIterator[LiveRoom]:
+    """A new room name on the real server; the room is deleted after the test."""
+    room = LiveRoom(livekit_server, f"facecast-test-{uuid.uuid4().hex[:8]}")
+    yield room
+    await room.delete()
