@@ -60,6 +60,21 @@ def add_livekit_parsers(subparsers: Any) -> None:
         metavar="SECONDS",
         help="default maximum session length (default 3600)",
     )
+    worker.add_argument(
+        "--max-sessions",
+        type=int,
+        default=None,
+        metavar="N",
+        help="report this worker full at N running avatars (default: full at 70%% of the machine's CPU)",
+    )
+    worker.add_argument(
+        "--http-port",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help="port of the worker's health-check HTTP server (default 8081; 0: any free port). "
+        "Workers sharing a machine need distinct ports",
+    )
     worker.add_argument("--dev", action="store_true", help="development mode (no process pre-warming)")
 
     say = subparsers.add_parser(
@@ -101,6 +116,10 @@ def run_worker_command(args: argparse.Namespace) -> int:
     check_avatar(args.avatar)
     if args.max_duration <= 0:
         raise ValueError("--max-duration must be positive")
+    if args.max_sessions is not None and args.max_sessions < 1:
+        raise ValueError("--max-sessions must be at least 1")
+    if args.http_port is not None and not 0 <= args.http_port <= 65535:
+        raise ValueError("--http-port must be between 0 and 65535")
     url = _credential(args.url, "LIVEKIT_URL", "--url")
     key = _credential(args.api_key, "LIVEKIT_API_KEY", "--api-key")
     secret = _credential(args.api_secret, "LIVEKIT_API_SECRET", "--api-secret")
@@ -114,7 +133,14 @@ def run_worker_command(args: argparse.Namespace) -> int:
     )
     print(f"facecast worker: registering as {args.agent_name!r} at {url}")
     run_agent_server(
-        args.agent_name, defaults=defaults, url=url, api_key=key, api_secret=secret, devmode=args.dev
+        args.agent_name,
+        defaults=defaults,
+        url=url,
+        api_key=key,
+        api_secret=secret,
+        max_sessions=args.max_sessions,
+        http_port=args.http_port,
+        devmode=args.dev,
     )
     return 0
 

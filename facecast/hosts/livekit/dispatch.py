@@ -27,10 +27,16 @@ import dataclasses
 import functools
 import json
 import logging
+import multiprocessing
+import multiprocessing.connection as mp_connection
+import os
 import signal
+import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from livekit import rtc
 from livekit.agents import AgentServer, AutoSubscribe, JobContext, JobProcess, JobRequest
 
 from facecast.avatars import DEFAULT_AVATAR, AvatarLibrary
@@ -38,6 +44,7 @@ from facecast.avatars.library import is_bundle_path
 from facecast.hosts.livekit.generator import check_avatar
 from facecast.hosts.livekit.names import (
     ATTRIBUTE_PUBLISH_ON_BEHALF,
+    ATTRIBUTE_WORKER,
     DEFAULT_AGENT_NAME,
     DEFAULT_AVATAR_IDENTITY,
     DEFAULT_AVATAR_NAME,
@@ -46,6 +53,8 @@ from facecast.hosts.livekit.worker import RoomAvatar, run_room_avatar
 from facecast.server.protocol import END_SERVER_SHUTDOWN
 
 logger = logging.getLogger("facecast.livekit")
+
+ORPHAN_LEAVE_TIMEOUT_S = 5.0  # per step (session.state + leave) when the worker process has died
 
 
 @dataclass(frozen=True)
@@ -114,8 +123,16 @@ async def handle_request(defaults: AvatarJob, req: JobRequest) -> None:
         logger.warning("rejecting dispatch to room %s: %s", req.room.name, exc)
         await req.reject()
         return
-    attributes = {ATTRIBUTE_PUBLISH_ON_BEHALF: job.agent_identity} if job.agent_identity else None
+    attributes = {ATTRIBUTE_WORKER: worker_label()}
+    if job.agent_identity:
+        attributes[ATTRIBUTE_PUBLISH_ON_BEHALF] = job.agent_identity
     await req.accept(identity=job.avatar_identity, name=job.avatar_name, attributes=attributes)
+
+
+def worker_label() -> str:
+    """Which worker process serves a session: `host:pid` of the worker's main process, published as the
+    avatar participant's `facecast.worker` attribute (logs and dashboards can tell the fleet apart)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 async def avatar_entrypoint(defaults: AvatarJob, ctx: JobContext) -> None:
@@ -138,14 +155,66 @@ async def avatar_entrypoint(defaults: AvatarJob, ctx: JobContext) -> None:
         await avatar.aclose(END_SERVER_SHUTDOWN)
 
     ctx.add_shutdown_callback(on_shutdown)
-    reason = await run_room_avatar(avatar)
+    stop_watching = _leave_if_orphaned(avatar, ctx.room)
+    try:
+        reason = await run_room_avatar(avatar)
+    finally:
+        stop_watching()
     logger.info("avatar job in room %s ended: %s (%s)", ctx.room.name, reason, avatar.stats())
     ctx.shutdown(reason)
+
+
+def _leave_if_orphaned(avatar: RoomAvatar, room: rtc.Room) -> Callable[[], None]:
+    """Watch the worker's main process from a job process; returns a function that stops watching.
+
+    livekit-agents runs each job in a child of the worker. If the worker dies (SIGKILL, OOM), its jobs
+    are orphans: livekit-agents cancels the job, but nothing leaves the room (the job's room is the
+    job's to disconnect), so the avatar would stay in the room, frozen, and the process would linger.
+    Here the orphan tells the room (session.state error, then disconnected/error), leaves it, and exits.
+    A job run in a thread (no parent process) is not watched."""
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return lambda: None
+    loop = asyncio.get_running_loop()
+    sentinel = parent.sentinel  # readable once the parent has exited
+    if mp_connection.wait([sentinel], timeout=0):
+        raise RuntimeError(f"the worker process {parent.pid} is gone; not starting the avatar")
+
+    def lost() -> None:
+        loop.remove_reader(sentinel)
+        logger.error(
+            "the worker process %s died; the avatar in room %s leaves and this job process exits",
+            parent.pid,
+            room.name,
+        )
+        avatar.fail(f"the worker process serving this avatar died (pid {parent.pid}); the avatar left")
+        # livekit-agents tears the job down as well, cancelling tasks: keep a reference, finish anyway
+        _orphan_exits.add(loop.create_task(_leave_and_exit(avatar, room), name="facecast-orphan-exit"))
+
+    loop.add_reader(sentinel, lost)
+    return lambda: loop.remove_reader(sentinel)
+
+
+_orphan_exits: set[asyncio.Task[None]] = set()
+
+
+async def _leave_and_exit(avatar: RoomAvatar, room: rtc.Room) -> None:
+    for step in (avatar.wait_closed, room.disconnect):
+        try:
+            await asyncio.wait_for(step(), ORPHAN_LEAVE_TIMEOUT_S)
+        except (asyncio.CancelledError, Exception) as exc:
+            logger.debug("while leaving an orphaned job: %r", exc)
+    logging.shutdown()
+    os._exit(1)  # no supervisor to report to; the interpreter's own exit would wait on the room's FFI
 
 
 def _prewarm(_proc: JobProcess) -> None:
     # Idle job processes import the engine and renderer ahead of the dispatch.
     import facecast.hosts.livekit.generator  # noqa: F401
+
+
+def _session_load(max_sessions: int, server: AgentServer) -> float:
+    return min(1.0, len(server.active_jobs) / max_sessions)
 
 
 def build_agent_server(
@@ -155,13 +224,34 @@ def build_agent_server(
     url: str | None = None,
     api_key: str | None = None,
     api_secret: str | None = None,
+    max_sessions: int | None = None,
+    http_port: int | None = None,
 ) -> AgentServer:
     """An AgentServer that serves explicit dispatches to `agent_name` with Facecast avatars. Credentials
-    default to LIVEKIT_URL / LIVEKIT_API_KEY / LIVEKIT_API_SECRET."""
+    default to LIVEKIT_URL / LIVEKIT_API_KEY / LIVEKIT_API_SECRET.
+
+    The load the worker reports to LiveKit (which hands each job to an available worker, at random
+    weighted by 1 - load) is by default livekit-agents' own: the machine's CPU use, full at 70 %. With
+    `max_sessions` it is the share of that many sessions in use: the worker declares itself full, and
+    refuses further jobs, at `max_sessions` running avatars whatever the CPU does. Use it when workers
+    share a machine (they would all report the same CPU) or when you know a session's cost.
+
+    `http_port` is the port of the worker's health-check HTTP server (livekit-agents' default: 8081, or
+    any free port in development mode); 0 picks a free port. Workers on one machine need distinct ports."""
     if not agent_name:
         raise ValueError("agent_name must not be empty: avatars are dispatched explicitly, by name")
     defaults = defaults or AvatarJob()
-    server = AgentServer(ws_url=url, api_key=api_key, api_secret=api_secret, setup_fnc=_prewarm)
+    options: dict[str, Any] = {}
+    if max_sessions is not None:
+        if max_sessions < 1:
+            raise ValueError(f"max_sessions must be at least 1, got {max_sessions}")
+        options = {
+            "load_fnc": functools.partial(_session_load, max_sessions),
+            # full once the running sessions reach max_sessions (livekit-agents wants a threshold < 1)
+            "load_threshold": (max_sessions - 0.5) / max_sessions,
+            "num_idle_processes": min(max_sessions, 4),
+        }
+    server = AgentServer(ws_url=url, api_key=api_key, api_secret=api_secret, setup_fnc=_prewarm, **options)
     # partials of module-level functions pickle, so jobs can run in separate processes
     server.rtc_session(
         functools.partial(avatar_entrypoint, defaults),
@@ -178,11 +268,19 @@ def run_agent_server(
     url: str | None = None,
     api_key: str | None = None,
     api_secret: str | None = None,
+    max_sessions: int | None = None,
+    http_port: int | None = None,
     devmode: bool = False,
 ) -> None:
     """Run a worker until SIGINT/SIGTERM, then drain: running avatars finish before the process exits."""
     server = build_agent_server(
-        agent_name, defaults=defaults, url=url, api_key=api_key, api_secret=api_secret
+        agent_name,
+        defaults=defaults,
+        url=url,
+        api_key=api_key,
+        api_secret=api_secret,
+        max_sessions=max_sessions,
+        http_port=http_port,
     )
     asyncio.run(_serve(server, devmode=devmode))
 

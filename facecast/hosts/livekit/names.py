@@ -11,6 +11,7 @@ RPC_PLAYBACK_STARTED: Final = "lk.playback_started"
 RPC_PLAYBACK_FINISHED: Final = "lk.playback_finished"
 ATTRIBUTE_PUBLISH_ON_BEHALF: Final = "lk.publish_on_behalf"
 ATTRIBUTE_AGENT_STATE: Final = "lk.agent.state"
+ATTRIBUTE_WORKER: Final = "facecast.worker"  # host:pid of the `facecast worker` serving a dispatched avatar
 TOPIC_TRANSCRIPTION: Final = "lk.transcription"
 TOPIC_AGENT_SESSION: Final = "lk.agent.session"
 

@@ -201,6 +201,14 @@ class RoomAvatar:
             self._agent_identity or "the first agent",
         )
 
+    def fail(self, error: str) -> None:
+        """End the session as `error`, telling the room why: session.state {"state": "error", "reason":
+        error}, then {"state": "disconnected", "reason": "error"}. Returns at once; await `ended` or
+        `wait_closed()` for the leave. A no-op when the session is already ending."""
+        if self._shutdown_task is None:
+            self._error = error
+            self._end(END_ERROR)
+
     async def aclose(self, reason: str = END_STOPPED) -> None:
         """End the session (idempotent: the first reason wins) and wait until it has left the room."""
         self._end(reason)
