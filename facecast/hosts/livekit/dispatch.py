@@ -251,6 +251,8 @@ def build_agent_server(
             "load_threshold": (max_sessions - 0.5) / max_sessions,
             "num_idle_processes": min(max_sessions, 4),
         }
+    if http_port is not None:
+        options["port"] = http_port
     server = AgentServer(ws_url=url, api_key=api_key, api_secret=api_secret, setup_fnc=_prewarm, **options)
     # partials of module-level functions pickle, so jobs can run in separate processes
     server.rtc_session(
