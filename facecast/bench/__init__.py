@@ -1,7 +1,9 @@
 """`facecast bench`: speed, latency, lip-sync quality and memory, measured side by side in one run.
 
-Subcommands: speed · latency · lipsync · memory · all. Results print as tables on stdout (Markdown
-with --markdown); progress goes to stderr, one line per item. See docs/benchmarks.md.
+Subcommands: speed · latency · lipsync · memory · all; `facecast bench server ...` (a real `facecast
+serve`) and `facecast bench livekit ...` (a worker in a real LiveKit room) have their own options.
+Results print as tables on stdout (Markdown with --markdown); progress goes to stderr, one line per
+item. See docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -51,6 +53,10 @@ def main(argv: list[str] | None = None) -> int:
         from facecast.bench.server import main as server_main
 
         return server_main(argv[1:])
+    if argv[:1] == ["livekit"]:  # so has the real-LiveKit-server one
+        from facecast.bench.livekit import main as livekit_main
+
+        return livekit_main(argv[1:])
     parser = _parser()
     args = parser.parse_args(argv)
     if args.voices:
