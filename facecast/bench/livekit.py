@@ -77,6 +77,7 @@ class Report:
     cpu_speaking: float = math.nan  # worker process, share of one core
     cpu_idle: float = math.nan
     rss_before_mb: float = math.nan  # worker process before its first session
+    rss_first_mb: float = math.nan  # after the first session stopped
     rss_warm_mb: float = math.nan  # after the timed starts, no session running
     rss_session_mb: float = math.nan  # with one session that has spoken
     worker_stats: dict[str, Any] = field(default_factory=dict)
@@ -219,7 +220,7 @@ class _Session:
 
 @contextlib.asynccontextmanager
 async def _session(
-    server: Any, worker: WorkerProcess, mouth_box: tuple[int, int, int, int]
+    server: Any, worker: WorkerProcess, mouth_box: tuple[int, int, int, int], frame_size: tuple[int, int]
 ) -> AsyncIterator[_Session]:
     """A fresh room with the agent and the viewer in it, then the worker's avatar; all torn down after."""
     from livekit import api, rtc
@@ -242,7 +243,7 @@ async def _session(
         )
 
     agent = rtc.Room()
-    viewer = RoomViewer(mouth_box=mouth_box, publisher=AVATAR)
+    viewer = RoomViewer(mouth_box=mouth_box, frame_size=frame_size, publisher=AVATAR)
     await agent.connect(server.url, token(AGENT, "agent"))
     await viewer.connect(server.url, token("viewer", "standard"))
     started = False
@@ -311,7 +312,7 @@ async def run(server: Any, opts: Options, log: Log, workdir: Path) -> Report:
         report.rss_before_mb = worker.rss_mb()
         # start() -> first frame: a cold start (first renderer, recogniser) and `starts` warm ones
         for i in range(opts.starts + 1):
-            async with _session(server, worker, mouth_box) as s:
+            async with _session(server, worker, mouth_box, (width, height)) as s:
                 first_ms = (s.viewer.first_video_at - s.started["returned_at"]) * 1000
                 if i == 0:
                     report.cold_first_frame_ms = first_ms
@@ -319,9 +320,11 @@ async def run(server: Any, opts: Options, log: Log, workdir: Path) -> Report:
                     report.start_ms.append((s.started["returned_at"] - s.started["called_at"]) * 1000)
                     report.first_frame_ms.append(first_ms)
             log(f"start {i}/{opts.starts}{' (cold)' if i == 0 else ''}: first frame {first_ms:.0f} ms")
+            if i == 0:
+                report.rss_first_mb = worker.rss_mb()
         report.rss_warm_mb = worker.rss_mb()
 
-        async with _session(server, worker, mouth_box) as s:
+        async with _session(server, worker, mouth_box, (width, height)) as s:
             viewer = s.viewer
             out = DataStreamAudioOutput(
                 s.agent, destination_identity=AVATAR, wait_remote_track=rtc.TrackKind.KIND_VIDEO
@@ -444,6 +447,7 @@ def tables(r: Report, opts: Options) -> list[Table]:
     w.add("CPU while speaking, % of one core", r.cpu_speaking * 100)
     w.add("CPU while idle, % of one core", r.cpu_idle * 100)
     w.add("RSS before the first session, MB", r.rss_before_mb)
+    w.add("RSS after the first session stopped, MB", r.rss_first_mb)
     w.add(f"RSS after {len(r.start_ms) + 1} sessions started and stopped, MB", r.rss_warm_mb)
     w.add("RSS with one session, MB", r.rss_session_mb)
     w.add("RSS per session (with one - after), MB", r.rss_per_session_mb)

@@ -39,6 +39,8 @@ SPEECH_RMS = 200.0  # int16 RMS above this is speech (the avatar's silence is ex
 class VideoSample:
     at: float  # arrival, time.monotonic()
     mouth_motion: float  # mean absolute luma change in the mouth box since the previous frame
+    width: int = 0  # of the frame received: the SFU may forward a smaller simulcast layer
+    height: int = 0
 
 
 @dataclass
@@ -67,13 +69,21 @@ class RoomViewer:
     """Subscribes to everything in a room and records what the avatar's tracks deliver.
 
     `mouth_box` (x0, y0, x1, y1, in the avatar's video frame) enables the mouth-motion metric; without it
-    video frames are only counted. `publisher` limits the recording to one participant's tracks."""
+    video frames are only counted. `frame_size` (width, height) is the frame `mouth_box` refers to: the
+    SFU forwards a smaller simulcast layer at first (and when bandwidth drops), and the box is scaled to
+    each frame received (default: the box applies only to frames it fits in; others count 0 motion).
+    `publisher` limits the recording to one participant's tracks."""
 
     def __init__(
-        self, *, mouth_box: tuple[int, int, int, int] | None = None, publisher: str | None = None
+        self,
+        *,
+        mouth_box: tuple[int, int, int, int] | None = None,
+        frame_size: tuple[int, int] | None = None,
+        publisher: str | None = None,
     ) -> None:
         self.room = rtc.Room()
         self.mouth_box = mouth_box
+        self.frame_size = frame_size
         self.publisher = publisher
         self.published: list[Published] = []
         self.states: list[StatePacket] = []
@@ -192,7 +202,8 @@ class RoomViewer:
             now = time.monotonic()
             if self.first_video_at is None:
                 self.first_video_at = now
-            self.video.append(VideoSample(now, self._motion(event.frame)))
+            frame = event.frame
+            self.video.append(VideoSample(now, self._motion(frame), frame.width, frame.height))
         await stream.aclose()
 
     async def _read_audio(self, stream: rtc.AudioStream) -> None:
@@ -217,6 +228,12 @@ class RoomViewer:
         if self.mouth_box is None:
             return 0.0
         x0, y0, x1, y1 = self.mouth_box
+        if self.frame_size is not None and (frame.width, frame.height) != self.frame_size:
+            sx, sy = frame.width / self.frame_size[0], frame.height / self.frame_size[1]
+            x0, x1, y0, y1 = round(x0 * sx), round(x1 * sx), round(y0 * sy), round(y1 * sy)
+        if not (0 <= x0 < x1 <= frame.width and 0 <= y0 < y1 <= frame.height):
+            self._last_mouth = None
+            return 0.0
         if frame.type != rtc.VideoBufferType.I420:
             frame = frame.convert(rtc.VideoBufferType.I420)
         luma = np.frombuffer(bytes(frame.data), np.uint8)[: frame.width * frame.height]
