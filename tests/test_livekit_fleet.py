@@ -4,7 +4,8 @@ server (the `livekit_server` fixture: tests/livekit_server.py).
 LiveKit hands each job to one available worker of the agent name, at random weighted by 1 - load: with
 few jobs and equal loads nothing guarantees that both workers get one. What is guaranteed is capacity:
 a worker started with `--max-sessions 2` is full at two running avatars and refuses a third, which LiveKit
-then gives to another worker. So three dispatches to two such workers must land on both.
+then gives to another worker. So three dispatches to two such workers must land on both. A dispatch
+that no worker can take is dropped, not queued.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -27,13 +30,14 @@ import pytest
 from livekit import api, rtc
 from livekit_server import LiveKitServer, LiveRoom
 
-from facecast.hosts.livekit.names import ATTRIBUTE_WORKER, DEFAULT_AVATAR_IDENTITY
+from facecast.hosts.livekit.names import ATTRIBUTE_JOB_PROCESS, ATTRIBUTE_WORKER, DEFAULT_AVATAR_IDENTITY
 from facecast.hosts.livekit.viewer import RoomViewer
 
 AVATAR = DEFAULT_AVATAR_IDENTITY
 MAX_SESSIONS = 2
 REGISTER_TIMEOUT_S = 60.0
 HANG_S = 30.0
+DISPATCH_RETRY_S = 5.0
 
 
 @dataclass
@@ -47,6 +51,14 @@ class Worker:
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
+
+    def info(self) -> dict[str, object]:
+        """livekit-agents' /worker endpoint on the worker's health-check port (active_jobs, worker_load)."""
+        port = re.search(r"HTTP server listening on :(\d+)", self.log_text())
+        assert port, "the worker has not logged its HTTP port"
+        with urllib.request.urlopen(f"http://127.0.0.1:{port[1]}/worker", timeout=2) as response:
+            info: dict[str, object] = json.loads(response.read())
+        return info
 
 
 @dataclass
@@ -140,13 +152,27 @@ async def _open_room(server: LiveKitServer, rooms: list[Room]) -> Room:
     return room
 
 
-async def _dispatch(lk: api.LiveKitAPI, agent_name: str, room: Room) -> None:
+async def _dispatch(lk: api.LiveKitAPI, agent_name: str, room: Room, attempts: int = 1) -> None:
+    """Dispatch an avatar into `room` and wait for its video. With `attempts` > 1, a dispatch that no
+    avatar answers within DISPATCH_RETRY_S is made again: the worker's status reaches LiveKit every 0.5 s,
+    and a dispatch made while every worker still reads as full is dropped."""
     metadata = json.dumps({"agent_identity": "agent"})
     frames = len(room.viewer.video)
-    await lk.agent_dispatch.create_dispatch(
-        api.CreateAgentDispatchRequest(agent_name=agent_name, room=room.room.name, metadata=metadata)
-    )
-    await _wait(lambda: room.avatar() is not None, f"an avatar in {room.room.name}")
+    for attempt in range(attempts):
+        await lk.agent_dispatch.create_dispatch(
+            api.CreateAgentDispatchRequest(agent_name=agent_name, room=room.room.name, metadata=metadata)
+        )
+        last = attempt == attempts - 1
+        try:
+            await _wait(
+                lambda: room.avatar() is not None,
+                f"an avatar in {room.room.name}",
+                HANG_S if last else DISPATCH_RETRY_S,
+            )
+            break
+        except TimeoutError:
+            if last:
+                raise
     await _wait(lambda: len(room.viewer.video) >= frames + 5, f"the avatar's video in {room.room.name}")
 
 
@@ -193,7 +219,8 @@ async def test_fleet_spreads_sessions_and_survives_a_killed_worker(
             states = r.viewer.state_values(AVATAR)
             assert states[-1] == {"state": "disconnected", "reason": "error"}, states
             assert states[-2]["state"] == "error" and "worker process" in states[-2]["reason"], states
-            assert AVATAR not in r.agent.remote_participants  # the agent's side learns it too
+            # the agent's side learns it too (each participant hears of the leave on its own)
+            await _wait(lambda r=r: AVATAR not in r.agent.remote_participants, "the agent to see it leave")
         # the orphaned job processes (and the forkserver) exit: nothing lingers
         await _wait(lambda: not _alive(children), f"the killed worker's children {children} to exit")
         # the survivor's session is untouched
@@ -204,3 +231,23 @@ async def test_fleet_spreads_sessions_and_survives_a_killed_worker(
         await _dispatch(lk, agent_name, lost[0])
         assert lost[0].worker_pid() == survivor.pid
         assert survivor.proc.poll() is None
+
+        # 4. SIGKILL one job process of the survivor (the OOM killer's pick): the worker's main process
+        # tells the room through the server API (packets with no sender) and removes the avatar
+        room = kept[0]
+        await _wait(lambda: ATTRIBUTE_JOB_PROCESS in room.avatar().attributes, "the job process attribute")
+        job_pid = int(room.avatar().attributes[ATTRIBUTE_JOB_PROCESS])
+        assert job_pid in {c.pid for c in psutil.Process(survivor.pid).children(recursive=True)}
+        started.add(job_pid)
+        os.kill(job_pid, signal.SIGKILL)
+        await room.viewer.wait_for(lambda: room.avatar() is None, HANG_S, "the dead job's avatar to go")
+        states = room.viewer.state_values()
+        assert states[-1] == {"state": "disconnected", "reason": "error"}, states
+        assert states[-2]["state"] == "error" and "job process died" in states[-2]["reason"], states
+        assert survivor.proc.poll() is None and lost[0].avatar() is not None  # the rest carries on
+        # LiveKit drops a dispatch no worker can take (no queue): wait until the survivor has room again
+        await _wait(
+            lambda: survivor.info()["active_jobs"] < MAX_SESSIONS, "the survivor to count the job gone"
+        )
+        await _dispatch(lk, agent_name, room, attempts=3)
+        assert room.worker_pid() == survivor.pid

@@ -23,6 +23,7 @@ does not have is rejected.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import json
@@ -36,21 +37,25 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from livekit import rtc
+from livekit import api, rtc
 from livekit.agents import AgentServer, AutoSubscribe, JobContext, JobProcess, JobRequest
 
 from facecast.avatars import DEFAULT_AVATAR, AvatarLibrary
 from facecast.avatars.library import is_bundle_path
 from facecast.hosts.livekit.generator import check_avatar
 from facecast.hosts.livekit.names import (
+    ATTRIBUTE_JOB_PROCESS,
     ATTRIBUTE_PUBLISH_ON_BEHALF,
     ATTRIBUTE_WORKER,
     DEFAULT_AGENT_NAME,
     DEFAULT_AVATAR_IDENTITY,
     DEFAULT_AVATAR_NAME,
+    SESSION_STATE_TOPIC,
+    STATE_DISCONNECTED,
+    STATE_ERROR,
 )
 from facecast.hosts.livekit.worker import RoomAvatar, run_room_avatar
-from facecast.server.protocol import END_SERVER_SHUTDOWN
+from facecast.server.protocol import END_ERROR, END_SERVER_SHUTDOWN
 
 logger = logging.getLogger("facecast.livekit")
 
@@ -155,6 +160,8 @@ async def avatar_entrypoint(defaults: AvatarJob, ctx: JobContext) -> None:
         await avatar.aclose(END_SERVER_SHUTDOWN)
 
     ctx.add_shutdown_callback(on_shutdown)
+    with contextlib.suppress(Exception):  # informative only (which process to look at)
+        await ctx.room.local_participant.set_attributes({ATTRIBUTE_JOB_PROCESS: str(os.getpid())})
     stop_watching = _leave_if_orphaned(avatar, ctx.room)
     try:
         reason = await run_room_avatar(avatar)
@@ -208,6 +215,55 @@ async def _leave_and_exit(avatar: RoomAvatar, room: rtc.Room) -> None:
     os._exit(1)  # no supervisor to report to; the interpreter's own exit would wait on the room's FFI
 
 
+def _report_dead_jobs(server: AgentServer, credentials: tuple[str | None, str | None, str | None]) -> None:
+    """In the worker's main process: when a job process dies under a running avatar (SIGKILL, the OOM
+    killer, a crash in native code), the avatar could not say goodbye, and LiveKit would notice the
+    silent participant only after its timeout. Tell the room on the avatar's behalf, through the server
+    API (session.state packets from the server, with no sender), and remove the participant."""
+    pool = getattr(server, "_proc_pool", None)  # livekit-agents 1.8: created by run(), before this event
+    if pool is None:
+        logger.warning("cannot watch job processes (livekit-agents changed); crashed jobs are not reported")
+        return
+    tasks: set[asyncio.Task[None]] = set()
+
+    def closed(proc: Any) -> None:
+        info = getattr(proc, "running_job", None)
+        exitcode = getattr(proc, "exitcode", None)
+        if info is None or not exitcode:
+            return  # an idle process, or a job that ended normally
+        task = asyncio.get_running_loop().create_task(_report_dead_job(info, exitcode, credentials))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    pool.on("process_closed", closed)
+
+
+async def _report_dead_job(
+    info: Any, exitcode: int, credentials: tuple[str | None, str | None, str | None]
+) -> None:
+    room, identity = info.job.room.name, info.accept_arguments.identity
+    error = f"the avatar's job process died (exit code {exitcode}); the avatar left"
+    logger.error("avatar job in room %s: %s", room, error)
+    url, key, secret = credentials
+    try:
+        async with api.LiveKitAPI(url or info.url, key, secret) as lk:
+            for state in (
+                {"state": STATE_ERROR, "reason": error},
+                {"state": STATE_DISCONNECTED, "reason": END_ERROR},
+            ):
+                await lk.room.send_data(
+                    api.SendDataRequest(
+                        room=room,
+                        data=json.dumps(state).encode(),
+                        kind=api.DataPacket.Kind.RELIABLE,
+                        topic=SESSION_STATE_TOPIC,
+                    )
+                )
+            await lk.room.remove_participant(api.RoomParticipantIdentity(room=room, identity=identity))
+    except Exception as exc:  # the room may be gone already
+        logger.warning("could not tell room %s that its avatar's job died: %s", room, exc)
+
+
 def _prewarm(_proc: JobProcess) -> None:
     # Idle job processes import the engine and renderer ahead of the dispatch.
     import facecast.hosts.livekit.generator  # noqa: F401
@@ -254,6 +310,7 @@ def build_agent_server(
     if http_port is not None:
         options["port"] = http_port
     server = AgentServer(ws_url=url, api_key=api_key, api_secret=api_secret, setup_fnc=_prewarm, **options)
+    server.on("worker_started", functools.partial(_report_dead_jobs, server, (url, api_key, api_secret)))
     # partials of module-level functions pickle, so jobs can run in separate processes
     server.rtc_session(
         functools.partial(avatar_entrypoint, defaults),

@@ -12,6 +12,7 @@ RPC_PLAYBACK_FINISHED: Final = "lk.playback_finished"
 ATTRIBUTE_PUBLISH_ON_BEHALF: Final = "lk.publish_on_behalf"
 ATTRIBUTE_AGENT_STATE: Final = "lk.agent.state"
 ATTRIBUTE_WORKER: Final = "facecast.worker"  # host:pid of the `facecast worker` serving a dispatched avatar
+ATTRIBUTE_JOB_PROCESS: Final = "facecast.job_process"  # pid of the worker's child process running it
 TOPIC_TRANSCRIPTION: Final = "lk.transcription"
 TOPIC_AGENT_SESSION: Final = "lk.agent.session"
 
