@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import dataclasses
 import json
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -21,10 +22,12 @@ from facecast.avatars.bundle import bundle_from_style
 from facecast.hosts.livekit.cli import add_livekit_parsers, run_say_command, run_worker_command
 from facecast.hosts.livekit.dispatch import (
     AvatarJob,
+    _session_load,
     avatar_entrypoint,
     build_agent_server,
     handle_request,
     parse_dispatch_metadata,
+    worker_label,
 )
 from facecast.hosts.livekit.say import load_pcm, say_file
 from facecast.hosts.livekit.tokens import mint_sender_token, mint_worker_token
@@ -99,6 +102,22 @@ def test_agent_server_is_registered_for_explicit_dispatch() -> None:
         build_agent_server("")
 
 
+def test_max_sessions_makes_the_load_the_share_of_sessions_in_use() -> None:
+    server = build_agent_server(
+        "faces", url="ws://x", api_key="k", api_secret="s", max_sessions=2, http_port=0
+    )
+    assert server._port == 0
+    threshold = server._load_threshold
+    assert isinstance(threshold, float) and threshold < 1.0  # livekit-agents wants a threshold below 1
+
+    def load(jobs: int) -> float:
+        return _session_load(2, type("Server", (), {"active_jobs": [None] * jobs})())  # type: ignore[arg-type]
+
+    assert load(0) == 0.0 and load(1) < threshold <= load(2)  # full at two sessions, not at one
+    with pytest.raises(ValueError, match="max_sessions"):
+        build_agent_server("faces", max_sessions=0)
+
+
 class _Request:
     """The parts of livekit.agents.JobRequest that handle_request uses."""
 
@@ -121,8 +140,9 @@ async def test_dispatch_request_accepts_as_the_agents_avatar() -> None:
     assert req.accepted == {
         "identity": "face-7",
         "name": "Facecast avatar",
-        "attributes": {"lk.publish_on_behalf": "agent-7"},
+        "attributes": {"lk.publish_on_behalf": "agent-7", "facecast.worker": worker_label()},
     }
+    assert worker_label().endswith(f":{os.getpid()}")
     bad = _Request("not json")
     await handle_request(AvatarJob(), bad)  # type: ignore[arg-type]
     assert bad.rejected and bad.accepted is None
