@@ -18,7 +18,7 @@ async def test_bench_livekit_reports_every_figure(livekit_server: LiveKitServer,
     r = await run(livekit_server, opts, Log(enabled=False), tmp_path)
 
     assert r.size == "256x256@25"
-    assert len(r.start_ms) == len(r.first_frame_ms) == 1
+    assert len(r.start_ms) == len(r.first_frame_ms) == len(r.audio_track_ms) == len(r.video_track_ms) == 1
     assert r.start_ms[0] > 0 and r.first_frame_ms[0] > 0 and r.cold_first_frame_ms > 0
     # speech is heard and the mouth moves after the first audio frame was sent
     assert len(r.audio_ms) == len(r.mouth_ms) == 1 and r.audio_ms[0] > 0 and r.mouth_ms[0] > 0

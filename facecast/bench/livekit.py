@@ -66,6 +66,8 @@ class Report:
     cold_first_frame_ms: float = math.nan
     start_ms: list[float] = field(default_factory=list)  # start() call -> return, in the worker
     first_frame_ms: list[float] = field(default_factory=list)  # start() returned -> first frame at viewer
+    audio_track_ms: list[float] = field(default_factory=list)  # start() returned -> audio track subscribed
+    video_track_ms: list[float] = field(default_factory=list)  # start() returned -> video track subscribed
     audio_ms: list[float] = field(default_factory=list)  # first audio frame sent -> speech heard
     mouth_ms: list[float] = field(default_factory=list)  # first audio frame sent -> mouth moves
     onset_ms: list[float] = field(default_factory=list)  # mouth onset - speech onset, at the viewer
@@ -317,8 +319,13 @@ async def run(server: Any, opts: Options, log: Log, workdir: Path) -> Report:
                 if i == 0:
                     report.cold_first_frame_ms = first_ms
                 else:
-                    report.start_ms.append((s.started["returned_at"] - s.started["called_at"]) * 1000)
+                    returned = s.started["returned_at"]
+                    report.start_ms.append((returned - s.started["called_at"]) * 1000)
                     report.first_frame_ms.append(first_ms)
+                    for kind, values in (("audio", report.audio_track_ms), ("video", report.video_track_ms)):
+                        at = next((p.at for p in s.viewer.published if p.kind == kind), None)
+                        if at is not None:
+                            values.append((at - returned) * 1000)
             log(f"start {i}/{opts.starts}{' (cold)' if i == 0 else ''}: first frame {first_ms:.0f} ms")
             if i == 0:
                 report.rss_first_mb = worker.rss_mb()
@@ -427,6 +434,8 @@ def tables(r: Report, opts: Options) -> list[Table]:
         t.add(label, len(values), _pct(values, 50), _pct(values, 95), max(values) if values else math.nan)
 
     row("start() call -> return (worker)", r.start_ms)
+    row("start() returned -> audio track subscribed at viewer", r.audio_track_ms)
+    row("start() returned -> video track subscribed at viewer", r.video_track_ms)
     row("start() returned -> first video frame at viewer", r.first_frame_ms)
     t.add("  the same, first (cold) start in the process", 1, r.cold_first_frame_ms, "", "")
     row("first audio frame sent -> speech heard", r.audio_ms)
