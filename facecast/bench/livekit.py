@@ -477,6 +477,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--utterances", type=int, default=5, help="utterances timed (default 5)")
     p.add_argument("--interrupts", type=int, default=5, help="interrupts timed (default 5)")
     p.add_argument("--cpu-seconds", type=float, default=10.0, help="CPU window while speaking (idle: half)")
+    p.add_argument(
+        "--pli-throttle",
+        type=int,
+        default=None,
+        metavar="MS",
+        help="the server's keyframe-request throttle, all layers (default: the server's, 500 ms / 1 s)",
+    )
     p.add_argument("--markdown", action="store_true", help="print tables as Markdown")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     return p
@@ -512,7 +519,9 @@ def main(argv: Sequence[str]) -> int:
     started, load = time.perf_counter(), os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="facecast-bench-livekit-") as tmp:
         log(f"starting {binary}")
-        with run_livekit_server(binary, log_path=Path(tmp) / "livekit.log") as server:
+        with run_livekit_server(
+            binary, log_path=Path(tmp) / "livekit.log", pli_throttle_ms=args.pli_throttle
+        ) as server:
             report = asyncio.run(run(server, opts, log, Path(tmp)))
     import platform
 

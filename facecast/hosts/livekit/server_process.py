@@ -78,7 +78,14 @@ def _free_port(kind: int) -> int:
         return int(s.getsockname()[1])
 
 
-def _config(port: int, tcp_port: int, udp_port: int, api_key: str, api_secret: str) -> str:
+def _config(
+    port: int, tcp_port: int, udp_port: int, api_key: str, api_secret: str, pli_throttle_ms: int | None = None
+) -> str:
+    throttle = ""
+    if pli_throttle_ms is not None:
+        throttle = "  pli_throttle:\n" + "".join(
+            f"    {q}_quality: {pli_throttle_ms}ms\n" for q in ("low", "mid", "high")
+        )
     return f"""\
 port: {port}
 bind_addresses: ["127.0.0.1"]
@@ -88,7 +95,7 @@ rtc:
   node_ip: 127.0.0.1
   use_external_ip: false
   enable_loopback_candidate: true
-keys:
+{throttle}keys:
   {api_key}: {api_secret}
 logging:
   level: warn
@@ -108,10 +115,17 @@ def _ready(http_url: str) -> bool:
 
 @contextlib.contextmanager
 def run_livekit_server(
-    binary: Path, *, api_key: str = API_KEY, api_secret: str = API_SECRET, log_path: Path | None = None
+    binary: Path,
+    *,
+    api_key: str = API_KEY,
+    api_secret: str = API_SECRET,
+    log_path: Path | None = None,
+    pli_throttle_ms: int | None = None,
 ) -> Iterator[LiveKitServer]:
     """Start `binary` on free loopback ports; yields a LiveKitServer; stops it (and waits) on exit.
-    Its log goes to `log_path` (default: a temporary file, quoted if it fails to start)."""
+    Its log goes to `log_path` (default: a temporary file, quoted if it fails to start).
+    `pli_throttle_ms` sets the SFU's keyframe-request throttle for every layer (`rtc.pli_throttle`;
+    the server's default is 500 ms for the low layer, 1 s for the others)."""
     with tempfile.TemporaryDirectory(prefix="facecast-livekit-") as tmp:
         port, tcp_port, udp_port = (
             _free_port(socket.SOCK_STREAM),
@@ -119,7 +133,7 @@ def run_livekit_server(
             _free_port(socket.SOCK_DGRAM),
         )
         config = Path(tmp) / "livekit.yaml"
-        config.write_text(_config(port, tcp_port, udp_port, api_key, api_secret))
+        config.write_text(_config(port, tcp_port, udp_port, api_key, api_secret, pli_throttle_ms))
         log_file = log_path or Path(tmp) / "livekit.log"
         with open(log_file, "wb") as log:
             proc = subprocess.Popen(
