@@ -56,9 +56,13 @@ class Worker:
         """livekit-agents' /worker endpoint on the worker's health-check port (active_jobs, worker_load)."""
         port = re.search(r"HTTP server listening on :(\d+)", self.log_text())
         assert port, "the worker has not logged its HTTP port"
-        with urllib.request.urlopen(f"http://127.0.0.1:{port[1]}/worker", timeout=2) as response:
-            info: dict[str, object] = json.loads(response.read())
-        return info
+        # with port 0 aiohttp binds IPv4 and IPv6 on different free ports and livekit-agents logs one
+        for host in ("127.0.0.1", "[::1]"):
+            url = f"http://{host}:{port[1]}/worker"
+            with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=2) as response:
+                info: dict[str, object] = json.loads(response.read())
+                return info
+        raise AssertionError(f"nothing answers on the worker's HTTP port {port[1]}")
 
 
 @dataclass

@@ -243,10 +243,16 @@ async def _report_dead_job(
 ) -> None:
     room, identity = info.job.room.name, info.accept_arguments.identity
     error = f"the avatar's job process died (exit code {exitcode}); the avatar left"
-    logger.error("avatar job in room %s: %s", room, error)
+    logger.error("avatar job in room %s: the job process died (exit code %s)", room, exitcode)
     url, key, secret = credentials
     try:
         async with api.LiveKitAPI(url or info.url, key, secret) as lk:
+            try:
+                await lk.room.get_participant(api.RoomParticipantIdentity(room=room, identity=identity))
+            except api.TwirpError as exc:
+                if exc.code == api.TwirpErrorCode.NOT_FOUND:
+                    return  # the avatar had left (or the room ended) before its process died
+                raise
             for state in (
                 {"state": STATE_ERROR, "reason": error},
                 {"state": STATE_DISCONNECTED, "reason": END_ERROR},
