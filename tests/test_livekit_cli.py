@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import errno
 import json
 import os
 from collections.abc import AsyncIterator
@@ -71,6 +72,20 @@ def test_missing_credentials_name_the_variable(monkeypatch: pytest.MonkeyPatch) 
         run_worker_command(parse(["worker"]))
     with pytest.raises(ValueError, match="unknown avatar"):
         run_worker_command(parse(["worker", "--avatar", "nobody"]))
+
+
+def test_worker_port_in_use_says_to_pass_http_port(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def in_use(*_a: Any, **_kw: Any) -> None:
+        raise OSError(errno.EADDRINUSE, "address already in use")
+
+    monkeypatch.setattr("facecast.hosts.livekit.dispatch.run_agent_server", in_use)
+    argv = ["worker", "--url", "ws://x", "--api-key", "k", "--api-secret", "s", "--max-sessions", "2"]
+    assert run_worker_command(parse(argv)) == 1
+    assert "--http-port" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="--max-sessions"):
+        run_worker_command(parse([*argv[:-1], "0"]))
 
 
 def test_dispatch_metadata() -> None:

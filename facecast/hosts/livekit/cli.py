@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import os
 import sys
 from typing import Any
@@ -132,16 +133,27 @@ def run_worker_command(args: argparse.Namespace) -> int:
         max_duration_s=args.max_duration,
     )
     print(f"facecast worker: registering as {args.agent_name!r} at {url}")
-    run_agent_server(
-        args.agent_name,
-        defaults=defaults,
-        url=url,
-        api_key=key,
-        api_secret=secret,
-        max_sessions=args.max_sessions,
-        http_port=args.http_port,
-        devmode=args.dev,
-    )
+    try:
+        run_agent_server(
+            args.agent_name,
+            defaults=defaults,
+            url=url,
+            api_key=key,
+            api_secret=secret,
+            max_sessions=args.max_sessions,
+            http_port=args.http_port,
+            devmode=args.dev,
+        )
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        port = args.http_port if args.http_port is not None else ("any free port" if args.dev else 8081)
+        print(
+            f"facecast worker: the health-check HTTP port ({port}) is in use, by another worker on this "
+            f"machine? Give each worker its own --http-port (0: any free port). ({exc})",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
