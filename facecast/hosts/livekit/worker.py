@@ -29,6 +29,7 @@ from facecast.hosts.livekit.generator import FacecastVideoGenerator, check_avata
 from facecast.hosts.livekit.names import (
     ATTRIBUTE_AGENT_STATE,
     ATTRIBUTE_PUBLISH_ON_BEHALF,
+    AUDIO_STREAM_TOPIC,
     RPC_CLEAR_BUFFER,
     RPC_PLAYBACK_FINISHED,
     SESSION_STATE_TOPIC,
@@ -57,14 +58,44 @@ _GONE_REASONS = frozenset(
 
 
 class _RoomScopedReceiver(DataStreamAudioReceiver):
-    """livekit-agents keeps lk.clear_buffer handlers in one process-wide table keyed by the sender's
-    identity, so in a process serving many rooms, two senders with the same identity would get each
-    other's interrupts. Bind this room's RPC method to this receiver's own handler."""
+    """The stock receiver, with two fixes for a worker process that serves many rooms of a real server.
+
+    - livekit-agents keeps lk.clear_buffer handlers in one process-wide table keyed by the sender's
+      identity, so two senders with the same identity in two rooms would get each other's interrupts:
+      bind this room's RPC method to this receiver's own handler.
+    - The stock receiver starts listening for audio streams only once LiveKit reports the sender
+      *active*. A sender that joins after the avatar and streams at once (`facecast say`) has its first
+      stream arrive before that, and it was dropped ("no callback attached"). Hold the streams that
+      arrive before start() and hand them over."""
+
+    def __init__(self, room: rtc.Room, **kwargs: Any) -> None:
+        super().__init__(room, **kwargs)
+        self._early: list[tuple[rtc.ByteStreamReader, str]] = []
+        room.register_byte_stream_handler(AUDIO_STREAM_TOPIC, self._hold_early)
+
+    def _hold_early(self, reader: rtc.ByteStreamReader, sender: str) -> None:
+        self._early.append((reader, sender))
 
     async def start(self) -> None:
+        await utils.wait_for_participant(
+            self._room,
+            identity=self._sender_identity,
+            kind=None if self._sender_identity else rtc.ParticipantKind.PARTICIPANT_KIND_AGENT,
+        )
+        # The sender is active now, so super().start() registers its handler without yielding to the
+        # loop in between: no stream falls into the gap.
+        self._room.unregister_byte_stream_handler(AUDIO_STREAM_TOPIC)
         await super().start()
         sender = self._remote_participant.identity if self._remote_participant else None
-        # Written against livekit-agents 1.8; if the table changes shape, keep its own dispatch.
+        # Written against livekit-agents 1.8; if these internals change shape, the stock behaviour stays.
+        early, self._early = self._early, []
+        readers = getattr(self, "_stream_readers", None)
+        changed = getattr(self, "_stream_reader_changed", None)
+        if readers is not None and changed is not None:
+            for reader, identity in early:
+                if identity == sender:
+                    readers.append(reader)
+                    changed.set()
         handler = getattr(DataStreamAudioReceiver, "_clear_buffer_handlers", {}).get(sender)
         if handler is not None:
             self._room.local_participant.register_rpc_method(RPC_CLEAR_BUFFER, handler)
