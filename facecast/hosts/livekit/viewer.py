@@ -24,6 +24,7 @@ import numpy as np
 from livekit import rtc
 
 from facecast.bench.metrics import av_offset_ms as lag_ms
+from facecast.bench.metrics import mouth_open_from_pixels
 from facecast.hosts.livekit.names import (
     ATTRIBUTE_PUBLISH_ON_BEHALF,
     AUDIO_TRACK_NAME,
@@ -39,6 +40,7 @@ SPEECH_RMS = 200.0  # int16 RMS above this is speech (the avatar's silence is ex
 class VideoSample:
     at: float  # arrival, time.monotonic()
     mouth_motion: float  # mean absolute luma change in the mouth box since the previous frame
+    mouth_open: float  # fraction of dark pixels in the mouth box (facecast.bench.metrics)
 
 
 @dataclass
@@ -133,12 +135,13 @@ class RoomViewer:
         return float(np.mean(values)) if values else 0.0
 
     def av_offset_ms(self, since: float, until: float, rate_hz: float = 100.0) -> float:
-        """How much later the mouth moves than the sound is heard, from arrival times alone (positive:
-        video late). Both tracks are put on one grid: the audio level and the mouth's motion, the
-        latter held between frames; the lag of best correlation is the offset."""
+        """How much later the mouth opens than the sound is heard, from arrival times alone (positive:
+        video late). Both tracks are put on one grid: the audio level and the mouth's opening (dark
+        pixels, as the offline lip-sync bench reads it), the latter held between frames; the lag of
+        best correlation is the offset."""
         grid = np.arange(since, until, 1.0 / rate_hz)
         audio = [(a.at, a.rms) for a in self.audio if since - 1 <= a.at <= until + 1]
-        video = [(v.at, v.mouth_motion) for v in self.video if since - 1 <= v.at <= until + 1]
+        video = [(v.at, v.mouth_open) for v in self.video if since - 1 <= v.at <= until + 1]
         if len(audio) < 10 or len(video) < 10:
             raise ValueError("not enough audio and video received to measure an offset")
         at, av = np.array(audio).T
@@ -192,7 +195,7 @@ class RoomViewer:
             now = time.monotonic()
             if self.first_video_at is None:
                 self.first_video_at = now
-            self.video.append(VideoSample(now, self._motion(event.frame)))
+            self.video.append(VideoSample(now, *self._mouth(event.frame)))
         await stream.aclose()
 
     async def _read_audio(self, stream: rtc.AudioStream) -> None:
@@ -213,13 +216,15 @@ class RoomViewer:
             pending = pending[n * step :]
         await stream.aclose()
 
-    def _motion(self, frame: rtc.VideoFrame) -> float:
+    def _mouth(self, frame: rtc.VideoFrame) -> tuple[float, float]:
         if self.mouth_box is None:
-            return 0.0
+            return 0.0, 0.0
         x0, y0, x1, y1 = self.mouth_box
         if frame.type != rtc.VideoBufferType.I420:
             frame = frame.convert(rtc.VideoBufferType.I420)
         luma = np.frombuffer(bytes(frame.data), np.uint8)[: frame.width * frame.height]
-        crop = luma.reshape(frame.height, frame.width)[y0:y1, x0:x1].astype(np.float32)
+        plane = luma.reshape(frame.height, frame.width)
+        crop = plane[y0:y1, x0:x1].astype(np.float32)
         last, self._last_mouth = self._last_mouth, crop
-        return 0.0 if last is None or last.shape != crop.shape else float(np.abs(crop - last).mean())
+        motion = 0.0 if last is None or last.shape != crop.shape else float(np.abs(crop - last).mean())
+        return motion, mouth_open_from_pixels(plane, self.mouth_box)

@@ -156,6 +156,7 @@ class RoomAvatar:
         self._start_done = asyncio.Event()
         self._start_at: float | None = None
         self._error: str | None = None
+        self._state: dict[str, str] | None = None  # the last session.state broadcast
 
     # -- public ----------------------------------------------------------------------------------------
     @property
@@ -172,7 +173,7 @@ class RoomAvatar:
         return self._runner
 
     async def start(self) -> None:
-        """Connect, announce `connected`, publish the audio track and start serving. Raises (after
+        """Connect, publish the audio track, announce `connected` and start serving. Raises (after
         ending the session with reason `error`) if any of that fails."""
         if self._started:
             raise RuntimeError("RoomAvatar.start() called twice")
@@ -185,12 +186,12 @@ class RoomAvatar:
             local = self._room.local_participant
             self._agent_identity = self._agent_identity or local.attributes.get(ATTRIBUTE_PUBLISH_ON_BEHALF)
             self._room.on("participant_disconnected", self._on_participant_disconnected)
+            self._room.on("participant_connected", self._on_participant_connected)
             self._room.on("participant_attributes_changed", self._on_attributes_changed)
             self._room.on("disconnected", self._on_disconnected)
             # The agent broadcasts these to everyone; read them so the streams are consumed and closed.
             self._room.register_text_stream_handler(TOPIC_TRANSCRIPTION, self._drain_text)
             self._room.register_byte_stream_handler(TOPIC_AGENT_SESSION, self._drain_bytes)
-            await self._publish_state(STATE_CONNECTED)
 
             generator = FacecastVideoGenerator(
                 avatar=self._avatar,
@@ -211,6 +212,10 @@ class RoomAvatar:
             )
             self._runner = FacecastAvatarRunner(self._room, audio_recv=receiver, generator=generator)
             await self._runner.start()
+            # Announced once the audio track is published, not at join: a real server relays data
+            # packets sooner than the news of a new participant, and a packet sent right at join reaches
+            # the others from a sender they do not know yet (DataPacket.participant is None).
+            await self._publish_state(STATE_CONNECTED)
         except Exception as exc:
             self._error = f"start failed: {exc}"
             self._start_done.set()
@@ -305,6 +310,7 @@ class RoomAvatar:
             for task in self._drain_tasks:
                 task.cancel()
             self._room.off("participant_disconnected", self._on_participant_disconnected)
+            self._room.off("participant_connected", self._on_participant_connected)
             self._room.off("participant_attributes_changed", self._on_attributes_changed)
             self._room.off("disconnected", self._on_disconnected)
             if self._owns_connection and self._room.isconnected():
@@ -343,16 +349,25 @@ class RoomAvatar:
             except Exception as exc:
                 logger.debug("could not tell the agent about an unfinished segment: %s", exc)
 
-    async def _publish_state(self, state: str, reason: str = "") -> None:
+    async def _publish_state(self, state: str, reason: str = "", to: list[str] | None = None) -> None:
+        if to is None:
+            self._state = {"state": state, "reason": reason}
         if not self._room.isconnected():
             return
         payload = json.dumps({"state": state, "reason": reason})
         try:
-            await self._room.local_participant.publish_data(payload, reliable=True, topic=SESSION_STATE_TOPIC)
+            await self._room.local_participant.publish_data(
+                payload, reliable=True, topic=SESSION_STATE_TOPIC, destination_identities=to or []
+            )
         except Exception as exc:
             logger.debug("could not publish session.state %s: %s", state, exc)
 
     # -- room events -----------------------------------------------------------------------------------
+    def _on_participant_connected(self, participant: rtc.RemoteParticipant) -> None:
+        # A frontend that joins later has missed the broadcast: tell it the current state.
+        if self._state is not None and self._shutdown_task is None:
+            self._track(self._publish_state(**self._state, to=[participant.identity]))
+
     def _on_participant_disconnected(self, participant: rtc.RemoteParticipant) -> None:
         if participant.identity == self._agent_identity:
             logger.info("agent %s left room %s", participant.identity, self._room.name)
