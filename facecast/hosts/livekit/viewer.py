@@ -141,7 +141,11 @@ class RoomViewer:
         best correlation is the offset."""
         grid = np.arange(since, until, 1.0 / rate_hz)
         audio = [(a.at, a.rms) for a in self.audio if since - 1 <= a.at <= until + 1]
-        video = [(v.at, v.mouth_open) for v in self.video if since - 1 <= v.at <= until + 1]
+        video = [
+            (v.at, v.mouth_open)
+            for v in self.video
+            if since - 1 <= v.at <= until + 1 and not np.isnan(v.mouth_open)
+        ]
         if len(audio) < 10 or len(video) < 10:
             raise ValueError("not enough audio and video received to measure an offset")
         at, av = np.array(audio).T
@@ -224,6 +228,10 @@ class RoomViewer:
             frame = frame.convert(rtc.VideoBufferType.I420)
         luma = np.frombuffer(bytes(frame.data), np.uint8)[: frame.width * frame.height]
         plane = luma.reshape(frame.height, frame.width)
+        if frame.width < x1 or frame.height < y1:
+            # not the avatar's size: the SFU sent a lower simulcast layer for a moment
+            self._last_mouth = None
+            return 0.0, float("nan")
         crop = plane[y0:y1, x0:x1].astype(np.float32)
         last, self._last_mouth = self._last_mouth, crop
         motion = 0.0 if last is None or last.shape != crop.shape else float(np.abs(crop - last).mean())
