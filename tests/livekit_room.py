@@ -14,6 +14,8 @@ Faithful where the protocol depends on it:
 - a published track counts as subscribed once a participant with auto-subscribe is in the room;
 - leaving (or being removed) emits participant_disconnected on everyone else, and disconnected (with
   the reason) on the one who left.
+- with `activation_delay_s`, a newcomer is ACTIVE only after that delay, while its data flows at once
+  (what a real server does; the stock avatar receiver listens only from ACTIVE on).
 Not modelled: media transport, bandwidth, reconnection, permissions beyond the room grant.
 """
 
@@ -81,9 +83,14 @@ class StreamRecord:
 class MemoryServer:
     """The 'server': rooms by name, token verification, and logs of what crossed the data channel."""
 
-    def __init__(self, api_key: str = API_KEY, api_secret: str = API_SECRET) -> None:
+    def __init__(
+        self, api_key: str = API_KEY, api_secret: str = API_SECRET, *, activation_delay_s: float = 0.0
+    ) -> None:
         self.api_key = api_key
         self.api_secret = api_secret
+        # A real server announces a newcomer as JOINING and reports it ACTIVE only once its media
+        # connection is up, while its data already flows: set a delay to see that order.
+        self.activation_delay_s = activation_delay_s
         self.rooms: dict[str, dict[str, MemoryRoom]] = {}
         self.rpc_log: list[RpcRecord] = []
         self.data_log: list[DataRecord] = []
@@ -574,8 +581,19 @@ class MemoryRoom(rtc.EventEmitter[str]):
     def _add_remote_participant(self, other: MemoryRoom) -> None:
         remote = MemoryRemoteParticipant(other.local_participant)
         self.remote_participants[remote.identity] = remote
+        delay = self._server.activation_delay_s
+        if delay > 0:
+            remote.state = rtc.ParticipantState.PARTICIPANT_STATE_JOINED
         _deliver(self.emit, "participant_connected", remote)
-        _deliver(self.emit, "participant_active", remote)
+        if delay > 0:
+            asyncio.get_running_loop().call_later(delay, self._activate, remote)
+        else:
+            _deliver(self.emit, "participant_active", remote)
+
+    def _activate(self, remote: MemoryRemoteParticipant) -> None:
+        if self.remote_participants.get(remote.identity) is remote:
+            remote.state = rtc.ParticipantState.PARTICIPANT_STATE_ACTIVE
+            self.emit("participant_active", remote)
 
     def _add_remote_publication(
         self, owner: str, pub: MemoryLocalTrackPublication, *, announce: bool = True

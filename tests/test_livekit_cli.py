@@ -314,3 +314,29 @@ async def test_cancelling_say_interrupts_the_avatar(
         await saying
     assert [r.method for r in server.rpc_log if r.caller == "facecast-say"] == ["lk.clear_buffer"]
     assert avatar.stats()["interrupts"] == 1
+
+
+async def test_say_file_is_heard_when_the_sender_becomes_active_late(tmp_path: Path) -> None:
+    """On a real server `facecast say` streams before LiveKit reports it active; the stock receiver
+    listens only from then on and dropped the stream (the worker must hold it)."""
+    server = MemoryServer(activation_delay_s=0.3)
+    token = mint_worker_token(
+        server.api_key, server.api_secret, room="r1", identity="facecast-avatar", name="A", agent_identity="x"
+    )
+    avatar = RoomAvatar(URL, token, quality="low", agent_identity="facecast-say", room=server.new_room())  # type: ignore[arg-type]
+    await avatar.start()
+    viewer = await server.connect("viewer", "r1")
+    try:
+        path = tmp_path / "speech.wav"
+        t = np.arange(16000 * 4 // 10) / 16000
+        sf.write(path, (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), 16000)
+        sender = mint_sender_token(server.api_key, server.api_secret, room="r1", identity="facecast-say")
+        result = await asyncio.wait_for(
+            say_file(URL, sender, path, "facecast-avatar", room=server.new_room()),  # type: ignore[arg-type]
+            HANG_S,
+        )
+        assert result["interrupted"] is False
+        assert result["playback_position"] == pytest.approx(0.4, abs=1 / 30)
+    finally:
+        await avatar.aclose()
+        await viewer.disconnect()

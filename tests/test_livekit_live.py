@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import asyncio
+import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -16,9 +18,9 @@ from livekit.agents import Agent, AgentSession
 from livekit.agents.testing import fake_job_context
 from livekit.agents.voice.avatar import DataStreamAudioOutput
 from livekit_server import LiveRoom
+from livekit_speech import AVATAR_QUALITY, mouth_box
 
-from facecast.hosts.livekit.say import say_file
-from facecast.hosts.livekit.tokens import mint_sender_token, mint_worker_token
+from facecast.hosts.livekit.tokens import mint_worker_token
 from facecast.hosts.livekit.viewer import RoomViewer
 from facecast.hosts.livekit.worker import RoomAvatar
 
@@ -84,24 +86,63 @@ async def test_worker_plays_and_interrupts_in_a_real_room(live_room: LiveRoom, v
     assert viewer.state_values()[0] == {"state": "connected", "reason": ""}
 
 
-async def test_say_file_in_a_real_room(live_room: LiveRoom, viewer: RoomViewer, tmp_path: Path) -> None:
+async def test_facecast_say_streams_a_file_in_a_real_room(
+    live_room: LiveRoom, tmp_path: Path, speech: tuple[np.ndarray, int, str]
+) -> None:
+    """The external-audio pattern: no AgentSession; `facecast say --room` streams a WAV to the avatar."""
+    viewer = RoomViewer(mouth_box=mouth_box())
+    await viewer.connect(live_room.url, live_room.token("viewer"))
     worker_token = mint_worker_token(
-        live_room.server.api_key,
-        live_room.server.api_secret,
-        room=live_room.name,
-        identity=AVATAR,
-        name="Avatar",
-        agent_identity="facecast-say",
+        *live_room.keys, room=live_room.name, identity=AVATAR, name="Avatar", agent_identity="facecast-say"
     )
-    avatar = RoomAvatar(live_room.url, worker_token, quality="low")
-    await avatar.start()
-    path = tmp_path / "speech.wav"
-    sf.write(path, speech(1.0, 16000), 16000)
-    sender = mint_sender_token(*live_room.keys, room=live_room.name, identity="facecast-say")
-    result = await asyncio.wait_for(say_file(live_room.url, sender, path, AVATAR), HANG_S)
-    assert result["interrupted"] is False and result["playback_position"] == pytest.approx(1.0, abs=0.05)
-    await avatar.aclose()
+    avatar = RoomAvatar(live_room.url, worker_token, quality=AVATAR_QUALITY)
+    try:
+        await avatar.start()
+        samples, rate, _ = speech
+        path = tmp_path / "speech.wav"
+        sf.write(path, samples, rate)
+        key, secret = live_room.keys
+        sent = time.monotonic()
+        command = [sys.executable, "-m", "facecast", "say", str(path), "--room", live_room.name]
+        command += ["--url", live_room.url, "--api-key", key, "--api-secret", secret]
+        proc = await asyncio.create_subprocess_exec(
+            *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), HANG_S)
+        assert proc.returncode == 0, err.decode()
+        duration = len(samples) / rate
+        assert out.decode().strip() == f"played {duration:.2f} s of {duration:.2f} s"
+        assert viewer.speech_after(sent) > 0.5 * duration
+        heard_from, heard_to = viewer.first_speech_at(sent), viewer.last_speech_at()
+        assert heard_from is not None and heard_to is not None
+        assert viewer.mouth_motion(heard_from, heard_to) > 2 * viewer.mouth_motion(sent - 1.0, heard_from)
+        assert avatar.stats()["playback_finished_sent"] == 1
+    finally:
+        await avatar.aclose()
+        await viewer.aclose()
     assert avatar.ended.result() == "stopped"
+
+
+async def test_worker_ends_at_its_max_duration(live_room: LiveRoom, viewer: RoomViewer) -> None:
+    agent = rtc.Room()
+    await agent.connect(live_room.url, live_room.token("agent", kind="agent"))
+    worker_token = mint_worker_token(
+        *live_room.keys, room=live_room.name, identity=AVATAR, name="Avatar", agent_identity="agent"
+    )
+    avatar = RoomAvatar(live_room.url, worker_token, quality=AVATAR_QUALITY, max_duration_s=1.5)
+    try:
+        await avatar.start()
+        assert await asyncio.wait_for(asyncio.shield(avatar.ended), HANG_S) == "max_duration"
+        await viewer.wait_for(
+            lambda: viewer.state_values()[-1:] == [{"state": "disconnected", "reason": "max_duration"}],
+            what="the max_duration state",
+        )
+        await viewer.wait_for(
+            lambda: AVATAR not in viewer.room.remote_participants, what="the avatar leaving"
+        )
+    finally:
+        await avatar.aclose()
+        await agent.disconnect()
 
 
 async def test_plugin_local_mode_in_a_real_room(live_room: LiveRoom, viewer: RoomViewer) -> None:

@@ -222,7 +222,7 @@ class _Session:
 
 @contextlib.asynccontextmanager
 async def _session(
-    server: Any, worker: WorkerProcess, mouth_box: tuple[int, int, int, int], frame_size: tuple[int, int]
+    server: Any, worker: WorkerProcess, mouth_box: tuple[int, int, int, int]
 ) -> AsyncIterator[_Session]:
     """A fresh room with the agent and the viewer in it, then the worker's avatar; all torn down after."""
     from livekit import api, rtc
@@ -245,7 +245,7 @@ async def _session(
         )
 
     agent = rtc.Room()
-    viewer = RoomViewer(mouth_box=mouth_box, frame_size=frame_size, publisher=AVATAR)
+    viewer = RoomViewer(mouth_box=mouth_box, publisher=AVATAR)
     await agent.connect(server.url, token(AGENT, "agent"))
     await viewer.connect(server.url, token("viewer", "standard"))
     started = False
@@ -314,7 +314,7 @@ async def run(server: Any, opts: Options, log: Log, workdir: Path) -> Report:
         report.rss_before_mb = worker.rss_mb()
         # start() -> first frame: a cold start (first renderer, recogniser) and `starts` warm ones
         for i in range(opts.starts + 1):
-            async with _session(server, worker, mouth_box, (width, height)) as s:
+            async with _session(server, worker, mouth_box) as s:
                 first_ms = (s.viewer.first_video_at - s.started["returned_at"]) * 1000
                 if i == 0:
                     report.cold_first_frame_ms = first_ms
@@ -331,7 +331,7 @@ async def run(server: Any, opts: Options, log: Log, workdir: Path) -> Report:
                 report.rss_first_mb = worker.rss_mb()
         report.rss_warm_mb = worker.rss_mb()
 
-        async with _session(server, worker, mouth_box, (width, height)) as s:
+        async with _session(server, worker, mouth_box) as s:
             viewer = s.viewer
             out = DataStreamAudioOutput(
                 s.agent, destination_identity=AVATAR, wait_remote_track=rtc.TrackKind.KIND_VIDEO

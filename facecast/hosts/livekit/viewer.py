@@ -24,6 +24,7 @@ import numpy as np
 from livekit import rtc
 
 from facecast.bench.metrics import av_offset_ms as lag_ms
+from facecast.bench.metrics import mouth_open_from_pixels
 from facecast.hosts.livekit.names import (
     ATTRIBUTE_PUBLISH_ON_BEHALF,
     AUDIO_TRACK_NAME,
@@ -39,8 +40,7 @@ SPEECH_RMS = 200.0  # int16 RMS above this is speech (the avatar's silence is ex
 class VideoSample:
     at: float  # arrival, time.monotonic()
     mouth_motion: float  # mean absolute luma change in the mouth box since the previous frame
-    width: int = 0  # of the frame received: the SFU may forward a smaller simulcast layer
-    height: int = 0
+    mouth_open: float  # fraction of dark pixels in the mouth box (facecast.bench.metrics)
 
 
 @dataclass
@@ -69,21 +69,13 @@ class RoomViewer:
     """Subscribes to everything in a room and records what the avatar's tracks deliver.
 
     `mouth_box` (x0, y0, x1, y1, in the avatar's video frame) enables the mouth-motion metric; without it
-    video frames are only counted. `frame_size` (width, height) is the frame `mouth_box` refers to: the
-    SFU forwards a smaller simulcast layer at first (and when bandwidth drops), and the box is scaled to
-    each frame received (default: the box applies only to frames it fits in; others count 0 motion).
-    `publisher` limits the recording to one participant's tracks."""
+    video frames are only counted. `publisher` limits the recording to one participant's tracks."""
 
     def __init__(
-        self,
-        *,
-        mouth_box: tuple[int, int, int, int] | None = None,
-        frame_size: tuple[int, int] | None = None,
-        publisher: str | None = None,
+        self, *, mouth_box: tuple[int, int, int, int] | None = None, publisher: str | None = None
     ) -> None:
         self.room = rtc.Room()
         self.mouth_box = mouth_box
-        self.frame_size = frame_size
         self.publisher = publisher
         self.published: list[Published] = []
         self.states: list[StatePacket] = []
@@ -143,12 +135,17 @@ class RoomViewer:
         return float(np.mean(values)) if values else 0.0
 
     def av_offset_ms(self, since: float, until: float, rate_hz: float = 100.0) -> float:
-        """How much later the mouth moves than the sound is heard, from arrival times alone (positive:
-        video late). Both tracks are put on one grid: the audio level and the mouth's motion, the
-        latter held between frames; the lag of best correlation is the offset."""
+        """How much later the mouth opens than the sound is heard, from arrival times alone (positive:
+        video late). Both tracks are put on one grid: the audio level and the mouth's opening (dark
+        pixels, as the offline lip-sync bench reads it), the latter held between frames; the lag of
+        best correlation is the offset."""
         grid = np.arange(since, until, 1.0 / rate_hz)
         audio = [(a.at, a.rms) for a in self.audio if since - 1 <= a.at <= until + 1]
-        video = [(v.at, v.mouth_motion) for v in self.video if since - 1 <= v.at <= until + 1]
+        video = [
+            (v.at, v.mouth_open)
+            for v in self.video
+            if since - 1 <= v.at <= until + 1 and not np.isnan(v.mouth_open)
+        ]
         if len(audio) < 10 or len(video) < 10:
             raise ValueError("not enough audio and video received to measure an offset")
         at, av = np.array(audio).T
@@ -202,8 +199,7 @@ class RoomViewer:
             now = time.monotonic()
             if self.first_video_at is None:
                 self.first_video_at = now
-            frame = event.frame
-            self.video.append(VideoSample(now, self._motion(frame), frame.width, frame.height))
+            self.video.append(VideoSample(now, *self._mouth(event.frame)))
         await stream.aclose()
 
     async def _read_audio(self, stream: rtc.AudioStream) -> None:
@@ -224,19 +220,19 @@ class RoomViewer:
             pending = pending[n * step :]
         await stream.aclose()
 
-    def _motion(self, frame: rtc.VideoFrame) -> float:
+    def _mouth(self, frame: rtc.VideoFrame) -> tuple[float, float]:
         if self.mouth_box is None:
-            return 0.0
+            return 0.0, 0.0
         x0, y0, x1, y1 = self.mouth_box
-        if self.frame_size is not None and (frame.width, frame.height) != self.frame_size:
-            sx, sy = frame.width / self.frame_size[0], frame.height / self.frame_size[1]
-            x0, x1, y0, y1 = round(x0 * sx), round(x1 * sx), round(y0 * sy), round(y1 * sy)
-        if not (0 <= x0 < x1 <= frame.width and 0 <= y0 < y1 <= frame.height):
-            self._last_mouth = None
-            return 0.0
         if frame.type != rtc.VideoBufferType.I420:
             frame = frame.convert(rtc.VideoBufferType.I420)
         luma = np.frombuffer(bytes(frame.data), np.uint8)[: frame.width * frame.height]
-        crop = luma.reshape(frame.height, frame.width)[y0:y1, x0:x1].astype(np.float32)
+        plane = luma.reshape(frame.height, frame.width)
+        if frame.width < x1 or frame.height < y1:
+            # not the avatar's size: the SFU sent a lower simulcast layer for a moment
+            self._last_mouth = None
+            return 0.0, float("nan")
+        crop = plane[y0:y1, x0:x1].astype(np.float32)
         last, self._last_mouth = self._last_mouth, crop
-        return 0.0 if last is None or last.shape != crop.shape else float(np.abs(crop - last).mean())
+        motion = 0.0 if last is None or last.shape != crop.shape else float(np.abs(crop - last).mean())
+        return motion, mouth_open_from_pixels(plane, self.mouth_box)

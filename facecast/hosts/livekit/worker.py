@@ -29,6 +29,7 @@ from facecast.hosts.livekit.generator import FacecastVideoGenerator, check_avata
 from facecast.hosts.livekit.names import (
     ATTRIBUTE_AGENT_STATE,
     ATTRIBUTE_PUBLISH_ON_BEHALF,
+    AUDIO_STREAM_TOPIC,
     RPC_CLEAR_BUFFER,
     RPC_PLAYBACK_FINISHED,
     SESSION_STATE_TOPIC,
@@ -57,14 +58,44 @@ _GONE_REASONS = frozenset(
 
 
 class _RoomScopedReceiver(DataStreamAudioReceiver):
-    """livekit-agents keeps lk.clear_buffer handlers in one process-wide table keyed by the sender's
-    identity, so in a process serving many rooms, two senders with the same identity would get each
-    other's interrupts. Bind this room's RPC method to this receiver's own handler."""
+    """The stock receiver, with two fixes for a worker process that serves many rooms of a real server.
+
+    - livekit-agents keeps lk.clear_buffer handlers in one process-wide table keyed by the sender's
+      identity, so two senders with the same identity in two rooms would get each other's interrupts:
+      bind this room's RPC method to this receiver's own handler.
+    - The stock receiver starts listening for audio streams only once LiveKit reports the sender
+      *active*. A sender that joins after the avatar and streams at once (`facecast say`) has its first
+      stream arrive before that, and it was dropped ("no callback attached"). Hold the streams that
+      arrive before start() and hand them over."""
+
+    def __init__(self, room: rtc.Room, **kwargs: Any) -> None:
+        super().__init__(room, **kwargs)
+        self._early: list[tuple[rtc.ByteStreamReader, str]] = []
+        room.register_byte_stream_handler(AUDIO_STREAM_TOPIC, self._hold_early)
+
+    def _hold_early(self, reader: rtc.ByteStreamReader, sender: str) -> None:
+        self._early.append((reader, sender))
 
     async def start(self) -> None:
+        await utils.wait_for_participant(
+            self._room,
+            identity=self._sender_identity,
+            kind=None if self._sender_identity else rtc.ParticipantKind.PARTICIPANT_KIND_AGENT,
+        )
+        # The sender is active now, so super().start() registers its handler without yielding to the
+        # loop in between: no stream falls into the gap.
+        self._room.unregister_byte_stream_handler(AUDIO_STREAM_TOPIC)
         await super().start()
         sender = self._remote_participant.identity if self._remote_participant else None
-        # Written against livekit-agents 1.8; if the table changes shape, keep its own dispatch.
+        # Written against livekit-agents 1.8; if these internals change shape, the stock behaviour stays.
+        early, self._early = self._early, []
+        readers = getattr(self, "_stream_readers", None)
+        changed = getattr(self, "_stream_reader_changed", None)
+        if readers is not None and changed is not None:
+            for reader, identity in early:
+                if identity == sender:
+                    readers.append(reader)
+                    changed.set()
         handler = getattr(DataStreamAudioReceiver, "_clear_buffer_handlers", {}).get(sender)
         if handler is not None:
             self._room.local_participant.register_rpc_method(RPC_CLEAR_BUFFER, handler)
@@ -125,6 +156,7 @@ class RoomAvatar:
         self._start_done = asyncio.Event()
         self._start_at: float | None = None
         self._error: str | None = None
+        self._state: dict[str, str] | None = None  # the last session.state broadcast
 
     # -- public ----------------------------------------------------------------------------------------
     @property
@@ -141,7 +173,7 @@ class RoomAvatar:
         return self._runner
 
     async def start(self) -> None:
-        """Connect, announce `connected`, publish the audio track and start serving. Raises (after
+        """Connect, publish the audio track, announce `connected` and start serving. Raises (after
         ending the session with reason `error`) if any of that fails."""
         if self._started:
             raise RuntimeError("RoomAvatar.start() called twice")
@@ -154,12 +186,12 @@ class RoomAvatar:
             local = self._room.local_participant
             self._agent_identity = self._agent_identity or local.attributes.get(ATTRIBUTE_PUBLISH_ON_BEHALF)
             self._room.on("participant_disconnected", self._on_participant_disconnected)
+            self._room.on("participant_connected", self._on_participant_connected)
             self._room.on("participant_attributes_changed", self._on_attributes_changed)
             self._room.on("disconnected", self._on_disconnected)
             # The agent broadcasts these to everyone; read them so the streams are consumed and closed.
             self._room.register_text_stream_handler(TOPIC_TRANSCRIPTION, self._drain_text)
             self._room.register_byte_stream_handler(TOPIC_AGENT_SESSION, self._drain_bytes)
-            await self._publish_state(STATE_CONNECTED)
 
             generator = FacecastVideoGenerator(
                 avatar=self._avatar,
@@ -180,6 +212,10 @@ class RoomAvatar:
             )
             self._runner = FacecastAvatarRunner(self._room, audio_recv=receiver, generator=generator)
             await self._runner.start()
+            # Announced once the audio track is published, not at join: a real server relays data
+            # packets sooner than the news of a new participant, and a packet sent right at join reaches
+            # the others from a sender they do not know yet (DataPacket.participant is None).
+            await self._publish_state(STATE_CONNECTED)
         except Exception as exc:
             self._error = f"start failed: {exc}"
             self._start_done.set()
@@ -282,6 +318,7 @@ class RoomAvatar:
             for task in self._drain_tasks:
                 task.cancel()
             self._room.off("participant_disconnected", self._on_participant_disconnected)
+            self._room.off("participant_connected", self._on_participant_connected)
             self._room.off("participant_attributes_changed", self._on_attributes_changed)
             self._room.off("disconnected", self._on_disconnected)
             if self._owns_connection and self._room.isconnected():
@@ -320,16 +357,25 @@ class RoomAvatar:
             except Exception as exc:
                 logger.debug("could not tell the agent about an unfinished segment: %s", exc)
 
-    async def _publish_state(self, state: str, reason: str = "") -> None:
+    async def _publish_state(self, state: str, reason: str = "", to: list[str] | None = None) -> None:
+        if to is None:
+            self._state = {"state": state, "reason": reason}
         if not self._room.isconnected():
             return
         payload = json.dumps({"state": state, "reason": reason})
         try:
-            await self._room.local_participant.publish_data(payload, reliable=True, topic=SESSION_STATE_TOPIC)
+            await self._room.local_participant.publish_data(
+                payload, reliable=True, topic=SESSION_STATE_TOPIC, destination_identities=to or []
+            )
         except Exception as exc:
             logger.debug("could not publish session.state %s: %s", state, exc)
 
     # -- room events -----------------------------------------------------------------------------------
+    def _on_participant_connected(self, participant: rtc.RemoteParticipant) -> None:
+        # A frontend that joins later has missed the broadcast: tell it the current state.
+        if self._state is not None and self._shutdown_task is None:
+            self._track(self._publish_state(**self._state, to=[participant.identity]))
+
     def _on_participant_disconnected(self, participant: rtc.RemoteParticipant) -> None:
         if participant.identity == self._agent_identity:
             logger.info("agent %s left room %s", participant.identity, self._room.name)
