@@ -494,6 +494,15 @@ def main(argv: Sequence[str]) -> int:
     from facecast.hosts.livekit.server_process import LiveKitServerMissing, find_binary, run_livekit_server
 
     args = _parser().parse_args(list(argv))
+    try:
+        import livekit.agents  # noqa: F401
+        import psutil  # noqa: F401
+    except ImportError as exc:
+        print(
+            f"facecast bench livekit: {exc}; install the LiveKit extra: pip install 'facecast[livekit]'",
+            file=sys.stderr,
+        )
+        return 2
     opts = Options(
         avatar=args.avatar,
         quality=args.quality,
