@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from facecast.avatars import ASPECTS, QUALITIES
 from facecast.engine.config import FPS_CHOICES
@@ -49,6 +49,7 @@ class TokenRequest(_Body):
     # A photo to build the session's avatar from, like POST /v1/avatars {image_url}; /start waits for it.
     avatar_image_url: str | None = Field(default=None, min_length=1, max_length=2048)
     avatar_persona: AvatarPersona | None = None
+    # pipecat's models serialise unset optional fields as null: null means the default here.
     is_sandbox: bool = False
     video_settings: VideoSettings = Field(default_factory=VideoSettings)
     # LiveAvatar's LiveKit plugin sends the quality at the top level; same meaning as video_settings.quality.
@@ -65,6 +66,13 @@ class TokenRequest(_Body):
     # when livekit_config names the avatar by Facecast's fields (livekit_worker_token or agent_identity),
     # else `websocket` (the LITE WebSocket, as LiveAvatar does).
     audio_source: AudioSource | None = None
+
+    @field_validator("is_sandbox", "video_settings", mode="before")
+    @classmethod
+    def _null_is_default(cls, value: object, info: ValidationInfo) -> object:
+        if value is None:
+            return False if info.field_name == "is_sandbox" else VideoSettings()
+        return value
 
 
 class SessionRef(_Body):

@@ -128,6 +128,9 @@ class LiveSession:
         # When the speech accepted so far will have played out (monotonic), if it plays without gaps.
         self._speech_ends_at = 0.0
         self._interrupts = 0  # agent.interrupt count: speech synthesised across one is dropped
+        self._playing: set[int] = set()  # segments started and not yet ended
+        self._listening = False
+        self.agent_state = p.AGENT_IDLE
         self.ending = False
 
     @property
@@ -184,11 +187,22 @@ class LiveSession:
         if event_id is None:
             return
         if isinstance(event, SegmentStarted):
+            self._playing.add(event.segment_id)
             self._manager.spawn(self.emit(p.AGENT_SPEAK_STARTED, event_id))
         elif isinstance(event, SegmentEnded):
             del self._event_ids[event.segment_id]
+            self._playing.discard(event.segment_id)
             kind = p.AGENT_SPEAK_INTERRUPTED if event.interrupted else p.AGENT_SPEAK_ENDED
             self._manager.spawn(self.emit(kind, event_id, played_s=round(event.played_s, 3)))
+        self._update_agent_state()
+
+    def _update_agent_state(self) -> None:
+        """Announce `agent.state_updated` when the avatar starts or stops talking or listening."""
+        resting = p.AGENT_LISTENING if self._listening else p.AGENT_IDLE
+        state = p.AGENT_TALKING if self._playing else resting
+        if state != self.agent_state:
+            previous, self.agent_state = self.agent_state, state
+            self._manager.spawn(self.emit(p.AGENT_STATE_UPDATED, previous_state=previous, new_state=state))
 
     # -- LITE commands ----------------------------------------------------------------------------------
     async def handle(self, message: Any, reply: EventSink) -> None:
@@ -243,10 +257,10 @@ class LiveSession:
             self._open = None
             self._speech_ends_at = 0.0
             await self.avatar.clear()
-        elif kind == p.AGENT_START_LISTENING:
-            await self.avatar.set_listening(True)
-        elif kind == p.AGENT_STOP_LISTENING:
-            await self.avatar.set_listening(False)
+        elif kind in (p.AGENT_START_LISTENING, p.AGENT_STOP_LISTENING):
+            self._listening = kind == p.AGENT_START_LISTENING
+            await self.avatar.set_listening(self._listening)
+            self._update_agent_state()
 
     @staticmethod
     def _event_id(message: dict[str, Any], *, required: bool) -> str | None:
