@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import httpx
 import numpy as np
 import pytest
 from livekit import rtc
@@ -41,7 +40,9 @@ HANG_S = 30.0
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, livekit_server: LiveKitServer) -> Iterator[RunningServer]:
+def server(
+    tmp_path_factory: pytest.TempPathFactory, livekit_server: LiveKitServer
+) -> Iterator[RunningServer]:
     """A Facecast server that knows the test LiveKit server (so it can make rooms for sessions)."""
     settings = LiveKitSettings(livekit_server.url, livekit_server.api_key, livekit_server.api_secret)
     with running_server(Path(tmp_path_factory.mktemp("facecast-liveavatar")), livekit=settings) as running:
@@ -63,6 +64,13 @@ async def frames(seconds: float) -> AsyncIterator[rtc.AudioFrame]:
     pcm = tone(seconds)
     for i in range(0, len(pcm), 480):
         yield rtc.AudioFrame(pcm[i : i + 480].tobytes(), RATE, 1, len(pcm[i : i + 480]))
+
+
+def mouth_motion(viewer: RoomViewer, since: float, until: float) -> float:
+    """The mean mouth motion received in [since, until], skipping frames the box could not be measured
+    in (a smaller simulcast layer at the start)."""
+    values = [v.mouth_motion for v in viewer.video if since <= v.at <= until and np.isfinite(v.mouth_motion)]
+    return float(np.mean(values)) if values else 0.0
 
 
 def only_session(server: RunningServer, key_id: str, *, active: bool) -> Any:
@@ -121,9 +129,9 @@ async def test_liveavatar_livekit_plugin_unchanged(
                 )
                 assert {pub.on_behalf_of for pub in viewer.published} == {"agent"}
                 assert viewer.speech_after(t0, t1) > 1.0
-                speaking = viewer.mouth_motion(t0, t1)
+                speaking = mouth_motion(viewer, t0, t1)
                 await asyncio.sleep(1.0)
-                assert speaking > 2 * viewer.mouth_motion(t1 + 0.3, time.monotonic())
+                assert speaking > 2 * mouth_motion(viewer, t1 + 0.3, time.monotonic())
 
                 # Interrupts: the speech stops at the viewer and the agent's turn ends interrupted.
                 t2 = time.monotonic()
@@ -143,13 +151,210 @@ async def test_liveavatar_livekit_plugin_unchanged(
                 assert handle.interrupted is False
                 assert viewer.speech_after(t3) > 0.5
 
-                # Stops: closing the agent session ends the plugin's socket, which stops the session.
+                # Stops: closing the agent session closes the plugin's socket, and the plugin then stops
+                # the session (in the background: its aclose does not wait for that).
                 await session.aclose()
+                ended = await asyncio.to_thread(server.wait_ended, record.id, HANG_S)
                 await avatar.aclose()
-        ended = await asyncio.to_thread(server.wait_ended, record.id, HANG_S)
-        print("DEBUG", ended.end_reason, ended.stats, viewer.speech_after(0), len(viewer.video))
-        assert ended.end_reason in (p.END_STOPPED, p.END_CLIENT_GONE)
+        assert ended.end_reason == p.END_STOPPED
+        assert ended.stats["livekit"]["segments"] == 3 and ended.stats["livekit"]["interrupts"] == 1
         await viewer.wait_for(lambda: PLUGIN_AVATAR not in viewer.room.remote_participants, HANG_S)
     finally:
         await agent.disconnect()
         await viewer.aclose()
+
+
+# -- pipecat ---------------------------------------------------------------------------------------------
+@pytest.fixture
+def pipecat_api(server: RunningServer, monkeypatch: Any) -> Any:
+    """pipecat's LiveAvatar client pointed at Facecast: its base URL is a class attribute."""
+    monkeypatch.setattr(api_liveavatar.LiveAvatarApi, "BASE_URL", f"{server.url}/v1")
+    return api_liveavatar
+
+
+def claims(server: RunningServer, token: str) -> Any:
+    from livekit import api
+
+    lk = server.config.livekit
+    return api.TokenVerifier(lk.api_key, lk.api_secret).verify(token)
+
+
+async def test_pipecat_models_round_trip_and_the_server_makes_the_room(
+    server: RunningServer, pipecat_api: Any
+) -> None:
+    key, secret = server.store.create_key("pipecat-models")
+    request = pipecat_api.LiveAvatarNewSessionRequest(
+        avatar_id="ava",
+        video_settings=pipecat_api.VideoSettings(
+            encoding=pipecat_api.VideoEncoding.H264, quality=pipecat_api.VideoQuality.low
+        ),
+        avatar_persona=pipecat_api.AvatarPersona(language="en"),
+        max_session_duration=120,
+    )
+    async with aiohttp.ClientSession() as http:
+        client = pipecat_api.LiveAvatarApi(secret, http)
+        token = await client.create_session_token(request)  # parses as SessionTokenResponse
+        assert isinstance(token, pipecat_api.SessionTokenResponse) and token.code == p.CODE_OK
+        started = await client.start_session(token.data.session_token)  # LiveAvatarSessionResponse
+        data = started.data
+        assert data.session_id == token.data.session_id and data.max_session_duration == 120
+        assert data.livekit_url == server.config.livekit.ws_url
+        record = server.session(data.session_id)
+        room = record.settings["livekit"]["room"]
+        assert record.settings["livekit"]["owned"] and record.settings["video_settings"] == {
+            "quality": "low",
+            "encoding": "H264",
+        }
+        # The user's token and the agent's token both join the session's room, as different people.
+        user, agent = claims(server, data.livekit_client_token), claims(server, data.livekit_agent_token)
+        assert user.video.room == agent.video.room == room and user.identity != agent.identity
+        assert agent.kind == "agent"
+        # The LITE socket is live and connected from the start: the avatar is already in the room.
+        async with http.ws_connect(data.ws_url) as ws:
+            first = await asyncio.wait_for(ws.receive_json(), HANG_S)
+            assert first["type"] == p.SESSION_STATE_UPDATED and first["state"] == p.WS_STATE_CONNECTED
+        stopped = await client.stop_session(data.session_id, token.data.session_token)
+        assert stopped["code"] == p.CODE_OK and stopped["data"]["end_reason"] == p.END_STOPPED
+
+    # Exactly as the model serialises itself, unset fields as nulls included.
+    body = pipecat_api.LiveAvatarNewSessionRequest(avatar_id="ava", is_sandbox=None, video_settings=None)
+    with server.client() as http_client:
+        answer = http_client.post(
+            "/v1/sessions/token", json=body.model_dump(mode="json"), headers={"X-API-KEY": secret}
+        )
+        assert answer.status_code == 200, answer.text
+        parsed = pipecat_api.SessionTokenResponse.model_validate(answer.json())
+        http_client.post(
+            "/v1/sessions/stop", headers={"Authorization": f"Bearer {parsed.data.session_token}"}
+        ).raise_for_status()
+    assert server.session(parsed.data.session_id).end_reason == p.END_STOPPED
+    assert server.session(parsed.data.session_id).key_id == key.id
+
+
+async def test_pipecat_request_with_its_own_room(
+    server: RunningServer, pipecat_api: Any, live_room: LiveRoom, mouth_box: tuple[int, int, int, int]
+) -> None:
+    """`livekit_config` (CustomSDKLiveKitConfig): the avatar joins the caller's room with the token given;
+    the agent's audio over the LITE socket plays there."""
+    from facecast.hosts.livekit.tokens import mint_worker_token
+
+    _, secret = server.store.create_key("pipecat-own-room")
+    avatar_token = mint_worker_token(
+        *live_room.keys, room=live_room.name, identity="my-avatar", name="Avatar", agent_identity="bot"
+    )
+    request = pipecat_api.LiveAvatarNewSessionRequest(
+        avatar_id="ava",
+        video_settings=pipecat_api.VideoSettings(
+            encoding=pipecat_api.VideoEncoding.VP8, quality=pipecat_api.VideoQuality.low
+        ),
+        livekit_config=pipecat_api.CustomSDKLiveKitConfig(
+            livekit_url=live_room.url, livekit_room=live_room.name, livekit_client_token=avatar_token
+        ),
+    )
+    viewer = RoomViewer(mouth_box=mouth_box, publisher="my-avatar")
+    await viewer.connect(live_room.url, live_room.token("viewer"))
+    try:
+        async with aiohttp.ClientSession() as http:
+            client = pipecat_api.LiveAvatarApi(secret, http)
+            started = await client.new_session(request)  # token + start, both answers parsed
+            assert started.access_token == "" and started.livekit_url == live_room.url  # your own room
+            await viewer.wait_for(lambda: viewer.tracks_of("my-avatar") >= {"avatar_audio", "avatar_video"})
+            async with http.ws_connect(started.ws_url) as ws:
+                assert (await ws.receive_json())["state"] == p.WS_STATE_CONNECTED
+                t0 = time.monotonic()
+                pcm = tone(1.5).tobytes()
+                for i in range(0, len(pcm), RATE):  # 0.5 s chunks, one utterance, one event_id
+                    await ws.send_json(
+                        {"type": "agent.speak", "event_id": "u1", "audio": b64(pcm[i : i + RATE])}
+                    )
+                await ws.send_json({"type": "agent.speak_end", "event_id": "u1"})
+                events = await read_until(ws, lambda e: e.get("new_state") == p.AGENT_IDLE)
+            kinds = [e["type"] for e in events]
+            assert kinds.index(p.AGENT_SPEAK_STARTED) < kinds.index(p.AGENT_SPEAK_ENDED)
+            assert {e["event_id"] for e in events if e["type"].startswith("agent.speak")} == {"u1"}
+            ended = next(e for e in events if e["type"] == p.AGENT_SPEAK_ENDED)
+            assert ended["played_s"] == pytest.approx(1.5, abs=0.05)
+            assert [e["new_state"] for e in events if e["type"] == p.AGENT_STATE_UPDATED] == [
+                "talking",
+                "idle",
+            ]
+            assert viewer.speech_after(t0) > 1.0
+            await client.close_session(started.session_id)
+    finally:
+        await viewer.aclose()
+
+
+def speech_seconds(pcm: bytes, rate: int) -> float:
+    """Seconds of 10 ms steps louder than silence."""
+    samples = np.frombuffer(pcm, np.int16).astype(np.float64)
+    step = rate // 100
+    steps = samples[: len(samples) // step * step].reshape(-1, step)
+    return float(np.sum(np.sqrt(np.mean(steps**2, axis=1)) > 300)) / 100
+
+
+def b64(pcm: bytes) -> str:
+    import base64
+
+    return base64.b64encode(pcm).decode()
+
+
+async def read_until(ws: Any, done: Any) -> list[dict[str, Any]]:
+    events: list[dict[str, Any]] = []
+    while not events or not done(events[-1]):
+        events.append(await asyncio.wait_for(ws.receive_json(), HANG_S))
+    return events
+
+
+async def test_pipecat_heygen_video_service_unchanged(server: RunningServer, pipecat_api: Any) -> None:
+    """pipecat's HeyGenVideoService (LIVE_AVATAR): Facecast makes the room, the service joins it with the
+    client token and receives the avatar's video and voice; its TTS audio goes out on the LITE socket."""
+    from pipecat.frames.frames import (
+        ErrorFrame,
+        OutputImageRawFrame,
+        OutputTransportReadyFrame,
+        SpeechOutputAudioRawFrame,
+        TTSAudioRawFrame,
+        TTSStartedFrame,
+        TTSStoppedFrame,
+    )
+    from pipecat.pipeline.worker import PipelineParams
+    from pipecat.services.heygen.client import ServiceType
+    from pipecat.services.heygen.video import HeyGenVideoService
+    from pipecat.tests.utils import SleepFrame, run_test
+
+    key, secret = server.store.create_key("pipecat-service")
+    pcm = tone(1.5).tobytes()
+    step = 2 * RATE // 10
+    speech = [
+        TTSStartedFrame(context_id="hello"),
+        *(TTSAudioRawFrame(pcm[i : i + step], RATE, 1, context_id="hello") for i in range(0, len(pcm), step)),
+        TTSStoppedFrame(context_id="hello"),
+    ]
+    async with aiohttp.ClientSession() as http:
+        service = HeyGenVideoService(
+            api_key=secret,
+            session=http,
+            service_type=ServiceType.LIVE_AVATAR,
+            session_request=pipecat_api.LiveAvatarNewSessionRequest(
+                avatar_id="ava",
+                video_settings=pipecat_api.VideoSettings(
+                    encoding=pipecat_api.VideoEncoding.H264, quality=pipecat_api.VideoQuality.low
+                ),
+            ),
+        )
+        frames = [OutputTransportReadyFrame(), SleepFrame(2.0), *speech, SleepFrame(3.0)]
+        down, up = await asyncio.wait_for(
+            run_test(
+                service, frames_to_send=frames, pipeline_params=PipelineParams(audio_out_sample_rate=RATE)
+            ),
+            60,
+        )
+    assert not [f for f in up if isinstance(f, ErrorFrame)]
+    images = [f for f in down if isinstance(f, OutputImageRawFrame)]
+    assert len(images) > 30 and {f.size for f in images} == {(256, 256)}
+    voice = [f for f in down if isinstance(f, SpeechOutputAudioRawFrame)]
+    # The avatar's voice came back through the room: about the 1.5 s sent, the rest silence.
+    assert 1.0 < speech_seconds(b"".join(f.audio for f in voice), voice[0].sample_rate) < 2.5
+    (record,) = server.store.list_sessions(key.id, active=False, page=1, page_size=5)[0]
+    assert record.transport == "livekit" and record.settings["livekit"]["owned"]
+    assert record.end_reason == p.END_STOPPED  # the service stopped its session at the end
