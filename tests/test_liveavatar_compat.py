@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import httpx
 import numpy as np
 import pytest
 from livekit import rtc
@@ -358,3 +359,46 @@ async def test_pipecat_heygen_video_service_unchanged(server: RunningServer, pip
     (record,) = server.store.list_sessions(key.id, active=False, page=1, page_size=5)[0]
     assert record.transport == "livekit" and record.settings["livekit"]["owned"]
     assert record.end_reason == p.END_STOPPED  # the service stopped its session at the end
+
+
+# -- the request shapes, without a room --------------------------------------------------------------------
+def mint(server: RunningServer, secret: str, body: dict[str, Any]) -> httpx.Response:
+    with server.client() as client:
+        return client.post("/v1/sessions/token", json=body, headers={"X-API-KEY": secret})
+
+
+def test_top_level_video_quality_and_conflicting_fields(server: RunningServer) -> None:
+    _, secret = server.store.create_key("shapes")
+    answer = mint(server, secret, {"avatar_id": "ava", "transport": "webrtc", "video_quality": "medium"})
+    assert answer.status_code == 200, answer.text
+    record = server.session(answer.json()["data"]["session_id"])
+    assert record.transport == "webrtc" and record.settings["video_settings"]["quality"] == "medium"
+
+    clash = mint(server, secret, {"video_quality": "low", "video_settings": {"quality": "high"}})
+    assert clash.status_code == 400 and "video_quality" in clash.json()["message"]
+    both = mint(
+        server,
+        secret,
+        {"transport": "webrtc", "livekit_config": {"livekit_url": "ws://x", "livekit_room": "r"}},
+    )
+    assert both.status_code == 400 and "transport livekit" in both.json()["message"]
+    # Left out, the transport is livekit here: this server knows a LiveKit server and makes the room.
+    owned = mint(server, secret, {"avatar_id": "ava"})
+    assert server.session(owned.json()["data"]["session_id"]).transport == "livekit"
+
+
+def test_without_a_livekit_server_sessions_stay_webrtc(tmp_path: Path) -> None:
+    with running_server(tmp_path) as plain:
+        _, secret = plain.store.create_key("plain")
+        answer = mint(plain, secret, {"avatar_id": "ava"})
+        assert plain.session(answer.json()["data"]["session_id"]).transport == "webrtc"
+        refused = mint(plain, secret, {"transport": "livekit"})
+        assert refused.status_code == 400 and "--livekit-url" in refused.json()["message"]
+
+
+def test_livekit_settings_come_whole() -> None:
+    with pytest.raises(ValueError, match="FACECAST_LIVEKIT_API_SECRET"):
+        LiveKitSettings("ws://127.0.0.1:7880", "key")
+    with pytest.raises(ValueError, match="ws://"):
+        LiveKitSettings("127.0.0.1:7880", "key", "secret")
+    assert LiveKitSettings("https://lk.example.com", "k", "s").ws_url == "wss://lk.example.com"
