@@ -117,6 +117,7 @@ async def test_liveavatar_livekit_plugin_unchanged(
                 assert record.transport == "livekit" and record.avatar_id == "ava"
                 lk = record.settings["livekit"]
                 assert lk["audio_source"] == "websocket" and lk["room"] == live_room.name
+                assert lk["avatar_identity"] == PLUGIN_AVATAR  # read from the token the plugin minted
                 assert record.settings["video_settings"]["quality"] == "low"  # top-level video_quality
 
                 # Speaks: the whole utterance plays and the agent hears it finish.

@@ -13,6 +13,7 @@ import binascii
 import contextlib
 import ctypes
 import ctypes.util
+import json
 import logging
 import os
 import time
@@ -665,8 +666,9 @@ class SessionManager:
             )
         facecast_shape = cfg.livekit_worker_token is not None or cfg.agent_identity is not None
         audio_source = body.audio_source or ("data_stream" if facecast_shape else "websocket")
-        identity = cfg.avatar_identity or "facecast-avatar"
         token = tokens.pop() if tokens else None
+        # A token given decides who the avatar is in the room (LiveAvatar's plugin names it itself).
+        identity = (token and _token_identity(token)) or cfg.avatar_identity or "facecast-avatar"
         if token is None:
             keys = self._livekit_keys()
             if not (keys and cfg.agent_identity):
@@ -1079,6 +1081,20 @@ class SessionManager:
             "duration_s": record.duration_s,
             "stats": stats,
         }
+
+
+def _token_identity(token: str) -> str | None:
+    """The participant identity (`sub`) a LiveKit token was minted for; None if it is not a JWT. Read
+    without verifying: the LiveKit server verifies it when the avatar joins."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except (ValueError, binascii.Error):
+        return None
+    sub = claims.get("sub") if isinstance(claims, dict) else None
+    return sub if isinstance(sub, str) and sub else None
 
 
 def _livekit_tokens() -> Any:
