@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -174,6 +175,33 @@ def pipecat_api(server: RunningServer, monkeypatch: Any) -> Any:
     return api_liveavatar
 
 
+async def room_names(server: RunningServer) -> set[str]:
+    from livekit import api
+
+    lk = server.config.livekit
+    async with api.LiveKitAPI(lk.url, lk.api_key, lk.api_secret) as client:
+        rooms = await client.room.list_rooms(api.ListRoomsRequest())
+    return {room.name for room in rooms.rooms}
+
+
+async def watch_owned_room(server: RunningServer, key_id: str, viewer: RoomViewer) -> str:
+    """Join, as a second frontend, the room the server made for this key's session once it has started."""
+    deadline = time.monotonic() + HANG_S
+    while True:
+        records, _ = server.store.list_sessions(key_id, active=True, page=1, page_size=5)
+        if records and records[0].state == p.STATE_STARTED:
+            break
+        assert time.monotonic() < deadline, "the session never started"
+        await asyncio.sleep(0.05)
+    lk = server.config.livekit
+    room = LiveRoom(
+        LiveKitServer(lk.ws_url, lk.api_key or "", lk.api_secret or ""),
+        records[0].settings["livekit"]["room"],
+    )
+    await viewer.connect(room.url, room.token("viewer"))
+    return room.name
+
+
 def claims(server: RunningServer, token: str) -> Any:
     from livekit import api
 
@@ -217,6 +245,7 @@ async def test_pipecat_models_round_trip_and_the_server_makes_the_room(
             assert first["type"] == p.SESSION_STATE_UPDATED and first["state"] == p.WS_STATE_CONNECTED
         stopped = await client.stop_session(data.session_id, token.data.session_token)
         assert stopped["code"] == p.CODE_OK and stopped["data"]["end_reason"] == p.END_STOPPED
+    assert room not in await room_names(server)  # the room the server made went with the session
 
     # Exactly as the model serialises itself, unset fields as nulls included.
     body = pipecat_api.LiveAvatarNewSessionRequest(avatar_id="ava", is_sandbox=None, video_settings=None)
@@ -271,16 +300,32 @@ async def test_pipecat_request_with_its_own_room(
                     )
                 await ws.send_json({"type": "agent.speak_end", "event_id": "u1"})
                 events = await read_until(ws, lambda e: e.get("new_state") == p.AGENT_IDLE)
-            kinds = [e["type"] for e in events]
-            assert kinds.index(p.AGENT_SPEAK_STARTED) < kinds.index(p.AGENT_SPEAK_ENDED)
-            assert {e["event_id"] for e in events if e["type"].startswith("agent.speak")} == {"u1"}
-            ended = next(e for e in events if e["type"] == p.AGENT_SPEAK_ENDED)
-            assert ended["played_s"] == pytest.approx(1.5, abs=0.05)
-            assert [e["new_state"] for e in events if e["type"] == p.AGENT_STATE_UPDATED] == [
-                "talking",
-                "idle",
-            ]
-            assert viewer.speech_after(t0) > 1.0
+                kinds = [e["type"] for e in events]
+                assert kinds.index(p.AGENT_SPEAK_STARTED) < kinds.index(p.AGENT_SPEAK_ENDED)
+                assert {e["event_id"] for e in events if e["type"].startswith("agent.speak")} == {"u1"}
+                ended = next(e for e in events if e["type"] == p.AGENT_SPEAK_ENDED)
+                assert ended["played_s"] == pytest.approx(1.5, abs=0.05)
+                assert [e["new_state"] for e in events if e["type"] == p.AGENT_STATE_UPDATED] == [
+                    "talking",
+                    "idle",
+                ]
+                assert viewer.speech_after(t0) > 1.0
+
+                # Interrupted mid-utterance: one speak_interrupted for what played, then silence.
+                await ws.send_json(
+                    {"type": "agent.speak", "event_id": "u2", "audio": b64(tone(4.0).tobytes())}
+                )
+                await read_until(ws, lambda e: e["type"] == p.AGENT_SPEAK_STARTED)
+                await viewer.wait_for(lambda: viewer.speech_after(time.monotonic() - 0.3) > 0.1, HANG_S)
+                await ws.send_json({"type": "agent.interrupt", "event_id": None})  # as pipecat sends it
+                cut = time.monotonic()
+                events = await read_until(ws, lambda e: e.get("new_state") == p.AGENT_IDLE)
+                (interrupted,) = [e for e in events if e["type"] == p.AGENT_SPEAK_INTERRUPTED]
+                assert interrupted["event_id"] == "u2" and 0.0 < interrupted["played_s"] < 4.0
+                assert p.AGENT_SPEAK_ENDED not in [e["type"] for e in events]
+                await ws.send_json({"type": "agent.speak_end", "event_id": "u2"})  # nothing open: no error
+                assert not [e for e in await pending(ws, 1.5) if e["type"] == p.ERROR]
+                assert viewer.speech_after(cut + 0.5) == 0.0
             await client.close_session(started.session_id)
     finally:
         await viewer.aclose()
@@ -300,6 +345,16 @@ def b64(pcm: bytes) -> str:
     return base64.b64encode(pcm).decode()
 
 
+async def pending(ws: Any, seconds: float) -> list[dict[str, Any]]:
+    """The events that arrive within `seconds`."""
+    events: list[dict[str, Any]] = []
+    deadline = time.monotonic() + seconds
+    with contextlib.suppress(TimeoutError):
+        while (left := deadline - time.monotonic()) > 0:
+            events.append(await ws.receive_json(timeout=left))
+    return events
+
+
 async def read_until(ws: Any, done: Any) -> list[dict[str, Any]]:
     events: list[dict[str, Any]] = []
     while not events or not done(events[-1]):
@@ -307,7 +362,9 @@ async def read_until(ws: Any, done: Any) -> list[dict[str, Any]]:
     return events
 
 
-async def test_pipecat_heygen_video_service_unchanged(server: RunningServer, pipecat_api: Any) -> None:
+async def test_pipecat_heygen_video_service_unchanged(
+    server: RunningServer, pipecat_api: Any, mouth_box: tuple[int, int, int, int]
+) -> None:
     """pipecat's HeyGenVideoService (LIVE_AVATAR): Facecast makes the room, the service joins it with the
     client token and receives the avatar's video and voice; its TTS audio goes out on the LITE socket."""
     from pipecat.frames.frames import (
@@ -345,12 +402,28 @@ async def test_pipecat_heygen_video_service_unchanged(server: RunningServer, pip
             ),
         )
         frames = [OutputTransportReadyFrame(), SleepFrame(2.0), *speech, SleepFrame(3.0)]
-        down, up = await asyncio.wait_for(
-            run_test(
-                service, frames_to_send=frames, pipeline_params=PipelineParams(audio_out_sample_rate=RATE)
-            ),
-            60,
-        )
+        viewer = RoomViewer(mouth_box=mouth_box, publisher="facecast-avatar")
+        watching = asyncio.create_task(watch_owned_room(server, key.id, viewer))
+        try:
+            down, up = await asyncio.wait_for(
+                run_test(
+                    service, frames_to_send=frames, pipeline_params=PipelineParams(audio_out_sample_rate=RATE)
+                ),
+                60,
+            )
+            room = await asyncio.wait_for(watching, HANG_S)
+        finally:
+            watching.cancel()
+            await viewer.aclose()
+    # The user's frontend saw the avatar in the room the server made: voice, and a mouth moving with it.
+    assert viewer.tracks_of("facecast-avatar") >= {"avatar_audio", "avatar_video"}
+    assert {pub.on_behalf_of for pub in viewer.published if pub.participant == "facecast-avatar"} == {
+        "facecast-agent"
+    }
+    first, last = viewer.first_speech_at(), viewer.last_speech_at()
+    assert first is not None and last is not None and 1.0 < last - first < 2.5
+    assert mouth_motion(viewer, first, last) > 2 * mouth_motion(viewer, first - 1.5, first - 0.2)
+    assert room not in await room_names(server)
     assert not [f for f in up if isinstance(f, ErrorFrame)]
     images = [f for f in down if isinstance(f, OutputImageRawFrame)]
     assert len(images) > 30 and {f.size for f in images} == {(256, 256)}
