@@ -476,3 +476,19 @@ def test_livekit_settings_come_whole() -> None:
     with pytest.raises(ValueError, match="ws://"):
         LiveKitSettings("127.0.0.1:7880", "key", "secret")
     assert LiveKitSettings("https://lk.example.com", "k", "s").ws_url == "wss://lk.example.com"
+
+
+def test_serve_flags_and_environment_name_the_livekit_server(monkeypatch: Any) -> None:
+    from facecast.cli import UsageError, _server_config, build_parser
+
+    for name in ("URL", "API_KEY", "API_SECRET"):
+        monkeypatch.delenv(f"FACECAST_LIVEKIT_{name}", raising=False)
+    monkeypatch.setenv("FACECAST_LIVEKIT_API_SECRET", "from-env")
+    args = build_parser().parse_args(
+        ["serve", "--livekit-url", "wss://lk.example.com", "--livekit-api-key", "k"]
+    )
+    assert _server_config(args).livekit == LiveKitSettings("wss://lk.example.com", "k", "from-env")
+    monkeypatch.delenv("FACECAST_LIVEKIT_API_SECRET")
+    with pytest.raises(UsageError, match="--livekit-api-secret"):
+        _server_config(args)
+    assert not _server_config(build_parser().parse_args(["serve"])).livekit.configured
