@@ -492,3 +492,41 @@ def test_serve_flags_and_environment_name_the_livekit_server(monkeypatch: Any) -
     with pytest.raises(UsageError, match="--livekit-api-secret"):
         _server_config(args)
     assert not _server_config(build_parser().parse_args(["serve"])).livekit.configured
+
+
+async def test_server_made_room_with_the_client_token_and_server_side_speech(
+    server: RunningServer, mouth_box: tuple[int, int, int, int]
+) -> None:
+    """The user's frontend joins with `livekit_client_token` from /start; `agent.speak_text` (server-side
+    speech, 22.05 kHz) plays in the room like audio sent over the socket."""
+    _, secret = server.store.create_key("owned-room-text")
+    with server.client() as http_client:
+        minted = http_client.post(
+            "/v1/sessions/token",
+            json={"avatar_id": "ava", "video_quality": "low"},
+            headers={"X-API-KEY": secret},
+        ).json()["data"]
+        bearer = {"Authorization": f"Bearer {minted['session_token']}"}
+        data = http_client.post("/v1/sessions/start", headers=bearer).json()["data"]
+    assert data["transport"] == "livekit" and data["audio_source"] == "websocket"
+    viewer = RoomViewer(mouth_box=mouth_box, publisher=data["avatar_identity"])
+    await viewer.connect(data["livekit_url"], data["livekit_client_token"])
+    try:
+        await viewer.wait_for(lambda: viewer.first_video_at is not None, HANG_S, "the avatar's video")
+        async with aiohttp.ClientSession() as http, http.ws_connect(data["ws_url"]) as ws:
+            assert (await ws.receive_json())["state"] == p.WS_STATE_CONNECTED
+            await ws.send_json(
+                {"type": "agent.speak_text", "event_id": "t1", "text": "Hello from the server."}
+            )
+            events = await read_until(ws, lambda e: e["type"] == p.AGENT_SPEAK_ENDED)
+        assert [e["type"] for e in events if e["type"].startswith("agent.speak")] == [
+            p.AGENT_SPEAK_STARTED,
+            p.AGENT_SPEAK_ENDED,
+        ]
+        assert events[-1]["event_id"] == "t1" and events[-1]["played_s"] > 0.5
+        assert viewer.speech_after(0) > 0.5
+    finally:
+        await viewer.aclose()
+        with server.client() as http_client:
+            http_client.post("/v1/sessions/stop", headers=bearer)
+    assert server.session(minted["session_id"]).end_reason == p.END_STOPPED
