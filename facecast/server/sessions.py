@@ -922,7 +922,11 @@ class SessionManager:
             async with api.LiveKitAPI(settings.url, settings.api_key, settings.api_secret) as client:
                 await client.room.create_room(
                     api.CreateRoomRequest(
-                        name=lk["room"], empty_timeout=60, max_participants=OWNED_ROOM_MAX_PARTICIPANTS
+                        name=lk["room"],
+                        empty_timeout=60,
+                        max_participants=OWNED_ROOM_MAX_PARTICIPANTS,
+                        # the avatar's two tracks reach subscribers as one stream, so browsers lip-sync them
+                        sync_streams=True,
                     )
                 )
         except Exception as exc:
