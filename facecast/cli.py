@@ -129,6 +129,18 @@ def build_parser() -> argparse.ArgumentParser:
         help='STUN/TURN list, e.g. \'[{"urls": "turn:turn.example.com:3478", "username": "u", '
         '"credential": "p"}]\' (default: $FACECAST_ICE_SERVERS)',
     )
+    serve.add_argument(
+        "--livekit-url",
+        metavar="URL",
+        help="a LiveKit server for LiveAvatar-style rooms, e.g. wss://lk.example.com (default: "
+        "$FACECAST_LIVEKIT_URL); needs --livekit-api-key and --livekit-api-secret",
+    )
+    serve.add_argument("--livekit-api-key", metavar="KEY", help="default: $FACECAST_LIVEKIT_API_KEY")
+    serve.add_argument(
+        "--livekit-api-secret",
+        metavar="SECRET",
+        help="default: $FACECAST_LIVEKIT_API_SECRET (prefer the variable: flags show in `ps`)",
+    )
 
     from facecast.hosts.livekit.cli import add_livekit_parsers
     from facecast.server.keys_cli import add_keys_parser
@@ -199,7 +211,7 @@ def _render_text(args: argparse.Namespace) -> int:
 def _server_config(args: argparse.Namespace) -> ServerConfig:
     from pathlib import Path
 
-    from facecast.server.config import Limits, ServerConfig, parse_ice_servers
+    from facecast.server.config import Limits, LiveKitSettings, ServerConfig, parse_ice_servers
 
     ice = ServerConfig.ice_servers_from_env()
     if getattr(args, "ice_servers", None):
@@ -207,6 +219,14 @@ def _server_config(args: argparse.Namespace) -> ServerConfig:
             ice = parse_ice_servers(json.loads(args.ice_servers))
         except json.JSONDecodeError as exc:
             raise UsageError(f"facecast: error: --ice-servers is not valid JSON: {exc}") from None
+    try:
+        livekit = LiveKitSettings.from_env(
+            getattr(args, "livekit_url", None),
+            getattr(args, "livekit_api_key", None),
+            getattr(args, "livekit_api_secret", None),
+        )
+    except ValueError as exc:
+        raise UsageError(f"facecast: error: {exc}") from None
     return ServerConfig(
         host=args.host,
         port=args.port,
@@ -215,6 +235,7 @@ def _server_config(args: argparse.Namespace) -> ServerConfig:
         public_url=getattr(args, "public_url", None),
         ice_servers=ice,
         limits=ServerConfig.limits_from_env(Limits()),
+        livekit=livekit,
     )
 
 

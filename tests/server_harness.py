@@ -16,7 +16,7 @@ import uvicorn
 
 from facecast.avatars.fetch import FetchPolicy
 from facecast.server.app import create_app
-from facecast.server.config import AvatarSettings, Limits, ServerConfig
+from facecast.server.config import AvatarSettings, Limits, LiveKitSettings, ServerConfig
 from facecast.server.run import bind
 from facecast.server.store import SessionRecord, Store, open_store
 
@@ -56,6 +56,7 @@ def running_server(
     store: Store | None = None,
     server_id: str = "test-server",
     avatars: AvatarSettings | None = None,
+    livekit: LiveKitSettings | None = None,
 ) -> Iterator[RunningServer]:
     store = store or open_store(None, data_dir)
     config = ServerConfig(
@@ -66,6 +67,7 @@ def running_server(
         server_id=server_id,
         # The defaults, whatever the environment says (FACECAST_FETCH_ALLOW_NETWORKS included).
         avatars=avatars or AvatarSettings(fetch_policy=FetchPolicy()),
+        livekit=livekit or LiveKitSettings(),  # none unless given, whatever FACECAST_LIVEKIT_* say
     )
     app = create_app(config, store=store)
     sock = bind("127.0.0.1", 0, fallback_to_free_port=False)

@@ -116,6 +116,9 @@ async def test_a_browser_frontend_plays_the_avatar(
         )
         events = await browser_page.evaluate("window.viewer.events")
         assert {f"subscribed {AVATAR} audio", f"subscribed {AVATAR} video"} <= set(events)
+        # The test server's rooms have sync_streams: the avatar's tracks arrive in one media stream.
+        streams = await browser_page.evaluate("window.viewer.streams")
+        assert streams["audio"] == streams["video"] and streams["audio"].endswith("|facecast-avatar")
 
         out = DataStreamAudioOutput(
             agent, destination_identity=AVATAR, sample_rate=24000, wait_remote_track=rtc.TrackKind.KIND_VIDEO

@@ -74,7 +74,8 @@ async def test_worker_plays_and_interrupts_in_a_real_room(live_room: LiveRoom, v
     out.clear_buffer()
     out.flush()
     await asyncio.wait_for(out.wait_for_playout(), HANG_S)
-    assert finished[-1][1] is True and 0.3 < finished[-1][0] < 2.0
+    # cleared 0.8 s into 3 s of speech: some of it played, not all (a busy host delays the clear)
+    assert finished[-1][1] is True and 0.3 < finished[-1][0] < 2.9
 
     await viewer.wait_for(lambda: viewer.tracks_of(AVATAR) >= {"avatar_audio", "avatar_video"})
     assert viewer.room.remote_participants[AVATAR].attributes.get("lk.publish_on_behalf") == "agent"

@@ -192,14 +192,27 @@ def create_app(
             )
         return session
 
-    def webrtc_session(session: Session) -> LiveSession:
+    def lite_session(session: Session) -> LiveSession:
+        """A session that takes LITE commands (WebRTC, or LITE into a LiveKit room)."""
         if not isinstance(session, LiveSession):
             raise ApiError(
                 409,
                 p.CODE_CONFLICT,
-                f"session {session.id} uses transport livekit: its media travels through the LiveKit room",
+                f"session {session.id} uses transport livekit with audio_source data_stream: the agent's "
+                "audio and commands travel through the LiveKit room, not the LITE WebSocket",
             )
         return session
+
+    def webrtc_session(session: Session) -> LiveSession:
+        live = lite_session(session)
+        if live.room is not None:
+            raise ApiError(
+                409,
+                p.CODE_CONFLICT,
+                f"session {session.id} plays in the LiveKit room {live.room!r}: join that room to see it "
+                "(livekit_client_token from /v1/sessions/start); WebRTC offers are for transport webrtc",
+            )
+        return live
 
     def public_base(request: Request) -> str:
         return (config.public_url or str(request.base_url)).rstrip("/")
@@ -224,27 +237,36 @@ def create_app(
         check_ref(record, body)
         session = await mgr.start(record)
         settings = record.settings
-        if isinstance(session, RoomSession):
-            lk = settings["livekit"]
-            return ok(
-                {
-                    "session_id": record.id,
-                    "transport": "livekit",
-                    "livekit_url": lk["url"],
-                    "livekit_room": lk["room"],
-                    "avatar_identity": lk["avatar_identity"],
-                    "max_session_duration": settings["max_session_duration"],
-                    "idle_timeout": config.limits.idle_timeout,
-                }
-            )
         base = public_base(request)
         token = parse_bearer(request.headers.get("authorization"))
         ws_base = "ws" + base[4:] if base.startswith("http") else base
+        ws_url = f"{ws_base}/v1/sessions/{record.id}/ws?token={token}"
         width, height = frame_size(settings["aspect_ratio"], settings["video_settings"]["quality"])
+        video = {
+            "width": width,
+            "height": height,
+            "fps": settings["fps"],
+            "encoding": settings["video_settings"]["encoding"],
+        }
+        if isinstance(session, RoomSession) or session.room is not None:
+            # LiveAvatar's answer (pipecat parses it as LiveAvatarSessionResponse), and Facecast's fields.
+            data: dict[str, Any] = {
+                "session_id": record.id,
+                "transport": "livekit",
+                **mgr.livekit_start_details(record),
+                "max_session_duration": settings["max_session_duration"],
+                "idle_timeout": config.limits.idle_timeout,
+                "audio_source": settings["livekit"].get("audio_source", "data_stream"),
+                "video": video,
+            }
+            if not isinstance(session, RoomSession):
+                data["ws_url"] = ws_url
+                data["audio"] = {"input_sample_rate": p.LITE_AUDIO_RATE}
+            return ok(data)
         return ok(
             {
                 "session_id": record.id,
-                "ws_url": f"{ws_base}/v1/sessions/{record.id}/ws?token={token}",
+                "ws_url": ws_url,
                 "webrtc": {
                     "offer_url": f"{base}/v1/sessions/{record.id}/offer",
                     "ice_servers": list(config.ice_servers),
@@ -252,12 +274,7 @@ def create_app(
                 },
                 "max_session_duration": settings["max_session_duration"],
                 "idle_timeout": config.limits.idle_timeout,
-                "video": {
-                    "width": width,
-                    "height": height,
-                    "fps": settings["fps"],
-                    "encoding": settings["video_settings"]["encoding"],
-                },
+                "video": video,
                 "audio": {"codec": "opus", "sample_rate": 48000, "input_sample_rate": p.LITE_AUDIO_RATE},
             }
         )
@@ -338,7 +355,7 @@ def create_app(
             record = mgr.authenticate_token(token)
             if record.id != session_id:
                 raise ApiError(403, p.CODE_FORBIDDEN, "this session token belongs to another session")
-            session = webrtc_session(live_session(mgr, record))
+            session = lite_session(live_session(mgr, record))
         except ApiError as exc:
             await websocket.send_json({"type": p.ERROR, "code": exc.code, "message": exc.message})
             await websocket.close(code=4000 + exc.status % 1000)

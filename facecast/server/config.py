@@ -99,6 +99,51 @@ class AvatarSettings:
 
 
 @dataclass(frozen=True)
+class LiveKitSettings:
+    """A LiveKit server this Facecast server may use: with one, a LITE session that brings no
+    `livekit_config` gets a room made for it (LiveAvatar's shape: `/start` answers `livekit_url` and
+    tokens for the user's frontend and the agent), and `transport: livekit` sessions can have their
+    avatar's token minted here. `url` is what the avatar worker and the clients connect to."""
+
+    url: str | None = None
+    api_key: str | None = None
+    api_secret: str | None = None
+
+    def __post_init__(self) -> None:
+        given = [name for name in ("url", "api_key", "api_secret") if getattr(self, name)]
+        if given and len(given) != 3:
+            missing = sorted({"url", "api_key", "api_secret"} - set(given))
+            names = [f"FACECAST_LIVEKIT_{m.upper()} (--livekit-{m.replace('_', '-')})" for m in missing]
+            raise ValueError(
+                "a LiveKit server needs its URL, API key and API secret together; missing " + ", ".join(names)
+            )
+        if self.url and not self.url.startswith(("ws://", "wss://", "http://", "https://")):
+            raise ValueError(f"LiveKit URL {self.url!r} must start with ws://, wss://, http:// or https://")
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.url and self.api_key and self.api_secret)
+
+    @property
+    def ws_url(self) -> str:
+        """The URL as LiveKit clients take it (ws:// or wss://)."""
+        url = self.url or ""
+        return "ws" + url[4:] if url.startswith("http") else url
+
+    @staticmethod
+    def from_env(
+        url: str | None = None, api_key: str | None = None, api_secret: str | None = None
+    ) -> LiveKitSettings:
+        """FACECAST_LIVEKIT_URL, FACECAST_LIVEKIT_API_KEY, FACECAST_LIVEKIT_API_SECRET; arguments given
+        (the `facecast serve --livekit-*` flags) win over the environment."""
+        return LiveKitSettings(
+            url=url or os.environ.get("FACECAST_LIVEKIT_URL") or None,
+            api_key=api_key or os.environ.get("FACECAST_LIVEKIT_API_KEY") or None,
+            api_secret=api_secret or os.environ.get("FACECAST_LIVEKIT_API_SECRET") or None,
+        )
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8080
@@ -110,6 +155,8 @@ class ServerConfig:
     server_id: str | None = None  # names this process's sessions in a shared database; None: derived
     # Read from the environment by default, so `facecast serve` honours the FACECAST_* avatar variables.
     avatars: AvatarSettings = field(default_factory=AvatarSettings.from_env)
+    # None: no LiveKit server known (FACECAST_LIVEKIT_* are read by `facecast serve`, see LiveKitSettings).
+    livekit: LiveKitSettings = field(default_factory=LiveKitSettings)
 
     @staticmethod
     def ice_servers_from_env() -> tuple[dict[str, Any], ...]:

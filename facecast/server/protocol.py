@@ -76,9 +76,16 @@ SESSION_STATE_UPDATED: Final = "session.state_updated"  # {state: connecting|con
 AGENT_SPEAK_STARTED: Final = "agent.speak_started"
 AGENT_SPEAK_ENDED: Final = "agent.speak_ended"
 AGENT_SPEAK_INTERRUPTED: Final = "agent.speak_interrupted"
+# {previous_state, new_state}: talking while an utterance plays, else listening (after
+# agent.start_listening) or idle. LiveAvatar's clients end a turn on it, the interrupted ones included.
+AGENT_STATE_UPDATED: Final = "agent.state_updated"
 SESSION_STOPPED: Final = "session.stopped"  # {end_reason}
 SESSION_STATS: Final = "session.stats"
 ERROR: Final = "error"  # {code, message, event_id?}
+
+AGENT_TALKING: Final = "talking"
+AGENT_LISTENING: Final = "listening"
+AGENT_IDLE: Final = "idle"
 
 WS_STATE_CONNECTING: Final = "connecting"
 WS_STATE_CONNECTED: Final = "connected"

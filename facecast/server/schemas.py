@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from facecast.avatars import ASPECTS, QUALITIES
 from facecast.engine.config import FPS_CHOICES
@@ -27,13 +27,20 @@ class AvatarPersona(_Body):
 
 
 class LiveKitConfig(_Body):
+    """The user's own LiveKit room for the avatar (docs/liveavatar.md has the field table)."""
+
     livekit_url: str
     livekit_room: str
+    # LiveAvatar's name: the avatar's join token; the agent's audio then comes over the LITE WebSocket.
     livekit_client_token: str | None = None
+    # Facecast's name: the avatar's join token; the agent's audio then comes over `lk.audio_stream`.
     livekit_worker_token: str | None = None
     agent_identity: str | None = None
     avatar_identity: str | None = None
     avatar_name: str | None = None
+
+
+AudioSource = Literal["websocket", "data_stream"]
 
 
 class TokenRequest(_Body):
@@ -42,14 +49,30 @@ class TokenRequest(_Body):
     # A photo to build the session's avatar from, like POST /v1/avatars {image_url}; /start waits for it.
     avatar_image_url: str | None = Field(default=None, min_length=1, max_length=2048)
     avatar_persona: AvatarPersona | None = None
+    # pipecat's models serialise unset optional fields as null: null means the default here.
     is_sandbox: bool = False
     video_settings: VideoSettings = Field(default_factory=VideoSettings)
+    # LiveAvatar's LiveKit plugin sends the quality at the top level; same meaning as video_settings.quality.
+    video_quality: Literal[tuple(QUALITIES)] | None = None  # type: ignore[valid-type]
     aspect_ratio: Literal[tuple(ASPECTS)] = "1:1"  # type: ignore[valid-type]
     fps: Literal[tuple(FPS_CHOICES)] = 30  # type: ignore[valid-type]
     max_session_duration: int | None = Field(default=None, gt=0)
     interactivity_type: Literal["CONVERSATIONAL", "PUSH_TO_TALK"] = "CONVERSATIONAL"
-    transport: Literal["webrtc", "livekit"] = "webrtc"
+    # None: `livekit` when livekit_config is given or this server knows a LiveKit server (it makes a room
+    # for the session), else `webrtc`.
+    transport: Literal["webrtc", "livekit"] | None = None
     livekit_config: LiveKitConfig | None = None
+    # Where a livekit session takes the agent's audio from. None: `data_stream` (LiveKit's avatar protocol)
+    # when livekit_config names the avatar by Facecast's fields (livekit_worker_token or agent_identity),
+    # else `websocket` (the LITE WebSocket, as LiveAvatar does).
+    audio_source: AudioSource | None = None
+
+    @field_validator("is_sandbox", "video_settings", mode="before")
+    @classmethod
+    def _null_is_default(cls, value: object, info: ValidationInfo) -> object:
+        if value is None:
+            return False if info.field_name == "is_sandbox" else VideoSettings()
+        return value
 
 
 class SessionRef(_Body):

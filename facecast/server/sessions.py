@@ -13,17 +13,20 @@ import binascii
 import contextlib
 import ctypes
 import ctypes.util
+import json
 import logging
 import os
 import time
 import uuid
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol
+
+import numpy as np
 
 from facecast.avatars import load_renderer
 from facecast.avatars.style import style_names
 from facecast.engine import Engine, EngineConfig
-from facecast.engine.types import SegmentEnded, SegmentEvent, SegmentStarted
+from facecast.engine.types import PhoneTiming, SegmentEnded, SegmentEvent, SegmentStarted
 from facecast.hosts.realtime import RealtimeAvatar
 from facecast.hosts.webrtc import AvatarPeer
 from facecast.server import protocol as p
@@ -40,6 +43,12 @@ log = logging.getLogger(__name__)
 WEBRTC_AUDIO_RATE = 48000  # Opus runs at 48 kHz; rendering at that rate avoids a second resampler
 MAX_SPEAK_TEXT_CHARS = 2000
 REAP_INTERVAL_S = 0.25
+# Participants of a room this server makes for a session (LiveAvatar's shape): the avatar, the holder of
+# `livekit_agent_token` (the agent's pipeline) and the holder of `livekit_client_token` (the user).
+OWNED_ROOM_AVATAR = "facecast-avatar"
+OWNED_ROOM_AGENT = "facecast-agent"
+OWNED_ROOM_USER = "user"
+OWNED_ROOM_MAX_PARTICIPANTS = 8
 STORE_SYNC_EVERY = 4  # reaper rounds between checks for sessions another server ended
 
 
@@ -65,13 +74,35 @@ def release_freed_memory() -> None:
 EventSink = Callable[[dict[str, Any]], Awaitable[None]]
 
 
+class SpeechTarget(Protocol):
+    """What LITE commands drive: a `RealtimeAvatar` (WebRTC sessions), or the LITE socket's audio feeding
+    an avatar in a LiveKit room (facecast.server.lite_room.SocketAudio). Segment events come back through
+    the callback the target was made with."""
+
+    async def open_segment(self) -> int: ...
+
+    async def push_audio(
+        self, pcm: bytes | bytearray | memoryview | np.ndarray, sample_rate: int, *, text: str | None = None
+    ) -> int: ...
+
+    async def push_phones(self, timings: Sequence[PhoneTiming]) -> int: ...
+
+    async def end_segment(self) -> None: ...
+
+    async def clear(self) -> None: ...
+
+    async def set_listening(self, listening: bool) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
 class LiveSession:
     """One started session: an engine paced in real time, its transport, and the clients listening."""
 
     def __init__(
         self,
         record: SessionRecord,
-        avatar: RealtimeAvatar,
+        avatar: SpeechTarget,
         *,
         manager: SessionManager,
         started_mono: float,
@@ -90,12 +121,23 @@ class LiveSession:
         self.ws_state = p.WS_STATE_CONNECTING
         self._sinks: set[EventSink] = set()
         self._closers: list[Callable[[], Awaitable[None]]] = []
-        self._open: str | None = None  # event_id of the utterance still receiving agent.speak audio
+        # event_id of the utterance still receiving agent.speak audio: the id its first chunk carried. An
+        # utterance runs until agent.speak_end (or an interrupt), whatever ids its later chunks carry:
+        # LiveAvatar's LiveKit plugin gives every chunk a fresh one.
+        self._open: str | None = None
         self._event_ids: dict[int, str] = {}
         # When the speech accepted so far will have played out (monotonic), if it plays without gaps.
         self._speech_ends_at = 0.0
         self._interrupts = 0  # agent.interrupt count: speech synthesised across one is dropped
+        self._playing: set[int] = set()  # segments started and not yet ended
+        self._listening = False
+        self.agent_state = p.AGENT_IDLE
         self.ending = False
+
+    @property
+    def room(self) -> str | None:
+        """The LiveKit room the media goes to, when it does not go to a WebRTC peer of this server."""
+        return None
 
     # -- clients ----------------------------------------------------------------------------------------
     def add_sink(self, sink: EventSink, close: Callable[[], Awaitable[None]] | None = None) -> None:
@@ -146,11 +188,22 @@ class LiveSession:
         if event_id is None:
             return
         if isinstance(event, SegmentStarted):
+            self._playing.add(event.segment_id)
             self._manager.spawn(self.emit(p.AGENT_SPEAK_STARTED, event_id))
         elif isinstance(event, SegmentEnded):
             del self._event_ids[event.segment_id]
+            self._playing.discard(event.segment_id)
             kind = p.AGENT_SPEAK_INTERRUPTED if event.interrupted else p.AGENT_SPEAK_ENDED
             self._manager.spawn(self.emit(kind, event_id, played_s=round(event.played_s, 3)))
+        self._update_agent_state()
+
+    def _update_agent_state(self) -> None:
+        """Announce `agent.state_updated` when the avatar starts or stops talking or listening."""
+        resting = p.AGENT_LISTENING if self._listening else p.AGENT_IDLE
+        state = p.AGENT_TALKING if self._playing else resting
+        if state != self.agent_state:
+            previous, self.agent_state = self.agent_state, state
+            self._manager.spawn(self.emit(p.AGENT_STATE_UPDATED, previous_state=previous, new_state=state))
 
     # -- LITE commands ----------------------------------------------------------------------------------
     async def handle(self, message: Any, reply: EventSink) -> None:
@@ -205,10 +258,10 @@ class LiveSession:
             self._open = None
             self._speech_ends_at = 0.0
             await self.avatar.clear()
-        elif kind == p.AGENT_START_LISTENING:
-            await self.avatar.set_listening(True)
-        elif kind == p.AGENT_STOP_LISTENING:
-            await self.avatar.set_listening(False)
+        elif kind in (p.AGENT_START_LISTENING, p.AGENT_STOP_LISTENING):
+            self._listening = kind == p.AGENT_START_LISTENING
+            await self.avatar.set_listening(self._listening)
+            self._update_agent_state()
 
     @staticmethod
     def _event_id(message: dict[str, Any], *, required: bool) -> str | None:
@@ -255,20 +308,17 @@ class LiveSession:
                 400, p.CODE_BAD_REQUEST, "agent.speak audio has an odd byte count; PCM16 needs 2 per sample"
             )
         self._admit(len(pcm) / 2 / p.LITE_AUDIO_RATE)
-        if self._open is not None and self._open != event_id:
-            await self.avatar.end_segment()  # a new utterance implies the previous one is complete
-            self._open = None
         if self._open is None:
             await self._open_utterance(event_id)
             self._open = event_id
         await self.avatar.push_audio(pcm, p.LITE_AUDIO_RATE)
 
     async def _speak_end(self, message: dict[str, Any]) -> None:
-        event_id = self._event_id(message, required=False)
-        if self._open is None or (event_id is not None and event_id != self._open):
-            raise ApiError(
-                409, p.CODE_CONFLICT, f"agent.speak_end: no open utterance with event_id {event_id!r}"
-            )
+        self._event_id(message, required=False)  # checked if given; it need not match the utterance's
+        if self._open is None:
+            # Nothing to end: an utterance already cut by agent.interrupt, or one that had no audio.
+            # Clients send these (LiveAvatar's plugin does after an interrupt), so it is no error.
+            return
         self._open = None
         await self.avatar.end_segment()
 
@@ -304,6 +354,7 @@ class LiveSession:
 
     # -- stats ------------------------------------------------------------------------------------------
     async def stats(self) -> dict[str, Any]:
+        assert isinstance(self.avatar, RealtimeAvatar)
         s = self.avatar.stats
         latency = sorted(s.speech_latency_ms)
         out: dict[str, Any] = {
@@ -372,24 +423,29 @@ class RoomSession:
         self._kept_alive = time.monotonic()
 
     async def stats(self) -> dict[str, Any]:
-        worker = self.worker.stats()
-        latency = worker.get("audio_to_lips_ms") or {}
-        return {
-            "duration_s": round(time.monotonic() - self.started_mono, 3),
-            "frames_sent": worker.get("frames"),
-            "frames_dropped": worker.get("dropped_frames"),
-            "render_ms": None,
-            "encode_ms": None,  # LiveKit's native SDK encodes
-            "audio_to_video_latency_ms": latency.get("mean"),
-            "time_to_first_frame_ms": worker.get("first_frame_ms"),
-            "livekit": {k: worker.get(k) for k in ("room", "agent_identity", "segments", "interrupts")},
-        }
+        return room_stats(self.worker, self.started_mono)
 
     async def close(self, reason: str) -> dict[str, Any]:
         self.ending = True
         stats = await self.stats()
         await self.worker.aclose(reason)
         return stats
+
+
+def room_stats(worker: Any, started_mono: float) -> dict[str, Any]:
+    """A session's stats from its avatar worker in a LiveKit room (a RoomAvatar)."""
+    stats = worker.stats()
+    latency = stats.get("audio_to_lips_ms") or {}
+    return {
+        "duration_s": round(time.monotonic() - started_mono, 3),
+        "frames_sent": stats.get("frames"),
+        "frames_dropped": stats.get("dropped_frames"),
+        "render_ms": None,
+        "encode_ms": None,  # LiveKit's native SDK encodes
+        "audio_to_video_latency_ms": latency.get("mean"),
+        "time_to_first_frame_ms": stats.get("first_frame_ms"),
+        "livekit": {k: stats.get(k) for k in ("room", "agent_identity", "segments", "interrupts")},
+    }
 
 
 Session = LiveSession | RoomSession
@@ -478,7 +534,10 @@ class SessionManager:
                 "mode FULL (the server runs STT, LLM and TTS) is not supported yet; use mode LITE and send "
                 "the agent's audio over the WebSocket, or agent.speak_text for server-side speech",
             )
-        livekit = self._livekit_settings(body) if body.transport == "livekit" else None
+        session_id = new_session_id()
+        transport = self._transport(body)
+        video_settings = self._video_settings(body)
+        livekit = self._livekit_settings(body, session_id) if transport == "livekit" else None
         if body.avatar_image_url is not None:
             if body.avatar_id is not None:
                 raise ApiError(
@@ -516,14 +575,14 @@ class SessionManager:
         now = time.time()
         token = new_session_token()
         record = SessionRecord(
-            id=new_session_id(),
+            id=session_id,
             key_id=key.id,
             mode=body.mode,
             avatar_id=avatar_id,
             is_sandbox=body.is_sandbox,
-            transport=body.transport,
+            transport=transport,
             settings={
-                "video_settings": body.video_settings.model_dump(),
+                "video_settings": video_settings,
                 "aspect_ratio": body.aspect_ratio,
                 "fps": body.fps,
                 "max_session_duration": duration,
@@ -548,37 +607,81 @@ class SessionManager:
         self._pending[record.id] = record.token_expires_at
         return record, token
 
-    def _livekit_settings(self, body: TokenRequest) -> dict[str, Any]:
-        """Where the worker joins, with a worker token from the body or minted from this server's
-        LiveKit credentials (LIVEKIT_API_KEY / LIVEKIT_API_SECRET)."""
+    def _transport(self, body: TokenRequest) -> str:
+        """The body's transport; left out: `livekit` when it brings a room (LiveAvatar's clients never
+        name a transport) or this server knows a LiveKit server to make one on, else `webrtc`."""
+        if body.transport is not None:
+            if body.transport == "webrtc" and body.livekit_config is not None:
+                raise ApiError(
+                    400,
+                    p.CODE_BAD_REQUEST,
+                    "livekit_config needs transport livekit; drop transport or livekit_config",
+                )
+            return body.transport
+        if body.livekit_config is not None or self.config.livekit.configured:
+            return "livekit"
+        return "webrtc"
+
+    @staticmethod
+    def _video_settings(body: TokenRequest) -> dict[str, Any]:
+        settings = body.video_settings.model_dump()
+        if body.video_quality is not None:
+            if "video_settings" in body.model_fields_set and settings["quality"] != body.video_quality:
+                raise ApiError(
+                    400,
+                    p.CODE_BAD_REQUEST,
+                    f"video_quality {body.video_quality!r} and video_settings.quality "
+                    f"{settings['quality']!r} disagree; give one of them",
+                )
+            settings["quality"] = body.video_quality
+        return settings
+
+    def _livekit_keys(self) -> tuple[str, str] | None:
+        """Credentials to mint tokens with: this server's LiveKit server (FACECAST_LIVEKIT_*), else
+        LIVEKIT_API_KEY / LIVEKIT_API_SECRET."""
+        lk = self.config.livekit
+        if lk.configured:
+            assert lk.api_key is not None and lk.api_secret is not None
+            return lk.api_key, lk.api_secret
+        key, secret = os.environ.get("LIVEKIT_API_KEY"), os.environ.get("LIVEKIT_API_SECRET")
+        return (key, secret) if key and secret else None
+
+    def _livekit_settings(self, body: TokenRequest, session_id: str) -> dict[str, Any]:
+        """Where the avatar joins and with which token, and where the agent's audio comes from: the LITE
+        WebSocket (`websocket`) or LiveKit's avatar protocol in the room (`data_stream`)."""
         cfg = body.livekit_config
         if cfg is None:
-            raise ApiError(
-                400,
-                p.CODE_BAD_REQUEST,
-                "transport livekit needs livekit_config {livekit_url, livekit_room, livekit_worker_token or "
-                "agent_identity}",
-            )
+            return self._owned_room_settings(body, session_id)
         if not cfg.livekit_url.startswith(("ws://", "wss://", "http://", "https://")):
             raise ApiError(
                 400, p.CODE_BAD_REQUEST, f"livekit_config.livekit_url {cfg.livekit_url!r} is not a URL"
             )
-        identity = cfg.avatar_identity or "facecast-avatar"
-        token = cfg.livekit_worker_token
+        tokens = {t for t in (cfg.livekit_worker_token, cfg.livekit_client_token) if t}
+        if len(tokens) > 1:
+            raise ApiError(
+                400,
+                p.CODE_BAD_REQUEST,
+                "livekit_config.livekit_client_token and livekit_worker_token both name the avatar's join "
+                "token and differ; give one of them",
+            )
+        facecast_shape = cfg.livekit_worker_token is not None or cfg.agent_identity is not None
+        audio_source = body.audio_source or ("data_stream" if facecast_shape else "websocket")
+        token = tokens.pop() if tokens else None
+        # A token given decides who the avatar is in the room (LiveAvatar's plugin names it itself).
+        identity = (token and _token_identity(token)) or cfg.avatar_identity or "facecast-avatar"
         if token is None:
-            key, secret = os.environ.get("LIVEKIT_API_KEY"), os.environ.get("LIVEKIT_API_SECRET")
-            if not (key and secret and cfg.agent_identity):
+            keys = self._livekit_keys()
+            if not (keys and cfg.agent_identity):
                 raise ApiError(
                     400,
                     p.CODE_BAD_REQUEST,
-                    "livekit_config has no livekit_worker_token; pass one (the plugin mints it), or give "
-                    "agent_identity and run the server with LIVEKIT_API_KEY and LIVEKIT_API_SECRET set",
+                    "livekit_config has no avatar token; pass livekit_client_token (or "
+                    "livekit_worker_token), or give agent_identity and run the server with "
+                    "FACECAST_LIVEKIT_API_KEY / _API_SECRET (or LIVEKIT_API_KEY / LIVEKIT_API_SECRET) set "
+                    "so it can mint one",
                 )
-            from facecast.hosts.livekit.tokens import mint_worker_token
-
-            token = mint_worker_token(
-                key,
-                secret,
+            token = _mint_worker_token(
+                *keys,
                 room=cfg.livekit_room,
                 identity=identity,
                 name=cfg.avatar_name or identity,
@@ -590,6 +693,40 @@ class SessionManager:
             "worker_token": token,
             "agent_identity": cfg.agent_identity,
             "avatar_identity": identity,
+            "audio_source": audio_source,
+            "owned": False,
+        }
+
+    def _owned_room_settings(self, body: TokenRequest, session_id: str) -> dict[str, Any]:
+        """A room on this server's LiveKit server, made for the session at /start and deleted at its
+        end, as LiveAvatar does: the answer to /start carries tokens for the user and the agent."""
+        lk = self.config.livekit
+        if not lk.configured:
+            raise ApiError(
+                400,
+                p.CODE_BAD_REQUEST,
+                "transport livekit needs livekit_config {livekit_url, livekit_room, livekit_client_token} "
+                "naming your room, or a LiveKit server known to this server (facecast serve --livekit-url "
+                "with FACECAST_LIVEKIT_API_KEY / FACECAST_LIVEKIT_API_SECRET) to make one",
+            )
+        assert lk.api_key is not None and lk.api_secret is not None
+        room = f"facecast-{session_id}"
+        token = _mint_worker_token(
+            lk.api_key,
+            lk.api_secret,
+            room=room,
+            identity=OWNED_ROOM_AVATAR,
+            name=OWNED_ROOM_AVATAR,
+            agent_identity=OWNED_ROOM_AGENT,
+        )
+        return {
+            "url": lk.ws_url,
+            "room": room,
+            "worker_token": token,
+            "agent_identity": OWNED_ROOM_AGENT,
+            "avatar_identity": OWNED_ROOM_AVATAR,
+            "audio_source": body.audio_source or "websocket",
+            "owned": True,
         }
 
     def authenticate_token(self, token: str | None) -> SessionRecord:
@@ -628,6 +765,10 @@ class SessionManager:
                 "retry shortly or start the session on another server",
             )
         if record.transport == "livekit":
+            if record.settings["livekit"].get("owned"):
+                await self._create_owned_room(record)
+            if record.settings["livekit"].get("audio_source") == "websocket":
+                return await self._start_lite_in_room(record)
             return await self._start_in_room(record)
         started_mono = time.monotonic()
         try:
@@ -647,7 +788,7 @@ class SessionManager:
         now = time.time()  # started_at; the session's deadline is taken just after, so never early
         session = LiveSession(record, avatar, manager=self, started_mono=started_mono)
         try:
-            self._mark_started(record, session, now)
+            self.mark_started(record, session, now)
         except ApiError:
             await avatar.aclose()
             raise
@@ -677,7 +818,7 @@ class SessionManager:
             reason = current.end_reason if current is not None else "gone"
             raise ApiError(410, p.CODE_GONE, f"session {record.id} has ended ({reason})")
 
-    def _mark_started(self, record: SessionRecord, session: Session, now: float) -> None:
+    def mark_started(self, record: SessionRecord, session: Session, now: float) -> None:
         """Record the start (this server owns the session from now) and count it live."""
         # The token stays valid for the session's life, so stop and keep-alive work until it ends.
         expires = now + int(record.settings["max_session_duration"]) + self.config.limits.token_ttl
@@ -727,7 +868,7 @@ class SessionManager:
         )
         now = time.time()
         session = RoomSession(record, worker, started_mono=started_mono)
-        self._mark_started(record, session, now)
+        self.mark_started(record, session, now)
         try:
             await worker.start()
         except Exception as exc:
@@ -736,6 +877,80 @@ class SessionManager:
                 502, p.CODE_INTERNAL, f"the avatar worker could not join the LiveKit room: {exc}"
             ) from None
         return session
+
+    async def _start_lite_in_room(self, record: SessionRecord) -> LiveSession:
+        """A LITE session whose avatar plays in a LiveKit room: the agent's audio arrives over the LITE
+        WebSocket and the avatar worker publishes the face and voice in the room."""
+        try:
+            from facecast.server.lite_room import start_lite_room
+        except ImportError as exc:
+            raise ApiError(
+                501,
+                p.CODE_NOT_IMPLEMENTED,
+                f"transport livekit needs the LiveKit extra: pip install 'facecast[livekit]' ({exc})",
+            ) from None
+        return await start_lite_room(self, record)
+
+    def livekit_start_details(self, record: SessionRecord) -> dict[str, Any]:
+        """The LiveKit part of a /start answer, in LiveAvatar's names: for a room this server made,
+        fresh tokens for the user's frontend (`livekit_client_token`) and the agent
+        (`livekit_agent_token`); for the caller's own room, empty strings (the caller mints its own)."""
+        lk = record.settings["livekit"]
+        client_token = agent_token = ""
+        if lk.get("owned"):
+            from facecast.server.lite_room import participant_token
+
+            keys = self._livekit_keys()
+            assert keys is not None
+            client_token = participant_token(*keys, room=lk["room"], identity=OWNED_ROOM_USER)
+            agent_token = participant_token(*keys, room=lk["room"], identity=OWNED_ROOM_AGENT, kind="agent")
+        return {
+            "livekit_url": lk["url"],
+            "livekit_room": lk["room"],
+            "livekit_client_token": client_token,
+            "livekit_agent_token": agent_token,
+            "avatar_identity": lk["avatar_identity"],
+        }
+
+    async def _create_owned_room(self, record: SessionRecord) -> None:
+        """Make the room for a session that asked this server for one (its avatar then joins it)."""
+        from livekit import api
+
+        settings = self.config.livekit
+        lk = record.settings["livekit"]
+        try:
+            async with api.LiveKitAPI(settings.url, settings.api_key, settings.api_secret) as client:
+                await client.room.create_room(
+                    api.CreateRoomRequest(
+                        name=lk["room"],
+                        empty_timeout=60,
+                        max_participants=OWNED_ROOM_MAX_PARTICIPANTS,
+                        # the avatar's two tracks reach subscribers as one stream, so browsers lip-sync them
+                        sync_streams=True,
+                    )
+                )
+        except Exception as exc:
+            await self.end(record.id, p.END_ERROR)
+            raise ApiError(
+                502,
+                p.CODE_INTERNAL,
+                f"could not create the session's room on the LiveKit server {settings.url}: {exc}; check "
+                "FACECAST_LIVEKIT_URL / _API_KEY / _API_SECRET and that the server is reachable",
+            ) from None
+
+    async def _delete_owned_room(self, record: SessionRecord) -> None:
+        """Delete the room this server made for a session: everyone in it is disconnected."""
+        lk = record.settings.get("livekit") or {}
+        if not lk.get("owned") or not self.config.livekit.configured:
+            return
+        from livekit import api
+
+        settings = self.config.livekit
+        try:
+            async with api.LiveKitAPI(settings.url, settings.api_key, settings.api_secret) as client:
+                await client.room.delete_room(api.DeleteRoomRequest(room=lk["room"]))
+        except Exception as exc:  # gone already, or the LiveKit server is unreachable: it empties itself
+            log.warning("could not delete LiveKit room %s of session %s: %s", lk["room"], record.id, exc)
 
     def _build_engine(self, record: SessionRecord) -> Engine:
         settings = record.settings
@@ -795,6 +1010,7 @@ class SessionManager:
                 done.set_result(None)
         ended = self.store.end_session(session_id, reason, time.time(), stats=stats)
         if session is not None:
+            await self._delete_owned_room(session.record)
             await asyncio.to_thread(release_freed_memory)
         if ended:
             self.ended_total[reason] = self.ended_total.get(reason, 0) + 1
@@ -869,6 +1085,37 @@ class SessionManager:
             "duration_s": record.duration_s,
             "stats": stats,
         }
+
+
+def _token_identity(token: str) -> str | None:
+    """The participant identity (`sub`) a LiveKit token was minted for; None if it is not a JWT. Read
+    without verifying: the LiveKit server verifies it when the avatar joins."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except (ValueError, binascii.Error):
+        return None
+    sub = claims.get("sub") if isinstance(claims, dict) else None
+    return sub if isinstance(sub, str) and sub else None
+
+
+def _livekit_tokens() -> Any:
+    """facecast.hosts.livekit.tokens, or a 501 that says which extra to install."""
+    try:
+        from facecast.hosts.livekit import tokens
+    except ImportError as exc:
+        raise ApiError(
+            501,
+            p.CODE_NOT_IMPLEMENTED,
+            f"transport livekit needs the LiveKit extra: pip install 'facecast[livekit]' ({exc})",
+        ) from None
+    return tokens
+
+
+def _mint_worker_token(api_key: str, api_secret: str, **claims: Any) -> str:
+    return str(_livekit_tokens().mint_worker_token(api_key, api_secret, **claims))
 
 
 def _public_settings(settings: dict[str, Any]) -> dict[str, Any]:

@@ -33,6 +33,10 @@ from facecast.hosts.livekit.names import AUDIO_TRACK_NAME, VIDEO_TRACK_NAME
 logger = logging.getLogger("facecast.livekit")
 
 
+# Both tracks name one stream. In a room with `sync_streams` (a LiveKit room option) subscribers then get
+# them in one media stream, which browsers play in sync (lip sync from the RTCP sender reports);
+# elsewhere each track is its own stream, as without the name.
+AV_STREAM = "facecast-avatar"
 # Bits per pixel per frame for the video track's top bitrate: LiveKit's 720p30 camera preset
 # (1.7 Mbps) is 0.06; a talking head on a still background needs no more.
 VIDEO_BITS_PER_PIXEL = 0.06
@@ -47,6 +51,7 @@ def video_publish_options(width: int, height: int, fps: int) -> rtc.TrackPublish
     bitrate = max(MIN_VIDEO_BITRATE, int(width * height * fps * VIDEO_BITS_PER_PIXEL))
     return rtc.TrackPublishOptions(
         source=rtc.TrackSource.SOURCE_CAMERA,
+        stream=AV_STREAM,
         video_encoding=rtc.VideoEncoding(max_framerate=fps, max_bitrate=bitrate),
     )
 
@@ -126,7 +131,7 @@ class FacecastAvatarRunner:
         self.started_at = time.monotonic()
         audio_track = rtc.LocalAudioTrack.create_audio_track(AUDIO_TRACK_NAME, self._audio_source)
         self.audio_publication = await self._room.local_participant.publish_track(
-            audio_track, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
+            audio_track, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE, stream=AV_STREAM)
         )
         self._tasks = [
             asyncio.create_task(self._receive(), name="facecast-receive"),

@@ -102,6 +102,7 @@ logging:
 room:
   empty_timeout: 10
   departure_timeout: 5
+  sync_streams: true  # what docs/livekit.md recommends: the avatar's tracks in one stream
 """
 
 

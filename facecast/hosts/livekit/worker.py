@@ -21,7 +21,7 @@ from typing import Any
 
 from livekit import rtc
 from livekit.agents import utils
-from livekit.agents.voice.avatar import DataStreamAudioReceiver
+from livekit.agents.voice.avatar import AudioReceiver, DataStreamAudioReceiver
 
 from facecast.avatars import DEFAULT_AVATAR, AvatarLibrary, frame_size
 from facecast.engine import EngineConfig
@@ -109,6 +109,10 @@ class RoomAvatar:
     already-connected room, or a test double); a connected room is used as it is. `avatar` is a built-in
     name, an id in `library` (default: `AvatarLibrary()`, $FACECAST_AVATARS_DIR or
     ~/.local/share/facecast/avatars) or a `.facecast` path.
+
+    `audio_receiver` replaces the agent's `lk.audio_stream` as the source of speech (the Facecast server
+    feeds it from a LITE WebSocket); the worker then does not wait for the agent to join, and reports
+    playback to that receiver only.
     """
 
     def __init__(
@@ -127,7 +131,9 @@ class RoomAvatar:
         sample_rate: int = 24000,
         room: rtc.Room | None = None,
         library: AvatarLibrary | None = None,
+        audio_receiver: AudioReceiver | None = None,
     ) -> None:
+        self._audio_receiver = audio_receiver
         self._library = library if library is not None else AvatarLibrary()
         check_avatar(avatar, self._library)
         frame_size(aspect, quality)
@@ -207,9 +213,11 @@ class RoomAvatar:
                 await generator.aclose()
                 raise
             # 20 ms frames rather than 100: a stream interrupted early has still shown us its audio.
-            receiver = _RoomScopedReceiver(
-                self._room, sender_identity=self._agent_identity, frame_size_ms=RECEIVE_FRAME_MS
-            )
+            receiver = self._audio_receiver
+            if receiver is None:
+                receiver = _RoomScopedReceiver(
+                    self._room, sender_identity=self._agent_identity, frame_size_ms=RECEIVE_FRAME_MS
+                )
             self._runner = FacecastAvatarRunner(self._room, audio_recv=receiver, generator=generator)
             await self._runner.start()
             # Announced once the audio track is published, not at join: a real server relays data
@@ -272,6 +280,9 @@ class RoomAvatar:
     # -- lifecycle -------------------------------------------------------------------------------------
     async def _main(self) -> None:
         assert self._runner is not None
+        if self._audio_receiver is not None:  # speech comes from elsewhere: no agent to wait for
+            await self._run_runner()
+            return
         try:
             agent = await asyncio.wait_for(
                 utils.wait_for_participant(
@@ -289,6 +300,10 @@ class RoomAvatar:
             return  # the room disconnected; _on_disconnected ends the session
         self._agent_identity = agent.identity
         self._set_listening(agent)
+        await self._run_runner()
+
+    async def _run_runner(self) -> None:
+        assert self._runner is not None
         try:
             await self._runner.wait()
         except Exception as exc:
@@ -310,7 +325,7 @@ class RoomAvatar:
         try:
             if reason == END_ERROR and self._error:
                 await self._publish_state(STATE_ERROR, self._error)
-            if self._runner is not None:
+            if self._runner is not None and self._audio_receiver is None:
                 await self._release_agent(self._runner.interrupt_pending())
             await self._publish_state(STATE_DISCONNECTED, reason)
             if self._runner is not None:
