@@ -27,6 +27,7 @@ LIVEKIT_SERVER_VERSION = "v1.13.5"  # the tag scripts/livekit-server builds
 API_KEY = "facecast-test"
 API_SECRET = "facecast-test-secret-at-least-32-characters"
 START_TIMEOUT_S = 30.0
+START_ATTEMPTS = 3
 BUILD_HINT = "bash scripts/livekit-server  (builds livekit-server with Go into ~/.cache/facecast)"
 
 
@@ -114,6 +115,15 @@ def _ready(http_url: str) -> bool:
         return False
 
 
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 @contextlib.contextmanager
 def run_livekit_server(
     binary: Path,
@@ -128,33 +138,35 @@ def run_livekit_server(
     `pli_throttle_ms` sets the SFU's keyframe-request throttle for every layer (`rtc.pli_throttle`;
     the server's default is 500 ms for the low layer, 1 s for the others)."""
     with tempfile.TemporaryDirectory(prefix="facecast-livekit-") as tmp:
-        port, tcp_port, udp_port = (
-            _free_port(socket.SOCK_STREAM),
-            _free_port(socket.SOCK_STREAM),
-            _free_port(socket.SOCK_DGRAM),
-        )
-        config = Path(tmp) / "livekit.yaml"
-        config.write_text(_config(port, tcp_port, udp_port, api_key, api_secret, pli_throttle_ms))
         log_file = log_path or Path(tmp) / "livekit.log"
-        with open(log_file, "wb") as log:
-            proc = subprocess.Popen(
-                [str(binary), "--config", str(config)], stdout=log, stderr=subprocess.STDOUT
+        # A free port found here can be taken by another process before the server binds it; a server
+        # that exits at once is started again on other ports.
+        for attempt in range(START_ATTEMPTS):
+            port, tcp_port, udp_port = (
+                _free_port(socket.SOCK_STREAM),
+                _free_port(socket.SOCK_STREAM),
+                _free_port(socket.SOCK_DGRAM),
             )
-        server = LiveKitServer(f"ws://127.0.0.1:{port}", api_key, api_secret)
-        try:
+            config = Path(tmp) / "livekit.yaml"
+            config.write_text(_config(port, tcp_port, udp_port, api_key, api_secret, pli_throttle_ms))
+            with open(log_file, "wb") as log:
+                proc = subprocess.Popen(
+                    [str(binary), "--config", str(config)], stdout=log, stderr=subprocess.STDOUT
+                )
+            server = LiveKitServer(f"ws://127.0.0.1:{port}", api_key, api_secret)
             deadline = time.monotonic() + START_TIMEOUT_S
-            while not _ready(server.http_url):
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(
-                        f"livekit-server did not start within {START_TIMEOUT_S:.0f} s (exit {proc.poll()}); "
-                        f"its log:\n{log_file.read_text(errors='replace')[-3000:]}"
-                    )
+            while not _ready(server.http_url) and proc.poll() is None and time.monotonic() < deadline:
                 time.sleep(0.1)
+            if proc.poll() is None and _ready(server.http_url):
+                break
+            exited = proc.poll() is not None
+            _stop(proc)
+            if not exited or attempt == START_ATTEMPTS - 1:
+                raise RuntimeError(
+                    f"livekit-server did not start within {START_TIMEOUT_S:.0f} s (exit {proc.poll()}); "
+                    f"its log:\n{log_file.read_text(errors='replace')[-3000:]}"
+                )
+        try:
             yield server
         finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            _stop(proc)
