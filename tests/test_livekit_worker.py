@@ -514,3 +514,16 @@ async def test_generator_under_the_stock_avatar_runner() -> None:
     assert len(server.rpcs(FINISHED, caller=AVATAR)) == 1
     await runner.aclose()
     await generator.aclose()
+
+
+def test_video_is_published_at_the_avatars_frame_rate_in_one_layer() -> None:
+    """Left to the SDK, a 256² track got LiveKit's 15 fps camera preset and simulcast layers (measured on
+    a real server: 15 fps at the viewer, first frames waiting on a layer switch)."""
+    from facecast.hosts.livekit.runner import AV_STREAM, video_publish_options
+
+    options = video_publish_options(256, 256, 30)
+    assert options.video_encoding.max_framerate == 30
+    assert options.video_encoding.max_bitrate >= 150_000
+    assert options.simulcast is False
+    assert options.stream == AV_STREAM
+    assert video_publish_options(512, 512, 25).video_encoding.max_framerate == 25
