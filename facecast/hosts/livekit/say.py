@@ -31,6 +31,10 @@ logger = logging.getLogger("facecast.livekit")
 
 SAY_RATE = 24000
 SAY_FRAME_MS = 20
+# Our "ok" to the avatar's lk.playback_finished is sent after the handler returns. Leaving the room at
+# once raced it: livekit rtc 1.1.21 logged "Failed to send RPC v2 response stream" and aborted the process
+# (a Rust panic that cannot unwind; seen in CI on a real server). Give the reply this long to go out.
+RPC_REPLY_GRACE_S = 0.3
 
 
 def load_pcm(path: str | Path, sample_rate: int = SAY_RATE) -> np.ndarray:
@@ -131,7 +135,10 @@ async def say_file(
                 f"avatar {destination_identity!r} did not publish video in room {room.name!r} "
                 f"within {join_timeout_s:g} s"
             ) from None
-        return await stream_pcm(room, pcm, destination_identity, playback_timeout_s=playback_timeout_s)
+        result = await stream_pcm(room, pcm, destination_identity, playback_timeout_s=playback_timeout_s)
+        if owns_connection:
+            await asyncio.sleep(RPC_REPLY_GRACE_S)
+        return result
     finally:
         if owns_connection:
             await room.disconnect()
