@@ -449,7 +449,7 @@ def tables(r: Report, opts: Options) -> list[Table]:
         f"mouth moving: first video frame whose mouth-box luma change exceeds {r.mouth_threshold:.2f} "
         "(3x the idle p95); speech: 10 ms of received audio above RMS 200",
         "speech sent in 20 ms frames, 300 ms at once then at playback pace, as a streaming TTS",
-        "A/V offset: lag of best correlation between received audio level and mouth motion "
+        "A/V offset: lag of best correlation between received audio level and mouth opening "
         "(RoomViewer.av_offset_ms)",
     ]
     w = Table("Worker process, one session", ["measure", "value"])
