@@ -225,8 +225,7 @@ class LiteRoomSession(LiveSession):
 
 async def start_lite_room(manager: SessionManager, record: SessionRecord) -> LiveSession:
     """Start `record`'s avatar in its LiveKit room, fed from the LITE WebSocket."""
-    settings = record.settings
-    lk = settings["livekit"]
+    lk = record.settings["livekit"]
     started_mono = time.monotonic()
     session: LiteRoomSession | None = None
 
@@ -234,26 +233,9 @@ async def start_lite_room(manager: SessionManager, record: SessionRecord) -> Liv
         if session is not None:
             session.on_segment_event(event)
 
-    def on_end(reason: str) -> None:
-        manager.spawn(manager.end(record.id, reason))
-
     audio = SocketAudio(on_event)
     try:
-        worker = RoomAvatar(
-            lk["url"],
-            lk["worker_token"],
-            avatar=record.avatar_id,
-            aspect=settings["aspect_ratio"],
-            quality=settings["video_settings"]["quality"],
-            fps=int(settings["fps"]),
-            max_duration_s=None,  # the manager enforces the duration, like every other limit
-            agent_identity=lk["agent_identity"],
-            on_end=on_end,
-            sample_rate=AUDIO_RATE,
-            room=manager.livekit_room_factory() if manager.livekit_room_factory is not None else None,
-            library=manager.avatars.library,
-            audio_receiver=audio,
-        )
+        worker = manager.new_room_avatar(record, sample_rate=AUDIO_RATE, audio_receiver=audio)
     except ValueError as exc:
         await manager.end(record.id, p.END_ERROR)
         raise ApiError(500, p.CODE_INTERNAL, f"could not load avatar {record.avatar_id!r}: {exc}") from None

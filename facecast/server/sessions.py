@@ -71,6 +71,14 @@ def release_freed_memory() -> None:
         _MALLOC_TRIM(0)
 
 
+def livekit_extra_missing(exc: ImportError) -> ApiError:
+    return ApiError(
+        501,
+        p.CODE_NOT_IMPLEMENTED,
+        f"transport livekit needs the LiveKit extra: pip install 'facecast[livekit]' ({exc})",
+    )
+
+
 EventSink = Callable[[dict[str, Any]], Awaitable[None]]
 
 
@@ -837,23 +845,20 @@ class SessionManager:
         self.live[record.id] = session
         self.started_total += 1
 
-    async def _start_in_room(self, record: SessionRecord) -> RoomSession:
+    def new_room_avatar(self, record: SessionRecord, **options: Any) -> Any:
+        """The avatar worker for `record`'s LiveKit room, from its settings; `options` go to RoomAvatar
+        (a LITE room's audio receiver and rate). Ending it ends the session."""
         try:
             from facecast.hosts.livekit.worker import RoomAvatar
         except ImportError as exc:
-            raise ApiError(
-                501,
-                p.CODE_NOT_IMPLEMENTED,
-                f"transport livekit needs the LiveKit extra: pip install 'facecast[livekit]' ({exc})",
-            ) from None
+            raise livekit_extra_missing(exc) from None
         settings = record.settings
         lk = settings["livekit"]
-        started_mono = time.monotonic()
 
         def on_end(reason: str) -> None:
             self.spawn(self.end(record.id, reason))
 
-        worker = RoomAvatar(
+        return RoomAvatar(
             lk["url"],
             lk["worker_token"],
             avatar=record.avatar_id,
@@ -865,7 +870,12 @@ class SessionManager:
             on_end=on_end,
             room=self.livekit_room_factory() if self.livekit_room_factory is not None else None,
             library=self.avatars.library,
+            **options,
         )
+
+    async def _start_in_room(self, record: SessionRecord) -> RoomSession:
+        started_mono = time.monotonic()
+        worker = self.new_room_avatar(record)
         now = time.time()
         session = RoomSession(record, worker, started_mono=started_mono)
         self.mark_started(record, session, now)
@@ -884,11 +894,7 @@ class SessionManager:
         try:
             from facecast.server.lite_room import start_lite_room
         except ImportError as exc:
-            raise ApiError(
-                501,
-                p.CODE_NOT_IMPLEMENTED,
-                f"transport livekit needs the LiveKit extra: pip install 'facecast[livekit]' ({exc})",
-            ) from None
+            raise livekit_extra_missing(exc) from None
         return await start_lite_room(self, record)
 
     def livekit_start_details(self, record: SessionRecord) -> dict[str, Any]:
