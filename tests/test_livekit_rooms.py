@@ -89,6 +89,17 @@ class Finished:
         session.output.audio.on("playback_finished", self.events.append)
 
 
+async def start_agent(session: AgentSession[Any], viewer: RoomViewer, tag: str) -> Finished:
+    """Start the agent (its avatar already started) and wait for the viewer's first video frame."""
+    started = time.monotonic()
+    await session.start(agent=Agent(instructions="Speak when told."))
+    finished = Finished(session)
+    await viewer.wait_for(lambda: viewer.first_video_at is not None, HANG_S, "the first video frame")
+    assert viewer.first_video_at is not None
+    print(f"\n[{tag}] first video frame at the viewer {viewer.first_video_at - started:+.3f} s after start()")
+    return finished
+
+
 async def speak_and_check(
     session: AgentSession[Any], viewer: RoomViewer, finished: Finished, pcm: np.ndarray, publisher: str
 ) -> None:
@@ -177,13 +188,7 @@ async def test_remote_mode_agent_session_in_a_real_room(
         )
         try:
             await avatar.start(session, room=agent_room)
-            started = time.monotonic()
-            await session.start(agent=Agent(instructions="Speak when told."))
-            finished = Finished(session)
-            await viewer.wait_for(lambda: viewer.first_video_at is not None, HANG_S, "the first video frame")
-            assert viewer.first_video_at is not None
-            first_frame_s = viewer.first_video_at - started
-            print(f"\n[remote] first video frame at the viewer {first_frame_s:+.3f} s after start()")
+            finished = await start_agent(session, viewer, "remote")
 
             published = {p.track: p for p in viewer.published if p.participant == AVATAR}
             assert set(published) >= {"avatar_audio", "avatar_video"}
@@ -258,13 +263,7 @@ async def test_local_mode_agent_session_in_a_real_room(
         avatar = facecast.AvatarSession(mode="local", aspect_ratio="1:1", video_quality=AVATAR_QUALITY)
         try:
             await avatar.start(session, room=agent_room)
-            started = time.monotonic()
-            await session.start(agent=Agent(instructions="Speak when told."))
-            finished = Finished(session)
-            await viewer.wait_for(lambda: viewer.first_video_at is not None, HANG_S, "the first video frame")
-            assert viewer.first_video_at is not None
-            first_frame_s = viewer.first_video_at - started
-            print(f"\n[local] first video frame at the viewer {first_frame_s:+.3f} s after start()")
+            finished = await start_agent(session, viewer, "local")
             assert viewer.tracks_of(AGENT) >= {"avatar_audio", "avatar_video"}
 
             await speak_and_check(session, viewer, finished, sentence, "local")
