@@ -1,10 +1,12 @@
 """`facecast bench server`: a real `facecast serve` process under load, measured from outside.
 
 Subcommands: ttff · sessions · drift · memory · all. The server runs in a child process (temporary data
-directory, free loopback port, its own API key) so that psutil measures its CPU and memory alone. Every
-client peer (aiortc, receiving and decoding the media) runs in this process on one event loop, and
-shares the machine with the server. Tables go to stdout (Markdown with --markdown), progress to stderr.
-See docs/benchmarks.md, "Server".
+directory, free loopback port, its own API key) so that its CPU and memory (with any worker processes
+it starts) are measured alone. Every client peer (aiortc) runs in this process on one event loop and
+shares the machine with the server; in `sessions` all but one of them count RTP frames without
+decoding them, so that the clients cost little. `sessions --baseline REF` runs REF's server (a
+temporary git worktree) under the same load in the same run. Tables go to stdout (Markdown with
+--markdown), progress to stderr. See docs/benchmarks.md, "Server".
 """
 
 from __future__ import annotations
@@ -18,35 +20,39 @@ import json
 import math
 import os
 import platform
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
+from facecast.bench.proctree import TreeSample, sample_tree
 from facecast.bench.report import Log, Table
+from facecast.bench.rtpcount import Arrivals, count_frames, frame_gaps
 from facecast.server import protocol as p
 
 COMMANDS = ("ttff", "sessions", "drift", "memory", "all")
 FPS = 30
 QUALITY = "high"  # 512x512 at 1:1
 AVATAR = "ava"
-LEVELS = (1, 2, 4, 6, 8)
-FULL_LEVELS = (*LEVELS, 10, 12)
+LEVELS = (2, 4, 8)
+FULL_LEVELS = (*LEVELS, 12, 16)
 MEMORY_LEVELS = (1, 4, 8)
 MAX_CONCURRENT = 64  # the bench key's own cap, above any level (keys default to 4)
 CHUNK_S = 0.1  # agent.speak chunk, as a streaming TTS sends them
 LEAD_CHUNKS = 3  # chunks sent at once before pacing at playback speed
 SPEECH_SENTENCES = 6
 SETTLE_S = 3.0  # after sessions join a level, before its hold window: their set-up is not the load
+DRAIN_S = 10.0  # at most this long for the utterances under way to end before the idle window
 IDLE_S = 2.0  # idle video before the first utterance in the drift run: the mouth-motion baseline
 UTTERANCE_GAP_S = 2.0
 AUDIO_RMS = 500.0  # a decoded 20 ms audio frame this loud is speech (flite speaks at ~3000 RMS)
@@ -59,14 +65,58 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="facecast bench server", description=__doc__.splitlines()[0])
     parser.add_argument("command", nargs="?", default="all", choices=COMMANDS, help="which benchmark (all)")
     parser.add_argument("--runs", type=int, default=10, help="sequential sessions for ttff (default 10)")
-    parser.add_argument("--hold", type=float, default=10.0, help="seconds each sessions level is held")
-    parser.add_argument("--full", action="store_true", help="sessions: also 10 and 12 concurrent sessions")
+    parser.add_argument("--hold", type=float, default=10.0, help="sessions: seconds of speech measured")
+    parser.add_argument("--idle", type=float, default=5.0, help="sessions: seconds of silence measured")
+    parser.add_argument(
+        "--levels", type=_levels, default=None, help="sessions: concurrent sessions, e.g. 2,4,8 (default)"
+    )
+    parser.add_argument("--full", action="store_true", help="sessions: levels 2, 4, 8, 12 and 16")
+    parser.add_argument(
+        "--baseline",
+        nargs="?",
+        const="main",
+        default=None,
+        metavar="REF",
+        help="sessions: also run the server of git REF (default main) under the same load, side by side",
+    )
+    parser.add_argument(
+        "--server-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="an extra `facecast serve` argument for this checkout's server, e.g. "
+        "--server-arg=--session-processes=2 (repeatable)",
+    )
+    parser.add_argument(
+        "--baseline-server-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="an extra `facecast serve` argument for the baseline's server (repeatable)",
+    )
     parser.add_argument("--duration", type=float, default=60.0, help="drift session length in s (default 60)")
     parser.add_argument("--churn", type=int, default=500, help="sessions started and stopped for memory")
     parser.add_argument("--cache-dir", type=Path, default=None, help="generated speech cache (as bench)")
     parser.add_argument("--markdown", action="store_true", help="print tables as Markdown")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     return parser
+
+
+def _levels(text: str) -> tuple[int, ...]:
+    try:
+        levels = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give session counts separated by commas, e.g. 2,4,8"
+        ) from None
+    if not levels or min(levels) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: every level needs at least one session")
+    return levels
+
+
+class SetupError(Exception):
+    """The benchmark cannot start as asked (a baseline that cannot be checked out, a server that does
+    not start): said in one line, not as a traceback."""
 
 
 def main(argv: Sequence[str]) -> int:
@@ -79,7 +129,7 @@ def main(argv: Sequence[str]) -> int:
     load_before = os.getloadavg()
     try:
         tables = asyncio.run(_run(args, log))
-    except (FliteMissingError, ImportError) as exc:  # a missing prerequisite, not a bug: one line
+    except (FliteMissingError, ImportError, SetupError) as exc:  # a missing prerequisite: one line
         print(f"facecast bench server: {exc}", file=sys.stderr)
         return 2
     load_after = os.getloadavg()
@@ -108,9 +158,14 @@ async def _run(args: argparse.Namespace, log: Log) -> list[Table]:
         async with ServerProcess(log) as server:
             tables.append(await ttff(server, args.runs, log))
     if "sessions" in want:
-        async with ServerProcess(log) as server:
-            levels = FULL_LEVELS if args.full else LEVELS
-            tables.append(await sessions(server, speech, levels, args.hold, log))
+        levels = args.levels or (FULL_LEVELS if args.full else LEVELS)
+        current = ServerCode("this checkout", checkout_root(), tuple(args.server_arg))
+        if args.baseline is None:
+            tables.extend(await sessions([current], speech, levels, args.hold, args.idle, log))
+        else:
+            with baseline_checkout(args.baseline, log) as root:
+                baseline = ServerCode(args.baseline, root, tuple(args.baseline_server_arg))
+                tables.extend(await sessions([baseline, current], speech, levels, args.hold, args.idle, log))
     if "drift" in want:
         async with ServerProcess(log) as server:
             tables.extend(await drift(server, speech, args.duration, log))
@@ -136,11 +191,61 @@ def load_speech(cache_dir: Path | None) -> list[bytes]:
 
 
 # -- the server ---------------------------------------------------------------------------------------
-class ServerProcess:
-    """`facecast serve` in a child process on a free loopback port, with a fresh data directory and key."""
+@dataclass(frozen=True)
+class ServerCode:
+    """Which code a bench server runs: a checkout whose root goes first on PYTHONPATH (the interpreter
+    and installed packages stay this process's), and extra `facecast serve` arguments."""
 
-    def __init__(self, log: Log) -> None:
+    label: str
+    root: Path
+    serve_args: tuple[str, ...] = ()
+
+
+def checkout_root() -> Path:
+    """The directory holding the `facecast` package this bench runs from."""
+    import facecast
+
+    return Path(facecast.__file__).resolve().parent.parent
+
+
+@contextlib.contextmanager
+def baseline_checkout(ref: str, log: Log) -> Iterator[Path]:
+    """REF checked out (detached) into a temporary git worktree of this checkout's repository, removed
+    afterwards."""
+    root = checkout_root()
+    probe = subprocess.run(["git", "-C", str(root), "rev-parse", "--git-dir"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        raise SetupError(f"--baseline needs facecast run from a git checkout; {root} is not one")
+    tmp = Path(tempfile.mkdtemp(prefix="facecast-baseline-"))
+    path = tmp / "checkout"
+    added = subprocess.run(
+        ["git", "-C", str(root), "worktree", "add", "--detach", str(path), ref],
+        capture_output=True,
+        text=True,
+    )
+    if added.returncode != 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise SetupError(f"--baseline {ref}: git worktree add failed: {added.stderr.strip()}")
+    commit = subprocess.run(
+        ["git", "-C", str(path), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    log(f"baseline {ref} ({commit}) checked out in {path}")
+    try:
+        yield path
+    finally:
+        subprocess.run(
+            ["git", "-C", str(root), "worktree", "remove", "--force", str(path)], capture_output=True
+        )
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+class ServerProcess:
+    """`facecast serve` in a child process on a free loopback port, with a fresh data directory and key.
+    CPU, memory and threads are summed over its whole process tree (worker processes included)."""
+
+    def __init__(self, log: Log, code: ServerCode | None = None) -> None:
         self.log = log
+        self.code = code or ServerCode("this checkout", checkout_root())
         self.url = ""
         self.api_key = ""
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
@@ -158,6 +263,7 @@ class ServerProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("FACECAST_")}
         # The ramp measures past the server's admission limit on purpose.
         env["FACECAST_MAX_LIVE_SESSIONS"] = str(MAX_CONCURRENT)
+        env["PYTHONPATH"] = os.pathsep.join([str(self.code.root), *filter(None, [env.get("PYTHONPATH")])])
         cli = [sys.executable, "-m", "facecast"]
         keys = [*cli, "keys", "create", "--name", "bench", "--max-concurrent", str(MAX_CONCURRENT)]
         self.api_key = subprocess.run(
@@ -169,7 +275,7 @@ class ServerProcess:
         serve = [*cli, "serve", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
         with open(self._log_path, "wb") as out:
             self._proc = subprocess.Popen(
-                [*serve, "--data-dir", str(data_dir)],
+                [*serve, "--data-dir", str(data_dir), *self.code.serve_args],
                 env=env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -180,12 +286,12 @@ class ServerProcess:
             while True:
                 if self._proc.poll() is not None or time.monotonic() > deadline:
                     await self.__aexit__(None, None, None)
-                    raise RuntimeError(f"facecast serve did not start:\n{self.log_tail()}")
+                    raise SetupError(f"facecast serve ({self.code.label}) did not start:\n{self.log_tail()}")
                 with contextlib.suppress(httpx.HTTPError):
                     if (await http.get("/healthz")).status_code == 200:
                         break
                 await asyncio.sleep(0.1)
-        self.log(f"server pid {self._proc.pid} on {self.url}, RSS {self.rss_mb():.0f} MB")
+        self.log(f"server ({self.code.label}) pid {self._proc.pid} on {self.url}, RSS {self.rss_mb():.0f} MB")
         return self
 
     async def __aexit__(self, exc_type: object, *exc: object) -> None:
@@ -209,15 +315,15 @@ class ServerProcess:
         except OSError:
             return "(no server log)"
 
-    def rss_mb(self) -> float:
-        return float(self._ps.memory_info().rss) / 2**20
+    def sample(self) -> TreeSample:
+        assert self._proc is not None
+        return sample_tree(self._proc.pid)
 
-    def cpu_s(self) -> float:
-        t = self._ps.cpu_times()
-        return float(t.user + t.system)
+    def rss_mb(self) -> float:
+        return self.sample().rss_bytes / 2**20
 
     def threads(self) -> int:
-        return int(self._ps.num_threads())
+        return self.sample().threads
 
     def fds(self) -> int:
         return int(self._ps.num_fds())
@@ -246,25 +352,41 @@ class Timing:
 
 @dataclass
 class Received:
-    """Arrivals at the client. Per-frame lists only when measuring (the drift run): (arrival, media time
-    in seconds from the stream's first packet, value) where value is the mouth motion (video) or RMS."""
+    """Arrivals at the client: every frame's arrival and RTP timestamp (decoded or only counted) and,
+    when measuring pixels, per-frame lists: (arrival, media time in seconds from the stream's first
+    packet, value) where value is the mouth motion (video) or RMS, and each video frame's mean luma."""
 
-    video_frames: int = 0
-    audio_frames: int = 0
+    video_arrivals: Arrivals = field(default_factory=Arrivals)
+    audio_arrivals: Arrivals = field(default_factory=Arrivals)
     video: list[tuple[float, float, float]] = field(default_factory=list)
     audio: list[tuple[float, float, float]] = field(default_factory=list)
+    luma: list[float] = field(default_factory=list)
+
+    @property
+    def video_frames(self) -> int:
+        return len(self.video_arrivals.times)
 
 
 class Peer:
     """One session as a client app sees it: the HTTP calls, an aiortc peer receiving audio and video,
-    and the LITE WebSocket. With `mouth_box`, every video frame's mouth motion and every audio frame's
-    RMS are recorded; otherwise frames are only counted (decoded by aiortc, never converted)."""
+    and the LITE WebSocket. With `decode=False` the peer counts complete RTP frames without decoding
+    them (rtpcount); otherwise aiortc decodes them and, with `mouth_box`, every video frame's mouth
+    motion and luma and every audio frame's RMS are recorded."""
 
-    def __init__(self, http: Any, server: ServerProcess, *, mouth_box: tuple[int, ...] | None = None) -> None:
+    def __init__(
+        self,
+        http: Any,
+        server: ServerProcess,
+        *,
+        mouth_box: tuple[int, ...] | None = None,
+        decode: bool = True,
+    ) -> None:
         self.http = http
         self.server = server
         self.mouth_box = mouth_box
+        self.decode = decode
         self.received = Received()
+        self.parked = asyncio.Event()  # talk() waits at its gate
         self.events: list[tuple[float, dict[str, Any]]] = []
         self.speech_errors = 0
         self.session_id = ""
@@ -287,7 +409,12 @@ class Peer:
         """Mint, start, signal WebRTC and wait for the first decoded video frame."""
         from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
-        body: dict[str, Any] = {"fps": FPS, "aspect_ratio": "1:1", "video_settings": {"quality": QUALITY}}
+        body: dict[str, Any] = {
+            "transport": "webrtc",
+            "fps": FPS,
+            "aspect_ratio": "1:1",
+            "video_settings": {"quality": QUALITY},
+        }
         if max_session_duration is not None:
             body["max_session_duration"] = max_session_duration
         base = self.server.url
@@ -300,10 +427,14 @@ class Peer:
         timing.start, t = _lap(t)
         # No ICE servers: aiortc would otherwise add a public STUN server, unreachable offline.
         self._pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        self._pc.addTransceiver("video", direction="recvonly")
-        self._pc.addTransceiver("audio", direction="recvonly")
+        video = self._pc.addTransceiver("video", direction="recvonly")
+        audio = self._pc.addTransceiver("audio", direction="recvonly")
         self._pc.createDataChannel(p.DATA_CHANNEL_LABEL, negotiated=True, id=0)
-        self._pc.on("track", lambda track: self._tasks.append(asyncio.create_task(self._read(track))))
+        if self.decode:
+            self._pc.on("track", lambda track: self._tasks.append(asyncio.create_task(self._read(track))))
+        else:  # the tracks stay empty: frames are counted where aiortc would queue them for decoding
+            count_frames(video.receiver, self.received.video_arrivals, self._first_video.set)
+            count_frames(audio.receiver, self.received.audio_arrivals)
         await self._pc.setLocalDescription(await self._pc.createOffer())
         timing.offer, t = _lap(t)
         offer = {"sdp": self._pc.localDescription.sdp, "type": "offer"}
@@ -338,12 +469,12 @@ class Peer:
                 return
             now = time.monotonic()
             if track.kind == "video":
-                r.video_frames += 1
+                r.video_arrivals.add(now, int(frame.pts))
                 self._first_video.set()
                 if self.mouth_box is not None:
                     r.video.append((now, float(frame.pts * frame.time_base), self._mouth_motion(frame)))
             else:
-                r.audio_frames += 1
+                r.audio_arrivals.add(now, int(frame.pts))
                 if self.mouth_box is not None:
                     samples = frame.to_ndarray().astype(np.float32)
                     rms = float(np.sqrt(np.mean(samples**2)))
@@ -354,7 +485,9 @@ class Peer:
         from frame to frame, idle sway and breathing barely do."""
         assert self.mouth_box is not None
         x0, y0, x1, y1 = self.mouth_box
-        crop = frame.to_ndarray()[y0:y1, x0:x1].astype(np.float32)  # yuv420p: luma rows come first
+        planes = frame.to_ndarray()  # yuv420p: the luma rows come first
+        self.received.luma.append(float(planes[: frame.height].mean()))
+        crop = planes[y0:y1, x0:x1].astype(np.float32)
         last, self._last_mouth = self._last_mouth, crop
         return 0.0 if last is None or last.shape != crop.shape else float(np.abs(crop - last).mean())
 
@@ -405,9 +538,14 @@ class Peer:
             self.speech_errors += 1
         return first, arrived
 
-    async def talk(self, speech: Sequence[bytes], offset: int = 0) -> None:
-        """Speak forever (until cancelled), one utterance after another with a short pause."""
+    async def talk(self, speech: Sequence[bytes], offset: int = 0, gate: asyncio.Event | None = None) -> None:
+        """Speak forever (until cancelled), one utterance after another with a short pause; while `gate`
+        is cleared, wait (`parked` set) before the next utterance."""
         for n in itertools.count():
+            if gate is not None and not gate.is_set():
+                self.parked.set()
+                await gate.wait()
+                self.parked.clear()
             await self.say(speech[(n + offset) % len(speech)], f"u{n}")
             await asyncio.sleep(0.3)
 
@@ -499,133 +637,46 @@ async def ttff(server: ServerProcess, runs: int, log: Log) -> Table:
 
 
 # -- sessions -----------------------------------------------------------------------------------------
-@dataclass
-class _Window:
-    """Per-session counters at one instant (server stats) and the process CPU times."""
+# Released frames that may still wait for the encoder when a window closes (the server's video queue).
+ENCODER_QUEUE_FRAMES = 2
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Every session's server stats, the server's and the clients' CPU time, at one instant."""
 
     stats: list[dict[str, Any]]
-    received: list[int]
-    server_cpu: float
-    client_cpu: float
-    wall: float
+    server_cpu_s: float  # the server's whole process tree
+    client_cpu_s: float  # this process: every client peer
+    wall: float  # time.monotonic
 
 
-async def _window(server: ServerProcess, peers: Sequence[Peer]) -> _Window:
-    import psutil
-
+async def _snapshot(server: ServerProcess, peers: Sequence[Peer]) -> Snapshot:
     stats = await asyncio.gather(*(peer.stats() for peer in peers))
-    t = psutil.Process().cpu_times()
-    return _Window(
-        list(stats),
-        [peer.received.video_frames for peer in peers],
-        server.cpu_s(),
-        t.user + t.system,
-        time.monotonic(),
-    )
+    return Snapshot(list(stats), server.sample().cpu_s, time.process_time(), time.monotonic())
 
 
-async def sessions(
-    server: ServerProcess, speech: Sequence[bytes], levels: Sequence[int], hold_s: float, log: Log
-) -> Table:
-    """Ramp concurrent speaking sessions; per level, hold and measure the server's CPU and lost frames."""
-    import psutil
+@dataclass(frozen=True)
+class WindowFigures:
+    """One measuring window of one level: the server's counters and CPU, and what the clients received."""
 
-    table = Table(
-        f"Concurrent sessions (512x512 VP8 @ {FPS} fps, all speaking, {hold_s:.0f} s per level)",
-        [
-            "sessions",
-            "server CPU %",
-            "CPU/session %",
-            "render ms",
-            "encode ms",
-            "not drawn",
-            "lost in queue",
-            "fell behind s",
-            "dropped %",
-            "client fps",
-            "client CPU %",
-            "machine CPU %",
-        ],
-    )
-    peers: list[Peer] = []
-    talkers: list[asyncio.Task[None]] = []
-    best, clean = 0, True  # the highest level that, like every level below it, dropped nothing
-    async with _http() as http:
-        try:
-            for level in levels:
-                try:
-                    while len(peers) < level:
-                        peer = Peer(http, server)
-                        peers.append(peer)
-                        await peer.open()
-                        await peer.connect_ws()
-                        talkers.append(asyncio.create_task(peer.talk(speech, offset=len(peers))))
-                except TimeoutError as exc:  # an overloaded server may never draw a new session's frame
-                    table.notes.append(f"{level} sessions not reached: {exc}")
-                    log(f"sessions {level}: not reached ({exc})")
-                    break
-                await asyncio.sleep(SETTLE_S)
-                psutil.cpu_percent(None)  # starts the machine-wide window
-                a = await _window(server, peers)
-                await asyncio.sleep(hold_s)
-                b = await _window(server, peers)
-                machine = psutil.cpu_percent(None)
-                for task in talkers:
-                    if task.done() and task.exception() is not None:
-                        raise RuntimeError(f"a speaking client failed: {task.exception()!r}")
-                row = _level_row(level, a, b)
-                table.add(level, *row, machine)
-                # Frames released late are not lost, but a pacer that falls behind delays speech for good.
-                clean = clean and row.not_drawn + row.lost == 0 and row.fell_behind_s < 2 / FPS
-                if clean:
-                    best = level
-                log(
-                    f"sessions {level}: server CPU {row.server_cpu:.0f}%, {row.not_drawn} not drawn, "
-                    f"{row.lost} lost in queue, fell {row.fell_behind_s:.2f} s behind, "
-                    f"client {row.client_fps:.1f} fps"
-                )
-        finally:
-            for task in talkers:
-                task.cancel()
-            await asyncio.gather(*talkers, return_exceptions=True)
-            await _close_all(peers)
-    errors = sum(peer.speech_errors for peer in peers)
-    table.notes += [
-        f"most sessions sustained (nothing dropped, no pacer falling behind): {best}; target: >= 8",
-        "CPU % is of one core (200% = both cores of a 2-core machine); server CPU is the `facecast serve` "
-        "process alone, over the hold window",
-        "not drawn = frames the pacer produced without drawing because it ran late (frames_dropped); "
-        "lost in queue = drawn frames the encoder did not take in time (frames_sent - not drawn - "
-        "video_frames_sent, less the 2-frame queue); dropped % = not drawn + lost + frames not released "
-        "in the window, over elapsed x fps",
-        "fell behind = how much further the slowest session's pacer fell behind real time in the window "
-        "(elapsed - frames_sent / fps; its audio is as late); render / encode ms = the server's mean "
-        "wall time per frame",
-        "the clients (one aiortc peer per session, decoding VP8) run in the bench process on the same "
-        f"machine: client CPU % is theirs; machine CPU % is every process, of all cores; "
-        f"speech errors: {errors}",
-    ]
-    return table
-
-
-class _Level(NamedTuple):
-    server_cpu: float
-    cpu_per_session: float
-    render_ms: float
+    server_cpu_pct: float  # of one core
+    client_cpu_pct: float
+    fps_mean: float  # video frames received per session and second
+    fps_min: float  # the slowest session's
+    not_drawn: int  # frames the pacer produced without drawing (frames_dropped)
+    lost: int  # drawn frames the encoder never took
+    dropped_pct: float  # not drawn + lost + frames not released, over elapsed x fps
+    fell_behind_s: float  # the slowest pacer's slip against its session clock in the window
+    largest_gap_ms: float  # between two frames at one client (a client that got < 2: the window)
+    long_gaps: int  # inter-arrival gaps over two frame periods, summed over the sessions
+    render_ms: float  # the server's mean wall time per frame, over the sessions
     encode_ms: float
-    not_drawn: int
-    lost: int
-    fell_behind_s: float
-    dropped_pct: float
-    client_fps: float
-    client_cpu: float
 
 
-def _level_row(level: int, a: _Window, b: _Window) -> _Level:
-    from facecast.hosts.realtime import VIDEO_QUEUE_FRAMES
-
+def window_figures(a: Snapshot, b: Snapshot, videos: Sequence[Arrivals]) -> WindowFigures:
+    """From two snapshots and each session's video arrivals (the same sessions, in the same order)."""
     wall = b.wall - a.wall
-    server_cpu = 100.0 * (b.server_cpu - a.server_cpu) / wall
     not_drawn = lost = 0
     expected = late = fell_behind = 0.0
     for s0, s1 in zip(a.stats, b.stats, strict=True):
@@ -633,25 +684,279 @@ def _level_row(level: int, a: _Window, b: _Window) -> _Level:
         skipped = s1["frames_dropped"] - s0["frames_dropped"]
         encoded = s1.get("video_frames_sent", 0) - s0.get("video_frames_sent", 0)
         not_drawn += skipped
-        # Up to VIDEO_QUEUE_FRAMES released frames may still wait in the queue when the window closes.
-        lost += max(0, released - skipped - encoded - VIDEO_QUEUE_FRAMES)
+        lost += max(0, released - skipped - encoded - ENCODER_QUEUE_FRAMES)
         elapsed = s1["duration_s"] - s0["duration_s"]
         expected += elapsed * FPS
         late += max(0.0, elapsed * FPS - released - 1)  # a read falls anywhere in a frame: +-1
         fell_behind = max(fell_behind, elapsed - released / FPS)
-    received = sum(r1 - r0 for r0, r1 in zip(a.received, b.received, strict=True))
-    return _Level(
-        server_cpu,
-        server_cpu / level,
-        float(np.mean([s["render_ms"] for s in b.stats])),
-        float(np.mean([s.get("encode_ms") or math.nan for s in b.stats])),
-        not_drawn,
-        lost,
-        fell_behind,
-        min(100.0, 100.0 * (not_drawn + lost + late) / max(expected, 1.0)),
-        received / level / wall,
-        100.0 * (b.client_cpu - a.client_cpu) / wall,
+    fps: list[float] = []
+    largest, long_gaps = 0.0, 0
+    for video in videos:
+        times = video.between(a.wall, b.wall)
+        fps.append(len(times) / wall)
+        gaps = frame_gaps(times, 1 / FPS)
+        largest = max(largest, gaps.largest_s if gaps.frames >= 2 else wall)
+        long_gaps += gaps.over_two_periods
+    return WindowFigures(
+        server_cpu_pct=100.0 * (b.server_cpu_s - a.server_cpu_s) / wall,
+        client_cpu_pct=100.0 * (b.client_cpu_s - a.client_cpu_s) / wall,
+        fps_mean=float(np.mean(fps)) if fps else math.nan,
+        fps_min=min(fps, default=math.nan),
+        not_drawn=not_drawn,
+        lost=lost,
+        dropped_pct=min(100.0, 100.0 * (not_drawn + lost + late) / max(expected, 1.0)),
+        fell_behind_s=fell_behind,
+        largest_gap_ms=_ms(largest),
+        long_gaps=long_gaps,
+        render_ms=float(np.mean([s.get("render_ms") or math.nan for s in b.stats])),
+        encode_ms=float(np.mean([s.get("encode_ms") or math.nan for s in b.stats])),
     )
+
+
+@dataclass(frozen=True)
+class PixelCheck:
+    """The decoded session's pictures: the mouth moves while it speaks, and the frames are not black."""
+
+    moving_speaking_pct: float  # frames whose mouth moved (luma change in the mouth box), speaking
+    moving_idle_pct: float  # the same in silence (idle sway and breathing stay under the threshold)
+    luma: float  # mean luma of the frames, 0-255
+
+    @property
+    def ok(self) -> bool:
+        return (
+            self.moving_speaking_pct >= 10.0
+            and self.moving_speaking_pct > 2 * self.moving_idle_pct
+            and (self.luma > 32.0)
+        )
+
+
+def pixel_check(
+    video: Sequence[tuple[float, float, float]],
+    luma: Sequence[float],
+    speaking: tuple[float, float],
+    idle: tuple[float, float],
+) -> PixelCheck:
+    """`video`: (arrival, media s, mouth motion) per decoded frame, `luma` its mean luma; the windows are
+    (start, end) arrival times. A frame moves when its motion passes 3x the idle window's p95 (at least
+    0.25), as in the drift run."""
+    v = np.asarray(video, dtype=np.float64).reshape(-1, 3)
+    y = np.asarray(luma, dtype=np.float64)
+    in_speech = (v[:, 0] >= speaking[0]) & (v[:, 0] < speaking[1])
+    in_idle = (v[:, 0] >= idle[0]) & (v[:, 0] < idle[1])
+    idle_motion = v[in_idle, 2]
+    threshold = 3 * max(float(np.percentile(idle_motion, 95)) if len(idle_motion) else 0.0, 0.25)
+
+    def moving_pct(rows: np.ndarray) -> float:
+        return 100.0 * float(np.mean(v[rows, 2] > threshold)) if rows.any() else math.nan
+
+    return PixelCheck(
+        moving_pct(in_speech),
+        moving_pct(in_idle),
+        float(y[in_speech].mean()) if in_speech.any() else math.nan,
+    )
+
+
+@dataclass
+class LevelRun:
+    """One server (one code) carrying `sessions` concurrent sessions: a speaking window, then a silent one."""
+
+    code: str
+    sessions: int
+    reached: int = 0
+    ttff_s: list[float] = field(default_factory=list)
+    speaking: WindowFigures | None = None
+    idle: WindowFigures | None = None
+    rss_idle_server_mb: float = math.nan
+    rss_first_mb: float = math.nan  # with the first session
+    rss_mb: float = math.nan  # with every session, after the speaking window
+    processes: int = 0
+    pixels: PixelCheck | None = None
+    speech_errors: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def rss_per_further_mb(self) -> float:
+        return (self.rss_mb - self.rss_first_mb) / (self.sessions - 1) if self.sessions > 1 else math.nan
+
+
+async def sessions(
+    codes: Sequence[ServerCode],
+    speech: Sequence[bytes],
+    levels: Sequence[int],
+    hold_s: float,
+    idle_s: float,
+    log: Log,
+) -> list[Table]:
+    """Per level, a fresh server of each code in turn carries that many speaking sessions: one table per
+    level with a column per code (and their ratio)."""
+    from facecast.avatars import load_renderer
+
+    box = load_renderer(AVATAR, aspect="1:1", quality=QUALITY).mouth_box()
+    tables = []
+    for level in levels:
+        runs = []
+        for code in codes:
+            async with ServerProcess(log, code) as server:
+                run = await _level_run(server, speech, level, hold_s, idle_s, box, log)
+            runs.append(run)
+            if run.speaking is not None:
+                log(
+                    f"sessions {level} ({code.label}): server CPU {run.speaking.server_cpu_pct:.0f}%, "
+                    f"{run.speaking.fps_mean:.1f} fps per session, {run.speaking.not_drawn} not drawn, "
+                    f"client CPU {run.speaking.client_cpu_pct:.0f}%"
+                )
+        tables.append(level_table(level, runs, hold_s, idle_s))
+    return tables
+
+
+async def _level_run(
+    server: ServerProcess,
+    speech: Sequence[bytes],
+    level: int,
+    hold_s: float,
+    idle_s: float,
+    mouth_box: tuple[int, ...],
+    log: Log,
+) -> LevelRun:
+    run = LevelRun(server.code.label, level, rss_idle_server_mb=server.rss_mb())
+    speaking = asyncio.Event()
+    speaking.set()
+    peers: list[Peer] = []
+    talkers: list[asyncio.Task[None]] = []
+    async with _http() as http:
+        try:
+            while len(peers) < level:
+                # The first session is decoded and its pixels checked; the others only count frames.
+                first = not peers
+                peer = Peer(http, server, mouth_box=mouth_box if first else None, decode=first)
+                peers.append(peer)
+                try:
+                    run.ttff_s.append((await peer.open()).total)
+                except TimeoutError as exc:  # an overloaded server may never draw a new session's frame
+                    run.notes.append(f"{server.code.label}: {level} sessions not reached: {exc}")
+                    log(f"sessions {level} ({server.code.label}): not reached ({exc})")
+                    return run
+                await peer.connect_ws()
+                if first:
+                    run.rss_first_mb = server.rss_mb()
+                talkers.append(asyncio.create_task(peer.talk(speech, offset=len(peers), gate=speaking)))
+            run.reached = level
+            await asyncio.sleep(SETTLE_S)
+            a = await _snapshot(server, peers)
+            await asyncio.sleep(hold_s)
+            b = await _snapshot(server, peers)
+            tree = server.sample()
+            run.rss_mb, run.processes = tree.rss_bytes / 2**20, tree.processes
+            speaking.clear()
+            try:  # the utterances under way end before the silent window
+                await asyncio.wait_for(asyncio.gather(*(peer.parked.wait() for peer in peers)), DRAIN_S)
+            except TimeoutError:
+                run.notes.append(
+                    f"{server.code.label}: speech still under way {DRAIN_S:.0f} s after the speaking window; "
+                    "the idle figures include some"
+                )
+            c = await _snapshot(server, peers)
+            await asyncio.sleep(idle_s)
+            d = await _snapshot(server, peers)
+            videos = [peer.received.video_arrivals for peer in peers]
+            run.speaking, run.idle = window_figures(a, b, videos), window_figures(c, d, videos)
+            sample = peers[0].received
+            run.pixels = pixel_check(sample.video, sample.luma, (a.wall, b.wall), (c.wall, d.wall))
+            for task in talkers:
+                if task.done() and not task.cancelled() and task.exception() is not None:
+                    run.notes.append(f"{server.code.label}: a speaking client failed: {task.exception()!r}")
+        finally:
+            for task in talkers:
+                task.cancel()
+            await asyncio.gather(*talkers, return_exceptions=True)
+            await _close_all(peers)
+            run.speech_errors = sum(peer.speech_errors for peer in peers)
+    return run
+
+
+def level_table(level: int, runs: Sequence[LevelRun], hold_s: float, idle_s: float) -> Table:
+    """Figures as rows, one column per server run and, for two, the second over the first."""
+    nan = math.nan
+
+    def speaking(get: Callable[[WindowFigures], float]) -> Callable[[LevelRun], float]:
+        return lambda r: get(r.speaking) if r.speaking is not None else nan
+
+    def idle(get: Callable[[WindowFigures], float]) -> Callable[[LevelRun], float]:
+        return lambda r: get(r.idle) if r.idle is not None else nan
+
+    def ttff(q: float) -> Callable[[LevelRun], float]:
+        return lambda r: _ms(float(np.percentile(r.ttff_s, q))) if r.ttff_s else nan
+
+    def pixels(get: Callable[[PixelCheck], float]) -> Callable[[LevelRun], float]:
+        return lambda r: get(r.pixels) if r.pixels is not None else nan
+
+    rows: list[tuple[str, Callable[[LevelRun], Any]]] = [
+        ("sessions reached", lambda r: r.reached),
+        ("delivered fps per session, mean", speaking(lambda w: w.fps_mean)),
+        ("delivered fps, slowest session", speaking(lambda w: w.fps_min)),
+        ("server: not drawn, frames", speaking(lambda w: w.not_drawn)),
+        ("server: lost in queue, frames", speaking(lambda w: w.lost)),
+        ("server: dropped %", speaking(lambda w: w.dropped_pct)),
+        ("server: pacer fell behind s", speaking(lambda w: w.fell_behind_s)),
+        ("client: largest frame gap ms", speaking(lambda w: w.largest_gap_ms)),
+        (f"client: gaps > {_ms(2 / FPS):.0f} ms, all sessions", speaking(lambda w: w.long_gaps)),
+        ("time to first frame ms, median", ttff(50)),
+        ("time to first frame ms, p95", ttff(95)),
+        ("server CPU % speaking", speaking(lambda w: w.server_cpu_pct)),
+        ("server CPU % speaking, per session", speaking(lambda w: w.server_cpu_pct / level)),
+        ("server CPU % idle", idle(lambda w: w.server_cpu_pct)),
+        ("server CPU % idle, per session", idle(lambda w: w.server_cpu_pct / level)),
+        ("server: render ms / frame", speaking(lambda w: w.render_ms)),
+        ("server: encode ms / frame", speaking(lambda w: w.encode_ms)),
+        ("server RSS MB", lambda r: r.rss_mb),
+        ("server RSS MB, no session", lambda r: r.rss_idle_server_mb),
+        ("server RSS MB per further session", lambda r: r.rss_per_further_mb),
+        ("server processes", lambda r: r.processes),
+        ("idle: delivered fps per session", idle(lambda w: w.fps_mean)),
+        ("idle: server not drawn + lost, frames", idle(lambda w: w.not_drawn + w.lost)),
+        ("client CPU % speaking", speaking(lambda w: w.client_cpu_pct)),
+        ("client CPU % idle", idle(lambda w: w.client_cpu_pct)),
+        ("sampled session: mouth moving % of frames, speaking", pixels(lambda c: c.moving_speaking_pct)),
+        ("sampled session: mouth moving % of frames, idle", pixels(lambda c: c.moving_idle_pct)),
+        ("sampled session: mean luma", pixels(lambda c: c.luma)),
+        ("sampled session: pixels", lambda r: "-" if r.pixels is None else "ok" if r.pixels.ok else "FAILED"),
+        ("speech errors", lambda r: r.speech_errors),
+    ]
+    headers = ["", *(r.code for r in runs)]
+    if len(runs) == 2:
+        headers.append(f"{runs[1].code} / {runs[0].code}")
+    table = Table(
+        f"{level} concurrent sessions (512x512 VP8 @ {FPS} fps): {hold_s:.0f} s all speaking, then "
+        f"{idle_s:.0f} s all silent",
+        headers,
+    )
+    for name, get in rows:
+        cells = [get(r) for r in runs]
+        if len(runs) == 2:
+            cells.append(_ratio(cells[1], cells[0]))
+        table.add(name, *cells)
+    table.notes += [note for r in runs for note in r.notes]
+    table.notes += [
+        "each column is a fresh server carrying the same client load, one after the other; CPU % is of one "
+        "core (200% = both cores of a 2-core machine); server CPU and RSS sum its whole process tree (RSS "
+        "counts pages shared between forked processes once per process)",
+        "every session but the first counts complete RTP frames without decoding them; the first decodes "
+        "and its pixels are checked: the mouth moves (luma change in the mouth box over 3x the silent "
+        "window's p95) while speaking, mean luma > 32; client CPU % is every client, in the bench process",
+        "not drawn = frames_dropped (the pacer ran late and skipped drawing); lost in queue = drawn frames "
+        "the encoder did not take; dropped % = not drawn + lost + frames not released, over elapsed x fps; "
+        "time to first frame = start call -> first frame at the client, each session joining under the "
+        "load of the ones before it",
+    ]
+    return table
+
+
+def _ratio(new: Any, old: Any) -> str:
+    if isinstance(new, str) or isinstance(old, str):
+        return ""
+    if not (math.isfinite(new) and math.isfinite(old)) or old == 0:
+        return "-"
+    return f"{new / old:.2f}x"
 
 
 # -- drift --------------------------------------------------------------------------------------------
