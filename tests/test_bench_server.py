@@ -143,13 +143,20 @@ def test_pixel_check_moving_mouth_and_black_frames() -> None:
 def test_level_table_prints_both_columns_and_their_ratio() -> None:
     old = bench.LevelRun("main", 4, reached=4, rss_first_mb=150.0, rss_mb=300.0, ttff_s=[0.2, 0.3])
     new = bench.LevelRun("this checkout", 4, reached=4, rss_first_mb=150.0, rss_mb=210.0, ttff_s=[0.1])
-    table = bench.level_table(4, [old, new], 10.0, 5.0)
+    table = bench.level_table(4, [[old], [new]], 10.0, 5.0)
     assert table.headers == ["", "main", "this checkout", "this checkout / main"]
     rows = {row[0]: row[1:] for row in table.rows}
     assert rows["server RSS MB per further session"] == ["50.0", "20.0", "0.40x"]
     assert rows["time to first frame ms, median"] == ["250.0", "100.0", "0.40x"]
     assert rows["sessions reached"] == ["4", "4", "1.00x"]
-    assert bench.level_table(4, [new], 10.0, 5.0).headers == ["", "this checkout"]
+    assert bench.level_table(4, [[new]], 10.0, 5.0).headers == ["", "this checkout"]
+    # Rounds: the median of each figure; pixel checks that passed are counted.
+    again = bench.LevelRun("this checkout", 4, reached=3, rss_first_mb=150.0, rss_mb=240.0, ttff_s=[0.3])
+    third = bench.LevelRun("this checkout", 4, reached=4, rss_first_mb=150.0, rss_mb=450.0, ttff_s=[0.2])
+    rows = {row[0]: row[1:] for row in bench.level_table(4, [[new, again, third]], 10.0, 5.0).rows}
+    assert rows["server RSS MB per further session"] == ["30.0"]
+    assert rows["time to first frame ms, median"] == ["200.0"]
+    assert rows["sampled session: pixels ok, rounds"] == ["0"]
 
 
 _BUSY_CHILD = (

@@ -484,6 +484,13 @@ def _parser() -> argparse.ArgumentParser:
         metavar="MS",
         help="the server's keyframe-request throttle, all layers (default: the server's, 500 ms / 1 s)",
     )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        metavar="N",
+        help="instead: a `facecast worker` carrying N dispatched avatars, jobs as processes and as threads",
+    )
     p.add_argument("--markdown", action="store_true", help="print tables as Markdown")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     return p
@@ -512,9 +519,9 @@ def main(argv: Sequence[str]) -> int:
         interrupts=args.interrupts,
         cpu_seconds=args.cpu_seconds,
     )
-    if min(opts.starts, opts.utterances, opts.interrupts) < 1 or opts.cpu_seconds <= 0:
+    if min(opts.starts, opts.utterances, opts.interrupts, args.jobs or 1) < 1 or opts.cpu_seconds <= 0:
         print(
-            "facecast bench livekit: --starts, --utterances and --interrupts must be at least 1 and "
+            "facecast bench livekit: --starts, --utterances, --interrupts and --jobs must be at least 1 and "
             "--cpu-seconds positive",
             file=sys.stderr,
         )
@@ -531,7 +538,12 @@ def main(argv: Sequence[str]) -> int:
         with run_livekit_server(
             binary, log_path=Path(tmp) / "livekit.log", pli_throttle_ms=args.pli_throttle
         ) as server:
-            report = asyncio.run(run(server, opts, log, Path(tmp)))
+            if args.jobs is not None:
+                from facecast.bench.livekit_jobs import run_jobs
+
+                results = [asyncio.run(run_jobs(server, args.jobs, opts.cpu_seconds, log))]
+            else:
+                results = tables(asyncio.run(run(server, opts, log, Path(tmp))), opts)
     import platform
 
     print(
@@ -539,7 +551,7 @@ def main(argv: Sequence[str]) -> int:
         f"{_cpu_note()}, {time.perf_counter() - started:.0f} s, load average {load:.1f} at start / "
         f"{os.getloadavg()[0]:.1f} at end"
     )
-    for t in tables(report, opts):
+    for t in results:
         print()
         print(t.markdown() if args.markdown else t.text())
     return 0

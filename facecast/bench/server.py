@@ -72,6 +72,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--full", action="store_true", help="sessions: levels 2, 4, 8, 12 and 16")
     parser.add_argument(
+        "--rounds", type=int, default=1, help="sessions: runs of each level per code, alternating order"
+    )
+    parser.add_argument(
         "--baseline",
         nargs="?",
         const="main",
@@ -161,11 +164,15 @@ async def _run(args: argparse.Namespace, log: Log) -> list[Table]:
         levels = args.levels or (FULL_LEVELS if args.full else LEVELS)
         current = ServerCode("this checkout", checkout_root(), tuple(args.server_arg))
         if args.baseline is None:
-            tables.extend(await sessions([current], speech, levels, args.hold, args.idle, log))
+            tables.extend(await sessions([current], speech, levels, args.hold, args.idle, log, args.rounds))
         else:
             with baseline_checkout(args.baseline, log) as root:
                 baseline = ServerCode(args.baseline, root, tuple(args.baseline_server_arg))
-                tables.extend(await sessions([baseline, current], speech, levels, args.hold, args.idle, log))
+                tables.extend(
+                    await sessions(
+                        [baseline, current], speech, levels, args.hold, args.idle, log, args.rounds
+                    )
+                )
     if "drift" in want:
         async with ServerProcess(log) as server:
             tables.extend(await drift(server, speech, args.duration, log))
@@ -786,25 +793,30 @@ async def sessions(
     hold_s: float,
     idle_s: float,
     log: Log,
+    rounds: int = 1,
 ) -> list[Table]:
-    """Per level, a fresh server of each code in turn carries that many speaking sessions: one table per
-    level with a column per code (and their ratio)."""
+    """Per level and round, a fresh server of each code in turn carries that many speaking sessions: one
+    table per level with a column per code (medians over the rounds) and their ratio."""
     from facecast.avatars import load_renderer
 
     box = load_renderer(AVATAR, aspect="1:1", quality=QUALITY).mouth_box()
     tables = []
     for level in levels:
-        runs = []
-        for code in codes:
-            async with ServerProcess(log, code) as server:
-                run = await _level_run(server, speech, level, hold_s, idle_s, box, log)
-            runs.append(run)
-            if run.speaking is not None:
-                log(
-                    f"sessions {level} ({code.label}): server CPU {run.speaking.server_cpu_pct:.0f}%, "
-                    f"{run.speaking.fps_mean:.1f} fps per session, {run.speaking.not_drawn} not drawn, "
-                    f"client CPU {run.speaking.client_cpu_pct:.0f}%"
-                )
+        runs: list[list[LevelRun]] = [[] for _ in codes]
+        for n in range(rounds):
+            # Rounds alternate the order (A B, B A, ...): a machine that grows busier or quieter over the
+            # run weighs on both codes alike.
+            order = list(enumerate(codes)) if n % 2 == 0 else list(enumerate(codes))[::-1]
+            for i, code in order:
+                async with ServerProcess(log, code) as server:
+                    run = await _level_run(server, speech, level, hold_s, idle_s, box, log)
+                runs[i].append(run)
+                if run.speaking is not None:
+                    log(
+                        f"sessions {level} ({code.label}, round {n + 1}/{rounds}): server CPU "
+                        f"{run.speaking.server_cpu_pct:.0f}%, {run.speaking.fps_mean:.1f} fps per session, "
+                        f"{run.speaking.not_drawn} not drawn, client CPU {run.speaking.client_cpu_pct:.0f}%"
+                    )
         tables.append(level_table(level, runs, hold_s, idle_s))
     return tables
 
@@ -874,8 +886,9 @@ async def _level_run(
     return run
 
 
-def level_table(level: int, runs: Sequence[LevelRun], hold_s: float, idle_s: float) -> Table:
-    """Figures as rows, one column per server run and, for two, the second over the first."""
+def level_table(level: int, runs: Sequence[Sequence[LevelRun]], hold_s: float, idle_s: float) -> Table:
+    """Figures as rows, one column per code (`runs[i]`: its rounds; each figure their median) and, for
+    two codes, the second over the first."""
     nan = math.nan
 
     def speaking(get: Callable[[WindowFigures], float]) -> Callable[[LevelRun], float]:
@@ -919,25 +932,29 @@ def level_table(level: int, runs: Sequence[LevelRun], hold_s: float, idle_s: flo
         ("sampled session: mouth moving % of frames, speaking", pixels(lambda c: c.moving_speaking_pct)),
         ("sampled session: mouth moving % of frames, idle", pixels(lambda c: c.moving_idle_pct)),
         ("sampled session: mean luma", pixels(lambda c: c.luma)),
-        ("sampled session: pixels", lambda r: "-" if r.pixels is None else "ok" if r.pixels.ok else "FAILED"),
+        ("sampled session: pixels ok, rounds", lambda r: int(r.pixels is not None and r.pixels.ok)),
         ("speech errors", lambda r: r.speech_errors),
     ]
-    headers = ["", *(r.code for r in runs)]
+    codes = [rounds[0].code for rounds in runs]
+    headers = ["", *codes]
     if len(runs) == 2:
-        headers.append(f"{runs[1].code} / {runs[0].code}")
+        headers.append(f"{codes[1]} / {codes[0]}")
     table = Table(
         f"{level} concurrent sessions (512x512 VP8 @ {FPS} fps): {hold_s:.0f} s all speaking, then "
         f"{idle_s:.0f} s all silent",
         headers,
     )
     for name, get in rows:
-        cells = [get(r) for r in runs]
+        # Counts of rounds (pixels ok) are summed, every other figure is the median over the rounds.
+        combine = sum if name.endswith(", rounds") else _median
+        cells = [combine([get(r) for r in rounds]) for rounds in runs]
         if len(runs) == 2:
             cells.append(_ratio(cells[1], cells[0]))
         table.add(name, *cells)
-    table.notes += [note for r in runs for note in r.notes]
+    table.notes += [note for rounds in runs for r in rounds for note in r.notes]
     table.notes += [
-        "each column is a fresh server carrying the same client load, one after the other; CPU % is of one "
+        f"each column is a fresh server carrying the same client load, one after the other, {len(runs[0])} "
+        "round(s) in alternating order, each figure the median over the rounds; CPU % is of one "
         "core (200% = both cores of a 2-core machine); server CPU and RSS sum its whole process tree (RSS "
         "counts pages shared between forked processes once per process)",
         "every session but the first counts complete RTP frames without decoding them; the first decodes "
@@ -949,6 +966,13 @@ def level_table(level: int, runs: Sequence[LevelRun], hold_s: float, idle_s: flo
         "load of the ones before it",
     ]
     return table
+
+
+def _median(values: Sequence[float]) -> float:
+    if len(values) == 1:  # one round: the figure as measured (an int stays an int)
+        return values[0]
+    finite = [v for v in values if math.isfinite(v)]
+    return float(np.median(finite)) if finite else math.nan
 
 
 def _ratio(new: Any, old: Any) -> str:
