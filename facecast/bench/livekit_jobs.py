@@ -3,7 +3,8 @@ livekit-agents job processes (its default on Linux) and as threads of the worker
 
 For each executor a fresh worker (build_agent_server, as `facecast worker --max-sessions N` builds it)
 registers with a local livekit-server; N rooms each get an agent participant and a dispatched avatar
-(512x512 @ 30 fps). The agent only subscribes (nothing is decoded). CPU and resident memory are summed
+(512x512 @ 30 fps), and a viewer that subscribes to nothing (LiveKit closes a room that only agents are in).
+The agent subscribes without decoding. CPU and resident memory are summed
 over the worker's process tree: idle (every avatar silent), then with every agent streaming espeak-ng
 speech in a loop (`lk.audio_stream`, as `facecast livekit say` sends it).
 """
@@ -25,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from facecast.bench.proctree import sample_tree
+from facecast.bench.proctree import cpu_between, sample_tree
 from facecast.bench.report import Log, Table
 
 EXECUTORS = ("PROCESS", "THREAD")
@@ -63,6 +64,7 @@ class JobsRun:
     processes: int = 0
     job_processes: int = 0  # distinct processes running an avatar
     rss_mb: float = float("nan")
+    pss_mb: float = float("nan")  # proportional set size: shared pages split between the processes
     main_rss_mb: float = float("nan")  # the worker's main process alone
     job_process_rss_mb: list[float] = field(default_factory=list)  # each process running an avatar
     cpu_idle_pct: float = float("nan")
@@ -75,9 +77,20 @@ class JobsRun:
 
 
 async def _cpu_pct(pid: int, seconds: float) -> float:
-    a, t0 = sample_tree(pid).cpu_s, time.monotonic()
+    a, t0 = sample_tree(pid), time.monotonic()
     await asyncio.sleep(seconds)
-    return 100.0 * (sample_tree(pid).cpu_s - a) / (time.monotonic() - t0)
+    return 100.0 * cpu_between(a, sample_tree(pid)) / (time.monotonic() - t0)
+
+
+def _pss_mb(pid: int) -> float:
+    import psutil
+
+    root = psutil.Process(pid)
+    total = 0
+    for p in [root, *root.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):
+            total += p.memory_full_info().pss
+    return total / 2**20
 
 
 async def _wait(predicate: Any, what: str, timeout: float) -> None:
@@ -104,6 +117,7 @@ async def jobs_run(
     with open(log_path, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-c", _WORKER, *argv], stdout=out, stderr=subprocess.STDOUT)
     rooms: list[tuple[str, rtc.Room]] = []
+    viewers: list[rtc.Room] = []
     talkers: list[asyncio.Task[None]] = []
 
     def log_text() -> str:
@@ -118,14 +132,14 @@ async def jobs_run(
             t.kind == rtc.TrackKind.KIND_VIDEO for t in p.track_publications.values()
         )
 
-    def token(room: str) -> str:
+    def token(room: str, identity: str, kind: str) -> str:
         grants = api.VideoGrants(
             room_join=True, room=room, can_publish=True, can_subscribe=True, can_publish_data=True
         )
         return (
             api.AccessToken(server.api_key, server.api_secret)
-            .with_identity(AGENT)
-            .with_kind("agent")
+            .with_identity(identity)
+            .with_kind(kind)
             .with_grants(grants)
             .to_jwt()
         )
@@ -148,9 +162,13 @@ async def jobs_run(
         async with api.LiveKitAPI(server.http_url, server.api_key, server.api_secret) as lk:
             for i in range(sessions):
                 name = f"facecast-bench-jobs-{uuid.uuid4().hex[:8]}"
-                room = rtc.Room()
-                await room.connect(server.url, token(name))
+                room, viewer = rtc.Room(), rtc.Room()
+                await room.connect(server.url, token(name, AGENT, "agent"))
+                await viewer.connect(
+                    server.url, token(name, "viewer", "standard"), rtc.RoomOptions(auto_subscribe=False)
+                )
                 rooms.append((name, room))
+                viewers.append(viewer)
                 await lk.agent_dispatch.create_dispatch(
                     api.CreateAgentDispatchRequest(
                         agent_name=agent_name, room=name, metadata=json.dumps({"agent_identity": AGENT})
@@ -169,6 +187,7 @@ async def jobs_run(
             tree = sample_tree(proc.pid)
             run.processes, run.rss_mb = tree.processes, tree.rss_bytes / 2**20
             run.main_rss_mb = psutil.Process(proc.pid).memory_info().rss / 2**20
+            run.pss_mb = _pss_mb(proc.pid)
             job_pids = set()
             for _name, room in rooms:
                 p = avatar(room)
@@ -192,6 +211,8 @@ async def jobs_run(
             for task in talkers:
                 task.cancel()
             await asyncio.gather(*talkers, return_exceptions=True)
+            for viewer in viewers:
+                await viewer.disconnect()
             for name, room in rooms:
                 await room.disconnect()
                 with contextlib.suppress(api.TwirpError):
@@ -245,6 +266,7 @@ def jobs_table(runs: list[JobsRun], window_s: float) -> Table:
         ("RSS MB, before any job (idle job processes included)", lambda r: r.rss_before_mb),
         ("RSS MB, with the sessions", lambda r: r.rss_mb),
         ("RSS MB per session (over before)", lambda r: r.rss_per_session_mb),
+        ("PSS MB, with the sessions (shared pages split)", lambda r: r.pss_mb),
         ("RSS MB, the worker's main process", lambda r: r.main_rss_mb),
         (
             "RSS MB of a process running an avatar, mean",

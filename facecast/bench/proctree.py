@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -15,6 +15,14 @@ class TreeSample:
     rss_bytes: int  # summed: pages shared between forked processes count once per process
     processes: int
     threads: int
+    cpu_by_pid: dict[int, float] = field(default_factory=dict)
+
+
+def cpu_between(a: TreeSample, b: TreeSample) -> float:
+    """CPU seconds the tree used from `a` to `b`, process by process: a process that started in between
+    counts from zero, and one that ended in between drops out without taking its earlier time with it
+    (its time in the window is lost unless its parent reaped it)."""
+    return sum(cpu - a.cpu_by_pid.get(pid, 0.0) for pid, cpu in b.cpu_by_pid.items())
 
 
 def sample_tree(pid: int) -> TreeSample:
@@ -26,21 +34,21 @@ def sample_tree(pid: int) -> TreeSample:
     procs = [root]
     with contextlib.suppress(psutil.NoSuchProcess):  # the root ended: it alone, as last read
         procs += root.children(recursive=True)
-    cpu = rss = threads = 0
-    seen = 0
+    rss = threads = 0
+    by_pid: dict[int, float] = {}
     for proc in procs:
         try:
             with proc.oneshot():
                 t = proc.cpu_times()
-                cpu += t.user + t.system
+                cpu = t.user + t.system
                 if proc is root:  # a worker process that ended and was waited for keeps counting
                     cpu += t.children_user + t.children_system
                 rss += proc.memory_info().rss
                 threads += proc.num_threads()
-            seen += 1
+            by_pid[proc.pid] = cpu
         except psutil.NoSuchProcess:  # ended between the listing and the read
             continue
-    return TreeSample(cpu, rss, seen, threads)
+    return TreeSample(sum(by_pid.values()), rss, len(by_pid), threads, by_pid)
 
 
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -67,8 +75,8 @@ def _sample_proc(pid: int) -> TreeSample:
         new = {child for child, parent in parents.items() if parent in tree} - tree
         tree |= new
         grew = bool(new)
-    cpu = 0.0
-    rss = threads = seen = 0
+    rss = threads = 0
+    by_pid: dict[int, float] = {}
     for member in tree:
         fields = _stat(member)
         if fields is None:
@@ -78,8 +86,7 @@ def _sample_proc(pid: int) -> TreeSample:
         ticks = int(fields[11]) + int(fields[12])
         if member == pid:
             ticks += int(fields[13]) + int(fields[14])
-        cpu += ticks / _TICKS
+        by_pid[member] = ticks / _TICKS
         threads += int(fields[17])
         rss += int(fields[21]) * _PAGE
-        seen += 1
-    return TreeSample(cpu, rss, seen, threads)
+    return TreeSample(sum(by_pid.values()), rss, len(by_pid), threads, by_pid)
