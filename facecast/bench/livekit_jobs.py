@@ -73,7 +73,10 @@ class JobsRun:
 
     @property
     def rss_per_session_mb(self) -> float:
-        return (self.rss_mb - self.rss_before_mb) / self.sessions
+        return (self.rss_mb - self.rss_before_mb) / self.reached if self.reached else float("nan")
+
+    def per_session(self, value: float) -> float:
+        return value / self.reached if self.reached else float("nan")
 
 
 async def _cpu_pct(pid: int, seconds: float) -> float:
@@ -265,7 +268,7 @@ def jobs_table(runs: list[JobsRun], window_s: float) -> Table:
         ("processes running an avatar", lambda r: r.job_processes),
         ("RSS MB, before any job (idle job processes included)", lambda r: r.rss_before_mb),
         ("RSS MB, with the sessions", lambda r: r.rss_mb),
-        ("RSS MB per session (over before)", lambda r: r.rss_per_session_mb),
+        ("RSS MB per session reached (over before)", lambda r: r.rss_per_session_mb),
         ("PSS MB, with the sessions (shared pages split)", lambda r: r.pss_mb),
         ("RSS MB, the worker's main process", lambda r: r.main_rss_mb),
         (
@@ -273,9 +276,9 @@ def jobs_table(runs: list[JobsRun], window_s: float) -> Table:
             lambda r: float(np.mean(r.job_process_rss_mb)) if r.job_process_rss_mb else nan,
         ),
         ("CPU % idle", lambda r: r.cpu_idle_pct),
-        ("CPU % idle, per session", lambda r: r.cpu_idle_pct / r.sessions),
+        ("CPU % idle, per session", lambda r: r.per_session(r.cpu_idle_pct)),
         ("CPU % speaking", lambda r: r.cpu_speaking_pct),
-        ("CPU % speaking, per session", lambda r: r.cpu_speaking_pct / r.sessions),
+        ("CPU % speaking, per session", lambda r: r.per_session(r.cpu_speaking_pct)),
     ]
     for name, get in rows:
         table.add(name, *(get(r) for r in runs))
