@@ -204,3 +204,9 @@ def test_baseline_checkout_is_a_temporary_worktree() -> None:
     assert str(path) not in listed.stdout
     with pytest.raises(bench.SetupError, match="no-such-ref"), bench.baseline_checkout("no-such-ref", Log()):
         pass
+
+
+def test_cpu_between_follows_processes_that_come_and_go() -> None:
+    a = proctree.TreeSample(6.0, 0, 2, 2, {1: 1.0, 2: 5.0})
+    b = proctree.TreeSample(2.5, 0, 2, 2, {1: 2.0, 3: 0.5})  # 2 ended, 3 started: the total fell
+    assert proctree.cpu_between(a, b) == pytest.approx(1.5)
