@@ -119,6 +119,25 @@ def test_window_figures_from_counters_and_arrivals() -> None:
     assert w.dropped_pct == pytest.approx(100.0 * (30 + 8 + 29) / 600)
 
 
+def test_window_figures_read_the_live_core_stats_names() -> None:
+    def live(frames: int, dropped: int, lost: int, duration: float) -> dict[str, float]:
+        return {
+            "frames": frames,
+            "frames_dropped": dropped,
+            "frames_lost_in_queue": lost,
+            "video_frames_sent": 0,  # counted apart from the queue's losses: not used to derive them
+            "duration_s": duration,
+            "engine_ms": 4.0,
+        }
+
+    a = _snapshot(0.0, 0.0, 0.0, [live(0, 0, 0, 0.0)])
+    b = _snapshot(10.0, 0.0, 0.0, [live(300, 6, 3, 10.0)])
+    w = bench.window_figures(a, b, [Arrivals()])
+    assert (w.not_drawn, w.lost, w.engine_ms) == (6, 3, 4.0)
+    with pytest.raises(KeyError, match="frames, frames_sent"):
+        bench.window_figures(a, _snapshot(10.0, 0.0, 0.0, [{"duration_s": 10.0}]), [Arrivals()])
+
+
 def test_window_figures_count_a_silent_client_as_one_long_gap() -> None:
     a = _snapshot(0.0, 0.0, 0.0, [_stats(0, 0, 0, 0.0)])
     b = _snapshot(10.0, 0.0, 0.0, [_stats(300, 0, 300, 10.0)])

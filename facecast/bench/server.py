@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import functools
 import itertools
 import json
 import math
@@ -271,11 +272,16 @@ class ServerProcess:
         # The ramp measures past the server's admission limit on purpose.
         env["FACECAST_MAX_LIVE_SESSIONS"] = str(MAX_CONCURRENT)
         env["PYTHONPATH"] = os.pathsep.join([str(self.code.root), *filter(None, [env.get("PYTHONPATH")])])
+        # `python -m` puts the working directory first on sys.path, before PYTHONPATH: run every command
+        # from the data directory, so that the bench's own directory never decides which code runs.
+        run = functools.partial(subprocess.run, env=env, cwd=data_dir, capture_output=True, text=True)
+        where = run([sys.executable, "-c", "import facecast; print(facecast.__file__)"]).stdout.strip()
+        if not Path(where).resolve().is_relative_to(self.code.root.resolve()):
+            await self.__aexit__(None, None, None)
+            raise SetupError(f"the server for {self.code.label} would import facecast from {where!r}")
         cli = [sys.executable, "-m", "facecast"]
         keys = [*cli, "keys", "create", "--name", "bench", "--max-concurrent", str(MAX_CONCURRENT)]
-        self.api_key = subprocess.run(
-            [*keys, "--data-dir", str(data_dir)], env=env, capture_output=True, text=True, check=True
-        ).stdout.strip()
+        self.api_key = run([*keys, "--data-dir", str(data_dir)], check=True).stdout.strip()
         port = _free_port()
         self.url = f"http://127.0.0.1:{port}"
         self._log_path = data_dir / "server.log"
@@ -284,6 +290,7 @@ class ServerProcess:
             self._proc = subprocess.Popen(
                 [*serve, "--data-dir", str(data_dir), *self.code.serve_args],
                 env=env,
+                cwd=data_dir,
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
@@ -298,7 +305,10 @@ class ServerProcess:
                     if (await http.get("/healthz")).status_code == 200:
                         break
                 await asyncio.sleep(0.1)
-        self.log(f"server ({self.code.label}) pid {self._proc.pid} on {self.url}, RSS {self.rss_mb():.0f} MB")
+        self.log(
+            f"server ({self.code.label}, {Path(where).parent}) pid {self._proc.pid} on {self.url}, "
+            f"RSS {self.rss_mb():.0f} MB"
+        )
         return self
 
     async def __aexit__(self, exc_type: object, *exc: object) -> None:
@@ -677,7 +687,7 @@ class WindowFigures:
     fell_behind_s: float  # the slowest pacer's slip against its session clock in the window
     largest_gap_ms: float  # between two frames at one client (a client that got < 2: the window)
     long_gaps: int  # inter-arrival gaps over two frame periods, summed over the sessions
-    render_ms: float  # the server's mean wall time per frame, over the sessions
+    engine_ms: float  # the server's mean engine wall time per frame, over the sessions
     encode_ms: float
 
 
@@ -687,11 +697,14 @@ def window_figures(a: Snapshot, b: Snapshot, videos: Sequence[Arrivals]) -> Wind
     not_drawn = lost = 0
     expected = late = fell_behind = 0.0
     for s0, s1 in zip(a.stats, b.stats, strict=True):
-        released = s1["frames_sent"] - s0["frames_sent"]
+        released = _stat(s1, "frames", "frames_sent") - _stat(s0, "frames", "frames_sent")
         skipped = s1["frames_dropped"] - s0["frames_dropped"]
-        encoded = s1.get("video_frames_sent", 0) - s0.get("video_frames_sent", 0)
         not_drawn += skipped
-        lost += max(0, released - skipped - encoded - ENCODER_QUEUE_FRAMES)
+        if "frames_lost_in_queue" in s1:  # counted by the server since the live core
+            lost += s1["frames_lost_in_queue"] - s0["frames_lost_in_queue"]
+        else:
+            encoded = s1.get("video_frames_sent", 0) - s0.get("video_frames_sent", 0)
+            lost += max(0, released - skipped - encoded - ENCODER_QUEUE_FRAMES)
         elapsed = s1["duration_s"] - s0["duration_s"]
         expected += elapsed * FPS
         late += max(0.0, elapsed * FPS - released - 1)  # a read falls anywhere in a frame: +-1
@@ -715,9 +728,18 @@ def window_figures(a: Snapshot, b: Snapshot, videos: Sequence[Arrivals]) -> Wind
         fell_behind_s=fell_behind,
         largest_gap_ms=_ms(largest),
         long_gaps=long_gaps,
-        render_ms=float(np.mean([s.get("render_ms") or math.nan for s in b.stats])),
+        engine_ms=float(np.mean([_stat(s, "engine_ms", "render_ms") or math.nan for s in b.stats])),
         encode_ms=float(np.mean([s.get("encode_ms") or math.nan for s in b.stats])),
     )
+
+
+def _stat(stats: dict[str, Any], *names: str) -> Any:
+    """The first of `names` the session's stats have: the live core renamed some (frames_sent is now
+    frames, render_ms engine_ms), and a baseline may be older or newer than this checkout."""
+    for name in names:
+        if name in stats:
+            return stats[name]
+    raise KeyError(f"the server's session stats have none of {', '.join(names)}: {sorted(stats)}")
 
 
 @dataclass(frozen=True)
@@ -919,7 +941,7 @@ def level_table(level: int, runs: Sequence[Sequence[LevelRun]], hold_s: float, i
         ("server CPU % speaking, per session", speaking(lambda w: w.server_cpu_pct / level)),
         ("server CPU % idle", idle(lambda w: w.server_cpu_pct)),
         ("server CPU % idle, per session", idle(lambda w: w.server_cpu_pct / level)),
-        ("server: render ms / frame", speaking(lambda w: w.render_ms)),
+        ("server: engine ms / frame", speaking(lambda w: w.engine_ms)),
         ("server: encode ms / frame", speaking(lambda w: w.encode_ms)),
         ("server RSS MB", lambda r: r.rss_mb),
         ("server RSS MB, no session", lambda r: r.rss_idle_server_mb),
@@ -1071,7 +1093,7 @@ def _sync_table(received: Received, said: Sequence[tuple[float, float]]) -> Tabl
 
 def _pacer_table(s0: dict[str, Any], s1: dict[str, Any], errors: int) -> Table:
     elapsed = s1["duration_s"] - s0["duration_s"]
-    sent = s1["frames_sent"] - s0["frames_sent"]
+    sent = _stat(s1, "frames", "frames_sent") - _stat(s0, "frames", "frames_sent")
     expected = elapsed * FPS
     table = Table(
         "Server pacing over the same session (GET /v1/sessions/{id} at both ends)",
