@@ -176,6 +176,7 @@ def test_level_table_prints_both_columns_and_their_ratio() -> None:
     assert rows["server RSS MB per further session"] == ["30.0"]
     assert rows["time to first frame ms, median"] == ["200.0"]
     assert rows["sampled session: pixels ok, rounds"] == ["0"]
+    assert rows["sessions reached"] == ["4"]
 
 
 _BUSY_CHILD = (

@@ -129,6 +129,9 @@ def main(argv: Sequence[str]) -> int:
 
     args = _parser().parse_args(list(argv))
     log = Log(enabled=not args.quiet)
+    # A bench stopped with SIGTERM (a `timeout`) unwinds like Ctrl+C: its servers stop and the baseline's
+    # temporary worktree is removed.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     started = time.perf_counter()
     load_before = os.getloadavg()
     try:
@@ -994,7 +997,11 @@ def _median(values: Sequence[float]) -> float:
     if len(values) == 1:  # one round: the figure as measured (an int stays an int)
         return values[0]
     finite = [v for v in values if math.isfinite(v)]
-    return float(np.median(finite)) if finite else math.nan
+    if not finite:
+        return math.nan
+    median = float(np.median(finite))
+    # Counts stay counts: the median of whole numbers prints as one when it is whole.
+    return int(median) if median.is_integer() and all(isinstance(v, int) for v in finite) else median
 
 
 def _ratio(new: Any, old: Any) -> str:
