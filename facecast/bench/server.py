@@ -129,9 +129,6 @@ def main(argv: Sequence[str]) -> int:
 
     args = _parser().parse_args(list(argv))
     log = Log(enabled=not args.quiet)
-    # A bench stopped with SIGTERM (a `timeout`) unwinds like Ctrl+C: its servers stop and the baseline's
-    # temporary worktree is removed.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
     started = time.perf_counter()
     load_before = os.getloadavg()
     try:
