@@ -622,7 +622,7 @@ class _Level(NamedTuple):
 
 
 def _level_row(level: int, a: _Window, b: _Window) -> _Level:
-    from facecast.hosts.realtime import VIDEO_QUEUE_FRAMES
+    from facecast.hosts.live import VIDEO_QUEUE_FRAMES
 
     wall = b.wall - a.wall
     server_cpu = 100.0 * (b.server_cpu - a.server_cpu) / wall

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import statistics
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -11,13 +12,13 @@ import pytest
 from facecast.avatars import load_renderer
 from facecast.engine import Engine, EngineConfig, FaceState, SegmentEnded, SegmentStarted
 from facecast.engine.types import SegmentEvent
-from facecast.hosts.realtime import (
+from facecast.hosts.live import (
     AUDIO_QUEUE_S,
     MAX_LAG_S,
     VIDEO_QUEUE_FRAMES,
     AudioOut,
     AvatarClosed,
-    RealtimeAvatar,
+    LiveCore,
     VideoOut,
 )
 
@@ -46,7 +47,7 @@ async def _until(cond: Callable[[], bool], timeout: float = 20.0) -> None:
 class Recorder:
     """Consumes both outputs of an avatar into lists, and records events with the frame they came on."""
 
-    def __init__(self, avatar: RealtimeAvatar) -> None:
+    def __init__(self, avatar: LiveCore) -> None:
         self.avatar = avatar
         self.video: list[VideoOut] = []
         self.audio: list[AudioOut] = []
@@ -88,7 +89,7 @@ async def recorders() -> AsyncIterator[Callable[[Engine], Recorder]]:
 
     def make(engine: Engine, **kwargs: object) -> Recorder:
         holder: list[Recorder] = []
-        avatar = RealtimeAvatar(engine, on_event=lambda e: holder[0].on_event(e), **kwargs)  # type: ignore[arg-type]
+        avatar = LiveCore(engine, on_event=lambda e: holder[0].on_event(e), **kwargs)  # type: ignore[arg-type]
         holder.append(Recorder(avatar))
         made.append(holder[0])
         return holder[0]
@@ -124,14 +125,14 @@ async def test_idle_frames_carry_continuous_silence_and_video_at_their_index(
     indices = [v.index for v in rec.video]
     assert indices[0] == 0 and indices == sorted(set(indices))
     missing = set(range(indices[-1])) - set(indices)
-    assert len(missing) <= stats.frames_dropped + stats.video_overflow
+    assert len(missing) <= stats.frames_dropped + stats.frames_lost_in_queue
     for v in rec.video:
         assert v.pts == v.index / fps
         assert v.image.shape == (256, 256, 3) and v.image.dtype == np.uint8
     assert stats.started_at is not None and stats.first_frame_at is not None
     assert stats.first_frame_at >= stats.started_at
     assert stats.frames >= len(rec.audio)
-    assert stats.render_ms > 0
+    assert stats.engine_ms > 0
 
 
 async def test_speech_plays_intact_with_events_in_order_on_the_frames_that_carry_them(
@@ -178,8 +179,10 @@ async def test_speech_plays_intact_with_events_in_order_on_the_frames_that_carry
     played = np.concatenate([by_start[cfg.frame_start_sample(i)].samples for i in range(n0 - 1, m0)])
     np.testing.assert_array_equal(played, np.concatenate(expected))
     stats = rec.avatar.stats
-    assert len(stats.speech_latency_ms) == 2 and all(v > 0 for v in stats.speech_latency_ms)
-    assert stats.as_dict()["speech_latency_ms"] == [round(v, 1) for v in stats.speech_latency_ms]
+    latency = stats.audio_to_video_latency_ms
+    assert len(latency) == 2 and all(v >= 0 for v in latency)
+    assert stats.segments == 2
+    assert stats.as_dict()["audio_to_video_latency_ms"] == round(statistics.median(latency), 1)
 
 
 class _GatedRenderer:
@@ -278,11 +281,14 @@ async def test_late_frames_are_produced_without_video_but_audio_stays_continuous
     indices = [v.index for v in rec.video]
     assert indices == sorted(set(indices))
     assert len(indices) < indices[-1] - indices[0] + 1  # the skipped frames are missing from the video
-    assert len(rec.video) + stats.frames_dropped + stats.video_overflow >= stats.frames - VIDEO_QUEUE_FRAMES
+    assert (
+        len(rec.video) + stats.frames_dropped + stats.frames_lost_in_queue
+        >= stats.frames - VIDEO_QUEUE_FRAMES
+    )
 
 
 async def test_outputs_stay_bounded_when_the_consumer_stops_reading() -> None:
-    avatar = RealtimeAvatar(_engine())
+    avatar = LiveCore(_engine())
     try:
         await avatar.start()
         await avatar.next_video()  # subscribes; the queue is empty again
@@ -296,16 +302,20 @@ async def test_outputs_stay_bounded_when_the_consumer_stops_reading() -> None:
         # produced without video put nothing, and a few of those may not be released yet.)
         audio_puts = stats.frames - audio_from
         audio_limit = round(AUDIO_QUEUE_S * 30)
-        assert audio_puts - audio_limit <= stats.audio_overflow <= audio_puts - audio_limit + 2
+        assert audio_puts - audio_limit <= stats.audio_frames_lost_in_queue <= audio_puts - audio_limit + 2
         drawn = stats.frames - video_from
         undrawn = stats.frames_dropped - dropped_from + 2
-        assert drawn - undrawn - VIDEO_QUEUE_FRAMES <= stats.video_overflow <= drawn - VIDEO_QUEUE_FRAMES + 2
+        assert (
+            drawn - undrawn - VIDEO_QUEUE_FRAMES
+            <= stats.frames_lost_in_queue
+            <= drawn - VIDEO_QUEUE_FRAMES + 2
+        )
     finally:
         await avatar.aclose()
 
 
 async def test_aclose_is_idempotent_wakes_consumers_and_stops_the_worker() -> None:
-    avatar = RealtimeAvatar(_engine())
+    avatar = LiveCore(_engine())
     await avatar.start()
     await avatar.next_video()
     waiting = [asyncio.create_task(avatar.next_video()), asyncio.create_task(avatar.next_audio())]
@@ -330,13 +340,13 @@ async def test_aclose_is_idempotent_wakes_consumers_and_stops_the_worker() -> No
 
 
 async def test_aclose_before_start_and_bad_arguments() -> None:
-    avatar = RealtimeAvatar(_engine())
+    avatar = LiveCore(_engine())
     await avatar.aclose()
     with pytest.raises(AvatarClosed):
         await avatar.start()
     with pytest.raises(ValueError, match="queue_frames"):
-        RealtimeAvatar(_engine(), queue_frames=0)
-    avatar = RealtimeAvatar(_engine())
+        LiveCore(_engine(), queue_frames=0)
+    avatar = LiveCore(_engine())
     try:
         await avatar.start()
         with pytest.raises(RuntimeError, match="already started"):
@@ -350,7 +360,7 @@ async def test_a_failing_renderer_closes_the_outputs_with_the_cause() -> None:
         def render(self, state: FaceState) -> np.ndarray:
             raise RuntimeError("renderer exploded")
 
-    avatar = RealtimeAvatar(_engine(renderer=Broken(0.0)))
+    avatar = LiveCore(_engine(renderer=Broken(0.0)))
     try:
         await avatar.start()
         with pytest.raises(AvatarClosed) as info:
@@ -376,7 +386,7 @@ async def test_a_long_stall_moves_the_clock_on_instead_of_skipping_every_later_f
     await rec.stop()
 
     stats = rec.avatar.stats
-    assert stats.rebased >= 1
+    assert stats.clock_rebased >= 1
     _assert_continuous(rec.audio, rec.avatar.config)
     drawn_after = [v for v in rec.video if v.index > stalled_at + 2]
     assert len(drawn_after) >= 10  # drawing resumed rather than every frame being late
