@@ -189,7 +189,11 @@ async def test_normal_end_reports_once_with_the_played_duration(make_session: Ca
     assert played.speech_samples() == pytest.approx(0.8 * RATE, abs=FRAME)
     assert set(s.finished()[0]) == {"playback_position", "interrupted", "synchronized_transcript"}
     stats = s.avatar.stats()
-    assert stats["segments_received"] == 1 and stats["playback_finished_sent"] == 1 and stats["speech_frames"] > 0
+    assert (
+        stats["segments_received"] == 1
+        and stats["playback_finished_sent"] == 1
+        and stats["speech_frames"] > 0
+    )
     await played.aclose()
 
 

@@ -38,7 +38,15 @@ from typing import Any, Generic, NamedTuple, TypeVar
 
 import numpy as np
 
-from facecast.engine import Engine, EngineConfig, FrameMeta, PhoneTiming, SegmentEnded, SegmentStarted
+from facecast.engine import (
+    Engine,
+    EngineConfig,
+    FrameMeta,
+    PhoneTiming,
+    Renderer,
+    SegmentEnded,
+    SegmentStarted,
+)
 from facecast.engine.types import SegmentEvent, SegmentTag
 
 log = logging.getLogger(__name__)
@@ -322,6 +330,15 @@ class LiveCore:
 
     async def set_listening(self, listening: bool) -> None:
         await self._call(self._engine.set_listening, listening)
+
+    def set_renderer_now(self, renderer: Renderer | None) -> None:
+        """Draw with `renderer` from the next frame made after the calls already queued."""
+
+        def swap() -> None:
+            self._engine.renderer = renderer
+
+        if not self._closed:
+            self._worker.submit(self._timed, swap)
 
     def set_listening_now(self, listening: bool) -> None:
         """set_listening from synchronous code (it takes effect in call order all the same)."""
