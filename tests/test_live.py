@@ -5,6 +5,7 @@ import statistics
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -19,6 +20,7 @@ from facecast.hosts.live import (
     AudioOut,
     AvatarClosed,
     LiveCore,
+    LiveFrame,
     VideoOut,
 )
 
@@ -390,3 +392,117 @@ async def test_a_long_stall_moves_the_clock_on_instead_of_skipping_every_later_f
     _assert_continuous(rec.audio, rec.avatar.config)
     drawn_after = [v for v in rec.video if v.index > stalled_at + 2]
     assert len(drawn_after) >= 10  # drawing resumed rather than every frame being late
+
+
+async def test_segment_tags_reach_the_events_and_the_frames() -> None:
+    """Hosts name utterances; the events and frames carry the name, so no host keeps an id map."""
+    seen: list[tuple[str, object]] = []
+    tags: set[object] = set()
+    avatar = LiveCore(_engine(renderer=None), on_event=lambda e: seen.append((type(e).__name__, e.tag)))
+    pulled: list[LiveFrame] = []
+
+    async def pull() -> None:
+        while True:
+            pulled.append(await avatar.next_frame())
+
+    task = asyncio.create_task(pull())
+    await asyncio.sleep(0)
+    await avatar.start()
+    try:
+        await avatar.push_audio(_tone(0.3), RATE, tag="greeting")
+        await avatar.end_segment()
+        await avatar.open_segment("answer")
+        await avatar.push_audio(_tone(0.2), RATE)
+        with pytest.raises(ValueError, match="end_segment"):
+            await avatar.open_segment("another")  # the open segment has a name already
+        await avatar.end_segment()
+        await _until(lambda: sum(kind == "SegmentEnded" for kind, _ in seen) == 2)
+        tags = {f.meta.segment_tag for f in pulled if f.audio is not None}
+    finally:
+        task.cancel()
+        await avatar.aclose()
+    assert seen == [
+        ("SegmentStarted", "greeting"),
+        ("SegmentEnded", "greeting"),
+        ("SegmentStarted", "answer"),
+        ("SegmentEnded", "answer"),
+    ]
+    assert tags == {"greeting", "answer"}
+
+
+async def test_frames_with_a_lead_play_that_much_after_release() -> None:
+    lead = 0.1
+    avatar = LiveCore(_engine(renderer=None), lead_s=lead)
+    loop = asyncio.get_running_loop()
+    avatar_t: list[tuple[float, LiveFrame]] = []
+
+    async def pull() -> None:
+        while True:
+            frame = await avatar.next_frame()
+            avatar_t.append((loop.time(), frame))
+
+    task = asyncio.create_task(pull())
+    await asyncio.sleep(0)
+    await avatar.start()
+    with pytest.raises(RuntimeError, match="started"):
+        avatar.lead_s = 0.2
+    await _until(lambda: len(avatar_t) >= 10)
+    task.cancel()
+    await avatar.aclose()
+    # Frame i plays lead_s after its release slot: the transport takes it about that long before.
+    assert statistics.median(frame.plays_at - taken for taken, frame in avatar_t) > lead / 2
+    first = avatar_t[0][1]
+    cfg = avatar.config
+    for _, frame in avatar_t:
+        assert frame.plays_at == pytest.approx(first.plays_at + (frame.meta.index - first.meta.index) / 30)
+        assert frame.duration_s == cfg.frame_samples(frame.meta.index) / cfg.out_rate
+
+
+async def test_clear_silences_frames_released_but_not_yet_taken() -> None:
+    """A transport that has not taken a released frame yet must not play its speech after an interrupt."""
+    avatar = LiveCore(_engine(renderer=None))
+    frames: list[LiveFrame] = []
+    audio: list[AudioOut] = []
+    frames.append(await _first(avatar.next_frame(), avatar))
+    audio.append(await avatar.next_audio())
+    await avatar.push_audio(_tone(2.0), RATE)
+    await avatar.end_segment()
+    await _until(lambda: avatar.stats.speech_frames >= 5)
+    await asyncio.sleep(0.2)  # several frames released and left in the outputs
+    await avatar.clear()
+    queued_frames = [await avatar.next_frame() for _ in range(3)]
+    queued_audio = [await avatar.next_audio() for _ in range(3)]
+    await avatar.aclose()
+    assert all(f.audio is None for f in queued_frames)
+    assert not any(a.samples.any() for a in queued_audio)
+    assert avatar.stats.interrupts == 1
+
+
+async def _first(awaitable: Any, avatar: LiveCore) -> Any:
+    """Subscribe to an output, then start the avatar, and return the output's first item."""
+    task = asyncio.ensure_future(awaitable)
+    await asyncio.sleep(0)
+    await avatar.start()
+    return await task
+
+
+async def test_latency_counts_from_when_an_utterance_could_play() -> None:
+    """A sentence queued behind another waits for it; that wait is not the avatar's latency."""
+    avatar = LiveCore(_engine(renderer=None))
+    await _first(avatar.next_audio(), avatar)
+    drain = asyncio.create_task(_drain_audio(avatar))
+    await avatar.push_audio(_tone(1.5), RATE, tag="greeting")
+    await avatar.end_segment()
+    await avatar.push_audio(_tone(0.3), RATE, tag="queued")  # waits 1.5 s behind the greeting
+    await avatar.end_segment()
+    await _until(lambda: avatar.stats.segments == 2)
+    drain.cancel()
+    await avatar.aclose()
+    greeting, queued = avatar.stats.audio_to_video_latency_ms
+    assert queued < 1000 * 1.5 / 2  # not the greeting's length
+    assert queued < greeting + 1000 * 0.5
+
+
+async def _drain_audio(avatar: LiveCore) -> None:
+    while True:
+        await avatar.next_audio()
