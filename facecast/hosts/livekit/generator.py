@@ -36,11 +36,6 @@ from facecast.hosts.live import AvatarClosed, LiveCore
 logger = logging.getLogger("facecast.livekit")
 
 
-# Avatar builds (reading bundles, loading models) run here, off the event loop and off the live cores'
-# workers, so a session starting does not hold up the frames of the ones running.
-_BUILDER = ThreadPoolExecutor(max_workers=2, thread_name_prefix="facecast-avatar-build")
-
-
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
@@ -110,7 +105,10 @@ class FacecastVideoGenerator(VideoGenerator):
             )
             return Engine(renderer, self.config)
 
-        self._built: Future[Engine] = _BUILDER.submit(build)
+        # The build (reading the bundle, loading models) runs on a thread of its own, which ends with it.
+        builder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="facecast-build")
+        self._built: Future[Engine] = builder.submit(build)
+        builder.shutdown(wait=False)
 
     async def wait_ready(self) -> LiveCore:
         """Wait until the renderer and engine are built (reading the avatar's bundle) and return the live

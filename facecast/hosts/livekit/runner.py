@@ -106,6 +106,7 @@ class FacecastAvatarRunner:
         self._pending: list[_Segment] = []  # segments with audio not yet reported, oldest first
         self._open: _Segment | None = None
         self._video_timers: set[asyncio.TimerHandle] = set()
+        self._lead_missing = True  # the source holds less than the playout lead (start, after a clear)
         self._inbox: deque[tuple[_Segment, rtc.AudioFrame | None]] = deque()  # None: end of segment
         self._inbox_ready = asyncio.Event()
         self._after_clear = False  # no item has arrived since the last clear
@@ -283,7 +284,7 @@ class FacecastAvatarRunner:
         if not closing and not self._core.closed:
             self._core.clear_now()
         self._audio_source.clear_queue()
-        self._refill_lead()
+        self._lead_missing = True
         for timer in self._video_timers:
             timer.cancel()
         self._video_timers.clear()
@@ -299,7 +300,6 @@ class FacecastAvatarRunner:
         self.video_publication = await self._room.local_participant.publish_track(
             video_track, video_publish_options(self._gen.width, self._gen.height, self._gen.fps)
         )
-        self._refill_lead()
         await self._core.start(started_at=self.started_at)
         await self._play()
 
@@ -310,6 +310,8 @@ class FacecastAvatarRunner:
         silence: rtc.AudioFrame | None = None
         while True:
             frame = await self._core.next_frame()
+            if self._lead_missing:
+                await self._refill_lead()
             starts_at = time.monotonic() + self._audio_source.queued_duration
             if frame.audio is not None:
                 audio = audio_frame(frame.audio, sample_rate)
@@ -329,17 +331,14 @@ class FacecastAvatarRunner:
             if frame.video is not None:
                 self._show(video_frame(frame.video), starts_at)
 
-    def _refill_lead(self) -> None:
+    async def _refill_lead(self) -> None:
         """Queue silence up to the playout lead: what is released from now on plays that much later,
-        as the core expects (at start, and after a clear emptied the queue)."""
-        missing = PLAYOUT_LEAD_S - self._audio_source.queued_duration
-        samples = int(missing * self._gen.sample_rate)
+        as the core expects (at start, and after a clear emptied the queue). Only the play loop
+        captures, so the queue never holds more than the lead and a frame."""
+        self._lead_missing = False
+        samples = int((PLAYOUT_LEAD_S - self._audio_source.queued_duration) * self._gen.sample_rate)
         if samples > 0:
-            frame = rtc.AudioFrame.create(self._gen.sample_rate, 1, samples)
-            # Never waits: the queue has room for SOURCE_QUEUE_MS and holds less than the lead.
-            task = asyncio.ensure_future(self._audio_source.capture_frame(frame))
-            self._notify_tasks.add(task)
-            task.add_done_callback(self._notify_tasks.discard)
+            await self._audio_source.capture_frame(rtc.AudioFrame.create(self._gen.sample_rate, 1, samples))
 
     def _show(self, frame: rtc.VideoFrame, at: float) -> None:
         def capture() -> None:
