@@ -103,6 +103,7 @@ class LocalAvatar:
         # numbering survives an engine rebuilt for a new fps.
         self._utterance = 0
         self._speaking = False  # the current utterance has audio in the engine
+        self._interrupts = 0  # a frame taken before an interrupt must not be pushed after it
         self._rebuild = False
 
     # -- lifecycle ------------------------------------------------------------------------------------
@@ -160,6 +161,7 @@ class LocalAvatar:
 
     async def interrupt(self) -> None:
         """Drop all pending speech: the next frame is silent, the mouth closes within two frames."""
+        self._interrupts += 1
         await self._require_core().clear()
         self._next_utterance()
         if self._resampler is not None:
@@ -218,6 +220,7 @@ class LocalAvatar:
         return self._core
 
     async def _play(self, frame: LiveFrame) -> None:
+        interrupts = self._interrupts
         meta = frame.meta
         played: Position | None = None
         ended_here = False
@@ -241,6 +244,9 @@ class LocalAvatar:
             image = OutputImageRawFrame(
                 image=frame.video.tobytes(), size=(width, height), format=IMAGE_FORMATS[channels]
             )
+        if interrupts != self._interrupts:  # interrupted while converting: this speech is not wanted
+            audio = utterance = played = None
+            started = False
         await self._emit(audio, image, utterance, played, started and audio is not None)
 
     # -- helpers --------------------------------------------------------------------------------------
