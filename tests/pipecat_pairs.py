@@ -9,7 +9,8 @@ from typing import Any
 from pipecat.frames.frames import Frame, OutputImageRawFrame, TTSAudioRawFrame
 from pipecat.processors.frame_processor import FrameDirection
 from pipecat_facecast import FacecastVideoService
-from pipecat_facecast._local import MAX_LATE_SECS
+
+from facecast.hosts.live import MAX_LAG_S
 
 
 def pictureless(frames: list[Frame]) -> int:
@@ -26,10 +27,10 @@ def assert_pairs(frames: list[Frame], fps: int = 30) -> None:
     """Each speech audio frame is followed by its image, but for frames sent late.
 
     After the event loop is held up (as a busy test machine can do) the frames that are late go without
-    their image; a hold-up past MAX_LATE_SECS restarts the clock, so that many frames' worth at most.
+    their image; a hold-up past MAX_LAG_S restarts the clock, so that many frames' worth at most.
     """
     assert any(isinstance(frame, TTSAudioRawFrame) for frame in frames), "no speech was pushed"
-    assert pictureless(frames) <= MAX_LATE_SECS * fps
+    assert pictureless(frames) <= MAX_LAG_S * fps
 
 
 def images_ahead(times: list[float], fps: int = 30) -> float:

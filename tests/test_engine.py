@@ -438,3 +438,34 @@ def test_open_segment_names_the_utterance_before_its_audio() -> None:
     assert engine.push_audio(tone, 16000) == opened
     engine.end_segment()
     assert engine.open_segment() == opened + 1
+
+
+def test_segments_carry_the_tag_the_host_gave_them() -> None:
+    engine = Engine(None, EngineConfig(tracker="energy"))
+    engine.push_audio(np.full(1600, 3000, np.int16), 16000, tag="first")
+    engine.end_segment()
+    engine.open_segment(7)
+    engine.open_segment(7)  # naming the open segment again is fine
+    with pytest.raises(ValueError, match="open as 7"):
+        engine.open_segment(8)
+    with pytest.raises(AudioFormatError):
+        engine.push_audio(np.zeros(10, np.int64), 16000)  # int64: refused, segment 7 stays open
+    engine.push_audio(np.full(800, 3000, np.int16), 16000)
+    engine.end_segment()
+    frames = _drain(engine)
+    events = [(type(e).__name__, e.tag) for f in frames for e in f.meta.events]
+    assert events == [
+        ("SegmentStarted", "first"), ("SegmentEnded", "first"), ("SegmentStarted", 7), ("SegmentEnded", 7),
+    ]  # fmt: skip
+    assert {f.meta.segment_tag for f in frames if f.is_speech} == {"first", 7}
+    assert all(f.meta.segment_tag is None for f in frames if not f.is_speech)
+
+
+def test_a_refused_first_push_leaves_no_named_segment_behind() -> None:
+    engine = Engine(None, EngineConfig(tracker="energy"))
+    with pytest.raises(AudioFormatError):
+        engine.push_audio(np.zeros(10, np.int64), 16000, tag="bad")
+    assert not engine.pending_speech
+    engine.push_audio(np.full(800, 3000, np.int16), 16000, tag="good")  # no clash with "bad"
+    engine.end_segment()
+    assert {e.tag for f in _drain(engine) for e in f.meta.events} == {"good"}

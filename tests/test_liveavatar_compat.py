@@ -160,7 +160,7 @@ async def test_liveavatar_livekit_plugin_unchanged(
                 ended = await asyncio.to_thread(server.wait_ended, record.id, HANG_S)
                 await avatar.aclose()
         assert ended.end_reason == p.END_STOPPED
-        assert ended.stats["livekit"]["segments"] == 3 and ended.stats["livekit"]["interrupts"] == 1
+        assert ended.stats["segments_received"] == 3 and ended.stats["interrupts"] == 1
         await viewer.wait_for(lambda: PLUGIN_AVATAR not in viewer.room.remote_participants, HANG_S)
     finally:
         await agent.disconnect()

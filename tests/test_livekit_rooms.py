@@ -204,8 +204,8 @@ async def test_remote_mode_agent_session_in_a_real_room(
             assert isinstance(live, RoomSession)
             stats = live.worker.stats()
             # Every segment the worker saw was reported exactly once, and the agent received each report.
-            assert stats["playback_finished_sent"] == stats["segments"]
-            assert len(finished.events) - before == stats["segments"] - 2
+            assert stats["playback_finished_sent"] == stats["segments_received"]
+            assert len(finished.events) - before == stats["segments_received"] - 2
             assert all(e.interrupted for e in finished.events[before:])
             await speak_and_check(session, viewer, finished, sentence, "remote, after 20 interrupts")
 

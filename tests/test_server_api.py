@@ -170,7 +170,7 @@ def test_stop_twice_and_keep_alive_after_end(server: RunningServer, key: str) ->
     record = server.session(minted["session_id"])
     assert record.state == p.STATE_ENDED and record.ended_at is not None and record.started_at is not None
     assert record.ended_at >= record.started_at
-    assert "frames_sent" in record.stats
+    assert "frames" in record.stats
 
 
 def test_stopping_an_unstarted_session_ends_it(server: RunningServer, key: str) -> None:
@@ -288,7 +288,7 @@ def test_catalogue_health_metrics_docs_and_client(server: RunningServer, key: st
     assert {a["avatar_id"] for a in avatars} >= {"ava", "noah", "mira", "leo"}
     assert preview.headers["content-type"] == "image/png" and preview.content[:4] == b"\x89PNG"
     assert health["status"] == "ok" and health["live_sessions"] == 1
-    assert "facecast_live_sessions 1" in metrics and "facecast_session_frames_sent{session_id=" in metrics
+    assert "facecast_live_sessions 1" in metrics and "facecast_session_frames{session_id=" in metrics
     assert "/v1/sessions/token" in openapi["paths"] and "/v1/sessions/start" in openapi["paths"]
     assert page.status_code == 200 and "client.js" in page.text and script.status_code == 200
 

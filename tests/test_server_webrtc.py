@@ -272,7 +272,7 @@ async def test_peer_leaving_ends_the_session_as_client_gone(client: Client, serv
     await client.pc.close()
     record = await asyncio.to_thread(server.wait_ended, session_id, 30.0)
     assert record.end_reason == p.END_CLIENT_GONE
-    assert record.stats["frames_sent"] > 0 and record.stats["time_to_first_frame_ms"] is not None
+    assert record.stats["frames"] > 0 and record.stats["time_to_first_frame_ms"] is not None
 
 
 async def test_speech_limits_answer_with_errors_and_the_session_goes_on(client: Client) -> None:

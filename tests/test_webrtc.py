@@ -27,7 +27,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from facecast.avatars import load_renderer
 from facecast.engine import Engine, EngineConfig, SegmentEnded, SegmentStarted
 from facecast.engine.types import SegmentEvent
-from facecast.hosts.realtime import RealtimeAvatar, VideoOut
+from facecast.hosts.live import LiveCore, VideoOut
 from facecast.hosts.sender_clock import SenderClock
 from facecast.hosts.webrtc import (
     EVENT_BACKLOG,
@@ -123,7 +123,7 @@ class Client:
 
 @dataclass
 class Session:
-    avatar: RealtimeAvatar
+    avatar: LiveCore
     peer: AvatarPeer
     client: Client
     renderer_size: tuple[int, int]
@@ -162,7 +162,7 @@ async def sessions() -> AsyncIterator[SessionFactory]:
             holder[0].send_event({"type": f"agent.speak_{kind}", "segment_id": event.segment_id, **extra})
 
         engine = Engine(renderer, EngineConfig(fps=fps, out_rate=48000, tracker="energy"))
-        avatar = RealtimeAvatar(engine, on_event=on_event)
+        avatar = LiveCore(engine, on_event=on_event)
         peer = AvatarPeer(
             avatar,
             codec=codec,  # type: ignore[arg-type]
@@ -235,7 +235,7 @@ async def test_streams_video_and_audio_on_the_engine_clock(
     print(
         f"\n{codec} {s.renderer_size[0]}x{s.renderer_size[1]}@{fps}: first frame "
         f"{1000 * (rx.video[0][0] - began):.0f} ms after the offer; encode {stats['encode_ms']:.2f} ms "
-        f"wall, {stats['encode_cpu_ms']:.2f} ms CPU per frame; render {s.avatar.stats.render_ms:.2f} ms; "
+        f"wall, {stats['encode_cpu_ms']:.2f} ms CPU per frame; render {s.avatar.stats.engine_ms:.2f} ms; "
         f"process CPU {100 * cpu_share:.0f}% of one core (render + encode + decode, both peers)"
     )
 
@@ -314,7 +314,7 @@ async def test_speech_moves_the_mouth_and_an_interrupt_brings_it_back_to_rest(
         f"\nspeech: push -> first open mouth received {1000 * (first_open[0] - pushed_at):.0f} ms, "
         f"push -> first sound received {1000 * (sound[0] - pushed_at):.0f} ms (aiortc's receiver holds "
         f"4 audio packets), push -> first speech frame released "
-        f"{s.avatar.stats.speech_latency_ms[0]:.0f} ms; "
+        f"{s.avatar.stats.audio_to_video_latency_ms[0]:.0f} ms; "
         f"A/V offset by sender reports (mouth opens - sound starts) {offset_ms:+.0f} ms"
     )
 
@@ -398,7 +398,7 @@ async def test_peer_rejects_bad_arguments(sessions: SessionFactory) -> None:
 async def test_audio_track_rechunks_into_20ms_frames_on_the_output_sample_clock(
     out_rate: int, fps: int
 ) -> None:
-    avatar = RealtimeAvatar(Engine(None, EngineConfig(fps=fps, out_rate=out_rate, tracker="energy")))
+    avatar = LiveCore(Engine(None, EngineConfig(fps=fps, out_rate=out_rate, tracker="energy")))
     track = AvatarAudioTrack(avatar)
     try:
         first = asyncio.create_task(track.recv())

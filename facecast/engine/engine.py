@@ -35,6 +35,7 @@ from facecast.engine.types import (
     SegmentEnded,
     SegmentEvent,
     SegmentStarted,
+    SegmentTag,
 )
 from facecast.engine.visemes import mouth_from_row
 
@@ -76,6 +77,7 @@ class _Segment:
 
     def __init__(self, segment_id: int, out_rate: int, recognizer: PhoneRecognizer | None) -> None:
         self.id = segment_id
+        self.tag: SegmentTag | None = None
         self.out_rate = out_rate
         self.in_rate: int | None = None
         self.channels: int | None = None
@@ -160,9 +162,10 @@ class Engine:
         *,
         channels: int = 1,
         text: str | None = None,
+        tag: SegmentTag | None = None,
     ) -> int:
-        """Queue speech for the current segment (opened on demand); returns that segment's id, the one
-        its SegmentStarted / SegmentEnded events carry.
+        """Queue speech for the current segment (opened on demand, named `tag` as by open_segment);
+        returns that segment's id, the one its SegmentStarted / SegmentEnded events carry.
 
         `pcm` is int16 little-endian bytes (interleaved when stereo) or an int16 / float32 array of shape
         (n,) or (n, channels). `text`, when given, is (part of) the transcript of this segment and
@@ -170,6 +173,8 @@ class Engine:
         rate = validate_rate(sample_rate)
         ch = validate_channels(pcm.shape[1] if isinstance(pcm, np.ndarray) and pcm.ndim == 2 else channels)
         opened = self._open is None
+        if tag is not None:
+            self.open_segment(tag)
         segment = self._open_segment()
         try:
             segment.push(pcm, rate, ch)
@@ -182,10 +187,22 @@ class Engine:
             segment.text.append(text)
         return segment.id
 
-    def open_segment(self) -> int:
+    def open_segment(self, tag: SegmentTag | None = None) -> int:
         """Open the current segment (or keep the open one) without adding anything, and return its id.
-        A host can then name the utterance before any audio makes it playable."""
-        return self._open_segment().id
+
+        `tag` names the utterance: the segment's SegmentStarted / SegmentEnded events and its frames
+        (`FrameMeta.segment_tag`) carry it, so a host needs no map of its own. Naming it before any audio
+        makes it playable means even its first frame carries the name. An open segment keeps its tag;
+        giving it another one is a host error (it forgot end_segment())."""
+        segment = self._open_segment()
+        if tag is not None:
+            if segment.tag is not None and segment.tag != tag:
+                raise ValueError(
+                    f"segment {segment.id} is open as {segment.tag!r}; call end_segment() before "
+                    f"opening {tag!r}"
+                )
+            segment.tag = tag
+        return segment.id
 
     def push_phones(self, timings: Sequence[PhoneTiming]) -> int:
         """Phones known to be spoken in the current segment, at segment-relative input seconds (from
@@ -220,10 +237,8 @@ class Engine:
         """Interrupt: drop all pending speech; the mouth is back at rest within two frames."""
         for segment in self._segments:
             segment.track.abort()
-            if segment.started:
-                self._events.append(SegmentEnded(segment.id, segment.played_s(), interrupted=True))
-            else:
-                self._events.append(SegmentEnded(segment.id, 0.0, interrupted=True))
+            played = segment.played_s() if segment.started else 0.0
+            self._events.append(SegmentEnded(segment.id, played, interrupted=True, tag=segment.tag))
         self._segments.clear()
         self._open = None
         self._animator.interrupt()
@@ -254,11 +269,12 @@ class Engine:
         mouth: MouthParams | None = None
         source = "rest"
         segment_id = input_start = input_end = None
+        tag: SegmentTag | None = None
         playback = 0.0
         if segment is not None and self._ready(segment, n):
             if not segment.started:
                 segment.started = True
-                events.append(SegmentStarted(segment.id))
+                events.append(SegmentStarted(segment.id, segment.tag))
             pos = segment.played
             audio = segment.audio.take(n)
             segment.played += n
@@ -267,7 +283,7 @@ class Engine:
             )
             mouth = mouth_from_row(tracked.row, tracked.viseme)
             source = tracked.source
-            segment_id = segment.id
+            segment_id, tag = segment.id, segment.tag
             input_start, input_end = segment.input_sample(pos), segment.input_sample(pos + n)
             playback = segment.played_s()
             self._drop_finished(events)
@@ -283,6 +299,7 @@ class Engine:
             mouth=state.mouth,
             state=state,
             segment_id=segment_id,
+            segment_tag=tag,
             input_start=input_start,
             input_end=input_end,
             playback_position=playback,
@@ -322,4 +339,4 @@ class Engine:
         while self._segments and self._segments[0].finished:
             done = self._segments.popleft()
             done.track.abort()
-            events.append(SegmentEnded(done.id, done.played_s(), interrupted=False))
+            events.append(SegmentEnded(done.id, done.played_s(), interrupted=False, tag=done.tag))

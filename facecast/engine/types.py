@@ -6,6 +6,7 @@ hosts, renderers and the public `--params` JSONL format agree on them.
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Literal, NamedTuple, Protocol
 
@@ -101,11 +102,15 @@ class Renderer(Protocol):
         ...
 
 
+SegmentTag = Hashable  # what a host calls an utterance (its event id, its own counter, ...)
+
+
 @dataclass(frozen=True, slots=True)
 class SegmentStarted:
-    """The first frame that plays audio of segment `segment_id`."""
+    """The first frame that plays audio of segment `segment_id`; `tag` is what the host named it."""
 
     segment_id: int
+    tag: SegmentTag | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,11 +118,12 @@ class SegmentEnded:
     """Segment `segment_id` finished playing at the end of this frame (or was dropped by clear()).
 
     `played_s` is how much of its audio was played (seconds on the output timeline); `interrupted`
-    is True when clear() cut it short (or dropped it before it started)."""
+    is True when clear() cut it short (or dropped it before it started). `tag` is what the host named it."""
 
     segment_id: int
     played_s: float
     interrupted: bool
+    tag: SegmentTag | None = None
 
 
 SegmentEvent = SegmentStarted | SegmentEnded
@@ -133,6 +139,7 @@ class FrameMeta:
     mouth: MouthParams
     state: FaceState
     segment_id: int | None = None  # segment whose audio this frame plays, None for idle frames
+    segment_tag: SegmentTag | None = None  # that segment's tag (Engine.open_segment)
     input_start: int | None = None  # first input sample (segment-relative, at the input rate) played here
     input_end: int | None = None  # one past the last input sample played here
     playback_position: float = 0.0  # seconds of the current segment played at the end of this frame

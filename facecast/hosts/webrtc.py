@@ -1,4 +1,4 @@
-"""Standalone WebRTC transport: a RealtimeAvatar streamed to one client over aiortc.
+"""Standalone WebRTC transport: a LiveCore streamed to one client over aiortc.
 
 One AvatarPeer per session: an RTCPeerConnection that answers the client's offer with two send-only
 tracks fed by the avatar and one data channel for events.
@@ -53,7 +53,7 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from av.frame import Frame
 from av.video.codeccontext import VideoCodecContext
 
-from facecast.hosts.realtime import AudioOut, AvatarClosed, RealtimeAvatar, VideoOut
+from facecast.hosts.live import AudioOut, AvatarClosed, LiveCore, VideoOut
 from facecast.server.protocol import DATA_CHANNEL_LABEL, Encoding
 
 log = logging.getLogger(__name__)
@@ -271,7 +271,7 @@ class AvatarVideoTrack(MediaStreamTrack):
 
     kind = "video"
 
-    def __init__(self, avatar: RealtimeAvatar) -> None:
+    def __init__(self, avatar: LiveCore) -> None:
         super().__init__()
         self._avatar = avatar
         self._fps = avatar.config.fps
@@ -299,7 +299,7 @@ class AvatarAudioTrack(MediaStreamTrack):
 
     kind = "audio"
 
-    def __init__(self, avatar: RealtimeAvatar) -> None:
+    def __init__(self, avatar: LiveCore) -> None:
         super().__init__()
         self._avatar = avatar
         self._rate = avatar.config.out_rate
@@ -360,7 +360,7 @@ def without_mdns_candidates(sdp: str) -> str:
 
 
 class AvatarPeer:
-    """One client's WebRTC connection to a RealtimeAvatar.
+    """One client's WebRTC connection to a LiveCore.
 
     `ice_servers` are `[{"urls": ..., "username": ..., "credential": ...}]`; an empty list means host
     candidates only (aiortc would otherwise add Google's public STUN server). `codec` is the video codec
@@ -374,7 +374,7 @@ class AvatarPeer:
 
     def __init__(
         self,
-        avatar: RealtimeAvatar,
+        avatar: LiveCore,
         *,
         ice_servers: Sequence[Mapping[str, Any]] = (),
         codec: Encoding = "VP8",

@@ -25,7 +25,7 @@ import numpy as np
 from livekit import api, rtc
 from livekit.agents.voice.avatar import AudioReceiver, AudioSegmentEnd
 
-from facecast.engine.types import PhoneTiming, SegmentEnded, SegmentEvent, SegmentStarted
+from facecast.engine.types import PhoneTiming, SegmentEnded, SegmentEvent, SegmentStarted, SegmentTag
 from facecast.hosts.livekit.worker import RoomAvatar
 from facecast.server import protocol as p
 from facecast.server.errors import ApiError
@@ -81,15 +81,17 @@ class SocketAudio(AudioReceiver):
         self._read: deque[int] = deque()  # segments the runner has read from and not yet reported
         self._started: set[int] = set()
         self._unread: list[int] = []  # segments queued here and not yet read by the runner
+        self._tags: dict[int, SegmentTag | None] = {}  # what LiveSession named each unreported segment
         self._closed = False
         self.listening: Callable[[bool], None] | None = None  # set by the session once the worker runs
 
     # -- what LiveSession drives (facecast.server.sessions.SpeechTarget) --------------------------------
-    async def open_segment(self) -> int:
-        if self._open is not None:
+    async def open_segment(self, tag: SegmentTag | None = None) -> int:
+        if self._open is not None:  # LiveSession opens a segment per utterance, after the last one
             await self.end_segment()
         self._next_id += 1
         self._open = self._next_id
+        self._tags[self._open] = tag
         self._unread.append(self._open)
         return self._open
 
@@ -117,7 +119,7 @@ class SocketAudio(AudioReceiver):
             self._put(segment, AudioSegmentEnd())
         else:  # nothing to play: the runner never hears of it
             self._unread.remove(segment)
-            self._on_event(SegmentEnded(segment, 0.0, interrupted=False))
+            self._ended(segment, 0.0, interrupted=False)
 
     async def clear(self) -> None:
         self._open = None
@@ -126,7 +128,7 @@ class SocketAudio(AudioReceiver):
         unread, self._unread = self._unread, []
         for segment in unread:
             self._with_audio.discard(segment)
-            self._on_event(SegmentEnded(segment, 0.0, interrupted=True))
+            self._ended(segment, 0.0, interrupted=True)
 
     async def set_listening(self, listening: bool) -> None:
         if self.listening is not None:
@@ -160,7 +162,7 @@ class SocketAudio(AudioReceiver):
         segment = next((s for s in self._read if s not in self._started), None)
         if segment is not None:
             self._started.add(segment)
-            self._on_event(SegmentStarted(segment))
+            self._on_event(SegmentStarted(segment, self._tags.get(segment)))
 
     def notify_playback_finished(self, playback_position: float, interrupted: bool) -> None:
         if not self._read:
@@ -168,7 +170,10 @@ class SocketAudio(AudioReceiver):
         segment = self._read.popleft()
         self._started.discard(segment)
         self._with_audio.discard(segment)
-        self._on_event(SegmentEnded(segment, float(playback_position), interrupted=interrupted))
+        self._ended(segment, float(playback_position), interrupted=interrupted)
+
+    def _ended(self, segment: int, played_s: float, *, interrupted: bool) -> None:
+        self._on_event(SegmentEnded(segment, played_s, interrupted, self._tags.pop(segment, None)))
 
 
 class LiteRoomSession(LiveSession):

@@ -13,17 +13,20 @@ if TYPE_CHECKING:
 
 # stat key -> (metric name, help)
 SESSION_SERIES: dict[str, tuple[str, str]] = {
-    "frames_sent": ("facecast_session_frames_sent", "Video frames released to the transport"),
-    "frames_dropped": ("facecast_session_frames_dropped", "Frames skipped because rendering ran late"),
-    "render_ms": ("facecast_session_render_ms", "Mean engine + render time per frame (ms)"),
+    "frames": ("facecast_session_frames", "Frames released to the transport"),
+    "frames_dropped": ("facecast_session_frames_dropped", "Frames not drawn because production ran late"),
+    "engine_ms": (
+        "facecast_session_engine_ms",
+        "Mean engine time per frame: tracking, animation, render (ms)",
+    ),
     "encode_ms": ("facecast_session_encode_ms", "Mean video encode time per frame (ms)"),
     "audio_to_video_latency_ms": (
         "facecast_session_audio_to_video_latency_ms",
-        "Median time from receiving speech to sending its first frame (ms)",
+        "Median time from when an utterance could first play to the release of its first frame (ms)",
     ),
     "time_to_first_frame_ms": (
         "facecast_session_time_to_first_frame_ms",
-        "Start to first video frame sent (ms)",
+        "Start request to the first frame released to the transport (ms)",
     ),
     "duration_s": ("facecast_session_duration_seconds", "Seconds since the session started"),
 }

@@ -26,8 +26,8 @@ import numpy as np
 from facecast.avatars import load_renderer
 from facecast.avatars.style import style_names
 from facecast.engine import Engine, EngineConfig
-from facecast.engine.types import PhoneTiming, SegmentEnded, SegmentEvent, SegmentStarted
-from facecast.hosts.realtime import RealtimeAvatar
+from facecast.engine.types import PhoneTiming, SegmentEnded, SegmentEvent, SegmentStarted, SegmentTag
+from facecast.hosts.live import LiveCore
 from facecast.hosts.webrtc import AvatarPeer
 from facecast.server import protocol as p
 from facecast.server.auth import hash_secret, new_session_token
@@ -83,11 +83,11 @@ EventSink = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 class SpeechTarget(Protocol):
-    """What LITE commands drive: a `RealtimeAvatar` (WebRTC sessions), or the LITE socket's audio feeding
+    """What LITE commands drive: a `LiveCore` (WebRTC sessions), or the LITE socket's audio feeding
     an avatar in a LiveKit room (facecast.server.lite_room.SocketAudio). Segment events come back through
     the callback the target was made with."""
 
-    async def open_segment(self) -> int: ...
+    async def open_segment(self, tag: SegmentTag | None = None) -> int: ...
 
     async def push_audio(
         self, pcm: bytes | bytearray | memoryview | np.ndarray, sample_rate: int, *, text: str | None = None
@@ -133,7 +133,6 @@ class LiveSession:
         # utterance runs until agent.speak_end (or an interrupt), whatever ids its later chunks carry:
         # LiveAvatar's LiveKit plugin gives every chunk a fresh one.
         self._open: str | None = None
-        self._event_ids: dict[int, str] = {}
         # When the speech accepted so far will have played out (monotonic), if it plays without gaps.
         self._speech_ends_at = 0.0
         self._interrupts = 0  # agent.interrupt count: speech synthesised across one is dropped
@@ -185,21 +184,18 @@ class LiveSession:
         self._manager.spawn(self._manager.end(self.id, p.END_CLIENT_GONE))
 
     async def _open_utterance(self, event_id: str) -> int:
-        """Open a segment named `event_id` before any of its audio is pushed: once audio is in, its first
+        """Open a segment tagged `event_id` before any of its audio is pushed: once audio is in, its first
         frame may be released (and its start reported) before the push returns."""
-        segment_id = await self.avatar.open_segment()
-        self._event_ids[segment_id] = event_id
-        return segment_id
+        return await self.avatar.open_segment(event_id)
 
     def on_segment_event(self, event: SegmentEvent) -> None:
-        event_id = self._event_ids.get(event.segment_id)
-        if event_id is None:
-            return
+        event_id = event.tag
+        if not isinstance(event_id, str):
+            return  # not an utterance of this session's clients
         if isinstance(event, SegmentStarted):
             self._playing.add(event.segment_id)
             self._manager.spawn(self.emit(p.AGENT_SPEAK_STARTED, event_id))
         elif isinstance(event, SegmentEnded):
-            del self._event_ids[event.segment_id]
             self._playing.discard(event.segment_id)
             kind = p.AGENT_SPEAK_INTERRUPTED if event.interrupted else p.AGENT_SPEAK_ENDED
             self._manager.spawn(self.emit(kind, event_id, played_s=round(event.played_s, 3)))
@@ -362,28 +358,14 @@ class LiveSession:
 
     # -- stats ------------------------------------------------------------------------------------------
     async def stats(self) -> dict[str, Any]:
-        assert isinstance(self.avatar, RealtimeAvatar)
-        s = self.avatar.stats
-        latency = sorted(s.speech_latency_ms)
-        out: dict[str, Any] = {
-            "duration_s": round(time.monotonic() - self.started_mono, 3),
-            "frames_sent": s.frames,
-            "frames_dropped": s.frames_dropped,
-            "render_ms": round(s.render_ms, 3),
-            "frames_lost_in_queue": s.video_overflow,
-            "audio_frames_lost_in_queue": s.audio_overflow,
-            "clock_rebased": s.rebased,
-            "audio_to_video_latency_ms": round(latency[len(latency) // 2], 1) if latency else None,
-            "time_to_first_frame_ms": None,
-            "encode_ms": None,
-        }
+        """The live core's stats (LiveStats: the same names in every host), the peer's, the duration."""
+        assert isinstance(self.avatar, LiveCore)
+        out: dict[str, Any] = {"duration_s": round(time.monotonic() - self.started_mono, 3)}
+        out.update(self.avatar.stats.as_dict())
         if self.peer is not None:
             peer_stats = await self.peer.stats()
-            out.update({k: v for k, v in peer_stats.items() if k not in out or v is not None})
-            first_sent = peer_stats.get("first_video_sent_at")
-            if first_sent is not None:
-                out["time_to_first_frame_ms"] = round((first_sent - self.started_mono) * 1000, 1)
-            out.pop("first_video_sent_at", None)
+            peer_stats.pop("first_video_sent_at", None)
+            out.update(peer_stats)
         return out
 
     async def close(self, reason: str) -> dict[str, Any]:
@@ -443,17 +425,10 @@ class RoomSession:
 def room_stats(worker: Any, started_mono: float) -> dict[str, Any]:
     """A session's stats from its avatar worker in a LiveKit room (a RoomAvatar)."""
     stats = worker.stats()
-    latency = stats.get("audio_to_lips_ms") or {}
-    return {
-        "duration_s": round(time.monotonic() - started_mono, 3),
-        "frames_sent": stats.get("frames"),
-        "frames_dropped": stats.get("dropped_frames"),
-        "render_ms": None,
-        "encode_ms": None,  # LiveKit's native SDK encodes
-        "audio_to_video_latency_ms": latency.get("mean"),
-        "time_to_first_frame_ms": stats.get("first_frame_ms"),
-        "livekit": {k: stats.get(k) for k in ("room", "agent_identity", "segments", "interrupts")},
-    }
+    out: dict[str, Any] = {"duration_s": round(time.monotonic() - started_mono, 3)}
+    out.update({k: v for k, v in stats.items() if k not in ("room", "agent_identity")})
+    out["livekit"] = {k: stats.get(k) for k in ("room", "agent_identity")}
+    return out
 
 
 Session = LiveSession | RoomSession
@@ -792,7 +767,7 @@ class SessionManager:
             if session is not None:
                 session.on_segment_event(event)
 
-        avatar = RealtimeAvatar(engine, on_event=on_event)
+        avatar = LiveCore(engine, on_event=on_event)
         now = time.time()  # started_at; the session's deadline is taken just after, so never early
         session = LiveSession(record, avatar, manager=self, started_mono=started_mono)
         try:
@@ -801,7 +776,7 @@ class SessionManager:
             await avatar.aclose()
             raise
         try:
-            await avatar.start()
+            await avatar.start(started_at=started_mono)
         except Exception:
             await self.end(record.id, p.END_ERROR)
             raise

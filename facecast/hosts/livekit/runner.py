@@ -9,6 +9,10 @@ through the `AudioReceiver`. It is its own class because the stock runner
 - reports the audio handed to the source as played; here positions count only what has played out;
 - paces video with a queue separate from the audio queue, so lips lag the voice at speech onset; here
   each video frame is shown when its audio starts playing.
+
+Pacing is the live core's (facecast.hosts.live): frames are released PLAYOUT_LEAD_S before they play,
+and the audio source's queue is kept that full (silence while idle), so a late event-loop tick does not
+starve the source.
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ from livekit import rtc
 from livekit.agents.voice.avatar import AudioReceiver, AudioSegmentEnd
 
 from facecast.engine import AudioFormatError, SegmentEnded
-from facecast.hosts.livekit.generator import FacecastVideoGenerator, Tick
+from facecast.hosts.live import LiveFrame
+from facecast.hosts.livekit.generator import FacecastVideoGenerator, audio_frame, video_frame
 from facecast.hosts.livekit.names import AUDIO_TRACK_NAME, VIDEO_TRACK_NAME
 
 logger = logging.getLogger("facecast.livekit")
@@ -41,6 +46,9 @@ AV_STREAM = "facecast-avatar"
 # (1.7 Mbps) is 0.06; a talking head on a still background needs no more.
 VIDEO_BITS_PER_PIXEL = 0.06
 MIN_VIDEO_BITRATE = 150_000
+# Audio queued in the source ahead of playout: the jitter the event loop may add without a gap.
+PLAYOUT_LEAD_S = 0.1
+SOURCE_QUEUE_MS = 300  # room for the lead and a burst after a stall, so capture_frame never waits
 
 
 def video_publish_options(width: int, height: int, fps: int) -> rtc.TrackPublishOptions:
@@ -64,7 +72,7 @@ class _Segment:
     """One utterance as the sender sees it: one byte stream, one `playback_finished`."""
 
     received_at: float  # monotonic time its first audio arrived
-    engine_id: int | None = None
+    in_engine: bool = False  # some of its audio was accepted by the engine
     rejected: bool = False
     pushed_s: float = 0.0  # audio handed to the source
     ends_at: float = 0.0  # monotonic time its last pushed sample finishes playing
@@ -83,24 +91,22 @@ class FacecastAvatarRunner:
         *,
         audio_recv: AudioReceiver,
         generator: FacecastVideoGenerator,
-        queue_size_ms: int = 100,
     ) -> None:
+        """`generator` must be built (`await generator.wait_ready()`)."""
         self._room = room
         self._recv = audio_recv
         self._gen = generator
-        self._queue_s = queue_size_ms / 1000
-        self._audio_source = rtc.AudioSource(generator.sample_rate, 1, queue_size_ms=queue_size_ms)
+        self._core = generator.core
+        self._core.lead_s = PLAYOUT_LEAD_S
+        self._audio_source = rtc.AudioSource(generator.sample_rate, 1, queue_size_ms=SOURCE_QUEUE_MS)
         self._video_source = rtc.VideoSource(generator.width, generator.height)
         self.audio_publication: rtc.LocalTrackPublication | None = None
         self.video_publication: rtc.LocalTrackPublication | None = None
 
         self._pending: list[_Segment] = []  # segments with audio not yet reported, oldest first
-        self._by_engine_id: dict[int, _Segment] = {}
         self._open: _Segment | None = None
         self._video_timers: set[asyncio.TimerHandle] = set()
-        self._last_video_at = 0.0
-        self._last_was_speech = False
-        self._audio_arrived = asyncio.Event()
+        self._lead_missing = True  # the source holds less than the playout lead (start, after a clear)
         self._inbox: deque[tuple[_Segment, rtc.AudioFrame | None]] = deque()  # None: end of segment
         self._inbox_ready = asyncio.Event()
         self._after_clear = False  # no item has arrived since the last clear
@@ -109,16 +115,10 @@ class FacecastAvatarRunner:
         self._notify_tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
 
-        self.frames = 0
-        self.speech_frames = 0
-        self.dropped_frames = 0
-        self.segments = 0
-        self.interrupts = 0
+        self.segments_received = 0
         self.finished_sent = 0
         self.started_at: float | None = None  # monotonic, when start() was called
         self.last_audio_at: float | None = None  # monotonic, when the last audio frame arrived
-        self.first_frame_at: float | None = None  # monotonic, when the first video frame was captured
-        self.audio_to_lips_s: list[float] = []
 
     @property
     def audio_source(self) -> rtc.AudioSource:
@@ -128,10 +128,11 @@ class FacecastAvatarRunner:
     def generator(self) -> FacecastVideoGenerator:
         return self._gen
 
-    async def start(self) -> None:
+    async def start(self, *, started_at: float | None = None) -> None:
         """Publish the tracks and start receiving and rendering; returns once the audio track is
-        published (the video track follows when the audio is subscribed, like the stock runner)."""
-        self.started_at = time.monotonic()
+        published (the video track follows when the audio is subscribed, like the stock runner).
+        `started_at` (monotonic) is when the host's session began: time to first frame counts from it."""
+        self.started_at = time.monotonic() if started_at is None else started_at
         audio_track = rtc.LocalAudioTrack.create_audio_track(AUDIO_TRACK_NAME, self._audio_source)
         self.audio_publication = await self._room.local_participant.publish_track(
             audio_track, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE, stream=AV_STREAM)
@@ -139,7 +140,7 @@ class FacecastAvatarRunner:
         self._tasks = [
             asyncio.create_task(self._receive(), name="facecast-receive"),
             asyncio.create_task(self._feed(), name="facecast-feed"),
-            asyncio.create_task(self._publish_video_then_render(), name="facecast-render"),
+            asyncio.create_task(self._publish_video_then_play(), name="facecast-play"),
         ]
 
     async def wait(self) -> None:
@@ -165,7 +166,7 @@ class FacecastAvatarRunner:
         now = time.monotonic()
         for seg in list(self._pending):
             self._report_finished(seg, seg.played_s(now), interrupted=True)
-        self._drop_all()
+        self._drop_all(closing=True)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -180,30 +181,19 @@ class FacecastAvatarRunner:
         await self._video_source.aclose()
 
     def stats(self) -> dict[str, Any]:
-        lat = self.audio_to_lips_s
-        first = None
-        if self.first_frame_at is not None and self.started_at is not None:
-            first = round((self.first_frame_at - self.started_at) * 1000, 1)
-        return {
-            "frames": self.frames,
-            "speech_frames": self.speech_frames,
-            "dropped_frames": self.dropped_frames,
-            "segments": self.segments,
-            "interrupts": self.interrupts,
-            "playback_finished_sent": self.finished_sent,
-            "first_frame_ms": first,
-            "audio_to_lips_ms": {
-                "count": len(lat),
-                "last": round(lat[-1] * 1000, 1) if lat else None,
-                "mean": round(sum(lat) / len(lat) * 1000, 1) if lat else None,
-                "max": round(max(lat) * 1000, 1) if lat else None,
-            },
-            "engine_cpu_s": round(self._gen.cpu_s, 3),
-            # for an idle timeout: seconds since audio last arrived (or since start)
-            "idle_s": round(
-                time.monotonic() - (self.last_audio_at or self.started_at or time.monotonic()), 3
-            ),
-        }
+        """The live core's stats (facecast.hosts.live.LiveStats) and the avatar protocol's counters."""
+        out = self._core.stats.as_dict()
+        out.update(
+            {
+                "segments_received": self.segments_received,
+                "playback_finished_sent": self.finished_sent,
+                # for an idle timeout: seconds since audio last arrived (or since start)
+                "idle_s": round(
+                    time.monotonic() - (self.last_audio_at or self.started_at or time.monotonic()), 3
+                ),
+            }
+        )
+        return out
 
     # -- receiving ---------------------------------------------------------------------------------------
     # The receiver drops what is still in its own queue when a clear arrives, so whatever reaches us is
@@ -231,7 +221,7 @@ class FacecastAvatarRunner:
     def _new_segment(self, *, open_: bool = False) -> _Segment:
         seg = _Segment(received_at=time.monotonic())
         self._pending.append(seg)
-        self.segments += 1
+        self.segments_received += 1
         if open_:
             self._open = seg
         return seg
@@ -264,28 +254,22 @@ class FacecastAvatarRunner:
             return
         pcm = b"".join(bytes(f.data) for f in frames)
         try:
-            engine_id = await self._gen.push_pcm(pcm, frames[0].sample_rate, frames[0].num_channels)
+            await self._core.push_audio(pcm, frames[0].sample_rate, channels=frames[0].num_channels, tag=seg)
         except AudioFormatError as exc:
             logger.warning("dropping a segment the engine cannot play: %s", exc)
             seg.rejected = True
             return
-        # None: a clear overtook this push, and the clear has already answered for the segment.
-        if engine_id is not None and seg in self._pending:
-            if seg.engine_id is None:
-                seg.engine_id = engine_id
-                self._by_engine_id[engine_id] = seg
-            self._audio_arrived.set()
+        seg.in_engine = True
 
     async def _end_segment(self, seg: _Segment) -> None:
-        if seg.engine_id is None:
+        if not seg.in_engine:
             # Nothing playable arrived; the sender still counts this segment and waits for it.
             self._report_finished(seg, 0.0, interrupted=False)
             return
-        await self._gen.end_segment()
+        await self._core.end_segment()
 
     def _on_clear_buffer(self) -> None:
         now = time.monotonic()
-        self.interrupts += 1
         if not self._after_clear:
             # Whether the stream being cleared has shown us audio (its answer is given below) decides
             # what its trailer, if one still comes, means. A repeated clear refers to the same stream.
@@ -295,129 +279,85 @@ class FacecastAvatarRunner:
             self._report_finished(seg, seg.played_s(now), interrupted=True)
         self._drop_all()
 
-    def _drop_all(self) -> None:
+    def _drop_all(self, *, closing: bool = False) -> None:
         """Silence now: the engine's pending speech, the source's queue and the scheduled lip frames."""
-        self._gen.clear_buffer()
+        if not closing and not self._core.closed:
+            self._core.clear_now()
         self._audio_source.clear_queue()
+        self._lead_missing = True
         for timer in self._video_timers:
             timer.cancel()
         self._video_timers.clear()
         self._pending.clear()
-        self._by_engine_id.clear()
         self._inbox.clear()
         self._open = None
-        self._last_video_at = time.monotonic()
-        self._last_was_speech = False
 
-    # -- rendering -------------------------------------------------------------------------------------
-    async def _publish_video_then_render(self) -> None:
+    # -- playing -----------------------------------------------------------------------------------------
+    async def _publish_video_then_play(self) -> None:
         assert self.audio_publication is not None
         await self.audio_publication.wait_for_subscription()
         video_track = rtc.LocalVideoTrack.create_video_track(VIDEO_TRACK_NAME, self._video_source)
         self.video_publication = await self._room.local_participant.publish_track(
             video_track, video_publish_options(self._gen.width, self._gen.height, self._gen.fps)
         )
-        await self._render()
+        await self._core.start(started_at=self.started_at)
+        await self._play()
 
-    async def _render(self) -> None:
-        frame_s = 1 / self._gen.fps
-        self._last_video_at = time.monotonic() - frame_s
-        tick_s = 0.0
+    async def _play(self) -> None:
+        """Hand each released frame to the sources: its audio (silence while idle) at once, its video
+        when that audio starts playing."""
+        sample_rate = self._gen.sample_rate
+        silence: rtc.AudioFrame | None = None
         while True:
-            # Behind real time mid-speech: the source is about to run dry because frames take too long
-            # to make (not because the sender is slow). Keep the audio going and skip drawing this frame;
-            # the viewer sees the previous frame a little longer.
-            behind = (
-                self._last_was_speech
-                and self._audio_source.queued_duration < frame_s / 2
-                and tick_s > frame_s / 2
-            )
-            self._audio_arrived.clear()
-            asked = time.monotonic()
-            tick = await self._gen.next_tick(render=not behind)
-            tick_s = time.monotonic() - asked
-            if tick.epoch != self._gen.epoch:
-                continue  # computed before a clear
-            if behind:
-                self.dropped_frames += 1
-            if tick.audio is not None:
-                show_at = await self._play_audio(tick)
-                if show_at is None:
-                    continue  # a clear arrived while waiting for room in the queue
-                self._last_was_speech = True
-                self._finish_ended(tick)
+            frame = await self._core.next_frame()
+            if self._lead_missing:
+                await self._refill_lead()
+            starts_at = time.monotonic() + self._audio_source.queued_duration
+            if frame.audio is not None:
+                audio = audio_frame(frame.audio, sample_rate)
             else:
-                self._finish_ended(tick)
-                self._last_was_speech = False
-                show_at = max(self._last_video_at + frame_s, time.monotonic())
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._audio_arrived.wait(), show_at - time.monotonic())
-                    # Speech arrived while this idle frame waited: drop it and render the speech now.
-                    continue
-                if tick.epoch != self._gen.epoch:
-                    continue
-            if tick.video is not None:
-                self._show(tick.video, show_at, speech=tick.audio is not None)
-            self._last_video_at = show_at
+                samples = round(frame.duration_s * sample_rate)
+                if silence is None or silence.samples_per_channel != samples:
+                    silence = rtc.AudioFrame.create(sample_rate, 1, samples)
+                audio = silence
+            await self._audio_source.capture_frame(audio)
+            seg = frame.meta.segment_tag
+            if frame.audio is not None and isinstance(seg, _Segment) and seg in self._pending:
+                if seg.pushed_s == 0.0:
+                    seg.timers.append(self._call_at(starts_at, self._report_started))
+                seg.pushed_s += frame.duration_s
+                seg.ends_at = starts_at + frame.duration_s
+            self._finish_ended(frame)
+            if frame.video is not None:
+                self._show(video_frame(frame.video), starts_at)
 
-    async def _play_audio(self, tick: Tick) -> float | None:
-        """Queue a frame's audio once the source has room (capture_frame then never blocks, so a clear
-        can't be overtaken by a frame stuck inside it). Returns when that audio starts playing."""
-        assert tick.audio is not None
-        duration = tick.audio.duration
-        while (wait := self._audio_source.queued_duration + duration - self._queue_s) > 0:
-            await asyncio.sleep(wait)
-        if tick.epoch != self._gen.epoch:
-            return None
-        starts_at = time.monotonic() + self._audio_source.queued_duration
-        await self._audio_source.capture_frame(tick.audio)
-        seg = self._segment_for(tick.meta.segment_id)
-        if seg is not None:
-            if seg.pushed_s == 0.0:
-                self.audio_to_lips_s.append(max(0.0, starts_at - seg.received_at))
-                seg.timers.append(self._call_at(starts_at, self._report_started))
-            seg.pushed_s += duration
-            seg.ends_at = starts_at + duration
-        return max(starts_at, self._last_video_at)
+    async def _refill_lead(self) -> None:
+        """Queue silence up to the playout lead: what is released from now on plays that much later,
+        as the core expects (at start, and after a clear emptied the queue). Only the play loop
+        captures, so the queue never holds more than the lead and a frame."""
+        self._lead_missing = False
+        samples = int((PLAYOUT_LEAD_S - self._audio_source.queued_duration) * self._gen.sample_rate)
+        if samples > 0:
+            await self._audio_source.capture_frame(rtc.AudioFrame.create(self._gen.sample_rate, 1, samples))
 
-    def _show(self, frame: rtc.VideoFrame, at: float, *, speech: bool) -> None:
+    def _show(self, frame: rtc.VideoFrame, at: float) -> None:
         def capture() -> None:
             self._video_timers.discard(timer)
             self._video_source.capture_frame(frame)
-            self.frames += 1
-            self.speech_frames += speech
-            if self.first_frame_at is None:
-                self.first_frame_at = time.monotonic()
 
         timer = self._call_at(at, capture)
         self._video_timers.add(timer)
 
-    def _finish_ended(self, tick: Tick) -> None:
-        for event in tick.meta.events:
+    def _finish_ended(self, frame: LiveFrame) -> None:
+        for event in frame.meta.events:
             if not isinstance(event, SegmentEnded) or event.interrupted:
                 continue  # interrupted segments were answered when the clear arrived
-            seg = self._segment_for(event.segment_id)
-            if seg is None:
+            seg = event.tag
+            if not isinstance(seg, _Segment) or seg not in self._pending:
                 continue
-            del self._by_engine_id[event.segment_id]
             # Report when the last sample has played, not when it was queued.
             report = functools.partial(self._report_finished, seg, event.played_s, False)
             seg.timers.append(self._call_at(seg.ends_at, report))
-
-    def _segment_for(self, engine_id: int | None) -> _Segment | None:
-        if engine_id is None:
-            return None
-        if (seg := self._by_engine_id.get(engine_id)) is not None:
-            return seg
-        # The engine already plays a segment whose push result _receive has not seen yet. Engine segments
-        # open in the order of our pushes, and earlier segments' pushes have all completed, so it is the
-        # oldest pending segment still waiting for its engine id.
-        for seg in self._pending:
-            if seg.engine_id is None and not seg.rejected:
-                seg.engine_id = engine_id
-                self._by_engine_id[engine_id] = seg
-                return seg
-        return None
 
     # -- notifications ---------------------------------------------------------------------------------
     def _report_started(self) -> None:

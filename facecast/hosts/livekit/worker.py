@@ -219,7 +219,7 @@ class RoomAvatar:
                     self._room, sender_identity=self._agent_identity, frame_size_ms=RECEIVE_FRAME_MS
                 )
             self._runner = FacecastAvatarRunner(self._room, audio_recv=receiver, generator=generator)
-            await self._runner.start()
+            await self._runner.start(started_at=self._start_at)
             # Announced once the audio track is published, not at join: a real server relays data
             # packets sooner than the news of a new participant, and a packet sent right at join reaches
             # the others from a sender they do not know yet (DataPacket.participant is None).
@@ -273,8 +273,6 @@ class RoomAvatar:
         }
         if self._runner is not None:
             out.update(self._runner.stats())
-            if self._runner.first_frame_at is not None and self._start_at is not None:
-                out["first_frame_ms"] = round((self._runner.first_frame_at - self._start_at) * 1000, 1)
         return out
 
     # -- lifecycle -------------------------------------------------------------------------------------

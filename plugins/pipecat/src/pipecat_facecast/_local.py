@@ -1,22 +1,25 @@
-"""In-process avatar: the Facecast engine renders on the bot's event loop and is the A/V master clock."""
+"""In-process avatar: the Facecast engine, driven by Facecast's live core, is the A/V master clock.
+
+The live core (facecast.hosts.live.LiveCore) runs the engine on its own worker thread and releases one
+(audio, image) frame every 1/fps; this module turns each one into Pipecat frames.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import time
+import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 
 import numpy as np
-from loguru import logger
 from pipecat.frames.frames import OutputImageRawFrame
 from pipecat.utils.base_object import BaseObject
 
 from facecast.avatars import AvatarLibrary, ProceduralRenderer, load_renderer
 from facecast.engine import Engine, EngineConfig, PhoneTiming, Renderer, SegmentEnded, SegmentStarted
 from facecast.engine.config import OUT_RATES, TrackerMode
+from facecast.hosts.live import AvatarClosed, LiveCore, LiveFrame
 from pipecat_facecast._playout import SEGMENT_DONE, OutputResampler, Position
 
-MAX_LATE_SECS = 0.5  # a clock this far behind (the event loop was blocked) restarts instead of catching up
 IMAGE_FORMATS = {3: "RGB", 4: "RGBA"}
 ALIGNER_WARMUP_SAMPLES = 8000  # 0.5 s at 16 kHz
 
@@ -41,13 +44,12 @@ def engine_rate(pipeline_rate: int) -> int:
 
 
 class LocalAvatar:
-    """Runs a Facecast `Engine` against wall time: one (audio, image) pair every 1/fps.
+    """A Facecast engine on the live core: one (audio, image) pair every 1/fps, against wall time.
 
-    Everything runs on the event loop; a frame costs a few milliseconds (see the package README). The
-    loop keeps time with `time.monotonic()`: a frame more than a period late (the loop was held up)
-    still plays its audio but sends no image. The output transport draws live video one image per
-    period from a queue and drops none, so the images of a catch-up burst would stay queued and the
-    picture would trail the sound by the whole hold-up for the rest of the session.
+    The core's one lag rule applies: a frame produced more than a period late still plays its audio but
+    has no image (the output transport draws live video one image per period from a queue and drops
+    none, so the images of a catch-up burst would stay queued and the picture would trail the sound for
+    the rest of the session); a clock more than a quarter second behind moves on.
     """
 
     def __init__(
@@ -70,7 +72,7 @@ class LocalAvatar:
         """Describe the avatar; nothing is loaded until `setup()`.
 
         Args:
-            owner: The processor whose task manager runs the clock task.
+            owner: The processor whose task manager runs the frame task.
             emit: Called with every frame the clock produces.
             avatar: A built-in avatar name, an id in the avatar library or a ``.facecast`` path.
             fps: Frames per second (25 or 30).
@@ -94,11 +96,14 @@ class LocalAvatar:
         self._seed = seed
         self._align_text = align_text
         self._custom_renderer = renderer
-        self._engine: Engine | None = None
+        self._core: LiveCore | None = None
         self._resampler: OutputResampler | None = None
         self._task: asyncio.Task | None = None
-        self._id_base = 0  # engine segment ids restart when the engine is rebuilt for a new fps
-        self._last_id = -1
+        # Utterances are numbered here and the engine carries the number as the segment's tag, so the
+        # numbering survives an engine rebuilt for a new fps.
+        self._utterance = 0
+        self._speaking = False  # the current utterance has audio in the engine
+        self._interrupts = 0  # a frame taken before an interrupt must not be pushed after it
         self._rebuild = False
 
     # -- lifecycle ------------------------------------------------------------------------------------
@@ -107,8 +112,8 @@ class LocalAvatar:
         out_rate = engine_rate(sample_rate)
         self._resampler = OutputResampler(out_rate, sample_rate)
         # Loading the models takes a few hundred ms: keep it off the event loop.
-        self._engine = await asyncio.to_thread(self._new_engine, self._fps)
-        if self._align_text and self._engine.config.uses_phones:
+        self._core = LiveCore(await asyncio.to_thread(self._new_engine, self._fps))
+        if self._align_text and self._core.config.uses_phones:
             await asyncio.to_thread(_load_aligner)
 
     async def start(self) -> None:
@@ -117,10 +122,12 @@ class LocalAvatar:
             self._task = self._owner.create_task(self._run_clock(), "facecast-clock")
 
     async def stop(self) -> None:
-        """Stop the clock; idempotent."""
+        """Stop the clock and the engine's worker; idempotent."""
         if self._task is not None:
             await self._owner.cancel_task(self._task)
             self._task = None
+        if self._core is not None:
+            await self._core.aclose()
 
     @property
     def running(self) -> bool:
@@ -131,42 +138,55 @@ class LocalAvatar:
     async def speak(
         self, pcm: bytes, sample_rate: int, channels: int, phones: Sequence[PhoneTiming] | None
     ) -> int:
-        """Queue TTS audio (and the phones it holds, segment-relative) for the current segment."""
-        engine = self._require_engine()
+        """Queue TTS audio (and the phones it holds, segment-relative) for the current utterance.
+
+        Returns the utterance's number.
+        """
+        core = self._require_core()
+        if not self._speaking:
+            self._speaking = True
+            await core.open_segment(self._utterance)
         if phones:
-            engine.push_phones(phones)
-        segment = engine.push_audio(pcm, sample_rate, channels=channels)
-        self._last_id = self._id_base + segment
-        return self._last_id
+            await core.push_phones(phones)
+        await core.push_audio(pcm, sample_rate, channels=channels)
+        return self._utterance
 
     async def end_speech(self, text: str | None) -> None:
-        """The current segment is complete; `text` (its transcript) enables forced alignment."""
-        engine = self._require_engine()
+        """The current utterance is complete; `text` (its transcript) enables forced alignment."""
+        core = self._require_core()
         if text:
-            engine.push_text(text)
-        engine.end_segment()
+            await core.push_text(text)
+        await core.end_segment()
+        self._next_utterance()
 
     async def interrupt(self) -> None:
         """Drop all pending speech: the next frame is silent, the mouth closes within two frames."""
-        self._require_engine().clear()
+        self._interrupts += 1
+        await self._require_core().clear()
+        self._next_utterance()
         if self._resampler is not None:
             await self._resampler.reset()
 
     async def set_listening(self, listening: bool) -> None:
         """Show the attentive pose while the user talks."""
-        self._require_engine().set_listening(listening)
+        await self._require_core().set_listening(listening)
 
     @property
     def pending_speech(self) -> bool:
         """Whether speech is queued that has not been played."""
-        return self._engine is not None and self._engine.pending_speech
+        return self._core is not None and self._core.engine.pending_speech
+
+    def _next_utterance(self) -> None:
+        if self._speaking:
+            self._speaking = False
+            self._utterance += 1
 
     # -- runtime settings -----------------------------------------------------------------------------
     def set_look(self, avatar: str, aspect: str, quality: str, background: str) -> None:
         """Draw with another avatar or size from the next frame on."""
         self._look = (avatar, aspect, quality, background)
-        if self._engine is not None:
-            self._engine.renderer = self._renderer()
+        if self._core is not None:
+            self._core.set_renderer_now(self._renderer())
 
     def set_fps(self, fps: int) -> None:
         """Change the frame rate at the next moment without pending speech (the clock is rebuilt)."""
@@ -176,57 +196,62 @@ class LocalAvatar:
 
     # -- the clock ------------------------------------------------------------------------------------
     async def _run_clock(self) -> None:
-        engine = self._require_engine()
-        deadline = time.monotonic()
+        core = self._require_core()
+        if not core.started:
+            await core.start()
         while True:
-            if self._rebuild and not engine.pending_speech:
-                engine = self._engine = self._new_engine(self._fps)
-            period = 1.0 / engine.config.fps
-            # A fixed grid, even when speech becomes ready between two ticks: the output transport draws
-            # video on its own grid, and re-phasing ours would shift every later frame against the sound.
-            wait = deadline - time.monotonic()
-            if wait > 0:
-                await asyncio.sleep(wait)
-            late = time.monotonic() - deadline
-            if late > MAX_LATE_SECS:
-                logger.warning(f"Facecast avatar clock {late:.2f} s behind; restarting it")
-                deadline, late = time.monotonic(), 0.0
-            await self._play(engine, render=late < period)
-            deadline += period
+            if self._rebuild and not self.pending_speech:
+                core = await self._replace_core()
+            try:
+                frame = await core.next_frame()
+            except AvatarClosed:
+                if core is self._core:
+                    raise
+                continue  # replaced while waiting
+            await self._play(frame)
 
-    async def _play(self, engine: Engine, *, render: bool) -> None:
-        pair = engine.next_frame(render=render)
-        meta = pair.meta
+    async def _replace_core(self) -> LiveCore:
+        self._rebuild = False
+        old = self._require_core()
+        self._core = LiveCore(await asyncio.to_thread(self._new_engine, self._fps))
+        await self._core.start()
+        with contextlib.suppress(Exception):
+            await old.aclose()
+        return self._core
+
+    async def _play(self, frame: LiveFrame) -> None:
+        interrupts = self._interrupts
+        meta = frame.meta
         played: Position | None = None
         ended_here = False
         started = False
         for event in meta.events:
-            if isinstance(event, SegmentEnded):
-                played = max(played or (-1, 0), (self._id_base + event.segment_id, SEGMENT_DONE))
+            if isinstance(event, SegmentEnded) and isinstance(event.tag, int):
+                played = max(played or (-1, 0), (event.tag, SEGMENT_DONE))
                 ended_here = ended_here or event.segment_id == meta.segment_id
             elif isinstance(event, SegmentStarted):
                 started = True
-        segment_id = None
+        utterance = None
         audio = None
-        if pair.audio is not None and meta.segment_id is not None and meta.input_end is not None:
+        if frame.audio is not None and isinstance(meta.segment_tag, int) and meta.input_end is not None:
             assert self._resampler is not None
-            segment_id = self._id_base + meta.segment_id
-            audio = await self._resampler.convert(pair.audio, segment_end=ended_here)
-            played = max(played or (-1, 0), (segment_id, meta.input_end))
+            utterance = meta.segment_tag
+            audio = await self._resampler.convert(frame.audio, segment_end=ended_here)
+            played = max(played or (-1, 0), (utterance, meta.input_end))
         image = None
-        if pair.video is not None:
-            height, width, channels = pair.video.shape
+        if frame.video is not None:
+            height, width, channels = frame.video.shape
             image = OutputImageRawFrame(
-                image=pair.video.tobytes(), size=(width, height), format=IMAGE_FORMATS[channels]
+                image=frame.video.tobytes(), size=(width, height), format=IMAGE_FORMATS[channels]
             )
-        await self._emit(audio, image, segment_id, played, started)
+        if interrupts != self._interrupts:  # interrupted while converting: this speech is not wanted
+            audio = utterance = played = None
+            started = False
+        await self._emit(audio, image, utterance, played, started and audio is not None)
 
     # -- helpers --------------------------------------------------------------------------------------
     def _new_engine(self, fps: int) -> Engine:
         assert self._resampler is not None
-        if self._engine is not None:
-            self._id_base = self._last_id + 1
-        self._rebuild = False
         config = EngineConfig(
             fps=fps,
             out_rate=self._resampler.in_rate,
@@ -245,7 +270,7 @@ class LocalAvatar:
             avatar, aspect=aspect, quality=quality, background=background, library=AvatarLibrary()
         )
 
-    def _require_engine(self) -> Engine:
-        if self._engine is None:
+    def _require_core(self) -> LiveCore:
+        if self._core is None:
             raise RuntimeError("the avatar is not set up yet (the pipeline has not started)")
-        return self._engine
+        return self._core

@@ -1,9 +1,11 @@
 from __future__ import annotations
 
 import asyncio
+import statistics
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -11,13 +13,14 @@ import pytest
 from facecast.avatars import load_renderer
 from facecast.engine import Engine, EngineConfig, FaceState, SegmentEnded, SegmentStarted
 from facecast.engine.types import SegmentEvent
-from facecast.hosts.realtime import (
+from facecast.hosts.live import (
     AUDIO_QUEUE_S,
     MAX_LAG_S,
     VIDEO_QUEUE_FRAMES,
     AudioOut,
     AvatarClosed,
-    RealtimeAvatar,
+    LiveCore,
+    LiveFrame,
     VideoOut,
 )
 
@@ -46,7 +49,7 @@ async def _until(cond: Callable[[], bool], timeout: float = 20.0) -> None:
 class Recorder:
     """Consumes both outputs of an avatar into lists, and records events with the frame they came on."""
 
-    def __init__(self, avatar: RealtimeAvatar) -> None:
+    def __init__(self, avatar: LiveCore) -> None:
         self.avatar = avatar
         self.video: list[VideoOut] = []
         self.audio: list[AudioOut] = []
@@ -88,7 +91,7 @@ async def recorders() -> AsyncIterator[Callable[[Engine], Recorder]]:
 
     def make(engine: Engine, **kwargs: object) -> Recorder:
         holder: list[Recorder] = []
-        avatar = RealtimeAvatar(engine, on_event=lambda e: holder[0].on_event(e), **kwargs)  # type: ignore[arg-type]
+        avatar = LiveCore(engine, on_event=lambda e: holder[0].on_event(e), **kwargs)  # type: ignore[arg-type]
         holder.append(Recorder(avatar))
         made.append(holder[0])
         return holder[0]
@@ -124,14 +127,14 @@ async def test_idle_frames_carry_continuous_silence_and_video_at_their_index(
     indices = [v.index for v in rec.video]
     assert indices[0] == 0 and indices == sorted(set(indices))
     missing = set(range(indices[-1])) - set(indices)
-    assert len(missing) <= stats.frames_dropped + stats.video_overflow
+    assert len(missing) <= stats.frames_dropped + stats.frames_lost_in_queue
     for v in rec.video:
         assert v.pts == v.index / fps
         assert v.image.shape == (256, 256, 3) and v.image.dtype == np.uint8
     assert stats.started_at is not None and stats.first_frame_at is not None
     assert stats.first_frame_at >= stats.started_at
     assert stats.frames >= len(rec.audio)
-    assert stats.render_ms > 0
+    assert stats.engine_ms > 0
 
 
 async def test_speech_plays_intact_with_events_in_order_on_the_frames_that_carry_them(
@@ -178,8 +181,10 @@ async def test_speech_plays_intact_with_events_in_order_on_the_frames_that_carry
     played = np.concatenate([by_start[cfg.frame_start_sample(i)].samples for i in range(n0 - 1, m0)])
     np.testing.assert_array_equal(played, np.concatenate(expected))
     stats = rec.avatar.stats
-    assert len(stats.speech_latency_ms) == 2 and all(v > 0 for v in stats.speech_latency_ms)
-    assert stats.as_dict()["speech_latency_ms"] == [round(v, 1) for v in stats.speech_latency_ms]
+    latency = stats.audio_to_video_latency_ms
+    assert len(latency) == 2 and all(v >= 0 for v in latency)
+    assert stats.segments == 2
+    assert stats.as_dict()["audio_to_video_latency_ms"] == round(statistics.median(latency), 1)
 
 
 class _GatedRenderer:
@@ -278,11 +283,14 @@ async def test_late_frames_are_produced_without_video_but_audio_stays_continuous
     indices = [v.index for v in rec.video]
     assert indices == sorted(set(indices))
     assert len(indices) < indices[-1] - indices[0] + 1  # the skipped frames are missing from the video
-    assert len(rec.video) + stats.frames_dropped + stats.video_overflow >= stats.frames - VIDEO_QUEUE_FRAMES
+    assert (
+        len(rec.video) + stats.frames_dropped + stats.frames_lost_in_queue
+        >= stats.frames - VIDEO_QUEUE_FRAMES
+    )
 
 
 async def test_outputs_stay_bounded_when_the_consumer_stops_reading() -> None:
-    avatar = RealtimeAvatar(_engine())
+    avatar = LiveCore(_engine())
     try:
         await avatar.start()
         await avatar.next_video()  # subscribes; the queue is empty again
@@ -296,16 +304,20 @@ async def test_outputs_stay_bounded_when_the_consumer_stops_reading() -> None:
         # produced without video put nothing, and a few of those may not be released yet.)
         audio_puts = stats.frames - audio_from
         audio_limit = round(AUDIO_QUEUE_S * 30)
-        assert audio_puts - audio_limit <= stats.audio_overflow <= audio_puts - audio_limit + 2
+        assert audio_puts - audio_limit <= stats.audio_frames_lost_in_queue <= audio_puts - audio_limit + 2
         drawn = stats.frames - video_from
         undrawn = stats.frames_dropped - dropped_from + 2
-        assert drawn - undrawn - VIDEO_QUEUE_FRAMES <= stats.video_overflow <= drawn - VIDEO_QUEUE_FRAMES + 2
+        assert (
+            drawn - undrawn - VIDEO_QUEUE_FRAMES
+            <= stats.frames_lost_in_queue
+            <= drawn - VIDEO_QUEUE_FRAMES + 2
+        )
     finally:
         await avatar.aclose()
 
 
 async def test_aclose_is_idempotent_wakes_consumers_and_stops_the_worker() -> None:
-    avatar = RealtimeAvatar(_engine())
+    avatar = LiveCore(_engine())
     await avatar.start()
     await avatar.next_video()
     waiting = [asyncio.create_task(avatar.next_video()), asyncio.create_task(avatar.next_audio())]
@@ -330,13 +342,13 @@ async def test_aclose_is_idempotent_wakes_consumers_and_stops_the_worker() -> No
 
 
 async def test_aclose_before_start_and_bad_arguments() -> None:
-    avatar = RealtimeAvatar(_engine())
+    avatar = LiveCore(_engine())
     await avatar.aclose()
     with pytest.raises(AvatarClosed):
         await avatar.start()
     with pytest.raises(ValueError, match="queue_frames"):
-        RealtimeAvatar(_engine(), queue_frames=0)
-    avatar = RealtimeAvatar(_engine())
+        LiveCore(_engine(), queue_frames=0)
+    avatar = LiveCore(_engine())
     try:
         await avatar.start()
         with pytest.raises(RuntimeError, match="already started"):
@@ -350,7 +362,7 @@ async def test_a_failing_renderer_closes_the_outputs_with_the_cause() -> None:
         def render(self, state: FaceState) -> np.ndarray:
             raise RuntimeError("renderer exploded")
 
-    avatar = RealtimeAvatar(_engine(renderer=Broken(0.0)))
+    avatar = LiveCore(_engine(renderer=Broken(0.0)))
     try:
         await avatar.start()
         with pytest.raises(AvatarClosed) as info:
@@ -376,7 +388,121 @@ async def test_a_long_stall_moves_the_clock_on_instead_of_skipping_every_later_f
     await rec.stop()
 
     stats = rec.avatar.stats
-    assert stats.rebased >= 1
+    assert stats.clock_rebased >= 1
     _assert_continuous(rec.audio, rec.avatar.config)
     drawn_after = [v for v in rec.video if v.index > stalled_at + 2]
     assert len(drawn_after) >= 10  # drawing resumed rather than every frame being late
+
+
+async def test_segment_tags_reach_the_events_and_the_frames() -> None:
+    """Hosts name utterances; the events and frames carry the name, so no host keeps an id map."""
+    seen: list[tuple[str, object]] = []
+    tags: set[object] = set()
+    avatar = LiveCore(_engine(renderer=None), on_event=lambda e: seen.append((type(e).__name__, e.tag)))
+    pulled: list[LiveFrame] = []
+
+    async def pull() -> None:
+        while True:
+            pulled.append(await avatar.next_frame())
+
+    task = asyncio.create_task(pull())
+    await asyncio.sleep(0)
+    await avatar.start()
+    try:
+        await avatar.push_audio(_tone(0.3), RATE, tag="greeting")
+        await avatar.end_segment()
+        await avatar.open_segment("answer")
+        await avatar.push_audio(_tone(0.2), RATE)
+        with pytest.raises(ValueError, match="end_segment"):
+            await avatar.open_segment("another")  # the open segment has a name already
+        await avatar.end_segment()
+        await _until(lambda: sum(kind == "SegmentEnded" for kind, _ in seen) == 2)
+        tags = {f.meta.segment_tag for f in pulled if f.audio is not None}
+    finally:
+        task.cancel()
+        await avatar.aclose()
+    assert seen == [
+        ("SegmentStarted", "greeting"),
+        ("SegmentEnded", "greeting"),
+        ("SegmentStarted", "answer"),
+        ("SegmentEnded", "answer"),
+    ]
+    assert tags == {"greeting", "answer"}
+
+
+async def test_frames_with_a_lead_play_that_much_after_release() -> None:
+    lead = 0.1
+    avatar = LiveCore(_engine(renderer=None), lead_s=lead)
+    loop = asyncio.get_running_loop()
+    avatar_t: list[tuple[float, LiveFrame]] = []
+
+    async def pull() -> None:
+        while True:
+            frame = await avatar.next_frame()
+            avatar_t.append((loop.time(), frame))
+
+    task = asyncio.create_task(pull())
+    await asyncio.sleep(0)
+    await avatar.start()
+    with pytest.raises(RuntimeError, match="started"):
+        avatar.lead_s = 0.2
+    await _until(lambda: len(avatar_t) >= 10)
+    task.cancel()
+    await avatar.aclose()
+    # Frame i plays lead_s after its release slot: the transport takes it about that long before.
+    assert statistics.median(frame.plays_at - taken for taken, frame in avatar_t) > lead / 2
+    first = avatar_t[0][1]
+    cfg = avatar.config
+    for _, frame in avatar_t:
+        assert frame.plays_at == pytest.approx(first.plays_at + (frame.meta.index - first.meta.index) / 30)
+        assert frame.duration_s == cfg.frame_samples(frame.meta.index) / cfg.out_rate
+
+
+async def test_clear_silences_frames_released_but_not_yet_taken() -> None:
+    """A transport that has not taken a released frame yet must not play its speech after an interrupt."""
+    avatar = LiveCore(_engine(renderer=None))
+    frames: list[LiveFrame] = []
+    audio: list[AudioOut] = []
+    frames.append(await _first(avatar.next_frame(), avatar))
+    audio.append(await avatar.next_audio())
+    await avatar.push_audio(_tone(2.0), RATE)
+    await avatar.end_segment()
+    await _until(lambda: avatar.stats.speech_frames >= 5)
+    await asyncio.sleep(0.2)  # several frames released and left in the outputs
+    await avatar.clear()
+    queued_frames = [await avatar.next_frame() for _ in range(3)]
+    queued_audio = [await avatar.next_audio() for _ in range(3)]
+    await avatar.aclose()
+    assert all(f.audio is None for f in queued_frames)
+    assert not any(a.samples.any() for a in queued_audio)
+    assert avatar.stats.interrupts == 1
+
+
+async def _first(awaitable: Any, avatar: LiveCore) -> Any:
+    """Subscribe to an output, then start the avatar, and return the output's first item."""
+    task = asyncio.ensure_future(awaitable)
+    await asyncio.sleep(0)
+    await avatar.start()
+    return await task
+
+
+async def test_latency_counts_from_when_an_utterance_could_play() -> None:
+    """A sentence queued behind another waits for it; that wait is not the avatar's latency."""
+    avatar = LiveCore(_engine(renderer=None))
+    await _first(avatar.next_audio(), avatar)
+    drain = asyncio.create_task(_drain_audio(avatar))
+    await avatar.push_audio(_tone(1.5), RATE, tag="greeting")
+    await avatar.end_segment()
+    await avatar.push_audio(_tone(0.3), RATE, tag="queued")  # waits 1.5 s behind the greeting
+    await avatar.end_segment()
+    await _until(lambda: avatar.stats.segments == 2)
+    drain.cancel()
+    await avatar.aclose()
+    greeting, queued = avatar.stats.audio_to_video_latency_ms
+    assert queued < 1000 * 1.5 / 2  # not the greeting's length
+    assert queued < greeting + 1000 * 0.5
+
+
+async def _drain_audio(avatar: LiveCore) -> None:
+    while True:
+        await avatar.next_audio()
