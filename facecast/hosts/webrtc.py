@@ -48,7 +48,7 @@ from aiortc.codecs import get_encoder
 from aiortc.codecs.base import Encoder
 from aiortc.codecs.h264 import H264Encoder
 from aiortc.codecs.vpx import Vp8Encoder
-from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack, convert_timebase
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from av.frame import Frame
 from av.video.codeccontext import VideoCodecContext
@@ -73,6 +73,14 @@ T = TypeVar("T")
 # PSNR stays above 46 dB at the start bitrate.
 X264_OPTIONS = {"preset": "ultrafast", "tune": "zerolatency", "level": "31"}
 VP8_CPU_USED = "16"
+# Macroblocks whose difference from the reference is below this SAD are coded as unchanged: most of an
+# avatar frame (backdrop, torso) is static, and libvpx then skips their search. `facecast bench frames`:
+# VP8 encode -25..-35 % against aiortc's 1; luma PSNR of decoded frames 49-51 dB either way (512²).
+VP8_STATIC_THRESHOLD = "500"
+# Opus as aiortc ships it upmixes to stereo and resamples to 48 kHz; the avatar's voice is mono and
+# libopus takes 8-48 kHz input itself. Mono at the engine's rate, same bitrate: -40..-50 % CPU per packet.
+OPUS_BITRATE = 96_000
+OPUS_CLOCK = 48000  # Opus's RTP clock, whatever the input rate
 X264_FRAME_RATE = 30  # nominal; rate control follows the frames' pts
 # Bits per pixel at 30 fps (min, start, max): 512² → 240 k / 630 k / 2.0 Mbit/s. aiortc's fixed ranges
 # (VP8 0.25-1.5 M, H.264 0.5-3 M) over-spend on small frames and starve 720p.
@@ -200,7 +208,7 @@ def _vp8_context(width: int, height: int, bitrate: int) -> VideoCodecContext:
         "noise-sensitivity": "0",
         "overshoot-pct": "15",
         "partitions": "0",
-        "static-thresh": "1",
+        "static-thresh": VP8_STATIC_THRESHOLD,
         "undershoot-pct": "100",
     }
     codec.thread_count = ENCODER_THREADS
@@ -225,12 +233,72 @@ class _TunedVp8Encoder(_SizedBitrate, Vp8Encoder):
             return super().encode(frame, force_keyframe)
 
 
+class _TunedOpusEncoder(Encoder):
+    """aiortc's OpusEncoder without its upmix and resampling: the codec runs at the frames' own rate and
+    layout (20 ms frames are re-chunked as aiortc does), RTP timestamps count at 48 kHz from the first
+    packet, as aiortc's."""
+
+    def __init__(self) -> None:
+        self._codec: av.AudioCodecContext | None = None
+        self._chunker: av.AudioResampler | None = None
+        self._format: tuple[int, str] = (0, "")
+        self._first_pts: int | None = None
+
+    def _open(self, rate: int, layout: str) -> None:
+        codec = av.CodecContext.create("libopus", "w")
+        assert isinstance(codec, av.AudioCodecContext)
+        codec.bit_rate = OPUS_BITRATE
+        codec.format = "s16"
+        codec.layout = layout
+        codec.sample_rate = rate
+        codec.time_base = Fraction(1, rate)
+        codec.options = {"application": "voip"}  # as aiortc
+        self._codec = codec
+        self._chunker = av.AudioResampler(
+            format="s16", layout=layout, rate=rate, frame_size=rate // AUDIO_FRAMES_PER_S
+        )
+        self._format = (rate, layout)
+        self._first_pts = None
+
+    def encode(self, frame: Frame, force_keyframe: bool = False) -> tuple[list[bytes], int]:
+        assert isinstance(frame, av.AudioFrame)
+        layout = "mono" if frame.layout.name == "mono" else "stereo"
+        if self._codec is None or self._format != (frame.sample_rate, layout):
+            self._open(frame.sample_rate, layout)
+        assert self._codec is not None and self._chunker is not None
+        packets: list[av.Packet] = []
+        for chunk in self._chunker.resample(frame):
+            packets += self._codec.encode(chunk)
+        if not packets:
+            return [], None  # type: ignore[return-value]  # aiortc's convention: nothing to send yet
+        if self._first_pts is None:
+            self._first_pts = packets[0].pts
+        timestamp = (packets[0].pts - self._first_pts) * OPUS_CLOCK // self._format[0]
+        return [bytes(p) for p in packets], timestamp
+
+    def pack(self, packet: av.Packet) -> tuple[list[bytes], int]:
+        return [bytes(packet)], convert_timebase(packet.pts, packet.time_base, Fraction(1, OPUS_CLOCK))
+
+
+def i420_frame(image: np.ndarray) -> av.VideoFrame:
+    """An RGB(A) render as the yuv420p VideoFrame the encoders take, wrapping the converted buffer
+    instead of copying it into the frame (0.06 ms instead of 0.25 ms at 512²). OpenCV's I420 is BT.601
+    limited range, what decoders assume; 0.4 ms vs 4 ms for PyAV's reformat."""
+    code = cv2.COLOR_RGBA2YUV_I420 if image.shape[2] == 4 else cv2.COLOR_RGB2YUV_I420
+    yuv = cv2.cvtColor(image, code)
+    if image.shape[0] % 4 == 0:  # PyAV 18.1 misreads the height of an I420 buffer whose chroma rows are odd
+        return av.VideoFrame.from_numpy_buffer(yuv, format="yuv420p")
+    return av.VideoFrame.from_ndarray(yuv, format="yuv420p")
+
+
 def _tuned_get_encoder(codec: RTCRtpCodecParameters) -> Encoder:
     mime = codec.mimeType.lower()
     if mime == "video/h264":
         return _TunedH264Encoder()
     if mime == "video/vp8":
         return _TunedVp8Encoder()
+    if mime == "audio/opus":
+        return _TunedOpusEncoder()
     return get_encoder(codec)
 
 
@@ -241,9 +309,10 @@ def tune_encoders() -> None:
     create encoders) returns subclasses of aiortc's H264Encoder / Vp8Encoder that open their codec
     context themselves just before aiortc would, with: x264 preset ultrafast + tune zerolatency
     (aiortc uses preset medium; profile Baseline, level 3.1 and its packetization are unchanged),
-    VP8 realtime at cpu-used 16 without the temporal denoiser (aiortc: cpu-used -6, denoiser on), and
-    bitrate limits that scale with the frame size (bitrate_range). They also time each encode into
-    the EncodeMeter a track puts in `VideoFrame.opaque`. Audio encoders are untouched."""
+    VP8 realtime at cpu-used 16 without the temporal denoiser (aiortc: cpu-used -6, denoiser on) and
+    static macroblocks skipped (VP8_STATIC_THRESHOLD), and bitrate limits that scale with the frame size
+    (bitrate_range). They also time each encode into the EncodeMeter a track puts in
+    `VideoFrame.opaque`. Opus encodes mono audio as mono at its own rate (_TunedOpusEncoder)."""
     if not (hasattr(rtcrtpsender, "get_encoder") and hasattr(H264Encoder, "_encode_frame")):
         log.warning("aiortc's encoder layout changed; keeping its stock video encoders")
         return
