@@ -88,6 +88,54 @@ def test_opus_encoder_sends_mono_at_the_frames_rate_on_a_48k_clock(rate: int) ->
     assert 0.8 < np.sqrt(np.mean(audio[4800:] ** 2)) / (8000 / np.sqrt(2)) < 1.2
 
 
+def _opus_round_trip(pcm: np.ndarray, rate: int) -> tuple[list[int], list[int], np.ndarray]:
+    """(packet sizes, RTP timestamps, decoded left channel at 48 kHz) through the host's Opus encoder."""
+    encoder = webrtc._tuned_get_encoder(OPUS)
+    decoder = OpusDecoder()
+    sizes, stamps, decoded = [], [], []
+    for frame in _audio_frames(pcm, rate):
+        payloads, stamp = encoder.encode(frame)
+        assert len(payloads) == 1
+        sizes.append(len(payloads[0]))
+        stamps.append(stamp)
+        for out in decoder.decode(JitterFrame(payloads[0], stamp)):
+            decoded.append(out.to_ndarray().reshape(-1, 2)[:, 0])
+    return sizes, stamps, np.concatenate(decoded).astype(np.float64)
+
+
+def test_opus_silence_is_sent_without_encoding_it_again_and_speech_after_it_is_unchanged(
+    monkeypatch: pytest.MonkeyPatch, speech: tuple[np.ndarray, int, str]
+) -> None:
+    """Speech, a second of silence, speech: with the silence packet reused, what the receiver decodes
+    matches encoding every frame (the codec saw only silence in between either way)."""
+    pcm, rate, _ = speech
+    pcm48 = np.repeat(pcm, 48000 // rate) if 48000 % rate == 0 else pytest.skip("speech rate")
+    clip = pcm48[: 48000 // 2]
+    audio = np.concatenate([clip, np.zeros(48000, np.int16), clip, np.zeros(9600, np.int16)])
+    encodes = 0
+    real_encode = av.AudioCodecContext.encode
+
+    def counting_encode(self: av.AudioCodecContext, frame: av.AudioFrame | None = None) -> list[av.Packet]:
+        nonlocal encodes
+        encodes += 1
+        return real_encode(self, frame)
+
+    monkeypatch.setattr(av.AudioCodecContext, "encode", counting_encode)
+    sizes, stamps, reused = _opus_round_trip(audio, 48000)
+    frames = len(audio) // 960
+    assert stamps == [960 * i for i in range(frames)]
+    assert encodes <= frames - 40  # most of the second of silence was not encoded
+    assert max(sizes[25 + 10 : 75]) <= 8  # and went out as silence packets
+    monkeypatch.setattr(webrtc, "OPUS_SILENCE_SETTLE", 10**9)
+    encodes = 0
+    _, stamps_every, every = _opus_round_trip(audio, 48000)
+    assert encodes == frames and stamps_every == stamps
+    second = slice(75 * 960, 100 * 960)  # the speech after the silence, as decoded
+    err = every[second] - reused[second]
+    snr = 10 * np.log10(np.sum(every[second] ** 2) / max(np.sum(err**2), 1e-9))
+    assert snr > 30, snr
+
+
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = float(np.mean((a.astype(np.float64) - b) ** 2))
     return 10 * np.log10(255.0**2 / max(mse, 1e-9))

@@ -81,6 +81,8 @@ VP8_STATIC_THRESHOLD = "500"
 # libopus takes 8-48 kHz input itself. Mono at the engine's rate, same bitrate: -40..-50 % CPU per packet.
 OPUS_BITRATE = 96_000
 OPUS_CLOCK = 48000  # Opus's RTP clock, whatever the input rate
+# Silent 20 ms frames encoded in a row before the silence packet is reused (libopus settles after 2).
+OPUS_SILENCE_SETTLE = 5
 X264_FRAME_RATE = 30  # nominal; rate control follows the frames' pts
 # Bits per pixel at 30 fps (min, start, max): 512² → 240 k / 630 k / 2.0 Mbit/s. aiortc's fixed ranges
 # (VP8 0.25-1.5 M, H.264 0.5-3 M) over-spend on small frames and starve 720p.
@@ -235,14 +237,23 @@ class _TunedVp8Encoder(_SizedBitrate, Vp8Encoder):
 
 class _TunedOpusEncoder(Encoder):
     """aiortc's OpusEncoder without its upmix and resampling: the codec runs at the frames' own rate and
-    layout (20 ms frames are re-chunked as aiortc does), RTP timestamps count at 48 kHz from the first
-    packet, as aiortc's."""
+    layout. 20 ms frames go straight to the codec (others are re-chunked as aiortc does); each packet's
+    RTP timestamp is its audio's pts on a 48 kHz clock, counted from the first packet (as aiortc's).
+
+    Digital silence (every idle frame) is not encoded again and again: once the codec has turned
+    OPUS_SILENCE_SETTLE silent frames in a row into the same packet, that packet is sent for further
+    silent frames until sound returns. The codec then has only seen silence since, as it would have."""
 
     def __init__(self) -> None:
         self._codec: av.AudioCodecContext | None = None
         self._chunker: av.AudioResampler | None = None
         self._format: tuple[int, str] = (0, "")
-        self._first_pts: int | None = None
+        self._chunking = False  # set for good by the first frame that is not 20 ms long
+        self._fed = 0  # samples given to the codec: its own continuous pts
+        self._first_time: Fraction | None = None
+        self._silent_run = 0  # silent frames the codec encoded in a row
+        self._last_packet = b""
+        self._silence: bytes | None = None
 
     def _open(self, rate: int, layout: str) -> None:
         codec = av.CodecContext.create("libopus", "w")
@@ -258,23 +269,47 @@ class _TunedOpusEncoder(Encoder):
             format="s16", layout=layout, rate=rate, frame_size=rate // AUDIO_FRAMES_PER_S
         )
         self._format = (rate, layout)
-        self._first_pts = None
+        self._chunking, self._fed, self._first_time = False, 0, None
+        self._silent_run, self._last_packet, self._silence = 0, b"", None
 
     def encode(self, frame: Frame, force_keyframe: bool = False) -> tuple[list[bytes], int]:
         assert isinstance(frame, av.AudioFrame)
         layout = "mono" if frame.layout.name == "mono" else "stereo"
         if self._codec is None or self._format != (frame.sample_rate, layout):
             self._open(frame.sample_rate, layout)
-        assert self._codec is not None and self._chunker is not None
-        packets: list[av.Packet] = []
-        for chunk in self._chunker.resample(frame):
-            packets += self._codec.encode(chunk)
-        if not packets:
+        assert self._chunker is not None
+        self._chunking = self._chunking or frame.samples != self._format[0] // AUDIO_FRAMES_PER_S
+        payloads: list[bytes] = []
+        timestamp: int | None = None
+        for chunk in self._chunker.resample(frame) if self._chunking else [frame]:
+            # Where this audio plays; a frame without pts is taken to follow the previous one.
+            start = Fraction(self._fed, self._format[0]) if chunk.pts is None else chunk.pts * chunk.time_base
+            got = self._encode_chunk(chunk)
+            if got and timestamp is None:
+                if self._first_time is None:
+                    self._first_time = start
+                timestamp = int((start - self._first_time) * OPUS_CLOCK)
+            payloads += got
+        if timestamp is None:
             return [], None  # type: ignore[return-value]  # aiortc's convention: nothing to send yet
-        if self._first_pts is None:
-            self._first_pts = packets[0].pts
-        timestamp = (packets[0].pts - self._first_pts) * OPUS_CLOCK // self._format[0]
-        return [bytes(p) for p in packets], timestamp
+        return payloads, timestamp
+
+    def _encode_chunk(self, chunk: av.AudioFrame) -> list[bytes]:
+        assert self._codec is not None
+        silent = not chunk.to_ndarray().any()
+        if silent and self._silence is not None:
+            return [self._silence]
+        chunk.pts, chunk.time_base = self._fed, self._codec.time_base
+        self._fed += chunk.samples
+        packets = [bytes(p) for p in self._codec.encode(chunk)]
+        if not silent:
+            self._silent_run, self._silence = 0, None
+        elif len(packets) == 1:
+            self._silent_run += 1
+            if self._silent_run >= OPUS_SILENCE_SETTLE and packets[0] == self._last_packet:
+                self._silence = packets[0]
+        self._last_packet = packets[-1] if packets else b""
+        return packets
 
     def pack(self, packet: av.Packet) -> tuple[list[bytes], int]:
         return [bytes(packet)], convert_timebase(packet.pts, packet.time_base, Fraction(1, OPUS_CLOCK))
