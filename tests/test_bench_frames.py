@@ -38,12 +38,32 @@ def test_bench_times_every_stage_of_a_speaking_and_an_idle_stream(
         for stage in ("render", "colour", "encode", "opus", "rtp", "animation"):
             assert sum(times.stages[stage]) > 0, stage
         assert len(times.video_bytes) == frames and min(times.video_bytes) > 0  # every frame was sent
-    # Speech reaches the mouth after the engine's look-ahead; idle frames never run the tracker.
-    assert 0 < speaking.speech_frames < frames
+    # Idle frames never run the tracker (nor the intake).
+    assert speaking.speech_frames > 0
     assert sum(speaking.stages["tracking"]) > 0 and sum(speaking.stages["intake"]) > 0
     assert idle.speech_frames == 0 and sum(idle.stages["tracking"]) == 0
     table = bench_frames.stage_table("ava", {"speaking": speaking, "idle": idle}).text()
     assert "tracking" in table and "total" in table and "% core" in table
+
+
+def test_two_trees_are_measured_in_their_own_processes_taking_turns(
+    speech: tuple[np.ndarray, int, str], tmp_path: Path
+) -> None:
+    pcm, rate, _ = speech
+    np.save(tmp_path / "speech.npy", pcm)
+    root = Path(bench_frames.__file__).resolve().parents[2]
+    logged: list[str] = []
+    frames = bench_frames.BLOCK_FRAMES + 5  # two blocks: both orders
+    runs = bench_frames.compare_trees(
+        {"new": root, "old": root}, "ava", frames, [(str(tmp_path / "speech.npy"), rate)], logged.append
+    )
+    for label in ("new", "old"):
+        assert set(runs[label]) == {"speaking", "idle"}
+        assert runs[label]["speaking"].frames == runs[label]["idle"].frames == frames
+        assert runs[label]["speaking"].speech_frames > 0 and runs[label]["idle"].speech_frames == 0
+    assert logged
+    table = bench_frames.compare_table("ava", runs["new"], runs["old"]).text()
+    assert "new/old" in table and "bytes/frame" in table
 
 
 def test_bench_command_rejects_a_tree_that_is_not_facecast(

@@ -5,12 +5,14 @@ pushed per frame, one frame pulled; idle frames carry silence), and every stage 
 intake, mouth tracking, animation (the rest of the engine's step), render, colour conversion to I420,
 VP8 encode (the tuned encoder the WebRTC host uses), Opus encode (aiortc's, 20 ms packets) and RTP
 packetisation + SRTP protection + a UDP send on loopback (aiortc's RtpPacket and the libsrtp session its
-DTLS transport uses). Everything runs on one thread, so % of a core is mean ms/frame × fps / 10.
+DTLS transport uses). Everything runs on one thread and is timed in that thread's CPU time, so % of a
+core is mean ms/frame × fps / 10; other load on the machine inflates it less than wall time (but still
+does, through shared caches: compare trees with --against rather than with figures from another run).
 
 `--against TREE` measures a second source tree (e.g. a temporary checkout of main) in the same run:
-each tree runs in its own process, in alternating rounds (A B B A …), and the table prints both and
-their ratio. The code that measures is this file, loaded from this tree for both, so both trees are
-measured the same way; it uses only interfaces both have.
+each tree runs in its own process, the two taking turns every 30 frames (A B B A …) so that both see
+the same load, and the table prints both and their ratio. The code that measures is this file, loaded
+from this tree for both, so both trees are measured the same way; it uses only interfaces both have.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +38,9 @@ FPS = 30
 SIZE = 512
 AUDIO_FRAMES_PER_S = 50  # 20 ms: one Opus packet each, as the WebRTC host's audio track sends
 VIDEO_CLOCK = 90000
+# CPU time of this thread, not wall time: on a shared machine a stage's wall time includes waiting for a
+# core, its CPU time is what it costs.
+CLOCK = time.thread_time
 OUT_RATE = 48000  # the server's WebRTC sessions render audio at Opus's rate
 
 # Stage names in table order, each with what it covers.
@@ -85,11 +91,11 @@ class _Stopwatch:
 
     def wrap(self, fn: Callable[..., Any]) -> Callable[..., Any]:
         def timed(*args: Any, **kwargs: Any) -> Any:
-            t0 = time.perf_counter()
+            t0 = CLOCK()
             try:
                 return fn(*args, **kwargs)
             finally:
-                self.total += time.perf_counter() - t0
+                self.total += CLOCK() - t0
 
         return timed
 
@@ -165,151 +171,186 @@ class _RtpSender:
         self._sink.close()
 
 
-def _speech_chunks(
-    utterances: Sequence[tuple[np.ndarray, int]], frames: int, fps: int
-) -> Iterator[tuple[np.ndarray | None, int, bool]]:
-    """Per frame: (input audio to push or None, its rate, whether the segment ends after it), cycling
-    through the utterances back to back for `frames` frames."""
-    produced = 0
-    while produced < frames:
+def _speech_chunks(utterances: Sequence[tuple[np.ndarray, int]]) -> Iterator[tuple[np.ndarray, int, bool]]:
+    """Per frame: (input audio to push, its rate, whether the segment ends after it), cycling through
+    the utterances back to back for ever."""
+    while True:
         for pcm, rate in utterances:
-            n = -(-len(pcm) * fps // rate)
+            n = -(-len(pcm) * FPS // rate)
             for i in range(n):
-                if produced >= frames:
-                    return
-                a, b = i * rate // fps, min(len(pcm), (i + 1) * rate // fps)
+                a, b = i * rate // FPS, min(len(pcm), (i + 1) * rate // FPS)
                 yield pcm[a:b], rate, i == n - 1
-                produced += 1
 
 
-def measure_stream(
-    avatar: str,
-    frames: int,
-    speech: Sequence[tuple[np.ndarray, int]] | None,
-    log: Callable[[str], None] | None = None,
-    label: str = "",
-) -> StreamTimes:
-    """Drive one engine + encoders for `frames` frames (speaking when `speech` is given, else idle)
-    and time each stage per frame. Everything on one thread, OpenCV included."""
-    import av
-    import cv2
-    from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+class StreamRunner:
+    """One live stream (speaking when `speech` is given, else idle) driven frame by frame, each stage
+    timed: an engine, the avatar's renderer, the WebRTC host's encoders and an RTP send path."""
 
-    from facecast.avatars import load_renderer
-    from facecast.engine import Engine, EngineConfig
-    from facecast.engine import tracker as tracker_module
-    from facecast.hosts import webrtc
+    _tracking = _Stopwatch()  # the tracker is timed where the engine calls it: one patch per process
+    _patched = 0
+    _original_mouth: Callable[..., Any] | None = None
 
-    cv2.setNumThreads(1)
-    renderer = load_renderer(avatar, aspect="1:1", quality="high")
-    if (renderer.width, renderer.height) != (SIZE, SIZE):
-        raise ValueError(f"avatar {avatar} renders {renderer.width}x{renderer.height}, not {SIZE}x{SIZE}")
-    config = EngineConfig(fps=FPS, out_rate=OUT_RATE)
-    engine = Engine(None, config)  # rendered separately, so that render is its own stage
-    tracking = _Stopwatch()
-    original_mouth = tracker_module.SegmentTrack.mouth
-    tracker_module.SegmentTrack.mouth = tracking.wrap(original_mouth)  # type: ignore[method-assign]
-    # The encoders the WebRTC host's senders get (tune_encoders), and its RGB → VideoFrame conversion.
-    video_encoder = webrtc._tuned_get_encoder(
-        RTCRtpCodecParameters(mimeType="video/VP8", clockRate=VIDEO_CLOCK, payloadType=96)
-    )
-    audio_encoder = webrtc._tuned_get_encoder(
-        RTCRtpCodecParameters(mimeType="audio/opus", clockRate=48000, channels=2, payloadType=111)
-    )
-    to_frame = getattr(webrtc, "i420_frame", None)
-    video_rtp, audio_rtp = _RtpSender(96, 1), _RtpSender(111, 2)
-    out_rate = config.out_rate
-    chunk = out_rate // AUDIO_FRAMES_PER_S
-    pending = np.zeros(0, np.int16)
-    audio_pts = 0
-    time_base = Fraction(1, out_rate)
-    colour_code = cv2.COLOR_RGBA2YUV_I420 if renderer.channels == 4 else cv2.COLOR_RGB2YUV_I420
-    times = StreamTimes()
-    st = times.stages
-    chunks = _speech_chunks(speech, frames, FPS) if speech else iter(())
-    clock = time.perf_counter
-    report_every = max(1, frames // 4)
+    def __init__(self, avatar: str, speech: Sequence[tuple[np.ndarray, int]] | None) -> None:
+        import cv2
+        from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+
+        from facecast.avatars import load_renderer
+        from facecast.engine import Engine, EngineConfig
+        from facecast.hosts import webrtc
+
+        cv2.setNumThreads(1)
+        self._renderer = load_renderer(avatar, aspect="1:1", quality="high")
+        if (self._renderer.width, self._renderer.height) != (SIZE, SIZE):
+            raise ValueError(f"avatar {avatar} does not render {SIZE}x{SIZE}")
+        self._config = EngineConfig(fps=FPS, out_rate=OUT_RATE)
+        self._engine = Engine(None, self._config)  # rendered separately, so that render is its own stage
+        # The encoders the WebRTC host's senders get (tune_encoders), and its RGB → VideoFrame conversion.
+        self._video_encoder = webrtc._tuned_get_encoder(
+            RTCRtpCodecParameters(mimeType="video/VP8", clockRate=VIDEO_CLOCK, payloadType=96)
+        )
+        self._audio_encoder = webrtc._tuned_get_encoder(
+            RTCRtpCodecParameters(mimeType="audio/opus", clockRate=48000, channels=2, payloadType=111)
+        )
+        self._to_frame = getattr(webrtc, "i420_frame", None)
+        self._video_time_base = webrtc.VIDEO_TIME_BASE
+        self._video_rtp, self._audio_rtp = _RtpSender(96, 1), _RtpSender(111, 2)
+        self._chunks = _speech_chunks(speech) if speech else None
+        self._pending = np.zeros(0, np.int16)
+        self._audio_pts = 0
+        self._index = 0
+        self.times = StreamTimes()
+        self._patch_tracker()
+
+    @classmethod
+    def _patch_tracker(cls) -> None:
+        from facecast.engine import tracker
+
+        if cls._patched == 0:
+            cls._original_mouth = tracker.SegmentTrack.mouth
+            tracker.SegmentTrack.mouth = cls._tracking.wrap(cls._original_mouth)  # type: ignore[method-assign]
+        cls._patched += 1
+
+    def close(self) -> None:
+        from facecast.engine import tracker
+
+        cls = type(self)
+        cls._patched -= 1
+        if cls._patched == 0:
+            tracker.SegmentTrack.mouth = cls._original_mouth  # type: ignore[method-assign]
+        self._video_rtp.close()
+        self._audio_rtp.close()
+
+    def run(self, frames: int) -> None:
+        for _ in range(frames):
+            self._frame()
+
+    def _frame(self) -> None:
+        import av
+        import cv2
+
+        clock, st, index = CLOCK, self.times.stages, self._index
+        self._tracking.take()
+        t0 = clock()
+        if self._chunks is not None:
+            pcm, rate, last = next(self._chunks)
+            self._engine.push_audio(pcm, rate)
+            if last:
+                self._engine.end_segment()
+        t1 = clock()
+        pair = self._engine.next_frame(render=False)
+        t2 = clock()
+        image = self._renderer.render(pair.meta.state)
+        t3 = clock()
+        if self._to_frame is not None:
+            frame = self._to_frame(image)
+        else:  # a tree from before i420_frame: the video track's own conversion
+            code = cv2.COLOR_RGBA2YUV_I420 if image.shape[2] == 4 else cv2.COLOR_RGB2YUV_I420
+            frame = av.VideoFrame.from_ndarray(cv2.cvtColor(image, code), format="yuv420p")
+        frame.pts = index * VIDEO_CLOCK // FPS
+        frame.time_base = self._video_time_base
+        t4 = clock()
+        payloads, timestamp = self._video_encoder.encode(frame)
+        t5 = clock()
+        self._video_rtp.send(payloads, timestamp)
+        t6 = clock()
+        # Audio as the WebRTC host's audio track: silence when idle, re-chunked into 20 ms frames.
+        rate = self._config.out_rate
+        samples = (
+            pair.audio if pair.audio is not None else np.zeros(self._config.frame_samples(index), np.int16)
+        )
+        self._pending = np.concatenate([self._pending, samples])
+        chunk = rate // AUDIO_FRAMES_PER_S
+        opus_s = rtp_audio_s = 0.0
+        while len(self._pending) >= chunk:
+            piece, self._pending = self._pending[:chunk], self._pending[chunk:]
+            a0 = clock()
+            audio_frame = av.AudioFrame.from_ndarray(piece.reshape(1, -1), format="s16", layout="mono")
+            audio_frame.sample_rate = rate
+            audio_frame.pts = self._audio_pts
+            audio_frame.time_base = Fraction(1, rate)
+            self._audio_pts += chunk
+            packets, audio_ts = self._audio_encoder.encode(audio_frame)
+            a1 = clock()
+            self._audio_rtp.send(packets, audio_ts)
+            opus_s += a1 - a0
+            rtp_audio_s += clock() - a1
+        track_s = self._tracking.take()
+        st["intake"].append(t1 - t0)
+        st["tracking"].append(track_s)
+        st["animation"].append(t2 - t1 - track_s)
+        st["render"].append(t3 - t2)
+        st["colour"].append(t4 - t3)
+        st["encode"].append(t5 - t4)
+        st["opus"].append(opus_s)
+        st["rtp"].append(t6 - t5 + rtp_audio_s)
+        self.times.video_bytes.append(sum(len(p) for p in payloads))
+        self.times.speech_frames += pair.audio is not None
+        self._video_rtp.drain()
+        self._audio_rtp.drain()
+        self._index += 1
+
+
+WARM_FRAMES = 30  # the first frames pay for lazy set-up (codec open, recogniser start): not counted
+
+
+def measure_stream(avatar: str, frames: int, speech: Sequence[tuple[np.ndarray, int]] | None) -> StreamTimes:
+    """Time `frames` frames of one stream after WARM_FRAMES untimed ones."""
+    runner = StreamRunner(avatar, speech)
     try:
-        for index in range(frames):
-            t0 = clock()
-            pushed = next(chunks, None)
-            if pushed is not None:
-                pcm, rate, last = pushed
-                engine.push_audio(pcm, rate)
-                if last:
-                    engine.end_segment()
-            t1 = clock()
-            pair = engine.next_frame(render=False)
-            t2 = clock()
-            image = renderer.render(pair.meta.state)
-            t3 = clock()
-            if to_frame is not None:
-                frame = to_frame(image)
-            else:  # a tree from before i420_frame: the video track's own conversion
-                frame = av.VideoFrame.from_ndarray(cv2.cvtColor(image, colour_code), format="yuv420p")
-            frame.pts = index * VIDEO_CLOCK // FPS
-            frame.time_base = webrtc.VIDEO_TIME_BASE
-            t4 = clock()
-            payloads, timestamp = video_encoder.encode(frame)
-            t5 = clock()
-            video_rtp.send(payloads, timestamp)
-            t6 = clock()
-            # Audio as the WebRTC host's audio track: silence when idle, re-chunked into 20 ms frames.
-            samples = (
-                pair.audio if pair.audio is not None else np.zeros(config.frame_samples(index), np.int16)
-            )
-            pending = np.concatenate([pending, samples])
-            opus_s = rtp_audio_s = 0.0
-            while len(pending) >= chunk:
-                piece, pending = pending[:chunk], pending[chunk:]
-                a0 = clock()
-                audio_frame = av.AudioFrame.from_ndarray(piece.reshape(1, -1), format="s16", layout="mono")
-                audio_frame.sample_rate = out_rate
-                audio_frame.pts = audio_pts
-                audio_frame.time_base = time_base
-                audio_pts += chunk
-                packets, audio_ts = audio_encoder.encode(audio_frame)
-                a1 = clock()
-                audio_rtp.send(packets, audio_ts)
-                opus_s += a1 - a0
-                rtp_audio_s += clock() - a1
-            track_s = tracking.take()
-            st["intake"].append(t1 - t0)
-            st["tracking"].append(track_s)
-            st["animation"].append(t2 - t1 - track_s)
-            st["render"].append(t3 - t2)
-            st["colour"].append(t4 - t3)
-            st["encode"].append(t5 - t4)
-            st["opus"].append(opus_s)
-            st["rtp"].append(t6 - t5 + rtp_audio_s)
-            times.video_bytes.append(sum(len(p) for p in payloads))
-            video_rtp.drain()
-            audio_rtp.drain()
-            times.speech_frames += pair.audio is not None
-            if log is not None and (index + 1) % report_every == 0:
-                log(f"{label}: {index + 1}/{frames} frames")
+        runner.run(WARM_FRAMES)
+        runner.times = StreamTimes()
+        runner.run(frames)
     finally:
-        tracker_module.SegmentTrack.mouth = original_mouth  # type: ignore[method-assign]
-        video_rtp.close()
-        audio_rtp.close()
-    return times
+        runner.close()
+    return runner.times
 
 
-def measure(
-    avatar: str, frames: int, speech: Sequence[tuple[np.ndarray, int]], log: Callable[[str], None] | None
-) -> dict[str, StreamTimes]:
-    warm = min(30, frames)  # first frames pay for lazy set-up (codec open, recogniser start)
-    out = {}
-    for kind, source in (("speaking", speech), ("idle", None)):
-        measure_stream(avatar, warm, source)
-        out[kind] = measure_stream(avatar, frames, source, log, f"{avatar} {kind}")
-    return out
+KINDS = ("speaking", "idle")
+
+
+def serve(avatar: str, speech: Sequence[tuple[np.ndarray, int]]) -> None:
+    """A child process of `--against`: both streams warmed up, then `KIND N` on stdin runs N frames of
+    one of them (answering `ok`), `end` prints every timing as JSON."""
+    runners = {"speaking": StreamRunner(avatar, speech), "idle": StreamRunner(avatar, None)}
+    for r in runners.values():
+        r.run(WARM_FRAMES)
+        r.times = StreamTimes()
+    print("ready", flush=True)
+    for line in sys.stdin:
+        words = line.split()
+        if words == ["end"]:
+            break
+        runners[words[0]].run(int(words[1]))
+        print("ok", flush=True)
+    print(json.dumps({k: r.times.to_json() for k, r in runners.items()}), flush=True)
+    for r in runners.values():
+        r.close()
 
 
 # -- the command --------------------------------------------------------------------------------------
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="facecast bench frames", description=__doc__.splitlines()[0])
-    p.add_argument("--frames", type=int, default=300, help="frames per stream and round (default 300)")
+    p.add_argument("--frames", type=int, default=300, help="timed frames per stream (default 300)")
     p.add_argument(
         "--avatar",
         action="append",
@@ -322,7 +363,6 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="another source tree (e.g. a git worktree of main) measured side by side in this run",
     )
-    p.add_argument("--rounds", type=int, default=2, help="alternating rounds per tree with --against")
     p.add_argument("--voice", default="slt", help="flite voice of the speech (default slt)")
     p.add_argument("--sentences", type=int, default=3, help="corpus sentences spoken in a loop")
     p.add_argument("--cache-dir", type=Path, default=None, help="where generated speech is cached")
@@ -332,7 +372,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _child_code(tree: Path) -> str:
-    """Python for a child process: `tree` first on the path, this file's measure(), JSON out."""
+    """Python for a child process: `tree` first on the path, then this file's serve()."""
     here = Path(__file__).resolve()
     return (
         "import json, sys, importlib.util\n"
@@ -342,33 +382,75 @@ def _child_code(tree: Path) -> str:
         "mod = importlib.util.module_from_spec(spec); sys.modules[spec.name] = mod\n"
         "spec.loader.exec_module(mod)\n"
         "args = json.loads(sys.stdin.readline())\n"
-        "speech = [(np.load(p).astype(np.int16), r) for p, r in args['speech']]\n"
-        "log = lambda m: print(m, file=sys.stderr, flush=True)\n"
-        "out = mod.measure(args['avatar'], args['frames'], speech, None if args['quiet'] else log)\n"
-        "print(json.dumps({k: v.to_json() for k, v in out.items()}))\n"
+        "mod.serve(args['avatar'], [(np.load(p).astype(np.int16), r) for p, r in args['speech']])\n"
     )
 
 
-def _run_tree(
-    tree: Path, avatar: str, frames: int, speech_files: list[tuple[str, int]], quiet: bool
-) -> dict[str, StreamTimes]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(tree), *filter(None, [env.get("PYTHONPATH")])])
-    request = json.dumps({"avatar": avatar, "frames": frames, "speech": speech_files, "quiet": quiet})
-    proc = subprocess.run(
-        [sys.executable, "-c", _child_code(tree)],
-        input=request + "\n",
-        stdout=subprocess.PIPE,
-        stderr=None if not quiet else subprocess.PIPE,
-        text=True,
-        env=env,
-        check=False,
-    )
-    if proc.returncode != 0:
-        tail = (proc.stderr or "").strip()[-2000:]
-        raise RuntimeError(f"measuring {tree} failed (exit {proc.returncode}) {tail}")
-    data = json.loads(proc.stdout.strip().splitlines()[-1])
-    return {k: StreamTimes.from_json(v) for k, v in data.items()}
+class _TreeProcess:
+    """A child process measuring one source tree, told block by block what to run."""
+
+    def __init__(self, tree: Path, avatar: str, speech_files: list[tuple[str, int]]) -> None:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([str(tree), *filter(None, [env.get("PYTHONPATH")])])
+        self.tree = tree
+        self._proc = subprocess.Popen(
+            [sys.executable, "-c", _child_code(tree)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        self._send(json.dumps({"avatar": avatar, "speech": speech_files}))
+        self._expect("ready")
+
+    def _send(self, line: str) -> None:
+        assert self._proc.stdin is not None
+        self._proc.stdin.write(line + "\n")
+        self._proc.stdin.flush()
+
+    def _expect(self, word: str) -> str:
+        assert self._proc.stdout is not None
+        line = self._proc.stdout.readline()
+        if not line.startswith(word):
+            self._proc.kill()
+            raise RuntimeError(
+                f"measuring {self.tree} failed (exit {self._proc.wait()}); see its error above"
+            )
+        return line
+
+    def run(self, kind: str, frames: int) -> None:
+        self._send(f"{kind} {frames}")
+        self._expect("ok")
+
+    def finish(self) -> dict[str, StreamTimes]:
+        self._send("end")
+        data = json.loads(self._expect("{"))
+        self._proc.wait()
+        return {k: StreamTimes.from_json(v) for k, v in data.items()}
+
+
+BLOCK_FRAMES = 30  # frames one tree runs before the other takes its turn: both see the same load
+
+
+def compare_trees(
+    trees: dict[str, Path], avatar: str, frames: int, speech_files: list[tuple[str, int]], log: Any
+) -> dict[str, dict[str, StreamTimes]]:
+    """Both trees' streams in interleaved blocks (A B B A …), each tree in its own process."""
+    procs = {label: _TreeProcess(tree, avatar, speech_files) for label, tree in trees.items()}
+    try:
+        order = list(procs)
+        blocks = -(-frames // BLOCK_FRAMES)
+        for b in range(blocks):
+            n = min(BLOCK_FRAMES, frames - b * BLOCK_FRAMES)
+            for kind in KINDS:
+                for label in order if b % 2 == 0 else order[::-1]:
+                    procs[label].run(kind, n)
+            if (b + 1) % max(1, blocks // 4) == 0:
+                log(f"{avatar}: {min(frames, (b + 1) * BLOCK_FRAMES)}/{frames} frames per stream and tree")
+        return {label: p.finish() for label, p in procs.items()}
+    finally:
+        for p in procs.values():
+            p._proc.kill()
 
 
 def _stats(samples: Sequence[float]) -> tuple[float, float, float]:
@@ -445,14 +527,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     tables = []
     if args.against is None:
         for avatar in avatars:
-            tables.append(stage_table(avatar, measure(avatar, args.frames, speech, log)))
+            log(f"{avatar}: {args.frames} frames per stream")
+            results = {
+                kind: measure_stream(avatar, args.frames, speech if kind == "speaking" else None)
+                for kind in KINDS
+            }
+            tables.append(stage_table(avatar, results))
     else:
         if not (args.against / "facecast" / "engine").is_dir():
             print(f"facecast bench frames: {args.against} is not a facecast source tree", file=sys.stderr)
             return 2
         here = Path(__file__).resolve().parents[2]
-        import tempfile
-
         with tempfile.TemporaryDirectory(prefix="facecast-frames-") as tmp:
             files = []
             for i, (pcm, rate) in enumerate(speech):
@@ -460,17 +545,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 np.save(path, pcm)
                 files.append((str(path), rate))
             for avatar in avatars:
-                runs: dict[str, dict[str, StreamTimes]] = {}
-                order = [("new", here), ("old", args.against)]
-                for r in range(args.rounds):
-                    for label, tree in order if r % 2 == 0 else order[::-1]:
-                        log(f"{avatar}: round {r + 1}/{args.rounds}, {label} tree {tree}")
-                        got = _run_tree(tree, avatar, args.frames, files, args.quiet)
-                        if label not in runs:
-                            runs[label] = got
-                        else:
-                            for kind in got:
-                                runs[label][kind].extend(got[kind])
+                runs = compare_trees({"new": here, "old": args.against}, avatar, args.frames, files, log)
                 tables.append(compare_table(avatar, runs["new"], runs["old"]))
     load = os.getloadavg()
     print(f"facecast bench frames — {os.cpu_count()} cores, load average {load[0]:.1f} at end")
