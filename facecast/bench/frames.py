@@ -505,7 +505,7 @@ def compare_table(avatar: str, new: dict[str, StreamTimes], old: dict[str, Strea
 def _notes(table: Any, results: dict[str, StreamTimes]) -> None:
     sp = results["speaking"]
     table.notes.append(
-        f"{sp.frames} frames per stream ({sp.speech_frames} speaking, rest between utterances); "
+        f"{sp.frames} timed frames per stream ({sp.speech_frames} of the speaking one play speech); "
         f"ms = median per frame; % core = mean ms x {FPS} fps / 10; new/old = ratio of the medians"
     )
     table.notes.append("; ".join(f"{n}: {what}" for n, what in STAGES))
