@@ -85,7 +85,7 @@ def _audio_frames(pcm: np.ndarray, rate: int) -> list[av.AudioFrame]:
     return out
 
 
-@pytest.mark.parametrize("rate", [48000, 24000, 16000])
+@pytest.mark.parametrize("rate", [48000, 24000, 16000, 44100, 22050])
 def test_opus_encoder_sends_mono_at_the_frames_rate_on_a_48k_clock(rate: int) -> None:
     webrtc.tune_encoders()
     encoder = webrtc._tuned_get_encoder(OPUS)
@@ -95,11 +95,14 @@ def test_opus_encoder_sends_mono_at_the_frames_rate_on_a_48k_clock(rate: int) ->
     stamps, decoded = [], []
     for frame in _audio_frames(pcm, rate):
         payloads, stamp = encoder.encode(frame)
+        if not payloads:  # only while a resampler (rates libopus does not take) fills its window
+            assert rate not in webrtc.OPUS_INPUT_RATES and not stamps
+            continue
         assert len(payloads) == 1  # one 20 ms packet per 20 ms frame: each gets its own RTP timestamp
         stamps.append(stamp)
         for out in decoder.decode(JitterFrame(payloads[0], stamp)):
             decoded.append(out.to_ndarray().reshape(-1, 2)[:, 0])
-    assert stamps == [960 * i for i in range(len(stamps))]
+    assert stamps == [960 * i for i in range(len(stamps))] and len(stamps) >= 48
     audio = np.concatenate(decoded).astype(np.float64)
     # The tone comes out at 48 kHz: its spectrum peaks at 440 Hz and it is as loud as it went in.
     spectrum = np.abs(np.fft.rfft(audio[4800:]))

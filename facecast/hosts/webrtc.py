@@ -81,6 +81,7 @@ VP8_STATIC_THRESHOLD = "500"
 # libopus takes 8-48 kHz input itself. Mono at the engine's rate, same bitrate: -40..-50 % CPU per packet.
 OPUS_BITRATE = 96_000
 OPUS_CLOCK = 48000  # Opus's RTP clock, whatever the input rate
+OPUS_INPUT_RATES = (8000, 12000, 16000, 24000, 48000)  # what libopus encodes without resampling
 # Silent 20 ms frames encoded in a row before the silence packet is reused (libopus settles after 2).
 OPUS_SILENCE_SETTLE = 5
 X264_FRAME_RATE = 30  # nominal; rate control follows the frames' pts
@@ -247,7 +248,8 @@ class _TunedOpusEncoder(Encoder):
     def __init__(self) -> None:
         self._codec: av.AudioCodecContext | None = None
         self._chunker: av.AudioResampler | None = None
-        self._format: tuple[int, str] = (0, "")
+        self._format: tuple[int, str] = (0, "")  # the frames' rate and layout
+        self._codec_rate = 0
         self._chunking = False  # set for good by the first frame that is not 20 ms long
         self._fed = 0  # samples given to the codec: its own continuous pts
         self._first_time: Fraction | None = None
@@ -256,19 +258,21 @@ class _TunedOpusEncoder(Encoder):
         self._silence: bytes | None = None
 
     def _open(self, rate: int, layout: str) -> None:
+        codec_rate = rate if rate in OPUS_INPUT_RATES else OPUS_CLOCK  # others are resampled, as aiortc
         codec = av.CodecContext.create("libopus", "w")
         assert isinstance(codec, av.AudioCodecContext)
         codec.bit_rate = OPUS_BITRATE
         codec.format = "s16"
         codec.layout = layout
-        codec.sample_rate = rate
-        codec.time_base = Fraction(1, rate)
+        codec.sample_rate = codec_rate
+        codec.time_base = Fraction(1, codec_rate)
         codec.options = {"application": "voip"}  # as aiortc
         self._codec = codec
         self._chunker = av.AudioResampler(
-            format="s16", layout=layout, rate=rate, frame_size=rate // AUDIO_FRAMES_PER_S
+            format="s16", layout=layout, rate=codec_rate, frame_size=codec_rate // AUDIO_FRAMES_PER_S
         )
         self._format = (rate, layout)
+        self._codec_rate = codec_rate
         self._chunking, self._fed, self._first_time = False, 0, None
         self._silent_run, self._last_packet, self._silence = 0, b"", None
 
@@ -278,12 +282,19 @@ class _TunedOpusEncoder(Encoder):
         if self._codec is None or self._format != (frame.sample_rate, layout):
             self._open(frame.sample_rate, layout)
         assert self._chunker is not None
-        self._chunking = self._chunking or frame.samples != self._format[0] // AUDIO_FRAMES_PER_S
+        # Straight to the codec only what it takes as it is: s16 at its rate, 20 ms.
+        self._chunking = self._chunking or (
+            frame.format.name != "s16"
+            or frame.sample_rate != self._codec_rate
+            or frame.samples != self._codec_rate // AUDIO_FRAMES_PER_S
+        )
         payloads: list[bytes] = []
         timestamp: int | None = None
         for chunk in self._chunker.resample(frame) if self._chunking else [frame]:
             # Where this audio plays; a frame without pts is taken to follow the previous one.
-            start = Fraction(self._fed, self._format[0]) if chunk.pts is None else chunk.pts * chunk.time_base
+            start = (
+                Fraction(self._fed, self._codec_rate) if chunk.pts is None else chunk.pts * chunk.time_base
+            )
             got = self._encode_chunk(chunk)
             if got and timestamp is None:
                 if self._first_time is None:
