@@ -454,7 +454,7 @@ def test_tuned_encoders_keep_exact_timestamps_decode_and_meter(mime: str, fps: i
         mimeType="audio/opus", clockRate=48000, channels=2, payloadType=111
     )
     audio = rtcrtpsender.get_encoder(opus)
-    assert type(audio).__name__ == "OpusEncoder"
+    assert type(audio).__name__ == "_TunedOpusEncoder"
 
 
 def _decode(decoder: Any, mime: str, payloads: list[bytes]) -> int:

@@ -149,6 +149,7 @@ class StreamResampler:
             h = np.append(_kaiser_sinc(num_taps, cutoff, self._up), 0.0)
             # Polyphase bank: branch p holds taps p, p+up, p+2up, ... applied to x[base], x[base-1], ...
             self._bank = h.reshape(self._taps, self._up).T.astype(np.float32).copy()
+            self._tap_offsets = np.arange(self._taps, dtype=np.int64)[None, :]
             self._delay = (num_taps - 1) // 2
 
     def process(self, x: np.ndarray) -> np.ndarray:
@@ -184,12 +185,17 @@ class StreamResampler:
             k = m * self._down + self._delay
             base = k // self._up
             phase = k % self._up
-            idx = base[:, None] - np.arange(self._taps, dtype=np.int64)[None, :] - self._buf_start
-            if len(self._buf) == 0:
+            idx = (base - self._buf_start)[:, None] - self._tap_offsets
+            n = len(self._buf)
+            # Rows ascend and columns descend, so the corners bound every index: in a steady stream the
+            # whole window is buffered and a plain gather does (the masked one is for the edges).
+            if n and idx[0, -1] >= 0 and idx[-1, 0] < n:
+                vals = self._buf[idx]
+            elif n == 0:
                 vals = np.zeros(idx.shape, dtype=np.float32)
             else:
-                valid = (idx >= 0) & (idx < len(self._buf))
-                vals = np.where(valid, self._buf[np.clip(idx, 0, len(self._buf) - 1)], np.float32(0.0))
+                valid = (idx >= 0) & (idx < n)
+                vals = np.where(valid, self._buf[np.clip(idx, 0, n - 1)], np.float32(0.0))
             pieces.append((vals * self._bank[phase]).sum(axis=1, dtype=np.float32))
         self._n_out = end
         # Keep only the history that future outputs can still reach.

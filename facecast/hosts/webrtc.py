@@ -48,7 +48,7 @@ from aiortc.codecs import get_encoder
 from aiortc.codecs.base import Encoder
 from aiortc.codecs.h264 import H264Encoder
 from aiortc.codecs.vpx import Vp8Encoder
-from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack, convert_timebase
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from av.frame import Frame
 from av.video.codeccontext import VideoCodecContext
@@ -73,6 +73,17 @@ T = TypeVar("T")
 # PSNR stays above 46 dB at the start bitrate.
 X264_OPTIONS = {"preset": "ultrafast", "tune": "zerolatency", "level": "31"}
 VP8_CPU_USED = "16"
+# Macroblocks whose difference from the reference is below this SAD are coded as unchanged: most of an
+# avatar frame (backdrop, torso) is static, and libvpx then skips their search. `facecast bench frames`:
+# VP8 encode -25..-35 % against aiortc's 1; luma PSNR of decoded frames 49-51 dB either way (512²).
+VP8_STATIC_THRESHOLD = "500"
+# Opus as aiortc ships it upmixes to stereo and resamples to 48 kHz; the avatar's voice is mono and
+# libopus takes 8-48 kHz input itself. Mono at the engine's rate, same bitrate: -40..-50 % CPU per packet.
+OPUS_BITRATE = 96_000
+OPUS_CLOCK = 48000  # Opus's RTP clock, whatever the input rate
+OPUS_INPUT_RATES = (8000, 12000, 16000, 24000, 48000)  # what libopus encodes without resampling
+# Silent 20 ms frames encoded in a row before the silence packet is reused (libopus settles after 2).
+OPUS_SILENCE_SETTLE = 5
 X264_FRAME_RATE = 30  # nominal; rate control follows the frames' pts
 # Bits per pixel at 30 fps (min, start, max): 512² → 240 k / 630 k / 2.0 Mbit/s. aiortc's fixed ranges
 # (VP8 0.25-1.5 M, H.264 0.5-3 M) over-spend on small frames and starve 720p.
@@ -200,7 +211,7 @@ def _vp8_context(width: int, height: int, bitrate: int) -> VideoCodecContext:
         "noise-sensitivity": "0",
         "overshoot-pct": "15",
         "partitions": "0",
-        "static-thresh": "1",
+        "static-thresh": VP8_STATIC_THRESHOLD,
         "undershoot-pct": "100",
     }
     codec.thread_count = ENCODER_THREADS
@@ -225,12 +236,115 @@ class _TunedVp8Encoder(_SizedBitrate, Vp8Encoder):
             return super().encode(frame, force_keyframe)
 
 
+class _TunedOpusEncoder(Encoder):
+    """aiortc's OpusEncoder without its upmix and resampling: the codec runs at the frames' own rate and
+    layout. 20 ms frames go straight to the codec (others are re-chunked as aiortc does); each packet's
+    RTP timestamp is its audio's pts on a 48 kHz clock, counted from the first packet (as aiortc's).
+
+    Digital silence (every idle frame) is not encoded again and again: once the codec has turned
+    OPUS_SILENCE_SETTLE silent frames in a row into the same packet, that packet is sent for further
+    silent frames until sound returns. The codec then has only seen silence since, as it would have."""
+
+    def __init__(self) -> None:
+        self._codec: av.AudioCodecContext | None = None
+        self._chunker: av.AudioResampler | None = None
+        self._format: tuple[int, str] = (0, "")  # the frames' rate and layout
+        self._codec_rate = 0
+        self._chunking = False  # set for good by the first frame that is not 20 ms long
+        self._fed = 0  # samples given to the codec: its own continuous pts
+        self._first_time: Fraction | None = None
+        self._silent_run = 0  # silent frames the codec encoded in a row
+        self._last_packet = b""
+        self._silence: bytes | None = None
+
+    def _open(self, rate: int, layout: str) -> None:
+        codec_rate = rate if rate in OPUS_INPUT_RATES else OPUS_CLOCK  # others are resampled, as aiortc
+        codec = av.CodecContext.create("libopus", "w")
+        assert isinstance(codec, av.AudioCodecContext)
+        codec.bit_rate = OPUS_BITRATE
+        codec.format = "s16"
+        codec.layout = layout
+        codec.sample_rate = codec_rate
+        codec.time_base = Fraction(1, codec_rate)
+        codec.options = {"application": "voip"}  # as aiortc
+        self._codec = codec
+        self._chunker = av.AudioResampler(
+            format="s16", layout=layout, rate=codec_rate, frame_size=codec_rate // AUDIO_FRAMES_PER_S
+        )
+        self._format = (rate, layout)
+        self._codec_rate = codec_rate
+        self._chunking, self._fed, self._first_time = False, 0, None
+        self._silent_run, self._last_packet, self._silence = 0, b"", None
+
+    def encode(self, frame: Frame, force_keyframe: bool = False) -> tuple[list[bytes], int]:
+        assert isinstance(frame, av.AudioFrame)
+        layout = "mono" if frame.layout.name == "mono" else "stereo"
+        if self._codec is None or self._format != (frame.sample_rate, layout):
+            self._open(frame.sample_rate, layout)
+        assert self._chunker is not None
+        # Straight to the codec only what it takes as it is: s16 at its rate, 20 ms.
+        self._chunking = self._chunking or (
+            frame.format.name != "s16"
+            or frame.sample_rate != self._codec_rate
+            or frame.samples != self._codec_rate // AUDIO_FRAMES_PER_S
+        )
+        payloads: list[bytes] = []
+        timestamp: int | None = None
+        for chunk in self._chunker.resample(frame) if self._chunking else [frame]:
+            # Where this audio plays; a frame without pts is taken to follow the previous one.
+            start = (
+                Fraction(self._fed, self._codec_rate) if chunk.pts is None else chunk.pts * chunk.time_base
+            )
+            got = self._encode_chunk(chunk)
+            if got and timestamp is None:
+                if self._first_time is None:
+                    self._first_time = start
+                timestamp = int((start - self._first_time) * OPUS_CLOCK)
+            payloads += got
+        if timestamp is None:
+            return [], None  # type: ignore[return-value]  # aiortc's convention: nothing to send yet
+        return payloads, timestamp
+
+    def _encode_chunk(self, chunk: av.AudioFrame) -> list[bytes]:
+        assert self._codec is not None
+        silent = not chunk.to_ndarray().any()
+        if silent and self._silence is not None:
+            return [self._silence]
+        chunk.pts, chunk.time_base = self._fed, self._codec.time_base
+        self._fed += chunk.samples
+        packets = [bytes(p) for p in self._codec.encode(chunk)]
+        if not silent:
+            self._silent_run, self._silence = 0, None
+        elif len(packets) == 1:
+            self._silent_run += 1
+            if self._silent_run >= OPUS_SILENCE_SETTLE and packets[0] == self._last_packet:
+                self._silence = packets[0]
+        self._last_packet = packets[-1] if packets else b""
+        return packets
+
+    def pack(self, packet: av.Packet) -> tuple[list[bytes], int]:
+        return [bytes(packet)], convert_timebase(packet.pts, packet.time_base, Fraction(1, OPUS_CLOCK))
+
+
+def i420_frame(image: np.ndarray) -> av.VideoFrame:
+    """An RGB(A) render as the yuv420p VideoFrame the encoders take, wrapping the converted buffer
+    instead of copying it into the frame (0.06 ms instead of 0.25 ms at 512²). OpenCV's I420 is BT.601
+    limited range, what decoders assume; 0.4 ms vs 4 ms for PyAV's reformat."""
+    code = cv2.COLOR_RGBA2YUV_I420 if image.shape[2] == 4 else cv2.COLOR_RGB2YUV_I420
+    yuv = cv2.cvtColor(image, code)
+    if image.shape[0] % 4 == 0:  # PyAV 18.1 misreads the height of an I420 buffer whose chroma rows are odd
+        return av.VideoFrame.from_numpy_buffer(yuv, format="yuv420p")
+    return av.VideoFrame.from_ndarray(yuv, format="yuv420p")
+
+
 def _tuned_get_encoder(codec: RTCRtpCodecParameters) -> Encoder:
     mime = codec.mimeType.lower()
     if mime == "video/h264":
         return _TunedH264Encoder()
     if mime == "video/vp8":
         return _TunedVp8Encoder()
+    if mime == "audio/opus":
+        return _TunedOpusEncoder()
     return get_encoder(codec)
 
 
@@ -241,9 +355,10 @@ def tune_encoders() -> None:
     create encoders) returns subclasses of aiortc's H264Encoder / Vp8Encoder that open their codec
     context themselves just before aiortc would, with: x264 preset ultrafast + tune zerolatency
     (aiortc uses preset medium; profile Baseline, level 3.1 and its packetization are unchanged),
-    VP8 realtime at cpu-used 16 without the temporal denoiser (aiortc: cpu-used -6, denoiser on), and
-    bitrate limits that scale with the frame size (bitrate_range). They also time each encode into
-    the EncodeMeter a track puts in `VideoFrame.opaque`. Audio encoders are untouched."""
+    VP8 realtime at cpu-used 16 without the temporal denoiser (aiortc: cpu-used -6, denoiser on) and
+    static macroblocks skipped (VP8_STATIC_THRESHOLD), and bitrate limits that scale with the frame size
+    (bitrate_range). They also time each encode into the EncodeMeter a track puts in
+    `VideoFrame.opaque`. Opus encodes mono audio as mono at its own rate (_TunedOpusEncoder)."""
     if not (hasattr(rtcrtpsender, "get_encoder") and hasattr(H264Encoder, "_encode_frame")):
         log.warning("aiortc's encoder layout changed; keeping its stock video encoders")
         return
