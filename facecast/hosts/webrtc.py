@@ -53,6 +53,7 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from av.frame import Frame
 from av.video.codeccontext import VideoCodecContext
 
+from facecast.hosts import rtcp
 from facecast.hosts.realtime import AudioOut, AvatarClosed, RealtimeAvatar, VideoOut
 from facecast.server.protocol import DATA_CHANNEL_LABEL, Encoding
 
@@ -395,10 +396,11 @@ class AvatarPeer:
         self.video = AvatarVideoTrack(avatar)
         self.audio = AvatarAudioTrack(avatar)
         # Transceivers before the offer arrives, so the codec preference shapes the answer.
-        self._pc.addTransceiver(self.audio, direction="sendonly")
-        self._pc.addTransceiver(self.video, direction="sendonly").setCodecPreferences(
-            _codec_preferences(codec)
-        )
+        audio = self._pc.addTransceiver(self.audio, direction="sendonly")
+        video = self._pc.addTransceiver(self.video, direction="sendonly")
+        video.setCodecPreferences(_codec_preferences(codec))
+        if rtcp.enabled():  # sender reports on the engine's clock from the first packets: see hosts/rtcp.py
+            rtcp.MediaClockReports().attach(audio.sender, video.sender)
         self._channel = self._pc.createDataChannel(DATA_CHANNEL_LABEL, negotiated=True, id=0)
         self._channel.on("open", self._flush_events)
         self._channel.on("message", self._receive)
