@@ -24,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -139,8 +139,9 @@ def load_speech(cache_dir: Path | None) -> list[bytes]:
 class ServerProcess:
     """`facecast serve` in a child process on a free loopback port, with a fresh data directory and key."""
 
-    def __init__(self, log: Log) -> None:
+    def __init__(self, log: Log, env: Mapping[str, str] | None = None) -> None:
         self.log = log
+        self._env = dict(env or {})  # FACECAST_* settings for this server (others are not passed on)
         self.url = ""
         self.api_key = ""
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
@@ -158,6 +159,7 @@ class ServerProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("FACECAST_")}
         # The ramp measures past the server's admission limit on purpose.
         env["FACECAST_MAX_LIVE_SESSIONS"] = str(MAX_CONCURRENT)
+        env.update(self._env)
         cli = [sys.executable, "-m", "facecast"]
         keys = [*cli, "keys", "create", "--name", "bench", "--max-concurrent", str(MAX_CONCURRENT)]
         self.api_key = subprocess.run(
