@@ -68,6 +68,7 @@ class PageSamples:
     video: list[list[Any]]
     streams: dict[str, list[str]] = field(default_factory=dict)
     sdp: str | None = None
+    reports: dict[str, float] = field(default_factory=dict)  # kind -> page ms of its second sender report
 
     @property
     def first_frame_ms(self) -> float:
@@ -90,6 +91,12 @@ class PageSamples:
         grid = np.arange(since_ms, until_ms, 1000.0 / GRID_HZ)
         idx = np.clip(np.searchsorted(vt, grid, side="right") - 1, 0, len(vo) - 1)  # held between frames
         return av_offset_ms(np.interp(grid, at, level), vo[idx], GRID_HZ, max_lag_ms=MAX_LAG_MS)
+
+    def second_reports_s(self) -> float:
+        """When both tracks had two sender reports, in seconds after the first presented frame."""
+        if len(self.reports) < 2:
+            return math.nan
+        return (max(self.reports.values()) - self.first_frame_ms) / 1000
 
     def window_offsets_ms(self) -> list[float]:
         start = self.first_frame_ms
@@ -165,7 +172,7 @@ async def run_session(
         errors += data["errors"]
         if errors:
             raise RuntimeError(f"the page failed: {errors}")
-        return PageSamples(data["audio"], data["video"], data["streams"], data["sdp"])
+        return PageSamples(data["audio"], data["video"], data["streams"], data["sdp"], data["reports"])
     finally:
         await context.close()
 
@@ -194,6 +201,7 @@ async def _run(args: argparse.Namespace, modes: list[str], log: Log) -> list[Tab
 
     offsets: dict[str, list[list[float]]] = {m: [] for m in modes}
     onsets: dict[str, list[float]] = {m: [] for m in modes}
+    reported: dict[str, list[float]] = {m: [] for m in modes}
     sentences = list(SENTENCES[:SENTENCES_TYPED])
     async with AsyncExitStack() as stack:
         servers = {
@@ -211,18 +219,25 @@ async def _run(args: argparse.Namespace, modes: list[str], log: Log) -> list[Tab
                 row = samples.window_offsets_ms()
                 offsets[mode].append(row)
                 onsets[mode].append(samples.speech_onset_s())
+                reported[mode].append(samples.second_reports_s())
                 shown = ", ".join(f"{label} {v:+.0f}" for (label, *_), v in zip(WINDOWS, row, strict=True))
                 log(
                     f"session {i + 1}/{args.sessions} ({mode}): offset ms {shown}; "
-                    f"speech from {onsets[mode][-1]:.2f} s"
+                    f"speech from {onsets[mode][-1]:.2f} s, two sender reports per track by "
+                    f"{reported[mode][-1]:.2f} s"
                 )
     table = Table(
         f"A/V offset in Chromium, ms (+: the mouth moves after the sound), median of {args.sessions}",
-        ["sender reports", *(label for label, *_ in WINDOWS), "speech starts (s)"],
+        ["sender reports", *(label for label, *_ in WINDOWS), "speech starts s", "2 SRs per track by s"],
     )
     for mode in modes:
         by_window = np.array(offsets[mode], dtype=np.float64).T
-        table.add(mode, *(_median(v) for v in by_window), f"{_median(np.array(onsets[mode])):.2f}")
+        table.add(
+            mode,
+            *(_median(v) for v in by_window),
+            _median(np.array(onsets[mode]), "{:.2f}"),
+            _median(np.array(reported[mode]), "{:.2f}"),
+        )
     table.notes += [
         "windows from the session's first presented frame; a window with too little speech is left out (nan)",
         "aiortc: aiortc's own RTCP sender reports (first after 0.5-1.5 s, wall clock at send); media "
@@ -233,9 +248,9 @@ async def _run(args: argparse.Namespace, modes: list[str], log: Log) -> list[Tab
     return [table]
 
 
-def _median(values: np.ndarray) -> str:
+def _median(values: np.ndarray, form: str = "{:+.1f}") -> str:
     finite = values[np.isfinite(values)]
-    return f"{np.median(finite):+.1f}" if len(finite) else "nan"
+    return form.format(np.median(finite)) if len(finite) else "nan"
 
 
 def main(argv: Sequence[str]) -> int:

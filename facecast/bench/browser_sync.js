@@ -10,7 +10,7 @@
 (() => {
   const DARK_LUMA = 60; // facecast.bench.metrics.DARK_LUMA
   const BLOCKS_PER_SAMPLE = 4; // 4 × 128 frames ≈ 10.7 ms at 48 kHz
-  const sync = { box: null, video: [], audio: [], streams: {}, sdp: null, errors: [] };
+  const sync = { box: null, video: [], audio: [], streams: {}, sdp: null, reports: {}, errors: [] };
   window.facecastSync = sync;
 
   // Record the client's peer connection: the stream each remote track arrives in, and the answer.
@@ -22,8 +22,24 @@
       if (ev.track.kind === "audio") watchAudio(ev.track).catch((err) => sync.errors.push(String(err)));
       sync.sdp = pc.remoteDescription ? pc.remoteDescription.sdp : null;
     });
+    watchReports(pc);
     return pc;
   };
+
+  // When the second RTCP sender report of each kind has arrived: the browser can map that track's
+  // RTP timestamps to the sender's clock from then on.
+  function watchReports(pc) {
+    const timer = setInterval(async () => {
+      if (pc.connectionState === "closed") { clearInterval(timer); return; }
+      const stats = await pc.getStats();
+      stats.forEach((s) => {
+        if (s.type === "remote-outbound-rtp" && s.reportsSent >= 2 && !(s.kind in sync.reports)) {
+          sync.reports[s.kind] = performance.now();
+        }
+      });
+      if (Object.keys(sync.reports).length === 2) clearInterval(timer);
+    }, 50);
+  }
   window.RTCPeerConnection.prototype = NativePeerConnection.prototype;
 
   const WORKLET = `
