@@ -69,6 +69,8 @@ class PageSamples:
     streams: dict[str, list[str]] = field(default_factory=dict)
     sdp: str | None = None
     reports: dict[str, float] = field(default_factory=dict)  # kind -> page ms of its second sender report
+    # [page ms, kind, jitterBufferDelay s, jitterBufferTargetDelay s, jitterBufferEmittedCount], cumulative
+    buffers: list[list[Any]] = field(default_factory=list)
 
     @property
     def first_frame_ms(self) -> float:
@@ -97,6 +99,22 @@ class PageSamples:
         if len(self.reports) < 2:
             return math.nan
         return (max(self.reports.values()) - self.first_frame_ms) / 1000
+
+    def buffer_delay_ms(self, kind: str, since_ms: float, until_ms: float) -> float:
+        """Mean jitter-buffer delay of the samples / frames a track emitted between two page times."""
+        rows = [(t, d, n) for t, k, d, _, n in self.buffers if k == kind and since_ms <= t <= until_ms]
+        if len(rows) < 2 or rows[-1][2] == rows[0][2]:
+            return math.nan
+        return 1000 * (rows[-1][1] - rows[0][1]) / (rows[-1][2] - rows[0][2])
+
+    def window_buffers_ms(self) -> list[tuple[float, float]]:
+        """(audio, video) mean jitter-buffer delay per window."""
+        start = self.first_frame_ms
+        end = max(t for t, _ in self.audio)
+        spans = [(start + a * 1000, end if b is None else start + b * 1000) for _, a, b in WINDOWS]
+        return [
+            (self.buffer_delay_ms("audio", *span), self.buffer_delay_ms("video", *span)) for span in spans
+        ]
 
     def window_offsets_ms(self) -> list[float]:
         start = self.first_frame_ms
@@ -172,7 +190,9 @@ async def run_session(
         errors += data["errors"]
         if errors:
             raise RuntimeError(f"the page failed: {errors}")
-        return PageSamples(data["audio"], data["video"], data["streams"], data["sdp"], data["reports"])
+        return PageSamples(
+            data["audio"], data["video"], data["streams"], data["sdp"], data["reports"], data["buffers"]
+        )
     finally:
         await context.close()
 
@@ -224,7 +244,8 @@ async def _run(args: argparse.Namespace, modes: list[str], log: Log) -> list[Tab
                 log(
                     f"session {i + 1}/{args.sessions} ({mode}): offset ms {shown}; "
                     f"speech from {onsets[mode][-1]:.2f} s, two sender reports per track by "
-                    f"{reported[mode][-1]:.2f} s"
+                    f"{reported[mode][-1]:.2f} s; jitter buffers audio/video ms "
+                    + ", ".join(f"{a:.0f}/{v:.0f}" for a, v in samples.window_buffers_ms())
                 )
     table = Table(
         f"A/V offset in Chromium, ms (+: the mouth moves after the sound), median of {args.sessions}",

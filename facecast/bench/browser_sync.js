@@ -10,7 +10,7 @@
 (() => {
   const DARK_LUMA = 60; // facecast.bench.metrics.DARK_LUMA
   const BLOCKS_PER_SAMPLE = 4; // 4 × 128 frames ≈ 10.7 ms at 48 kHz
-  const sync = { box: null, video: [], audio: [], streams: {}, sdp: null, reports: {}, errors: [] };
+  const sync = { box: null, video: [], audio: [], streams: {}, sdp: null, reports: {}, buffers: [], errors: [] };
   window.facecastSync = sync;
 
   // Record the client's peer connection: the stream each remote track arrives in, and the answer.
@@ -26,19 +26,23 @@
     return pc;
   };
 
-  // When the second RTCP sender report of each kind has arrived: the browser can map that track's
-  // RTP timestamps to the sender's clock from then on.
+  // When the second RTCP sender report of each kind arrived (the browser can map that track's RTP
+  // timestamps to the sender's clock from then on), and each track's jitter buffer: cumulative
+  // [performance.now(), kind, jitterBufferDelay, jitterBufferTargetDelay, jitterBufferEmittedCount].
   function watchReports(pc) {
     const timer = setInterval(async () => {
       if (pc.connectionState === "closed") { clearInterval(timer); return; }
       const stats = await pc.getStats();
+      const now = performance.now();
       stats.forEach((s) => {
         if (s.type === "remote-outbound-rtp" && s.reportsSent >= 2 && !(s.kind in sync.reports)) {
-          sync.reports[s.kind] = performance.now();
+          sync.reports[s.kind] = now;
+        }
+        if (s.type === "inbound-rtp" && s.jitterBufferEmittedCount) {
+          sync.buffers.push([now, s.kind, s.jitterBufferDelay, s.jitterBufferTargetDelay, s.jitterBufferEmittedCount]);
         }
       });
-      if (Object.keys(sync.reports).length === 2) clearInterval(timer);
-    }, 50);
+    }, 100);
   }
   window.RTCPeerConnection.prototype = NativePeerConnection.prototype;
 
