@@ -41,7 +41,7 @@ WINDOWS: tuple[tuple[str, float, float | None], ...] = (
     ("3 s+", 3.0, None),
 )
 # Sender-report modes, as FACECAST_SENDER_REPORTS values for the server.
-MODES = {"aiortc": "aiortc", "media clock": "media-clock"}
+MODES = {"aiortc": {rtcp.MODE_ENV: "aiortc"}, "media clock": {rtcp.MODE_ENV: "media-clock"}}
 GRID_HZ = 100.0
 MAX_LAG_MS = 300.0
 SPEECH_RMS = 200.0  # an audio block this loud is speech (espeak-ng speaks at ~3000 RMS)
@@ -225,7 +225,7 @@ async def _run(args: argparse.Namespace, modes: list[str], log: Log) -> list[Tab
     sentences = list(SENTENCES[:SENTENCES_TYPED])
     async with AsyncExitStack() as stack:
         servers = {
-            m: await stack.enter_async_context(ServerProcess(log, {rtcp.MODE_ENV: MODES[m]})) for m in modes
+            m: await stack.enter_async_context(ServerProcess(log, MODES[m])) for m in modes
         }
         pw = await stack.enter_async_context(async_playwright())
         browser = await open_browser(pw)
