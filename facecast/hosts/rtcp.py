@@ -1,18 +1,18 @@
 """RTCP sender reports on the engine's media clock, from a session's first packets on.
 
 A browser lip-syncs a stream's audio and video only once it can map both tracks' RTP timestamps to one
-wall clock, which it learns from RTCP sender reports (SR): WebRTC's RtpToNtpEstimator needs two per
-track before it gives a mapping, and its stream synchroniser re-evaluates once a second. aiortc 1.16
-sends a track's first SR 0.5-1.5 s after the sender starts and then one every 0.5-1.5 s, each stamped
-with the wall time at which the track's last packet left, so for the first 1-3 s of a session the
-browser plays each track on its own jitter buffer, and later SRs each carry one packet's send jitter
-(encode time, the event loop, the audio's re-chunking into 20 ms packets).
+wall clock, which it learns from RTCP sender reports (SR): WebRTC's stream synchroniser takes the
+latest SR of each track once a second and needs two different ones per track before it has a
+mapping. aiortc 1.16 sends a track's first SR 0.5-1.5 s after the sender starts and then one every
+0.5-1.5 s, each stamped with the wall time at which the track's last packet left, so for the first
+1-3 s of a session the browser plays each track on its own jitter buffer, and later SRs each carry
+one packet's send jitter (encode time, the event loop, the audio's re-chunking into 20 ms packets).
 
 MediaClockReports replaces a peer's senders' RTCP loops: each SR maps the last packet's RTP timestamp to
 NTP = epoch + that packet's media time (its pts on the engine's clock, which audio and video share
 sample-exactly), with one epoch for all the peer's senders, so the two mappings agree by construction.
-The first SR goes out right after a track's first packet, then at EARLY_REPORTS_S, then at aiortc's
-randomised 0.5-1.5 s. SDES (CNAME) and the closing BYE are as aiortc sends them.
+The first SR goes out right after a track's first packet, then at EARLY_REPORTS_S, then every
+REPORT_INTERVAL_S. SDES (CNAME) and the closing BYE are as aiortc sends them.
 """
 
 from __future__ import annotations
@@ -41,7 +41,10 @@ log = logging.getLogger(__name__)
 # Delays between a track's first packet and its first SRs: two within 0.1 s give the browser a mapping
 # before its first synchronisation pass; the later ones refine the fit while the session settles.
 EARLY_REPORTS_S = (0.0, 0.1, 0.2, 0.4)
-REPORT_INTERVAL_S = (0.5, 1.5)  # then, as aiortc (RFC 3550 6.3.1's randomisation)
+# Then one every 0.3-0.6 s (randomised as RFC 3550 6.3.1 asks): WebRTC's synchroniser takes one SR per
+# track per pass, once a second, and needs a new one each time to refine its fit (aiortc's 0.5-1.5 s
+# misses passes). An SR with SDES is ~60 bytes.
+REPORT_INTERVAL_S = (0.3, 0.6)
 NTP_EPOCH_OFFSET_S = 2208988800  # 1900-01-01 to 1970-01-01
 # FACECAST_SENDER_REPORTS=aiortc keeps aiortc's own reports: `facecast bench browser` compares the two.
 MODE_ENV = "FACECAST_SENDER_REPORTS"
