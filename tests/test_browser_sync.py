@@ -7,7 +7,6 @@ could first play."""
 
 from __future__ import annotations
 
-import math
 import statistics
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -19,6 +18,7 @@ import pytest
 from server_harness import RunningServer, running_server
 
 from facecast.bench.browser import PageSamples, chromium_path, msid_streams, open_browser, run_session
+from facecast.bench.corpus import SENTENCES
 from facecast.hosts import webrtc
 
 pytestmark = [
@@ -51,14 +51,16 @@ async def browser() -> AsyncIterator[Any]:
 
 
 async def session(server: RunningServer, browser: Any) -> PageSamples:
+    """The greeting and two typed sentences: six or so onsets of speech."""
     key = server.store.create_key("sync")[1]
-    return await run_session(browser, server.url, key, quality="low")
+    return await run_session(browser, server.url, key, quality="low", sentences=SENTENCES[:2])
 
 
-def early_offset_ms(samples: PageSamples) -> float:
-    """The offset over the first three seconds of the session (the greeting)."""
-    start = samples.first_frame_ms
-    return samples.offset_ms(start, start + 3000)
+def onset_offset_ms(samples: PageSamples) -> float:
+    """Median over the session's onsets of speech of mouth onset − sound onset."""
+    onsets = [ms for _, ms in samples.onsets()]
+    assert len(onsets) >= 3, f"too few onsets of speech measured: {samples.onsets()}"
+    return statistics.median(onsets)
 
 
 class _DelayedAudioTrack(webrtc.AvatarAudioTrack):
@@ -89,17 +91,18 @@ async def test_both_tracks_in_one_stream_and_in_sync_from_the_start(
     # Two sender reports per track (what Chromium needs to map a track to the sender's clock) within
     # half a second of the first frame; aiortc alone sends the second after 1-3 s.
     assert samples.second_reports_s() < 0.5, samples.reports
-    offset = early_offset_ms(samples)
-    # Generous: without the media-clock reports the mouth led the sound by ~120 ms here.
-    assert math.isfinite(offset) and abs(offset) < 100, f"A/V offset over the first 3 s: {offset:.0f} ms"
+    # Generous (a loaded 2-core machine grows Chromium's audio jitter buffer past 150 ms): the two
+    # tracks play together, not one on its own clock.
+    offset = onset_offset_ms(samples)
+    assert abs(offset) < 150, f"mouth onset − sound onset, median: {offset:.0f} ms; {samples.onsets()}"
 
 
 async def test_an_audio_delay_at_the_sender_reads_as_one(
     server: RunningServer, browser: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    in_sync = [early_offset_ms(await session(server, browser)) for _ in range(2)]
+    in_sync = [onset_offset_ms(await session(server, browser)) for _ in range(2)]
     monkeypatch.setattr(webrtc, "AvatarAudioTrack", _DelayedAudioTrack)
-    delayed = [early_offset_ms(await session(server, browser)) for _ in range(2)]
+    delayed = [onset_offset_ms(await session(server, browser)) for _ in range(2)]
     shift = statistics.median(delayed) - statistics.median(in_sync)
     # The sound INJECTED_DELAY_S later: the mouth moves that much earlier than the sound.
     assert -1.6 * INJECTED_DELAY_S * 1000 < shift < -0.4 * INJECTED_DELAY_S * 1000, (in_sync, delayed)
