@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import itertools
 import math
 import os
 import platform
@@ -47,9 +46,6 @@ GRID_HZ = 100.0
 MAX_LAG_MS = 300.0
 SPEECH_RMS = 200.0  # an audio block this loud is speech (espeak-ng speaks at ~3000 RMS)
 MIN_SPEECH = 0.2  # a window needs this fraction of speech blocks to be measured
-SILENCE_S = 0.25  # an onset of speech follows at least this much silence
-ONSET_SEARCH_S = 0.3  # the mouth's onset is looked for from this long before the sound's
-OPEN_MIN = 0.003  # a mouth box with this fraction of dark pixels shows an opening (at rest: none)
 SENTENCES_TYPED = 2
 TIMEOUT_S = 60.0
 CHROMIUM_ARGS = (
@@ -119,37 +115,6 @@ class PageSamples:
         return [
             (self.buffer_delay_ms("audio", *span), self.buffer_delay_ms("video", *span)) for span in spans
         ]
-
-    def onsets(self) -> list[tuple[float, float]]:
-        """(seconds after the first presented frame, mouth onset − sound onset in ms) for each onset of
-        speech after at least SILENCE_S of silence: the first loud audio block, and the frame nearest to
-        it (within ONSET_SEARCH_S) in which the mouth opens after a frame in which it was closed."""
-        start = self.first_frame_ms
-        at, level = np.array(self.audio, dtype=np.float64).T
-        shown = [(t, o) for t, o in self.video if o is not None]
-        # Frames where the mouth opens: open, after a closed one.
-        rising = [v for (_, before), (v, o) in itertools.pairwise(shown) if before <= OPEN_MIN < o]
-        out: list[tuple[float, float]] = []
-        quiet_since = -math.inf
-        for t, loud in zip(at, level > SPEECH_RMS, strict=True):
-            if not loud:
-                quiet_since = min(quiet_since, t) if math.isfinite(quiet_since) else t
-                continue
-            if t - quiet_since >= SILENCE_S * 1000:
-                near = [v - t for v in rising if abs(v - t) <= ONSET_SEARCH_S * 1000]
-                if near:
-                    out.append(((t - start) / 1000, min(near, key=abs)))
-            quiet_since = math.inf
-        return out
-
-    def window_onsets_ms(self) -> list[float]:
-        """The median onset offset per window (NaN where no speech starts)."""
-        onsets = self.onsets()
-        medians = []
-        for _, a, b in WINDOWS:
-            inside = [ms for s, ms in onsets if a <= s < (math.inf if b is None else b)]
-            medians.append(float(np.median(inside)) if inside else math.nan)
-        return medians
 
     def window_offsets_ms(self) -> list[float]:
         start = self.first_frame_ms
@@ -255,7 +220,6 @@ async def _run(args: argparse.Namespace, modes: list[str], log: Log) -> list[Tab
     from facecast.bench.server import ServerProcess
 
     offsets: dict[str, list[list[float]]] = {m: [] for m in modes}
-    onset_offsets: dict[str, list[list[float]]] = {m: [] for m in modes}
     buffers: dict[str, list[list[float]]] = {m: [] for m in modes}  # audio − video jitter buffer ms
     onsets: dict[str, list[float]] = {m: [] for m in modes}
     reported: dict[str, list[float]] = {m: [] for m in modes}
@@ -273,12 +237,10 @@ async def _run(args: argparse.Namespace, modes: list[str], log: Log) -> list[Tab
                 )
                 row = samples.window_offsets_ms()
                 offsets[mode].append(row)
-                onset_offsets[mode].append(samples.window_onsets_ms())
                 buffers[mode].append([a - v for a, v in samples.window_buffers_ms()])
                 onsets[mode].append(samples.speech_onset_s())
                 reported[mode].append(samples.second_reports_s())
                 shown = ", ".join(f"{label} {v:+.0f}" for (label, *_), v in zip(WINDOWS, row, strict=True))
-                shown += "; onsets " + ", ".join(f"{s:.1f} s {ms:+.0f}" for s, ms in samples.onsets())
                 log(
                     f"session {i + 1}/{args.sessions} ({mode}): offset ms {shown}; "
                     f"speech from {onsets[mode][-1]:.2f} s, two sender reports per track by "
@@ -292,7 +254,6 @@ async def _run(args: argparse.Namespace, modes: list[str], log: Log) -> list[Tab
     for mode in modes:
         for measure, values in (
             ("correlation", offsets[mode]),
-            ("onsets", onset_offsets[mode]),
             ("audio − video jitter buffer", buffers[mode]),
         ):
             table.add(mode, measure, *(_median(v) for v in np.array(values, dtype=np.float64).T))
@@ -304,7 +265,6 @@ async def _run(args: argparse.Namespace, modes: list[str], log: Log) -> list[Tab
         "clock: facecast.hosts.rtcp (from the first packet, the engine's pts)",
         f"correlation: lag of best correlation ({GRID_HZ:.0f} Hz grid, ±{MAX_LAG_MS:.0f} ms) between the "
         "audio level as played (AudioWorklet) and the mouth's opening as shown (requestVideoFrameCallback)",
-        f"onsets: mouth opening − sound onset after ≥ {SILENCE_S * 1000:.0f} ms of silence, per window",
         "jitter buffer: mean jitterBufferDelay per emitted sample / frame (getStats), audio minus video",
     ]
     return [table]
