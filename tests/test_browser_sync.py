@@ -19,7 +19,6 @@ import pytest
 from server_harness import RunningServer, running_server
 
 from facecast.bench.browser import PageSamples, chromium_path, msid_streams, open_browser, run_session
-from facecast.bench.corpus import SENTENCES
 from facecast.hosts import webrtc
 
 pytestmark = [
@@ -52,9 +51,9 @@ async def browser() -> AsyncIterator[Any]:
 
 
 async def session(server: RunningServer, browser: Any) -> PageSamples:
-    """The greeting and two typed sentences: about 10 s of speech."""
+    """Three corpus sentences, typed: about 8 s of speech."""
     key = server.store.create_key("sync")[1]
-    return await run_session(browser, server.url, key, quality="low", sentences=SENTENCES[:2])
+    return await run_session(browser, server.url, key, quality="low")
 
 
 def session_offset_ms(samples: PageSamples) -> float:

@@ -1,8 +1,9 @@
 """`facecast bench browser`: A/V sync as Chromium plays it, over the server's own WebRTC transport.
 
 A real `facecast serve` (one per sender-report mode, side by side in one run) and Debian's Chromium,
-headless, driven by Playwright: each session opens the browser client, starts a session (the client's
-greeting starts speaking on connect) and types two more sentences (espeak-ng, server-side). The page
+headless, driven by Playwright: each session opens the browser client, starts a session without the
+greeting and, as soon as it is connected, types three corpus sentences in turn (espeak-ng,
+server-side). The page
 script browser_sync.js records, on performance.now(), when each video frame is presented with the
 mouth's opening in it, and when each block of the remote audio plays with its level. The offset per
 window of the session (from its first presented frame) is the lag of best correlation between the
@@ -46,7 +47,10 @@ GRID_HZ = 100.0
 MAX_LAG_MS = 300.0
 SPEECH_RMS = 200.0  # an audio block this loud is speech (espeak-ng speaks at ~3000 RMS)
 MIN_SPEECH = 0.2  # a window needs this fraction of speech blocks to be measured
-SENTENCES_TYPED = 2
+# Spoken in turn, the first as soon as the session is connected. The first opens and closes the mouth
+# cleanly within its first second (the client's greeting starts with "Hello!", one syllable whose
+# correlation at the sender alone reads -120 ms over the first second).
+SPOKEN = (SENTENCES[3], SENTENCES[0], SENTENCES[1])
 TIMEOUT_S = 60.0
 CHROMIUM_ARGS = (
     "--autoplay-policy=no-user-gesture-required",
@@ -154,9 +158,10 @@ async def _speak_ended(page: Any) -> int:
 
 
 async def run_session(
-    browser: Any, url: str, api_key: str, *, quality: str = "medium", sentences: Sequence[str] = ()
+    browser: Any, url: str, api_key: str, *, quality: str = "medium", sentences: Sequence[str] = SPOKEN
 ) -> PageSamples:
-    """One session in the browser client: the greeting, then each of `sentences` typed and spoken."""
+    """One session in the browser client (no greeting): each of `sentences` typed and spoken in turn,
+    the first as soon as the session is connected."""
     from facecast.avatars import load_renderer
 
     context = await browser.new_context()
@@ -172,13 +177,14 @@ async def run_session(
         await page.select_option("#quality", quality)
         box = load_renderer(avatar_id or "", aspect="1:1", quality=quality).mouth_box()
         await page.evaluate("(box) => { window.facecastSync.box = box; }", list(box))
+        await page.uncheck("#greet")
         await page.click("#start")
-        wait_ms = TIMEOUT_S * 1000
-        await page.wait_for_function("() => window.facecastSync.video.length > 0", timeout=wait_ms)
-        for n, text in enumerate(["greeting", *sentences], start=1):
-            if n > 1:
-                await page.fill("#text", text)
-                await page.click("#speak")
+        await page.wait_for_function(
+            "() => document.getElementById('status').textContent === 'connected'", timeout=TIMEOUT_S * 1000
+        )
+        for n, text in enumerate(sentences, start=1):
+            await page.fill("#text", text)
+            await page.click("#speak")
             deadline = time.monotonic() + TIMEOUT_S
             while await _speak_ended(page) < n:
                 if time.monotonic() > deadline:
@@ -223,7 +229,6 @@ async def _run(args: argparse.Namespace, modes: list[str], log: Log) -> list[Tab
     buffers: dict[str, list[list[float]]] = {m: [] for m in modes}  # audio − video jitter buffer ms
     onsets: dict[str, list[float]] = {m: [] for m in modes}
     reported: dict[str, list[float]] = {m: [] for m in modes}
-    sentences = list(SENTENCES[:SENTENCES_TYPED])
     async with AsyncExitStack() as stack:
         servers = {m: await stack.enter_async_context(ServerProcess(log, MODES[m])) for m in modes}
         pw = await stack.enter_async_context(async_playwright())
@@ -232,9 +237,7 @@ async def _run(args: argparse.Namespace, modes: list[str], log: Log) -> list[Tab
         for i in range(args.sessions):
             for mode in modes:  # interleaved: both modes see the same machine load
                 server = servers[mode]
-                samples = await run_session(
-                    browser, server.url, server.api_key, quality=args.quality, sentences=sentences
-                )
+                samples = await run_session(browser, server.url, server.api_key, quality=args.quality)
                 row = samples.window_offsets_ms()
                 offsets[mode].append(row)
                 buffers[mode].append([a - v for a, v in samples.window_buffers_ms()])
