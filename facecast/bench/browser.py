@@ -73,7 +73,8 @@ class PageSamples:
     streams: dict[str, list[str]] = field(default_factory=dict)
     sdp: str | None = None
     reports: dict[str, float] = field(default_factory=dict)  # kind -> page ms of its second sender report
-    # [page ms, kind, jitterBufferDelay s, jitterBufferTargetDelay s, jitterBufferEmittedCount], cumulative
+    # [page ms, kind, jitterBufferDelay s, jitterBufferTargetDelay s, jitterBufferEmittedCount,
+    # jitterBufferMinimumDelay s], cumulative
     buffers: list[list[Any]] = field(default_factory=list)
 
     @property
@@ -106,7 +107,7 @@ class PageSamples:
 
     def buffer_delay_ms(self, kind: str, since_ms: float, until_ms: float) -> float:
         """Mean jitter-buffer delay of the samples / frames a track emitted between two page times."""
-        rows = [(t, d, n) for t, k, d, _, n in self.buffers if k == kind and since_ms <= t <= until_ms]
+        rows = [(t, d, n) for t, k, d, _, n, *_ in self.buffers if k == kind and since_ms <= t <= until_ms]
         if len(rows) < 2 or rows[-1][2] == rows[0][2]:
             return math.nan
         return 1000 * (rows[-1][1] - rows[0][1]) / (rows[-1][2] - rows[0][2])

@@ -28,7 +28,8 @@
 
   // When the second RTCP sender report of each kind arrived (the browser can map that track's RTP
   // timestamps to the sender's clock from then on), and each track's jitter buffer: cumulative
-  // [performance.now(), kind, jitterBufferDelay, jitterBufferTargetDelay, jitterBufferEmittedCount].
+  // [performance.now(), kind, jitterBufferDelay, jitterBufferTargetDelay, jitterBufferEmittedCount,
+  // jitterBufferMinimumDelay] (target above minimum: the synchroniser holds that track back).
   function watchReports(pc) {
     const timer = setInterval(async () => {
       if (pc.connectionState === "closed") { clearInterval(timer); return; }
@@ -39,7 +40,10 @@
           sync.reports[s.kind] = now;
         }
         if (s.type === "inbound-rtp" && s.jitterBufferEmittedCount) {
-          sync.buffers.push([now, s.kind, s.jitterBufferDelay, s.jitterBufferTargetDelay, s.jitterBufferEmittedCount]);
+          sync.buffers.push([
+            now, s.kind, s.jitterBufferDelay, s.jitterBufferTargetDelay, s.jitterBufferEmittedCount,
+            s.jitterBufferMinimumDelay,
+          ]);
         }
       });
     }, 100);
