@@ -266,7 +266,7 @@ async def _run(args: argparse.Namespace, modes: list[str], log: Log) -> list[Tab
     table.notes += [
         "windows from the session's first presented frame; a window with too little speech is left out (nan)",
         "aiortc: aiortc's own RTCP sender reports (first after 0.5-1.5 s, wall clock at send); media "
-        "clock: facecast.hosts.rtcp (from the first packet, the engine's pts)",
+        "clock: facecast.hosts.rtcp (from the first packet, the engine's pts; video held one frame)",
         f"correlation: lag of best correlation ({GRID_HZ:.0f} Hz grid, ±{MAX_LAG_MS:.0f} ms) between the "
         "audio level as played (AudioWorklet) and the mouth's opening as shown (requestVideoFrameCallback)",
         "jitter buffer: mean jitterBufferDelay per emitted sample / frame (getStats), audio minus video",

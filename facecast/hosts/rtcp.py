@@ -13,6 +13,12 @@ NTP = epoch + that packet's media time (its pts on the engine's clock, which aud
 sample-exactly), with one epoch for all the peer's senders, so the two mappings agree by construction.
 The first SR goes out right after a track's first packet, then at EARLY_REPORTS_S, then every
 REPORT_INTERVAL_S. SDES (CNAME) and the closing BYE are as aiortc sends them.
+
+Reports alone do not move what Chromium shows in the first seconds (measured: `facecast bench
+browser`): its synchroniser first acts ~5 s in and closes the gap slowly. The gap comes from its jitter
+buffers (audio starts at NetEq's ~60 ms floor, video at ~12 ms), so each video frame is also held
+VIDEO_HOLD_S before it is sent; the SRs still map its true media time, so the synchroniser sees the
+tracks nearly aligned from the start and has little left to correct.
 """
 
 from __future__ import annotations
@@ -45,8 +51,16 @@ EARLY_REPORTS_S = (0.0, 0.1, 0.2, 0.4)
 # track per pass, once a second, and needs a new one each time to refine its fit (aiortc's 0.5-1.5 s
 # misses passes). An SR with SDES is ~60 bytes.
 REPORT_INTERVAL_S = (0.3, 0.6)
+# Each video frame leaves this long after the avatar released it (its audio leaves at once). Chromium
+# starts a session with ~60 ms of audio in its jitter buffer (NetEq's floor) against ~12 ms of video,
+# and its synchroniser first moves ~5 s in, by about half the gap per move: without the hold the mouth
+# leads the sound by ~45 ms from the start. One frame at 30 fps, no more: the avatar queues two video
+# frames for the track (realtime.VIDEO_QUEUE_FRAMES), so a longer hold would make it drop frames.
+VIDEO_HOLD_S = 0.033
+MAX_HOLD_LAG_S = 0.1  # a frame this late for its hold: the avatar's clock moved on, and the hold follows
 NTP_EPOCH_OFFSET_S = 2208988800  # 1900-01-01 to 1970-01-01
-# FACECAST_SENDER_REPORTS=aiortc keeps aiortc's own reports: `facecast bench browser` compares the two.
+# FACECAST_SENDER_REPORTS=aiortc keeps aiortc's own reports and no video hold, as aiortc ships: `facecast
+# bench browser` compares the two.
 MODE_ENV = "FACECAST_SENDER_REPORTS"
 
 _PRIVATE = "_RTCRtpSender__"  # aiortc's name-mangled sender state read here
@@ -54,7 +68,7 @@ _STATE = ("rtp_timestamp", "packet_count", "octet_count", "cname", "rtcp_started
 
 
 def enabled() -> bool:
-    """False when FACECAST_SENDER_REPORTS=aiortc asks for aiortc's own sender reports."""
+    """False when FACECAST_SENDER_REPORTS=aiortc asks for aiortc's own sender reports (and no hold)."""
     return os.environ.get(MODE_ENV, "").strip().lower() != "aiortc"
 
 
@@ -65,8 +79,8 @@ def _ntp(wall_s: float) -> int:
 
 
 class MediaClockReports:
-    """Sender reports for one peer connection's senders, on one media clock. attach() them before the
-    connection starts sending (before the answer is applied)."""
+    """Sender reports for one peer connection's senders, on one media clock, and the video hold.
+    attach() them before the connection starts sending (before the answer is applied)."""
 
     def __init__(self) -> None:
         self.epoch: float | None = None  # time.time() at media time 0, set by the first packet sent
@@ -103,10 +117,26 @@ class _SenderClock:
         track_recv: Callable[[], Awaitable[Any]] = track.recv
         next_encoded = sender._next_encoded_frame
 
+        hold_s = VIDEO_HOLD_S if sender.kind == "video" else 0.0
+        loop = asyncio.get_running_loop()
+        released_at = 0.0  # loop time of media time 0, as the avatar releases frames
+
         async def recv() -> Any:
+            nonlocal released_at
             frame = await track_recv()
-            if self._first_pts_s is None and frame.pts is not None and frame.time_base is not None:
-                self._first_pts_s = float(frame.pts * frame.time_base)
+            if frame.pts is None or frame.time_base is None:
+                return frame
+            pts_s = float(frame.pts * frame.time_base)
+            now = loop.time()
+            if self._first_pts_s is None:
+                self._first_pts_s = pts_s
+                released_at = now - pts_s
+            if hold_s:
+                due = released_at + pts_s + hold_s
+                if now > due + MAX_HOLD_LAG_S:
+                    released_at = now - pts_s - hold_s
+                elif due > now:
+                    await asyncio.sleep(due - now)
             return frame
 
         async def next_encoded_frame(codec: RTCRtpCodecParameters) -> Any:
