@@ -92,10 +92,11 @@ async def test_both_tracks_in_one_stream_and_in_sync_from_the_start(
     # Two sender reports per track (what Chromium needs to map a track to the sender's clock) within
     # half a second of the first frame; aiortc alone sends the second after 1-3 s.
     assert samples.second_reports_s() < 0.5, samples.reports
-    # Generous (a loaded 2-core machine grows Chromium's audio jitter buffer past 150 ms): the two
-    # tracks play together, not one on its own clock.
-    offset = session_offset_ms(samples)
-    assert abs(offset) < 150, f"A/V offset {offset:.0f} ms (+: video late)"
+    # Generous: a loaded 2-core machine grows Chromium's audio jitter buffer past 150 ms. Without the
+    # hold and the early reports the mouth led the sound by ~45 ms on a quiet machine, ~120 on a busy one.
+    start = samples.first_frame_ms
+    offset = samples.offset_ms(start, start + 3000)
+    assert math.isfinite(offset) and abs(offset) < 100, f"A/V offset over the first 3 s: {offset:.0f} ms"
 
 
 async def test_an_audio_delay_at_the_sender_reads_as_one(
