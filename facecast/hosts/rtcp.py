@@ -103,7 +103,8 @@ class MediaClockReports:
 
 
 class _SenderClock:
-    """One sender's link between RTP timestamps and media time, and its RTCP loop."""
+    """One sender's link between RTP timestamps and media time, its RTCP loop and, for video, the
+    hold."""
 
     def __init__(self, reports: MediaClockReports, sender: RTCRtpSender) -> None:
         self._reports = reports
@@ -118,8 +119,7 @@ class _SenderClock:
         next_encoded = sender._next_encoded_frame
 
         hold_s = VIDEO_HOLD_S if sender.kind == "video" else 0.0
-        loop = asyncio.get_running_loop()
-        released_at = 0.0  # loop time of media time 0, as the avatar releases frames
+        released_at = 0.0  # event-loop time of media time 0, as the avatar releases frames
 
         async def recv() -> Any:
             nonlocal released_at
@@ -127,7 +127,7 @@ class _SenderClock:
             if frame.pts is None or frame.time_base is None:
                 return frame
             pts_s = float(frame.pts * frame.time_base)
-            now = loop.time()
+            now = asyncio.get_running_loop().time()
             if self._first_pts_s is None:
                 self._first_pts_s = pts_s
                 released_at = now - pts_s
