@@ -114,3 +114,30 @@ def test_page_makes_an_avatar_from_a_photo_and_talks_with_it(server: RunningServ
         assert errors == []
     records, _ = server.store.list_sessions(None, active=False)
     assert records[0].avatar_id.startswith("av_")
+
+
+def test_speech_latency_of_a_sentence_queued_behind_the_greeting_leaves_out_the_wait(
+    server: RunningServer,
+) -> None:
+    """Typed while the ~5 s greeting plays, a sentence starts when the greeting ends: its speech latency
+    counts from then (it read the whole wait, ~4.8 s, when it counted from sending)."""
+    from playwright.sync_api import expect
+
+    key = server.store.create_key("browser")[1]
+    with client_page(server, key) as (page, errors):
+        page.select_option("#quality", "low")
+        page.get_by_test_id("start").click()
+        log = page.get_by_test_id("log")
+        expect(log).to_contain_text("agent.speak_started", timeout=20_000)
+        page.fill("#text", "Queued behind the greeting.")
+        page.click("#speak")
+        page.wait_for_function(
+            "() => new Set(Array.from(document.querySelectorAll('#log li')).map((li) => li.textContent)"
+            ".filter((t) => t.includes('agent.speak_started')).map((t) => t.match(/\\[([0-9a-f]+)\\]/)[1]))"
+            ".size === 2",
+            timeout=30_000,
+        )
+        latency_ms = int(page.inner_text("#stat-latency").removesuffix(" ms"))
+        assert 0 <= latency_ms < 1500, f"speech latency {latency_ms} ms"
+        page.click("#stop")
+        assert errors == []

@@ -1,8 +1,8 @@
 """`facecast bench`: speed, latency, lip-sync quality and memory, measured side by side in one run.
 
 Subcommands: speed · latency · lipsync · memory · all; `facecast bench server ...` (a real `facecast
-serve`), `facecast bench livekit ...` (a worker in a real LiveKit room) and `facecast bench frames ...`
-(one live stream's cost per stage) have their own options.
+serve`), `facecast bench livekit ...` (a worker in a real LiveKit room), `facecast bench frames ...`
+(one live stream's cost per stage) and `facecast bench browser` (A/V sync in Chromium) have their own options.
 Results print as tables on stdout (Markdown with --markdown); progress goes to stderr, one line per
 item. See docs/benchmarks.md.
 """
@@ -62,6 +62,10 @@ def main(argv: list[str] | None = None) -> int:
         from facecast.bench.frames import main as frames_main
 
         return frames_main(argv[1:])
+    if argv[:1] == ["browser"]:  # and the A/V sync one in Chromium
+        from facecast.bench.browser import main as browser_main
+
+        return browser_main(argv[1:])
     parser = _parser()
     args = parser.parse_args(argv)
     if args.voices:

@@ -28,7 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -251,9 +251,12 @@ class ServerProcess:
     """`facecast serve` in a child process on a free loopback port, with a fresh data directory and key.
     CPU, memory and threads are summed over its whole process tree (worker processes included)."""
 
-    def __init__(self, log: Log, code: ServerCode | None = None) -> None:
+    def __init__(
+        self, log: Log, code: ServerCode | None = None, env: Mapping[str, str] | None = None
+    ) -> None:
         self.log = log
         self.code = code or ServerCode("this checkout", checkout_root())
+        self._env = dict(env or {})  # FACECAST_* settings for this server (others are not passed on)
         self.url = ""
         self.api_key = ""
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
@@ -271,6 +274,7 @@ class ServerProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("FACECAST_")}
         # The ramp measures past the server's admission limit on purpose.
         env["FACECAST_MAX_LIVE_SESSIONS"] = str(MAX_CONCURRENT)
+        env.update(self._env)
         env["PYTHONPATH"] = os.pathsep.join([str(self.code.root), *filter(None, [env.get("PYTHONPATH")])])
         # `python -m` puts the working directory first on sys.path, before PYTHONPATH: run every command
         # from the data directory, so that the bench's own directory never decides which code runs.

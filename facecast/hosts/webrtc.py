@@ -53,6 +53,7 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from av.frame import Frame
 from av.video.codeccontext import VideoCodecContext
 
+from facecast.hosts import rtcp
 from facecast.hosts.live import AudioOut, AvatarClosed, LiveCore, VideoOut
 from facecast.server.protocol import DATA_CHANNEL_LABEL, Encoding
 
@@ -396,9 +397,7 @@ class AvatarVideoTrack(MediaStreamTrack):
 
     async def recv(self) -> av.VideoFrame:
         out: VideoOut = await _next_output(self, self._avatar.next_video)
-        code = cv2.COLOR_RGBA2YUV_I420 if out.image.shape[2] == 4 else cv2.COLOR_RGB2YUV_I420
-        # OpenCV's I420 is BT.601 limited range, what decoders assume; 0.4 ms vs 4 ms for PyAV's reformat.
-        frame = av.VideoFrame.from_ndarray(cv2.cvtColor(out.image, code), format="yuv420p")
+        frame = i420_frame(out.image)
         frame.pts = out.index * VIDEO_CLOCK // self._fps
         frame.time_base = VIDEO_TIME_BASE
         frame.opaque = self.meter
@@ -510,10 +509,11 @@ class AvatarPeer:
         self.video = AvatarVideoTrack(avatar)
         self.audio = AvatarAudioTrack(avatar)
         # Transceivers before the offer arrives, so the codec preference shapes the answer.
-        self._pc.addTransceiver(self.audio, direction="sendonly")
-        self._pc.addTransceiver(self.video, direction="sendonly").setCodecPreferences(
-            _codec_preferences(codec)
-        )
+        audio = self._pc.addTransceiver(self.audio, direction="sendonly")
+        video = self._pc.addTransceiver(self.video, direction="sendonly")
+        video.setCodecPreferences(_codec_preferences(codec))
+        if rtcp.enabled():  # sender reports on the engine's clock from the first packets: see hosts/rtcp.py
+            rtcp.MediaClockReports().attach(audio.sender, video.sender)
         self._channel = self._pc.createDataChannel(DATA_CHANNEL_LABEL, negotiated=True, id=0)
         self._channel.on("open", self._flush_events)
         self._channel.on("message", self._receive)

@@ -4,7 +4,11 @@
 const $ = (id) => document.getElementById(id);
 const state = {
   apiKey: "", avatar: null, session: null, pc: null, ws: null, stats: null, keepAlive: null,
-  startedAt: 0, lastBytes: 0, lastFrames: 0, lastStatsAt: 0, speakSentAt: new Map(),
+  startedAt: 0, lastBytes: 0, lastFrames: 0, lastStatsAt: 0,
+  // Speech latency: from when an utterance could first play (when it was sent, or when the utterance
+  // ahead of it ended, if later) to its agent.speak_started. Events come over both the WebSocket and
+  // the data channel; the first of each counts.
+  speakSentAt: new Map(), speechEnded: new Set(), lastSpeechEndAt: 0,
 };
 
 function log(text, cls = "") {
@@ -142,9 +146,17 @@ function onEvent(event, via) {
   } else if (event.type === "agent.speak_started") {
     setStatus("speaking");
     const sent = state.speakSentAt.get(event.event_id);
-    if (sent) $("stat-latency").textContent = `${Math.round(performance.now() - sent)} ms`;
+    if (sent !== undefined) {
+      state.speakSentAt.delete(event.event_id);
+      const ready = Math.max(sent, state.lastSpeechEndAt);
+      $("stat-latency").textContent = `${Math.round(performance.now() - ready)} ms`;
+    }
   } else if (event.type === "agent.speak_ended" || event.type === "agent.speak_interrupted") {
     state.speakSentAt.delete(event.event_id);
+    if (!state.speechEnded.has(event.event_id)) {
+      state.speechEnded.add(event.event_id);
+      state.lastSpeechEndAt = performance.now();
+    }
     if (state.session) setStatus("connected");
   } else if (event.type === "session.stopped") {
     teardown(`session stopped: ${event.end_reason}`);
@@ -280,6 +292,9 @@ function teardown(reason) {
   if (state.pc) { state.pc.close(); state.pc = null; }
   state.session = null;
   state.lastStatsAt = 0;
+  state.speakSentAt.clear();
+  state.speechEnded.clear();
+  state.lastSpeechEndAt = 0;
   $("video").srcObject = null;
   $("placeholder").hidden = false;
   setLive(false);
