@@ -79,6 +79,13 @@ def _add_server_options(p: argparse.ArgumentParser, *, default_port: int) -> Non
         default=os.environ.get("FACECAST_DATABASE_URL"),
         help="postgresql://... to share state between servers (default: SQLite in the data directory)",
     )
+    p.add_argument(
+        "--live-workers",
+        type=int,
+        metavar="N",
+        help="worker processes that run live WebRTC sessions (default: $FACECAST_LIVE_WORKERS, else one "
+        "per core); 0 runs them in the server process",
+    )
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
 
 
@@ -227,6 +234,14 @@ def _server_config(args: argparse.Namespace) -> ServerConfig:
         )
     except ValueError as exc:
         raise UsageError(f"facecast: error: {exc}") from None
+    if args.live_workers is not None and args.live_workers < 0:
+        raise UsageError("facecast: error: --live-workers cannot be negative; use 0 for no worker processes")
+    try:
+        live_workers = (
+            args.live_workers if args.live_workers is not None else ServerConfig.live_workers_from_env()
+        )
+    except ValueError as exc:
+        raise UsageError(f"facecast: error: {exc}") from None
     return ServerConfig(
         host=args.host,
         port=args.port,
@@ -236,6 +251,7 @@ def _server_config(args: argparse.Namespace) -> ServerConfig:
         ice_servers=ice,
         limits=ServerConfig.limits_from_env(Limits()),
         livekit=livekit,
+        live_workers=live_workers,
     )
 
 

@@ -57,6 +57,7 @@ def running_server(
     server_id: str = "test-server",
     avatars: AvatarSettings | None = None,
     livekit: LiveKitSettings | None = None,
+    live_workers: int = 0,
 ) -> Iterator[RunningServer]:
     store = store or open_store(None, data_dir)
     config = ServerConfig(
@@ -68,6 +69,7 @@ def running_server(
         # The defaults, whatever the environment says (FACECAST_FETCH_ALLOW_NETWORKS included).
         avatars=avatars or AvatarSettings(fetch_policy=FetchPolicy()),
         livekit=livekit or LiveKitSettings(),  # none unless given, whatever FACECAST_LIVEKIT_* say
+        live_workers=live_workers,  # WebRTC sessions in this process unless a test asks for a pool
     )
     app = create_app(config, store=store)
     sock = bind("127.0.0.1", 0, fallback_to_free_port=False)

@@ -157,6 +157,24 @@ class ServerConfig:
     avatars: AvatarSettings = field(default_factory=AvatarSettings.from_env)
     # None: no LiveKit server known (FACECAST_LIVEKIT_* are read by `facecast serve`, see LiveKitSettings).
     livekit: LiveKitSettings = field(default_factory=LiveKitSettings)
+    # Worker processes that run the WebRTC sessions (engine, encoder, peer); 0: this process runs them.
+    # `facecast serve` defaults to one per core (live_workers_from_env); embedding and tests to 0.
+    live_workers: int = 0
+
+    def __post_init__(self) -> None:
+        if self.live_workers < 0:
+            raise ValueError(f"live_workers cannot be negative, got {self.live_workers}")
+
+    @staticmethod
+    def live_workers_from_env() -> int:
+        """`FACECAST_LIVE_WORKERS`: worker processes for live sessions; default one per core, 0 runs them
+        in the server process."""
+        workers = _env_int("FACECAST_LIVE_WORKERS", os.cpu_count() or 1)
+        if workers < 0:
+            raise ValueError(
+                f"FACECAST_LIVE_WORKERS={workers} cannot be negative; use 0 for no worker processes"
+            )
+        return workers
 
     @staticmethod
     def ice_servers_from_env() -> tuple[dict[str, Any], ...]:

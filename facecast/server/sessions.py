@@ -11,8 +11,6 @@ import asyncio
 import base64
 import binascii
 import contextlib
-import ctypes
-import ctypes.util
 import json
 import logging
 import os
@@ -23,24 +21,30 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from facecast.avatars import load_renderer
 from facecast.avatars.style import style_names
-from facecast.engine import Engine, EngineConfig
 from facecast.engine.types import PhoneTiming, SegmentEnded, SegmentEvent, SegmentStarted, SegmentTag
-from facecast.hosts.live import LiveCore
+from facecast.hosts.live import AvatarClosed, LiveCore
 from facecast.hosts.webrtc import AvatarPeer
 from facecast.server import protocol as p
 from facecast.server.auth import hash_secret, new_session_token
 from facecast.server.avatars import AvatarService
 from facecast.server.config import ServerConfig
 from facecast.server.errors import ApiError
+from facecast.server.pool import (
+    AvatarSpec,
+    LivePool,
+    RemoteAvatar,
+    RemotePeer,
+    build_engine,
+    new_live_avatar,
+    release_freed_memory,
+)
 from facecast.server.schemas import TokenRequest
 from facecast.server.store import ApiKey, SessionRecord, Store, new_session_id
 from facecast.tts import EspeakTTS, TTSError
 
 log = logging.getLogger(__name__)
 
-WEBRTC_AUDIO_RATE = 48000  # Opus runs at 48 kHz; rendering at that rate avoids a second resampler
 MAX_SPEAK_TEXT_CHARS = 2000
 REAP_INTERVAL_S = 0.25
 # Participants of a room this server makes for a session (LiveAvatar's shape): the avatar, the holder of
@@ -50,25 +54,6 @@ OWNED_ROOM_AGENT = "facecast-agent"
 OWNED_ROOM_USER = "user"
 OWNED_ROOM_MAX_PARTICIPANTS = 8
 STORE_SYNC_EVERY = 4  # reaper rounds between checks for sessions another server ended
-
-
-def _malloc_trim() -> Callable[[int], int] | None:
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return libc.malloc_trim  # type: ignore[no-any-return]
-    except (OSError, AttributeError):  # not glibc
-        return None
-
-
-_MALLOC_TRIM = _malloc_trim()
-
-
-def release_freed_memory() -> None:
-    """Hand memory freed by an ended session back to the OS. glibc keeps freed native buffers (frames,
-    encoder state) in its arenas: measured over 500 sessions started and stopped, resident memory climbed
-    by ~500 MB with nothing live, and malloc_trim returned most of it."""
-    if _MALLOC_TRIM is not None:
-        _MALLOC_TRIM(0)
 
 
 def livekit_extra_missing(exc: ImportError) -> ApiError:
@@ -83,7 +68,8 @@ EventSink = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 class SpeechTarget(Protocol):
-    """What LITE commands drive: a `LiveCore` (WebRTC sessions), or the LITE socket's audio feeding
+    """What LITE commands drive: a `LiveCore` (WebRTC sessions in this process), a `RemoteAvatar`
+    (WebRTC sessions in a worker process, facecast.server.pool), or the LITE socket's audio feeding
     an avatar in a LiveKit room (facecast.server.lite_room.SocketAudio). Segment events come back through
     the callback the target was made with."""
 
@@ -118,7 +104,7 @@ class LiveSession:
         self.record = record
         self.id = record.id
         self.avatar = avatar
-        self.peer: AvatarPeer | None = None
+        self.peer: AvatarPeer | RemotePeer | None = None
         self._manager = manager
         self._limits = manager.config.limits
         self.started_mono = started_mono  # the start request: time to first frame counts from here
@@ -358,10 +344,17 @@ class LiveSession:
 
     # -- stats ------------------------------------------------------------------------------------------
     async def stats(self) -> dict[str, Any]:
-        """The live core's stats (LiveStats: the same names in every host), the peer's, the duration."""
-        assert isinstance(self.avatar, LiveCore)
+        """The live core's stats (LiveStats: the same names in every host), the peer's, the duration, and
+        which process runs it (`worker_pid`; None: this one)."""
         out: dict[str, Any] = {"duration_s": round(time.monotonic() - self.started_mono, 3)}
-        out.update(self.avatar.stats.as_dict())
+        if isinstance(self.avatar, RemoteAvatar):
+            stats, _ = await self.avatar.fetch_stats()
+            out["worker_pid"] = self.avatar.worker.pid
+        else:
+            assert isinstance(self.avatar, LiveCore)
+            stats = self.avatar.stats
+            out["worker_pid"] = None
+        out.update(stats.as_dict())
         if self.peer is not None:
             peer_stats = await self.peer.stats()
             peer_stats.pop("first_video_sent_at", None)
@@ -453,6 +446,8 @@ class SessionManager:
         # Where LiveKit rooms come from: None means a real `rtc.Room()`; tests pass an in-memory double.
         self.livekit_room_factory = livekit_room_factory
         self.live: dict[str, Session] = {}
+        # Worker processes that run WebRTC sessions; None: they run in this process.
+        self.pool: LivePool | None = LivePool(config.live_workers) if config.live_workers > 0 else None
         self._closing: dict[str, asyncio.Future[None]] = {}  # ends in progress, so a second waits
         self._pending: dict[str, float] = {}  # minted here, not started: session id -> token expiry (unix)
         self._waiting: set[str] = set()  # starts waiting for their avatar to finish building
@@ -475,6 +470,8 @@ class SessionManager:
                 "marked %d session(s) left live by a previous run as ended (server_shutdown)", recovered
             )
         self.avatars.open()
+        if self.pool is not None:
+            await self.pool.open()
         self._reaper = asyncio.create_task(self._reap_forever(), name="facecast-session-reaper")
         return recovered
 
@@ -491,6 +488,8 @@ class SessionManager:
             await self.end(session_id, p.END_SERVER_SHUTDOWN)
         for session_id in list(self._pending):
             await self.end(session_id, p.END_SERVER_SHUTDOWN)
+        if self.pool is not None:
+            await self.pool.close()
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
@@ -753,21 +752,21 @@ class SessionManager:
             if record.settings["livekit"].get("audio_source") == "websocket":
                 return await self._start_lite_in_room(record)
             return await self._start_in_room(record)
+        if self.pool is not None:
+            return await self._start_in_pool(record, self.pool)
         started_mono = time.monotonic()
+        spec = AvatarSpec.from_settings(record.avatar_id, record.settings, self.avatars.library)
         try:
-            engine = await asyncio.to_thread(self._build_engine, record)
+            engine = await asyncio.to_thread(build_engine, spec)
         except ValueError as exc:  # a bundle that cannot be rendered (AvatarNotFoundError, BundleError)
-            await self.end(record.id, p.END_ERROR)
-            raise ApiError(
-                500, p.CODE_INTERNAL, f"could not load avatar {record.avatar_id!r}: {exc}"
-            ) from None
+            raise await self._unloadable(record, exc) from None
         session: LiveSession | None = None
 
         def on_event(event: SegmentEvent) -> None:
             if session is not None:
                 session.on_segment_event(event)
 
-        avatar = LiveCore(engine, on_event=on_event)
+        avatar = new_live_avatar(engine, on_event)
         now = time.time()  # started_at; the session's deadline is taken just after, so never early
         session = LiveSession(record, avatar, manager=self, started_mono=started_mono)
         try:
@@ -780,6 +779,50 @@ class SessionManager:
         except Exception:
             await self.end(record.id, p.END_ERROR)
             raise
+        return session
+
+    async def _unloadable(self, record: SessionRecord, exc: ValueError) -> ApiError:
+        await self.end(record.id, p.END_ERROR)
+        return ApiError(500, p.CODE_INTERNAL, f"could not load avatar {record.avatar_id!r}: {exc}")
+
+    async def _start_in_pool(self, record: SessionRecord, pool: LivePool) -> LiveSession:
+        """A WebRTC session whose engine, encoder and peer run in the least-loaded worker process. Its
+        worker dying ends it with reason `error`."""
+        started_mono = time.monotonic()
+        spec = AvatarSpec.from_settings(record.avatar_id, record.settings, self.avatars.library)
+        session: LiveSession | None = None
+
+        def on_event(event: SegmentEvent) -> None:
+            if session is not None:
+                session.on_segment_event(event)
+
+        def on_lost() -> None:
+            log.error("session %s ended: the worker process running it exited", record.id)
+            self.spawn(self.end(record.id, p.END_ERROR))
+
+        try:
+            avatar = await RemoteAvatar.start(
+                pool, record.id, spec, started_at=started_mono, on_event=on_event, on_lost=on_lost
+            )
+        except ValueError as exc:  # a bundle that cannot be rendered (AvatarNotFoundError, BundleError)
+            raise await self._unloadable(record, exc) from None
+        except AvatarClosed as exc:
+            await self.end(record.id, p.END_ERROR)
+            raise ApiError(
+                503, p.CODE_INTERNAL, f"the worker process for this session failed ({exc}); start a new one"
+            ) from None
+        now = time.time()
+        session = LiveSession(record, avatar, manager=self, started_mono=started_mono)
+        try:
+            self.mark_started(record, session, now)
+        except ApiError:
+            await avatar.aclose()
+            raise
+        if not avatar.worker.alive:  # died while the start was being recorded: its on_lost came too early
+            await self.end(record.id, p.END_ERROR)
+            raise ApiError(
+                503, p.CODE_INTERNAL, "the worker process for this session failed; start a new one"
+            )
         return session
 
     async def _wait_for_avatar(self, record: SessionRecord) -> None:
@@ -933,17 +976,6 @@ class SessionManager:
         except Exception as exc:  # gone already, or the LiveKit server is unreachable: it empties itself
             log.warning("could not delete LiveKit room %s of session %s: %s", lk["room"], record.id, exc)
 
-    def _build_engine(self, record: SessionRecord) -> Engine:
-        settings = record.settings
-        # The id was checked at mint (a built-in, or one of the key's avatars): never a path.
-        renderer = load_renderer(
-            record.avatar_id,
-            aspect=settings["aspect_ratio"],
-            quality=settings["video_settings"]["quality"],
-            library=self.avatars.library,
-        )
-        return Engine(renderer, EngineConfig(fps=int(settings["fps"]), out_rate=WEBRTC_AUDIO_RATE))
-
     async def connect_peer(self, session: LiveSession, sdp: str, sdp_type: str) -> tuple[str, str]:
         if session.peer is not None:
             raise ApiError(
@@ -954,14 +986,28 @@ class SessionManager:
         async def reply(event: dict[str, Any]) -> None:
             peer.send_event(event)
 
-        peer = AvatarPeer(
-            session.avatar,
-            codec=encoding,
-            ice_servers=list(self.config.ice_servers),
-            on_message=lambda message: self.spawn(session.handle(message, reply=reply)),
-            on_connected=session.on_peer_connected,
-            on_closed=session.on_peer_closed,
-        )
+        def on_message(message: dict[str, Any]) -> None:
+            self.spawn(session.handle(message, reply=reply))
+
+        peer: AvatarPeer | RemotePeer
+        if isinstance(session.avatar, RemoteAvatar):
+            peer = session.avatar.peer(
+                codec=encoding,
+                ice_servers=self.config.ice_servers,
+                on_message=on_message,
+                on_connected=session.on_peer_connected,
+                on_closed=session.on_peer_closed,
+            )
+        else:
+            assert isinstance(session.avatar, LiveCore)
+            peer = AvatarPeer(
+                session.avatar,
+                codec=encoding,
+                ice_servers=list(self.config.ice_servers),
+                on_message=on_message,
+                on_connected=session.on_peer_connected,
+                on_closed=session.on_peer_closed,
+            )
         session.peer = peer
         try:
             answer = await peer.answer(sdp, sdp_type)
