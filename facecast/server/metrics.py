@@ -9,7 +9,22 @@ import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from facecast.server.pool import LivePool
     from facecast.server.sessions import SessionManager
+
+# worker description key -> (metric name, help)
+WORKER_SERIES: dict[str, tuple[str, str]] = {
+    "sessions": ("facecast_live_worker_sessions", "Live sessions in the worker process"),
+    "rss_bytes": ("facecast_live_worker_resident_memory_bytes", "Resident memory of the worker process"),
+    "idle_rss_bytes": (
+        "facecast_live_worker_idle_resident_memory_bytes",
+        "Resident memory of the worker process when it was ready, before any session",
+    ),
+    "rss_per_session_bytes": (
+        "facecast_live_worker_memory_per_session_bytes",
+        "Resident memory of the worker process above its idle size, per live session",
+    ),
+}
 
 # stat key -> (metric name, help)
 SESSION_SERIES: dict[str, tuple[str, str]] = {
@@ -50,6 +65,24 @@ def _rss_bytes() -> int | None:
     return pages * resource.getpagesize()
 
 
+def _pool_lines(pool: LivePool) -> list[str]:
+    lines = [
+        "# HELP facecast_live_workers Worker processes running live sessions",
+        "# TYPE facecast_live_workers gauge",
+        f"facecast_live_workers {len(pool.alive())}",
+        "# HELP facecast_live_workers_replaced_total Worker processes started after one exited",
+        "# TYPE facecast_live_workers_replaced_total counter",
+        f"facecast_live_workers_replaced_total {pool.replaced}",
+    ]
+    workers = pool.describe()
+    for key, (name, help_text) in WORKER_SERIES.items():
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
+        for worker in workers:
+            if worker[key] is not None:
+                lines.append(f'{name}{{worker="{worker["worker"]}",pid="{worker["pid"]}"}} {worker[key]}')
+    return lines
+
+
 async def render_metrics(manager: SessionManager) -> str:
     lines = [
         "# HELP facecast_live_sessions Sessions running on this server",
@@ -84,6 +117,8 @@ async def render_metrics(manager: SessionManager) -> str:
         "# TYPE facecast_process_peak_resident_memory_bytes gauge",
         f"facecast_process_peak_resident_memory_bytes {_peak_rss_bytes()}",
     ]
+    if manager.pool is not None:
+        lines += _pool_lines(manager.pool)
     per_session = {}
     for session in list(manager.live.values()):
         per_session[session.id] = await session.stats()

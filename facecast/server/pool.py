@@ -496,6 +496,13 @@ class WorkerProcess:
         if self.on_exit is not None:
             self.on_exit(self)
 
+    async def reap(self) -> None:
+        """Wait for a process whose channel broke to exit (killing it if it hangs on): no zombie stays."""
+        await asyncio.to_thread(self.process.join, WORKER_EXIT_TIMEOUT_S)
+        if self.process.is_alive():
+            self.process.kill()
+            await asyncio.to_thread(self.process.join, WORKER_EXIT_TIMEOUT_S)
+
     async def stop(self) -> None:
         """Ask the process to exit; kill it if it does not within WORKER_EXIT_TIMEOUT_S."""
         if self.alive:
@@ -505,8 +512,7 @@ class WorkerProcess:
         await asyncio.to_thread(self.process.join, WORKER_EXIT_TIMEOUT_S)
         if self.process.is_alive():
             log.warning("worker process %d did not exit; killing it", self.pid)
-            self.process.kill()
-            await asyncio.to_thread(self.process.join, WORKER_EXIT_TIMEOUT_S)
+            await self.reap()
         self._reader.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._reader
@@ -581,8 +587,8 @@ class LivePool:
         )
         self.workers[worker.index] = None
         self.replaced += 1
-        task = asyncio.ensure_future(self._start(worker.index))
-        task.add_done_callback(_log_failure)
+        for task in (asyncio.ensure_future(self._start(worker.index)), asyncio.ensure_future(worker.reap())):
+            task.add_done_callback(_log_failure)
 
     def alive(self) -> list[WorkerProcess]:
         return [w for w in self.workers if w is not None and w.alive]

@@ -1,0 +1,189 @@
+"""Live sessions in worker processes (facecast/server/pool.py), end to end over loopback: real aiortc client
+peers against a real server whose WebRTC sessions run in a pool of worker processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import psutil
+from server_harness import RunningServer, running_server
+from test_server_webrtc import Client
+
+from facecast.server import protocol as p
+from facecast.server.config import Limits
+
+FPS = 25
+
+
+async def _start(http: httpx.AsyncClient, key: str) -> tuple[str, httpx.Response]:
+    minted = await http.post(
+        "/v1/sessions/token",
+        headers={"X-API-KEY": key},
+        json={"fps": FPS, "video_settings": {"quality": "low"}},
+    )
+    token = minted.json()["data"]["session_token"]
+    return token, await http.post("/v1/sessions/start", headers={"Authorization": f"Bearer {token}"})
+
+
+async def _connect(server: RunningServer, http: httpx.AsyncClient, key: str) -> Client:
+    token, started = await _start(http, key)
+    assert started.status_code == 200, started.text
+    client = Client(server, token, started.json()["data"])
+    await client.connect()
+    return client
+
+
+async def _stats(http: httpx.AsyncClient, key: str, session_id: str) -> dict[str, Any]:
+    r = await http.get(f"/v1/sessions/{session_id}", headers={"X-API-KEY": key})
+    assert r.status_code == 200, r.text
+    return dict(r.json()["data"]["stats"])
+
+
+async def _frames_within(client: Client, seconds: float) -> int:
+    before = len(client.received.video)
+    await asyncio.sleep(seconds)
+    return len(client.received.video) - before
+
+
+def _metric(text: str, name: str) -> float:
+    match = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
+    assert match, f"no {name} in /metrics"
+    return float(match.group(1))
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+async def test_a_crashed_worker_ends_only_its_sessions_and_is_replaced(
+    tmp_path: Path, speech: tuple[np.ndarray, int, str]
+) -> None:
+    pcm, _, _ = speech
+    clients: list[Client] = []
+    with running_server(tmp_path, live_workers=2) as server:
+        key = server.store.create_key("pool")[1]
+        async with httpx.AsyncClient(base_url=server.url, timeout=20) as http:
+            try:
+                a = await _connect(server, http, key)
+                clients.append(a)
+                b = await _connect(server, http, key)
+                clients.append(b)
+                a_id, b_id = a.start["session_id"], b.start["session_id"]
+                pid_a = (await _stats(http, key, a_id))["worker_pid"]
+                pid_b = (await _stats(http, key, b_id))["worker_pid"]
+                assert pid_a != pid_b and os.getpid() not in (pid_a, pid_b), "not one session per worker"
+                assert await _frames_within(a, 1.0) >= FPS // 2
+                assert await _frames_within(b, 1.0) >= FPS // 2
+
+                os.kill(pid_a, signal.SIGKILL)
+                record = await asyncio.to_thread(server.wait_ended, a_id, 15.0)
+                assert record.end_reason == p.END_ERROR
+                assert record.stats["frames_sent"] > 0, "the last stats seen were not kept"
+
+                # The other worker's session streams on, and still speaks (segment events come back).
+                assert server.session(b_id).state == p.STATE_STARTED
+                assert await _frames_within(b, 1.0) >= FPS // 2
+                await b.speak(pcm, "after-the-crash")
+                _, ended = await b.wait_event(
+                    lambda e: e["type"] == p.AGENT_SPEAK_ENDED and e["event_id"] == "after-the-crash", 30
+                )
+                assert ended["played_s"] > 1.0
+
+                deadline = time.monotonic() + 60
+                while True:
+                    metrics = (await http.get("/metrics")).text
+                    if _metric(metrics, "facecast_live_workers") == 2:
+                        break
+                    assert time.monotonic() < deadline, "no replacement worker process started"
+                    await asyncio.sleep(0.2)
+                assert _metric(metrics, "facecast_live_workers_replaced_total") == 1
+                c = await _connect(server, http, key)
+                clients.append(c)
+                pid_c = (await _stats(http, key, c.start["session_id"]))["worker_pid"]
+                assert pid_c not in (pid_a, pid_b), "the new session did not go to the replacement"
+                assert await _frames_within(c, 1.0) >= FPS // 2
+                metrics = (await http.get("/metrics")).text
+                assert re.search(rf'facecast_live_worker_sessions{{worker="\d",pid="{pid_c}"}} 1', metrics)
+            finally:
+                for client in clients:
+                    await client.close()
+    # Closing the server stopped its worker processes: none is left behind.
+    assert _gone(pid_b) and _gone(pid_c) and _gone(pid_a)
+
+
+async def test_admission_counts_the_pool_and_places_on_the_least_loaded_worker(tmp_path: Path) -> None:
+    with running_server(tmp_path, live_workers=2, limits=Limits(max_live_sessions=2)) as server:
+        key = server.store.create_key("pool")[1]
+        async with httpx.AsyncClient(base_url=server.url, timeout=20) as http:
+            tokens, pids = [], []
+            for _ in range(2):
+                token, started = await _start(http, key)
+                assert started.status_code == 200, started.text
+                tokens.append(token)
+                pids.append((await _stats(http, key, started.json()["data"]["session_id"]))["worker_pid"])
+            assert len(set(pids)) == 2, "two sessions were put on one of two idle workers"
+            _, refused = await _start(http, key)
+            assert refused.status_code == 503 and "at capacity" in refused.json()["message"]
+
+            stopped = await http.post("/v1/sessions/stop", headers={"Authorization": f"Bearer {tokens[0]}"})
+            assert stopped.status_code == 200
+            _, again = await _start(http, key)
+            assert again.status_code == 200, again.text
+            pid = (await _stats(http, key, again.json()["data"]["session_id"]))["worker_pid"]
+            assert pid == pids[0], "the new session did not go to the worker left idle"
+            metrics = (await http.get("/metrics")).text
+            for worker_pid in pids:
+                rss = re.search(
+                    rf'facecast_live_worker_resident_memory_bytes{{worker="\d",pid="{worker_pid}"}} (\d+)',
+                    metrics,
+                )
+                assert rss and int(rss.group(1)) > 50 * 2**20
+            assert "facecast_live_worker_memory_per_session_bytes" in metrics
+
+
+def test_workers_exit_when_the_server_process_is_killed(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FACECAST_")}
+    serve = ["serve", "--port", str(port), "--data-dir", str(tmp_path), "--live-workers", "2"]
+    server = subprocess.Popen([sys.executable, "-m", "facecast", *serve, "--log-level", "warning"], env=env)
+    try:
+        deadline = time.monotonic() + 60
+        workers: list[int] = []
+        while len(workers) < 2:
+            assert server.poll() is None and time.monotonic() < deadline, "facecast serve did not start"
+            try:
+                text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+                workers = [
+                    int(pid)
+                    for pid in re.findall(r'facecast_live_worker_sessions{worker="\d",pid="(\d+)"}', text)
+                ]
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        assert all(psutil.Process(pid).ppid() == server.pid for pid in workers)
+        server.kill()  # no shutdown at all: the workers see their socket close
+        server.wait(10)
+        deadline = time.monotonic() + 15
+        while not all(_gone(pid) for pid in workers):
+            assert time.monotonic() < deadline, "worker processes outlived the server process"
+            time.sleep(0.1)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait(10)
