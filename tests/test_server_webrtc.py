@@ -148,9 +148,10 @@ class Client:
         await self.pc.close()
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[RunningServer]:
-    with running_server(tmp_path) as running:
+@pytest.fixture(params=[0, 2], ids=["in-process", "pool"])
+def server(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[RunningServer]:
+    """The server with its WebRTC sessions in its own process, and in two worker processes."""
+    with running_server(tmp_path, live_workers=request.param) as running:
         yield running
 
 
