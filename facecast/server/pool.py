@@ -47,6 +47,9 @@ log = logging.getLogger(__name__)
 WEBRTC_AUDIO_RATE = 48000  # Opus runs at 48 kHz; rendering at that rate avoids a second resampler
 WORKER_READY_TIMEOUT_S = 60.0  # a fresh process imports aiortc, PyAV, OpenCV and warms an engine
 WORKER_EXIT_TIMEOUT_S = 10.0
+# A session's live stats reach the API process this often, so the record of a session whose worker died
+# keeps what it did up to then.
+STATS_PUSH_S = 1.0
 _HEADER = struct.Struct("!I")
 
 
@@ -183,13 +186,13 @@ class Reply:
     error: tuple[str, str] | None = None  # (exception type name, message)
 
 
-NoticeKind = Literal["segment", "connected", "closed", "message"]
+NoticeKind = Literal["segment", "connected", "closed", "message", "stats"]
 
 
 @dataclass(frozen=True)
 class Notice:
-    """Worker → API: something happened to a session (payload: the SegmentEvent, or the client's
-    data-channel message)."""
+    """Worker → API: something happened to a session (payload: the SegmentEvent, the client's
+    data-channel message, or the avatar's LiveStats, sent every STATS_PUSH_S)."""
 
     session: str
     kind: NoticeKind
@@ -269,6 +272,7 @@ class _Worker:
         self.tasks: set[asyncio.Task[None]] = set()
 
     async def serve(self) -> None:
+        pushing = asyncio.create_task(self._push_stats_forever())
         while True:
             try:
                 message = await self.channel.receive()
@@ -284,11 +288,18 @@ class _Worker:
             task = asyncio.create_task(self._answer(message))
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
+        pushing.cancel()
         for session_id in list(self.sessions):
             await self._close(session_id)
         for task in list(self.tasks):
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
+
+    async def _push_stats_forever(self) -> None:
+        while True:
+            await asyncio.sleep(STATS_PUSH_S)
+            for session_id, session in list(self.sessions.items()):
+                self.channel.send(Notice(session_id, "stats", session.avatar.stats))
 
     async def _answer(self, call: Call) -> None:
         try:
@@ -390,6 +401,7 @@ class _Handlers:
     on_connected: Callable[[], None] | None = None
     on_closed: Callable[[], None] | None = None
     on_message: Callable[[dict[str, Any]], None] | None = None
+    on_stats: Callable[[LiveStats], None] | None = None
 
 
 def _rss_bytes(pid: int) -> int | None:
@@ -469,6 +481,8 @@ class WorkerProcess:
             callback, args = handlers.on_event, (notice.payload,)
         elif notice.kind == "message":
             callback, args = handlers.on_message, (notice.payload,)
+        elif notice.kind == "stats":
+            callback, args = handlers.on_stats, (notice.payload,)
         else:
             callback = handlers.on_connected if notice.kind == "connected" else handlers.on_closed
             args = ()
@@ -648,6 +662,12 @@ class RemoteAvatar:
         self.last_stats = LiveStats()
         self.last_peer_stats: dict[str, Any] | None = None
         self._closed = False
+        handlers = worker.sessions.get(session_id)
+        if handlers is not None:
+            handlers.on_stats = self._stats_pushed
+
+    def _stats_pushed(self, stats: LiveStats) -> None:
+        self.last_stats = stats
 
     @staticmethod
     async def start(
