@@ -31,8 +31,8 @@ class Limits:
     token_ttl: int = 300  # a minted token must be started within this
     connect_timeout: int = 60  # a started WebRTC session whose peer never connects ends as client_gone
     max_concurrent_per_key: int = 4  # for keys without their own cap
-    # Live sessions this server admits. Measured: a speaking 512x512@30 session costs ~40% of a core and
-    # the process tops out near one core (GIL), so more than about one per core drops frames.
+    # Live sessions this server admits, in all its worker processes together. Measured: a speaking
+    # 512x512@30 session costs ~35-40% of a core, so more than about one per core drops frames.
     max_live_sessions: int = field(default_factory=lambda: max(2, os.cpu_count() or 1))
     sandbox_duration: int = 60
     sandbox_avatar: str = "ava"
