@@ -7,7 +7,8 @@ bytes or arrays, never base64).
 
 In the API process a session sees two proxies: `RemoteAvatar` (the `SpeechTarget` LITE commands drive)
 and `RemotePeer` (offer/answer, events to the data channel, stats). Segment events, the peer's
-connected/closed changes and its data-channel messages come back as `Notice`s.
+connected/closed changes, its data-channel messages and (every STATS_PUSH_S) the live stats come back as
+`Notice`s.
 
 A worker that dies (crash, OOM kill) ends only its own sessions: their `on_lost` callbacks fire, every call
 waiting on it fails with AvatarClosed, and a fresh process takes its place. Workers exit when the API
