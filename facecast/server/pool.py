@@ -619,6 +619,11 @@ class LivePool:
         worker.sessions[session_id] = handlers
         return worker
 
+    def stop_replacing(self) -> None:
+        """From now on a worker that exits is not replaced: the server is shutting down (a SIGTERM sent
+        to its whole process group must not start new workers while the sessions end)."""
+        self._closed = True
+
     async def close(self) -> None:
         """Stop every worker process (and any still starting)."""
         self._closed = True

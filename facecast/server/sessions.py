@@ -479,6 +479,8 @@ class SessionManager:
         """Server shutdown: every live and pending session ends with reason server_shutdown; queued avatar
         builds are cancelled and a running one is waited for (a bounded time)."""
         self._closed = True
+        if self.pool is not None:
+            self.pool.stop_replacing()
         await asyncio.to_thread(self.avatars.close)
         if self._reaper is not None:
             self._reaper.cancel()
