@@ -16,11 +16,15 @@ from typing import Any
 
 import httpx
 import numpy as np
+import pytest
 from server_harness import RunningServer, running_server
 from test_server_webrtc import Client
 
+from facecast.avatars.bundle import bundle_from_style, write_bundle
+from facecast.server import pool
 from facecast.server import protocol as p
 from facecast.server.config import Limits
+from facecast.server.pool import AvatarSpec, build_engine
 
 FPS = 25
 
@@ -193,3 +197,19 @@ def test_workers_exit_when_the_server_process_is_killed(tmp_path: Path) -> None:
         if server.poll() is None:
             server.kill()
             server.wait(10)
+
+
+def test_a_process_reads_a_library_bundle_once_until_its_file_changes(tmp_path: Path) -> None:
+    manifest, files = bundle_from_style("mira")
+    path = write_bundle(tmp_path / "av_cached.facecast", manifest, files)
+    spec = AvatarSpec("av_cached", "1:1", "low", FPS, str(tmp_path))
+    pool._read_bundle.cache_clear()
+    first, second = build_engine(spec), build_engine(spec)
+    assert pool._read_bundle.cache_info().misses == 1 and pool._read_bundle.cache_info().hits == 1
+    assert first.next_frame().video is not None and second.next_frame().video is not None
+    os.utime(path, ns=(1, 1))  # replaced: read again
+    build_engine(spec)
+    assert pool._read_bundle.cache_info().misses == 2
+    path.unlink()  # deleted: never served from the cache
+    with pytest.raises(ValueError, match="av_cached"):
+        build_engine(spec)
