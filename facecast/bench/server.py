@@ -89,7 +89,7 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         metavar="ARG",
         help="an extra `facecast serve` argument for this checkout's server, e.g. "
-        "--server-arg=--session-processes=2 (repeatable)",
+        "--server-arg=--live-workers=2 (repeatable)",
     )
     parser.add_argument(
         "--baseline-server-arg",

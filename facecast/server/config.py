@@ -12,6 +12,12 @@ from facecast.avatars.fetch import FetchPolicy
 
 
 def _env_int(name: str, default: int) -> int:
+    value = _env_optional_int(name, default)
+    assert value is not None
+    return value
+
+
+def _env_optional_int(name: str, default: int | None) -> int | None:
     raw = os.environ.get(name)
     if raw is None or raw == "":
         return default
@@ -19,6 +25,13 @@ def _env_int(name: str, default: int) -> int:
         return int(raw)
     except ValueError:
         raise ValueError(f"{name}={raw!r} is not a whole number") from None
+
+
+# Speaking 512x512@30 VP8 sessions one process holds without dropping frames, measured with `facecast
+# bench server sessions` on the 2-core build machine (docs/benchmarks.md): the server process alone (one
+# GIL, REST and signalling too) holds 2; a worker process, one core, holds 4.
+IN_PROCESS_LIVE_SESSIONS = 2
+LIVE_SESSIONS_PER_WORKER = 4
 
 
 @dataclass(frozen=True)
@@ -31,9 +44,9 @@ class Limits:
     token_ttl: int = 300  # a minted token must be started within this
     connect_timeout: int = 60  # a started WebRTC session whose peer never connects ends as client_gone
     max_concurrent_per_key: int = 4  # for keys without their own cap
-    # Live sessions this server admits, in all its worker processes together. Measured: a speaking
-    # 512x512@30 session costs ~35-40% of a core, so more than about one per core drops frames.
-    max_live_sessions: int = field(default_factory=lambda: max(2, os.cpu_count() or 1))
+    # Live sessions this server admits, in all its worker processes together; None: what its processes
+    # hold (ServerConfig.live_capacity).
+    max_live_sessions: int | None = None
     sandbox_duration: int = 60
     sandbox_avatar: str = "ava"
     max_audio_chunk_s: float = 10.0  # one agent.speak message carries at most this much audio
@@ -47,7 +60,7 @@ class Limits:
             "token_ttl",
             "max_live_sessions",
         ):
-            if getattr(self, name) <= 0:
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ValueError(f"limit {name} must be positive, got {getattr(self, name)}")
         if self.default_session_duration > self.max_session_duration:
             raise ValueError("default_session_duration cannot exceed max_session_duration")
@@ -165,6 +178,15 @@ class ServerConfig:
         if self.live_workers < 0:
             raise ValueError(f"live_workers cannot be negative, got {self.live_workers}")
 
+    @property
+    def live_capacity(self) -> int:
+        """Live sessions admitted: FACECAST_MAX_LIVE_SESSIONS when set, else what the processes hold."""
+        if self.limits.max_live_sessions is not None:
+            return self.limits.max_live_sessions
+        if self.live_workers:
+            return LIVE_SESSIONS_PER_WORKER * self.live_workers
+        return IN_PROCESS_LIVE_SESSIONS
+
     @staticmethod
     def live_workers_from_env() -> int:
         """`FACECAST_LIVE_WORKERS`: worker processes for live sessions; default one per core, 0 runs them
@@ -202,7 +224,7 @@ class ServerConfig:
             token_ttl=_env_int("FACECAST_TOKEN_TTL", base.token_ttl),
             connect_timeout=_env_int("FACECAST_CONNECT_TIMEOUT", base.connect_timeout),
             max_concurrent_per_key=_env_int("FACECAST_MAX_CONCURRENT_PER_KEY", base.max_concurrent_per_key),
-            max_live_sessions=_env_int("FACECAST_MAX_LIVE_SESSIONS", base.max_live_sessions),
+            max_live_sessions=_env_optional_int("FACECAST_MAX_LIVE_SESSIONS", base.max_live_sessions),
             sandbox_duration=_env_int("FACECAST_SANDBOX_DURATION", base.sandbox_duration),
             sandbox_avatar=base.sandbox_avatar,
             max_audio_chunk_s=base.max_audio_chunk_s,

@@ -738,7 +738,7 @@ class SessionManager:
             raise ApiError(503, p.CODE_INTERNAL, "the server is shutting down")
         if record.avatar_id not in style_names():
             await self._wait_for_avatar(record)
-        capacity = self.config.limits.max_live_sessions
+        capacity = self.config.live_capacity
         if len(self.live) >= capacity:
             # Refused rather than admitted: one session too many makes every session on the machine drop
             # frames. The token stays valid, so the client may retry or go to another server.
