@@ -117,6 +117,12 @@ class Mp4Encoder:
         self.audio = self.container.add_stream("aac", rate=sample_rate, layout="mono")
         self.audio.codec_context.bit_rate = AAC_BITRATE
         self.audio.codec_context.time_base = Fraction(1, sample_rate)
+        try:
+            # PyAV opens the file at the first mux; opening it here reports a bad path before any work.
+            self.container.start_encoding()
+        except av.FFmpegError as exc:
+            self.abort()
+            raise MediaError(f"cannot write {path}: {exc.strerror or exc}") from exc
         self.frames = 0
         self.samples_written = 0
         self._pending = np.zeros(0, dtype=np.float32)

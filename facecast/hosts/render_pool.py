@@ -154,6 +154,11 @@ class RenderPipeline:
         return len(self._tasks)
 
     @property
+    def helper_pids(self) -> dict[str, int]:
+        """The helper processes by name (facecast-render-K, facecast-encoder)."""
+        return {p.name: p.pid for p in self._procs}
+
+    @property
     def encoded(self) -> int:
         """Frames encoded so far."""
         return int(self._encoded.value)
@@ -214,10 +219,12 @@ class RenderPipeline:
         dead = [p for p in self._procs if not p.is_alive() and not (finishing and p.exitcode == 0)]
         if not dead:
             return
-        # A failing helper says why before it exits (the encoder relays the render workers' errors).
-        if self._status.poll(1.0):
+        # A killed or crashed helper could not say why; one that failed did before it exited (the
+        # encoder relays the render workers' errors).
+        crashed = [p for p in dead if p.exitcode != 0]
+        if not crashed and self._status.poll(1.0):
             raise _as_error(self._status.recv())
-        proc = dead[0]
+        proc = (crashed or dead)[0]
         raise RenderPipelineError(
             f"{proc.name} (pid {proc.pid}) exited with code {proc.exitcode}; "
             "if it was killed for lack of memory, render with fewer --jobs"
@@ -288,9 +295,14 @@ def _encoder(
     try:
         n = 0
         while (samples := audio.recv()) is not None:
-            reply = results[n % len(results)].recv()
+            try:
+                reply = results[n % len(results)].recv()
+            except EOFError:
+                raise RenderPipelineError(
+                    f"facecast-render-{n % len(results)} stopped before frame {n}"
+                ) from None
             if isinstance(reply, str):
-                raise RenderPipelineError(f"render worker {n % len(results)} failed:\n{reply}")
+                raise RenderPipelineError(f"facecast-render-{n % len(results)} failed:\n{reply}")
             mp4.encode(_slot_view(ring, reply, shape), samples)  # copies the picture out of its slot
             free.release()
             n += 1
