@@ -28,6 +28,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 
 from facecast.engine.types import FaceState, Renderer
@@ -245,6 +246,8 @@ def _slot_view(ring: mmap.mmap, slot: int, shape: tuple[int, int]) -> np.ndarray
 def _child(target: Any, args: tuple[Any, ...], unused: list[Connection]) -> None:
     # Ctrl-C reaches the whole process group: the caller cleans up, the helpers just stop with it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # The processes are the parallelism: OpenCV's own threads would only compete with them.
+    cv2.setNumThreads(1)
     for conn in unused:
         conn.close()
     target(*args)
