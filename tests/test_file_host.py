@@ -7,6 +7,8 @@ import json
 import math
 import os
 import signal
+import subprocess
+import sys
 from fractions import Fraction
 from pathlib import Path
 
@@ -436,3 +438,13 @@ def test_parallel_render_progress_counts_encoded_frames(
 def test_jobs_must_be_positive(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="jobs must be at least 1"):
         RenderOptions(jobs=0).check_outputs(tmp_path / "a.mp4")
+
+
+def test_cli_render_on_all_cores_finishes(tmp_path: Path) -> None:
+    # The command as users run it, OpenCV threads at their default: a fork that inherits OpenCV's
+    # thread pool must not leave a helper waiting for threads that do not exist in it.
+    sf.write(tmp_path / "a.wav", speechlike(1.0), RATE, subtype="PCM_16")
+    cmd = [sys.executable, "-m", "facecast", "render", str(tmp_path / "a.wav"), "-o", str(tmp_path / "a.mp4")]
+    done = subprocess.run([*cmd, "--jobs", "3", "--quiet"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert video_frame_count(tmp_path / "a.mp4") == math.ceil(1.0 * FPS)

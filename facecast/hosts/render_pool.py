@@ -105,6 +105,11 @@ class RenderPipeline:
         self._tasks = [w for _, w in tasks]
         self._audio = audio_w
         self._status = status_r
+        # A fork copies OpenCV's thread pool without its threads: the first parallel call (or any pool
+        # reconfiguration) in a child would wait for them forever. Forked single-threaded, the children
+        # never touch the pool; and the processes are the parallelism anyway.
+        opencv_threads = cv2.getNumThreads()
+        cv2.setNumThreads(1)
         try:
             for k in range(workers):
                 keep = (tasks[k][0], results[k][1])
@@ -134,6 +139,7 @@ class RenderPipeline:
                 [c for c in everything if c not in keep],
             )
         finally:
+            cv2.setNumThreads(opencv_threads)
             for c in everything:
                 if c not in (*self._tasks, audio_w, status_r):
                     c.close()
@@ -246,8 +252,6 @@ def _slot_view(ring: mmap.mmap, slot: int, shape: tuple[int, int]) -> np.ndarray
 def _child(target: Any, args: tuple[Any, ...], unused: list[Connection]) -> None:
     # Ctrl-C reaches the whole process group: the caller cleans up, the helpers just stop with it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # The processes are the parallelism: OpenCV's own threads would only compete with them.
-    cv2.setNumThreads(1)
     for conn in unused:
         conn.close()
     target(*args)
