@@ -118,6 +118,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help=f"analysis look-ahead, 0..{MAX_LOOKAHEAD_MS} ms (default: the engine's)",
     )
+    render.add_argument(
+        "--jobs",
+        type=_positive_int,
+        metavar="N",
+        help="cores to use: tracking, drawing and encoding run in parallel processes (default: all; "
+        "1 keeps everything in one process)",
+    )
 
     demo = sub.add_parser(
         "demo",
@@ -184,8 +191,19 @@ def _render_options(args: argparse.Namespace, **extra: Any) -> RenderOptions:
         background=args.background,
         params_path=args.params,
         progress=not args.quiet,
+        jobs=args.jobs,
         **extra,
     )
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _cmd_render(args: argparse.Namespace) -> int:

@@ -5,6 +5,10 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
+import signal
+import subprocess
+import sys
 from fractions import Fraction
 from pathlib import Path
 
@@ -13,9 +17,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from facecast.engine.types import VISEMES
+from facecast.engine.types import VISEMES, FaceState
 from facecast.hosts.file import MediaError, Mp4Writer, RenderOptions, read_audio, render_file
 from facecast.hosts.progress import Progress
+from facecast.hosts.render_pool import RenderPipeline, RenderPipelineError
 
 RATE = 16000
 FPS = 30
@@ -335,3 +340,111 @@ def test_progress_disabled_is_silent() -> None:
     bar.update(10)
     bar.close()
     assert out.getvalue() == ""
+
+
+# --- rendering on several cores -------------------------------------------------------------------
+
+
+def decoded(path: Path) -> tuple[list[np.ndarray], np.ndarray]:
+    """Every decoded picture (I420) and the whole decoded audio track of an MP4."""
+    with av.open(str(path)) as c:
+        pictures = [f.to_ndarray(format="yuv420p") for f in c.decode(video=0)]
+    with av.open(str(path)) as c:
+        audio = np.concatenate([f.to_ndarray().reshape(-1) for f in c.decode(audio=0)])
+    return pictures, audio
+
+
+def test_parallel_render_equals_one_process(tmp_path: Path) -> None:
+    # Speech-like bursts between pauses: the recogniser, blinks and head motion all change the frames.
+    pause = np.zeros(int(0.4 * RATE), np.int16)
+    pcm = np.concatenate([pause, speechlike(0.7), pause, speechlike(0.5), pause])
+    sf.write(tmp_path / "speech.wav", pcm, RATE, subtype="PCM_16")
+    outputs = {}
+    # 1: everything in this process; 3: one render worker; 4: two, so frames alternate between them.
+    for jobs in (1, 3, 4):
+        options = RenderOptions(
+            tracker="phones", jobs=jobs, params_path=tmp_path / f"{jobs}.jsonl", progress=False
+        )
+        report = render_file(tmp_path / "speech.wav", tmp_path / f"{jobs}.mp4", options)
+        pictures, audio = decoded(tmp_path / f"{jobs}.mp4")
+        assert len(pictures) == report.frames
+        outputs[jobs] = (pictures, audio, (tmp_path / f"{jobs}.jsonl").read_text())
+    pictures, audio, params = outputs[1]
+    distinct = {p.tobytes() for p in pictures}
+    assert len(distinct) > len(pictures) // 2, "frames barely change: the comparison would prove little"
+    for jobs in (3, 4):
+        other_pictures, other_audio, other_params = outputs[jobs]
+        assert len(other_pictures) == len(pictures)
+        mismatched = [
+            i
+            for i, (a, b) in enumerate(zip(pictures, other_pictures, strict=True))
+            if not np.array_equal(a, b)
+        ]
+        assert mismatched == [], f"jobs={jobs}: frames {mismatched[:10]} differ"
+        assert np.array_equal(other_audio, audio)
+        assert other_params == params
+
+
+class FailingRenderer:
+    """A real (tiny) renderer that fails on the first frame whose eyes are half closed."""
+
+    width, height, channels = 32, 24, 3
+
+    def render(self, state: FaceState) -> np.ndarray:
+        if state.blink > 0.5:
+            raise ValueError("cannot draw a blink")
+        return np.full((self.height, self.width, 3), int(state.mouth.open * 255), np.uint8)
+
+
+def test_pipeline_reports_a_render_worker_error(tmp_path: Path) -> None:
+    pipeline = RenderPipeline(FailingRenderer(), tmp_path / "x.mp4", fps=FPS, sample_rate=24000, workers=2)
+    silence = np.zeros(800, np.int16)
+    with pytest.raises(RenderPipelineError, match="cannot draw a blink"):
+        for i in range(200):
+            pipeline.write(FaceState(blink=1.0 if i == 5 else 0.0), silence)
+        pipeline.close()
+    pipeline.abort()
+
+
+def test_pipeline_reports_a_killed_worker(tmp_path: Path) -> None:
+    pipeline = RenderPipeline(FailingRenderer(), tmp_path / "x.mp4", fps=FPS, sample_rate=24000, workers=1)
+    silence = np.zeros(800, np.int16)
+    pipeline.write(FaceState(), silence)
+    os.kill(pipeline.helper_pids["facecast-render-0"], signal.SIGKILL)
+    with pytest.raises(RenderPipelineError, match=r"facecast-render-0 \(pid \d+\) exited with code -9"):
+        for _ in range(200):
+            pipeline.write(FaceState(), silence)
+        pipeline.close()
+    pipeline.abort()
+
+
+def test_pipeline_output_error_reaches_the_caller(tmp_path: Path) -> None:
+    with pytest.raises(MediaError, match="cannot write"):
+        RenderPipeline(FailingRenderer(), tmp_path / "no" / "x.mp4", fps=FPS, sample_rate=24000, workers=1)
+
+
+def test_parallel_render_progress_counts_encoded_frames(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    sf.write(tmp_path / "a.wav", speechlike(1.0), RATE, subtype="PCM_16")
+    report = render_file(tmp_path / "a.wav", tmp_path / "a.mp4", RenderOptions(tracker="energy", jobs=2))
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[-1].startswith("render 100.0%")
+    assert f" {report.frames}/{report.frames} frames" in lines[-1]
+    counts = [int(line.split("] ")[1].split("/")[0]) for line in lines]
+    assert counts == sorted(counts) and counts[-1] == report.frames
+
+
+def test_jobs_must_be_positive(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="jobs must be at least 1"):
+        RenderOptions(jobs=0).check_outputs(tmp_path / "a.mp4")
+
+
+def test_cli_render_on_all_cores_finishes(tmp_path: Path) -> None:
+    # The command as users run it, OpenCV threads at their default: a fork that inherits OpenCV's
+    # thread pool must not leave a helper waiting for threads that do not exist in it.
+    sf.write(tmp_path / "a.wav", speechlike(1.0), RATE, subtype="PCM_16")
+    cmd = [sys.executable, "-m", "facecast", "render", str(tmp_path / "a.wav"), "-o", str(tmp_path / "a.mp4")]
+    done = subprocess.run([*cmd, "--jobs", "3", "--quiet"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert video_frame_count(tmp_path / "a.mp4") == math.ceil(1.0 * FPS)

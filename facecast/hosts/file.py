@@ -17,14 +17,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import av
 import cv2
 import numpy as np
 
-from facecast.engine.types import FrameMeta, PhoneTiming
+from facecast.engine.types import FrameMeta, PhoneTiming, Renderer
 from facecast.hosts.progress import Progress
+
+if TYPE_CHECKING:
+    from facecast.hosts.render_pool import RenderPipeline
 
 PARAMS_VERSION = 1
 # ultrafast encodes a 512² avatar frame in about 1 ms of CPU (veryfast: 2 ms, but 8x smaller files);
@@ -80,13 +83,22 @@ def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
     return samples.astype(np.int16, copy=False), rate
 
 
-class Mp4Writer:
-    """H.264 (yuv420p) + AAC mono MP4 with explicit timestamps: video pts = frame number (1/fps),
-    audio pts = output sample number (1/sample_rate).
+def rgb_to_i420(rgb: np.ndarray, width: int, height: int, out: np.ndarray | None = None) -> np.ndarray:
+    """An RGB(A) picture as planar YUV 4:2:0 (`height * 3 // 2` rows of `width`), edge-padded to the
+    even `width` × `height` the encoder needs; written into `out` when given."""
+    if rgb.ndim == 3 and rgb.shape[2] == 4:
+        rgb = rgb[:, :, :3]
+    h, w = rgb.shape[:2]
+    if (w, h) != (width, height):
+        rgb = cv2.copyMakeBorder(rgb, 0, height - h, 0, width - w, cv2.BORDER_REPLICATE)
+    # OpenCV's I420 conversion is several times faster than going through swscale from rgb24.
+    return cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2YUV_I420, dst=out)
 
-    Encoding and muxing run on a worker thread (x264 and PyAV release the GIL), so they overlap with
-    the caller's analysis and rendering; `write` only converts to YUV, which also copies the picture
-    in case the renderer reuses its buffer."""
+
+class Mp4Encoder:
+    """H.264 (yuv420p) + AAC mono MP4 with explicit timestamps: video pts = frame number (1/fps),
+    audio pts = output sample number (1/sample_rate). Synchronous: `encode` returns once the frame
+    is encoded and muxed. Pictures come in already as I420 (`rgb_to_i420`)."""
 
     def __init__(self, path: str | Path, *, width: int, height: int, fps: int, sample_rate: int) -> None:
         # yuv420p needs even dimensions; odd ones are padded by one edge pixel.
@@ -105,57 +117,25 @@ class Mp4Writer:
         self.audio = self.container.add_stream("aac", rate=sample_rate, layout="mono")
         self.audio.codec_context.bit_rate = AAC_BITRATE
         self.audio.codec_context.time_base = Fraction(1, sample_rate)
+        try:
+            # PyAV opens the file at the first mux; opening it here reports a bad path before any work.
+            self.container.start_encoding()
+        except av.FFmpegError as exc:
+            self.abort()
+            raise MediaError(f"cannot write {path}: {exc.strerror or exc}") from exc
         self.frames = 0
         self.samples_written = 0
         self._pending = np.zeros(0, dtype=np.float32)
-        self._last_yuv: np.ndarray | None = None
-        self._queue: queue.Queue[tuple[np.ndarray, np.ndarray] | None] = queue.Queue(maxsize=_QUEUE_FRAMES)
-        self._error: BaseException | None = None
-        self._closed = False
-        self._worker = threading.Thread(target=self._run, name="facecast-mp4-encoder", daemon=True)
-        self._worker.start()
 
-    def write(self, video: np.ndarray | None, audio: np.ndarray) -> None:
-        """Append one frame and the int16 audio that plays during it. A None video repeats the
-        previous picture (black before the first), so the video timeline never has holes."""
-        if self._error is not None:
-            raise self._error
-        if video is not None:
-            self._last_yuv = self._to_yuv(video)
-        elif self._last_yuv is None:
-            self._last_yuv = self._to_yuv(np.zeros((self.height, self.width, 3), np.uint8))
-        self._queue.put((self._last_yuv, audio.astype(np.float32) / 32768.0))
+    def encode(self, yuv: np.ndarray, audio: np.ndarray) -> None:
+        """One I420 picture (copied, so its buffer may be reused at once) and its frame's int16 audio."""
+        frame = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
+        frame.pts = self.frames
+        frame.time_base = Fraction(1, self.fps)
+        self.container.mux(self.video.encode(frame))
         self.frames += 1
-
-    def _to_yuv(self, rgb: np.ndarray) -> np.ndarray:
-        if rgb.ndim == 3 and rgb.shape[2] == 4:
-            rgb = rgb[:, :, :3]
-        h, w = rgb.shape[:2]
-        if (w, h) != (self.width, self.height):
-            rgb = cv2.copyMakeBorder(rgb, 0, self.height - h, 0, self.width - w, cv2.BORDER_REPLICATE)
-        # OpenCV's I420 conversion is several times faster than going through swscale from rgb24.
-        return cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2YUV_I420)
-
-    def _run(self) -> None:
-        index = 0
-        try:
-            while (item := self._queue.get()) is not None:
-                yuv, audio = item
-                frame = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
-                frame.pts = index
-                frame.time_base = Fraction(1, self.fps)
-                self.container.mux(self.video.encode(frame))
-                index += 1
-                self._pending = np.concatenate([self._pending, audio])
-                self._encode_audio(final=False)
-            self._encode_audio(final=True)
-            self.container.mux(self.video.encode(None))
-            self.container.mux(self.audio.encode(None))
-        except BaseException as exc:
-            self._error = exc
-            # Keep consuming so a producer blocked on the full queue wakes up and sees the error.
-            while self._queue.get() is not None:
-                pass
+        self._pending = np.concatenate([self._pending, audio.astype(np.float32) / 32768.0])
+        self._encode_audio(final=False)
 
     def _encode_audio(self, *, final: bool) -> None:
         while self._pending.size >= AAC_FRAME or (final and self._pending.size):
@@ -167,6 +147,70 @@ class Mp4Writer:
             self.samples_written += chunk.size
             self.container.mux(self.audio.encode(frame))
 
+    def close(self) -> None:
+        """Flush the encoders and finish the file."""
+        try:
+            self._encode_audio(final=True)
+            self.container.mux(self.video.encode(None))
+            self.container.mux(self.audio.encode(None))
+        except BaseException:
+            self.abort()
+            raise
+        self.container.close()
+
+    def abort(self) -> None:
+        # The partial file is deleted by the caller, so a failing close changes nothing.
+        with contextlib.suppress(av.FFmpegError):
+            self.container.close()
+
+
+class Mp4Writer:
+    """An Mp4Encoder on a worker thread, fed RGB pictures.
+
+    Encoding and muxing overlap with the caller's work only while the caller's thread leaves the GIL
+    free (x264 releases it); `write` only converts to YUV, which also copies the picture in case the
+    renderer reuses its buffer."""
+
+    def __init__(self, path: str | Path, *, width: int, height: int, fps: int, sample_rate: int) -> None:
+        self._encoder = Mp4Encoder(path, width=width, height=height, fps=fps, sample_rate=sample_rate)
+        self.width, self.height = self._encoder.width, self._encoder.height
+        self.frames = 0
+        self._last_yuv: np.ndarray | None = None
+        self._queue: queue.Queue[tuple[np.ndarray, np.ndarray] | None] = queue.Queue(maxsize=_QUEUE_FRAMES)
+        self._error: BaseException | None = None
+        self._closed = False
+        self._worker = threading.Thread(target=self._run, name="facecast-mp4-encoder", daemon=True)
+        self._worker.start()
+
+    @property
+    def encoded(self) -> int:
+        """Frames encoded so far."""
+        return self._encoder.frames
+
+    def write(self, video: np.ndarray | None, audio: np.ndarray) -> None:
+        """Append one frame and the int16 audio that plays during it. A None video repeats the
+        previous picture (black before the first), so the video timeline never has holes."""
+        if self._error is not None:
+            raise self._error
+        if video is not None:
+            self._last_yuv = rgb_to_i420(video, self.width, self.height)
+        elif self._last_yuv is None:
+            self._last_yuv = rgb_to_i420(
+                np.zeros((self.height, self.width, 3), np.uint8), self.width, self.height
+            )
+        self._queue.put((self._last_yuv, audio))
+        self.frames += 1
+
+    def _run(self) -> None:
+        try:
+            while (item := self._queue.get()) is not None:
+                self._encoder.encode(*item)
+        except BaseException as exc:
+            self._error = exc
+            # Keep consuming so a producer blocked on the full queue wakes up and sees the error.
+            while self._queue.get() is not None:
+                pass
+
     def _stop(self) -> None:
         if not self._closed:
             self._closed = True
@@ -177,15 +221,13 @@ class Mp4Writer:
         """Flush the encoders and finish the file; re-raises an error from the encoder thread."""
         self._stop()
         if self._error is not None:
-            self.abort()
+            self._encoder.abort()
             raise self._error
-        self.container.close()
+        self._encoder.close()
 
     def abort(self) -> None:
         self._stop()
-        # The partial file is deleted by the caller, so a failing close changes nothing.
-        with contextlib.suppress(av.FFmpegError):
-            self.container.close()
+        self._encoder.abort()
 
 
 def params_record(meta: FrameMeta) -> dict[str, Any]:
@@ -244,6 +286,7 @@ class RenderOptions:
     lookahead_ms: int | None = None  # None: the engine's default
     progress: bool = True
     avatars_dir: str | Path | None = None  # the avatar library (None: $FACECAST_AVATARS_DIR or the default)
+    jobs: int | None = None  # cores to use (None: all); 1 draws and encodes in this process
 
     def check_outputs(self, out_path: str | Path) -> None:
         """Fail on bad options before any expensive work."""
@@ -252,6 +295,21 @@ class RenderOptions:
         _check_output(Path(out_path), "video")
         if self.params_path is not None:
             _check_output(Path(self.params_path), "params")
+        if self.jobs is not None and self.jobs < 1:
+            raise ValueError(f"jobs must be at least 1, got {self.jobs}")
+
+
+def _frame_writer(
+    renderer: Renderer, out: Path, *, fps: int, sample_rate: int, jobs: int | None
+) -> Mp4Writer | RenderPipeline:
+    """Where frames go: helper processes that draw and encode them while this one tracks, or (one job,
+    or no fork on this platform) a writer that encodes on a thread while this process draws."""
+    from facecast.hosts.render_pool import RenderPipeline, default_jobs, fork_available, render_workers
+
+    jobs = default_jobs() if jobs is None else jobs
+    if jobs >= 2 and fork_available():
+        return RenderPipeline(renderer, out, fps=fps, sample_rate=sample_rate, workers=render_workers(jobs))
+    return Mp4Writer(out, width=renderer.width, height=renderer.height, fps=fps, sample_rate=sample_rate)
 
 
 def render_file(
@@ -279,6 +337,7 @@ def render_pcm(
     (a perf_counter value) lets the caller include its own synthesis or decoding in the reported time."""
     from facecast.avatars import AvatarLibrary, load_renderer
     from facecast.engine import Engine, EngineConfig
+    from facecast.hosts.render_pool import RenderPipeline
 
     opts = options or RenderOptions()
     started = time.perf_counter() if started is None else started
@@ -302,13 +361,17 @@ def render_pcm(
         background=opts.background,
         library=AvatarLibrary(opts.avatars_dir),
     )
-    engine = Engine(renderer, config)
+    # The helpers are forked before the engine loads its recogniser and before any thread starts.
+    writer = _frame_writer(renderer, out, fps=fps, sample_rate=config.out_rate, jobs=opts.jobs)
+    try:
+        engine = Engine(renderer, config)
+    except BaseException:
+        writer.abort()
+        raise
+    drawn_elsewhere = isinstance(writer, RenderPipeline)
 
     expected = math.ceil(pcm.shape[0] / rate * fps)
     bar = Progress(expected, fps=fps, enabled=opts.progress)
-    writer = Mp4Writer(
-        out, width=renderer.width, height=renderer.height, fps=fps, sample_rate=config.out_rate
-    )
     params_out: IO[str] | None = None
     frames = 0
     try:
@@ -324,17 +387,21 @@ def render_pcm(
         while engine.pending_speech:
             if frames > limit:
                 raise RuntimeError(f"engine produced more than {limit} frames for {expected} expected")
-            pair = engine.next_frame()
+            pair = engine.next_frame(render=not drawn_elsewhere)
             meta = pair.meta
             audio = pair.audio
             if audio is None:
                 audio = np.zeros(config.frame_samples(meta.index), dtype=np.int16)
-            writer.write(pair.video, audio)
+            if isinstance(writer, RenderPipeline):
+                writer.write(meta.state, audio)
+            else:
+                writer.write(pair.video, audio)
             if params_out is not None:
                 params_out.write(json.dumps(params_record(meta), separators=(",", ":")) + "\n")
             frames += 1
-            bar.update(frames)
+            bar.update(writer.encoded)
         writer.close()
+        bar.update(frames)
     except BaseException:
         writer.abort()
         out.unlink(missing_ok=True)
