@@ -46,9 +46,13 @@ AV_STREAM = "facecast-avatar"
 # (1.7 Mbps) is 0.06; a talking head on a still background needs no more.
 VIDEO_BITS_PER_PIXEL = 0.06
 MIN_VIDEO_BITRATE = 150_000
-# Audio queued in the source ahead of playout: the jitter the event loop may add without a gap.
-PLAYOUT_LEAD_S = 0.1
-SOURCE_QUEUE_MS = 300  # room for the lead and a burst after a stall, so capture_frame never waits
+# Audio queued in the source ahead of playout: the jitter the event loop may add without a gap. Speech
+# waits behind it, and the SDK's buffer adds latency with its size: measured with `facecast bench
+# livekit`, first audio sent -> speech heard was 321 ms with 0.1 s in a 300 ms source (two frames made
+# ahead), 230 ms with 0.04 s in 100 ms (one frame ahead); the runner before the live core, which had no
+# lead at speech onset, 146 ms.
+PLAYOUT_LEAD_S = 0.04
+SOURCE_QUEUE_MS = 100  # room for the lead and two frames, so capture_frame does not wait
 
 
 def video_publish_options(width: int, height: int, fps: int) -> rtc.TrackPublishOptions:
