@@ -537,3 +537,10 @@ def test_video_is_published_at_the_avatars_frame_rate_in_one_layer() -> None:
     assert options.simulcast is False
     assert options.stream == AV_STREAM
     assert video_publish_options(512, 512, 25).video_encoding.max_framerate == 25
+
+
+def test_every_lazy_export_of_the_livekit_hosts_resolves() -> None:
+    import facecast.hosts.livekit as hosts
+
+    for name in hosts.__all__:
+        assert getattr(hosts, name) is not None

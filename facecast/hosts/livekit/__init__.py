@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from facecast.hosts.livekit.dispatch import AvatarJob, build_agent_server, run_agent_server
-    from facecast.hosts.livekit.generator import FacecastVideoGenerator, Tick
+    from facecast.hosts.livekit.generator import FacecastVideoGenerator
     from facecast.hosts.livekit.runner import FacecastAvatarRunner
     from facecast.hosts.livekit.say import say_file
     from facecast.hosts.livekit.tokens import mint_sender_token, mint_worker_token
@@ -22,7 +22,6 @@ _EXPORTS = {
     "build_agent_server": "dispatch",
     "run_agent_server": "dispatch",
     "FacecastVideoGenerator": "generator",
-    "Tick": "generator",
     "FacecastAvatarRunner": "runner",
     "say_file": "say",
     "mint_sender_token": "tokens",
@@ -35,7 +34,6 @@ __all__ = [
     "FacecastAvatarRunner",
     "FacecastVideoGenerator",
     "RoomAvatar",
-    "Tick",
     "build_agent_server",
     "mint_sender_token",
     "mint_worker_token",
