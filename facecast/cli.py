@@ -120,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     render.add_argument(
         "--jobs",
-        type=_positive_int,
+        type=positive_int,
         metavar="N",
         help="cores to use: tracking, drawing and encoding run in parallel processes (default: all; "
         "1 keeps everything in one process)",
@@ -196,7 +196,8 @@ def _render_options(args: argparse.Namespace, **extra: Any) -> RenderOptions:
     )
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
+    """argparse type: a whole number of at least 1."""
     try:
         value = int(text)
     except ValueError:

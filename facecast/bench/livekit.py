@@ -227,21 +227,14 @@ async def _session(
     """A fresh room with the agent and the viewer in it, then the worker's avatar; all torn down after."""
     from livekit import api, rtc
 
-    from facecast.hosts.livekit.tokens import mint_worker_token
+    from facecast.hosts.livekit.tokens import mint_participant_token, mint_worker_token
     from facecast.hosts.livekit.viewer import RoomViewer
 
     name = f"facecast-bench-{uuid.uuid4().hex[:8]}"
 
     def token(identity: str, kind: str) -> str:
-        grants = api.VideoGrants(
-            room_join=True, room=name, can_publish=True, can_subscribe=True, can_publish_data=True
-        )
-        return (
-            api.AccessToken(server.api_key, server.api_secret)
-            .with_identity(identity)
-            .with_kind(kind)
-            .with_grants(grants)
-            .to_jwt()
+        return mint_participant_token(
+            server.api_key, server.api_secret, room=name, identity=identity, kind=kind
         )
 
     agent = rtc.Room()

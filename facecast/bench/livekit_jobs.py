@@ -112,6 +112,7 @@ async def jobs_run(
 
     from facecast.hosts.livekit.names import ATTRIBUTE_JOB_PROCESS, DEFAULT_AVATAR_IDENTITY
     from facecast.hosts.livekit.say import stream_pcm
+    from facecast.hosts.livekit.tokens import mint_participant_token
 
     run = JobsRun(executor.lower(), sessions)
     agent_name = f"facecast-bench-jobs-{uuid.uuid4().hex[:6]}"
@@ -136,15 +137,8 @@ async def jobs_run(
         )
 
     def token(room: str, identity: str, kind: str) -> str:
-        grants = api.VideoGrants(
-            room_join=True, room=room, can_publish=True, can_subscribe=True, can_publish_data=True
-        )
-        return (
-            api.AccessToken(server.api_key, server.api_secret)
-            .with_identity(identity)
-            .with_kind(kind)
-            .with_grants(grants)
-            .to_jwt()
+        return mint_participant_token(
+            server.api_key, server.api_secret, room=room, identity=identity, kind=kind
         )
 
     async def talk(room: rtc.Room, offset: int) -> None:

@@ -454,14 +454,18 @@ class LiveCore:
         duration = cfg.frame_samples(meta.index) / cfg.out_rate
         if speech is not None:
             stats.speech_frames += 1
-        if video is not None and not self._video.put(VideoOut(video, meta.index, meta.index / cfg.fps)):
+        # Only the outputs a transport reads are filled (and their items made).
+        wants_video = video is not None and self._video.wanted
+        if wants_video and not self._video.put(VideoOut(video, meta.index, meta.index / cfg.fps)):
             stats.frames_lost_in_queue += 1
-        audio = speech if speech is not None else self._silent(cfg.frame_samples(meta.index))
-        if not self._audio.put(AudioOut(audio, cfg.frame_start_sample(meta.index))):
-            stats.audio_frames_lost_in_queue += 1
-        plays_at = item.release_at + self._lead_s
-        if not self._frames.put(LiveFrame(video, speech, meta, plays_at, duration)):
-            stats.audio_frames_lost_in_queue += 1
+        if self._audio.wanted:
+            audio = speech if speech is not None else self._silent(cfg.frame_samples(meta.index))
+            if not self._audio.put(AudioOut(audio, cfg.frame_start_sample(meta.index))):
+                stats.audio_frames_lost_in_queue += 1
+        if self._frames.wanted:
+            frame = LiveFrame(video, speech, meta, item.release_at + self._lead_s, duration)
+            if not self._frames.put(frame):
+                stats.audio_frames_lost_in_queue += 1
         plays_mono = now + self._lead_s
         for event in meta.events:
             if isinstance(event, SegmentStarted):

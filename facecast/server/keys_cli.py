@@ -11,21 +11,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from facecast.cli import positive_int
 from facecast.server.auth import default_data_dir
 from facecast.server.store import ApiKey, Store, StoreError, open_store
 
 EXIT_USAGE = 2
 DATABASE_URL_ENV = "FACECAST_DATABASE_URL"
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def _add_store_options(p: argparse.ArgumentParser) -> None:
@@ -57,7 +48,7 @@ def add_keys_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
     create.add_argument("--name", default="default", help="a label for the key (default: default)")
     create.add_argument(
         "--max-concurrent",
-        type=_positive_int,
+        type=positive_int,
         metavar="N",
         help="at most N live sessions at a time with this key (default: the server's per-key limit, "
         "FACECAST_MAX_CONCURRENT_PER_KEY, 4 unless set)",

@@ -1,4 +1,4 @@
-"""Access tokens for the avatar worker and for senders of external audio.
+"""Access tokens for the avatar worker, for senders of external audio, and for plain participants.
 
 The worker token's claims are the ones every LiveKit avatar plugin mints: kind `agent` (LiveKit frontends
 treat an agent participant that names the agent in `lk.publish_on_behalf` as that agent's avatar, and
@@ -58,5 +58,22 @@ def mint_sender_token(
         .with_name(identity)
         .with_grants(grants)
         .with_ttl(ttl)
+        .to_jwt()
+    )
+
+
+def mint_participant_token(
+    api_key: str, api_secret: str, *, room: str, identity: str, kind: str = "standard"
+) -> str:
+    """A token for a participant of `kind` (standard, agent, ...) that may publish, subscribe and send data
+    in `room`: the agents and viewers the benchmarks put in a room."""
+    grants = api.VideoGrants(
+        room_join=True, room=room, can_publish=True, can_subscribe=True, can_publish_data=True
+    )
+    return (
+        api.AccessToken(api_key, api_secret)
+        .with_identity(identity)
+        .with_kind(kind)
+        .with_grants(grants)
         .to_jwt()
     )
