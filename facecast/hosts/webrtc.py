@@ -482,7 +482,9 @@ class AvatarPeer:
     receives the client's data-channel messages (JSON objects). `on_connected` is called once, when
     the connection is first established. `on_closed` is called once when the connection closes (the
     client closed it), fails (a client that vanished fails when aioice's consent checks give up,
-    about 30 s), or is not connected `grace_s` after the answer; not when aclose() ends it. aiortc
+    about 30 s), or is not connected `grace_s` after the answer; not when aclose() ends it.
+    `on_audio_track`, when given, receives the client's audio track (its microphone), once the offer
+    carries one. aiortc
     has no "disconnected" state; should one appear it gets the same grace. Callbacks run on the event
     loop and must not block."""
 
@@ -495,6 +497,7 @@ class AvatarPeer:
         on_message: Callable[[dict[str, Any]], None] | None = None,
         on_connected: Callable[[], None] | None = None,
         on_closed: Callable[[], None] | None = None,
+        on_audio_track: Callable[[MediaStreamTrack], None] | None = None,
         grace_s: float = DEFAULT_GRACE_S,
     ) -> None:
         if codec not in VIDEO_CODECS:
@@ -509,7 +512,12 @@ class AvatarPeer:
         self.video = AvatarVideoTrack(avatar)
         self.audio = AvatarAudioTrack(avatar)
         # Transceivers before the offer arrives, so the codec preference shapes the answer.
-        audio = self._pc.addTransceiver(self.audio, direction="sendonly")
+        # With on_audio_track the client's microphone comes back on the audio transceiver (FULL mode).
+        audio_direction = "sendrecv" if on_audio_track is not None else "sendonly"
+        audio = self._pc.addTransceiver(self.audio, direction=audio_direction)
+        self._on_audio_track = on_audio_track
+        if on_audio_track is not None:
+            self._pc.on("track", self._track_arrived)
         video = self._pc.addTransceiver(self.video, direction="sendonly")
         video.setCodecPreferences(_codec_preferences(codec))
         if rtcp.enabled():  # sender reports on the engine's clock from the first packets: see hosts/rtcp.py
@@ -600,6 +608,10 @@ class AvatarPeer:
             return
         if self._on_message is not None:
             _call_safely(functools.partial(self._on_message, event), "on_message")
+
+    def _track_arrived(self, track: MediaStreamTrack) -> None:
+        if track.kind == "audio" and self._on_audio_track is not None:
+            _call_safely(functools.partial(self._on_audio_track, track), "on_audio_track")
 
     def _state_changed(self) -> None:
         if self._closing is not None:

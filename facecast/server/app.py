@@ -33,6 +33,7 @@ from facecast.server.avatars import AvatarService, avatar_item, clean_consent, c
 from facecast.server.config import ServerConfig
 from facecast.server.metrics import render_metrics
 from facecast.server.previews import preview_png
+from facecast.server.resources import router as resources_router
 from facecast.server.schemas import AvatarUrlRequest, OfferRequest, SessionRef, StopRequest, TokenRequest
 from facecast.server.sessions import ApiError, LiveSession, RoomSession, Session, SessionManager
 from facecast.server.store import ApiKey, SessionRecord, Store, open_store
@@ -615,5 +616,6 @@ def create_app(
     async def index() -> HTMLResponse:
         return HTMLResponse((WEB_DIR / "index.html").read_text(encoding="utf-8"))
 
+    app.include_router(resources_router)  # FULL mode's contexts, secrets, LLM configurations, voices
     app.mount("/static", StaticFiles(directory=str(WEB_DIR)), name="static")
     return app

@@ -66,6 +66,20 @@ class TokenRequest(_Body):
     # when livekit_config names the avatar by Facecast's fields (livekit_worker_token or agent_identity),
     # else `websocket` (the LITE WebSocket, as LiveAvatar does).
     audio_source: AudioSource | None = None
+    # FULL mode: the OpenAI-compatible endpoint (POST /v1/llm_configurations; None: the server's default,
+    # FACECAST_LLM_*) and values for the context's `${name}` placeholders (LiveAvatar's limits).
+    llm_configuration_id: str | None = None
+    dynamic_variables: dict[str, str] | None = Field(default=None, max_length=50)
+
+    @field_validator("dynamic_variables")
+    @classmethod
+    def _variables_in_limits(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        for name, text in (value or {}).items():
+            if not name or len(name) > 64 or not name.replace("_", "a").isalnum():
+                raise ValueError(f"variable name {name[:70]!r} must be 1-64 letters, digits or _")
+            if len(text) > 1000:
+                raise ValueError(f"the value of {name!r} is over 1000 characters")
+        return value
 
     @field_validator("is_sandbox", "video_settings", mode="before")
     @classmethod

@@ -93,6 +93,9 @@ class SpeechTarget(Protocol):
 class LiveSession:
     """One started session: an engine paced in real time, its transport, and the clients listening."""
 
+    # FULL sessions listen to the client's microphone (facecast.server.full_mode); LITE ones do not.
+    on_audio_track: Callable[[Any], None] | None = None
+
     def __init__(
         self,
         record: SessionRecord,
@@ -511,15 +514,20 @@ class SessionManager:
     # -- minting and starting ---------------------------------------------------------------------------
     def mint(self, key: ApiKey, body: TokenRequest) -> tuple[SessionRecord, str]:
         limits = self.config.limits
-        if body.mode == "FULL":
-            raise ApiError(
-                501,
-                p.CODE_NOT_IMPLEMENTED,
-                "mode FULL (the server runs STT, LLM and TTS) is not supported yet; use mode LITE and send "
-                "the agent's audio over the WebSocket, or agent.speak_text for server-side speech",
-            )
         session_id = new_session_id()
         transport = self._transport(body)
+        full = None
+        if body.mode == "FULL":
+            from facecast.server.full_mode import full_settings
+
+            full = full_settings(self, key, body, transport)
+        elif body.dynamic_variables is not None or body.llm_configuration_id is not None:
+            raise ApiError(
+                400,
+                p.CODE_BAD_REQUEST,
+                "dynamic_variables and llm_configuration_id apply to mode FULL (the server runs the "
+                "conversation); drop them, or mint with mode FULL",
+            )
         video_settings = self._video_settings(body)
         livekit = self._livekit_settings(body, session_id) if transport == "livekit" else None
         if body.avatar_image_url is not None:
@@ -572,6 +580,7 @@ class SessionManager:
                 "max_session_duration": duration,
                 "interactivity_type": body.interactivity_type,
                 **({"livekit": livekit} if livekit is not None else {}),
+                **({"full": full} if full is not None else {}),
             },
             state=p.STATE_CREATED,
             token_hash=hash_secret(token),
@@ -748,6 +757,10 @@ class SessionManager:
                 f"this server is at capacity ({capacity} live sessions, FACECAST_MAX_LIVE_SESSIONS); "
                 "retry shortly or start the session on another server",
             )
+        if record.mode == "FULL":
+            from facecast.server.full_mode import start_full_session
+
+            return await start_full_session(self, record)
         if record.transport == "livekit":
             if record.settings["livekit"].get("owned"):
                 await self._create_owned_room(record)
@@ -1009,6 +1022,7 @@ class SessionManager:
                 on_message=on_message,
                 on_connected=session.on_peer_connected,
                 on_closed=session.on_peer_closed,
+                on_audio_track=session.on_audio_track,
             )
         session.peer = peer
         try:

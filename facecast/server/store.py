@@ -112,6 +112,55 @@ class AvatarRecord:
     server: str | None = None  # the API server that runs (or ran) the build
 
 
+@dataclass
+class ContextRecord:
+    """A persona for FULL sessions: the LLM's system prompt and what the avatar says first."""
+
+    id: str
+    owner: str
+    name: str
+    prompt: str
+    opening_text: str
+    created_at: float
+    updated_at: float
+
+
+@dataclass
+class SecretRecord:
+    """A credential (e.g. an LLM API key); only its ciphertext is stored (facecast.server.secret_box)."""
+
+    id: str
+    owner: str
+    secret_name: str
+    secret_type: str
+    ciphertext: str
+    created_at: float
+    updated_at: float
+
+
+@dataclass
+class LlmConfigRecord:
+    """An OpenAI-compatible chat endpoint: model, base URL (None: OpenAI's) and the secret of its key."""
+
+    id: str
+    owner: str
+    display_name: str
+    model_name: str
+    secret_id: str | None
+    base_url: str | None
+    created_at: float
+    updated_at: float
+
+
+OwnedRecord = ContextRecord | SecretRecord | LlmConfigRecord
+# Each owned resource's table; the record's fields are its columns.
+RESOURCE_TABLES: dict[type, str] = {
+    ContextRecord: "contexts",
+    SecretRecord: "secrets",
+    LlmConfigRecord: "llm_configurations",
+}
+
+
 def new_avatar_id() -> str:
     """`av_` + 12 hex digits: a valid bundle name, so it is also the library id."""
     return "av_" + secrets.token_hex(6)
@@ -213,6 +262,26 @@ class Store(Protocol):
         the ids."""
         ...
 
+    def insert_owned(self, record: OwnedRecord) -> None:
+        """Store a new context, secret or LLM configuration."""
+        ...
+
+    def get_owned(self, kind: type[OwnedRecord], owner: str, record_id: str) -> OwnedRecord | None:
+        """The record of this kind with this id, if `owner` owns it."""
+        ...
+
+    def list_owned(self, kind: type[OwnedRecord], owner: str) -> list[OwnedRecord]:
+        """The owner's records of this kind, oldest first."""
+        ...
+
+    def update_owned(self, kind: type[OwnedRecord], owner: str, record_id: str, **fields: Any) -> bool:
+        """Set these fields (and updated_at); False if the owner has no such record."""
+        ...
+
+    def delete_owned(self, kind: type[OwnedRecord], owner: str, record_id: str) -> bool:
+        """Remove the record; False if the owner had none."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -272,6 +341,40 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX avatars_owner ON avatars (owner, created_at)",
         "CREATE INDEX avatars_source ON avatars (owner, source_sha256)",
         "CREATE INDEX avatars_status ON avatars (status)",
+    ),
+    (
+        # FULL mode's resources (facecast.server.resources), each owned by one API key.
+        """CREATE TABLE contexts (
+            id TEXT PRIMARY KEY,
+            owner TEXT NOT NULL REFERENCES api_keys (id),
+            name TEXT NOT NULL,
+            prompt TEXT NOT NULL,
+            opening_text TEXT NOT NULL,
+            created_at {real} NOT NULL,
+            updated_at {real} NOT NULL
+        )""",
+        "CREATE INDEX contexts_owner ON contexts (owner, created_at)",
+        """CREATE TABLE secrets (
+            id TEXT PRIMARY KEY,
+            owner TEXT NOT NULL REFERENCES api_keys (id),
+            secret_name TEXT NOT NULL,
+            secret_type TEXT NOT NULL,
+            ciphertext TEXT NOT NULL,
+            created_at {real} NOT NULL,
+            updated_at {real} NOT NULL
+        )""",
+        "CREATE INDEX secrets_owner ON secrets (owner, created_at)",
+        """CREATE TABLE llm_configurations (
+            id TEXT PRIMARY KEY,
+            owner TEXT NOT NULL REFERENCES api_keys (id),
+            display_name TEXT NOT NULL,
+            model_name TEXT NOT NULL,
+            secret_id TEXT,
+            base_url TEXT,
+            created_at {real} NOT NULL,
+            updated_at {real} NOT NULL
+        )""",
+        "CREATE INDEX llm_configurations_owner ON llm_configurations (owner, created_at)",
     ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -573,6 +676,48 @@ class _SqlStore(ABC):
             params,
         ).rows
         return sorted(row[0] for row in rows)
+
+    # -- owned resources: contexts, secrets, LLM configurations --------------------------------------
+    def insert_owned(self, record: OwnedRecord) -> None:
+        names = [f.name for f in fields(record)]
+        placeholders = ", ".join("?" for _ in names)
+        self._execute(
+            f"INSERT INTO {RESOURCE_TABLES[type(record)]} ({', '.join(names)}) VALUES ({placeholders})",
+            astuple(record),
+        )
+
+    def get_owned(self, kind: type[OwnedRecord], owner: str, record_id: str) -> OwnedRecord | None:
+        columns = ", ".join(f.name for f in fields(kind))
+        rows = self._execute(
+            f"SELECT {columns} FROM {RESOURCE_TABLES[kind]} WHERE id = ? AND owner = ?", (record_id, owner)
+        ).rows
+        return kind(*rows[0]) if rows else None
+
+    def list_owned(self, kind: type[OwnedRecord], owner: str) -> list[OwnedRecord]:
+        columns = ", ".join(f.name for f in fields(kind))
+        rows = self._execute(
+            f"SELECT {columns} FROM {RESOURCE_TABLES[kind]} WHERE owner = ? ORDER BY created_at, id", (owner,)
+        ).rows
+        return [kind(*row) for row in rows]
+
+    def update_owned(self, kind: type[OwnedRecord], owner: str, record_id: str, **values: Any) -> bool:
+        allowed = {f.name for f in fields(kind)} - {"id", "owner", "created_at"}
+        unknown = sorted(set(values) - allowed)
+        if unknown:
+            raise ValueError(f"cannot set {', '.join(unknown)} of a {RESOURCE_TABLES[kind]} record")
+        values.setdefault("updated_at", time.time())
+        assignments = ", ".join(f"{name} = ?" for name in values)
+        result = self._execute(
+            f"UPDATE {RESOURCE_TABLES[kind]} SET {assignments} WHERE id = ? AND owner = ?",
+            (*values.values(), record_id, owner),
+        )
+        return result.rowcount == 1
+
+    def delete_owned(self, kind: type[OwnedRecord], owner: str, record_id: str) -> bool:
+        result = self._execute(
+            f"DELETE FROM {RESOURCE_TABLES[kind]} WHERE id = ? AND owner = ?", (record_id, owner)
+        )
+        return result.rowcount == 1
 
 
 class SQLiteStore(_SqlStore):

@@ -1,0 +1,177 @@
+"""The two ends of a FULL session's pipeline: the user's microphone in, the avatar out.
+
+`Microphone` heads the pipeline: it reads the session's WebRTC audio track (aiortc's decoded Opus, any
+rate and layout), turns it into 16 kHz mono `InputAudioRawFrame`s and, while the microphone is closed
+(push-to-talk outside its window), sends silence of the same length instead, so the VAD sees the user stop.
+
+`AvatarSpeech` follows the TTS service: it swallows the TTS audio into the session's `LiveCore` (the
+avatar is the A/V clock; the WebRTC peer streams what the core releases), drops it on `InterruptionFrame`,
+and turns the core's segment events into `BotStartedSpeakingFrame` / `BotStoppedSpeakingFrame` and the
+avatar's `agent-response` events."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import av
+from pipecat.frames.frames import (
+    BotStartedSpeakingFrame,
+    BotStoppedSpeakingFrame,
+    CancelFrame,
+    EndFrame,
+    Frame,
+    InputAudioRawFrame,
+    InterruptionFrame,
+    StartFrame,
+    TTSAudioRawFrame,
+    TTSStartedFrame,
+    TTSStoppedFrame,
+)
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
+
+from facecast.conversation import events as ev
+from facecast.conversation.services import PHONES_METADATA_KEY, STT_RATE, TEXT_METADATA_KEY
+from facecast.engine.types import SegmentEnded, SegmentEvent, SegmentStarted
+from facecast.hosts.live import LiveCore
+
+log = logging.getLogger(__name__)
+
+Emit = Callable[..., None]  # emit(event_type, **payload): one agent-response event to the client
+
+
+class Microphone(FrameProcessor):
+    """The user's WebRTC audio track as 16 kHz mono `InputAudioRawFrame`s; silence while closed."""
+
+    def __init__(self, *, open_: bool = True, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.open = open_
+        self._track: Any = None
+        self._has_track = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._resampler = av.AudioResampler(format="s16", layout="mono", rate=STT_RATE)
+
+    def attach(self, track: Any) -> None:
+        """Listen to this aiortc audio track (the session's peer calls it when the offer brings one)."""
+        self._track = track
+        self._has_track.set()
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        await super().process_frame(frame, direction)
+        if isinstance(frame, StartFrame):
+            await self.push_frame(frame, direction)
+            if self._task is None:
+                self._task = self.create_task(self._read(), "facecast-microphone")
+            return
+        if isinstance(frame, (EndFrame, CancelFrame)):
+            await self._stop()
+        await self.push_frame(frame, direction)
+
+    async def cleanup(self) -> None:
+        await super().cleanup()
+        await self._stop()
+
+    async def _stop(self) -> None:
+        if self._task is not None:
+            await self.cancel_task(self._task)
+            self._task = None
+
+    async def _read(self) -> None:
+        from aiortc.mediastreams import MediaStreamError
+
+        await self._has_track.wait()
+        while True:
+            try:
+                received = await self._track.recv()
+            except MediaStreamError:
+                return  # the peer went away; the session's owner ends the session
+            for frame in self._resampler.resample(received):
+                pcm = bytes(frame.planes[0])[: frame.samples * 2]
+                if not self.open:
+                    pcm = bytes(len(pcm))
+                await self.push_frame(InputAudioRawFrame(audio=pcm, sample_rate=STT_RATE, num_channels=1))
+
+
+class AvatarSpeech(FrameProcessor):
+    """Plays the TTS audio on the session's avatar and reports what the avatar says."""
+
+    def __init__(self, core: LiveCore, emit: Emit, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._core = core
+        self._emit = emit
+        self._next_tag = 0
+        self._open_tag: int | None = None  # the utterance receiving audio
+        self._queued: set[int] = set()  # utterances given to the core and not yet ended
+        self._texts: dict[int, str] = {}
+        self._speaking = False
+        self.first_speech_at: float | None = None  # monotonic time of the latest turn's first speech frame
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        await super().process_frame(frame, direction)
+        if isinstance(frame, TTSAudioRawFrame):
+            await self._speak(frame)
+            return  # the avatar plays it: the peer streams the core's audio with the video
+        if isinstance(frame, (TTSStartedFrame, TTSStoppedFrame)):  # an utterance's bounds
+            await self._end_utterance()
+        elif isinstance(frame, InterruptionFrame):
+            await self.interrupt()
+        await self.push_frame(frame, direction)
+
+    async def _speak(self, frame: TTSAudioRawFrame) -> None:
+        if self._open_tag is None:
+            tag = self._open_tag = self._next_tag
+            self._next_tag += 1
+            self._queued.add(tag)
+            self._texts[tag] = str(frame.metadata.get(TEXT_METADATA_KEY, ""))
+            await self._core.open_segment(tag)
+            phones = frame.metadata.get(PHONES_METADATA_KEY)
+            if phones:
+                await self._core.push_phones(phones)
+        await self._core.push_audio(frame.audio, frame.sample_rate, channels=frame.num_channels)
+
+    async def _end_utterance(self) -> None:
+        if self._open_tag is not None:
+            self._open_tag = None
+            await self._core.end_segment()
+
+    async def interrupt(self) -> None:
+        """Drop every queued utterance: the next frame the avatar sends is silent."""
+        self._open_tag = None
+        self._queued.clear()
+        self._texts.clear()
+        with contextlib.suppress(Exception):  # the core may be closing with the session
+            await self._core.clear()
+        await self._stopped(interrupted=True)
+
+    async def set_listening(self, listening: bool) -> None:
+        """Show the avatar's attentive pose (avatar.start_listening) or its idle one."""
+        await self._core.set_listening(listening)
+
+    def on_segment_event(self, event: SegmentEvent) -> None:
+        """The live core released the frame carrying this event (called on the event loop)."""
+        tag = event.tag
+        if not isinstance(tag, int) or tag not in self._queued:
+            return  # an utterance dropped by an interruption
+        if isinstance(event, SegmentStarted):
+            if not self._speaking:
+                self._speaking = True
+                self.first_speech_at = asyncio.get_running_loop().time()
+                self._emit(ev.AVATAR_SPEAK_STARTED)
+                self.create_task(self.broadcast_frame(BotStartedSpeakingFrame), "facecast-bot-started")
+            text = self._texts.pop(tag, "")
+            if text:
+                self._emit(ev.AVATAR_TRANSCRIPTION, text=text)
+        elif isinstance(event, SegmentEnded):
+            self._queued.discard(tag)
+            self._texts.pop(tag, None)
+            if not self._queued and self._open_tag is None:
+                self.create_task(self._stopped(interrupted=event.interrupted), "facecast-bot-stopped")
+
+    async def _stopped(self, *, interrupted: bool) -> None:
+        if self._speaking:
+            self._speaking = False
+            self._emit(ev.AVATAR_SPEAK_ENDED, interrupted=interrupted)
+            await self.broadcast_frame(BotStoppedSpeakingFrame)

@@ -1,0 +1,146 @@
+"""The default speech services of FULL mode, as Pipecat services: PocketSphinx recognition and espeak-ng
+synthesis. Both run offline from what pip installed (no key, no download)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+from typing import Any
+
+from pipecat.audio.utils import create_file_resampler
+from pipecat.frames.frames import ErrorFrame, Frame, TranscriptionFrame, TTSAudioRawFrame
+from pipecat.services.settings import STTSettings, TTSSettings
+from pipecat.services.stt_service import SegmentedSTTService
+from pipecat.services.tts_service import TTSService
+from pipecat.utils.time import time_now_iso8601
+
+from facecast.tts import EspeakTTS, TTSError
+from facecast.tts.espeak import DEFAULT_VOICE
+
+# TTSAudioRawFrame.metadata keys on an utterance's first frame: the phones espeak-ng spoke (a list of
+# facecast.engine.PhoneTiming, seconds from that frame's first sample; the same key pipecat_facecast reads)
+# and the text it spoke.
+PHONES_METADATA_KEY = "facecast.phones"
+TEXT_METADATA_KEY = "facecast.text"
+STT_RATE = 16000  # PocketSphinx's en-us acoustic model is trained on 16 kHz audio
+
+
+def _pocketsphinx_decoder() -> Any:
+    """PocketSphinx's large-vocabulary US English decoder: the acoustic model, language model and
+    dictionary inside the wheel."""
+    from pocketsphinx import Config, Decoder, get_model_path
+
+    config = Config(
+        hmm=get_model_path("en-us/en-us"),
+        lm=get_model_path("en-us/en-us.lm.bin"),
+        dict=get_model_path("en-us/cmudict-en-us.dict"),
+        samprate=STT_RATE,
+        loglevel="FATAL",
+    )
+    return Decoder(config)
+
+
+def transcribe(decoder: Any, pcm: bytes) -> str:
+    """One utterance of 16 kHz int16 mono PCM → its words ('' when nothing was recognised)."""
+    decoder.start_utt()
+    decoder.process_raw(pcm, full_utt=True)
+    decoder.end_utt()
+    hypothesis = decoder.hyp()
+    return hypothesis.hypstr.strip() if hypothesis is not None else ""
+
+
+@dataclass
+class PocketSphinxSTTSettings(STTSettings):
+    """Settings for `PocketSphinxSTTService` (the model is fixed: US English)."""
+
+
+class PocketSphinxSTTService(SegmentedSTTService):
+    """Offline speech recognition with PocketSphinx: each VAD segment is decoded once it ends."""
+
+    Settings = PocketSphinxSTTSettings
+    _settings: Settings
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(
+            sample_rate=STT_RATE,
+            # Decoding a few seconds of speech takes a fraction of that on one core.
+            ttfs_p99_latency=1.0,
+            settings=self.Settings(model="en-us", language=None),
+            trailing_silence_secs=0.2,
+            **kwargs,
+        )
+        self._decoder: Any = None
+        self._lock = asyncio.Lock()
+
+    @property
+    def wants_wav_segments(self) -> bool:
+        """PocketSphinx reads raw 16-bit PCM."""
+        return False
+
+    def can_generate_metrics(self) -> bool:
+        """The service reports TTFB."""
+        return True
+
+    async def load(self) -> None:
+        """Load the decoder (about a second) off the event loop; done once, before the first segment."""
+        async with self._lock:
+            if self._decoder is None:
+                self._decoder = await asyncio.to_thread(_pocketsphinx_decoder)
+
+    async def run_stt(self, audio: bytes) -> AsyncGenerator[Frame | None, None]:
+        """Decode one segment of 16 kHz PCM and yield its transcript, if it has words."""
+        await self.load()
+        await self.start_processing_metrics()
+        async with self._lock:  # one decoder, one utterance at a time
+            text = await asyncio.to_thread(transcribe, self._decoder, audio)
+        await self.stop_processing_metrics()
+        if text:
+            yield TranscriptionFrame(text, self._user_id, time_now_iso8601(), finalized=True)
+
+
+@dataclass
+class EspeakTTSSettings(TTSSettings):
+    """Settings for `EspeakTTSService`: `voice` is an espeak-ng voice name (GET /v1/voices)."""
+
+
+class EspeakTTSService(TTSService):
+    """espeak-ng speech synthesis, offline and instant. Every utterance's first ``TTSAudioRawFrame``
+    carries the phones espeak-ng spoke and the text (`PHONES_METADATA_KEY`, `TEXT_METADATA_KEY`), so the
+    avatar's mouth follows the phones exactly."""
+
+    Settings = EspeakTTSSettings
+    _settings: Settings
+
+    def __init__(self, *, voice: str = DEFAULT_VOICE, words_per_minute: int = 165, **kwargs: Any) -> None:
+        super().__init__(
+            push_start_frame=True,
+            push_stop_frames=True,
+            settings=self.Settings(model=None, voice=voice, language=None),
+            **kwargs,
+        )
+        self._voice = voice
+        self._espeak = EspeakTTS(voice=voice, rate=words_per_minute)
+        self._resampler = create_file_resampler()
+
+    def can_generate_metrics(self) -> bool:
+        """The service reports TTFB."""
+        return True
+
+    async def run_tts(self, text: str, context_id: str) -> AsyncGenerator[Frame | None, None]:
+        """Synthesize `text`; yield its audio at the service's rate in chunks, or an ErrorFrame."""
+        try:
+            # libespeak-ng is called through ctypes, which releases the GIL while it runs.
+            speech = await asyncio.to_thread(self._espeak.synthesize_timed, text, self._voice)
+        except TTSError as exc:
+            yield ErrorFrame(error=f"{self} cannot speak {text!r}: {exc}")
+            return
+        audio = await self._resampler.resample(speech.audio.tobytes(), speech.sample_rate, self.sample_rate)
+        await self.stop_ttfb_metrics()
+        chunk = self.chunk_size
+        for start in range(0, len(audio), chunk):
+            frame = TTSAudioRawFrame(audio[start : start + chunk], self.sample_rate, 1, context_id=context_id)
+            if start == 0:
+                frame.metadata[PHONES_METADATA_KEY] = list(speech.phones)
+                frame.metadata[TEXT_METADATA_KEY] = text
+            yield frame

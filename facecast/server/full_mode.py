@@ -1,0 +1,299 @@
+"""FULL sessions on the server: what `/v1/sessions/token` checks and stores for them, and the live
+session that runs the conversation (facecast.conversation) next to the avatar's WebRTC peer.
+
+The LLM is the token's `llm_configuration_id` (POST /v1/llm_configurations), else the server's default:
+FACECAST_LLM_BASE_URL (an OpenAI-compatible endpoint, e.g. http://127.0.0.1:11434/v1 for Ollama),
+FACECAST_LLM_MODEL and, if the endpoint wants one, FACECAST_LLM_API_KEY. A token for a FULL session
+with neither is refused, saying what to configure."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import time
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from facecast.server import protocol as p
+from facecast.server.auth import default_data_dir
+from facecast.server.errors import ApiError
+from facecast.server.pool import AvatarSpec, build_engine, new_live_avatar
+from facecast.server.resources import check_base_url, known_voice
+from facecast.server.schemas import TokenRequest
+from facecast.server.secret_box import SecretBox, SecretBoxError
+from facecast.server.sessions import EventSink, LiveSession
+from facecast.server.store import ApiKey, ContextRecord, LlmConfigRecord, SecretRecord, SessionRecord
+from facecast.tts.espeak import DEFAULT_VOICE
+
+if TYPE_CHECKING:
+    from facecast.conversation.conversation import Conversation
+    from facecast.server.sessions import SessionManager
+
+log = logging.getLogger(__name__)
+
+LLM_BASE_URL_ENV = "FACECAST_LLM_BASE_URL"
+LLM_MODEL_ENV = "FACECAST_LLM_MODEL"
+LLM_API_KEY_ENV = "FACECAST_LLM_API_KEY"
+DEFAULT_PROMPT = (
+    "You are a friendly assistant who talks with the user through a talking avatar. Answer in one or two "
+    "short spoken sentences, without lists or markup."
+)
+_VARIABLE = re.compile(r"\$\{([A-Za-z0-9_]+)\}")
+_NO_LLM = (
+    "mode FULL needs a language model and none is configured: create one with POST /v1/llm_configurations "
+    '{"display_name", "model_name", "base_url" (any OpenAI-compatible endpoint), "secret_id" (its key, from '
+    "POST /v1/secrets)} and pass its id as llm_configuration_id, or start the server with "
+    f"{LLM_BASE_URL_ENV} and {LLM_MODEL_ENV} (and {LLM_API_KEY_ENV} if the endpoint needs a key)"
+)
+
+
+def substitute(text: str, variables: dict[str, str], where: str) -> str:
+    """`text` with every `${name}` replaced by its value; 400 naming the first undefined one."""
+    missing = sorted({name for name in _VARIABLE.findall(text) if name not in variables})
+    if missing:
+        names = ", ".join("${" + name + "}" for name in missing)
+        example = ", ".join(f'"{name}": "..."' for name in missing)
+        raise ApiError(
+            400,
+            p.CODE_BAD_REQUEST,
+            f"{where} uses {names}, which dynamic_variables does not define; pass dynamic_variables "
+            f"{{{example}}}",
+        )
+    return _VARIABLE.sub(lambda match: variables[match.group(1)], text)
+
+
+def _check_extra() -> None:
+    try:
+        import facecast.conversation.conversation  # noqa: F401
+    except ImportError as exc:
+        raise ApiError(
+            501,
+            p.CODE_NOT_IMPLEMENTED,
+            f"mode FULL needs the conversation extra: pip install 'facecast[full]' ({exc})",
+        ) from None
+
+
+def full_settings(manager: SessionManager, key: ApiKey, body: TokenRequest, transport: str) -> dict[str, Any]:
+    """What a FULL session runs with, checked now so that /start cannot fail on it: the persona (prompt
+    and opening text with the variables substituted, voice, language) and where its LLM is. No secret
+    values: the settings are stored and listed; the LLM's key is decrypted only at /start."""
+    if transport != "webrtc":
+        raise ApiError(
+            501,
+            p.CODE_NOT_IMPLEMENTED,
+            "mode FULL runs over transport webrtc so far (the browser's microphone and the avatar on one "
+            "peer connection); mint with transport webrtc",
+        )
+    _check_extra()
+    store = manager.store
+    persona = body.avatar_persona
+    variables = body.dynamic_variables or {}
+    voice = (persona.voice_id if persona is not None else None) or DEFAULT_VOICE
+    if not known_voice(voice):
+        raise ApiError(
+            400, p.CODE_BAD_REQUEST, f"unknown voice_id {voice!r}; GET /v1/voices lists the voices"
+        )
+    language = persona.language if persona is not None else "en"
+    if language.split("-")[0].lower() != "en":
+        raise ApiError(
+            400,
+            p.CODE_BAD_REQUEST,
+            f"language {language!r}: FULL mode's speech recognition (PocketSphinx) understands English "
+            "only so far; use language 'en'",
+        )
+    prompt, opening_text, context_id = DEFAULT_PROMPT, "", None
+    if persona is not None and persona.context_id is not None:
+        context = store.get_owned(ContextRecord, key.id, persona.context_id)
+        if not isinstance(context, ContextRecord):
+            raise ApiError(
+                404,
+                p.CODE_NOT_FOUND,
+                f"no context {persona.context_id!r} for this API key; create one with POST /v1/contexts",
+            )
+        context_id = context.id
+        prompt = substitute(context.prompt, variables, f"context {context.id}'s prompt")
+        opening_text = substitute(context.opening_text, variables, f"context {context.id}'s opening_text")
+    return {
+        "persona": {
+            "context_id": context_id,
+            "prompt": prompt,
+            "opening_text": opening_text,
+            "voice_id": voice,
+            "language": language,
+        },
+        "llm": _llm_settings(manager, key, body.llm_configuration_id),
+    }
+
+
+def _llm_settings(manager: SessionManager, key: ApiKey, config_id: str | None) -> dict[str, Any]:
+    if config_id is not None:
+        config = manager.store.get_owned(LlmConfigRecord, key.id, config_id)
+        if not isinstance(config, LlmConfigRecord):
+            raise ApiError(
+                404,
+                p.CODE_NOT_FOUND,
+                f"no LLM configuration {config_id!r} for this API key; GET /v1/llm_configurations lists them",
+            )
+        if (
+            config.secret_id is not None
+            and manager.store.get_owned(SecretRecord, key.id, config.secret_id) is None
+        ):
+            raise ApiError(
+                400,
+                p.CODE_BAD_REQUEST,
+                f"LLM configuration {config.id} names secret {config.secret_id}, which is gone; store the "
+                "key again (POST /v1/secrets) and PATCH the configuration's secret_id",
+            )
+        return {
+            "llm_configuration_id": config.id,
+            "model": config.model_name,
+            "base_url": config.base_url,
+            "secret_id": config.secret_id,
+        }
+    base_url, model = os.environ.get(LLM_BASE_URL_ENV, "").strip(), os.environ.get(LLM_MODEL_ENV, "").strip()
+    if not (base_url and model):
+        raise ApiError(400, p.CODE_BAD_REQUEST, _NO_LLM)
+    check_base_url(base_url)
+    return {"llm_configuration_id": None, "model": model, "base_url": base_url, "secret_id": None}
+
+
+def _llm_api_key(manager: SessionManager, record: SessionRecord) -> str | None:
+    llm = record.settings["full"]["llm"]
+    if llm["secret_id"] is None:
+        # The server's default endpoint takes the server's key; a configuration without a secret has none.
+        return (os.environ.get(LLM_API_KEY_ENV) or None) if llm["llm_configuration_id"] is None else None
+    secret = manager.store.get_owned(SecretRecord, record.key_id, llm["secret_id"])
+    if not isinstance(secret, SecretRecord):
+        raise ApiError(
+            400, p.CODE_BAD_REQUEST, f"the LLM's secret {llm['secret_id']} was deleted; store it again"
+        )
+    data_dir = Path(manager.config.data_dir) if manager.config.data_dir else default_data_dir()
+    try:
+        return SecretBox.for_data_dir(data_dir).open(secret.ciphertext)
+    except SecretBoxError as exc:
+        raise ApiError(500, p.CODE_INTERNAL, str(exc)) from None
+
+
+class FullSession(LiveSession):
+    """A WebRTC session whose conversation the server holds: the client's microphone in, the avatar out,
+    LiveAvatar's FULL commands and events on the data channel."""
+
+    conversation: Conversation | None = None
+
+    def on_segment_event(self, event: Any) -> None:
+        if self.conversation is not None:
+            self.conversation.on_segment_event(event)
+
+    def on_audio_track(self, track: Any) -> None:  # type: ignore[override]
+        if self.conversation is not None:
+            self.conversation.attach_microphone(track)
+
+    def on_peer_connected(self) -> None:
+        first = self.connected_at is None
+        super().on_peer_connected()
+        if first and self.conversation is not None:
+            self._manager.spawn(self.conversation.greet())
+
+    def emit_agent(self, event_type: str, **payload: Any) -> None:
+        """One agent-response event to the client (the data channel) and the session's other sinks."""
+        event: dict[str, Any] = {
+            "event_type": event_type,
+            "event_id": uuid.uuid4().hex,
+            "session_id": self.id,
+            "topic": "agent-response",
+        }
+        if payload:
+            event["payload"] = payload
+        log.debug("session %s: %s", self.id, event_type)
+        if self.peer is not None:
+            self.peer.send_event(event)
+        for sink in list(self._sinks):
+            self._manager.spawn(sink(event))
+
+    async def handle(self, message: Any, reply: EventSink) -> None:
+        from facecast.conversation.conversation import CommandError
+
+        if isinstance(message, dict) and isinstance(message.get("event_type"), str):
+            self.touch()
+            payload = message.get("payload")
+            if payload is None:  # LiveAvatar's clients put text at the top level too
+                payload = {k: v for k, v in message.items() if k not in ("event_type", "event_id", "topic")}
+            if self.conversation is None or not isinstance(payload, dict):
+                await self.reply_error(reply, p.CODE_BAD_REQUEST, "a command's payload must be a JSON object")
+                return
+            try:
+                await self.conversation.command(message["event_type"], payload)
+            except CommandError as exc:
+                event_id = message.get("event_id")
+                await self.reply_error(
+                    reply, p.CODE_BAD_REQUEST, str(exc), event_id if isinstance(event_id, str) else None
+                )
+            return
+        if isinstance(message, dict) and message.get("type") == p.SESSION_KEEP_ALIVE:
+            self.touch()
+            return
+        await self.reply_error(
+            reply,
+            p.CODE_BAD_REQUEST,
+            'a FULL session takes agent-control commands {"event_type": "avatar.speak_text", "payload": '
+            '{"text": "..."}} (and session.keep_alive); the audio comes from the microphone track',
+        )
+
+    async def close(self, reason: str) -> dict[str, Any]:
+        if self.conversation is not None:
+            await self.conversation.aclose()
+        return await super().close(reason)
+
+
+async def start_full_session(manager: SessionManager, record: SessionRecord) -> FullSession:
+    """Start a FULL session in this process: the avatar's engine and live core, and the conversation
+    pipeline, loaded before the answer so that the user's first words are heard."""
+    from facecast.conversation.conversation import Conversation, LlmEndpoint, Persona
+
+    started_mono = time.monotonic()
+    full = record.settings["full"]
+    api_key = _llm_api_key(manager, record)
+    spec = AvatarSpec.from_settings(record.avatar_id, record.settings, manager.avatars.library)
+    try:
+        engine = await asyncio.to_thread(build_engine, spec)
+    except ValueError as exc:
+        await manager.end(record.id, p.END_ERROR)
+        raise ApiError(500, p.CODE_INTERNAL, f"could not load avatar {record.avatar_id!r}: {exc}") from None
+    session: FullSession | None = None
+
+    def on_event(event: Any) -> None:
+        if session is not None:
+            session.on_segment_event(event)
+
+    avatar = new_live_avatar(engine, on_event)
+    session = FullSession(record, avatar, manager=manager, started_mono=started_mono)
+    persona = full["persona"]
+    session.conversation = Conversation(
+        avatar,
+        Persona(
+            prompt=persona["prompt"],
+            opening_text=persona["opening_text"],
+            voice=persona["voice_id"],
+            language=persona["language"],
+            interactivity=record.settings["interactivity_type"],
+        ),
+        LlmEndpoint(model=full["llm"]["model"], base_url=full["llm"]["base_url"], api_key=api_key),
+        session.emit_agent,
+        on_activity=session.touch,
+    )
+    try:
+        manager.mark_started(record, session, time.time())
+    except ApiError:
+        await avatar.aclose()
+        raise
+    try:
+        await avatar.start(started_at=started_mono)
+        await session.conversation.start()
+    except Exception as exc:
+        log.exception("session %s: the conversation could not start", record.id)
+        await manager.end(record.id, p.END_ERROR)
+        raise ApiError(500, p.CODE_INTERNAL, f"the conversation pipeline could not start: {exc}") from None
+    return session

@@ -1,0 +1,328 @@
+"""FULL mode's resources in LiveAvatar's shape, each owned by the API key that made it: contexts (the
+persona's prompt and opening text), secrets (credentials, encrypted at rest, never returned), LLM
+configurations (an OpenAI-compatible endpoint) and voices (espeak-ng's, read-only).
+
+Responses are `{code, data, message}` like the rest of the API; another key's records are 404."""
+
+# No `from __future__ import annotations`: FastAPI reads the route signatures' annotations at runtime.
+
+import functools
+import re
+import secrets
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from facecast.server import protocol as p
+from facecast.server.auth import default_data_dir
+from facecast.server.errors import ApiError
+from facecast.server.secret_box import SecretBox
+from facecast.server.store import ApiKey, ContextRecord, LlmConfigRecord, SecretRecord, Store
+
+router = APIRouter(prefix="/v1")
+
+MAX_PROMPT_CHARS = 20_000
+MAX_OPENING_CHARS = 2_000
+SECRET_TYPES = ("LLM_API_KEY", "STT_API_KEY", "TTS_API_KEY", "OTHER")
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ContextCreate(_Body):
+    name: str = Field(min_length=1, max_length=200)
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
+    opening_text: str = Field(default="", max_length=MAX_OPENING_CHARS)
+
+
+class ContextUpdate(_Body):
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    prompt: str | None = Field(default=None, min_length=1, max_length=MAX_PROMPT_CHARS)
+    opening_text: str | None = Field(default=None, max_length=MAX_OPENING_CHARS)
+
+
+class SecretCreate(_Body):
+    secret_type: str = Field(default="LLM_API_KEY", pattern="^(" + "|".join(SECRET_TYPES) + ")$")
+    secret_value: str = Field(min_length=1, max_length=8192)
+    secret_name: str = Field(default="", max_length=200)
+
+
+class SecretUpdate(_Body):
+    secret_value: str | None = Field(default=None, min_length=1, max_length=8192)
+    secret_name: str | None = Field(default=None, max_length=200)
+
+
+class LlmConfigCreate(_Body):
+    display_name: str = Field(min_length=1, max_length=200)
+    model_name: str = Field(min_length=1, max_length=200)
+    secret_id: str | None = None  # None: an endpoint without a key (a local Ollama, vLLM, llama.cpp)
+    base_url: str | None = Field(default=None, max_length=2048)  # None: OpenAI's
+
+
+class LlmConfigUpdate(_Body):
+    display_name: str | None = Field(default=None, min_length=1, max_length=200)
+    model_name: str | None = Field(default=None, min_length=1, max_length=200)
+    secret_id: str | None = None
+    base_url: str | None = Field(default=None, max_length=2048)
+
+
+def _ok(data: Any = None, message: str = "success") -> dict[str, Any]:
+    return {"code": p.CODE_OK, "data": data, "message": message}
+
+
+def _store(request: Request) -> Store:
+    return request.app.state.store
+
+
+def _api_key(request: Request, x_api_key: Annotated[str | None, Header(alias="X-API-KEY")] = None) -> ApiKey:
+    if not x_api_key:
+        raise ApiError(401, p.CODE_UNAUTHORIZED, "missing API key: send it in the X-API-KEY header")
+    key = _store(request).authenticate_key(x_api_key)
+    if key is None:
+        raise ApiError(401, p.CODE_UNAUTHORIZED, "invalid or revoked API key")
+    return key
+
+
+def secret_box(request: Request) -> SecretBox:
+    """The server's secret box, made once per app (the key file is read or created on first use)."""
+    box = getattr(request.app.state, "secret_box", None)
+    if box is None:
+        config = request.app.state.config
+        data_dir = Path(config.data_dir) if config.data_dir else default_data_dir()
+        box = request.app.state.secret_box = SecretBox.for_data_dir(data_dir)
+    return box
+
+
+Key = Annotated[ApiKey, Depends(_api_key)]
+StoreDep = Annotated[Store, Depends(_store)]
+
+
+def _new_id(prefix: str) -> str:
+    return prefix + secrets.token_hex(8)
+
+
+def _not_found(kind: str, record_id: str, listing: str) -> ApiError:
+    return ApiError(
+        404, p.CODE_NOT_FOUND, f"no {kind} {record_id!r} for this API key (GET {listing} lists them)"
+    )
+
+
+def check_base_url(base_url: str | None) -> None:
+    if base_url is not None and not re.match(r"^https?://[^\s/]+", base_url):
+        raise ApiError(
+            400,
+            p.CODE_BAD_REQUEST,
+            f"base_url {base_url!r} is not an http(s) URL; give the endpoint's root, e.g. "
+            "http://127.0.0.1:11434/v1 (Ollama) or https://api.openai.com/v1",
+        )
+
+
+# -- contexts ---------------------------------------------------------------------------------------------
+def _context_item(record: ContextRecord) -> dict[str, Any]:
+    item = asdict(record)
+    item.pop("owner")
+    return item
+
+
+@router.post("/contexts", tags=["full mode"], summary="Create a context (prompt, opening_text)")
+async def create_context(body: ContextCreate, key: Key, store: StoreDep) -> dict[str, Any]:
+    now = time.time()
+    record = ContextRecord(_new_id("ctx_"), key.id, body.name, body.prompt, body.opening_text, now, now)
+    store.insert_owned(record)
+    return _ok(_context_item(record), "context created")
+
+
+@router.get("/contexts", tags=["full mode"], summary="This key's contexts")
+async def list_contexts(key: Key, store: StoreDep) -> dict[str, Any]:
+    return _ok({"contexts": [_context_item(r) for r in store.list_owned(ContextRecord, key.id)]})
+
+
+@router.get("/contexts/{context_id}", tags=["full mode"], summary="One context")
+async def get_context(context_id: str, key: Key, store: StoreDep) -> dict[str, Any]:
+    record = store.get_owned(ContextRecord, key.id, context_id)
+    if not isinstance(record, ContextRecord):
+        raise _not_found("context", context_id, "/v1/contexts")
+    return _ok(_context_item(record))
+
+
+@router.patch("/contexts/{context_id}", tags=["full mode"], summary="Change a context")
+async def update_context(context_id: str, body: ContextUpdate, key: Key, store: StoreDep) -> dict[str, Any]:
+    changes = body.model_dump(exclude_none=True)
+    if changes and not store.update_owned(ContextRecord, key.id, context_id, **changes):
+        raise _not_found("context", context_id, "/v1/contexts")
+    return await get_context(context_id, key, store)
+
+
+@router.delete("/contexts/{context_id}", tags=["full mode"], summary="Delete a context")
+async def delete_context(context_id: str, key: Key, store: StoreDep) -> dict[str, Any]:
+    if not store.delete_owned(ContextRecord, key.id, context_id):
+        raise _not_found("context", context_id, "/v1/contexts")
+    return _ok({"context_id": context_id, "deleted": True}, "context deleted")
+
+
+# -- secrets ----------------------------------------------------------------------------------------------
+def _secret_item(record: SecretRecord) -> dict[str, Any]:
+    # Never the value, nor its ciphertext.
+    return {
+        "id": record.id,
+        "secret_name": record.secret_name,
+        "secret_type": record.secret_type,
+        "created_at": record.created_at,
+        "updated_at": record.updated_at,
+    }
+
+
+BoxDep = Annotated[SecretBox, Depends(secret_box)]
+
+
+@router.post("/secrets", tags=["full mode"], summary="Store a secret (encrypted; never returned)")
+async def create_secret(body: SecretCreate, key: Key, store: StoreDep, box: BoxDep) -> dict[str, Any]:
+    now = time.time()
+    record = SecretRecord(
+        _new_id("sec_"), key.id, body.secret_name, body.secret_type, box.seal(body.secret_value), now, now
+    )
+    store.insert_owned(record)
+    return _ok(_secret_item(record), "secret stored")
+
+
+@router.get("/secrets", tags=["full mode"], summary="This key's secrets (names only)")
+async def list_secrets(key: Key, store: StoreDep) -> dict[str, Any]:
+    return _ok({"secrets": [_secret_item(r) for r in store.list_owned(SecretRecord, key.id)]})
+
+
+@router.patch("/secrets/{secret_id}", tags=["full mode"], summary="Replace a secret's value or name")
+async def update_secret(
+    secret_id: str, body: SecretUpdate, key: Key, store: StoreDep, box: BoxDep
+) -> dict[str, Any]:
+    changes: dict[str, Any] = {}
+    if body.secret_name is not None:
+        changes["secret_name"] = body.secret_name
+    if body.secret_value is not None:
+        changes["ciphertext"] = box.seal(body.secret_value)
+    if changes and not store.update_owned(SecretRecord, key.id, secret_id, **changes):
+        raise _not_found("secret", secret_id, "/v1/secrets")
+    record = store.get_owned(SecretRecord, key.id, secret_id)
+    if not isinstance(record, SecretRecord):
+        raise _not_found("secret", secret_id, "/v1/secrets")
+    return _ok(_secret_item(record), "secret updated")
+
+
+@router.delete("/secrets/{secret_id}", tags=["full mode"], summary="Delete a secret")
+async def delete_secret(secret_id: str, key: Key, store: StoreDep) -> dict[str, Any]:
+    users = [
+        c.id for c in store.list_owned(LlmConfigRecord, key.id) if getattr(c, "secret_id", None) == secret_id
+    ]
+    if users:
+        raise ApiError(
+            409,
+            p.CODE_CONFLICT,
+            f"secret {secret_id} is used by LLM configuration(s) {', '.join(users)}; delete them or point "
+            "them at another secret first",
+        )
+    if not store.delete_owned(SecretRecord, key.id, secret_id):
+        raise _not_found("secret", secret_id, "/v1/secrets")
+    return _ok({"secret_id": secret_id, "deleted": True}, "secret deleted")
+
+
+# -- LLM configurations -----------------------------------------------------------------------------------
+def _llm_item(record: LlmConfigRecord) -> dict[str, Any]:
+    item = asdict(record)
+    item.pop("owner")
+    return item
+
+
+def _check_secret(store: Store, key: ApiKey, secret_id: str | None) -> None:
+    if secret_id is not None and store.get_owned(SecretRecord, key.id, secret_id) is None:
+        raise ApiError(
+            400,
+            p.CODE_BAD_REQUEST,
+            f"secret_id {secret_id!r} names no secret of this API key; store the endpoint's key with "
+            "POST /v1/secrets first",
+        )
+
+
+@router.post("/llm_configurations", tags=["full mode"], summary="Configure an OpenAI-compatible LLM")
+async def create_llm_configuration(body: LlmConfigCreate, key: Key, store: StoreDep) -> dict[str, Any]:
+    check_base_url(body.base_url)
+    _check_secret(store, key, body.secret_id)
+    now = time.time()
+    record = LlmConfigRecord(
+        _new_id("llm_"), key.id, body.display_name, body.model_name, body.secret_id, body.base_url, now, now
+    )
+    store.insert_owned(record)
+    return _ok(_llm_item(record), "LLM configuration created")
+
+
+@router.get("/llm_configurations", tags=["full mode"], summary="This key's LLM configurations")
+async def list_llm_configurations(key: Key, store: StoreDep) -> dict[str, Any]:
+    items = [_llm_item(r) for r in store.list_owned(LlmConfigRecord, key.id)]
+    return _ok({"llm_configurations": items})
+
+
+@router.get("/llm_configurations/{config_id}", tags=["full mode"], summary="One LLM configuration")
+async def get_llm_configuration(config_id: str, key: Key, store: StoreDep) -> dict[str, Any]:
+    record = store.get_owned(LlmConfigRecord, key.id, config_id)
+    if not isinstance(record, LlmConfigRecord):
+        raise _not_found("LLM configuration", config_id, "/v1/llm_configurations")
+    return _ok(_llm_item(record))
+
+
+@router.patch("/llm_configurations/{config_id}", tags=["full mode"], summary="Change an LLM configuration")
+async def update_llm_configuration(
+    config_id: str, body: LlmConfigUpdate, key: Key, store: StoreDep
+) -> dict[str, Any]:
+    changes = body.model_dump(exclude_unset=True)
+    for required in ("display_name", "model_name"):
+        if required in changes and changes[required] is None:
+            raise ApiError(400, p.CODE_BAD_REQUEST, f"{required} cannot be null")
+    check_base_url(changes.get("base_url"))
+    _check_secret(store, key, changes.get("secret_id"))
+    if changes and not store.update_owned(LlmConfigRecord, key.id, config_id, **changes):
+        raise _not_found("LLM configuration", config_id, "/v1/llm_configurations")
+    return await get_llm_configuration(config_id, key, store)
+
+
+@router.delete("/llm_configurations/{config_id}", tags=["full mode"], summary="Delete an LLM configuration")
+async def delete_llm_configuration(config_id: str, key: Key, store: StoreDep) -> dict[str, Any]:
+    if not store.delete_owned(LlmConfigRecord, key.id, config_id):
+        raise _not_found("LLM configuration", config_id, "/v1/llm_configurations")
+    return _ok({"llm_configuration_id": config_id, "deleted": True}, "LLM configuration deleted")
+
+
+# -- voices -----------------------------------------------------------------------------------------------
+@functools.cache
+def espeak_voices() -> tuple[dict[str, str], ...]:
+    """espeak-ng's voices, read from its data folder: `voice_id` (what avatar_persona.voice_id takes, an
+    espeak-ng voice name), display name and language."""
+    import espeakng_loader
+
+    voices = []
+    for path in sorted((Path(espeakng_loader.get_data_path()) / "lang").rglob("*")):
+        if not path.is_file():
+            continue
+        name = language = None
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            parts = line.split()
+            if len(parts) >= 2 and parts[0] == "name" and name is None:
+                name = " ".join(parts[1:])
+            elif len(parts) >= 2 and parts[0] == "language" and language is None:
+                language = parts[1]
+        if language:
+            voices.append(
+                {"voice_id": language, "name": name or language, "language": language.split("-")[0]}
+            )
+    return tuple({v["voice_id"]: v for v in voices}.values())
+
+
+def known_voice(voice_id: str) -> bool:
+    return any(v["voice_id"] == voice_id.lower() for v in espeak_voices())
+
+
+@router.get("/voices", tags=["full mode"], summary="The voices FULL sessions can speak with (espeak-ng)")
+async def list_voices() -> dict[str, Any]:
+    return _ok({"voices": [{**v, "provider": "espeak-ng"} for v in espeak_voices()]})
