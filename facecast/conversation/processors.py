@@ -121,6 +121,10 @@ class AvatarSpeech(FrameProcessor):
         await self.push_frame(frame, direction)
 
     async def _speak(self, frame: TTSAudioRawFrame) -> None:
+        if TEXT_METADATA_KEY in frame.metadata:
+            # A new sentence (one synthesis): its own segment, so its phones line up and its text is
+            # reported when it starts playing. One TTSStartedFrame may cover a whole answer.
+            await self._end_utterance()
         if self._open_tag is None:
             tag = self._open_tag = self._next_tag
             self._next_tag += 1

@@ -298,11 +298,13 @@ async def delete_llm_configuration(config_id: str, key: Key, store: StoreDep) ->
 @functools.cache
 def espeak_voices() -> tuple[dict[str, str], ...]:
     """espeak-ng's voices, read from its data folder: `voice_id` (what avatar_persona.voice_id takes, an
-    espeak-ng voice name), display name and language."""
+    espeak-ng voice name), display name and language. Voices whose dictionary is not installed are left
+    out: espeak-ng cannot speak them."""
     import espeakng_loader
 
     voices = []
-    for path in sorted((Path(espeakng_loader.get_data_path()) / "lang").rglob("*")):
+    data = Path(espeakng_loader.get_data_path())
+    for path in sorted((data / "lang").rglob("*")):
         if not path.is_file():
             continue
         name = language = None
@@ -312,10 +314,9 @@ def espeak_voices() -> tuple[dict[str, str], ...]:
                 name = " ".join(parts[1:])
             elif len(parts) >= 2 and parts[0] == "language" and language is None:
                 language = parts[1]
-        if language:
-            voices.append(
-                {"voice_id": language, "name": name or language, "language": language.split("-")[0]}
-            )
+        if language and (data / f"{language.split('-')[0]}_dict").exists():
+            # espeak-ng finds a voice by its file's name (the language code may name another voice).
+            voices.append({"voice_id": path.name.lower(), "name": name or path.name, "language": language})
     return tuple({v["voice_id"]: v for v in voices}.values())
 
 

@@ -1,0 +1,566 @@
+"""FULL mode end to end over loopback: a real aiortc peer whose microphone track plays speech made here with
+flite; the server hears it (Silero VAD, PocketSphinx), asks the LLM (a stand-in OpenAI-compatible server
+behind the real openai client, tests/llm_standin.py), speaks the answer with espeak-ng and the avatar's
+mouth moves. Plus the resources FULL sessions are configured with, and the token checks."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import av
+import httpx
+import numpy as np
+import pytest
+import soundfile as sf
+from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
+from llm_standin import StandInLLM, standin_llm
+from scipy.signal import resample_poly
+from server_harness import RunningServer, running_server
+
+pytest.importorskip("pipecat.audio.vad.silero")
+pytest.importorskip("openai")
+
+from facecast.avatars import load_renderer
+from facecast.server import protocol as p
+from facecast.tts import EspeakTTS
+
+MIC_RATE = 48000
+SECRET_VALUE = "sk-standin-Zq7-secret-value"
+QUESTION = "what is the weather like today"
+
+
+# -- helpers ----------------------------------------------------------------------------------------------
+def flite_speech(text: str, tmp: Path) -> np.ndarray:
+    """`text` spoken by flite's 16 kHz voice, as 48 kHz int16 (what a browser microphone sends)."""
+    if shutil.which("flite") is None:
+        pytest.skip("flite is not installed (scripts/test installs it)")
+    path = tmp / f"{abs(hash(text))}.wav"
+    subprocess.run(["flite", "-voice", "slt", "-t", text, "-o", str(path)], check=True)
+    pcm, rate = sf.read(path, dtype="int16")
+    assert rate == 16000
+    return resample_poly(pcm.astype(np.float32), 3, 1).clip(-32768, 32767).astype(np.int16)
+
+
+def word_error_rate(reference: str, hypothesis: str) -> float:
+    ref, hyp = reference.lower().split(), hypothesis.lower().split()
+    d = np.zeros((len(ref) + 1, len(hyp) + 1), int)
+    d[:, 0], d[0, :] = range(len(ref) + 1), range(len(hyp) + 1)
+    for i, j in itertools.product(range(1, len(ref) + 1), range(1, len(hyp) + 1)):
+        d[i, j] = min(d[i - 1, j] + 1, d[i, j - 1] + 1, d[i - 1, j - 1] + (ref[i - 1] != hyp[j - 1]))
+    return d[-1, -1] / max(1, len(ref))
+
+
+class FakeMicrophone(MediaStreamTrack):
+    """A microphone that plays what the test queues, paced in real time, and silence otherwise."""
+
+    kind = "audio"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._queued = np.zeros(0, np.int16)
+        self._pts = 0
+        self._t0: float | None = None
+
+    def play(self, pcm48k: np.ndarray) -> None:
+        self._queued = np.concatenate([self._queued, pcm48k])
+
+    @property
+    def playing(self) -> bool:
+        return len(self._queued) > 0
+
+    async def recv(self) -> av.AudioFrame:
+        n = MIC_RATE // 50
+        if self._t0 is None:
+            self._t0 = time.monotonic()
+        wait = self._t0 + self._pts / MIC_RATE - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        chunk, self._queued = self._queued[:n], self._queued[n:]
+        if len(chunk) < n:
+            chunk = np.concatenate([chunk, np.zeros(n - len(chunk), np.int16)])
+        frame = av.AudioFrame.from_ndarray(chunk.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate, frame.pts, frame.time_base = MIC_RATE, self._pts, Fraction(1, MIC_RATE)
+        self._pts += n
+        return frame
+
+
+class FullClient:
+    """An aiortc peer with a microphone; records the avatar's video (mouth crops) and the events."""
+
+    def __init__(self, server: RunningServer, token: str, start: dict[str, Any]) -> None:
+        self.server, self.token, self.start = server, token, start
+        self.pc = RTCPeerConnection()
+        self.mic = FakeMicrophone()
+        self.events: list[tuple[float, dict[str, Any]]] = []
+        self.video: list[tuple[float, np.ndarray]] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        record = server.session(start["session_id"])
+        renderer = load_renderer(
+            record.avatar_id,
+            aspect=record.settings["aspect_ratio"],
+            quality=record.settings["video_settings"]["quality"],
+        )
+        self.mouth_box = renderer.mouth_box()
+
+    async def connect(self) -> None:
+        self.pc.addTrack(self.mic)
+        self.pc.addTransceiver("video", direction="recvonly")
+        self.channel = self.pc.createDataChannel("events", negotiated=True, id=0)
+        self.channel.on("message", lambda m: self.events.append((time.monotonic(), json.loads(m))))
+        self.pc.on("track", lambda track: self._tasks.append(asyncio.create_task(self._read(track))))
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        async with httpx.AsyncClient(timeout=30) as http:
+            r = await http.post(
+                self.start["webrtc"]["offer_url"],
+                headers={"Authorization": f"Bearer {self.token}"},
+                json={"sdp": self.pc.localDescription.sdp, "type": "offer"},
+            )
+        assert r.status_code == 200, r.text
+        answer = r.json()["data"]
+        await self.pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], answer["type"]))
+        await self.wait(lambda e: e.get("state") == p.WS_STATE_CONNECTED)
+
+    async def _read(self, track: Any) -> None:
+        x0, y0, x1, y1 = self.mouth_box
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            if track.kind == "video":
+                rgb = frame.to_ndarray(format="rgb24")
+                self.video.append((time.monotonic(), rgb[y0:y1, x0:x1].astype(np.float32)))
+
+    def command(self, event_type: str, **payload: Any) -> None:
+        message: dict[str, Any] = {"event_type": event_type}
+        if payload:
+            message["payload"] = payload
+        self.channel.send(json.dumps(message))
+
+    def agent_events(self) -> list[tuple[float, dict[str, Any]]]:
+        return [(t, e) for t, e in self.events if "event_type" in e]
+
+    async def wait(
+        self, match: Any, timeout: float = 60.0, after: float = 0.0
+    ) -> tuple[float, dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for stamped in self.events:
+                if stamped[0] >= after and match(stamped[1]):
+                    return stamped
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"no matching event in {[e for _, e in self.events]}")
+
+    async def wait_type(
+        self, event_type: str, timeout: float = 60.0, after: float = 0.0
+    ) -> tuple[float, dict]:
+        return await self.wait(lambda e: e.get("event_type") == event_type, timeout, after)
+
+    def mouth_motion(self, start: float, end: float) -> float:
+        """Mean frame-to-frame change of the mouth crop in [start, end] (arrival times)."""
+        crops = [crop for t, crop in self.video if start <= t <= end]
+        if len(crops) < 2:
+            return 0.0
+        return float(np.mean([np.abs(b - a).mean() for a, b in itertools.pairwise(crops)]))
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.pc.close()
+
+
+@pytest.fixture
+def llm() -> Iterator[StandInLLM]:
+    with standin_llm() as running:
+        yield running
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[RunningServer]:
+    with running_server(tmp_path) as running:
+        yield running
+
+
+def _ok(response: httpx.Response) -> dict[str, Any]:
+    assert response.status_code == 200, response.text
+    return response.json()["data"]
+
+
+def configure_llm(http: httpx.Client, key: str, llm: StandInLLM) -> str:
+    """A secret and an LLM configuration pointing at the stand-in; the configuration's id."""
+    secret = _ok(
+        http.post(
+            "/v1/secrets",
+            headers={"X-API-KEY": key},
+            json={"secret_type": "LLM_API_KEY", "secret_value": SECRET_VALUE, "secret_name": "stand-in key"},
+        )
+    )
+    config = _ok(
+        http.post(
+            "/v1/llm_configurations",
+            headers={"X-API-KEY": key},
+            json={
+                "display_name": "stand-in",
+                "model_name": "standin-chat",
+                "secret_id": secret["id"],
+                "base_url": llm.url,
+            },
+        )
+    )
+    return config["id"]
+
+
+async def start_full(
+    server: RunningServer, key: str, body: dict[str, Any], responses: list[str]
+) -> FullClient:
+    async with httpx.AsyncClient(base_url=server.url, timeout=60) as http:
+        minted = await http.post(
+            "/v1/sessions/token",
+            headers={"X-API-KEY": key},
+            json={"mode": "FULL", "fps": 25, "video_settings": {"quality": "low"}, **body},
+        )
+        responses.append(minted.text)
+        token = _ok(minted)["session_token"]
+        started = await http.post("/v1/sessions/start", headers={"Authorization": f"Bearer {token}"})
+        responses.append(started.text)
+    client = FullClient(server, token, _ok(started))
+    await client.connect()
+    return client
+
+
+# -- resources and tokens (no media) ----------------------------------------------------------------------
+def test_contexts_crud_belongs_to_the_key(server: RunningServer) -> None:
+    key, other = server.store.create_key("a")[1], server.store.create_key("b")[1]
+    with server.client() as http:
+        made = _ok(
+            http.post(
+                "/v1/contexts",
+                headers={"X-API-KEY": key},
+                json={"name": "support", "prompt": "Help ${user_name}.", "opening_text": "Hi ${user_name}!"},
+            )
+        )
+        assert made["id"].startswith("ctx_") and made["prompt"] == "Help ${user_name}."
+        assert http.get(f"/v1/contexts/{made['id']}", headers={"X-API-KEY": other}).status_code == 404
+        assert _ok(http.get("/v1/contexts", headers={"X-API-KEY": other}))["contexts"] == []
+        changed = _ok(
+            http.patch(
+                f"/v1/contexts/{made['id']}", headers={"X-API-KEY": key}, json={"opening_text": "Hello."}
+            )
+        )
+        assert changed["opening_text"] == "Hello." and changed["prompt"] == "Help ${user_name}."
+        listed = _ok(http.get("/v1/contexts", headers={"X-API-KEY": key}))["contexts"]
+        assert [c["id"] for c in listed] == [made["id"]]
+        assert http.delete(f"/v1/contexts/{made['id']}", headers={"X-API-KEY": other}).status_code == 404
+        _ok(http.delete(f"/v1/contexts/{made['id']}", headers={"X-API-KEY": key}))
+        assert http.get(f"/v1/contexts/{made['id']}", headers={"X-API-KEY": key}).status_code == 404
+        bad = http.post("/v1/contexts", headers={"X-API-KEY": key}, json={"name": "x", "prompt": ""})
+        assert bad.status_code == 400 and "prompt" in bad.json()["message"]
+
+
+def test_secrets_are_encrypted_at_rest_and_never_returned(
+    server: RunningServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    key = server.store.create_key("a")[1]
+    texts = []
+    with server.client() as http:
+        made = http.post("/v1/secrets", headers={"X-API-KEY": key}, json={"secret_value": SECRET_VALUE})
+        texts.append(made.text)
+        secret_id = _ok(made)["id"]
+        texts.append(http.get("/v1/secrets", headers={"X-API-KEY": key}).text)
+        texts.append(
+            http.patch(
+                f"/v1/secrets/{secret_id}",
+                headers={"X-API-KEY": key},
+                json={"secret_value": SECRET_VALUE + "2"},
+            ).text
+        )
+        texts.append(http.get("/openapi.json").text)
+    assert all(SECRET_VALUE not in text for text in texts)
+    assert _ok(httpx.Response(200, text=texts[1]))["secrets"][0]["id"] == secret_id
+    assert SECRET_VALUE not in caplog.text
+    # At rest: neither the database file nor anything else in the data dir holds the value.
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            assert SECRET_VALUE.encode() not in path.read_bytes(), path
+    assert (tmp_path / "secrets.key").stat().st_mode & 0o077 == 0
+
+
+def test_llm_configurations_check_their_secret_and_url(server: RunningServer) -> None:
+    key, other = server.store.create_key("a")[1], server.store.create_key("b")[1]
+    with server.client() as http:
+        secret_id = _ok(http.post("/v1/secrets", headers={"X-API-KEY": other}, json={"secret_value": "x"}))[
+            "id"
+        ]
+        body = {
+            "display_name": "d",
+            "model_name": "m",
+            "secret_id": secret_id,
+            "base_url": "http://127.0.0.1:9/v1",
+        }
+        foreign = http.post("/v1/llm_configurations", headers={"X-API-KEY": key}, json=body)
+        assert foreign.status_code == 400 and "POST /v1/secrets" in foreign.json()["message"]
+        bad_url = http.post(
+            "/v1/llm_configurations",
+            headers={"X-API-KEY": other},
+            json={**body, "base_url": "127.0.0.1:11434"},
+        )
+        assert bad_url.status_code == 400 and "http(s) URL" in bad_url.json()["message"]
+        made = _ok(http.post("/v1/llm_configurations", headers={"X-API-KEY": other}, json=body))
+        assert made["model_name"] == "m" and made["secret_id"] == secret_id
+        in_use = http.delete(f"/v1/secrets/{secret_id}", headers={"X-API-KEY": other})
+        assert in_use.status_code == 409 and made["id"] in in_use.json()["message"]
+
+
+def test_voices_are_espeak_voices(server: RunningServer) -> None:
+    with server.client() as http:
+        voices = _ok(http.get("/v1/voices"))["voices"]
+    ids = {v["voice_id"] for v in voices}
+    assert {"en-us", "de", "fr"} <= ids
+    assert all(v["provider"] == "espeak-ng" for v in voices)
+    tts = EspeakTTS()
+    for voice in voices:  # every voice listed can speak
+        assert tts.synthesize_timed("hello", voice["voice_id"]).audio.size > 0
+
+
+def test_full_tokens_say_what_is_missing(server: RunningServer, llm: StandInLLM, monkeypatch: Any) -> None:
+    for name in ("FACECAST_LLM_BASE_URL", "FACECAST_LLM_MODEL"):
+        monkeypatch.delenv(name, raising=False)
+    key = server.store.create_key("a")[1]
+    with server.client() as http:
+
+        def token(**body: Any) -> httpx.Response:
+            return http.post("/v1/sessions/token", headers={"X-API-KEY": key}, json={"mode": "FULL", **body})
+
+        no_llm = token()
+        assert no_llm.status_code == 400
+        assert "/v1/llm_configurations" in no_llm.json()["message"]
+        assert "FACECAST_LLM_BASE_URL" in no_llm.json()["message"]
+        config_id = configure_llm(http, key, llm)
+        context_id = _ok(
+            http.post(
+                "/v1/contexts",
+                headers={"X-API-KEY": key},
+                json={"name": "c", "prompt": "Help ${user_name} on the ${plan} plan.", "opening_text": "Hi!"},
+            )
+        )["id"]
+        persona = {"context_id": context_id}
+        undefined = token(
+            llm_configuration_id=config_id, avatar_persona=persona, dynamic_variables={"plan": "Pro"}
+        )
+        assert undefined.status_code == 400 and "${user_name}" in undefined.json()["message"]
+        assert "${plan}" not in undefined.json()["message"]
+        unknown_voice = token(llm_configuration_id=config_id, avatar_persona={"voice_id": "klingon"})
+        assert unknown_voice.status_code == 400 and "/v1/voices" in unknown_voice.json()["message"]
+        assert token(llm_configuration_id="llm_nope").status_code == 404
+        lite = http.post(
+            "/v1/sessions/token", headers={"X-API-KEY": key}, json={"dynamic_variables": {"a": "b"}}
+        )
+        assert lite.status_code == 400 and "mode FULL" in lite.json()["message"]
+        minted = _ok(
+            token(
+                llm_configuration_id=config_id,
+                avatar_persona=persona,
+                dynamic_variables={"user_name": "Jordan", "plan": "Pro"},
+            )
+        )
+        full = server.session(minted["session_id"]).settings["full"]
+        assert full["persona"]["prompt"] == "Help Jordan on the Pro plan."
+        monkeypatch.setenv("FACECAST_LLM_BASE_URL", llm.url)
+        monkeypatch.setenv("FACECAST_LLM_MODEL", "standin-chat")
+        assert token().status_code == 200  # the server's default LLM
+        described = http.get(f"/v1/sessions/{minted['session_id']}", headers={"X-API-KEY": key}).text
+        assert SECRET_VALUE not in described
+
+
+# -- conversations over WebRTC --------------------------------------------------------------------------
+async def test_conversation_hears_answers_and_speaks(
+    server: RunningServer, llm: StandInLLM, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    key = server.store.create_key("a")[1]
+    responses: list[str] = []
+    with server.client() as http:
+        config_id = configure_llm(http, key, llm)
+        context_id = _ok(
+            http.post(
+                "/v1/contexts",
+                headers={"X-API-KEY": key},
+                json={
+                    "name": "helper",
+                    "prompt": "You help ${user_name}. Answer briefly.",
+                    "opening_text": "Hello ${user_name}, ask me anything.",
+                },
+            )
+        )["id"]
+    client = await start_full(
+        server,
+        key,
+        {
+            "llm_configuration_id": config_id,
+            "avatar_persona": {"voice_id": "en-us", "context_id": context_id, "language": "en"},
+            "dynamic_variables": {"user_name": "Jordan"},
+        },
+        responses,
+    )
+    try:
+        # The opening text, substituted, is spoken first.
+        _, opening = await client.wait_type("avatar.transcription")
+        assert opening["payload"]["text"] == "Hello Jordan, ask me anything."
+        opened_end, _ = await client.wait_type("avatar.speak_ended")
+        await asyncio.sleep(0.5)
+        asked_at = time.monotonic()
+        client.mic.play(flite_speech(QUESTION, tmp_path))
+        heard_at, heard = await client.wait_type("user.transcription", after=asked_at)
+        last_said, _ = await client.wait(
+            lambda e: e.get("event_type") == "avatar.transcription" and "sunny" in e["payload"]["text"],
+            after=heard_at,
+        )
+        ended_at, ended = await client.wait_type("avatar.speak_ended", after=last_said)
+        said = [
+            e for t, e in client.agent_events() if t >= heard_at and e["event_type"] == "avatar.transcription"
+        ]
+        answer = " ".join(e["payload"]["text"] for e in said)  # one event per sentence, as each starts
+        assert ended["payload"]["interrupted"] is False
+        await asyncio.sleep(1.5)  # idle video after the answer, to compare the mouth against
+        order = [e["event_type"] for t, e in client.agent_events() if t >= asked_at]
+        assert order[:3] == ["user.speak_started", "user.speak_ended", "user.transcription"], order
+        assert order.index("avatar.speak_started") > order.index("user.transcription")
+        assert order.index("avatar.speak_ended") > order.index("avatar.speak_started")
+        transcript = heard["payload"]["text"]
+        print(f"recognised {transcript!r} for {QUESTION!r}: WER {word_error_rate(QUESTION, transcript):.2f}")
+        assert "weather" in transcript
+        assert answer == f"You asked about {transcript}. It is sunny today."
+        # One turn: the avatar does not stop between the answer's two sentences.
+        answer_events = [e["event_type"] for t, e in client.agent_events() if heard_at <= t <= ended_at]
+        assert answer_events.count("avatar.speak_started") == 1, answer_events
+        # The LLM got the substituted prompt, the conversation so far, and the stored key.
+        request = llm.requests[-1]
+        assert request["headers"]["Authorization"] == f"Bearer {SECRET_VALUE}"
+        sent = json.dumps(request["body"]["messages"])
+        assert "You help Jordan." in sent and "Hello Jordan, ask me anything." in sent and transcript in sent
+        speaking = [t for t, e in client.agent_events() if e["event_type"] == "avatar.speak_started"][-1]
+        assert client.mouth_motion(speaking, ended_at) > 2 * client.mouth_motion(
+            ended_at + 0.3, ended_at + 1.5
+        )
+        assert opened_end < speaking
+    finally:
+        await client.close()
+    assert all(SECRET_VALUE not in text for text in responses)
+    assert all(SECRET_VALUE not in json.dumps(e) for _, e in client.events)
+    assert SECRET_VALUE not in caplog.text
+
+
+async def test_push_to_talk_listens_only_inside_its_window(
+    server: RunningServer, llm: StandInLLM, tmp_path: Path
+) -> None:
+    key = server.store.create_key("a")[1]
+    with server.client() as http:
+        config_id = configure_llm(http, key, llm)
+    client = await start_full(
+        server, key, {"llm_configuration_id": config_id, "interactivity_type": "PUSH_TO_TALK"}, []
+    )
+    try:
+        speech = flite_speech(QUESTION, tmp_path)
+        client.command("user.stop_push_to_talk")
+        await client.wait_type("user.push_to_talk_stop_failed")
+        outside = time.monotonic()
+        client.mic.play(speech)
+        while client.mic.playing:
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(1.5)
+        heard = [e["event_type"] for t, e in client.agent_events() if t >= outside]
+        assert "user.speak_started" not in heard and "user.transcription" not in heard, heard
+        client.command("user.start_push_to_talk")
+        await client.wait_type("user.push_to_talk_started")
+        client.command("user.start_push_to_talk")
+        await client.wait_type("user.push_to_talk_start_failed")
+        client.mic.play(speech)
+        while client.mic.playing:
+            await asyncio.sleep(0.05)
+        client.command("user.stop_push_to_talk")
+        stopped_at, _ = await client.wait_type("user.push_to_talk_stopped")
+        _, heard_event = await client.wait_type("user.transcription", after=outside)
+        assert "weather" in heard_event["payload"]["text"]
+        await client.wait(
+            lambda e: e.get("event_type") == "avatar.transcription" and "sunny" in e["payload"]["text"],
+            after=stopped_at,
+        )
+    finally:
+        await client.close()
+
+
+async def test_user_speech_barges_in_on_the_avatar(
+    server: RunningServer, llm: StandInLLM, tmp_path: Path
+) -> None:
+    key = server.store.create_key("a")[1]
+    with server.client() as http:
+        config_id = configure_llm(http, key, llm)
+    client = await start_full(server, key, {"llm_configuration_id": config_id}, [])
+    try:
+        speech = flite_speech("stop please", tmp_path)
+        long_text = "This is a long story about the sea. " * 8  # about twenty seconds of speech
+        client.command("avatar.speak_text", text=long_text)
+        started_at, _ = await client.wait_type("avatar.speak_started")
+        await asyncio.sleep(1.0)
+        client.mic.play(speech)
+        user_at, _ = await client.wait_type("user.speak_started", after=started_at)
+        ended_at, ended = await client.wait_type("avatar.speak_ended", after=started_at)
+        assert ended["payload"]["interrupted"] is True
+        assert ended_at - started_at < 10.0  # well before the story would have ended
+        print(f"barge-in: user speech detected → avatar speak_ended in {1000 * (ended_at - user_at):.0f} ms")
+        # An explicit interrupt works too, and a bad command is answered with an error.
+        client.command("avatar.speak_text", text=long_text)
+        again, _ = await client.wait_type("avatar.speak_started", after=ended_at + 0.01)
+        client.command("avatar.interrupt")
+        _, cut = await client.wait_type("avatar.speak_ended", after=again)
+        assert cut["payload"]["interrupted"] is True
+        client.command("avatar.speak_text")
+        _, error = await client.wait(lambda e: e.get("type") == p.ERROR)
+        assert "text" in error["message"]
+    finally:
+        await client.close()
+
+
+@pytest.mark.skipif(not os.environ.get("FACECAST_TEST_LLM_URL"), reason="set FACECAST_TEST_LLM_URL to run")
+async def test_real_llm_endpoint_answers(server: RunningServer, tmp_path: Path) -> None:
+    """Opt-in: FACECAST_TEST_LLM_URL (an OpenAI-compatible base URL), FACECAST_TEST_LLM_MODEL and, if it
+    needs one, FACECAST_TEST_LLM_KEY."""
+    key = server.store.create_key("a")[1]
+    body: dict[str, Any] = {
+        "display_name": "real",
+        "model_name": os.environ.get("FACECAST_TEST_LLM_MODEL", "gpt-4o-mini"),
+        "base_url": os.environ["FACECAST_TEST_LLM_URL"],
+    }
+    with server.client() as http:
+        if os.environ.get("FACECAST_TEST_LLM_KEY"):
+            body["secret_id"] = _ok(
+                http.post(
+                    "/v1/secrets",
+                    headers={"X-API-KEY": key},
+                    json={"secret_value": os.environ["FACECAST_TEST_LLM_KEY"]},
+                )
+            )["id"]
+        config_id = _ok(http.post("/v1/llm_configurations", headers={"X-API-KEY": key}, json=body))["id"]
+    client = await start_full(server, key, {"llm_configuration_id": config_id}, [])
+    try:
+        asked = time.monotonic()
+        client.command("avatar.speak_response", text="Say hello in five words.")
+        _, said = await client.wait_type("avatar.transcription", timeout=90, after=asked)
+        assert said["payload"]["text"].strip()
+        await client.wait_type("avatar.speak_ended", timeout=90, after=asked)
+    finally:
+        await client.close()
