@@ -9,6 +9,7 @@ import asyncio
 import itertools
 import json
 import logging
+import multiprocessing
 import os
 import shutil
 import subprocess
@@ -457,6 +458,13 @@ async def test_conversation_hears_answers_and_speaks(
             ended_at + 0.3, ended_at + 1.5
         )
         assert opened_end < speaking
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+            described = await http.get(
+                f"/v1/sessions/{client.start['session_id']}", headers={"X-API-KEY": key}
+            )
+        stats = described.json()["data"]["stats"]["conversation"]
+        assert stats["turns"] == 1 and stats["total_ms_p50"] > stats["stt_ms_p50"] > 0, stats
+        print(f"turn: {stats}")
     finally:
         await client.close()
     assert all(SECRET_VALUE not in text for text in responses)
@@ -562,5 +570,29 @@ async def test_real_llm_endpoint_answers(server: RunningServer, tmp_path: Path) 
         _, said = await client.wait_type("avatar.transcription", timeout=90, after=asked)
         assert said["payload"]["text"].strip()
         await client.wait_type("avatar.speak_ended", timeout=90, after=asked)
+    finally:
+        await client.close()
+
+
+async def test_stopping_a_full_session_leaves_nothing_running(server: RunningServer, llm: StandInLLM) -> None:
+    key = server.store.create_key("a")[1]
+    with server.client() as http:
+        config_id = configure_llm(http, key, llm)
+    client = await start_full(server, key, {"llm_configuration_id": config_id}, [])
+    try:
+        assert multiprocessing.active_children()  # the PocketSphinx decoder's process
+        async with httpx.AsyncClient(base_url=server.url, timeout=60) as http:
+            stopped = await http.post(
+                "/v1/sessions/stop", headers={"Authorization": f"Bearer {client.token}"}
+            )
+        assert stopped.status_code == 200, stopped.text
+        record = await asyncio.to_thread(server.wait_ended, client.start["session_id"], 30.0)
+        assert record.end_reason == p.END_STOPPED
+        deadline = time.monotonic() + 20
+        while multiprocessing.active_children() and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert not multiprocessing.active_children()
+        names = {t.get_name() for t in asyncio.all_tasks(server.loop)}
+        assert not any(name.startswith("facecast-conversation") for name in names), names
     finally:
         await client.close()

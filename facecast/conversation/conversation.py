@@ -43,7 +43,7 @@ from pipecat.turns.user_turn_strategies import UserTurnStrategies
 from pipecat.workers.runner import WorkerRunner
 
 from facecast.conversation import events as ev
-from facecast.conversation.processors import AvatarSpeech, Emit, Microphone
+from facecast.conversation.processors import AvatarSpeech, Emit, Microphone, TurnTimer
 from facecast.conversation.services import STT_RATE, EspeakTTSService, PocketSphinxSTTService
 from facecast.hosts.live import LiveCore
 
@@ -51,8 +51,9 @@ log = logging.getLogger(__name__)
 
 VAD_STOP_SECS = 0.35  # silence that ends the user's speech (Silero; Pipecat's default is 0.2-0.8)
 USER_SPEECH_TIMEOUT_S = 0.15  # after it, how long the user may resume before the turn is theirs no more
+USER_TURN_STOP_TIMEOUT_S = 15.0
 MAX_COMMAND_TEXT_CHARS = 2000
-STOP_TIMEOUT_S = 5.0
+STOP_TIMEOUT_S = 15.0  # a pipeline's cleanup (the decoder process's exit included) on a busy CPU
 
 
 @dataclass(frozen=True)
@@ -86,25 +87,23 @@ class CommandError(ValueError):
 class UserEvents(FrameProcessor):
     """Reports the user's side (speech start and end, transcripts) as agent-response events."""
 
-    def __init__(self, emit: Emit, on_activity: Callable[[], None], **kwargs: Any) -> None:
+    def __init__(self, emit: Emit, on_activity: Callable[[], None], timer: TurnTimer, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._emit = emit
         self._on_activity = on_activity
-        self.speech_ended_at: float | None = None  # loop time of the VAD's latest stop
-        self.transcribed_at: float | None = None
+        self._timer = timer
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         await super().process_frame(frame, direction)
         if direction == FrameDirection.DOWNSTREAM:
-            now = asyncio.get_running_loop().time()
             if isinstance(frame, VADUserStartedSpeakingFrame):
                 self._on_activity()
                 self._emit(ev.USER_SPEAK_STARTED)
             elif isinstance(frame, VADUserStoppedSpeakingFrame):
-                self.speech_ended_at = now
+                self._timer.mark("vad_stop")
                 self._emit(ev.USER_SPEAK_ENDED)
             elif isinstance(frame, TranscriptionFrame):
-                self.transcribed_at = now
+                self._timer.mark("transcript")
                 self._emit(ev.USER_TRANSCRIPTION, text=frame.text)
         await self.push_frame(frame, direction)
 
@@ -126,8 +125,9 @@ class Conversation:
         push_to_talk = persona.interactivity == ev.PUSH_TO_TALK
         self.microphone = Microphone(open_=not push_to_talk)
         self.push_to_talk_active = False
-        self.avatar = AvatarSpeech(core, emit)
-        self.user_events = UserEvents(emit, on_activity)
+        self.timer = TurnTimer(VAD_STOP_SECS)
+        self.avatar = AvatarSpeech(core, emit, self.timer)
+        self.user_events = UserEvents(emit, on_activity, self.timer)
         self.stt = PocketSphinxSTTService()
         messages: list[Any] = []
         if persona.opening_text:
@@ -136,6 +136,9 @@ class Conversation:
         aggregators = LLMContextAggregatorPair(
             context,
             user_params=LLMUserAggregatorParams(
+                # A turn whose transcript is late is still the user's: PocketSphinx on a busy CPU takes
+                # seconds (Pipecat's default gives up after 5 s and drops the late transcript).
+                user_turn_stop_timeout=USER_TURN_STOP_TIMEOUT_S,
                 user_turn_strategies=UserTurnStrategies(
                     start=[VADUserTurnStartStrategy()],
                     stop=[SpeechTimeoutUserTurnStopStrategy(user_speech_timeout=USER_SPEECH_TIMEOUT_S)],
@@ -168,6 +171,7 @@ class Conversation:
         )
         self._started = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
+        self._worker_runner: WorkerRunner | None = None
 
         @self._worker.event_handler("on_pipeline_started")
         async def _on_started(worker: Any, frame: Any) -> None:
@@ -176,9 +180,9 @@ class Conversation:
     async def start(self, timeout: float = 30.0) -> None:
         """Run the pipeline and wait until it has started (Silero and PocketSphinx loaded)."""
         await self.stt.load()
-        runner = WorkerRunner(handle_sigint=False)
-        await runner.add_workers(self._worker)
-        self._runner = asyncio.create_task(runner.run(), name="facecast-conversation")
+        self._worker_runner = WorkerRunner(handle_sigint=False)
+        await self._worker_runner.add_workers(self._worker)
+        self._runner = asyncio.create_task(self._worker_runner.run(), name="facecast-conversation")
         started = asyncio.create_task(self._started.wait())
         done, _ = await asyncio.wait(
             {started, self._runner}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
@@ -259,12 +263,16 @@ class Conversation:
     async def aclose(self) -> None:
         runner, self._runner = self._runner, None
         if runner is None:
+            await self.stt.unload()  # loaded by start() before the pipeline ran
             return
-        with contextlib.suppress(Exception):
-            await self._worker.cancel(reason="session ended")
+        assert self._worker_runner is not None
+        with contextlib.suppress(Exception):  # the runner cancels its worker and stops its bus
+            await self._worker_runner.cancel(reason="session ended")
         try:
             await asyncio.wait_for(asyncio.shield(runner), STOP_TIMEOUT_S)
         except Exception:  # TimeoutError included
+            log.warning("the conversation pipeline did not stop within %.0f s; cancelling it", STOP_TIMEOUT_S)
             runner.cancel()
             with contextlib.suppress(BaseException):
                 await runner
+        await self.stt.unload()  # the pipeline's cleanup did, unless it was cut short

@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import statistics
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -41,6 +43,51 @@ from facecast.hosts.live import LiveCore
 log = logging.getLogger(__name__)
 
 Emit = Callable[..., None]  # emit(event_type, **payload): one agent-response event to the client
+
+
+class TurnTimer:
+    """Where the time goes between the end of the user's speech and the avatar's first speech frame, per
+    turn (monotonic seconds): the VAD's stop, the transcript, the TTS's first audio of the answer, the
+    avatar's first speech frame released to the transport. `turns` keeps the latest, in milliseconds."""
+
+    def __init__(self, vad_stop_s: float, keep: int = 50) -> None:
+        self.vad_stop_s = vad_stop_s
+        self.turns: list[dict[str, float]] = []
+        self._keep = keep
+        self._marks: dict[str, float] = {}
+
+    STAGES = ("vad_stop", "transcript", "first_audio", "first_frame")
+
+    def mark(self, stage: str) -> None:
+        """Record a stage of the current turn, once, and only after the stage before it (audio still
+        playing from an earlier answer is no answer to this turn); a VAD stop starts a new turn."""
+        index = self.STAGES.index(stage)
+        if index == 0:
+            self._marks = {}
+        elif self.STAGES[index - 1] not in self._marks:
+            return
+        self._marks.setdefault(stage, time.monotonic())
+        if stage == "first_frame":
+            m, self._marks = self._marks, {}
+            self.turns.append(
+                {
+                    "vad_stop_ms": 1000 * self.vad_stop_s,  # the silence the VAD waits for (configured)
+                    "stt_ms": 1000 * (m["transcript"] - m["vad_stop"]),
+                    "answer_first_audio_ms": 1000 * (m["first_audio"] - m["transcript"]),
+                    "avatar_first_frame_ms": 1000 * (m["first_frame"] - m["first_audio"]),
+                    "total_ms": 1000 * (m["first_frame"] - m["vad_stop"] + self.vad_stop_s),
+                }
+            )
+            del self.turns[: -self._keep]
+
+    def stats(self) -> dict[str, Any]:
+        """The median of each stage over the kept turns, and how many there were."""
+        if not self.turns:
+            return {"turns": 0}
+        out: dict[str, Any] = {"turns": len(self.turns)}
+        for name in self.turns[0]:
+            out[f"{name}_p50"] = round(statistics.median(t[name] for t in self.turns), 1)
+        return out
 
 
 class Microphone(FrameProcessor):
@@ -98,16 +145,16 @@ class Microphone(FrameProcessor):
 class AvatarSpeech(FrameProcessor):
     """Plays the TTS audio on the session's avatar and reports what the avatar says."""
 
-    def __init__(self, core: LiveCore, emit: Emit, **kwargs: Any) -> None:
+    def __init__(self, core: LiveCore, emit: Emit, timer: TurnTimer, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._core = core
         self._emit = emit
+        self._timer = timer
         self._next_tag = 0
         self._open_tag: int | None = None  # the utterance receiving audio
         self._queued: set[int] = set()  # utterances given to the core and not yet ended
         self._texts: dict[int, str] = {}
         self._speaking = False
-        self.first_speech_at: float | None = None  # monotonic time of the latest turn's first speech frame
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         await super().process_frame(frame, direction)
@@ -125,6 +172,7 @@ class AvatarSpeech(FrameProcessor):
             # A new sentence (one synthesis): its own segment, so its phones line up and its text is
             # reported when it starts playing. One TTSStartedFrame may cover a whole answer.
             await self._end_utterance()
+        self._timer.mark("first_audio")
         if self._open_tag is None:
             tag = self._open_tag = self._next_tag
             self._next_tag += 1
@@ -162,7 +210,7 @@ class AvatarSpeech(FrameProcessor):
         if isinstance(event, SegmentStarted):
             if not self._speaking:
                 self._speaking = True
-                self.first_speech_at = asyncio.get_running_loop().time()
+                self._timer.mark("first_frame")
                 self._emit(ev.AVATAR_SPEAK_STARTED)
                 self.create_task(self.broadcast_frame(BotStartedSpeakingFrame), "facecast-bot-started")
             text = self._texts.pop(tag, "")

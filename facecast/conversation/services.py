@@ -4,7 +4,9 @@ synthesis. Both run offline from what pip installed (no key, no download)."""
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 from collections.abc import AsyncGenerator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +17,8 @@ from pipecat.services.stt_service import SegmentedSTTService
 from pipecat.services.tts_service import TTSService
 from pipecat.utils.time import time_now_iso8601
 
+from facecast.conversation import sphinx_worker
+from facecast.conversation.sphinx_worker import STT_RATE
 from facecast.tts import EspeakTTS, TTSError
 from facecast.tts.espeak import DEFAULT_VOICE
 
@@ -23,31 +27,6 @@ from facecast.tts.espeak import DEFAULT_VOICE
 # and the text it spoke.
 PHONES_METADATA_KEY = "facecast.phones"
 TEXT_METADATA_KEY = "facecast.text"
-STT_RATE = 16000  # PocketSphinx's en-us acoustic model is trained on 16 kHz audio
-
-
-def _pocketsphinx_decoder() -> Any:
-    """PocketSphinx's large-vocabulary US English decoder: the acoustic model, language model and
-    dictionary inside the wheel."""
-    from pocketsphinx import Config, Decoder, get_model_path
-
-    config = Config(
-        hmm=get_model_path("en-us/en-us"),
-        lm=get_model_path("en-us/en-us.lm.bin"),
-        dict=get_model_path("en-us/cmudict-en-us.dict"),
-        samprate=STT_RATE,
-        loglevel="FATAL",
-    )
-    return Decoder(config)
-
-
-def transcribe(decoder: Any, pcm: bytes) -> str:
-    """One utterance of 16 kHz int16 mono PCM → its words ('' when nothing was recognised)."""
-    decoder.start_utt()
-    decoder.process_raw(pcm, full_utt=True)
-    decoder.end_utt()
-    hypothesis = decoder.hyp()
-    return hypothesis.hypstr.strip() if hypothesis is not None else ""
 
 
 @dataclass
@@ -56,7 +35,9 @@ class PocketSphinxSTTSettings(STTSettings):
 
 
 class PocketSphinxSTTService(SegmentedSTTService):
-    """Offline speech recognition with PocketSphinx: each VAD segment is decoded once it ends."""
+    """Offline speech recognition with PocketSphinx: each VAD segment is decoded once it ends, in a process
+    of the service's own (facecast.conversation.sphinx_worker), started by `load()` and stopped at
+    cleanup."""
 
     Settings = PocketSphinxSTTSettings
     _settings: Settings
@@ -64,14 +45,13 @@ class PocketSphinxSTTService(SegmentedSTTService):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(
             sample_rate=STT_RATE,
-            # Decoding a few seconds of speech takes a fraction of that on one core.
+            # Decoding a few seconds of speech takes a fraction of that on an idle core.
             ttfs_p99_latency=1.0,
             settings=self.Settings(model="en-us", language=None),
             trailing_silence_secs=0.2,
             **kwargs,
         )
-        self._decoder: Any = None
-        self._lock = asyncio.Lock()
+        self._decoder: ProcessPoolExecutor | None = None
 
     @property
     def wants_wav_segments(self) -> bool:
@@ -83,17 +63,29 @@ class PocketSphinxSTTService(SegmentedSTTService):
         return True
 
     async def load(self) -> None:
-        """Load the decoder (about a second) off the event loop; done once, before the first segment."""
-        async with self._lock:
-            if self._decoder is None:
-                self._decoder = await asyncio.to_thread(_pocketsphinx_decoder)
+        """Start the decoding process and load its decoder (about a second); idempotent."""
+        if self._decoder is None:
+            self._decoder = ProcessPoolExecutor(
+                max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=sphinx_worker.load
+            )
+            await asyncio.wrap_future(self._decoder.submit(sphinx_worker.transcribe_here, bytes(3200)))
+
+    async def cleanup(self) -> None:
+        """Stop the decoding process."""
+        await super().cleanup()
+        await self.unload()
+
+    async def unload(self) -> None:
+        decoder, self._decoder = self._decoder, None
+        if decoder is not None:
+            await asyncio.to_thread(decoder.shutdown, wait=True, cancel_futures=True)
 
     async def run_stt(self, audio: bytes) -> AsyncGenerator[Frame | None, None]:
         """Decode one segment of 16 kHz PCM and yield its transcript, if it has words."""
         await self.load()
+        assert self._decoder is not None
         await self.start_processing_metrics()
-        async with self._lock:  # one decoder, one utterance at a time
-            text = await asyncio.to_thread(transcribe, self._decoder, audio)
+        text = await asyncio.wrap_future(self._decoder.submit(sphinx_worker.transcribe_here, audio))
         await self.stop_processing_metrics()
         if text:
             yield TranscriptionFrame(text, self._user_id, time_now_iso8601(), finalized=True)

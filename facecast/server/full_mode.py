@@ -242,6 +242,14 @@ class FullSession(LiveSession):
             '{"text": "..."}} (and session.keep_alive); the audio comes from the microphone track',
         )
 
+    async def stats(self) -> dict[str, Any]:
+        """The live session's stats, and the conversation's: per stage, the median time from the end of
+        the user's speech to the avatar's first speech frame."""
+        out = await super().stats()
+        if self.conversation is not None:
+            out["conversation"] = self.conversation.timer.stats()
+        return out
+
     async def close(self, reason: str) -> dict[str, Any]:
         if self.conversation is not None:
             await self.conversation.aclose()

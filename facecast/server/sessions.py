@@ -493,6 +493,9 @@ class SessionManager:
             await self.end(session_id, p.END_SERVER_SHUTDOWN)
         for session_id in list(self._pending):
             await self.end(session_id, p.END_SERVER_SHUTDOWN)
+        # Ends already under way (a peer that left) finish before their tasks are cancelled below.
+        for closing in list(self._closing.values()):
+            await asyncio.shield(closing)
         if self.pool is not None:
             await self.pool.close()
         for task in list(self._tasks):
