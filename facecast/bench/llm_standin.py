@@ -1,6 +1,7 @@
-"""A stand-in for an external LLM service: an OpenAI-compatible chat endpoint on loopback that streams its
-answers in the real wire format (server-sent events of `chat.completion.chunk` objects, then `[DONE]`),
-so the real `openai` client inside Pipecat's OpenAILLMService talks to it as it would to any provider.
+"""A stand-in for an external LLM service, for tests and `facecast bench full`: an OpenAI-compatible chat
+endpoint on loopback that streams its answers in the real wire format (server-sent events of
+`chat.completion.chunk` objects, then `[DONE]`), so the real `openai` client inside Pipecat's
+OpenAILLMService talks to it as it would to any provider.
 
 It answers at once with a reply made from the user's last message, and records every request."""
 
