@@ -6,14 +6,22 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 from collections.abc import AsyncGenerator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 from pipecat.audio.utils import create_file_resampler
-from pipecat.frames.frames import ErrorFrame, Frame, TranscriptionFrame, TTSAudioRawFrame
+from pipecat.frames.frames import (
+    ErrorFrame,
+    Frame,
+    TranscriptionFrame,
+    TTSAudioRawFrame,
+    VADUserStartedSpeakingFrame,
+    VADUserStoppedSpeakingFrame,
+)
+from pipecat.processors.frame_processor import FrameDirection
 from pipecat.services.settings import STTSettings, TTSSettings
-from pipecat.services.stt_service import SegmentedSTTService
+from pipecat.services.stt_service import STTService
 from pipecat.services.tts_service import TTSService
 from pipecat.utils.time import time_now_iso8601
 
@@ -27,6 +35,8 @@ from facecast.tts.espeak import DEFAULT_VOICE
 # and the text it spoke.
 PHONES_METADATA_KEY = "facecast.phones"
 TEXT_METADATA_KEY = "facecast.text"
+PREROLL_S = 1  # audio kept from before the VAD's start (it fires a fraction of a second into speech)
+TRAILING_SILENCE_S = 0.2
 
 
 @dataclass
@@ -34,10 +44,12 @@ class PocketSphinxSTTSettings(STTSettings):
     """Settings for `PocketSphinxSTTService` (the model is fixed: US English)."""
 
 
-class PocketSphinxSTTService(SegmentedSTTService):
-    """Offline speech recognition with PocketSphinx: each VAD segment is decoded once it ends, in a process
-    of the service's own (facecast.conversation.sphinx_worker), started by `load()` and stopped at
-    cleanup."""
+class PocketSphinxSTTService(STTService):
+    """Offline speech recognition with PocketSphinx, decoding while the user speaks: the VAD's start
+    opens an utterance (with the second of audio before it), the audio is decoded as it arrives, and the
+    VAD's stop closes it and yields the transcript, so only the utterance's tail is left to decode then.
+    The decoder runs in a process of the service's own (facecast.conversation.sphinx_worker, one call at
+    a time, in order), started by `load()` and stopped at cleanup."""
 
     Settings = PocketSphinxSTTSettings
     _settings: Settings
@@ -45,18 +57,14 @@ class PocketSphinxSTTService(SegmentedSTTService):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(
             sample_rate=STT_RATE,
-            # Decoding a few seconds of speech takes a fraction of that on an idle core.
+            # Only the tail is left to decode at the VAD's stop; more on a busy CPU.
             ttfs_p99_latency=1.0,
             settings=self.Settings(model="en-us", language=None),
-            trailing_silence_secs=0.2,
             **kwargs,
         )
         self._decoder: ProcessPoolExecutor | None = None
-
-    @property
-    def wants_wav_segments(self) -> bool:
-        """PocketSphinx reads raw 16-bit PCM."""
-        return False
+        self._preroll = bytearray()  # the latest audio while the user is silent
+        self._in_utterance = False
 
     def can_generate_metrics(self) -> bool:
         """The service reports TTFB."""
@@ -68,7 +76,7 @@ class PocketSphinxSTTService(SegmentedSTTService):
             self._decoder = ProcessPoolExecutor(
                 max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=sphinx_worker.load
             )
-            await asyncio.wrap_future(self._decoder.submit(sphinx_worker.transcribe_here, bytes(3200)))
+            await asyncio.wrap_future(self._decoder.submit(sphinx_worker.ready))
 
     async def cleanup(self) -> None:
         """Stop the decoding process."""
@@ -81,14 +89,38 @@ class PocketSphinxSTTService(SegmentedSTTService):
             await asyncio.to_thread(decoder.shutdown, wait=True, cancel_futures=True)
 
     async def run_stt(self, audio: bytes) -> AsyncGenerator[Frame | None, None]:
-        """Decode one segment of 16 kHz PCM and yield its transcript, if it has words."""
-        await self.load()
-        assert self._decoder is not None
+        """Feed one chunk of 16 kHz PCM: to the open utterance, else to the pre-roll."""
+        if self._in_utterance and self._decoder is not None:
+            self._decoder.submit(sphinx_worker.feed, audio)
+        else:
+            self._preroll += audio
+            del self._preroll[: -PREROLL_S * 2 * STT_RATE]
+        yield None
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        await super().process_frame(frame, direction)
+        if self._decoder is None:
+            return
+        if isinstance(frame, VADUserStartedSpeakingFrame) and not self._in_utterance:
+            self._in_utterance = True
+            self._decoder.submit(sphinx_worker.begin, bytes(self._preroll))
+            self._preroll.clear()
+        elif isinstance(frame, VADUserStoppedSpeakingFrame) and self._in_utterance:
+            self._in_utterance = False
+            # A little silence after the VAD's stop lets the decoder finish the last word.
+            done = self._decoder.submit(sphinx_worker.finish, bytes(int(TRAILING_SILENCE_S * STT_RATE) * 2))
+            self.create_task(self._transcript(done), "facecast-transcript")
+
+    async def _transcript(self, done: Future[str]) -> None:
         await self.start_processing_metrics()
-        text = await asyncio.wrap_future(self._decoder.submit(sphinx_worker.transcribe_here, audio))
+        try:
+            text = await asyncio.wrap_future(done)
+        except Exception as exc:  # the decoder process died or was stopped with the session
+            await self.push_error(f"{self}: transcription failed: {exc}", exception=exc)
+            return
         await self.stop_processing_metrics()
         if text:
-            yield TranscriptionFrame(text, self._user_id, time_now_iso8601(), finalized=True)
+            await self.push_frame(TranscriptionFrame(text, self._user_id, time_now_iso8601(), finalized=True))
 
 
 @dataclass

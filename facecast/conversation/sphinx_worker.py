@@ -26,21 +26,34 @@ def new_decoder() -> Any:
     return Decoder(config)
 
 
-def transcribe(decoder: Any, pcm: bytes) -> str:
-    """One utterance of 16 kHz int16 mono PCM → its words ('' when nothing was recognised)."""
-    decoder.start_utt()
-    decoder.process_raw(pcm, full_utt=True)
-    decoder.end_utt()
-    hypothesis = decoder.hyp()
-    return hypothesis.hypstr.strip() if hypothesis is not None else ""
-
-
 def load() -> None:
     """The worker process's initializer: load the decoder once."""
     global _decoder
     _decoder = new_decoder()
 
 
-def transcribe_here(pcm: bytes) -> str:
-    """Decode with the worker process's decoder."""
-    return transcribe(_decoder, pcm)
+def ready() -> bool:
+    """Answers once the initializer has loaded the decoder. (Decoding silence to warm it up would not
+    do: pure digital silence skews its running cepstral mean for the utterances after it.)"""
+    return _decoder is not None
+
+
+def begin(pcm: bytes) -> None:
+    """Start an utterance with the audio heard just before the VAD's start."""
+    _decoder.start_utt()
+    if pcm:
+        _decoder.process_raw(pcm, no_search=False, full_utt=False)
+
+
+def feed(pcm: bytes) -> None:
+    """More of the utterance, decoded as it arrives."""
+    _decoder.process_raw(pcm, no_search=False, full_utt=False)
+
+
+def finish(pcm: bytes) -> str:
+    """The utterance's last audio; its words."""
+    if pcm:
+        _decoder.process_raw(pcm, no_search=False, full_utt=False)
+    _decoder.end_utt()
+    hypothesis = _decoder.hyp()
+    return hypothesis.hypstr.strip() if hypothesis is not None else ""
