@@ -49,8 +49,8 @@ from facecast.hosts.live import LiveCore
 
 log = logging.getLogger(__name__)
 
-VAD_STOP_SECS = 0.35  # silence that ends the user's speech (Silero; Pipecat's default is 0.2-0.8)
-USER_SPEECH_TIMEOUT_S = 0.15  # after it, how long the user may resume before the turn is theirs no more
+VAD_STOP_SECS = 0.2  # silence that ends the user's speech (Silero; what Pipecat recommends)
+USER_SPEECH_TIMEOUT_S = 0.4  # after the VAD stop, how long the user may resume; it runs while STT decodes
 USER_TURN_STOP_TIMEOUT_S = 15.0
 MAX_COMMAND_TEXT_CHARS = 2000
 STOP_TIMEOUT_S = 15.0  # a pipeline's cleanup (the decoder process's exit included) on a busy CPU
