@@ -272,7 +272,11 @@ def test_full_tokens_say_what_is_missing(server: RunningServer, llm: StandInLLM,
 
 # -- conversations over WebRTC --------------------------------------------------------------------------
 async def test_conversation_hears_answers_and_speaks(
-    server: RunningServer, llm: StandInLLM, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    server: RunningServer,
+    llm: StandInLLM,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
 ) -> None:
     caplog.set_level(logging.DEBUG)
     key = server.store.create_key("a")[1]
@@ -353,6 +357,8 @@ async def test_conversation_hears_answers_and_speaks(
     assert all(SECRET_VALUE not in text for text in responses)
     assert all(SECRET_VALUE not in json.dumps(e) for _, e in client.events)
     assert SECRET_VALUE not in caplog.text
+    out, err = capfd.readouterr()  # Pipecat logs with loguru, to stderr
+    assert SECRET_VALUE not in out and SECRET_VALUE not in err
 
 
 async def test_push_to_talk_listens_only_inside_its_window(

@@ -573,3 +573,30 @@ def test_capped_insert_admits_exactly_the_cap_across_stores(reopen: Callable[[],
         t.join()
     assert admitted.count(True) == 3 and len(admitted) == 40
     assert stores[1].count_active(key.id) == 3
+
+
+def test_owned_resources_belong_to_their_key_on_both_backends(reopen: Callable[[], Store]) -> None:
+    from facecast.server.store import ContextRecord, LlmConfigRecord, SecretRecord
+
+    store = reopen()
+    owner, other = store.create_key("a")[0].id, store.create_key("b")[0].id
+    context = ContextRecord("ctx_1", owner, "n", "Help ${user}.", "Hi", 1.0, 1.0)
+    secret = SecretRecord("sec_1", owner, "key", "LLM_API_KEY", "gAAAA-ciphertext", 2.0, 2.0)
+    config = LlmConfigRecord("llm_1", owner, "d", "m", "sec_1", None, 3.0, 3.0)
+    for record in (context, secret, config):
+        store.insert_owned(record)
+    again = reopen()  # what another server (or a restart) reads
+    assert again.get_owned(ContextRecord, owner, "ctx_1") == context
+    assert again.get_owned(ContextRecord, other, "ctx_1") is None
+    assert again.list_owned(LlmConfigRecord, owner) == [config]
+    assert again.list_owned(SecretRecord, other) == []
+    assert again.update_owned(ContextRecord, owner, "ctx_1", prompt="Bye.", updated_at=5.0)
+    assert not again.update_owned(ContextRecord, other, "ctx_1", prompt="stolen")
+    assert store.get_owned(ContextRecord, owner, "ctx_1") == ContextRecord(
+        "ctx_1", owner, "n", "Bye.", "Hi", 1.0, 5.0
+    )
+    with pytest.raises(ValueError, match="owner"):
+        again.update_owned(ContextRecord, owner, "ctx_1", owner=other)
+    assert not again.delete_owned(SecretRecord, other, "sec_1")
+    assert again.delete_owned(SecretRecord, owner, "sec_1")
+    assert store.get_owned(SecretRecord, owner, "sec_1") is None

@@ -274,7 +274,7 @@ class Store(Protocol):
         """The owner's records of this kind, oldest first."""
         ...
 
-    def update_owned(self, kind: type[OwnedRecord], owner: str, record_id: str, **fields: Any) -> bool:
+    def update_owned(self, kind: type[OwnedRecord], owner: str, record_id: str, /, **fields: Any) -> bool:
         """Set these fields (and updated_at); False if the owner has no such record."""
         ...
 
@@ -700,7 +700,7 @@ class _SqlStore(ABC):
         ).rows
         return [kind(*row) for row in rows]
 
-    def update_owned(self, kind: type[OwnedRecord], owner: str, record_id: str, **values: Any) -> bool:
+    def update_owned(self, kind: type[OwnedRecord], owner: str, record_id: str, /, **values: Any) -> bool:
         allowed = {f.name for f in fields(kind)} - {"id", "owner", "created_at"}
         unknown = sorted(set(values) - allowed)
         if unknown:
