@@ -9,6 +9,8 @@ with neither is refused, saying what to configure."""
 from __future__ import annotations
 
 import asyncio
+import importlib
+import importlib.util
 import logging
 import os
 import re
@@ -66,14 +68,17 @@ def substitute(text: str, variables: dict[str, str], where: str) -> str:
 
 
 def _check_extra() -> None:
-    try:
-        import facecast.conversation.conversation  # noqa: F401
-    except ImportError as exc:
+    # Only looked up, not imported: importing Pipecat takes seconds, which /token must not block for.
+    missing = [
+        name for name in ("pipecat", "openai", "onnxruntime") if importlib.util.find_spec(name) is None
+    ]
+    if missing:
         raise ApiError(
             501,
             p.CODE_NOT_IMPLEMENTED,
-            f"mode FULL needs the conversation extra: pip install 'facecast[full]' ({exc})",
-        ) from None
+            "mode FULL needs the conversation extra: pip install 'facecast[full]' (missing: "
+            f"{', '.join(missing)})",
+        )
 
 
 def full_settings(manager: SessionManager, key: ApiKey, body: TokenRequest, transport: str) -> dict[str, Any]:
@@ -259,9 +264,10 @@ class FullSession(LiveSession):
 async def start_full_session(manager: SessionManager, record: SessionRecord) -> FullSession:
     """Start a FULL session in this process: the avatar's engine and live core, and the conversation
     pipeline, loaded before the answer so that the user's first words are heard."""
-    from facecast.conversation.conversation import Conversation, LlmEndpoint, Persona
-
     started_mono = time.monotonic()
+    # The first FULL session imports Pipecat (seconds): off the event loop that paces other sessions.
+    module = await asyncio.to_thread(importlib.import_module, "facecast.conversation.conversation")
+    Conversation, LlmEndpoint, Persona = module.Conversation, module.LlmEndpoint, module.Persona
     full = record.settings["full"]
     api_key = _llm_api_key(manager, record)
     spec = AvatarSpec.from_settings(record.avatar_id, record.settings, manager.avatars.library)
