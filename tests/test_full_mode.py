@@ -485,3 +485,31 @@ async def test_stopping_a_full_session_leaves_nothing_running(server: RunningSer
         assert not any(name.startswith("facecast-conversation") for name in names), names
     finally:
         await client.close()
+
+
+async def test_an_unreachable_llm_is_reported_to_the_client(server: RunningServer) -> None:
+    key = server.store.create_key("a")[1]
+    with server.client() as http:
+        closed_port = f"http://127.0.0.1:{_free_port()}/v1"  # nothing listens there
+        config_id = _ok(
+            http.post(
+                "/v1/llm_configurations",
+                headers={"X-API-KEY": key},
+                json={"display_name": "down", "model_name": "m", "base_url": closed_port},
+            )
+        )["id"]
+    client = await start_full(server, key, {"llm_configuration_id": config_id}, [])
+    try:
+        client.command("avatar.speak_response", text="hello?")
+        _, error = await client.wait(lambda e: e.get("type") == p.ERROR)
+        assert "LLM" in error["message"] and "failed" in error["message"], error
+    finally:
+        await client.close()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

@@ -20,6 +20,7 @@ from typing import Any
 from pipecat.audio.vad.silero import SileroVADAnalyzer
 from pipecat.audio.vad.vad_analyzer import VADParams
 from pipecat.frames.frames import (
+    ErrorFrame,
     Frame,
     LLMMessagesAppendFrame,
     TranscriptionFrame,
@@ -119,6 +120,7 @@ class Conversation:
         emit: Emit,
         *,
         on_activity: Callable[[], None],
+        on_error: Callable[[str], None],
     ) -> None:
         self.persona = persona
         self._emit = emit
@@ -176,6 +178,14 @@ class Conversation:
         @self._worker.event_handler("on_pipeline_started")
         async def _on_started(worker: Any, frame: Any) -> None:
             self._started.set()
+
+        @self._worker.event_handler("on_pipeline_error")
+        async def _on_error(worker: Any, frame: ErrorFrame) -> None:
+            # Pipecat logs the error (credentials masked); the client hears which service failed and how,
+            # not the provider's text.
+            service = frame.processor.name if frame.processor is not None else "pipeline"
+            category = getattr(frame.category, "value", frame.category) or "unknown"
+            on_error(f"the conversation's {service} failed ({category}); the server log has the details")
 
     async def start(self, timeout: float = 30.0) -> None:
         """Run the pipeline and wait until it has started (Silero and PocketSphinx loaded)."""

@@ -218,6 +218,11 @@ class FullSession(LiveSession):
         for sink in list(self._sinks):
             self._manager.spawn(sink(event))
 
+    def report_error(self, message: str) -> None:
+        """A failure inside the conversation (the LLM unreachable, ...) as an `error` event."""
+        log.warning("session %s: %s", self.id, message)
+        self._manager.spawn(self.emit(p.ERROR, code=p.CODE_INTERNAL, message=message))
+
     async def handle(self, message: Any, reply: EventSink) -> None:
         from facecast.conversation.conversation import CommandError
 
@@ -297,6 +302,7 @@ async def start_full_session(manager: SessionManager, record: SessionRecord) -> 
         LlmEndpoint(model=full["llm"]["model"], base_url=full["llm"]["base_url"], api_key=api_key),
         session.emit_agent,
         on_activity=session.touch,
+        on_error=session.report_error,
     )
     try:
         manager.mark_started(record, session, time.time())
