@@ -250,6 +250,11 @@ def test_full_tokens_say_what_is_missing(server: RunningServer, llm: StandInLLM,
         unknown_voice = token(llm_configuration_id=config_id, avatar_persona={"voice_id": "klingon"})
         assert unknown_voice.status_code == 400 and "/v1/voices" in unknown_voice.json()["message"]
         assert token(llm_configuration_id="llm_nope").status_code == 404
+        german = token(llm_configuration_id=config_id, avatar_persona={"language": "de"})
+        assert german.status_code == 400 and "English" in german.json()["message"]
+        room = {"livekit_url": "ws://127.0.0.1:7880", "livekit_room": "r", "livekit_client_token": "t"}
+        in_room = token(llm_configuration_id=config_id, livekit_config=room)
+        assert in_room.status_code == 501 and "transport webrtc" in in_room.json()["message"]
         lite = http.post(
             "/v1/sessions/token", headers={"X-API-KEY": key}, json={"dynamic_variables": {"a": "b"}}
         )
