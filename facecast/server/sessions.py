@@ -518,7 +518,9 @@ class SessionManager:
     def mint(self, key: ApiKey, body: TokenRequest) -> tuple[SessionRecord, str]:
         limits = self.config.limits
         session_id = new_session_id()
-        transport = self._transport(body)
+        # FULL sessions run over this server's WebRTC peer unless the body names a room or a transport.
+        full_default = body.mode == "FULL" and body.transport is None and body.livekit_config is None
+        transport = "webrtc" if full_default else self._transport(body)
         full = None
         if body.mode == "FULL":
             from facecast.server.full_mode import full_settings
