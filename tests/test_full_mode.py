@@ -518,3 +518,46 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+@pytest.mark.skipif(
+    shutil.which("chromium") is None, reason="needs Debian's chromium (scripts/test installs it)"
+)
+def test_browser_client_talks_in_full_mode(
+    server: RunningServer, llm: StandInLLM, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """The browser client in real headless Chromium, whose fake microphone plays flite speech (looped)."""
+    from playwright.sync_api import expect, sync_playwright
+
+    monkeypatch.setenv("FACECAST_LLM_BASE_URL", llm.url)  # the server's default LLM: the stand-in
+    monkeypatch.setenv("FACECAST_LLM_MODEL", "standin-chat")
+    speech = resample_poly(flite_speech(QUESTION, tmp_path).astype(np.float32), 1, 3).astype(np.int16)
+    wav = tmp_path / "mic.wav"
+    sf.write(wav, np.concatenate([np.zeros(16000, np.int16), speech, np.zeros(32000, np.int16)]), 16000)
+    key = server.store.create_key("browser")[1]
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=shutil.which("chromium"),
+            args=[
+                "--autoplay-policy=no-user-gesture-required",
+                "--no-sandbox",
+                "--use-fake-ui-for-media-stream",
+                "--use-fake-device-for-media-stream",
+                f"--use-file-for-fake-audio-capture={wav}",
+            ],
+        )
+        try:
+            page = browser.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(f"{server.url}/#key={key}")
+            page.select_option("#mode", "FULL")
+            page.click("#start")
+            transcript = page.get_by_test_id("transcript")
+            expect(transcript).to_contain_text("you: what is the weather", timeout=60_000)
+            expect(transcript).to_contain_text("avatar: It is sunny today.", timeout=60_000)
+            page.click("#stop")
+            expect(page.get_by_test_id("status")).to_have_text("idle", timeout=20_000)
+            assert errors == []
+        finally:
+            browser.close()

@@ -1,9 +1,11 @@
 // Facecast browser test client: mint a token, start a session, receive the avatar over WebRTC, drive it
-// over the LITE WebSocket, and show what happens. Plain ES module, no build step.
+// over the LITE WebSocket (LITE) or talk with it through the microphone (FULL: the server holds the
+// conversation; commands and events on the data channel), and show what happens. Plain ES module.
 
 const $ = (id) => document.getElementById(id);
 const state = {
   apiKey: "", avatar: null, session: null, pc: null, ws: null, stats: null, keepAlive: null,
+  full: false, channel: null, mic: null, talking: false,
   startedAt: 0, lastBytes: 0, lastFrames: 0, lastStatsAt: 0,
   // Speech latency: from when an utterance could first play (when it was sent, or when the utterance
   // ahead of it ended, if later) to its agent.speak_started. Events come over both the WebSocket and
@@ -119,7 +121,34 @@ function selectAvatar(id) {
 function setLive(live) {
   $("start").disabled = live;
   $("stop").disabled = !live;
-  for (const id of ["text", "speak", "interrupt", "listening"]) $(id).disabled = !live;
+  for (const id of ["text", "speak", "interrupt", "listening", "ptt"]) $(id).disabled = !live;
+}
+
+// FULL mode: one agent-control command on the data channel.
+function command(eventType, payload) {
+  if (!state.channel || state.channel.readyState !== "open") { showError("not connected"); return; }
+  state.channel.send(JSON.stringify(payload ? { event_type: eventType, payload } : { event_type: eventType }));
+  log(`dc → ${eventType}${payload?.text ? `: ${payload.text}` : ""}`, "out");
+}
+
+function transcript(who, text) {
+  const li = document.createElement("li");
+  li.className = who;
+  li.textContent = `${who}: ${text}`;
+  $("transcript").append(li);
+}
+
+// FULL mode: one agent-response event.
+function onAgentEvent(event) {
+  const payload = event.payload || {};
+  const extra = payload.text ? `: ${payload.text}` : payload.reason ? `: ${payload.reason}` : "";
+  log(`dc ← ${event.event_type}${extra}`, event.event_type.endsWith("_failed") ? "error" : "");
+  if (event.event_type === "user.transcription") transcript("you", payload.text);
+  else if (event.event_type === "avatar.transcription") transcript("avatar", payload.text);
+  else if (event.event_type === "avatar.speak_started") setStatus("speaking");
+  else if (event.event_type === "avatar.speak_ended" && state.session) setStatus("connected");
+  else if (event.event_type === "user.speak_started") setStatus("listening");
+  else if (event.event_type === "user.speak_ended" && state.session) setStatus("connected");
 }
 
 function waitForIceGathering(pc, timeoutMs = 3000) {
@@ -138,7 +167,7 @@ function onEvent(event, via) {
   log(`${via} ← ${event.type}${extra}${id}`, event.type === "error" ? "error" : "");
   if (event.type === "session.state_updated") {
     setStatus(event.state);
-    if (event.state === "connected" && $("greet").checked && state.session && !state.session.greeted) {
+    if (event.state === "connected" && $("greet").checked && !state.full && state.session && !state.session.greeted) {
       state.session.greeted = true;
       const name = $("avatars").querySelector("[aria-checked=true] img")?.alt || "your avatar";
       sayText(`Hello! I am ${name}. I am running on your own computer. Type something and I will say it.`);
@@ -164,6 +193,13 @@ function onEvent(event, via) {
 }
 
 function send(message) {
+  if (state.full) {  // FULL sessions take the LITE names for these over the data channel
+    const names = { "agent.interrupt": "avatar.interrupt", "agent.start_listening": "avatar.start_listening",
+      "agent.stop_listening": "avatar.stop_listening" };
+    if (names[message.type]) command(names[message.type]);
+    else if (message.type === "agent.speak_text") command("avatar.speak_text", { text: message.text });
+    return;
+  }
   if (!state.ws || state.ws.readyState !== WebSocket.OPEN) {
     showError("not connected");
     return;
@@ -181,8 +217,10 @@ async function start() {
   state.startedAt = performance.now();
   $("stat-first-frame").textContent = "–";
   try {
+    state.full = $("mode").value === "FULL";
+    $("ptt").hidden = !(state.full && $("interactivity").value === "PUSH_TO_TALK");
     const body = {
-      mode: "LITE",
+      mode: state.full ? "FULL" : "LITE",
       avatar_id: state.avatar,
       is_sandbox: $("sandbox").checked,
       aspect_ratio: $("aspect").value,
@@ -190,11 +228,18 @@ async function start() {
       video_settings: { quality: $("quality").value, encoding: $("encoding").value },
       transport: "webrtc",
     };
+    if (state.full) {
+      body.interactivity_type = $("interactivity").value;
+      const llm = $("llm-config").value.trim();
+      if (llm) body.llm_configuration_id = llm;
+      // Asked before the token is minted: a refused microphone starts no session.
+      state.mic = await navigator.mediaDevices.getUserMedia({ audio: { echoCancellation: true } });
+    }
     const minted = await api("/v1/sessions/token", { key: state.apiKey, body });
     log(`session ${minted.session_id}`);
     const started = await api("/v1/sessions/start", { token: minted.session_token, body: { session_id: minted.session_id } });
     state.session = { ...started, token: minted.session_token };
-    openSocket(started.ws_url);
+    if (!state.full) openSocket(started.ws_url);
     await connectPeer(started);
   } catch (err) {
     showError(err.message);
@@ -220,16 +265,25 @@ async function connectPeer(started) {
   const pc = new RTCPeerConnection({ iceServers: started.webrtc.ice_servers });
   state.pc = pc;
   pc.addTransceiver("video", { direction: "recvonly" });
-  pc.addTransceiver("audio", { direction: "recvonly" });
+  if (state.mic) pc.addTrack(state.mic.getAudioTracks()[0], state.mic);  // FULL: the avatar hears you
+  else pc.addTransceiver("audio", { direction: "recvonly" });
   const channel = pc.createDataChannel(started.webrtc.data_channel.label, {
     negotiated: true, id: started.webrtc.data_channel.id,
   });
+  state.channel = channel;
   channel.addEventListener("message", (msg) => {
     try {
       const event = JSON.parse(msg.data);
-      if (event.type !== "session.state_updated") onEvent(event, "dc");
+      if (event.event_type) onAgentEvent(event);
+      // LITE sessions hear the state on the WebSocket too; FULL ones only here.
+      else if (event.type !== "session.state_updated" || state.full) onEvent(event, "dc");
     } catch (err) { log(`bad data channel event: ${err}`, "error"); }
   });
+  if (state.full) {
+    state.keepAlive = setInterval(() => {
+      if (channel.readyState === "open") channel.send(JSON.stringify({ type: "session.keep_alive" }));
+    }, 30000);
+  }
   const video = $("video");
   const stream = new MediaStream();
   video.srcObject = stream; // once: re-assigning it per track restarts the element's load
@@ -290,6 +344,8 @@ function teardown(reason) {
   clearInterval(state.keepAlive);
   if (state.ws) { const ws = state.ws; state.ws = null; ws.close(); }
   if (state.pc) { state.pc.close(); state.pc = null; }
+  if (state.mic) { for (const track of state.mic.getTracks()) track.stop(); state.mic = null; }
+  state.channel = null;
   state.session = null;
   state.lastStatsAt = 0;
   state.speakSentAt.clear();
@@ -344,6 +400,12 @@ function init() {
   $("stop").addEventListener("click", stop);
   $("speak-form").addEventListener("submit", speak);
   $("interrupt").addEventListener("click", () => send({ type: "agent.interrupt" }));
+  $("ptt").addEventListener("pointerdown", () => { state.talking = true; command("user.start_push_to_talk"); });
+  for (const up of ["pointerup", "pointerleave"]) {
+    $("ptt").addEventListener(up, () => {
+      if (state.talking) { state.talking = false; command("user.stop_push_to_talk"); }
+    });
+  }
   $("listening").addEventListener("change", (ev) =>
     send({ type: ev.target.checked ? "agent.start_listening" : "agent.stop_listening" }));
   window.addEventListener("beforeunload", () => {
