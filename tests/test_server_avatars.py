@@ -26,13 +26,13 @@ import skimage
 from pg import postgres_server, postgres_url  # noqa: F401  (fixtures)
 from server_harness import RunningServer, running_server
 
+from facecast import protocol as p
 from facecast.avatars.bundle import (
     bundle_from_style,
     read_bundle,
     write_bundle,
 )
 from facecast.avatars.fetch import FetchPolicy
-from facecast.server import protocol as p
 from facecast.server.avatars import RESTARTED_ERROR, SHUTDOWN_ERROR
 from facecast.server.config import AvatarSettings
 from facecast.server.store import (

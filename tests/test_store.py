@@ -15,7 +15,7 @@ import psycopg
 import pytest
 from pg import postgres_server, postgres_url, with_options  # noqa: F401  (fixtures)
 
-from facecast.server import protocol
+from facecast import protocol
 from facecast.server.auth import (
     default_data_dir,
     hash_secret,

@@ -25,9 +25,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from facecast import __version__
+from facecast import protocol as p
 from facecast.avatars import AvatarLibrary, frame_size
 from facecast.avatars.style import style_names
-from facecast.server import protocol as p
 from facecast.server.auth import default_data_dir, parse_bearer
 from facecast.server.avatars import AvatarService, avatar_item, clean_consent, clean_display_name
 from facecast.server.config import ServerConfig

@@ -21,11 +21,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from facecast import protocol as p
 from facecast.avatars.style import style_names
 from facecast.engine.types import PhoneTiming, SegmentEnded, SegmentEvent, SegmentStarted, SegmentTag
 from facecast.hosts.live import AvatarClosed, LiveCore
 from facecast.hosts.webrtc import AvatarPeer
-from facecast.server import protocol as p
 from facecast.server.auth import hash_secret, new_session_token
 from facecast.server.avatars import AvatarService
 from facecast.server.config import ServerConfig

@@ -24,8 +24,7 @@ from typing import Any, NamedTuple, Protocol
 
 import psycopg
 
-from facecast.server.auth import hash_secret, key_prefix, new_api_key
-from facecast.server.protocol import (
+from facecast.protocol import (
     AVATAR_BUILDING,
     AVATAR_FAILED,
     AVATAR_READY,
@@ -35,6 +34,7 @@ from facecast.server.protocol import (
     STATE_ENDED,
     STATE_STARTED,
 )
+from facecast.server.auth import hash_secret, key_prefix, new_api_key
 
 DEV_KEY_NAME = "dev"
 DEV_KEY_FILE = "dev-key"
