@@ -6,11 +6,12 @@ avatar, a damaged bundle, a photo without a face) exit with status 1."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -683,11 +684,40 @@ def _print_created(avatar_id: str, kind: str, display_name: str, library: Avatar
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from facecast.hosts.file import MediaError
-    from facecast.server.store import StoreError
     from facecast.tts import TTSError
 
     # ValueError covers option validation in EngineConfig and the avatar loader.
-    return (MediaError, StoreError, TTSError, ValueError, OSError)
+    errors: list[type[BaseException]] = [MediaError, TTSError, ValueError, OSError]
+    try:
+        from facecast.server.store import StoreError
+    except ModuleNotFoundError:  # without the server extra there is no store to fail
+        pass
+    else:
+        errors.append(StoreError)
+    return tuple(errors)
+
+
+# The top-level modules each extra installs: a command that fails to import one names the extra to install.
+EXTRA_MODULES: dict[str, tuple[str, ...]] = {
+    "server": ("fastapi", "starlette", "pydantic", "uvicorn", "aiortc", "psycopg", "multipart"),
+    "livekit": ("livekit",),
+    "bench": ("scipy", "psutil", "httpx", "fastapi", "uvicorn", "aiortc", "psycopg"),
+}
+
+
+@contextlib.contextmanager
+def needs_extra(extra: str, command: str) -> Iterator[None]:
+    """Turn a missing module of `extra` into a UsageError that says what to install."""
+    try:
+        yield
+    except ModuleNotFoundError as exc:
+        missing = (exc.name or "").split(".")[0]
+        if missing not in EXTRA_MODULES[extra]:
+            raise
+        raise UsageError(
+            f"facecast {command} needs the {extra} extra ({missing} is not installed): "
+            f"pip install 'facecast[{extra}]' (from a source checkout: pip install '.[{extra}]')"
+        ) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -695,29 +725,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args_list[:1] == ["bench"]:
             # The benchmark suite owns its options; everything after `bench` is passed through.
-            from facecast.bench import main as bench_main
+            with needs_extra("bench", "bench"):
+                from facecast.bench import main as bench_main
 
-            return bench_main(args_list[1:])
+                return bench_main(args_list[1:])
         args = build_parser().parse_args(args_list)
         if args.command == "render":
             return _cmd_render(args)
         if args.command in ("demo", "serve"):
-            return _cmd_serve(args, demo=args.command == "demo")
+            with needs_extra("server", args.command):
+                return _cmd_serve(args, demo=args.command == "demo")
         if args.command in ("worker", "say"):
             from facecast.hosts.livekit import cli as livekit_cli
 
             run = livekit_cli.run_worker_command if args.command == "worker" else livekit_cli.run_say_command
-            try:
+            with needs_extra("livekit", args.command):
                 return run(args)
-            except ImportError as exc:
-                raise UsageError(
-                    f"facecast {args.command} needs the LiveKit extra: "
-                    f"pip install 'facecast[livekit]' ({exc})"
-                ) from None
         if args.command == "keys":
             from facecast.server.keys_cli import run_keys
 
-            return run_keys(args)
+            with needs_extra("server", "keys"):
+                return run_keys(args)
         return _run_avatar_command(args)
     except KeyboardInterrupt:
         print("facecast: interrupted", file=sys.stderr)

@@ -9,11 +9,13 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from facecast.cli import positive_int
 from facecast.server.auth import default_data_dir
-from facecast.server.store import ApiKey, Store, StoreError, open_store
+
+if TYPE_CHECKING:  # the store needs the server extra; `facecast --help` builds this parser without it
+    from facecast.server.store import ApiKey, Store
 
 EXIT_USAGE = 2
 DATABASE_URL_ENV = "FACECAST_DATABASE_URL"
@@ -67,6 +69,8 @@ def add_keys_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
 
 
 def _open(args: argparse.Namespace) -> Store:
+    from facecast.server.store import open_store
+
     data_dir = args.data_dir if args.data_dir is not None else default_data_dir()
     url = args.database_url if args.database_url is not None else os.environ.get(DATABASE_URL_ENV) or None
     return open_store(url, data_dir)
@@ -131,6 +135,8 @@ def _revoke(store: Store, args: argparse.Namespace) -> int:
 
 def run_keys(args: argparse.Namespace) -> int:
     """Run a parsed `facecast keys ...` command line; the exit status."""
+    from facecast.server.store import StoreError
+
     try:
         store = _open(args)
     except (ValueError, StoreError) as exc:
