@@ -384,6 +384,20 @@ def _add_avatar_parsers(sub: Any) -> None:
     )
     _add_dir_option(preview)
 
+    setup = actions.add_parser(
+        "setup-face-tools",
+        help="install the face analysis tools that photo avatars need (once per machine)",
+        description="Create the face analysis virtualenv (mediapipe, in its own environment) now rather "
+        "than on the first photo build: from PyPI, or offline from a folder of wheels.",
+    )
+    setup.add_argument(
+        "--wheels",
+        metavar="DIR",
+        help="install only from the wheels in DIR, without a package index (default: "
+        "$FACECAST_FACE_TOOLS_WHEELS; unset: PyPI)",
+    )
+    setup.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+
     delete = actions.add_parser("delete", help="delete an avatar from the library")
     delete.add_argument("id", metavar="ID", help="the library avatar to delete")
     delete.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
@@ -394,8 +408,10 @@ def _run_avatar_command(args: argparse.Namespace) -> int:
     """`facecast avatar ...` and `facecast avatars`; what the user gave being wrong exits EXIT_ERROR."""
     from facecast.avatars import AvatarLibrary
 
-    library = AvatarLibrary(args.dir)
     action = "list" if args.command == "avatars" else args.avatar_command
+    if action == "setup-face-tools":
+        return _cmd_setup_face_tools(args)
+    library = AvatarLibrary(args.dir)
     try:
         if action == "create":
             return _cmd_avatar_create(args, library)
@@ -408,6 +424,20 @@ def _run_avatar_command(args: argparse.Namespace) -> int:
         return _cmd_avatar_list(library)
     except (ValueError, LookupError, OSError) as exc:  # BundleError, AvatarNotFoundError, FetchError, ...
         raise CommandError(_one_line(exc)) from None
+
+
+def _cmd_setup_face_tools(args: argparse.Namespace) -> int:
+    from facecast.avatars.faces import FaceAnalysisError, ensure_face_tools, tools_dir
+
+    progress = BuildProgress(enabled=not args.quiet)
+    try:
+        python = ensure_face_tools(progress, wheels=args.wheels)
+    except FaceAnalysisError as exc:
+        raise CommandError(str(exc)) from None
+    finally:
+        progress.close()
+    print(f"face analysis tools ready in {tools_dir()} ({python})")
+    return 0
 
 
 def _one_line(exc: BaseException) -> str:
