@@ -8,14 +8,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from facecast import __version__
+from facecast import __version__, settings
 from facecast.engine.config import FPS_CHOICES, MAX_LOOKAHEAD_MS
 
 if TYPE_CHECKING:
@@ -77,7 +76,7 @@ def _add_server_options(p: argparse.ArgumentParser, *, default_port: int) -> Non
     )
     p.add_argument(
         "--database-url",
-        default=os.environ.get("FACECAST_DATABASE_URL"),
+        default=settings.DATABASE_URL.get(),
         help="postgresql://... to share state between servers (default: SQLite in the data directory)",
     )
     p.add_argument(
@@ -167,6 +166,12 @@ def build_parser() -> argparse.ArgumentParser:
     avatars = sub.add_parser("avatars", help="list the avatars (the same as `facecast avatar list`)")
     _add_dir_option(avatars)
     sub.add_parser("bench", help="run benchmarks (`facecast bench --help`)", add_help=False)
+    sub.add_parser(
+        "config",
+        help="print the effective FACECAST_* settings, secrets masked (docs/configuration.md)",
+        description="Every FACECAST_* environment variable with its effective value and where it comes "
+        "from; exits 1 when one holds a value that does not parse.",
+    )
     return parser
 
 
@@ -438,6 +443,12 @@ def _cmd_setup_face_tools(args: argparse.Namespace) -> int:
         progress.close()
     print(f"face analysis tools ready in {tools_dir()} ({python})")
     return 0
+
+
+def _cmd_config() -> int:
+    rows = settings.effective()
+    _table([["variable", "source", "value"], *([s.name, source, shown] for s, shown, source in rows)])
+    return EXIT_ERROR if any(shown.startswith("invalid: ") for _, shown, _ in rows) else 0
 
 
 def _one_line(exc: BaseException) -> str:
@@ -771,6 +782,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             run = livekit_cli.run_worker_command if args.command == "worker" else livekit_cli.run_say_command
             with needs_extra("livekit", args.command):
                 return run(args)
+        if args.command == "config":
+            return _cmd_config()
         if args.command == "keys":
             from facecast.server.keys_cli import run_keys
 

@@ -30,6 +30,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from facecast import settings
+
 MEDIAPIPE_VERSION = "0.10.21"
 TOOL_REQUIREMENTS: tuple[str, ...] = (
     "numpy<2",
@@ -53,7 +55,7 @@ INSTALL_STAGE = f"installing face analysis tools (mediapipe {MEDIAPIPE_VERSION},
 ANALYZE_STAGE = "finding the face"
 
 # A folder of wheels to install the tools from, offline (no package index): see setup_commands().
-WHEELS_ENV = "FACECAST_FACE_TOOLS_WHEELS"
+WHEELS_ENV = settings.FACE_TOOLS_WHEELS.name
 SETUP_COMMAND = "facecast avatar setup-face-tools"
 _MARKER = ".ready"
 _MARKER_TEXT = "\n".join((f"mediapipe=={MEDIAPIPE_VERSION}", *TOOL_REQUIREMENTS)) + "\n"
@@ -166,9 +168,9 @@ def tools_dir() -> Path:
     ``$XDG_CACHE_HOME/facecast/face-tools/mediapipe-0.10.21-py3.X`` (``~/.cache`` by default), 3.X being the
     Python version the virtualenv is (or would be) made with.
     """
-    override = os.environ.get("FACECAST_FACE_TOOLS_DIR")
-    if override:
-        return Path(override).expanduser().absolute()
+    override = settings.FACE_TOOLS_DIR.get()
+    if override is not None:
+        return override.absolute()
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser()
     base = _base_python()
     major, minor = base[1] if base is not None else sys.version_info[:2]
@@ -365,7 +367,7 @@ def ensure_face_tools(progress: ProgressFn | None = None, wheels: str | Path | N
     check a marker file. Concurrent callers, in this process or others, wait for one install.
     """
     if wheels is None:
-        wheels = os.environ.get(WHEELS_ENV) or None
+        wheels = settings.FACE_TOOLS_WHEELS.get()
     wheels_dir = Path(wheels).expanduser().absolute() if wheels is not None else None
     if wheels_dir is not None and not wheels_dir.is_dir():
         raise FaceAnalysisError(

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from facecast import settings
 from facecast.cli import positive_int
 from facecast.server.auth import default_data_dir
 
@@ -18,7 +18,7 @@ if TYPE_CHECKING:  # the store needs the server extra; `facecast --help` builds 
     from facecast.server.store import ApiKey, Store
 
 EXIT_USAGE = 2
-DATABASE_URL_ENV = "FACECAST_DATABASE_URL"
+DATABASE_URL_ENV = settings.DATABASE_URL.name
 
 
 def _add_store_options(p: argparse.ArgumentParser) -> None:
@@ -72,7 +72,7 @@ def _open(args: argparse.Namespace) -> Store:
     from facecast.server.store import open_store
 
     data_dir = args.data_dir if args.data_dir is not None else default_data_dir()
-    url = args.database_url if args.database_url is not None else os.environ.get(DATABASE_URL_ENV) or None
+    url = args.database_url if args.database_url is not None else settings.DATABASE_URL.get()
     return open_store(url, data_dir)
 
 
