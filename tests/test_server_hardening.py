@@ -104,6 +104,27 @@ def test_parallel_starts_of_one_token_start_one_engine(tmp_path: Path, live_work
         _wait(lambda: len(_avatar_threads()) == baseline_threads, what="engine threads gone")
 
 
+def test_a_stop_racing_the_start_leaves_nothing_running(tmp_path: Path) -> None:
+    baseline_threads = len(_avatar_threads())
+    with running_server(tmp_path) as server:
+        key = server.store.create_key("race")[1]
+        minted = _mint(server, key)
+        barrier = threading.Barrier(2)
+
+        def call(path: str) -> httpx.Response:
+            with server.client() as http:
+                barrier.wait()
+                return http.post(path, headers=_bearer(minted["session_token"]))
+
+        with ThreadPoolExecutor(2) as pool:
+            start, stop = pool.map(call, ["/v1/sessions/start", "/v1/sessions/stop"])
+        assert stop.status_code == 200, stop.text
+        assert start.status_code in (200, 410), start.text  # started then stopped, or refused as ended
+        assert server.session(minted["session_id"]).end_reason == p.END_STOPPED
+        assert server.app.state.manager.live == {}
+        _wait(lambda: len(_avatar_threads()) == baseline_threads, what="engine threads gone")
+
+
 def test_parallel_starts_never_pass_the_server_capacity(tmp_path: Path) -> None:
     with running_server(tmp_path, limits=Limits(max_live_sessions=1)) as server:
         key = server.store.create_key("cap", max_concurrent=PARALLEL_STARTS)[1]
@@ -341,13 +362,21 @@ def test_postgres_restarted_mid_session(tmp_path: Path, own_postgres: LocalPostg
     store = open_store(own_postgres.url, tmp_path)
     _, key = store.create_key("pg-restart")
     statuses: list[int] = []
-    with running_server(tmp_path, store=store, limits=Limits(server_lease_s=3.0)) as server:
+    with running_server(tmp_path, store=store) as server:
         minted = _mint(server, key)
         bearer = _bearer(minted["session_token"])
         with server.client() as http:
             assert http.post("/v1/sessions/start", headers=bearer).status_code == 200
-            own_postgres.restart()
-            # While it comes back (and after), calls are answered in the documented shape, never 500.
+            own_postgres.stop_server()
+            try:
+                # While it is down, calls are answered in the documented shape, never 500.
+                for _ in range(3):
+                    r = http.post("/v1/sessions/keep-alive", headers=bearer)
+                    statuses.append(r.status_code)
+                    assert "database" in _assert_error_shape(r, 503, p.CODE_INTERNAL)["message"]
+                time.sleep(1.5)  # the reaper meets the outage too, and must go on
+            finally:
+                own_postgres.start_server()
             deadline = time.monotonic() + 20
             while time.monotonic() < deadline:
                 r = http.post("/v1/sessions/keep-alive", headers=bearer)
