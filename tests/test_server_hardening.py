@@ -5,6 +5,7 @@ real PostgreSQL, a real SIGKILLed `facecast serve` process."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -27,7 +28,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from facecast.server import protocol as p
-from facecast.server.config import Limits
+from facecast.server.config import Limits, LiveKitSettings
 from facecast.server.store import open_store
 
 PARALLEL_STARTS = 5
@@ -435,3 +436,17 @@ def test_a_client_that_vanishes_without_closing_is_reaped(tmp_path: Path) -> Non
         assert record.end_reason in (p.END_IDLE, p.END_CLIENT_GONE)
         assert server.app.state.manager.live == {}
         _wait(lambda: len(_avatar_threads()) == baseline_threads, what="engine threads gone")
+
+
+def test_livekit_tokens_for_a_session_room_expire_with_the_session(tmp_path: Path) -> None:
+    pytest.importorskip("livekit.api")
+    lk = LiveKitSettings(url="ws://127.0.0.1:7880", api_key="devkey", api_secret="s" * 32)
+    with running_server(tmp_path, livekit=lk) as server:
+        key = server.store.create_key("lk")[1]
+        minted = _mint(server, key, max_session_duration=120)
+        details = server.app.state.manager.livekit_start_details(server.session(minted["session_id"]))
+        longest = 120 + server.config.limits.token_ttl  # the session token's own longest life
+        for name in ("livekit_client_token", "livekit_agent_token"):
+            payload = details[name].split(".")[1]
+            claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+            assert claims["exp"] - time.time() <= longest + 5, (name, claims["exp"] - time.time())

@@ -17,6 +17,7 @@ import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import timedelta
 from typing import Any, Protocol
 
 import numpy as np
@@ -963,8 +964,14 @@ class SessionManager:
 
             keys = self._livekit_keys()
             assert keys is not None
-            client_token = participant_token(*keys, room=lk["room"], identity=OWNED_ROOM_USER)
-            agent_token = participant_token(*keys, room=lk["room"], identity=OWNED_ROOM_AGENT, kind="agent")
+            # A LiveKit server cannot revoke a token: these die with the session's longest life.
+            ttl = timedelta(
+                seconds=int(record.settings["max_session_duration"]) + self.config.limits.token_ttl
+            )
+            client_token = participant_token(*keys, room=lk["room"], identity=OWNED_ROOM_USER, ttl=ttl)
+            agent_token = participant_token(
+                *keys, room=lk["room"], identity=OWNED_ROOM_AGENT, kind="agent", ttl=ttl
+            )
         return {
             "livekit_url": lk["url"],
             "livekit_room": lk["room"],
