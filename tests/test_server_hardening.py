@@ -450,3 +450,56 @@ def test_livekit_tokens_for_a_session_room_expire_with_the_session(tmp_path: Pat
             payload = details[name].split(".")[1]
             claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
             assert claims["exp"] - time.time() <= longest + 5, (name, claims["exp"] - time.time())
+
+
+VANISHING_PEER = """
+import asyncio, json, sys
+import httpx, websockets
+from aiortc import RTCPeerConnection, RTCSessionDescription
+
+async def main(start, token):
+    pc = RTCPeerConnection()
+    pc.addTransceiver("video", direction="recvonly")
+    pc.addTransceiver("audio", direction="recvonly")
+    pc.createDataChannel("events", negotiated=True, id=0)
+    await pc.setLocalDescription(await pc.createOffer())
+    async with httpx.AsyncClient(timeout=20) as http:
+        r = await http.post(start["webrtc"]["offer_url"], headers={"Authorization": "Bearer " + token},
+                            json={"sdp": pc.localDescription.sdp, "type": "offer"})
+    answer = r.json()["data"]
+    await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], answer["type"]))
+    async with websockets.connect(start["ws_url"]) as ws:
+        async for raw in ws:
+            if json.loads(raw).get("state") == "connected":
+                print("connected", flush=True)
+                await asyncio.sleep(3600)  # until killed: no close, no goodbye
+
+asyncio.run(main(json.loads(sys.argv[1]), sys.argv[2]))
+"""
+
+
+def test_a_webrtc_client_killed_mid_session_is_reaped(tmp_path: Path) -> None:
+    baseline_threads = len(_avatar_threads())
+    with running_server(tmp_path, limits=Limits(idle_timeout=3)) as server:
+        key = server.store.create_key("killed-peer")[1]
+        minted = _mint(server, key, video_settings={"quality": "low"})
+        with server.client() as http:
+            start = http.post("/v1/sessions/start", headers=_bearer(minted["session_token"])).json()["data"]
+        peer = subprocess.Popen(
+            [sys.executable, "-c", VANISHING_PEER, json.dumps(start), minted["session_token"]],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert peer.stdout is not None and peer.stdout.readline().strip() == "connected"
+            assert server.app.state.manager.live[minted["session_id"]].connected_at is not None
+            peer.send_signal(signal.SIGKILL)
+            peer.wait(10)
+        finally:
+            if peer.poll() is None:
+                peer.kill()
+                peer.wait(10)
+        record = server.wait_ended(minted["session_id"], timeout=30)
+        assert record.end_reason in (p.END_IDLE, p.END_CLIENT_GONE)
+        assert server.app.state.manager.live == {}
+        _wait(lambda: len(_avatar_threads()) == baseline_threads, what="engine threads gone")
