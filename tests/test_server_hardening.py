@@ -375,6 +375,10 @@ def test_postgres_restarted_mid_session(tmp_path: Path, own_postgres: LocalPostg
                     r = http.post("/v1/sessions/keep-alive", headers=bearer)
                     statuses.append(r.status_code)
                     assert "database" in _assert_error_shape(r, 503, p.CODE_INTERNAL)["message"]
+                ws_url = f"{server.url.replace('http', 'ws')}/v1/sessions/{minted['session_id']}/ws"
+                with connect(f"{ws_url}?token={minted['session_token']}", open_timeout=10) as ws:
+                    refused = json.loads(ws.recv(timeout=10))
+                    assert refused["type"] == p.ERROR and "database" in refused["message"]
                 time.sleep(1.5)  # the reaper meets the outage too, and must go on
             finally:
                 own_postgres.start_server()

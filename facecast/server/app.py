@@ -9,14 +9,12 @@ import contextlib
 import json
 import logging
 import socket
-import sqlite3
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
 
-import psycopg
 from fastapi import Depends, FastAPI, Header, Query, Request, WebSocket, WebSocketDisconnect
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -37,7 +35,7 @@ from facecast.server.metrics import render_metrics
 from facecast.server.previews import preview_png
 from facecast.server.schemas import AvatarUrlRequest, OfferRequest, SessionRef, StopRequest, TokenRequest
 from facecast.server.sessions import ApiError, LiveSession, RoomSession, Session, SessionManager
-from facecast.server.store import ApiKey, SessionRecord, Store, open_store
+from facecast.server.store import UNREACHABLE_ERRORS, ApiKey, SessionRecord, Store, open_store
 
 log = logging.getLogger(__name__)
 
@@ -138,13 +136,14 @@ def create_app(
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
         return _error(exc.status, exc.code, exc.message)
 
-    @app.exception_handler(psycopg.OperationalError)
-    @app.exception_handler(sqlite3.OperationalError)
     async def _store_down(request: Request, exc: Exception) -> JSONResponse:
         log.warning("%s %s: the database is unreachable: %s", request.method, request.url.path, exc)
         return _error(
             503, p.CODE_INTERNAL, "the session database is unreachable right now; retry in a few seconds"
         )
+
+    for unreachable in UNREACHABLE_ERRORS:
+        app.add_exception_handler(unreachable, _store_down)
 
     @app.exception_handler(RequestValidationError)
     async def _bad_body(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -374,6 +373,11 @@ def create_app(
         except ApiError as exc:
             await websocket.send_json({"type": p.ERROR, "code": exc.code, "message": exc.message})
             await websocket.close(code=4000 + exc.status % 1000)
+            return
+        except UNREACHABLE_ERRORS:
+            message = "the session database is unreachable right now; reconnect in a few seconds"
+            await websocket.send_json({"type": p.ERROR, "code": p.CODE_INTERNAL, "message": message})
+            await websocket.close(code=1013)  # try again later
             return
 
         async def send(event: dict[str, Any]) -> None:

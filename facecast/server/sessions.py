@@ -41,7 +41,7 @@ from facecast.server.pool import (
     release_freed_memory,
 )
 from facecast.server.schemas import TokenRequest
-from facecast.server.store import ApiKey, SessionRecord, Store, new_session_id
+from facecast.server.store import UNREACHABLE_ERRORS, ApiKey, SessionRecord, Store, new_session_id
 from facecast.tts import EspeakTTS, TTSError
 
 log = logging.getLogger(__name__)
@@ -1095,10 +1095,18 @@ class SessionManager:
         return ended
 
     async def _reap_forever(self) -> None:
+        unreachable = False  # logged once per outage, not four times a second
         while True:
             await asyncio.sleep(REAP_INTERVAL_S)
             try:
                 await self.reap()
+                if unreachable:
+                    log.warning("the session database is reachable again")
+                unreachable = False
+            except UNREACHABLE_ERRORS as exc:
+                if not unreachable:
+                    log.warning("the session database is unreachable (%s); live sessions go on", exc)
+                unreachable = True
             except Exception:
                 log.exception("session reaper failed; retrying")
 

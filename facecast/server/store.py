@@ -50,6 +50,10 @@ MAX_OFFSET = 2**63 - 1  # OFFSET is a signed 64-bit integer in SQLite and Postgr
 _MIN_PREFIX_LEN = 5  # "key_" / "fck_" alone would match every key
 
 
+# What a call raises while the database cannot be reached (a restart, a network cut, a locked file).
+UNREACHABLE_ERRORS: tuple[type[Exception], ...] = (psycopg.OperationalError, sqlite3.OperationalError)
+
+
 class StoreError(RuntimeError):
     """The database cannot be opened or has a schema this version does not know."""
 
