@@ -502,7 +502,7 @@ class SessionManager:
         if self.pool is not None:
             await self.pool.close()
         self._record_missed_ends()
-        with contextlib.suppress(Exception):  # the database may be gone; the lease then just expires
+        with contextlib.suppress(*UNREACHABLE_ERRORS):  # the database is gone: the lease just expires
             self.store.release_lease(self.server_id)
         for task in list(self._tasks):
             task.cancel()
@@ -1082,7 +1082,7 @@ class SessionManager:
         ended_at = time.time()
         try:
             ended = self.store.end_session(session_id, reason, ended_at, stats=stats)
-        except Exception as exc:  # the database is down: the session is closed, its record waits
+        except UNREACHABLE_ERRORS as exc:  # the database is down: the session is closed, its record waits
             log.warning("could not record the end of session %s (%s); retrying: %s", session_id, reason, exc)
             self._unrecorded[session_id] = (reason, ended_at, stats)
             ended = True
@@ -1144,12 +1144,9 @@ class SessionManager:
                 await self.end(session_id, p.END_TOKEN_EXPIRED)
 
     def _renew_lease(self) -> None:
-        """Tell servers sharing the database that this one is alive and still runs its sessions."""
-        try:
-            self.store.renew_lease(self.server_id, time.time(), self.config.limits.server_lease_s)
-        except Exception as exc:  # retried next round; past the lease other servers end our sessions
-            log.warning("could not renew this server's lease on its sessions: %s", exc)
-            return
+        """Tell servers sharing the database that this one is alive and still runs its sessions. Failing
+        (the database is down), the reaper retries each round; past the lease the others end them."""
+        self.store.renew_lease(self.server_id, time.time(), self.config.limits.server_lease_s)
         self._lease_renewed = time.monotonic()
 
     def _record_missed_ends(self) -> None:
@@ -1157,7 +1154,7 @@ class SessionManager:
         for session_id, (reason, ended_at, stats) in list(self._unrecorded.items()):
             try:
                 self.store.end_session(session_id, reason, ended_at, stats=stats)
-            except Exception:
+            except UNREACHABLE_ERRORS:
                 return  # still down; the next round retries
             del self._unrecorded[session_id]
 
