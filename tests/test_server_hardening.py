@@ -264,6 +264,25 @@ def test_an_unstarted_session_of_a_vanished_server_is_reaped_when_its_token_expi
         _wait(lambda: server.session(minted["session_id"]).end_reason == p.END_TOKEN_EXPIRED, 10)
 
 
+def test_an_expired_token_still_stops_its_session(tmp_path: Path) -> None:
+    with running_server(tmp_path) as server:
+        key = server.store.create_key("expired")[1]
+        minted = _mint(server, key)
+        manager = server.app.state.manager
+        manager._pending.clear()  # as on a server that is gone: nothing here reaps it
+        assert server.store.update_session(minted["session_id"], token_expires_at=time.time() - 1)
+        record = manager.authenticate_token(minted["session_token"], allow_expired=True)
+        assert record.id == minted["session_id"] and record.state == p.STATE_CREATED
+        with server.client() as http:
+            refused = http.post("/v1/sessions/start", headers=_bearer(minted["session_token"]))
+            assert "expired" in _assert_error_shape(refused, 401, p.CODE_UNAUTHORIZED)["message"]
+            stopped = http.post("/v1/sessions/stop", headers=_bearer(minted["session_token"]))
+        assert stopped.status_code == 200, stopped.text
+        # Stopped by the call, or swept as token_expired just before it: ended either way, slot freed.
+        assert stopped.json()["data"]["end_reason"] in (p.END_STOPPED, p.END_TOKEN_EXPIRED)
+        assert server.store.count_active(server.session(minted["session_id"]).key_id) == 0
+
+
 # -- D7: revoking a key -----------------------------------------------------------------------------------
 def test_revoking_a_key_cuts_off_its_tokens_and_ends_its_sessions(tmp_path: Path) -> None:
     with running_server(tmp_path) as server:
