@@ -429,7 +429,7 @@ def test_postgres_down_when_a_session_ends_records_the_end_once_it_is_back(
 ) -> None:
     store = open_store(own_postgres.url, tmp_path)
     _, key = store.create_key("pg-down")
-    with running_server(tmp_path, store=store, limits=Limits(idle_timeout=2)) as server:
+    with running_server(tmp_path, store=store, limits=Limits(idle_timeout=5)) as server:
         minted = _mint(server, key)
         with server.client() as http:
             assert (
@@ -437,6 +437,7 @@ def test_postgres_down_when_a_session_ends_records_the_end_once_it_is_back(
             )
         own_postgres.stop_server()
         try:
+            assert minted["session_id"] in server.app.state.manager.live  # it ends during the outage
             _wait(lambda: server.app.state.manager.live == {}, 15, "idle session closed while the db is down")
         finally:
             own_postgres.start_server()
@@ -497,24 +498,30 @@ async def main(start, token):
                 print("connected", flush=True)
                 await asyncio.sleep(3600)  # until killed: no close, no goodbye
 
-asyncio.run(main(json.loads(sys.argv[1]), sys.argv[2]))
+print("ready", flush=True)  # imported: the session may start (its idle timer runs from then)
+given = json.loads(sys.stdin.readline())
+asyncio.run(main(given["start"], given["token"]))
 """
 
 
 def test_a_webrtc_client_killed_mid_session_is_reaped(tmp_path: Path) -> None:
     baseline_threads = len(_avatar_threads())
-    with running_server(tmp_path, limits=Limits(idle_timeout=3)) as server:
+    with running_server(tmp_path, limits=Limits(idle_timeout=5)) as server:
         key = server.store.create_key("killed-peer")[1]
         minted = _mint(server, key, video_settings={"quality": "low"})
-        with server.client() as http:
-            start = http.post("/v1/sessions/start", headers=_bearer(minted["session_token"])).json()["data"]
         peer = subprocess.Popen(
-            [sys.executable, "-c", VANISHING_PEER, json.dumps(start), minted["session_token"]],
-            stdout=subprocess.PIPE,
-            text=True,
+            [sys.executable, "-c", VANISHING_PEER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
         )
         try:
-            assert peer.stdout is not None and peer.stdout.readline().strip() == "connected"
+            assert peer.stdin is not None and peer.stdout is not None
+            assert peer.stdout.readline().strip() == "ready"
+            with server.client() as http:
+                start = http.post("/v1/sessions/start", headers=_bearer(minted["session_token"]))
+            peer.stdin.write(
+                json.dumps({"start": start.json()["data"], "token": minted["session_token"]}) + "\n"
+            )
+            peer.stdin.flush()
+            assert peer.stdout.readline().strip() == "connected"
             assert server.app.state.manager.live[minted["session_id"]].connected_at is not None
             peer.send_signal(signal.SIGKILL)
             peer.wait(10)
