@@ -252,6 +252,14 @@ MAX_CONCURRENT_PER_KEY = _setting(
     "Concurrent sessions per API key, for keys without their own cap.",
     SERVER,
 )
+SERVER_LEASE = _setting(
+    "FACECAST_SERVER_LEASE",
+    positive_number,
+    15.0,
+    "Seconds a server's lease on its sessions lasts; it renews every third of it, and another server ends "
+    "the sessions of one whose lease lapsed (`server_lost`).",
+    SERVER,
+)
 SANDBOX_DURATION = _setting(
     "FACECAST_SANDBOX_DURATION", whole_number, 60, "Seconds a sandbox session lasts.", SERVER
 )

@@ -46,6 +46,9 @@ class Limits:
     sandbox_avatar: str = "ava"
     max_audio_chunk_s: float = 10.0  # one agent.speak message carries at most this much audio
     max_queued_speech_s: float = 120.0  # speech accepted ahead of playback
+    # A server renews its lease on its sessions every third of this; past it without a renewal, any
+    # server sharing the database ends them as server_lost (the owner was killed or cut off).
+    server_lease_s: float = 15.0
 
     def __post_init__(self) -> None:
         for name in (
@@ -54,6 +57,7 @@ class Limits:
             "idle_timeout",
             "token_ttl",
             "max_live_sessions",
+            "server_lease_s",
         ):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ValueError(f"limit {name} must be positive, got {getattr(self, name)}")
@@ -212,6 +216,7 @@ class ServerConfig:
             sandbox_avatar=base.sandbox_avatar,
             max_audio_chunk_s=base.max_audio_chunk_s,
             max_queued_speech_s=base.max_queued_speech_s,
+            server_lease_s=_env_float("FACECAST_SERVER_LEASE", base.server_lease_s),
         )
 
 

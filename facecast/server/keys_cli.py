@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from facecast import settings
 from facecast.cli import positive_int
+from facecast.protocol import END_KEY_REVOKED
 from facecast.server.auth import default_data_dir
 
 if TYPE_CHECKING:  # the store needs the server extra; `facecast --help` builds this parser without it
@@ -61,7 +62,11 @@ def add_keys_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
     listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _add_store_options(listing)
 
-    revoke = actions.add_parser("revoke", help="revoke a key: it no longer authenticates")
+    revoke = actions.add_parser(
+        "revoke",
+        help="revoke a key: it no longer authenticates, the session tokens it minted stop working and its "
+        "live sessions end (key_revoked)",
+    )
     revoke.add_argument(
         "key", metavar="KEY_ID_OR_PREFIX", help="the key's id, or the start of its id or prefix"
     )
@@ -129,7 +134,13 @@ def _revoke(store: Store, args: argparse.Namespace) -> int:
     if key is None:
         print(f"facecast keys revoke: error: no API key matches {args.key!r}", file=sys.stderr)
         return EXIT_USAGE
+    ended = store.end_key_sessions(key.id, END_KEY_REVOKED, time.time())
     print(f"revoked {key.id} ({key.name}, {key.prefix}…) at {_when(key.revoked_at)}")
+    # Servers close the sessions ended here within a couple of seconds (their reaper reads the store).
+    print(
+        f"its session tokens no longer work; {ended} session(s) not yet ended were ended (key_revoked) and "
+        "running servers close them within seconds"
+    )
     return 0
 
 
