@@ -6,15 +6,15 @@ avatar, a damaged bundle, a photo without a face) exit with status 1."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from facecast import __version__
+from facecast import __version__, settings
 from facecast.engine.config import FPS_CHOICES, MAX_LOOKAHEAD_MS
 
 if TYPE_CHECKING:
@@ -76,7 +76,7 @@ def _add_server_options(p: argparse.ArgumentParser, *, default_port: int) -> Non
     )
     p.add_argument(
         "--database-url",
-        default=os.environ.get("FACECAST_DATABASE_URL"),
+        default=settings.DATABASE_URL.get(),
         help="postgresql://... to share state between servers (default: SQLite in the data directory)",
     )
     p.add_argument(
@@ -166,6 +166,12 @@ def build_parser() -> argparse.ArgumentParser:
     avatars = sub.add_parser("avatars", help="list the avatars (the same as `facecast avatar list`)")
     _add_dir_option(avatars)
     sub.add_parser("bench", help="run benchmarks (`facecast bench --help`)", add_help=False)
+    sub.add_parser(
+        "config",
+        help="print the effective FACECAST_* settings, secrets masked (docs/configuration.md)",
+        description="Every FACECAST_* environment variable with its effective value and where it comes "
+        "from; exits 1 when one holds a value that does not parse.",
+    )
     return parser
 
 
@@ -383,6 +389,20 @@ def _add_avatar_parsers(sub: Any) -> None:
     )
     _add_dir_option(preview)
 
+    setup = actions.add_parser(
+        "setup-face-tools",
+        help="install the face analysis tools that photo avatars need (once per machine)",
+        description="Create the face analysis virtualenv (mediapipe, in its own environment) now rather "
+        "than on the first photo build: from PyPI, or offline from a folder of wheels.",
+    )
+    setup.add_argument(
+        "--wheels",
+        metavar="DIR",
+        help="install only from the wheels in DIR, without a package index (default: "
+        "$FACECAST_FACE_TOOLS_WHEELS; unset: PyPI)",
+    )
+    setup.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+
     delete = actions.add_parser("delete", help="delete an avatar from the library")
     delete.add_argument("id", metavar="ID", help="the library avatar to delete")
     delete.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
@@ -393,8 +413,10 @@ def _run_avatar_command(args: argparse.Namespace) -> int:
     """`facecast avatar ...` and `facecast avatars`; what the user gave being wrong exits EXIT_ERROR."""
     from facecast.avatars import AvatarLibrary
 
-    library = AvatarLibrary(args.dir)
     action = "list" if args.command == "avatars" else args.avatar_command
+    if action == "setup-face-tools":
+        return _cmd_setup_face_tools(args)
+    library = AvatarLibrary(args.dir)
     try:
         if action == "create":
             return _cmd_avatar_create(args, library)
@@ -407,6 +429,26 @@ def _run_avatar_command(args: argparse.Namespace) -> int:
         return _cmd_avatar_list(library)
     except (ValueError, LookupError, OSError) as exc:  # BundleError, AvatarNotFoundError, FetchError, ...
         raise CommandError(_one_line(exc)) from None
+
+
+def _cmd_setup_face_tools(args: argparse.Namespace) -> int:
+    from facecast.avatars.faces import FaceAnalysisError, ensure_face_tools, tools_dir
+
+    progress = BuildProgress(enabled=not args.quiet)
+    try:
+        python = ensure_face_tools(progress, wheels=args.wheels)
+    except FaceAnalysisError as exc:
+        raise CommandError(str(exc)) from None
+    finally:
+        progress.close()
+    print(f"face analysis tools ready in {tools_dir()} ({python})")
+    return 0
+
+
+def _cmd_config() -> int:
+    rows = settings.effective()
+    _table([["variable", "source", "value"], *([s.name, source, shown] for s, shown, source in rows)])
+    return EXIT_ERROR if any(shown.startswith("invalid: ") for _, shown, _ in rows) else 0
 
 
 def _one_line(exc: BaseException) -> str:
@@ -683,11 +725,40 @@ def _print_created(avatar_id: str, kind: str, display_name: str, library: Avatar
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from facecast.hosts.file import MediaError
-    from facecast.server.store import StoreError
     from facecast.tts import TTSError
 
     # ValueError covers option validation in EngineConfig and the avatar loader.
-    return (MediaError, StoreError, TTSError, ValueError, OSError)
+    errors: list[type[BaseException]] = [MediaError, TTSError, ValueError, OSError]
+    try:
+        from facecast.server.store import StoreError
+    except ModuleNotFoundError:  # without the server extra there is no store to fail
+        pass
+    else:
+        errors.append(StoreError)
+    return tuple(errors)
+
+
+# The top-level modules each extra installs: a command that fails to import one names the extra to install.
+EXTRA_MODULES: dict[str, tuple[str, ...]] = {
+    "server": ("fastapi", "starlette", "pydantic", "uvicorn", "aiortc", "psycopg", "multipart"),
+    "livekit": ("livekit",),
+    "bench": ("scipy", "psutil", "httpx", "fastapi", "uvicorn", "aiortc", "psycopg"),
+}
+
+
+@contextlib.contextmanager
+def needs_extra(extra: str, command: str) -> Iterator[None]:
+    """Turn a missing module of `extra` into a UsageError that says what to install."""
+    try:
+        yield
+    except ModuleNotFoundError as exc:
+        missing = (exc.name or "").split(".")[0]
+        if missing not in EXTRA_MODULES[extra]:
+            raise
+        raise UsageError(
+            f"facecast {command} needs the {extra} extra ({missing} is not installed): "
+            f"pip install 'facecast[{extra}]' (from a source checkout: pip install '.[{extra}]')"
+        ) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -695,29 +766,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args_list[:1] == ["bench"]:
             # The benchmark suite owns its options; everything after `bench` is passed through.
-            from facecast.bench import main as bench_main
+            with needs_extra("bench", "bench"):
+                from facecast.bench import main as bench_main
 
-            return bench_main(args_list[1:])
+                return bench_main(args_list[1:])
         args = build_parser().parse_args(args_list)
         if args.command == "render":
             return _cmd_render(args)
         if args.command in ("demo", "serve"):
-            return _cmd_serve(args, demo=args.command == "demo")
+            with needs_extra("server", args.command):
+                return _cmd_serve(args, demo=args.command == "demo")
         if args.command in ("worker", "say"):
             from facecast.hosts.livekit import cli as livekit_cli
 
             run = livekit_cli.run_worker_command if args.command == "worker" else livekit_cli.run_say_command
-            try:
+            with needs_extra("livekit", args.command):
                 return run(args)
-            except ImportError as exc:
-                raise UsageError(
-                    f"facecast {args.command} needs the LiveKit extra: "
-                    f"pip install 'facecast[livekit]' ({exc})"
-                ) from None
+        if args.command == "config":
+            return _cmd_config()
         if args.command == "keys":
             from facecast.server.keys_cli import run_keys
 
-            return run_keys(args)
+            with needs_extra("server", "keys"):
+                return run_keys(args)
         return _run_avatar_command(args)
     except KeyboardInterrupt:
         print("facecast: interrupted", file=sys.stderr)

@@ -77,22 +77,41 @@ class LocalPostgres:
             command, cwd=self.dir, capture_output=True, text=True, check=False, timeout=_TIMEOUT_S
         )
 
+    @property
+    def url(self) -> str:
+        return f"postgresql://facecast@/postgres?host={quote(str(self.dir), safe='')}"
+
     def start(self) -> str:
         """Create and start the cluster; its URL."""
         initdb = [str(self.bindir / "initdb"), "-D", str(self.data), "-U", "facecast", "-E", "UTF8"]
         # trust: only this socket reaches the server, in a directory only its account may enter.
         initdb += ["-A", "trust", "--locale=C", "--no-sync"]
+        self._step(*initdb)
+        self.start_server()
+        return self.url
+
+    def start_server(self) -> None:
+        """Start the (created) cluster's server."""
         pg_ctl = [str(self.bindir / "pg_ctl"), "start", "-w", "-t", str(_TIMEOUT_S), "-D", str(self.data)]
         # -h '': no TCP listener; -F: no fsync, the data is thrown away anyway.
-        pg_ctl += ["-l", str(self.log), "-o", f"-k {self.dir} -h '' -F"]
-        for step in (initdb, pg_ctl):
-            done = self._run(*step)
-            if done.returncode != 0:
-                log = self.log.read_text(errors="replace") if self.log.exists() else ""
-                raise RuntimeError(
-                    f"{Path(step[0]).name} failed ({done.returncode}):\n{done.stdout}{done.stderr}{log}"
-                )
-        return f"postgresql://facecast@/postgres?host={quote(str(self.dir), safe='')}"
+        self._step(*pg_ctl, "-l", str(self.log), "-o", f"-k {self.dir} -h '' -F")
+
+    def stop_server(self) -> None:
+        """Stop the server at once, as a crash would (the cluster stays, for start_server)."""
+        self._step(str(self.bindir / "pg_ctl"), "stop", "-w", "-m", "immediate", "-D", str(self.data))
+
+    def restart(self) -> None:
+        """Restart the server abruptly: every connection to it breaks."""
+        self.stop_server()
+        self.start_server()
+
+    def _step(self, *argv: str) -> None:
+        done = self._run(*argv)
+        if done.returncode != 0:
+            log = self.log.read_text(errors="replace") if self.log.exists() else ""
+            raise RuntimeError(
+                f"{Path(argv[0]).name} failed ({done.returncode}):\n{done.stdout}{done.stderr}{log}"
+            )
 
     def stop(self) -> None:
         if (self.data / "postmaster.pid").exists():

@@ -12,12 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import uvicorn
 
 from facecast.avatars.fetch import FetchPolicy
 from facecast.server.app import create_app
 from facecast.server.config import AvatarSettings, Limits, LiveKitSettings, ServerConfig
-from facecast.server.run import bind
+from facecast.server.run import FacecastServer, bind
 from facecast.server.store import SessionRecord, Store, open_store
 
 
@@ -74,7 +73,7 @@ def running_server(
     app = create_app(config, store=store)
     sock = bind("127.0.0.1", 0, fallback_to_free_port=False)
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    server = FacecastServer(app, log_level="warning", lifespan="on")
     loops: list[asyncio.AbstractEventLoop] = []
 
     def run() -> None:

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from server_harness import RunningServer, running_server
 
-from facecast.server import protocol as p
+from facecast import protocol as p
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(

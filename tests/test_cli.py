@@ -154,3 +154,37 @@ def test_user_error_via_subprocess(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert proc.stderr.startswith("facecast: error:") and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "missing", "extra"),
+    [
+        (["keys", "list"], "psycopg", "server"),
+        (["serve", "--port", "0"], "uvicorn", "server"),
+    ],
+)
+def test_a_command_without_its_extra_names_the_extra(
+    argv: list[str],
+    missing: str,
+    extra: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # As if the extra were not installed: the module cannot be imported, and nothing that imported it is
+    # cached.
+    for name in [n for n in sys.modules if n.startswith(("facecast.server", "facecast.bench"))]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, missing, None)
+    monkeypatch.setenv("FACECAST_DATA_DIR", str(tmp_path))
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"needs the {extra} extra ({missing} is not installed)" in err
+    assert f"pip install 'facecast[{extra}]'" in err
+
+
+def test_an_unrelated_missing_module_is_not_blamed_on_an_extra() -> None:
+    from facecast.cli import needs_extra
+
+    with pytest.raises(ModuleNotFoundError), needs_extra("server", "serve"):
+        raise ModuleNotFoundError("No module named 'numpyy'", name="numpyy")

@@ -10,7 +10,6 @@ import itertools
 import json
 import logging
 import multiprocessing
-import os
 import shutil
 import subprocess
 import time
@@ -28,10 +27,11 @@ from server_harness import RunningServer, running_server
 pytest.importorskip("pipecat.audio.vad.silero")
 pytest.importorskip("openai")
 
+from facecast import protocol as p
+from facecast import settings
 from facecast.avatars import load_renderer
 from facecast.bench.full_peer import FullClient
 from facecast.bench.llm_standin import StandInLLM, standin_llm
-from facecast.server import protocol as p
 from facecast.tts import EspeakTTS
 
 SECRET_VALUE = "sk-standin-Zq7-secret-value"
@@ -437,23 +437,23 @@ async def test_user_speech_barges_in_on_the_avatar(
         await client.close()
 
 
-@pytest.mark.skipif(not os.environ.get("FACECAST_TEST_LLM_URL"), reason="set FACECAST_TEST_LLM_URL to run")
+@pytest.mark.skipif(not settings.TEST_LLM_URL.get(), reason="set FACECAST_TEST_LLM_URL to run")
 async def test_real_llm_endpoint_answers(server: RunningServer, tmp_path: Path) -> None:
     """Opt-in: FACECAST_TEST_LLM_URL (an OpenAI-compatible base URL), FACECAST_TEST_LLM_MODEL and, if it
     needs one, FACECAST_TEST_LLM_KEY."""
     key = server.store.create_key("a")[1]
     body: dict[str, Any] = {
         "display_name": "real",
-        "model_name": os.environ.get("FACECAST_TEST_LLM_MODEL", "gpt-4o-mini"),
-        "base_url": os.environ["FACECAST_TEST_LLM_URL"],
+        "model_name": settings.TEST_LLM_MODEL.get() or "gpt-4o-mini",
+        "base_url": settings.TEST_LLM_URL.get(),
     }
     with server.client() as http:
-        if os.environ.get("FACECAST_TEST_LLM_KEY"):
+        if settings.TEST_LLM_KEY.get():
             body["secret_id"] = _ok(
                 http.post(
                     "/v1/secrets",
                     headers={"X-API-KEY": key},
-                    json={"secret_value": os.environ["FACECAST_TEST_LLM_KEY"]},
+                    json={"secret_value": settings.TEST_LLM_KEY.get()},
                 )
             )["id"]
         config_id = _ok(http.post("/v1/llm_configurations", headers={"X-API-KEY": key}, json=body))["id"]

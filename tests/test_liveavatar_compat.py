@@ -27,9 +27,9 @@ from livekit.agents.testing import fake_job_context
 from livekit.agents.utils import http_context
 from livekit_server import LiveKitServer, LiveRoom
 
+from facecast import protocol as p
 from facecast.avatars import load_renderer
 from facecast.hosts.livekit.viewer import RoomViewer
-from facecast.server import protocol as p
 from facecast.server.config import LiveKitSettings
 from tests.server_harness import RunningServer, running_server
 

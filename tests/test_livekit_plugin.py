@@ -25,11 +25,15 @@ from livekit import api, rtc
 from livekit.agents import Agent, AgentSession, APIConnectOptions, APIStatusError, APITimeoutError, JobContext
 from livekit.agents.testing import fake_job_context
 from livekit.plugins import facecast
+from livekit.plugins.facecast import api as plugin_api
+from livekit.plugins.facecast import avatar as plugin_avatar
 from livekit.plugins.facecast.avatar import avatar_source, photo_avatar_id
 from livekit_room import URL, MemoryRoom, MemoryServer
 
+from facecast import protocol
 from facecast.avatars import DEFAULT_AVATAR, AvatarLibrary
 from facecast.avatars.bundle import bundle_from_style, read_bundle, write_bundle
+from facecast.hosts.livekit.names import ATTRIBUTE_PUBLISH_ON_BEHALF
 from facecast.hosts.livekit.tokens import mint_worker_token
 from facecast.hosts.livekit.worker import RoomAvatar
 
@@ -606,6 +610,32 @@ def test_bad_options() -> None:
         facecast.AvatarSession(api_key="k", mode="cloud")  # type: ignore[arg-type]
     with pytest.raises(facecast.FacecastException, match="avatar_build_timeout"):
         facecast.AvatarSession(api_key="k", avatar_build_timeout=0)
+
+
+def test_the_plugins_copied_wire_names_equal_the_protocol() -> None:
+    """Remote mode copies these so that it runs without facecast installed; they must not drift."""
+    copied = (
+        plugin_api.API_PREFIX,
+        plugin_api.CODE_OK,
+        plugin_api.END_STOPPED,
+        plugin_api.AVATAR_READY,
+        plugin_api.AVATAR_FAILED,
+        plugin_api.AVATAR_STATUSES,
+        plugin_avatar.SAMPLE_RATE,
+        plugin_avatar.ATTRIBUTE_PUBLISH_ON_BEHALF,
+        plugin_avatar.DEFAULT_AVATAR,
+    )
+    assert copied == (
+        protocol.API_PREFIX,
+        protocol.CODE_OK,
+        protocol.END_STOPPED,
+        protocol.AVATAR_READY,
+        protocol.AVATAR_FAILED,
+        protocol.AVATAR_STATUSES,
+        protocol.LITE_AUDIO_RATE,
+        ATTRIBUTE_PUBLISH_ON_BEHALF,
+        DEFAULT_AVATAR,
+    )
 
 
 def test_worker_token_claims_match_the_worker_side() -> None:

@@ -14,7 +14,7 @@ from server_harness import RunningServer, running_server
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from facecast.server import protocol as p
+from facecast import protocol as p
 from facecast.server.auth import hash_secret
 from facecast.server.config import Limits
 from facecast.server.store import SessionRecord, open_store

@@ -26,13 +26,13 @@ import skimage
 from pg import postgres_server, postgres_url  # noqa: F401  (fixtures)
 from server_harness import RunningServer, running_server
 
+from facecast import protocol as p
 from facecast.avatars.bundle import (
     bundle_from_style,
     read_bundle,
     write_bundle,
 )
 from facecast.avatars.fetch import FetchPolicy
-from facecast.server import protocol as p
 from facecast.server.avatars import RESTARTED_ERROR, SHUTDOWN_ERROR
 from facecast.server.config import AvatarSettings
 from facecast.server.store import (
@@ -762,8 +762,8 @@ def test_store_fails_builds_left_running(store: Store) -> None:
 
 
 def test_schema_1_databases_are_migrated(url: str, tmp_path: Path) -> None:
-    """A database made by the previous release (schema 1) gains the avatars table and keeps its keys."""
-    assert SCHEMA_VERSION == 2
+    """A database made by an old release (schema 1) gains the avatars and servers tables, keeps its keys."""
+    assert SCHEMA_VERSION == 3
     statements = [statement for statement in _MIGRATIONS[0]]
     if url.startswith("sqlite:"):
         path = tmp_path / "db" / "facecast.db"
@@ -787,16 +787,17 @@ def test_schema_1_databases_are_migrated(url: str, tmp_path: Path) -> None:
         assert [k.id for k in migrated.list_keys()] == ["key_1"]
         record = avatar_record("key_1")
         assert migrated.insert_avatar(record) and migrated.get_avatar(record.avatar_id) == record
+        migrated.renew_lease("server-a", 1.0, 15.0)  # the servers table (schema 3)
     finally:
         migrated.close()
     if url.startswith("sqlite:"):
         with sqlite3.connect(tmp_path / "db" / "facecast.db") as conn:
-            assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+            assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         conn.close()
     else:
         with psycopg.connect(url) as pg:
             row = pg.execute("SELECT value FROM facecast_meta WHERE name = 'schema_version'").fetchone()
-            assert row == ("2",)
+            assert row == (str(SCHEMA_VERSION),)
 
 
 def test_server_on_postgres_serves_avatars(tmp_path: Path, postgres_url: str) -> None:  # noqa: F811

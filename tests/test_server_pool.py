@@ -20,9 +20,9 @@ import pytest
 from server_harness import RunningServer, running_server
 from test_server_webrtc import Client
 
+from facecast import protocol as p
 from facecast.avatars.bundle import bundle_from_style, write_bundle
 from facecast.server import pool
-from facecast.server import protocol as p
 from facecast.server.config import Limits
 from facecast.server.pool import AvatarSpec, build_engine
 

@@ -10,7 +10,7 @@ import httpx
 from pg import postgres_server, postgres_url  # noqa: F401  (fixtures)
 from server_harness import RunningServer, running_server
 
-from facecast.server import protocol as p
+from facecast import protocol as p
 from facecast.server.store import open_store
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import psutil
 
-from facecast.server import protocol as p
+from facecast import protocol as p
 from tests.server_harness import RunningServer, running_server
 
 SESSIONS = 60

@@ -22,8 +22,8 @@ from aiortc.mediastreams import MediaStreamError
 from scipy.signal import resample_poly
 from server_harness import RunningServer, running_server
 
+from facecast import protocol as p
 from facecast.avatars import load_renderer
-from facecast.server import protocol as p
 
 FPS = 25
 CHUNK_S = 0.1

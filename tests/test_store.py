@@ -15,7 +15,7 @@ import psycopg
 import pytest
 from pg import postgres_server, postgres_url, with_options  # noqa: F401  (fixtures)
 
-from facecast.server import protocol
+from facecast import protocol
 from facecast.server.auth import (
     default_data_dir,
     hash_secret,
@@ -370,6 +370,57 @@ def test_end_live_sessions(store: Store) -> None:
     assert outcome()[elsewhere.id] == (protocol.END_SERVER_SHUTDOWN, 1004.0)
     assert store.count_active(key.id) == 0
     assert store.end_live_sessions(protocol.END_SERVER_SHUTDOWN, 1005.0) == 0
+
+
+def test_a_session_starts_once(reopen: Callable[[], Store]) -> None:
+    a, b = reopen(), reopen()  # two servers on one database
+    key, _ = a.create_key("app")
+    record = make_session(key.id)
+    a.insert_session(record)
+    assert a.start_session(record.id, started_at=1001.0, token_expires_at=2000.0, owner="server-a")
+    assert not b.start_session(record.id, started_at=1002.0, token_expires_at=2000.0, owner="server-b")
+    started = b.get_session(record.id)
+    assert started is not None and (started.state, started.owner, started.started_at) == (
+        protocol.STATE_STARTED,
+        "server-a",
+        1001.0,
+    )
+    a.end_session(record.id, protocol.END_STOPPED, 1003.0)
+    assert not a.start_session(record.id, started_at=1004.0, token_expires_at=2000.0, owner="server-a")
+
+
+def test_sweep_ends_sessions_of_lost_servers_revoked_keys_and_expired_tokens(store: Store) -> None:
+    key, _ = store.create_key("app")
+    revoked_key, _ = store.create_key("gone")
+    store.renew_lease("alive", 1000.0, 15.0)  # until 1015
+    store.renew_lease("dead", 980.0, 15.0)  # until 995
+    records = {name: make_session(key.id, created_at=990.0) for name in ("alive", "dead", "me", "expired")}
+    records["revoked"] = make_session(revoked_key.id, created_at=990.0)
+    for name, record in records.items():
+        record.owner = {"expired": "alive", "revoked": "alive"}.get(name, name)
+        record.token_expires_at = 990.0 if name == "expired" else 2000.0
+        store.insert_session(record)
+    for name in ("alive", "dead", "me"):
+        store.start_session(records[name].id, started_at=991.0, token_expires_at=2000.0, owner=name)
+    store.renew_lease("me", 900.0, 15.0)  # this server's own lease lapsed (the database was down)
+    store.revoke_key(revoked_key.id)
+
+    swept = store.sweep_sessions(1000.0, server="me")
+    assert swept == {protocol.END_KEY_REVOKED: 1, protocol.END_SERVER_LOST: 1, protocol.END_TOKEN_EXPIRED: 1}
+    reasons = {name: store.get_session(r.id).end_reason for name, r in records.items()}  # type: ignore[union-attr]
+    assert reasons == {
+        "alive": None,
+        "dead": protocol.END_SERVER_LOST,
+        "me": None,  # never its own: this server is alive, it renews once the database is back
+        "expired": protocol.END_TOKEN_EXPIRED,
+        "revoked": protocol.END_KEY_REVOKED,
+    }
+    assert store.count_active(key.id) == 2
+    assert store.sweep_sessions(1000.0, server="me") == dict.fromkeys(swept, 0)
+    store.release_lease("alive")  # a clean stop: nothing of it is swept afterwards
+    assert store.sweep_sessions(5000.0, server="me")[protocol.END_SERVER_LOST] == 0
+    assert store.end_key_sessions(key.id, protocol.END_KEY_REVOKED, 1001.0) == 2
+    assert store.count_active(key.id) == 0
 
 
 def test_restart_loses_nothing(reopen: Callable[[], Store]) -> None:

@@ -37,7 +37,7 @@ from facecast.hosts.webrtc import (
     bitrate_range,
     tune_encoders,
 )
-from facecast.server.protocol import DATA_CHANNEL_LABEL
+from facecast.protocol import DATA_CHANNEL_LABEL
 
 RATE = 16000
 DARK_Y = 16 + 219 * 60 / 255  # luma 60 (what mouth_box() promises about the interior) in limited-range Y

@@ -2,21 +2,23 @@
 
 Two bots in one file:
 
-- **typed** (needs no API key, nothing to download): type a message in the browser's text box; espeak-ng
+- **typed** (needs no key and no internet): type a message in the browser's text box; espeak-ng
   speaks it and the avatar lip-syncs to it. Type again while it talks to interrupt it.
-- **agent** (with ``OPENAI_API_KEY`` set): a voice conversation, microphone → OpenAI speech-to-text →
-  LLM → text-to-speech → avatar. Talk over it to interrupt it.
+- **agent** (needs ``OPENAI_API_KEY``, and the internet to reach OpenAI): a voice conversation,
+  microphone → OpenAI speech-to-text → LLM → text-to-speech → avatar. Talk over it to interrupt it.
 
 Run it (from the repository root)::
 
-    pip install -e plugins/pipecat "pipecat-ai[webrtc,runner,silero,openai]>=1.14"
+    pip install -e . -e plugins/pipecat "pipecat-ai[webrtc,runner,silero,openai]>=1.14"
     python examples/pipecat/bot.py                 # agent if OPENAI_API_KEY is set, typed otherwise
     python examples/pipecat/bot.py --typed         # force the key-less bot
     python examples/pipecat/bot.py --avatar leo --quality medium
 
-then open http://localhost:7860/client and press Connect. The transport is ``SmallWebRTCTransport``
-(peer-to-peer WebRTC with Pipecat's prebuilt browser UI). The avatar runs at 30 fps because aiortc,
-under SmallWebRTC, stamps video at a fixed 30 fps; at 25 fps the picture would drift from the sound.
+then open http://localhost:7860/ and press Connect. That page (``client/index.html`` beside this file) is
+served by the bot itself and loads nothing from the internet; Pipecat's prebuilt UI, which does, stays at
+/client when its package is installed. The transport is ``SmallWebRTCTransport`` (peer-to-peer WebRTC).
+The avatar runs at 30 fps because aiortc, under SmallWebRTC, stamps video at a fixed 30 fps; at 25 fps the
+picture would drift from the sound.
 
 Other services: replace the three OpenAI services in ``agent_pipeline`` with any Pipecat STT, LLM and
 TTS (e.g. ``DeepgramSTTService``, ``AnthropicLLMService``, ``CartesiaTTSService``); the avatar takes any
@@ -42,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 
 from loguru import logger
 from pipecat.frames.frames import Frame, LLMMessagesAppendFrame, TTSSpeakFrame
@@ -55,6 +58,7 @@ from pipecat.workers.runner import WorkerRunner
 from pipecat_facecast import FacecastVideoService
 from pipecat_facecast.tts import EspeakTTSService
 
+CLIENT_PAGE = Path(__file__).with_name("client") / "index.html"
 GREETING = "Hello! I am a Facecast avatar. Type something and I will say it."
 SYSTEM_PROMPT = (
     "You are a friendly assistant shown as a talking face in a video call. Your replies are spoken "
@@ -197,7 +201,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return parser().parse_known_args(argv)[0]
 
 
+def serve_client_page() -> None:
+    """Serve this example's own page at / on the runner's app: registered before the runner adds its
+    routes, it answers / in place of the redirect to the prebuilt UI, which needs the internet."""
+    from fastapi.responses import FileResponse
+    from pipecat.runner.run import app
+
+    @app.get("/", include_in_schema=False)
+    async def client_page() -> FileResponse:
+        return FileResponse(CLIENT_PAGE, media_type="text/html")
+
+
 if __name__ == "__main__":
     from pipecat.runner.run import main
 
+    serve_client_page()
     main(parser())

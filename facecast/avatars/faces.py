@@ -30,6 +30,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from facecast import settings
+
 MEDIAPIPE_VERSION = "0.10.21"
 TOOL_REQUIREMENTS: tuple[str, ...] = (
     "numpy<2",
@@ -52,6 +54,9 @@ PIP_TIMEOUT_S = 1200.0
 INSTALL_STAGE = f"installing face analysis tools (mediapipe {MEDIAPIPE_VERSION}, first use only)"
 ANALYZE_STAGE = "finding the face"
 
+# A folder of wheels to install the tools from, offline (no package index): see setup_commands().
+WHEELS_ENV = settings.FACE_TOOLS_WHEELS.name
+SETUP_COMMAND = "facecast avatar setup-face-tools"
 _MARKER = ".ready"
 _MARKER_TEXT = "\n".join((f"mediapipe=={MEDIAPIPE_VERSION}", *TOOL_REQUIREMENTS)) + "\n"
 _TOOL_ERROR_PREFIX = "face tool: "
@@ -163,9 +168,9 @@ def tools_dir() -> Path:
     ``$XDG_CACHE_HOME/facecast/face-tools/mediapipe-0.10.21-py3.X`` (``~/.cache`` by default), 3.X being the
     Python version the virtualenv is (or would be) made with.
     """
-    override = os.environ.get("FACECAST_FACE_TOOLS_DIR")
-    if override:
-        return Path(override).expanduser().absolute()
+    override = settings.FACE_TOOLS_DIR.get()
+    if override is not None:
+        return override.absolute()
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser()
     base = _base_python()
     major, minor = base[1] if base is not None else sys.version_info[:2]
@@ -262,7 +267,33 @@ def _sweep_leftovers(target: Path) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 
-def _install(target: Path, progress: ProgressFn | None) -> None:
+def download_commands(folder: str | Path, python: tuple[int, int] | None = None) -> str:
+    """The commands that fill `folder` with the tools' wheels on a machine with access to PyPI, for the
+    Python version the tools would run on here (`python`, default: the one found on this machine)."""
+    if python is None:
+        base = _base_python()
+        python = base[1] if base is not None else SUPPORTED_PYTHONS[0]
+    common = f"pip download --only-binary=:all: --python-version {python[0]}.{python[1]} -d {folder}"
+    requirements = " ".join(f"'{r}'" for r in TOOL_REQUIREMENTS)
+    return f"{common} --no-deps mediapipe=={MEDIAPIPE_VERSION}\n{common} {requirements}"
+
+
+def _wheels_hint(target: Path, wheels: Path | None) -> str:
+    if wheels is not None:
+        return (
+            f"; from the wheels in {wheels} only (no package index). Fill that folder on a machine with "
+            f"access to PyPI (same OS and CPU) with:\n{download_commands(wheels)}\nthen run "
+            f"`{SETUP_COMMAND} --wheels {wheels}` again"
+        )
+    return (
+        "; installing them needs access to PyPI (or the package index configured for pip) once, after "
+        f"which they are kept in {target}. Offline, fill a folder with the wheels on a machine that has "
+        f"access (same OS and CPU):\n{download_commands('WHEELS')}\nand run "
+        f"`{SETUP_COMMAND} --wheels WHEELS` (or set {WHEELS_ENV}=WHEELS)"
+    )
+
+
+def _install(target: Path, progress: ProgressFn | None, wheels: Path | None) -> None:
     """Build the virtualenv in a temporary sibling and rename it into place when it works."""
     base = _base_python()
     if base is None:
@@ -278,10 +309,7 @@ def _install(target: Path, progress: ProgressFn | None) -> None:
     parent = target.parent
     _sweep_leftovers(target)
 
-    pip_hint = (
-        "; installing them needs access to PyPI (or the package index configured for pip) once, "
-        f"after which they are kept in {target}"
-    )
+    pip_hint = _wheels_hint(target, wheels)
     build = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=parent))
     try:
         _report(progress, INSTALL_STAGE, 0.0)
@@ -293,6 +321,8 @@ def _install(target: Path, progress: ProgressFn | None) -> None:
         )
         python = _venv_python(build)
         pip = [python, "-m", "pip", "install", "--disable-pip-version-check", "--no-input", "-q"]
+        if wheels is not None:
+            pip += ["--no-index", "--find-links", wheels]
         _report(progress, INSTALL_STAGE, 0.1)
         _run_install_step(
             [*pip, "--no-deps", f"mediapipe=={MEDIAPIPE_VERSION}"],
@@ -328,13 +358,22 @@ def _install(target: Path, progress: ProgressFn | None) -> None:
             shutil.rmtree(build, ignore_errors=True)
 
 
-def ensure_face_tools(progress: ProgressFn | None = None) -> Path:
+def ensure_face_tools(progress: ProgressFn | None = None, wheels: str | Path | None = None) -> Path:
     """The face-tools virtualenv's python, installing the virtualenv first if it is not there yet.
 
-    The first call on a machine creates a virtualenv in :func:`tools_dir` and pip-installs mediapipe
-    (about 30 s, and it needs PyPI or the configured index); later calls only check a marker file.
-    Concurrent callers, in this process or others, wait for one install.
+    The first call on a machine (or `facecast avatar setup-face-tools`) creates a virtualenv in
+    :func:`tools_dir` and pip-installs mediapipe (about 30 s), from PyPI or the configured index, or only
+    from the wheels in the folder `wheels` (default ``$FACECAST_FACE_TOOLS_WHEELS``); later calls only
+    check a marker file. Concurrent callers, in this process or others, wait for one install.
     """
+    if wheels is None:
+        wheels = settings.FACE_TOOLS_WHEELS.get()
+    wheels_dir = Path(wheels).expanduser().absolute() if wheels is not None else None
+    if wheels_dir is not None and not wheels_dir.is_dir():
+        raise FaceAnalysisError(
+            f"the face analysis tools' wheel folder {wheels_dir} does not exist; fill it with:\n"
+            f"{download_commands(wheels_dir)}"
+        )
     target = tools_dir()
     python = _venv_python(target)
     if _is_ready(target):
@@ -348,7 +387,7 @@ def ensure_face_tools(progress: ProgressFn | None = None) -> Path:
         ) from exc
     with _install_lock(target.with_name(target.name + ".lock"), progress):
         if not _is_ready(target):  # another installer may have finished while we waited
-            _install(target, progress)
+            _install(target, progress, wheels_dir)
     return python
 
 

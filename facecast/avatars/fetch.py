@@ -38,7 +38,7 @@ from urllib.parse import urljoin, urlsplit
 import cv2
 import numpy as np
 
-from facecast import __version__
+from facecast import __version__, settings
 from facecast.avatars.bundle import BundleError, header_size
 
 __all__ = [
@@ -59,9 +59,9 @@ IMAGE_MEDIA_TYPES: tuple[str, ...] = ("image/png", "image/jpeg", "image/webp")
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-ALLOW_NETWORKS_ENV = "FACECAST_FETCH_ALLOW_NETWORKS"
-MAX_BYTES_ENV = "FACECAST_FETCH_MAX_BYTES"
-TIMEOUT_ENV = "FACECAST_FETCH_TIMEOUT_S"
+ALLOW_NETWORKS_ENV = settings.FETCH_ALLOW_NETWORKS.name
+MAX_BYTES_ENV = settings.FETCH_MAX_BYTES.name
+TIMEOUT_ENV = settings.FETCH_TIMEOUT_S.name
 
 DEFAULT_MAX_PIXELS = 4096 * 4096
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
@@ -106,33 +106,9 @@ class FetchPolicy:
         """The default policy, changed by FACECAST_FETCH_ALLOW_NETWORKS ("127.0.0.0/8,10.0.0.0/8"),
         FACECAST_FETCH_MAX_BYTES and FACECAST_FETCH_TIMEOUT_S; a bad value raises ValueError naming it."""
         default = cls()
-        networks: list[IPNetwork] = []
-        for item in os.environ.get(ALLOW_NETWORKS_ENV, "").split(","):
-            if not item.strip():
-                continue
-            try:
-                networks.append(ipaddress.ip_network(item.strip(), strict=False))
-            except ValueError:
-                raise ValueError(
-                    f"{ALLOW_NETWORKS_ENV}: {item.strip()!r} is not a network; "
-                    'use comma-separated CIDRs such as "127.0.0.0/8,10.0.0.0/8"'
-                ) from None
-        max_bytes = default.max_bytes
-        if raw := os.environ.get(MAX_BYTES_ENV, "").strip():
-            try:
-                max_bytes = int(raw)
-            except ValueError:
-                max_bytes = 0
-            if max_bytes <= 0:
-                raise ValueError(f"{MAX_BYTES_ENV}: {raw!r} is not a positive whole number of bytes")
-        timeout_s = default.timeout_s
-        if raw := os.environ.get(TIMEOUT_ENV, "").strip():
-            try:
-                timeout_s = float(raw)
-            except ValueError:
-                timeout_s = 0.0
-            if not (timeout_s > 0 and math.isfinite(timeout_s)):
-                raise ValueError(f"{TIMEOUT_ENV}: {raw!r} is not a positive number of seconds")
+        networks = settings.FETCH_ALLOW_NETWORKS.get() or ()
+        max_bytes = settings.FETCH_MAX_BYTES.get(default=default.max_bytes)
+        timeout_s = settings.FETCH_TIMEOUT_S.get(default=default.timeout_s)
         return cls(
             max_bytes=max_bytes,
             timeout_s=timeout_s,

@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from facecast import settings
 from facecast.avatars.bundle import (
     NAME_PATTERN,
     SUFFIX,
@@ -22,7 +23,7 @@ from facecast.avatars.bundle import (
 )
 from facecast.avatars.style import style_names
 
-AVATARS_DIR_ENV = "FACECAST_AVATARS_DIR"
+AVATARS_DIR_ENV = settings.AVATARS_DIR.name
 
 
 class AvatarNotFoundError(ValueError):
@@ -35,8 +36,8 @@ class AvatarExistsError(ValueError):
 
 def default_avatars_dir() -> Path:
     """$FACECAST_AVATARS_DIR, else $XDG_DATA_HOME/facecast/avatars (~/.local/share/facecast/avatars)."""
-    if os.environ.get(AVATARS_DIR_ENV):
-        return Path(os.environ[AVATARS_DIR_ENV]).expanduser()
+    if (configured := settings.AVATARS_DIR.get()) is not None:
+        return configured
     data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(data_home) / "facecast" / "avatars"
 

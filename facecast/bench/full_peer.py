@@ -17,7 +17,7 @@ import numpy as np
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
-from facecast.server import protocol as p
+from facecast import protocol as p
 
 MIC_RATE = 48000
 

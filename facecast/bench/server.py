@@ -36,10 +36,10 @@ from typing import Any
 
 import numpy as np
 
+from facecast import protocol as p
 from facecast.bench.proctree import TreeSample, sample_tree
 from facecast.bench.report import Log, Table
 from facecast.bench.rtpcount import Arrivals, count_frames, frame_gaps
-from facecast.server import protocol as p
 
 COMMANDS = ("ttff", "sessions", "drift", "memory", "all")
 FPS = 30

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -41,6 +40,8 @@ from aiortc.rtp import (
     RtcpSourceInfo,
     RtcpSrPacket,
 )
+
+from facecast import settings
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ MAX_HOLD_LAG_S = 0.1  # a frame this late for its hold: the avatar's clock moved
 NTP_EPOCH_OFFSET_S = 2208988800  # 1900-01-01 to 1970-01-01
 # FACECAST_SENDER_REPORTS=aiortc keeps aiortc's own reports and no video hold, as aiortc ships: `facecast
 # bench browser` compares the two.
-MODE_ENV = "FACECAST_SENDER_REPORTS"
+MODE_ENV = settings.SENDER_REPORTS.name
 
 _PRIVATE = "_RTCRtpSender__"  # aiortc's name-mangled sender state read here
 _STATE = ("rtp_timestamp", "packet_count", "octet_count", "cname", "rtcp_started", "rtcp_exited", "lsr")
@@ -69,7 +70,7 @@ _STATE = ("rtp_timestamp", "packet_count", "octet_count", "cname", "rtcp_started
 
 def enabled() -> bool:
     """False when FACECAST_SENDER_REPORTS=aiortc asks for aiortc's own sender reports (and no hold)."""
-    return os.environ.get(MODE_ENV, "").strip().lower() != "aiortc"
+    return settings.SENDER_REPORTS.get() != "aiortc"
 
 
 def _ntp(wall_s: float) -> int:

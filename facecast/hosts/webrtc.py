@@ -55,7 +55,7 @@ from av.video.codeccontext import VideoCodecContext
 
 from facecast.hosts import rtcp
 from facecast.hosts.live import AudioOut, AvatarClosed, LiveCore, VideoOut
-from facecast.server.protocol import DATA_CHANNEL_LABEL, Encoding
+from facecast.protocol import DATA_CHANNEL_LABEL, Encoding
 
 log = logging.getLogger(__name__)
 

@@ -25,9 +25,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from facecast import __version__
+from facecast import protocol as p
 from facecast.avatars import AvatarLibrary, frame_size
 from facecast.avatars.style import style_names
-from facecast.server import protocol as p
 from facecast.server.auth import default_data_dir, parse_bearer
 from facecast.server.avatars import AvatarService, avatar_item, clean_consent, clean_display_name
 from facecast.server.config import ServerConfig
@@ -36,7 +36,7 @@ from facecast.server.previews import preview_png
 from facecast.server.resources import router as resources_router
 from facecast.server.schemas import AvatarUrlRequest, OfferRequest, SessionRef, StopRequest, TokenRequest
 from facecast.server.sessions import ApiError, LiveSession, RoomSession, Session, SessionManager
-from facecast.server.store import ApiKey, SessionRecord, Store, open_store
+from facecast.server.store import UNREACHABLE_ERRORS, ApiKey, SessionRecord, Store, open_store
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,7 @@ MAX_JSON_BODY_BYTES = 64 * 1024  # POST /v1/avatars as JSON: a URL and two short
 MULTIPART_OVERHEAD_BYTES = 64 * 1024  # boundaries, part headers and the text fields around an upload
 MAX_FORM_FIELD_BYTES = 48 * 1024  # one text field of an upload form (consent is at most 10,000 chars)
 AVATAR_FORM_FIELDS = ("image", "bundle", "name", "consent")
+MAX_LIST_PAGE = 1_000_000  # 100 million sessions at the largest page size
 
 
 class _BodyTooLarge(Exception):
@@ -136,6 +137,15 @@ def create_app(
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
         return _error(exc.status, exc.code, exc.message)
 
+    async def _store_down(request: Request, exc: Exception) -> JSONResponse:
+        log.warning("%s %s: the database is unreachable: %s", request.method, request.url.path, exc)
+        return _error(
+            503, p.CODE_INTERNAL, "the session database is unreachable right now; retry in a few seconds"
+        )
+
+    for unreachable in UNREACHABLE_ERRORS:
+        app.add_exception_handler(unreachable, _store_down)
+
     @app.exception_handler(RequestValidationError)
     async def _bad_body(request: Request, exc: RequestValidationError) -> JSONResponse:
         problems = []
@@ -174,6 +184,10 @@ def create_app(
         request: Request, authorization: Annotated[str | None, Header()] = None
     ) -> SessionRecord:
         return request.app.state.manager.authenticate_token(parse_bearer(authorization))
+
+    def stop_token(request: Request, authorization: Annotated[str | None, Header()] = None) -> SessionRecord:
+        # An expired token still stops its session: otherwise an unstarted one would hold a key's slot.
+        return request.app.state.manager.authenticate_token(parse_bearer(authorization), allow_expired=True)
 
     def check_ref(record: SessionRecord, ref: SessionRef | None) -> None:
         if ref is not None and ref.session_id is not None and ref.session_id != record.id:
@@ -294,7 +308,7 @@ def create_app(
 
     @app.post("/v1/sessions/stop", tags=["sessions"], summary="Stop a session (idempotent)")
     async def stop_session(
-        record: Annotated[SessionRecord, Depends(session_token)],
+        record: Annotated[SessionRecord, Depends(stop_token)],
         mgr: Annotated[SessionManager, Depends(manager)],
         body: StopRequest | None = None,
     ) -> dict[str, Any]:
@@ -321,7 +335,7 @@ def create_app(
         key: Annotated[ApiKey, Depends(api_key)],
         mgr: Annotated[SessionManager, Depends(manager)],
         status: Annotated[str, Query(pattern="^(active|history)$")] = "active",
-        page: Annotated[int, Query(ge=1)] = 1,
+        page: Annotated[int, Query(ge=1, le=MAX_LIST_PAGE)] = 1,
         page_size: Annotated[int, Query(ge=1, le=100)] = 20,
     ) -> dict[str, Any]:
         records, total = mgr.store.list_sessions(
@@ -360,6 +374,11 @@ def create_app(
         except ApiError as exc:
             await websocket.send_json({"type": p.ERROR, "code": exc.code, "message": exc.message})
             await websocket.close(code=4000 + exc.status % 1000)
+            return
+        except UNREACHABLE_ERRORS:
+            message = "the session database is unreachable right now; reconnect in a few seconds"
+            await websocket.send_json({"type": p.ERROR, "code": p.CODE_INTERNAL, "message": message})
+            await websocket.close(code=1013)  # try again later
             return
 
         async def send(event: dict[str, Any]) -> None:

@@ -8,6 +8,8 @@ import os
 import secrets
 from pathlib import Path
 
+from facecast import settings
+
 API_KEY_PREFIX = "fck_"
 SESSION_TOKEN_PREFIX = "fst_"
 KEY_PREFIX_LEN = 12  # "fck_" + 8 random chars: enough to tell keys apart in a listing, useless to an attacker
@@ -50,9 +52,9 @@ def parse_bearer(header: str | None) -> str | None:
 
 def default_data_dir() -> Path:
     """$FACECAST_DATA_DIR, else $XDG_DATA_HOME/facecast, else ~/.local/share/facecast."""
-    explicit = os.environ.get("FACECAST_DATA_DIR")
-    if explicit:
-        return Path(explicit).expanduser()
+    explicit = settings.DATA_DIR.get()
+    if explicit is not None:
+        return explicit
     xdg = os.environ.get("XDG_DATA_HOME")
     # The XDG spec says to ignore a relative XDG_DATA_HOME.
     if xdg and Path(xdg).is_absolute():

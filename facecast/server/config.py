@@ -2,29 +2,24 @@
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from facecast import settings
 from facecast.avatars.fetch import FetchPolicy
 
 
 def _env_int(name: str, default: int) -> int:
-    value = _env_optional_int(name, default)
+    value = settings.by_name(name).get(default=default)
     assert value is not None
-    return value
+    return int(value)
 
 
 def _env_optional_int(name: str, default: int | None) -> int | None:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise ValueError(f"{name}={raw!r} is not a whole number") from None
+    value = settings.by_name(name).get(default=default)
+    return None if value is None else int(value)
 
 
 # Speaking 512x512@30 VP8 sessions one process holds without dropping frames, measured with `facecast
@@ -51,6 +46,9 @@ class Limits:
     sandbox_avatar: str = "ava"
     max_audio_chunk_s: float = 10.0  # one agent.speak message carries at most this much audio
     max_queued_speech_s: float = 120.0  # speech accepted ahead of playback
+    # A server renews its lease on its sessions every third of this; past it without a renewal, any
+    # server sharing the database ends them as server_lost (the owner was killed or cut off).
+    server_lease_s: float = 15.0
 
     def __post_init__(self) -> None:
         for name in (
@@ -59,6 +57,7 @@ class Limits:
             "idle_timeout",
             "token_ttl",
             "max_live_sessions",
+            "server_lease_s",
         ):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ValueError(f"limit {name} must be positive, got {getattr(self, name)}")
@@ -67,13 +66,7 @@ class Limits:
 
 
 def _env_float(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        raise ValueError(f"{name}={raw!r} is not a number") from None
+    return float(settings.by_name(name).get(default=default))
 
 
 @dataclass(frozen=True)
@@ -150,9 +143,9 @@ class LiveKitSettings:
         """FACECAST_LIVEKIT_URL, FACECAST_LIVEKIT_API_KEY, FACECAST_LIVEKIT_API_SECRET; arguments given
         (the `facecast serve --livekit-*` flags) win over the environment."""
         return LiveKitSettings(
-            url=url or os.environ.get("FACECAST_LIVEKIT_URL") or None,
-            api_key=api_key or os.environ.get("FACECAST_LIVEKIT_API_KEY") or None,
-            api_secret=api_secret or os.environ.get("FACECAST_LIVEKIT_API_SECRET") or None,
+            url=url or settings.LIVEKIT_URL.get(),
+            api_key=api_key or settings.LIVEKIT_API_KEY.get(),
+            api_secret=api_secret or settings.LIVEKIT_API_SECRET.get(),
         )
 
 
@@ -202,14 +195,8 @@ class ServerConfig:
     def ice_servers_from_env() -> tuple[dict[str, Any], ...]:
         """`FACECAST_ICE_SERVERS`: a JSON list like
         `[{"urls": "turn:turn.example.com:3478", "username": "u", "credential": "p"}]`."""
-        raw = os.environ.get("FACECAST_ICE_SERVERS", "").strip()
-        if not raw:
-            return ()
-        try:
-            servers = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"FACECAST_ICE_SERVERS is not valid JSON: {exc}") from None
-        return parse_ice_servers(servers)
+        servers = settings.ICE_SERVERS.get()
+        return () if servers is None else parse_ice_servers(servers)
 
     @staticmethod
     def limits_from_env(base: Limits | None = None) -> Limits:
@@ -229,6 +216,7 @@ class ServerConfig:
             sandbox_avatar=base.sandbox_avatar,
             max_audio_chunk_s=base.max_audio_chunk_s,
             max_queued_speech_s=base.max_queued_speech_s,
+            server_lease_s=_env_float("FACECAST_SERVER_LEASE", base.server_lease_s),
         )
 
 

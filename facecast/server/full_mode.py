@@ -12,14 +12,14 @@ import asyncio
 import importlib
 import importlib.util
 import logging
-import os
 import re
 import time
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from facecast.server import protocol as p
+from facecast import protocol as p
+from facecast import settings
 from facecast.server.auth import default_data_dir
 from facecast.server.errors import ApiError
 from facecast.server.pool import AvatarSpec, build_engine, new_live_avatar
@@ -36,9 +36,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-LLM_BASE_URL_ENV = "FACECAST_LLM_BASE_URL"
-LLM_MODEL_ENV = "FACECAST_LLM_MODEL"
-LLM_API_KEY_ENV = "FACECAST_LLM_API_KEY"
 DEFAULT_PROMPT = (
     "You are a friendly assistant who talks with the user through a talking avatar. Answer in one or two "
     "short spoken sentences, without lists or markup."
@@ -48,7 +45,8 @@ _NO_LLM = (
     "mode FULL needs a language model and none is configured: create one with POST /v1/llm_configurations "
     '{"display_name", "model_name", "base_url" (any OpenAI-compatible endpoint), "secret_id" (its key, from '
     "POST /v1/secrets)} and pass its id as llm_configuration_id, or start the server with "
-    f"{LLM_BASE_URL_ENV} and {LLM_MODEL_ENV} (and {LLM_API_KEY_ENV} if the endpoint needs a key)"
+    f"{settings.LLM_BASE_URL.name} and {settings.LLM_MODEL.name} (and {settings.LLM_API_KEY.name} if the "
+    "endpoint needs a key)"
 )
 
 
@@ -158,7 +156,7 @@ def _llm_settings(manager: SessionManager, key: ApiKey, config_id: str | None) -
             "base_url": config.base_url,
             "secret_id": config.secret_id,
         }
-    base_url, model = os.environ.get(LLM_BASE_URL_ENV, "").strip(), os.environ.get(LLM_MODEL_ENV, "").strip()
+    base_url, model = settings.LLM_BASE_URL.get(), settings.LLM_MODEL.get()
     if not (base_url and model):
         raise ApiError(400, p.CODE_BAD_REQUEST, _NO_LLM)
     check_base_url(base_url)
@@ -169,7 +167,7 @@ def _llm_api_key(manager: SessionManager, record: SessionRecord) -> str | None:
     llm = record.settings["full"]["llm"]
     if llm["secret_id"] is None:
         # The server's default endpoint takes the server's key; a configuration without a secret has none.
-        return (os.environ.get(LLM_API_KEY_ENV) or None) if llm["llm_configuration_id"] is None else None
+        return settings.LLM_API_KEY.get() if llm["llm_configuration_id"] is None else None
     secret = manager.store.get_owned(SecretRecord, record.key_id, llm["secret_id"])
     if not isinstance(secret, SecretRecord):
         raise ApiError(

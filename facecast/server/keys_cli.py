@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from facecast import settings
 from facecast.cli import positive_int
+from facecast.protocol import END_KEY_REVOKED
 from facecast.server.auth import default_data_dir
-from facecast.server.store import ApiKey, Store, StoreError, open_store
+
+if TYPE_CHECKING:  # the store needs the server extra; `facecast --help` builds this parser without it
+    from facecast.server.store import ApiKey, Store
 
 EXIT_USAGE = 2
-DATABASE_URL_ENV = "FACECAST_DATABASE_URL"
+DATABASE_URL_ENV = settings.DATABASE_URL.name
 
 
 def _add_store_options(p: argparse.ArgumentParser) -> None:
@@ -59,7 +62,11 @@ def add_keys_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
     listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _add_store_options(listing)
 
-    revoke = actions.add_parser("revoke", help="revoke a key: it no longer authenticates")
+    revoke = actions.add_parser(
+        "revoke",
+        help="revoke a key: it no longer authenticates, the session tokens it minted stop working and its "
+        "live sessions end (key_revoked)",
+    )
     revoke.add_argument(
         "key", metavar="KEY_ID_OR_PREFIX", help="the key's id, or the start of its id or prefix"
     )
@@ -67,8 +74,10 @@ def add_keys_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
 
 
 def _open(args: argparse.Namespace) -> Store:
+    from facecast.server.store import open_store
+
     data_dir = args.data_dir if args.data_dir is not None else default_data_dir()
-    url = args.database_url if args.database_url is not None else os.environ.get(DATABASE_URL_ENV) or None
+    url = args.database_url if args.database_url is not None else settings.DATABASE_URL.get()
     return open_store(url, data_dir)
 
 
@@ -125,12 +134,20 @@ def _revoke(store: Store, args: argparse.Namespace) -> int:
     if key is None:
         print(f"facecast keys revoke: error: no API key matches {args.key!r}", file=sys.stderr)
         return EXIT_USAGE
+    ended = store.end_key_sessions(key.id, END_KEY_REVOKED, time.time())
     print(f"revoked {key.id} ({key.name}, {key.prefix}…) at {_when(key.revoked_at)}")
+    # Servers close the sessions ended here within a couple of seconds (their reaper reads the store).
+    print(
+        f"its session tokens no longer work; {ended} session(s) not yet ended were ended (key_revoked) and "
+        "running servers close them within seconds"
+    )
     return 0
 
 
 def run_keys(args: argparse.Namespace) -> int:
     """Run a parsed `facecast keys ...` command line; the exit status."""
+    from facecast.server.store import StoreError
+
     try:
         store = _open(args)
     except (ValueError, StoreError) as exc:

@@ -25,9 +25,9 @@ import numpy as np
 from livekit import api, rtc
 from livekit.agents.voice.avatar import AudioReceiver, AudioSegmentEnd
 
+from facecast import protocol as p
 from facecast.engine.types import PhoneTiming, SegmentEnded, SegmentEvent, SegmentStarted, SegmentTag
 from facecast.hosts.livekit.worker import RoomAvatar
-from facecast.server import protocol as p
 from facecast.server.errors import ApiError
 from facecast.server.sessions import LiveSession, room_stats
 from facecast.server.store import SessionRecord

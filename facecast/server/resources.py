@@ -17,7 +17,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from facecast.server import protocol as p
+from facecast import protocol as p
 from facecast.server.auth import default_data_dir
 from facecast.server.errors import ApiError
 from facecast.server.secret_box import SecretBox

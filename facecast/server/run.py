@@ -8,8 +8,10 @@ import errno
 import logging
 import socket
 from collections.abc import Callable
+from typing import Any
 
 import uvicorn
+from fastapi import FastAPI
 
 from facecast.server.app import create_app
 from facecast.server.config import ServerConfig
@@ -35,6 +37,22 @@ def bind(host: str, port: int, *, fallback_to_free_port: bool) -> socket.socket:
     return sock
 
 
+class FacecastServer(uvicorn.Server):
+    """uvicorn's server, ending every session before it closes the connections. uvicorn closes open
+    WebSockets (1012) before the app's lifespan shutdown runs, so without this a LITE client would never
+    hear `session.stopped` (reason server_shutdown)."""
+
+    def __init__(self, app: FastAPI, **options: Any) -> None:
+        super().__init__(uvicorn.Config(app, **options))
+        self.facecast_app = app
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        manager = getattr(self.facecast_app.state, "manager", None)
+        if manager is not None:
+            await manager.close()
+        await super().shutdown(sockets)
+
+
 def serve(
     config: ServerConfig,
     *,
@@ -53,7 +71,7 @@ def serve(
     host = f"[{config.host}]" if ":" in config.host else config.host
     url = config.public_url or f"http://{host}:{port}"
     app = create_app(config)
-    server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, ws_max_size=4 * 1024 * 1024))
+    server = FacecastServer(app, log_level=log_level, ws_max_size=4 * 1024 * 1024)
     if on_ready is not None:
         on_ready(url)
     try:

@@ -13,7 +13,9 @@ from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken
 
-SECRETS_KEY_ENV = "FACECAST_SECRETS_KEY"
+from facecast import settings
+
+SECRETS_KEY_ENV = settings.SECRETS_KEY.name
 SECRETS_KEY_FILE = "secrets.key"
 
 
@@ -34,7 +36,7 @@ class SecretBox:
     @classmethod
     def for_data_dir(cls, data_dir: Path) -> SecretBox:
         """The key from the environment, else the data dir's key file (created if missing)."""
-        from_env = os.environ.get(SECRETS_KEY_ENV, "").strip()
+        from_env = settings.SECRETS_KEY.get()
         if from_env:
             return cls(from_env.encode())
         path = Path(data_dir) / SECRETS_KEY_FILE

@@ -17,15 +17,16 @@ import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import timedelta
 from typing import Any, Protocol
 
 import numpy as np
 
+from facecast import protocol as p
 from facecast.avatars.style import style_names
 from facecast.engine.types import PhoneTiming, SegmentEnded, SegmentEvent, SegmentStarted, SegmentTag
 from facecast.hosts.live import AvatarClosed, LiveCore
 from facecast.hosts.webrtc import AvatarPeer
-from facecast.server import protocol as p
 from facecast.server.auth import hash_secret, new_session_token
 from facecast.server.avatars import AvatarService
 from facecast.server.config import ServerConfig
@@ -40,7 +41,7 @@ from facecast.server.pool import (
     release_freed_memory,
 )
 from facecast.server.schemas import TokenRequest
-from facecast.server.store import ApiKey, SessionRecord, Store, new_session_id
+from facecast.server.store import UNREACHABLE_ERRORS, ApiKey, SessionRecord, Store, new_session_id
 from facecast.tts import EspeakTTS, TTSError
 
 log = logging.getLogger(__name__)
@@ -453,7 +454,11 @@ class SessionManager:
         self.pool: LivePool | None = LivePool(config.live_workers) if config.live_workers > 0 else None
         self._closing: dict[str, asyncio.Future[None]] = {}  # ends in progress, so a second waits
         self._pending: dict[str, float] = {}  # minted here, not started: session id -> token expiry (unix)
-        self._waiting: set[str] = set()  # starts waiting for their avatar to finish building
+        # Starts in progress, claimed before their first await: parallel starts of one session conflict.
+        self._starting: set[str] = set()
+        self._admitted: set[str] = set()  # starting and past the capacity check: they count as live
+        self._unrecorded: dict[str, tuple[str, float, dict[str, Any] | None]] = {}  # ends the store missed
+        self._lease_renewed = 0.0  # monotonic
         self._tasks: set[asyncio.Task[Any]] = set()
         self._reaper: asyncio.Task[None] | None = None
         self._reaps = 0
@@ -467,6 +472,7 @@ class SessionManager:
     async def open(self) -> int:
         """Recover from a crash: sessions this server left live are ended now, and avatar builds it left
         running are failed. Returns how many sessions were ended."""
+        self._renew_lease()
         recovered = self.store.end_live_sessions(p.END_SERVER_SHUTDOWN, time.time(), owner=self.server_id)
         if recovered:
             log.warning(
@@ -480,7 +486,10 @@ class SessionManager:
 
     async def close(self) -> None:
         """Server shutdown: every live and pending session ends with reason server_shutdown; queued avatar
-        builds are cancelled and a running one is waited for (a bounded time)."""
+        builds are cancelled and a running one is waited for (a bounded time). Idempotent: the server
+        calls it before it closes its connections (so clients hear why), the lifespan once more."""
+        if self._closed:
+            return
         self._closed = True
         if self.pool is not None:
             self.pool.stop_replacing()
@@ -498,6 +507,9 @@ class SessionManager:
             await asyncio.shield(closing)
         if self.pool is not None:
             await self.pool.close()
+        self._record_missed_ends()
+        with contextlib.suppress(*UNREACHABLE_ERRORS):  # the database is gone: the lease just expires
+            self.store.release_lease(self.server_id)
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
@@ -727,7 +739,10 @@ class SessionManager:
             "owned": True,
         }
 
-    def authenticate_token(self, token: str | None) -> SessionRecord:
+    def authenticate_token(self, token: str | None, *, allow_expired: bool = False) -> SessionRecord:
+        """The session a bearer token names. Refused: unknown tokens, tokens of a revoked key, and expired
+        ones unless `allow_expired` (a stop: ending a session is never harmful, and a client must be able
+        to free its key's slot)."""
         if not token:
             raise ApiError(
                 401,
@@ -737,7 +752,14 @@ class SessionManager:
         record = self.store.session_by_token_hash(hash_secret(token))
         if record is None:
             raise ApiError(401, p.CODE_UNAUTHORIZED, "invalid session token")
-        if record.state != p.STATE_ENDED and time.time() >= record.token_expires_at:
+        key = self.store.get_key(record.key_id)
+        if key is None or key.revoked:
+            raise ApiError(
+                401,
+                p.CODE_UNAUTHORIZED,
+                "the API key that minted this session token was revoked; its tokens no longer work",
+            )
+        if not allow_expired and record.state != p.STATE_ENDED and time.time() >= record.token_expires_at:
             raise ApiError(
                 401, p.CODE_UNAUTHORIZED, "session token expired; mint a new one with /v1/sessions/token"
             )
@@ -746,14 +768,29 @@ class SessionManager:
     async def start(self, record: SessionRecord) -> Session:
         if record.state == p.STATE_ENDED:
             raise ApiError(410, p.CODE_GONE, f"session {record.id} has ended ({record.end_reason})")
-        if record.state == p.STATE_STARTED or record.id in self.live or record.id in self._waiting:
-            raise ApiError(409, p.CODE_CONFLICT, f"session {record.id} is already started")
+        # Checked and claimed with no await in between: of parallel starts of one session, one gets on.
+        if record.state == p.STATE_STARTED or record.id in self.live or record.id in self._starting:
+            raise ApiError(
+                409,
+                p.CODE_CONFLICT,
+                f"session {record.id} is already started (or starting); use the answer of the first "
+                "/v1/sessions/start, or mint a new token for another session",
+            )
         if self._closed:
             raise ApiError(503, p.CODE_INTERNAL, "the server is shutting down")
+        self._starting.add(record.id)
+        try:
+            return await self._start(record)
+        finally:
+            self._starting.discard(record.id)
+            self._admitted.discard(record.id)
+
+    async def _start(self, record: SessionRecord) -> Session:
         if record.avatar_id not in style_names():
             await self._wait_for_avatar(record)
         capacity = self.config.live_capacity
-        if len(self.live) >= capacity:
+        # Starts still building their engine count too, or parallel starts would all pass.
+        if len(self.live.keys() | self._admitted) >= capacity:
             # Refused rather than admitted: one session too many makes every session on the machine drop
             # frames. The token stays valid, so the client may retry or go to another server.
             raise ApiError(
@@ -762,6 +799,7 @@ class SessionManager:
                 f"this server is at capacity ({capacity} live sessions, FACECAST_MAX_LIVE_SESSIONS); "
                 "retry shortly or start the session on another server",
             )
+        self._admitted.add(record.id)
         if record.mode == "FULL":
             from facecast.server.full_mode import start_full_session
 
@@ -848,15 +886,12 @@ class SessionManager:
     async def _wait_for_avatar(self, record: SessionRecord) -> None:
         """Hold a start while the session's avatar builds (up to the configured wait). A failed or
         deleted avatar ends the session: it could never start."""
-        self._waiting.add(record.id)
         try:
             await self.avatars.wait_ready(record.key_id, record.avatar_id, self.config.avatars.build_wait_s)
         except ApiError as exc:
             if exc.status in (400, 404):
                 await self.end(record.id, p.END_ERROR)
             raise
-        finally:
-            self._waiting.discard(record.id)
         if self._closed:
             raise ApiError(503, p.CODE_INTERNAL, "the server is shutting down")
         current = self.store.get_session(record.id)
@@ -868,15 +903,16 @@ class SessionManager:
         """Record the start (this server owns the session from now) and count it live."""
         # The token stays valid for the session's life, so stop and keep-alive work until it ends.
         expires = now + int(record.settings["max_session_duration"]) + self.config.limits.token_ttl
-        started = self.store.update_session(
-            record.id,
-            state=p.STATE_STARTED,
-            started_at=now,
-            last_activity_at=now,
-            token_expires_at=expires,
-            owner=self.server_id,
-        )
-        if not started:  # ended meanwhile (stopped, or its token expired): never revive it
+        if not self.store.start_session(
+            record.id, started_at=now, token_expires_at=expires, owner=self.server_id
+        ):  # ended meanwhile (stopped, its token expired), or started by another server: never twice
+            current = self.store.get_session(record.id)
+            if current is not None and current.state == p.STATE_STARTED:
+                raise ApiError(
+                    409,
+                    p.CODE_CONFLICT,
+                    f"session {record.id} was started on another server ({current.owner})",
+                )
             raise ApiError(410, p.CODE_GONE, f"session {record.id} has ended")
         record.state, record.started_at, record.token_expires_at = p.STATE_STARTED, now, expires
         self._pending.pop(record.id, None)
@@ -946,8 +982,14 @@ class SessionManager:
 
             keys = self._livekit_keys()
             assert keys is not None
-            client_token = participant_token(*keys, room=lk["room"], identity=OWNED_ROOM_USER)
-            agent_token = participant_token(*keys, room=lk["room"], identity=OWNED_ROOM_AGENT, kind="agent")
+            # A LiveKit server cannot revoke a token: these die with the session's longest life.
+            ttl = timedelta(
+                seconds=int(record.settings["max_session_duration"]) + self.config.limits.token_ttl
+            )
+            client_token = participant_token(*keys, room=lk["room"], identity=OWNED_ROOM_USER, ttl=ttl)
+            agent_token = participant_token(
+                *keys, room=lk["room"], identity=OWNED_ROOM_AGENT, kind="agent", ttl=ttl
+            )
         return {
             "livekit_url": lk["url"],
             "livekit_room": lk["room"],
@@ -1056,7 +1098,13 @@ class SessionManager:
             finally:
                 del self._closing[session_id]
                 done.set_result(None)
-        ended = self.store.end_session(session_id, reason, time.time(), stats=stats)
+        ended_at = time.time()
+        try:
+            ended = self.store.end_session(session_id, reason, ended_at, stats=stats)
+        except UNREACHABLE_ERRORS as exc:  # the database is down: the session is closed, its record waits
+            log.warning("could not record the end of session %s (%s); retrying: %s", session_id, reason, exc)
+            self._unrecorded[session_id] = (reason, ended_at, stats)
+            ended = True
         if session is not None:
             await self._delete_owned_room(session.record)
             await asyncio.to_thread(release_freed_memory)
@@ -1066,10 +1114,18 @@ class SessionManager:
         return ended
 
     async def _reap_forever(self) -> None:
+        unreachable = False  # logged once per outage, not four times a second
         while True:
             await asyncio.sleep(REAP_INTERVAL_S)
             try:
                 await self.reap()
+                if unreachable:
+                    log.warning("the session database is reachable again")
+                unreachable = False
+            except UNREACHABLE_ERRORS as exc:
+                if not unreachable:
+                    log.warning("the session database is unreachable (%s); live sessions go on", exc)
+                unreachable = True
             except Exception:
                 log.exception("session reaper failed; retrying")
 
@@ -1088,7 +1144,14 @@ class SessionManager:
             if reason is not None:
                 await self.end(session_id, reason)
         self._reaps += 1
+        if time.monotonic() - self._lease_renewed >= limits.server_lease_s / 3:
+            self._renew_lease()
         if self._reaps % STORE_SYNC_EVERY == 0:
+            self._record_missed_ends()
+            swept = self.store.sweep_sessions(now, server=self.server_id)
+            for reason, count in swept.items():
+                if count:
+                    log.warning("ended %d session(s) of the shared database as %s", count, reason)
             await self._sync_with_store()
         for session_id, expires in list(self._pending.items()):
             if now < expires:
@@ -1098,6 +1161,21 @@ class SessionManager:
                 self._pending.pop(session_id, None)  # started (perhaps by another server) or ended
             else:
                 await self.end(session_id, p.END_TOKEN_EXPIRED)
+
+    def _renew_lease(self) -> None:
+        """Tell servers sharing the database that this one is alive and still runs its sessions. Failing
+        (the database is down), the reaper retries each round; past the lease the others end them."""
+        self.store.renew_lease(self.server_id, time.time(), self.config.limits.server_lease_s)
+        self._lease_renewed = time.monotonic()
+
+    def _record_missed_ends(self) -> None:
+        """Write the ends the database missed while it was unreachable."""
+        for session_id, (reason, ended_at, stats) in list(self._unrecorded.items()):
+            try:
+                self.store.end_session(session_id, reason, ended_at, stats=stats)
+            except UNREACHABLE_ERRORS:
+                return  # still down; the next round retries
+            del self._unrecorded[session_id]
 
     async def _sync_with_store(self) -> None:
         """With a shared database another server may stop one of our sessions: close it here too."""

@@ -24,17 +24,20 @@ from typing import Any, NamedTuple, Protocol
 
 import psycopg
 
-from facecast.server.auth import hash_secret, key_prefix, new_api_key
-from facecast.server.protocol import (
+from facecast.protocol import (
     AVATAR_BUILDING,
     AVATAR_FAILED,
     AVATAR_READY,
     AVATAR_STATUSES,
+    END_KEY_REVOKED,
     END_REASONS,
+    END_SERVER_LOST,
+    END_TOKEN_EXPIRED,
     STATE_CREATED,
     STATE_ENDED,
     STATE_STARTED,
 )
+from facecast.server.auth import hash_secret, key_prefix, new_api_key
 
 DEV_KEY_NAME = "dev"
 DEV_KEY_FILE = "dev-key"
@@ -43,7 +46,12 @@ ACCEPTED_URLS = (
     "sqlite:///ABSOLUTE/PATH.db, sqlite:RELATIVE/PATH.db, or postgresql://USER:PASSWORD@HOST:PORT/DBNAME"
 )
 _PG_MIGRATION_LOCK = 0x46434D47  # pg_advisory_xact_lock id: servers starting together migrate one at a time
+MAX_OFFSET = 2**63 - 1  # OFFSET is a signed 64-bit integer in SQLite and PostgreSQL
 _MIN_PREFIX_LEN = 5  # "key_" / "fck_" alone would match every key
+
+
+# What a call raises while the database cannot be reached (a restart, a network cut, a locked file).
+UNREACHABLE_ERRORS: tuple[type[Exception], ...] = (psycopg.OperationalError, sqlite3.OperationalError)
 
 
 class StoreError(RuntimeError):
@@ -199,6 +207,13 @@ class Store(Protocol):
         and inserted atomically (several servers may mint for one key at once); False when at the cap."""
         ...
 
+    def start_session(
+        self, session_id: str, *, started_at: float, token_expires_at: float, owner: str
+    ) -> bool:
+        """Mark a created session started by `owner`; False unless it was still `created` (of starts racing
+        on any thread or server, one wins)."""
+        ...
+
     def get_session(self, session_id: str) -> SessionRecord | None: ...
 
     def session_by_token_hash(self, token_hash: str) -> SessionRecord | None: ...
@@ -220,6 +235,24 @@ class Store(Protocol):
         self, key_id: str | None, *, active: bool, page: int = 1, page_size: int = 20
     ) -> tuple[list[SessionRecord], int]:
         """One page of live (active=True) or ended sessions, newest first, and the number of all matches."""
+        ...
+
+    def end_key_sessions(self, key_id: str, reason: str, ended_at: float) -> int:
+        """End every session of this key that has not ended; how many."""
+        ...
+
+    def renew_lease(self, server: str, now: float, lease_s: float) -> None:
+        """`server` is alive and owns its sessions until `now + lease_s`."""
+        ...
+
+    def release_lease(self, server: str) -> None:
+        """`server` stopped cleanly (its sessions are ended): forget its lease."""
+        ...
+
+    def sweep_sessions(self, now: float, *, server: str) -> dict[str, int]:
+        """End the sessions nobody may run any more, whichever server owns them: those of revoked keys
+        (key_revoked), those of servers other than `server` whose lease expired (server_lost), and
+        unstarted ones whose token expired (token_expired). How many, by reason."""
         ...
 
     def end_live_sessions(self, reason: str, ended_at: float, *, owner: str | None = None) -> int:
@@ -341,6 +374,16 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX avatars_owner ON avatars (owner, created_at)",
         "CREATE INDEX avatars_source ON avatars (owner, source_sha256)",
         "CREATE INDEX avatars_status ON avatars (status)",
+    ),
+    (
+        # Who owns a session is its server's lease, renewed while that server runs: an address can be
+        # reused by another server, or a killed server come back elsewhere.
+        """CREATE TABLE servers (
+            id TEXT PRIMARY KEY,
+            lease_expires_at {real} NOT NULL
+        )""",
+        "CREATE INDEX servers_lease ON servers (lease_expires_at)",
+        "CREATE INDEX sessions_owner ON sessions (owner, state)",
     ),
     (
         # FULL mode's resources (facecast.server.resources), each owned by one API key.
@@ -523,6 +566,16 @@ class _SqlStore(ABC):
         """A context: one transaction holding API key `key_id`'s lock (across threads, processes and
         servers) until it commits; yields a function that runs a statement in it and returns its rows."""
 
+    def start_session(
+        self, session_id: str, *, started_at: float, token_expires_at: float, owner: str
+    ) -> bool:
+        result = self._execute(
+            f"UPDATE sessions SET state = '{STATE_STARTED}', started_at = ?, last_activity_at = ?, "
+            f"token_expires_at = ?, owner = ? WHERE id = ? AND state = '{STATE_CREATED}'",
+            (started_at, started_at, token_expires_at, owner, session_id),
+        )
+        return result.rowcount == 1
+
     def get_session(self, session_id: str) -> SessionRecord | None:
         rows = self._execute(f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE id = ?", (session_id,)).rows
         return _session(rows[0]) if rows else None
@@ -578,6 +631,8 @@ class _SqlStore(ABC):
     ) -> tuple[list[SessionRecord], int]:
         if page < 1 or page_size < 1:
             raise ValueError(f"page and page_size start at 1, got page={page}, page_size={page_size}")
+        if (page - 1) * page_size > MAX_OFFSET:
+            raise ValueError(f"page {page} of {page_size} starts past the last row a database can hold")
         where = f"state {'<>' if active else '='} '{STATE_ENDED}'"
         params: list[Any] = []
         if key_id is not None:
@@ -590,6 +645,39 @@ class _SqlStore(ABC):
             (*params, page_size, (page - 1) * page_size),
         ).rows
         return [_session(row) for row in rows], total
+
+    def end_key_sessions(self, key_id: str, reason: str, ended_at: float) -> int:
+        _check_reason(reason)
+        return self._execute(
+            f"UPDATE sessions SET state = '{STATE_ENDED}', ended_at = ?, end_reason = ? "
+            f"WHERE key_id = ? AND state <> '{STATE_ENDED}'",
+            (ended_at, reason, key_id),
+        ).rowcount
+
+    def renew_lease(self, server: str, now: float, lease_s: float) -> None:
+        self._execute(
+            "INSERT INTO servers (id, lease_expires_at) VALUES (?, ?) "
+            "ON CONFLICT (id) DO UPDATE SET lease_expires_at = excluded.lease_expires_at",
+            (server, now + lease_s),
+        )
+
+    def release_lease(self, server: str) -> None:
+        self._execute("DELETE FROM servers WHERE id = ?", (server,))
+
+    def sweep_sessions(self, now: float, *, server: str) -> dict[str, int]:
+        live = f"state <> '{STATE_ENDED}'"
+        end = f"UPDATE sessions SET state = '{STATE_ENDED}', ended_at = ?, end_reason = ? WHERE {live} AND "
+        revoked = self._execute(
+            end + "key_id IN (SELECT id FROM api_keys WHERE revoked_at IS NOT NULL)", (now, END_KEY_REVOKED)
+        ).rowcount
+        lost = self._execute(
+            end + "owner <> ? AND owner IN (SELECT id FROM servers WHERE lease_expires_at < ?)",
+            (now, END_SERVER_LOST, server, now),
+        ).rowcount
+        expired = self._execute(
+            end + f"state = '{STATE_CREATED}' AND token_expires_at <= ?", (now, END_TOKEN_EXPIRED, now)
+        ).rowcount
+        return {END_KEY_REVOKED: revoked, END_SERVER_LOST: lost, END_TOKEN_EXPIRED: expired}
 
     def end_live_sessions(self, reason: str, ended_at: float, *, owner: str | None = None) -> int:
         _check_reason(reason)

@@ -55,7 +55,7 @@ from facecast.hosts.livekit.names import (
     STATE_ERROR,
 )
 from facecast.hosts.livekit.worker import RoomAvatar, run_room_avatar
-from facecast.server.protocol import END_ERROR, END_SERVER_SHUTDOWN
+from facecast.protocol import END_ERROR, END_SERVER_SHUTDOWN
 
 logger = logging.getLogger("facecast.livekit")
 

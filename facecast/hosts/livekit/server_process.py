@@ -23,6 +23,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from facecast import settings
+
 LIVEKIT_SERVER_VERSION = "v1.13.5"  # the tag scripts/livekit-server builds
 API_KEY = "facecast-test"
 API_SECRET = "facecast-test-secret-at-least-32-characters"
@@ -57,7 +59,7 @@ def find_binary(explicit: str | Path | None = None) -> Path:
     `livekit-server` on PATH. Raises LiveKitServerMissing saying how to build it."""
     for source, value in (
         ("--livekit-server", explicit),
-        ("FACECAST_LIVEKIT_SERVER", os.environ.get("FACECAST_LIVEKIT_SERVER")),
+        (settings.LIVEKIT_SERVER.name, settings.LIVEKIT_SERVER.get()),
     ):
         if value:
             path = Path(value)

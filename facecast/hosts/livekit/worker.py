@@ -40,7 +40,7 @@ from facecast.hosts.livekit.names import (
     TOPIC_TRANSCRIPTION,
 )
 from facecast.hosts.livekit.runner import FacecastAvatarRunner
-from facecast.server.protocol import END_CLIENT_GONE, END_ERROR, END_MAX_DURATION, END_STOPPED
+from facecast.protocol import END_CLIENT_GONE, END_ERROR, END_MAX_DURATION, END_STOPPED
 
 logger = logging.getLogger("facecast.livekit")
 

@@ -32,9 +32,9 @@ from pipecat.audio.utils import create_stream_resampler
 from pipecat.frames.frames import OutputImageRawFrame
 from pipecat.processors.frame_processor import FrameProcessor
 
+from facecast import protocol as p
 from facecast.engine import PhoneTiming
 from facecast.hosts.sender_clock import SenderClock
-from facecast.server import protocol as p
 from pipecat_facecast._local import EmitFrame
 from pipecat_facecast._playout import SEGMENT_DONE, ImagePacer, OutputResampler, Position
 

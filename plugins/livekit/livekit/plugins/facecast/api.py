@@ -24,7 +24,13 @@ from livekit.agents import (
 
 from .log import logger
 
+# Copies of facecast.protocol's names, so that remote mode needs no facecast install; a test checks that
+# they equal the protocol's.
+API_PREFIX = "/v1"
 CODE_OK = 1000  # the `code` of a successful {code, data, message} response
+END_STOPPED = "stopped"
+AVATAR_READY, AVATAR_FAILED = "ready", "failed"
+AVATAR_STATUSES = ("building", AVATAR_READY, AVATAR_FAILED)
 # GET /v1/avatars/{id} while an avatar builds: soon at first (a build takes seconds), then every second.
 AVATAR_POLL_FIRST = 0.25
 AVATAR_POLL_MAX = 1.0
@@ -55,20 +61,22 @@ class FacecastAPI:
         self._own_session: aiohttp.ClientSession | None = None
 
     async def create_session_token(self, body: dict[str, Any]) -> dict[str, Any]:
-        data = await self._post("/v1/sessions/token", body, {"X-API-KEY": self._api_key})
+        data = await self._post(f"{API_PREFIX}/sessions/token", body, {"X-API-KEY": self._api_key})
         if not isinstance(data.get("session_id"), str) or not isinstance(data.get("session_token"), str):
             raise FacecastException("Facecast /v1/sessions/token response lacks session_id/session_token")
         return data
 
     async def start_session(self, session_token: str) -> dict[str, Any]:
-        data = await self._post("/v1/sessions/start", {}, self._bearer(session_token))
+        data = await self._post(f"{API_PREFIX}/sessions/start", {}, self._bearer(session_token))
         if not isinstance(data.get("session_id"), str):
             raise FacecastException("Facecast /v1/sessions/start response lacks session_id")
         return data
 
-    async def stop_session(self, session_token: str, session_id: str, reason: str = "stopped") -> None:
+    async def stop_session(self, session_token: str, session_id: str, reason: str = END_STOPPED) -> None:
         await self._post(
-            "/v1/sessions/stop", {"session_id": session_id, "reason": reason}, self._bearer(session_token)
+            f"{API_PREFIX}/sessions/stop",
+            {"session_id": session_id, "reason": reason},
+            self._bearer(session_token),
         )
 
     async def create_avatar(
@@ -89,7 +97,7 @@ class FacecastAPI:
         headers = {"X-API-KEY": self._api_key}
         if image_url is not None:
             data = await self._request(
-                "POST", "/v1/avatars", headers, body={"image_url": image_url}, timeout=timeout
+                "POST", f"{API_PREFIX}/avatars", headers, body={"image_url": image_url}, timeout=timeout
             )
         else:
             field, path = ("image", Path(image)) if image is not None else ("bundle", Path(bundle or ""))
@@ -106,12 +114,12 @@ class FacecastAPI:
                 fd.add_field(field, content, filename=path.name, content_type=media_type)
                 return fd
 
-            data = await self._request("POST", "/v1/avatars", headers, form=form, timeout=timeout)
+            data = await self._request("POST", f"{API_PREFIX}/avatars", headers, form=form, timeout=timeout)
         return _avatar_status(data, "POST /v1/avatars")
 
     async def get_avatar(self, avatar_id: str) -> dict[str, Any]:
         """`GET /v1/avatars/{avatar_id}`: the avatar's status, as `create_avatar` returns it."""
-        path = f"/v1/avatars/{quote(avatar_id, safe='')}"
+        path = f"{API_PREFIX}/avatars/{quote(avatar_id, safe='')}"
         data = await self._request("GET", path, {"X-API-KEY": self._api_key})
         return _avatar_status(data, f"GET {path}")
 
@@ -130,9 +138,9 @@ class FacecastAPI:
         while True:
             if on_progress is not None:
                 on_progress(status)
-            if status["status"] == "ready":
+            if status["status"] == AVATAR_READY:
                 return avatar_id
-            if status["status"] == "failed":
+            if status["status"] == AVATAR_FAILED:
                 reason = status.get("error") or "failed"
                 raise FacecastException(f"the Facecast server could not build avatar {avatar_id}: {reason}")
             remaining = deadline - time.monotonic()
@@ -234,10 +242,6 @@ class FacecastAPI:
 
 def _avatar_status(data: dict[str, Any], where: str) -> dict[str, Any]:
     """Check the shape of an avatar status: {avatar_id, status, progress, stage, error}."""
-    if not isinstance(data.get("avatar_id"), str) or data.get("status") not in (
-        "building",
-        "ready",
-        "failed",
-    ):
+    if not isinstance(data.get("avatar_id"), str) or data.get("status") not in AVATAR_STATUSES:
         raise FacecastException(f"Facecast {where} response lacks avatar_id/status: {data}")
     return data

@@ -38,7 +38,7 @@ from livekit.agents import (
 from livekit.agents.voice.avatar import AvatarSession as BaseAvatarSession
 from livekit.agents.voice.avatar import DataStreamAudioOutput, QueueAudioOutput
 
-from .api import FacecastAPI, FacecastException
+from .api import END_STOPPED, FacecastAPI, FacecastException
 from .log import logger
 
 if TYPE_CHECKING:
@@ -276,7 +276,7 @@ class AvatarSession(BaseAvatarSession):
         try:
             if session_id is not None and token is not None and self._api is not None:
                 try:
-                    await self._api.stop_session(token, session_id, reason="stopped")
+                    await self._api.stop_session(token, session_id, reason=END_STOPPED)
                 except Exception:
                     logger.warning(
                         "failed to stop facecast session", extra={"session_id": session_id}, exc_info=True

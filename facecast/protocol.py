@@ -40,6 +40,8 @@ END_CLIENT_GONE: Final = "client_gone"
 END_ERROR: Final = "error"
 END_SERVER_SHUTDOWN: Final = "server_shutdown"
 END_TOKEN_EXPIRED: Final = "token_expired"  # minted but never started before its token expired
+END_SERVER_LOST: Final = "server_lost"  # its server stopped renewing its lease (killed, partitioned)
+END_KEY_REVOKED: Final = "key_revoked"  # the API key that minted it was revoked
 END_REASONS: Final = (
     END_STOPPED,
     END_MAX_DURATION,
@@ -48,6 +50,8 @@ END_REASONS: Final = (
     END_ERROR,
     END_SERVER_SHUTDOWN,
     END_TOKEN_EXPIRED,
+    END_SERVER_LOST,
+    END_KEY_REVOKED,
 )
 
 # -- LITE WebSocket: client -> server ----------------------------------------------------------------
