@@ -27,6 +27,7 @@ import functools
 import json
 import logging
 import time
+import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from fractions import Fraction
@@ -53,9 +54,10 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from av.frame import Frame
 from av.video.codeccontext import VideoCodecContext
 
+from facecast.bounded_json import MessageRefused, parse_message
 from facecast.hosts import rtcp
 from facecast.hosts.live import AudioOut, AvatarClosed, LiveCore, VideoOut
-from facecast.server.protocol import DATA_CHANNEL_LABEL, Encoding
+from facecast.server.protocol import CODE_BAD_REQUEST, DATA_CHANNEL_LABEL, ERROR, Encoding
 
 log = logging.getLogger(__name__)
 
@@ -591,15 +593,22 @@ class AvatarPeer:
 
     def _receive(self, message: str | bytes) -> None:
         try:
-            event = json.loads(message)
-        except (ValueError, UnicodeDecodeError):
-            log.warning("ignoring a data channel message that is not JSON")
+            event = parse_message(message)
+        except MessageRefused as exc:
+            self._refuse(str(exc))
             return
         if not isinstance(event, dict):
-            log.warning("ignoring a data channel message that is not a JSON object")
+            self._refuse("a message must be a JSON object with a string 'type'")
             return
         if self._on_message is not None:
             _call_safely(functools.partial(self._on_message, event), "on_message")
+
+    def _refuse(self, reason: str) -> None:
+        """Answer a message that cannot be parsed with an `error` event; the connection goes on."""
+        log.warning("refused a data channel message: %s", reason)
+        self.send_event(
+            {"type": ERROR, "event_id": uuid.uuid4().hex, "code": CODE_BAD_REQUEST, "message": reason}
+        )
 
     def _state_changed(self) -> None:
         if self._closing is not None:

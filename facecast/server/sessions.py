@@ -11,7 +11,6 @@ import asyncio
 import base64
 import binascii
 import contextlib
-import json
 import logging
 import os
 import time
@@ -22,6 +21,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from facecast.avatars.style import style_names
+from facecast.bounded_json import MessageRefused, parse_message
 from facecast.engine.types import PhoneTiming, SegmentEnded, SegmentEvent, SegmentStarted, SegmentTag
 from facecast.hosts.live import AvatarClosed, LiveCore
 from facecast.hosts.webrtc import AvatarPeer
@@ -205,6 +205,14 @@ class LiveSession:
         except ApiError as exc:
             await self.reply_error(
                 reply, exc.code, exc.message, event_id if isinstance(event_id, str) else None
+            )
+        except Exception as exc:  # a defect: reported, logged, and the session and its socket go on
+            log.exception("session %s: a LITE message failed", self.id)
+            await self.reply_error(
+                reply,
+                p.CODE_INTERNAL,
+                f"the server failed on this message ({type(exc).__name__}); the session goes on",
+                event_id if isinstance(event_id, str) else None,
             )
 
     async def reply_error(
@@ -1123,8 +1131,8 @@ def _token_identity(token: str) -> str | None:
     if len(parts) != 3:
         return None
     try:
-        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
-    except (ValueError, binascii.Error):
+        claims = parse_message(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except (MessageRefused, binascii.Error):
         return None
     sub = claims.get("sub") if isinstance(claims, dict) else None
     return sub if isinstance(sub, str) and sub else None
