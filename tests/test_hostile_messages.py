@@ -1,6 +1,6 @@
 """Hostile and broken client messages on a live session, over real WebRTC and the LITE WebSocket on
 loopback: each is answered with an `error` event in the documented shape, and the session, its socket and
-its data channel go on speaking (issue 15, D3 and D4)."""
+its data channel go on speaking (issue 15, D3, D4 and D6)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+from aiortc import RTCPeerConnection
 from server_harness import RunningServer, running_server
 from test_server_webrtc import Client
 
@@ -32,8 +33,8 @@ def server(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[RunningSe
         yield running
 
 
-@pytest.fixture
-async def client(server: RunningServer) -> AsyncIterator[Client]:
+async def started_client(server: RunningServer) -> Client:
+    """A client of a started session, not yet connected."""
     key = server.store.create_key("hostile")[1]
     async with httpx.AsyncClient(base_url=server.url, timeout=20) as http:
         minted = (
@@ -43,10 +44,49 @@ async def client(server: RunningServer) -> AsyncIterator[Client]:
         ).json()["data"]
         token = minted["session_token"]
         start = (await http.post("/v1/sessions/start", headers={"Authorization": f"Bearer {token}"})).json()
-    c = Client(server, token, start["data"])
+    return Client(server, token, start["data"])
+
+
+@pytest.fixture
+async def client(server: RunningServer) -> AsyncIterator[Client]:
+    c = await started_client(server)
     await c.connect()
     yield c
     await c.close()
+
+
+async def test_a_malformed_offer_is_refused_and_the_session_takes_a_good_one(server: RunningServer) -> None:
+    c = await started_client(server)
+    c.pc.addTransceiver("video", direction="recvonly")
+    await c.pc.setLocalDescription(await c.pc.createOffer())
+    good = c.pc.localDescription.sdp
+    await c.pc.close()
+    c.pc = RTCPeerConnection()
+    bad_offers = [
+        ("x", "must begin with the line v=0"),
+        ("v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n", "no media sections"),
+        (good.replace("a=fingerprint", "a=x-fingerprint"), "no DTLS fingerprint"),
+        (good.replace("a=ice-ufrag", "a=x-ufrag"), "no ICE credentials"),
+        (good.replace("m=video 9 ", "m=video nine "), "could not answer the WebRTC offer"),
+    ]
+    async with httpx.AsyncClient(timeout=20) as http:
+        for sdp, needle in bad_offers:
+            r = await http.post(
+                c.start["webrtc"]["offer_url"],
+                headers={"Authorization": f"Bearer {c.token}"},
+                json={"sdp": sdp, "type": "offer"},
+            )
+            assert r.status_code == 400, r.text
+            body = r.json()
+            assert body["code"] == p.CODE_BAD_REQUEST and body["data"] is None
+            assert needle in body["message"] and "createOffer()" in body["message"], body["message"]
+    assert server.session(c.start["session_id"]).end_reason is None
+    try:
+        await c.connect()  # the same session answers a good offer and plays
+        await c.send({"type": p.AGENT_SPEAK_TEXT, "event_id": "ok", "text": "Connected."})
+        await c.wait_event(lambda e: e["type"] == p.AGENT_SPEAK_ENDED and e["event_id"] == "ok", 60)
+    finally:
+        await c.close()
 
 
 def assert_error_shape(event: dict[str, Any], needle: str) -> None:

@@ -51,6 +51,7 @@ from aiortc.codecs.h264 import H264Encoder
 from aiortc.codecs.vpx import Vp8Encoder
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack, convert_timebase
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+from aiortc.sdp import SessionDescription
 from av.frame import Frame
 from av.video.codeccontext import VideoCodecContext
 
@@ -475,6 +476,37 @@ def without_mdns_candidates(sdp: str) -> str:
     return "".join(line for line in lines if not (line.startswith("a=candidate:") and ".local " in line))
 
 
+OFFER_HINT = (
+    "send the browser's pc.localDescription.sdp after createOffer() with recvonly audio and video "
+    "transceivers and the negotiated data channel"
+)
+
+
+def check_offer_sdp(sdp: str) -> None:
+    """Raise ValueError saying what is missing from an SDP offer that cannot be answered. aiortc's parser
+    accepts any text and fails later with messages such as "None is not in list"."""
+    lines = [line.strip() for line in sdp.splitlines() if line.strip()]
+    if not lines or lines[0] != "v=0":
+        raise ValueError(f"the offer is not SDP: it must begin with the line v=0; {OFFER_HINT}")
+    if not any(line.startswith("m=") for line in lines):
+        raise ValueError(f"the SDP offer has no media sections (m= lines); {OFFER_HINT}")
+    try:
+        description = SessionDescription.parse(sdp)
+    except (ValueError, IndexError, KeyError) as exc:
+        raise ValueError(f"the SDP offer does not parse ({exc}); {OFFER_HINT}") from None
+    for index, media in enumerate(description.media):
+        if media.ice is None or not media.ice.usernameFragment or not media.ice.password:
+            raise ValueError(
+                f"media section {index} ({media.kind}) of the SDP offer has no ICE credentials "
+                f"(a=ice-ufrag, a=ice-pwd); {OFFER_HINT}"
+            )
+        if media.dtls is None or not media.dtls.fingerprints:
+            raise ValueError(
+                f"media section {index} ({media.kind}) of the SDP offer has no DTLS fingerprint "
+                f"(a=fingerprint); {OFFER_HINT}"
+            )
+
+
 class AvatarPeer:
     """One client's WebRTC connection to a LiveCore.
 
@@ -536,6 +568,7 @@ class AvatarPeer:
         """Apply the client's offer and return the complete answer (all ICE candidates inside)."""
         if offer_type != "offer":
             raise ValueError(f"expected an SDP offer, got type {offer_type!r}")
+        check_offer_sdp(offer_sdp)
         offer_sdp = without_mdns_candidates(offer_sdp)
         await self._pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type=offer_type))
         await self._pc.setLocalDescription(await self._pc.createAnswer())

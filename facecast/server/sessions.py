@@ -24,7 +24,7 @@ from facecast.avatars.style import style_names
 from facecast.bounded_json import MessageRefused, parse_message
 from facecast.engine.types import PhoneTiming, SegmentEnded, SegmentEvent, SegmentStarted, SegmentTag
 from facecast.hosts.live import AvatarClosed, LiveCore
-from facecast.hosts.webrtc import AvatarPeer
+from facecast.hosts.webrtc import OFFER_HINT, AvatarPeer, check_offer_sdp
 from facecast.server import protocol as p
 from facecast.server.auth import hash_secret, new_session_token
 from facecast.server.avatars import AvatarService
@@ -991,6 +991,10 @@ class SessionManager:
             raise ApiError(
                 409, p.CODE_CONFLICT, "this session already has a WebRTC peer; start a new session"
             )
+        try:
+            check_offer_sdp(sdp)
+        except ValueError as exc:
+            raise ApiError(400, p.CODE_BAD_REQUEST, str(exc)) from None
         encoding = session.record.settings["video_settings"]["encoding"]
 
         async def reply(event: dict[str, Any]) -> None:
@@ -1022,8 +1026,12 @@ class SessionManager:
         try:
             answer = await peer.answer(sdp, sdp_type)
         except Exception as exc:
-            await self.end(session.id, p.END_ERROR)
-            raise ApiError(400, p.CODE_BAD_REQUEST, f"could not answer the WebRTC offer: {exc}") from None
+            # A bad offer is the client's mistake: the peer goes, the session waits for a good offer.
+            session.peer = None
+            await peer.aclose()
+            raise ApiError(
+                400, p.CODE_BAD_REQUEST, f"could not answer the WebRTC offer: {exc}; {OFFER_HINT}"
+            ) from None
         return answer.sdp, answer.type
 
     # -- ending -----------------------------------------------------------------------------------------
