@@ -32,6 +32,7 @@ from facecast.server.auth import default_data_dir, parse_bearer
 from facecast.server.avatars import AvatarService, avatar_item, clean_consent, clean_display_name
 from facecast.server.config import ServerConfig
 from facecast.server.metrics import render_metrics
+from facecast.server.openapi import allowed_methods, install_openapi, refuse_unknown_query
 from facecast.server.previews import preview_png
 from facecast.server.schemas import AvatarUrlRequest, OfferRequest, SessionRef, StopRequest, TokenRequest
 from facecast.server.sessions import ApiError, LiveSession, RoomSession, Session, SessionManager
@@ -45,6 +46,7 @@ MAX_JSON_BODY_BYTES = 64 * 1024  # POST /v1/avatars as JSON: a URL and two short
 MULTIPART_OVERHEAD_BYTES = 64 * 1024  # boundaries, part headers and the text fields around an upload
 MAX_FORM_FIELD_BYTES = 48 * 1024  # one text field of an upload form (consent is at most 10,000 chars)
 AVATAR_FORM_FIELDS = ("image", "bundle", "name", "consent")
+MAX_PAGE = 1_000_000_000  # pages past it are empty anyway; the store's offsets are 64-bit
 
 
 class _BodyTooLarge(Exception):
@@ -128,8 +130,10 @@ def create_app(
         version=__version__,
         summary="Self-hosted real-time talking avatars: session API, WebRTC and the LITE WebSocket.",
         lifespan=lifespan,
+        dependencies=[Depends(refuse_unknown_query)],
     )
     app.state.config = config
+    install_openapi(app, config)
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -146,7 +150,11 @@ def create_app(
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: p.CODE_NOT_FOUND, 405: p.CODE_BAD_REQUEST}.get(exc.status_code, p.CODE_BAD_REQUEST)
-        return _error(exc.status_code, code, str(exc.detail))
+        response = _error(exc.status_code, code, str(exc.detail))
+        response.headers.update(exc.headers or {})
+        if exc.status_code == 405:  # every method of the path: starlette names only its first route's
+            response.headers["Allow"] = ", ".join(allowed_methods(request.app, request.scope))
+        return response
 
     def manager(request: Request) -> SessionManager:
         return request.app.state.manager
@@ -320,7 +328,7 @@ def create_app(
         key: Annotated[ApiKey, Depends(api_key)],
         mgr: Annotated[SessionManager, Depends(manager)],
         status: Annotated[str, Query(pattern="^(active|history)$")] = "active",
-        page: Annotated[int, Query(ge=1)] = 1,
+        page: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 1,
         page_size: Annotated[int, Query(ge=1, le=100)] = 20,
     ) -> dict[str, Any]:
         records, total = mgr.store.list_sessions(

@@ -618,7 +618,8 @@ class SessionManager:
     def _video_settings(body: TokenRequest) -> dict[str, Any]:
         settings = body.video_settings.model_dump()
         if body.video_quality is not None:
-            if "video_settings" in body.model_fields_set and settings["quality"] != body.video_quality:
+            quality_given = "quality" in body.video_settings.model_fields_set
+            if quality_given and settings["quality"] != body.video_quality:
                 raise ApiError(
                     400,
                     p.CODE_BAD_REQUEST,
@@ -648,13 +649,13 @@ class SessionManager:
             raise ApiError(
                 400, p.CODE_BAD_REQUEST, f"livekit_config.livekit_url {cfg.livekit_url!r} is not a URL"
             )
-        tokens = {t for t in (cfg.livekit_worker_token, cfg.livekit_client_token) if t}
+        tokens = [t for t in (cfg.livekit_worker_token, cfg.livekit_client_token) if t]
         if len(tokens) > 1:
             raise ApiError(
                 400,
                 p.CODE_BAD_REQUEST,
                 "livekit_config.livekit_client_token and livekit_worker_token both name the avatar's join "
-                "token and differ; give one of them",
+                "token; give one of them",
             )
         facecast_shape = cfg.livekit_worker_token is not None or cfg.agent_identity is not None
         audio_source = body.audio_source or ("data_stream" if facecast_shape else "websocket")
