@@ -40,7 +40,7 @@ def parse_message(
             raise MessageRefused(f"message is not UTF-8 text: {exc.reason} at byte {exc.start}") from None
     if len(text) > max_chars:
         raise MessageRefused(f"message of {len(text)} characters is over the {max_chars} character limit")
-    _check_depth(text, max_depth)
+    check_depth(text, max_depth)
 
     def parse_int(literal: str) -> int:
         if len(literal) > max_number_chars:
@@ -67,7 +67,8 @@ def parse_message(
     return value
 
 
-def _check_depth(text: str, max_depth: int) -> None:
+def check_depth(text: str, max_depth: int = MAX_DEPTH) -> None:
+    """MessageRefused if `text` nests arrays/objects deeper than `max_depth` (strings are skipped)."""
     # Fast path: a message with fewer brackets than the limit cannot be nested deeper (audio has none).
     if text.count("[") + text.count("{") <= max_depth:
         return
@@ -77,7 +78,7 @@ def _check_depth(text: str, max_depth: int) -> None:
         if token in "[{":
             depth += 1
             if depth > max_depth:
-                raise MessageRefused(f"message is nested deeper than {max_depth} levels of arrays/objects")
+                raise MessageRefused(f"JSON nested deeper than {max_depth} levels of arrays/objects")
         elif token in "]}":
             depth -= 1
 
