@@ -178,15 +178,10 @@ ONE_LINE_PATTERN = r"^[^\x00-\x1f\x7f]*$"  # a display name: one line, no contro
 LIVEKIT_URL_PATTERN = r"^(wss?|https?)://"
 
 
-def _string(value: dict[str, Any]) -> dict[str, Any]:
-    """A property that is present as a string (not absent, not null)."""
-    return {"type": "string", **value}
-
-
-def _both(first: str, second: str, **more: dict[str, Any]) -> dict[str, Any]:
-    """A schema matching bodies where `first` and `second` are both strings."""
+def _both(first: str, second: str) -> dict[str, Any]:
+    """A schema matching bodies where `first` and `second` are both strings (given, not null)."""
     return {
-        "properties": {first: {"type": "string"}, second: {"type": "string"}, **more},
+        "properties": {first: {"type": "string"}, second: {"type": "string"}},
         "required": [first, second],
     }
 
