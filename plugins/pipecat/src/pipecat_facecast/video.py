@@ -422,15 +422,17 @@ class FacecastVideoService(AIService):
         self._auto_end_task = None
 
     async def _send_text(self, utterance: _Utterance) -> None:
-        """Give the engine the utterance's new words as they come.
+        """Give the engine the utterance's complete words as they come.
 
         It aligns them while the audio plays (inside its look-ahead), not only once the utterance ends.
+        Text after the last space may be half a word (word-piece tokens): it waits for the rest.
         """
         if not self._align_text or utterance.segment_id is None:
             return
-        new = utterance.text[utterance.text_sent :]
+        boundary = utterance.text.rfind(" ")
+        new = utterance.text[utterance.text_sent : max(boundary, utterance.text_sent)]
         if new.strip():
-            utterance.text_sent = len(utterance.text)
+            utterance.text_sent = boundary
             await self._avatar.add_text(new.strip())
 
     @staticmethod
