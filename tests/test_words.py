@@ -145,3 +145,41 @@ def test_render_warns_when_the_text_is_not_what_the_audio_says(
     assert reports["right"].transcript_mismatch_frames == 0
     wrong = reports["wrong"]
     assert wrong.transcript_mismatch_frames >= 0.5 * wrong.speech_frames, wrong
+
+
+@needs_flite
+@pytest.mark.parametrize("right", [True, False], ids=["right-words", "wrong-words"])
+async def test_live_sessions_count_frames_whose_words_did_not_fit(
+    utterances: list[Utterance], right: bool
+) -> None:
+    import asyncio
+
+    from facecast.engine import SegmentEnded
+    from facecast.hosts.live import LiveCore
+
+    u = utterances[0]
+    ended = asyncio.Event()
+    core = LiveCore(make_engine(), on_event=lambda e: ended.set() if isinstance(e, SegmentEnded) else None)
+    text = u.text if right else "Completely different words about bananas and a cat."
+
+    async def pull() -> None:
+        while True:
+            await core.next_frame()
+
+    puller = asyncio.create_task(pull())
+    await asyncio.sleep(0)
+    await core.start()
+    try:
+        await core.push_text(text)
+        await core.push_audio(u.audio(), u.sample_rate)
+        await core.end_segment()
+        await asyncio.wait_for(ended.wait(), timeout=60)
+    finally:
+        puller.cancel()
+        await core.aclose()
+    stats = core.stats.as_dict()
+    assert stats["speech_frames"] > 0
+    if right:
+        assert stats["transcript_mismatch_frames"] == 0, stats
+    else:
+        assert stats["transcript_mismatch_frames"] >= 0.5 * stats["speech_frames"], stats
