@@ -305,6 +305,8 @@ class SegmentTrack:
         self._spans: list[WordSpan] = []  # words the host said belong to stretches of this audio
         self._dirty = 0  # first track frame whose label changed since the spans last looked
         self._text_span: WordSpan | None = None  # the span of text given without times
+        # add_words / set_text calls not yet looked up: (kind, text, start or added, end)
+        self._word_requests: list[tuple[str, str, float | str, float | None]] = []
         self._level = np.zeros(1024, np.float32)
         self._centroid = np.zeros(1024, np.float32)
         self._n_feat = 0  # track frames with energy features
@@ -367,7 +369,27 @@ class SegmentTrack:
             self._timed_until = max(self._timed_until, f1)
 
     def add_words(self, text: str, start: float, end: float | None) -> None:
-        """Words spoken from `start` to `end` seconds of this segment (None: until it ends)."""
+        """Words spoken from `start` to `end` seconds of this segment (None: until it ends). Their
+        pronunciations are looked up when a frame first needs them: a segment its source timed never
+        loads the dictionary."""
+        self._word_requests.append(("words", text, start, end))
+
+    def set_text(self, text: str, added: str) -> None:
+        """The transcript of the whole segment so far (text without times): one span over all of it,
+        extended when more text (`added`) arrives."""
+        self._word_requests.append(("text", text, added, None))
+
+    def _take_word_requests(self) -> None:
+        requests, self._word_requests = self._word_requests, []
+        for kind, text, a, b in requests:
+            if kind == "words":
+                assert isinstance(a, float)
+                self._add_words(text, a, b)
+            else:
+                assert isinstance(a, str)
+                self._set_text(text, a)
+
+    def _add_words(self, text: str, start: float, end: float | None) -> None:
         chain = chain_of(text, Lexicon.get())
         if len(chain) < 2:
             return
@@ -376,10 +398,9 @@ class SegmentTrack:
         self._spans.append(WordSpan(f0, f1, chain))
         self._dirty = min(self._dirty, f0)
 
-    def set_text(self, text: str, added: str) -> None:
-        """The transcript of the whole segment so far (text without times): one span over all of it,
-        extended when more text (`added`) arrives. The last second is aligned again with the longer
-        text; earlier frames keep their alignment (rebuilding it all would cost a pass per word)."""
+    def _set_text(self, text: str, added: str) -> None:
+        # The last second is aligned again with the longer text; earlier frames keep their alignment
+        # (rebuilding it all would cost a pass per word).
         span = self._text_span
         if span is not None and not span.rejected:
             more = chain_of(added, Lexicon.get())[1:]
@@ -391,7 +412,7 @@ class SegmentTrack:
             self._spans.remove(span)
             self._text_span = None
         before = len(self._spans)
-        self.add_words(text, 0.0, None)
+        self._add_words(text, 0.0, None)
         if len(self._spans) > before:
             self._text_span = self._spans[-1]
 
@@ -407,6 +428,7 @@ class SegmentTrack:
         return not self.transcript_rejected
 
     def _update_spans(self) -> None:
+        self._take_word_requests()
         known = min(len(self._labels), self._decoded // HOP)
         for span in self._spans:
             if not span.rejected:
@@ -549,7 +571,7 @@ class SegmentTrack:
             known = min(len(self._codes), self._decoded // HOP)
             codes = _window_codes(self._codes, known, w0, w1, complete=self._complete)
             source = "phones"
-            if self._spans:
+            if self._spans or self._word_requests:
                 word_codes, decided, rejected = self._words_window(w0, w1)
                 codes = np.where(decided, word_codes, codes).astype(np.int8)
                 if decided[centre]:
