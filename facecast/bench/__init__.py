@@ -36,7 +36,11 @@ LIPSYNC_HELD_OUT_SUBSET = ("espeak:en-gb-scotland", "espeak:en-029+f2", "espeak:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="facecast bench", description=__doc__.splitlines()[0])
     p.add_argument("command", choices=COMMANDS, help="which benchmark to run")
-    p.add_argument("--full", action="store_true", help="whole corpus (20 sentences x 4 voices); slower")
+    p.add_argument(
+        "--full",
+        action="store_true",
+        help="whole corpus (20 sentences x 4 voices; lipsync: every voice); slower",
+    )
     p.add_argument(
         "--avatar", default=None, help="avatar for engine, latency and MP4 runs (default: first built-in)"
     )
