@@ -223,6 +223,14 @@ def _cmd_render(args: argparse.Namespace) -> int:
     options = _render_options(args, text=args.text, tracker=args.tracker, lookahead_ms=args.lookahead_ms)
     report = render_file(args.audio, args.output, options)
     _print_report(report)
+    if report.transcript_mismatch_frames:
+        share = report.transcript_mismatch_frames / max(1, report.speech_frames)
+        print(
+            f"facecast render: warning: the --text transcript does not match the speech in {args.audio} "
+            f"({share:.0%} of its frames); the mouth follows the recognised phones there instead. "
+            "Check that the text is what the audio says.",
+            file=sys.stderr,
+        )
     return 0
 
 

@@ -141,3 +141,30 @@ def test_speech_latency_of_a_sentence_queued_behind_the_greeting_leaves_out_the_
         assert 0 <= latency_ms < 1500, f"speech latency {latency_ms} ms"
         page.click("#stop")
         assert errors == []
+
+
+def test_error_answers_show_the_servers_message_and_keep_the_built_ins(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    """A wrong API key (issue 15, D11): the built-in avatars stay, and every call the page makes shows the
+    server's own message instead of a script error."""
+    from playwright.sync_api import expect
+
+    with client_page(server, "fck_wrong") as (page, errors):
+        expect(page.locator("#avatars .avatar")).to_have_count(4)  # the built-ins, listed without the key
+        error = page.locator("#error")
+        expect(error).to_contain_text("invalid or revoked API key")
+        expect(error).to_contain_text("built-in avatars only")
+        page.get_by_test_id("start").click()
+        expect(error).to_contain_text("POST /v1/sessions/token: invalid or revoked API key")
+        expect(page.get_by_test_id("status")).to_have_text("idle")
+        page.fill("#api-key", server.store.create_key("browser")[1])
+        page.dispatch_event("#api-key", "change")
+        not_a_photo = tmp_path / "notes.png"
+        not_a_photo.write_bytes(b"these are notes, not a photo")
+        page.get_by_test_id("photo").set_input_files(str(not_a_photo))
+        expect(error).to_contain_text("could not make an avatar from notes.png: POST /v1/avatars: ")
+        message = page.inner_text("#error")
+        assert "Cannot read properties" not in message and "undefined" not in message
+        assert errors == []
+    assert server.store.list_sessions(None, active=False)[1] == 0

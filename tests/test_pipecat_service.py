@@ -231,7 +231,7 @@ async def test_end_frame_lets_the_speech_play_out(avatar: FacecastVideoService) 
     assert kinds(down).count("TTSStoppedFrame") == 1
 
 
-async def test_tts_text_is_passed_on_for_forced_alignment(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_tts_text_is_passed_on_word_by_word_for_alignment(monkeypatch: pytest.MonkeyPatch) -> None:
     texts: list[str] = []
     original = Engine.push_text
 
@@ -259,7 +259,9 @@ async def test_tts_text_is_passed_on_for_forced_alignment(monkeypatch: pytest.Mo
         SleepFrame(1.0),
     ]
     await run(FacecastVideoService(tracker="energy"), frames)
-    assert texts == ["Good morning.", "Hello world"]
+    # Complete words go to the engine as they arrive (aligned while the audio streams), word pieces
+    # wait for the rest of their word, and the last word comes with the end of the utterance.
+    assert texts == ["Good", "morning.", "Hello", "world"]
 
 
 async def test_settings_change_the_look_and_frame_rate_at_runtime(avatar: FacecastVideoService) -> None:

@@ -49,6 +49,7 @@ class Client:
         self.channel_events: list[dict[str, Any]] = []
         self._tasks: list[asyncio.Task[None]] = []
         self.ws: Any = None
+        self.channel: Any = None
         settings = server.session(start["session_id"]).settings
         renderer = load_renderer(
             server.session(start["session_id"]).avatar_id,
@@ -60,8 +61,8 @@ class Client:
     async def connect(self) -> None:
         self.pc.addTransceiver("video", direction="recvonly")
         self.pc.addTransceiver("audio", direction="recvonly")
-        channel = self.pc.createDataChannel("events", negotiated=True, id=0)
-        channel.on("message", lambda m: self.channel_events.append(json.loads(m)))
+        self.channel = self.pc.createDataChannel("events", negotiated=True, id=0)
+        self.channel.on("message", lambda m: self.channel_events.append(json.loads(m)))
         self.pc.on("track", self._on_track)
         await self.pc.setLocalDescription(await self.pc.createOffer())
         async with httpx.AsyncClient(timeout=20) as http:

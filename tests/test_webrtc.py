@@ -377,11 +377,15 @@ async def test_events_wait_for_the_channel_and_client_messages_reach_on_message(
     s.client.channel.send("[1, 2]")
     s.client.channel.send("not json")
     s.client.channel.send(json.dumps({"type": "agent.interrupt", "event_id": "x"}))
-    await _until(lambda: len(s.messages) >= 2 and len(s.client.messages) >= EVENT_BACKLOG + 1)
+    await _until(lambda: len(s.messages) >= 2 and len(s.client.messages) >= EVENT_BACKLOG + 3)
 
-    received = s.client.events()
+    received = [m for m in s.client.events() if m["type"] != "error"]
     assert [m["n"] for m in received[:-1]] == list(range(5, EVENT_BACKLOG + 5))  # oldest dropped
     assert received[-1] == {"type": "late"}
+    # The two messages that are no JSON object are answered, not passed on.
+    errors = [m for m in s.client.events() if m["type"] == "error"]
+    assert [e["code"] for e in errors] == [4000, 4000]
+    assert "JSON object" in errors[0]["message"] and "not JSON" in errors[1]["message"]
     assert (await s.peer.stats())["events_dropped"] == 5
     assert s.messages == [{"type": "session.keep_alive"}, {"type": "agent.interrupt", "event_id": "x"}]
 

@@ -36,6 +36,7 @@ from facecast import __version__
 from facecast.avatars.presets import frame_size
 from facecast.avatars.procedural import ProceduralRenderer
 from facecast.avatars.style import Style, parse_style, style_names
+from facecast.bounded_json import MessageRefused, check_depth
 from facecast.engine.types import Renderer
 
 FORMAT_VERSION = 1
@@ -169,8 +170,11 @@ class Manifest:
             except UnicodeDecodeError:
                 raise BundleError(f"{MANIFEST_NAME} is not UTF-8 text") from None
         try:
+            check_depth(text)  # the standard parser recurses per level: RecursionError past ~1,000
             data = json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constant)
-        except json.JSONDecodeError as e:
+        except MessageRefused as e:
+            raise BundleError(f"{MANIFEST_NAME}: {e}") from None
+        except ValueError as e:  # JSONDecodeError, or an integer literal past Python's 4,300 digits
             raise BundleError(f"{MANIFEST_NAME} is not valid JSON: {e}") from None
         if not isinstance(data, dict):
             raise BundleError(f"{MANIFEST_NAME} must be a JSON object, got {type(data).__name__}")

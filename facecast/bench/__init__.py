@@ -17,24 +17,44 @@ import sys
 import time
 from datetime import date
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from facecast.bench.corpus import ALL_VOICES, FliteMissingError
+from facecast.bench.corpus import ALL_VOICES, FliteMissingError, is_espeak
 from facecast.bench.report import Log, Table
+
+if TYPE_CHECKING:
+    from facecast.bench.corpus import Utterance
 
 COMMANDS = ("speed", "latency", "lipsync", "memory", "all")
 # Default subset: keeps `all` within a few minutes on a 2-core machine; --full uses everything.
 SUBSET_SENTENCES = 5
 SUBSET_VOICES = ("slt", "kal16")
+# lipsync's default subset: three tuning voices (two flite, one espeak-ng) and three held-out ones.
+LIPSYNC_SUBSET = ("slt", "kal16", "espeak:en-us")
+LIPSYNC_HELD_OUT_SUBSET = ("espeak:en-gb-scotland", "espeak:en-029+f2", "espeak:en-us-nyc+m3")
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="facecast bench", description=__doc__.splitlines()[0])
     p.add_argument("command", choices=COMMANDS, help="which benchmark to run")
-    p.add_argument("--full", action="store_true", help="whole corpus (20 sentences x 4 voices); slower")
+    p.add_argument(
+        "--full",
+        action="store_true",
+        help="whole corpus (20 sentences x 4 voices; lipsync: every voice); slower",
+    )
     p.add_argument(
         "--avatar", default=None, help="avatar for engine, latency and MP4 runs (default: first built-in)"
     )
-    p.add_argument("--voices", default=None, help="comma-separated flite voices (slt,kal,kal16,awb,rms)")
+    p.add_argument(
+        "--voices",
+        default=None,
+        help="comma-separated voices: flite slt,kal,kal16,awb,rms or espeak:<voice> (lipsync: tuning set)",
+    )
+    p.add_argument(
+        "--held-out-voices",
+        default=None,
+        help="lipsync: comma-separated held-out voices (default: three of HELD_OUT_VOICES; --full: all)",
+    )
     p.add_argument("--sentences", type=int, default=None, help="number of corpus sentences to use")
     p.add_argument("--frames", type=int, default=300, help="frames per render-speed measurement")
     p.add_argument(
@@ -73,8 +93,11 @@ def main(argv: list[str] | None = None) -> int:
         return browser_main(argv[1:])
     parser = _parser()
     args = parser.parse_args(argv)
-    if args.voices:
-        unknown = sorted(set(args.voices.split(",")) - set(ALL_VOICES))
+    for option in (args.voices, args.held_out_voices):
+        # Any espeak-ng voice may be named; flite has five.
+        unknown = sorted(
+            v for v in set((option or "").split(",")) - set(ALL_VOICES) if v and not is_espeak(v)
+        )
         if unknown:
             parser.error(f"unknown voice(s) {', '.join(unknown)}; choose from {', '.join(ALL_VOICES)}")
     log = Log(enabled=not args.quiet)
@@ -96,6 +119,32 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print(t.markdown() if args.markdown else t.text())
     return 0
+
+
+def _lipsync_sets(args: argparse.Namespace, n_sent: int, log: Log) -> dict[str, list[Utterance]]:
+    """Tuning voices x corpus sentences and held-out voices x held-out sentences."""
+    from facecast.bench.corpus import (
+        HELD_OUT_SENTENCES,
+        HELD_OUT_VOICES,
+        SENTENCES,
+        TUNING_VOICES,
+        build_corpus,
+    )
+
+    tuning = (
+        tuple(args.voices.split(",")) if args.voices else (TUNING_VOICES if args.full else LIPSYNC_SUBSET)
+    )
+    held_out = (
+        tuple(args.held_out_voices.split(","))
+        if args.held_out_voices
+        else (HELD_OUT_VOICES if args.full else LIPSYNC_HELD_OUT_SUBSET)
+    )
+    n_held = min(len(HELD_OUT_SENTENCES), n_sent)
+    log(f"lipsync held-out: {n_held} held-out sentences x {len(held_out)} voices ({', '.join(held_out)})")
+    return {
+        "tuning": build_corpus(tuning, SENTENCES[:n_sent], args.cache_dir),
+        "held-out": build_corpus(held_out, HELD_OUT_SENTENCES[:n_held], args.cache_dir),
+    }
 
 
 def _cpu_note() -> str:
@@ -127,7 +176,7 @@ def _run(args: argparse.Namespace, log: Log) -> list[Table]:
     if "latency" in want:
         tables.extend(runs.latency(utts, avatar, log))
     if "lipsync" in want:
-        table, scores = runs.lipsync(utts, log)
+        table, scores = runs.lipsync(_lipsync_sets(args, n_sent, log), log)
         tables.append(table)
         if args.confusion:
             tables.extend(runs.confusion_table(s, label) for label, s in scores.items())

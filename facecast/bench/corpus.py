@@ -1,9 +1,12 @@
-"""Labelled speech for lip-sync measurement: flite sentences with their phoneme timings.
+"""Labelled speech for lip-sync measurement: sentences with their synthesiser's own phone timings.
 
-flite's `-psdur` prints the end time of every phone it synthesised, so each utterance comes with
-exact ground truth. The truth track is built with the engine's own phone → viseme table and
-coarticulation (`facecast.engine.visemes`), so that a measured difference is a tracking difference,
-never a mapping difference.
+Two synthesisers, each reporting what it said and when: flite's `-psdur` prints the end time of every
+phone, espeak-ng reports a phoneme event at every phone's first sample (`facecast.tts.espeak`). Voices
+and sentences are split: the tracker is tuned on TUNING_VOICES x SENTENCES only; HELD_OUT_VOICES x
+HELD_OUT_SENTENCES (other accents, another synthesiser than most tuning voices, unseen words) is what
+tells how it does on speech it has never met. The truth track is built with the engine's own
+phone → viseme table and coarticulation (`facecast.engine.visemes`), so that a measured difference is
+a tracking difference, never a mapping difference.
 """
 
 from __future__ import annotations
@@ -56,11 +59,40 @@ SENTENCES: tuple[str, ...] = (
     "Jim brought home a box of plums and some bananas.",
 )
 
-# kal is an 8 kHz voice; kal16 is the same voice at 16 kHz.
-VOICES: tuple[str, ...] = ("slt", "kal16", "awb", "rms")
-ALL_VOICES: tuple[str, ...] = ("slt", "kal", "kal16", "awb", "rms")
+# Never used for tuning anything: sentences of other domains, with words the tuning set lacks.
+HELD_OUT_SENTENCES: tuple[str, ...] = (
+    "Gently fold the whipped cream into the chocolate mixture.",
+    "The ferry leaves the harbour at quarter past nine.",
+    "Our new printer jams whenever somebody prints a map.",
+    "Wolves howled beyond the frozen lake all night.",
+    "Please remember to bring your passport and a pen.",
+    "A thousand bubbles rose from the bottom of the glass.",
+    "Valerie plays the oboe in the city orchestra.",
+    "Why would anybody paint a purple cow on a barn?",
+    "The lamp flickered, then the whole room went dark.",
+    "My brother mopped the floor before the party began.",
+    "Few people know how much work a small garden needs.",
+    "Tim bumped his elbow on the metal cabinet.",
+)
 
-_CACHE_FORMAT = 1
+# flite voices are bare names (kal is an 8 kHz voice; kal16 is the same voice at 16 kHz); espeak-ng
+# voices are "espeak:<voice>[+variant]". The CMN prior and the recogniser settings were chosen on flite
+# slt/kal16/awb/rms and espeak-ng en/en-us, so those are the tuning voices.
+FLITE_VOICES: tuple[str, ...] = ("slt", "kal", "kal16", "awb", "rms")
+ESPEAK_PREFIX = "espeak:"
+TUNING_VOICES: tuple[str, ...] = ("slt", "kal16", "awb", "rms", "espeak:en-us", "espeak:en")
+# Accents and speaker variants the project never looked at (kal is kal16 at 8 kHz, so it is neither).
+HELD_OUT_VOICES: tuple[str, ...] = (
+    "espeak:en-gb-scotland",
+    "espeak:en-029+f2",
+    "espeak:en-us-nyc+m3",
+    "espeak:en-gb-x-rp+f3",
+    "espeak:en-gb-x-gbclan+m7",
+)
+VOICES: tuple[str, ...] = TUNING_VOICES[:4]  # the flite tuning voices: the corpus before the split
+ALL_VOICES: tuple[str, ...] = FLITE_VOICES + TUNING_VOICES[4:] + HELD_OUT_VOICES
+
+_CACHE_FORMAT = 2
 
 
 class FliteMissingError(RuntimeError):
@@ -178,15 +210,23 @@ def _key(text: str, voice: str) -> str:
     return hashlib.sha1(f"{_CACHE_FORMAT}|{voice}|{text}".encode()).hexdigest()[:16]
 
 
+def is_espeak(voice: str) -> bool:
+    return voice.startswith(ESPEAK_PREFIX)
+
+
 def synthesize(text: str, voice: str, cache_dir: Path | None = None) -> Utterance:
-    """One flite utterance (cached by text and voice)."""
+    """One utterance (cached by text and voice): flite for bare voice names, espeak-ng for "espeak:..."."""
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
     key = _key(text, voice)
-    wav = cache / f"{voice}-{key}.wav"
-    labels = cache / f"{voice}-{key}.json"
+    stem = voice.replace(":", "-").replace("+", "-")
+    wav = cache / f"{stem}-{key}.wav"
+    labels = cache / f"{stem}-{key}.json"
     if wav.exists() and labels.exists():
         phones = tuple(Phone(*p) for p in json.loads(labels.read_text())["phones"])
+    elif is_espeak(voice):
+        phones = _espeak(text, voice[len(ESPEAK_PREFIX) :], wav)
+        labels.write_text(json.dumps({"text": text, "voice": voice, "phones": [list(_p(p)) for p in phones]}))
     else:
         flite = find_flite()
         # Write to a private name first so that concurrent runs never read a half-written file.
@@ -208,6 +248,20 @@ def synthesize(text: str, voice: str, cache_dir: Path | None = None) -> Utteranc
     )
 
 
+def _espeak(text: str, voice: str, wav: Path) -> tuple[Phone, ...]:
+    """Speak `text` with espeak-ng into `wav`; its phone events are the truth."""
+    from facecast.tts.espeak import EspeakTTS
+
+    speech = EspeakTTS(voice).synthesize_timed(text)
+    tmp_wav = wav.with_suffix(f".{os.getpid()}.tmp.wav")
+    sf.write(str(tmp_wav), speech.audio, speech.sample_rate, subtype="PCM_16")
+    tmp_wav.replace(wav)
+    phones = [Phone(p.phone.lower(), p.start, p.end) for p in speech.phones]
+    if phones and phones[0].start > 0:  # the first event comes a few ms in: that lead is silence
+        phones.insert(0, Phone("sil", 0.0, phones[0].start))
+    return tuple(phones)
+
+
 def _p(p: Phone) -> tuple[str, float, float]:
     return (p.phone, p.start, p.end)
 
@@ -218,7 +272,9 @@ def build_corpus(
     cache_dir: Path | None = None,
 ) -> list[Utterance]:
     """Every sentence in every voice, generated in parallel on first use and cached after that."""
-    find_flite()
+    voices = tuple(voices)
+    if any(not is_espeak(v) for v in voices):
+        find_flite()
     jobs = [(s, v) for v in voices for s in sentences]
     with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:
         return list(pool.map(lambda job: synthesize(job[0], job[1], cache_dir), jobs))

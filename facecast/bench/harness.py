@@ -27,6 +27,7 @@ class EngineTrack:
     closed: np.ndarray
     codes: np.ndarray  # viseme index (order of VISEMES)
     sources: tuple[str, ...]  # meta.mouth_source per frame
+    mismatch: np.ndarray  # meta.transcript_mismatch per frame
     step_s: np.ndarray  # wall time per host step (push + pull, or pull alone offline)
 
     @property
@@ -43,6 +44,7 @@ class _Collector:
     closed: list[float] = field(default_factory=list)
     visemes: list[str] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)
+    mismatch: list[bool] = field(default_factory=list)
     steps: list[float] = field(default_factory=list)
 
     def add(self, pair: FramePair, step_s: float) -> None:
@@ -59,6 +61,7 @@ class _Collector:
         self.closed.append(meta.mouth.closed)
         self.visemes.append(meta.mouth.viseme)
         self.sources.append(meta.mouth_source)
+        self.mismatch.append(meta.transcript_mismatch)
 
     def track(self) -> EngineTrack:
         return EngineTrack(
@@ -68,6 +71,7 @@ class _Collector:
             closed=np.array(self.closed),
             codes=metrics.viseme_codes(self.visemes),
             sources=tuple(self.sources),
+            mismatch=np.array(self.mismatch, bool),
             step_s=np.array(self.steps),
         )
 
@@ -149,6 +153,7 @@ class Score:
     sources: dict[str, int] = field(default_factory=dict)
     coverage: list[float] = field(default_factory=list)
     lags_ms: list[float] = field(default_factory=list)
+    mismatch_frames: int = 0  # frames whose given words were rejected as not matching the audio
 
     def add(self, utt: Utterance, track: EngineTrack) -> None:
         truth = utt.truth
@@ -163,6 +168,7 @@ class Score:
         hits, total = metrics.closure_hits(truth.closures, track.starts, track.ends, track.closed, track.open)
         self.closure_hits += hits
         self.closures += total
+        self.mismatch_frames += int(track.mismatch.sum())
         for s in track.sources:
             self.sources[s] = self.sources.get(s, 0) + 1
         # Fraction of the input the speech frames covered: catches dropped or duplicated audio.

@@ -87,6 +87,8 @@ class _Segment:
         self.audio = _SampleQueue()
         self.track = SegmentTrack(recognizer)
         self.text: list[str] = []
+        self.untimed_text: list[str] = []  # text given without times (push_audio text=, push_text)
+        self.uses_words = recognizer is not None
         self.in_total = 0
         self.out_total = 0
         self.played = 0  # output samples handed out, including end-of-segment padding
@@ -109,6 +111,12 @@ class _Segment:
         assert self.to_out is not None and self.to_analysis is not None
         self.in_total += len(x)
         self._append(self.to_out.process(x), self.to_analysis.process(x))
+
+    def add_text(self, text: str) -> None:
+        self.text.append(text)
+        self.untimed_text.append(text)
+        if self.uses_words:
+            self.track.set_text(" ".join(self.untimed_text), text)
 
     def end(self) -> None:
         if self.to_out is not None and self.to_analysis is not None:
@@ -184,7 +192,7 @@ class Engine:
                 self._open = None
             raise
         if text:
-            segment.text.append(text)
+            segment.add_text(text)
         return segment.id
 
     def open_segment(self, tag: SegmentTag | None = None) -> int:
@@ -222,6 +230,23 @@ class Engine:
         if not text:
             return None
         segment = self._open_segment()
+        segment.add_text(text)
+        return segment.id
+
+    def push_words(self, text: str, start: float = 0.0, duration: float | None = None) -> int | None:
+        """These words belong to the current segment's audio from `start` to `start + duration`
+        segment-relative input seconds (`duration` None: until the segment ends). They are aligned
+        to the audio as it arrives, inside the look-ahead; words that do not fit it are rejected and
+        their frames fall back to recognition (`FrameMeta.transcript_mismatch`). Returns the segment's
+        id (None, and no segment opened, when `text` has no words)."""
+        if not text or not text.strip():
+            return None
+        if not np.isfinite(start) or start < 0 or (duration is not None and not duration > 0):
+            raise ValueError(f"words span start={start} duration={duration} is not a valid interval")
+        segment = self._open_segment()
+        if self._recognizer is not None:
+            end = None if duration is None else float(start) + float(duration)
+            segment.track.add_words(text, float(start), end)
         segment.text.append(text)
         return segment.id
 
@@ -268,6 +293,7 @@ class Engine:
         audio: np.ndarray | None = None
         mouth: MouthParams | None = None
         source = "rest"
+        mismatch = False
         segment_id = input_start = input_end = None
         tag: SegmentTag | None = None
         playback = 0.0
@@ -283,6 +309,7 @@ class Engine:
             )
             mouth = mouth_from_row(tracked.row, tracked.viseme)
             source = tracked.source
+            mismatch = tracked.transcript_mismatch
             segment_id, tag = segment.id, segment.tag
             input_start, input_end = segment.input_sample(pos), segment.input_sample(pos + n)
             playback = segment.played_s()
@@ -304,6 +331,7 @@ class Engine:
             input_end=input_end,
             playback_position=playback,
             mouth_source=source if audio is not None else "rest",
+            transcript_mismatch=mismatch,
             events=tuple(events),
         )
         self._index += 1

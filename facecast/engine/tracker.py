@@ -37,6 +37,7 @@ from facecast.engine.visemes import (
     phone_to_viseme,
     viseme_from_params,
 )
+from facecast.engine.words import UNDECODED, Lexicon, WordSpan, chain_of, phone_id
 
 HOP = ANALYSIS_RATE // TRACK_HZ  # analysis samples per track frame (160)
 UNKNOWN = -1
@@ -130,13 +131,13 @@ class PhoneRecognizer:
         if len(pcm16):
             self._decoder.process_raw(pcm16.tobytes(), False, False)
 
-    def phones(self) -> list[tuple[int, int, int]]:
-        """(viseme index, start frame, end frame inclusive) of the current (partial) utterance."""
+    def phones(self) -> list[tuple[int, int, int, int]]:
+        """(viseme index, start frame, end frame inclusive, phone id) of the current (partial) utterance."""
         # seg() is None until the decoder has a hypothesis (the first frames of an utterance).
         segments = self._decoder.seg() or ()
-        return [(phone_code(s.word), s.start_frame, s.end_frame) for s in segments]
+        return [(phone_code(s.word), s.start_frame, s.end_frame, phone_id(s.word)) for s in segments]
 
-    def finish(self) -> list[tuple[int, int, int]]:
+    def finish(self) -> list[tuple[int, int, int, int]]:
         if not self._in_utt:
             return []
         self._end()
@@ -168,6 +169,11 @@ class SharedAligner:
             if cls._instance is None:
                 cls._instance = SharedAligner()
             return cls._instance
+
+    def pronunciation(self, word: str) -> str | None:
+        """The dictionary's phones of `word` ("HH AH L OW"), None when it lacks the word."""
+        with self._lock:
+            return self._decoder.lookup_word(word)
 
     def words(self, text: str) -> list[str] | None:
         """Dictionary words of `text`, or None when a word is unknown (the alignment would be wrong)."""
@@ -280,7 +286,8 @@ def energy_params(level: np.ndarray, centroid: np.ndarray) -> np.ndarray:
 class TrackedMouth:
     row: np.ndarray  # mouth parameters in visemes.PARAM_NAMES order
     viseme: str
-    source: str  # alignment | phones | energy
+    source: str  # timings | alignment | words | phones | energy
+    transcript_mismatch: bool = False  # words were given for this frame but did not fit the audio
 
 
 class SegmentTrack:
@@ -294,6 +301,12 @@ class SegmentTrack:
         self._ended = False
         self._finished = False
         self._codes = np.full(1024, UNKNOWN, np.int8)
+        self._labels = np.full(1024, UNDECODED, np.int16)  # recognised phone id per track frame
+        self._spans: list[WordSpan] = []  # words the host said belong to stretches of this audio
+        self._dirty = 0  # first track frame whose label changed since the spans last looked
+        self._text_span: WordSpan | None = None  # the span of text given without times
+        # add_words / set_text calls not yet looked up: (kind, text, start or added, end)
+        self._word_requests: list[tuple[str, str, float | str, float | None]] = []
         self._level = np.zeros(1024, np.float32)
         self._centroid = np.zeros(1024, np.float32)
         self._n_feat = 0  # track frames with energy features
@@ -329,8 +342,11 @@ class SegmentTrack:
         return self._timed_until > 0 and self._timed_until >= self._n // HOP
 
     def align(self, text: str) -> bool:
-        """Force-align the complete segment against `text`; True when it worked."""
+        """Force-align the complete segment against `text`; True when it worked (and the words fit
+        the audio: a transcript of other speech is rejected, never forced onto it)."""
         if self._n > ALIGN_MAX_S * ANALYSIS_RATE or not text.strip():
+            return False
+        if self._recognizer is not None and not self.judge_transcript():
             return False
         codes = SharedAligner.get().align(self._pcm[: self._n], text)
         if codes is None:
@@ -351,6 +367,98 @@ class SegmentTrack:
                 self._timed = grown
             self._timed[f0:f1] = phone_code(phone)
             self._timed_until = max(self._timed_until, f1)
+
+    def add_words(self, text: str, start: float, end: float | None) -> None:
+        """Words spoken from `start` to `end` seconds of this segment (None: until it ends). Their
+        pronunciations are looked up when a frame first needs them: a segment its source timed never
+        loads the dictionary."""
+        self._word_requests.append(("words", text, start, end))
+
+    def set_text(self, text: str, added: str) -> None:
+        """The transcript of the whole segment so far (text without times): one span over all of it,
+        extended when more text (`added`) arrives."""
+        self._word_requests.append(("text", text, added, None))
+
+    def _take_word_requests(self) -> None:
+        requests, self._word_requests = self._word_requests, []
+        for kind, text, a, b in requests:
+            if kind == "words":
+                assert isinstance(a, float)
+                self._add_words(text, a, b)
+            else:
+                assert isinstance(a, str)
+                self._set_text(text, a)
+
+    def _add_words(self, text: str, start: float, end: float | None) -> None:
+        chain = chain_of(text, Lexicon.get())
+        if len(chain) < 2:
+            return
+        f0 = max(0, int(np.floor(start * TRACK_HZ)))
+        f1 = None if end is None else max(f0 + 1, int(np.ceil(end * TRACK_HZ)))
+        self._spans.append(WordSpan(f0, f1, chain))
+        self._dirty = min(self._dirty, f0)
+
+    def _set_text(self, text: str, added: str) -> None:
+        # The last second is aligned again with the longer text; earlier frames keep their alignment
+        # (rebuilding it all would cost a pass per word).
+        span = self._text_span
+        if span is not None and not span.rejected:
+            more = chain_of(added, Lexicon.get())[1:]
+            if len(more):
+                known = min(len(self._labels), self._decoded // HOP)
+                span.extend(more, max(span.start, known - TRACK_HZ))
+            return
+        if span is not None:
+            self._spans.remove(span)
+            self._text_span = None
+        before = len(self._spans)
+        self._add_words(text, 0.0, None)
+        if len(self._spans) > before:
+            self._text_span = self._spans[-1]
+
+    @property
+    def transcript_rejected(self) -> bool:
+        """True when a span's words did not fit the audio (its frames fall back to recognition)."""
+        return any(span.rejected for span in self._spans)
+
+    def judge_transcript(self) -> bool:
+        """Decode the complete segment and score its word spans; True when none was rejected."""
+        self._advance(self._n)
+        self._update_spans()
+        return not self.transcript_rejected
+
+    def _update_spans(self) -> None:
+        self._take_word_requests()
+        known = min(len(self._labels), self._decoded // HOP)
+        for span in self._spans:
+            if not span.rejected:
+                span.update(self._labels, known, self._dirty)
+        self._dirty = known
+
+    def _words_window(self, w0: int, w1: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Classes from accepted word spans for frames [w0, w1), the frames they decide, and the
+        frames that rejected spans cover."""
+        self._update_spans()
+        codes = np.full(w1 - w0, REST_INDEX, np.int8)
+        mask = np.zeros(w1 - w0, bool)
+        rejected = np.zeros(w1 - w0, bool)
+        seg_frames = -(-self._n // HOP) if self._ended else None
+        for span in self._spans:
+            end = span.end if span.end is not None else (seg_frames if seg_frames is not None else w1)
+            lo, hi = max(w0, span.start), min(w1, end)
+            if hi <= lo:
+                continue
+            if span.rejected:
+                rejected[lo - w0 : hi - w0] = True
+                continue
+            decoded = min(len(self._labels), self._decoded // HOP)
+            final = self._complete or (span.end is not None and decoded >= span.end)
+            span_codes, span_mask = span.codes(w0, w1, final)
+            span_mask[: lo - w0] = False
+            span_mask[hi - w0 :] = False
+            codes[span_mask] = span_codes[span_mask]
+            mask |= span_mask
+        return codes, mask, rejected
 
     def abort(self) -> None:
         if self._recognizer is not None and self._utt_started and not self._finished:
@@ -412,22 +520,26 @@ class SegmentTrack:
             # A recogniser failure must never stop the face: the energy track takes over.
             self._recogniser_failed = True
 
-    def _write_phones(self, phones: list[tuple[int, int, int]]) -> None:
+    def _write_phones(self, phones: list[tuple[int, int, int, int]]) -> None:
         if not phones:
             return
         base = self._utt_base
         end = base + phones[-1][2] + 1
         self._ensure(end)
-        for code, s, e in reversed(phones):
-            self._codes[base + s : base + e + 1] = code
-            if base + e + 1 < end - 4 * TRACK_HZ:
+        for code, s, e, pid in reversed(phones):
+            lo, hi = base + s, base + e + 1
+            self._codes[lo:hi] = code
+            if self._spans and (self._labels[lo:hi] != pid).any():
+                self._dirty = min(self._dirty, lo)  # the word spans' passes are redone from here
+            self._labels[lo:hi] = pid
+            if hi < end - 4 * TRACK_HZ:
                 break  # older phones were written by earlier calls and have settled
 
     def _ensure(self, n: int) -> None:
         if n <= len(self._codes):
             return
         size = max(n, 2 * len(self._codes))
-        for name, fill in (("_codes", UNKNOWN), ("_level", 0.0), ("_centroid", 0.0)):
+        for name, fill in (("_codes", UNKNOWN), ("_labels", UNDECODED), ("_level", 0.0), ("_centroid", 0.0)):
             old = getattr(self, name)
             new = np.full(size, fill, old.dtype)
             new[: len(old)] = old
@@ -446,18 +558,25 @@ class SegmentTrack:
         span = slice(f0 - w0, f1 - w0)
         centre = (f0 + f1) // 2 - w0
 
+        mismatch = False
         # Reported timings are used where they cover the whole window (up to the end of an ended
         # segment; a rounding hop short of it is covered).
         if self._timed_until >= min(w1, self._n // HOP if self._ended else w1):
             codes = _window_codes(self._timed, self._timed_until, w0, w1, complete=self._ended)
             source = "timings"
-        elif self._align is not None:
+        elif self._align is not None and not self.transcript_rejected:
             codes = _window_codes(self._align, len(self._align), w0, w1, complete=True)
             source = "alignment"
         elif self._recognizer is not None and not self._recogniser_failed:
             known = min(len(self._codes), self._decoded // HOP)
             codes = _window_codes(self._codes, known, w0, w1, complete=self._complete)
             source = "phones"
+            if self._spans or self._word_requests:
+                word_codes, decided, rejected = self._words_window(w0, w1)
+                codes = np.where(decided, word_codes, codes).astype(np.int8)
+                if decided[centre]:
+                    source = "words"
+                mismatch = bool(rejected[centre])
         else:
             rows = energy[span]
             row = rows.mean(axis=0)
@@ -474,11 +593,11 @@ class SegmentTrack:
         # A frame shows a closure when the lips are shut at its centre or it holds the centre of an m/b/p
         # run: every closure is seen once, and the vowels around it are not shut along with it.
         if params[centre, CLOSED_COLUMN] >= 0.99 or _holds_closure_centre(codes, f0 - w0, f1 - w0):
-            return TrackedMouth(TARGETS[CLOSED_INDEX].copy(), VISEMES[CLOSED_INDEX], source)
+            return TrackedMouth(TARGETS[CLOSED_INDEX].copy(), VISEMES[CLOSED_INDEX], source, mismatch)
         rows = params[span]
         row = rows.mean(axis=0)
         viseme = viseme_from_params(row) if miss[centre] else VISEMES[int(codes[centre])]
-        return TrackedMouth(row, viseme, source)
+        return TrackedMouth(row, viseme, source, mismatch)
 
 
 def _holds_closure_centre(codes: np.ndarray, lo: int, hi: int) -> bool:

@@ -143,7 +143,9 @@ class FrameMeta:
     input_start: int | None = None  # first input sample (segment-relative, at the input rate) played here
     input_end: int | None = None  # one past the last input sample played here
     playback_position: float = 0.0  # seconds of the current segment played at the end of this frame
-    mouth_source: str = "rest"  # which tracker decided the mouth: phones | alignment | energy | rest
+    # Which tracker decided the mouth: timings | alignment | words | phones | energy | rest.
+    mouth_source: str = "rest"
+    transcript_mismatch: bool = False  # words were given for this audio but did not fit it (recognised)
     events: tuple[SegmentEvent, ...] = field(default_factory=tuple)
 
 

@@ -257,6 +257,9 @@ class RenderReport:
     width: int
     height: int
     params_path: Path | None = None
+    # Frames of speech whose transcript (--text) did not fit the audio: recognised instead.
+    transcript_mismatch_frames: int = 0
+    speech_frames: int = 0
 
 
 def _out_rate(in_rate: int) -> int:
@@ -373,7 +376,7 @@ def render_pcm(
     expected = math.ceil(pcm.shape[0] / rate * fps)
     bar = Progress(expected, fps=fps, enabled=opts.progress)
     params_out: IO[str] | None = None
-    frames = 0
+    frames = speech_frames = mismatch_frames = 0
     try:
         params_out = params_file.open("w", encoding="utf-8") if params_file is not None else None
         if text is not None and config.uses_phones and not phones:
@@ -399,6 +402,9 @@ def render_pcm(
             if params_out is not None:
                 params_out.write(json.dumps(params_record(meta), separators=(",", ":")) + "\n")
             frames += 1
+            if pair.audio is not None:
+                speech_frames += 1
+                mismatch_frames += int(meta.transcript_mismatch)
             bar.update(writer.encoded)
         writer.close()
         bar.update(frames)
@@ -423,4 +429,6 @@ def render_pcm(
         width=writer.width,
         height=writer.height,
         params_path=params_file,
+        transcript_mismatch_frames=mismatch_frames,
+        speech_frames=speech_frames,
     )

@@ -92,6 +92,8 @@ class LiveStats:
     first_frame_at: float | None = None  # when the first frame was released
     frames: int = 0  # frames released
     speech_frames: int = 0  # released frames that carried speech
+    # Speech frames whose given words did not fit the audio (the mouth followed recognition there).
+    transcript_mismatch_frames: int = 0
     frames_dropped: int = 0  # produced without video because production ran more than a period late
     frames_lost_in_queue: int = 0  # drawn video frames dropped because the transport fell behind
     audio_frames_lost_in_queue: int = 0  # audio frames dropped because the transport fell behind
@@ -112,6 +114,7 @@ class LiveStats:
         return {
             "frames": self.frames,
             "speech_frames": self.speech_frames,
+            "transcript_mismatch_frames": self.transcript_mismatch_frames,
             "frames_dropped": self.frames_dropped,
             "frames_lost_in_queue": self.frames_lost_in_queue,
             "audio_frames_lost_in_queue": self.audio_frames_lost_in_queue,
@@ -454,6 +457,7 @@ class LiveCore:
         duration = cfg.frame_samples(meta.index) / cfg.out_rate
         if speech is not None:
             stats.speech_frames += 1
+            stats.transcript_mismatch_frames += int(meta.transcript_mismatch)
         # Only the outputs a transport reads are filled (and their items made).
         wants_video = video is not None and self._video.wanted
         if wants_video and not self._video.put(VideoOut(video, meta.index, meta.index / cfg.fps)):

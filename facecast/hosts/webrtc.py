@@ -27,6 +27,7 @@ import functools
 import json
 import logging
 import time
+import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from fractions import Fraction
@@ -50,12 +51,14 @@ from aiortc.codecs.h264 import H264Encoder
 from aiortc.codecs.vpx import Vp8Encoder
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack, convert_timebase
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+from aiortc.sdp import SessionDescription
 from av.frame import Frame
 from av.video.codeccontext import VideoCodecContext
 
+from facecast.bounded_json import MessageRefused, parse_message
 from facecast.hosts import rtcp
 from facecast.hosts.live import AudioOut, AvatarClosed, LiveCore, VideoOut
-from facecast.protocol import DATA_CHANNEL_LABEL, Encoding
+from facecast.protocol import CODE_BAD_REQUEST, DATA_CHANNEL_LABEL, ERROR, Encoding
 
 log = logging.getLogger(__name__)
 
@@ -473,6 +476,37 @@ def without_mdns_candidates(sdp: str) -> str:
     return "".join(line for line in lines if not (line.startswith("a=candidate:") and ".local " in line))
 
 
+OFFER_HINT = (
+    "send the browser's pc.localDescription.sdp after createOffer() with recvonly audio and video "
+    "transceivers and the negotiated data channel"
+)
+
+
+def check_offer_sdp(sdp: str) -> None:
+    """Raise ValueError saying what is missing from an SDP offer that cannot be answered. aiortc's parser
+    accepts any text and fails later with messages such as "None is not in list"."""
+    lines = [line.strip() for line in sdp.splitlines() if line.strip()]
+    if not lines or lines[0] != "v=0":
+        raise ValueError(f"the offer is not SDP: it must begin with the line v=0; {OFFER_HINT}")
+    if not any(line.startswith("m=") for line in lines):
+        raise ValueError(f"the SDP offer has no media sections (m= lines); {OFFER_HINT}")
+    try:
+        description = SessionDescription.parse(sdp)
+    except (ValueError, IndexError, KeyError) as exc:
+        raise ValueError(f"the SDP offer does not parse ({exc}); {OFFER_HINT}") from None
+    for index, media in enumerate(description.media):
+        if media.ice is None or not media.ice.usernameFragment or not media.ice.password:
+            raise ValueError(
+                f"media section {index} ({media.kind}) of the SDP offer has no ICE credentials "
+                f"(a=ice-ufrag, a=ice-pwd); {OFFER_HINT}"
+            )
+        if media.dtls is None or not media.dtls.fingerprints:
+            raise ValueError(
+                f"media section {index} ({media.kind}) of the SDP offer has no DTLS fingerprint "
+                f"(a=fingerprint); {OFFER_HINT}"
+            )
+
+
 class AvatarPeer:
     """One client's WebRTC connection to a LiveCore.
 
@@ -542,6 +576,7 @@ class AvatarPeer:
         """Apply the client's offer and return the complete answer (all ICE candidates inside)."""
         if offer_type != "offer":
             raise ValueError(f"expected an SDP offer, got type {offer_type!r}")
+        check_offer_sdp(offer_sdp)
         offer_sdp = without_mdns_candidates(offer_sdp)
         await self._pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type=offer_type))
         await self._pc.setLocalDescription(await self._pc.createAnswer())
@@ -599,12 +634,12 @@ class AvatarPeer:
 
     def _receive(self, message: str | bytes) -> None:
         try:
-            event = json.loads(message)
-        except (ValueError, UnicodeDecodeError):
-            log.warning("ignoring a data channel message that is not JSON")
+            event = parse_message(message)
+        except MessageRefused as exc:
+            self._refuse(str(exc))
             return
         if not isinstance(event, dict):
-            log.warning("ignoring a data channel message that is not a JSON object")
+            self._refuse("a message must be a JSON object with a string 'type'")
             return
         if self._on_message is not None:
             _call_safely(functools.partial(self._on_message, event), "on_message")
@@ -612,6 +647,13 @@ class AvatarPeer:
     def _track_arrived(self, track: MediaStreamTrack) -> None:
         if track.kind == "audio" and self._on_audio_track is not None:
             _call_safely(functools.partial(self._on_audio_track, track), "on_audio_track")
+
+    def _refuse(self, reason: str) -> None:
+        """Answer a message that cannot be parsed with an `error` event; the connection goes on."""
+        log.warning("refused a data channel message: %s", reason)
+        self.send_event(
+            {"type": ERROR, "event_id": uuid.uuid4().hex, "code": CODE_BAD_REQUEST, "message": reason}
+        )
 
     def _state_changed(self) -> None:
         if self._closing is not None:

@@ -6,7 +6,6 @@ health, Prometheus metrics and the browser test client. Routes are thin: session
 
 import asyncio
 import contextlib
-import json
 import logging
 import socket
 import time
@@ -28,10 +27,12 @@ from facecast import __version__
 from facecast import protocol as p
 from facecast.avatars import AvatarLibrary, frame_size
 from facecast.avatars.style import style_names
+from facecast.bounded_json import MAX_MESSAGE_CHARS, MessageRefused, parse_message
 from facecast.server.auth import default_data_dir, parse_bearer
 from facecast.server.avatars import AvatarService, avatar_item, clean_consent, clean_display_name
 from facecast.server.config import ServerConfig
 from facecast.server.metrics import render_metrics
+from facecast.server.openapi import allowed_methods, install_openapi, refuse_unknown_query
 from facecast.server.previews import preview_png
 from facecast.server.resources import router as resources_router
 from facecast.server.schemas import AvatarUrlRequest, OfferRequest, SessionRef, StopRequest, TokenRequest
@@ -41,7 +42,7 @@ from facecast.server.store import UNREACHABLE_ERRORS, ApiKey, SessionRecord, Sto
 log = logging.getLogger(__name__)
 
 WEB_DIR = resources.files("facecast.server") / "web"
-MAX_WS_MESSAGE_BYTES = 2 * 1024 * 1024  # 10 s of 24 kHz PCM16 in base64 is ~640 KB
+MAX_WS_MESSAGE_CHARS = MAX_MESSAGE_CHARS
 MAX_JSON_BODY_BYTES = 64 * 1024  # POST /v1/avatars as JSON: a URL and two short texts
 MULTIPART_OVERHEAD_BYTES = 64 * 1024  # boundaries, part headers and the text fields around an upload
 MAX_FORM_FIELD_BYTES = 48 * 1024  # one text field of an upload form (consent is at most 10,000 chars)
@@ -130,8 +131,10 @@ def create_app(
         version=__version__,
         summary="Self-hosted real-time talking avatars: session API, WebRTC and the LITE WebSocket.",
         lifespan=lifespan,
+        dependencies=[Depends(refuse_unknown_query)],
     )
     app.state.config = config
+    install_openapi(app, config)
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -157,7 +160,11 @@ def create_app(
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: p.CODE_NOT_FOUND, 405: p.CODE_BAD_REQUEST}.get(exc.status_code, p.CODE_BAD_REQUEST)
-        return _error(exc.status_code, code, str(exc.detail))
+        response = _error(exc.status_code, code, str(exc.detail))
+        response.headers.update(exc.headers or {})
+        if exc.status_code == 405:  # every method of the path: starlette names only its first route's
+            response.headers["Allow"] = ", ".join(allowed_methods(request.app, request.scope))
+        return response
 
     def manager(request: Request) -> SessionManager:
         return request.app.state.manager
@@ -404,17 +411,11 @@ def create_app(
                         send, p.CODE_BAD_REQUEST, "binary frames are not accepted: send JSON text"
                     )
                     continue
-                if len(raw) > MAX_WS_MESSAGE_BYTES:
-                    await session.reply_error(
-                        send,
-                        p.CODE_BAD_REQUEST,
-                        f"message of {len(raw)} bytes is over the {MAX_WS_MESSAGE_BYTES} byte limit",
-                    )
-                    continue
                 try:
-                    message = json.loads(raw)
-                except json.JSONDecodeError as exc:
-                    await session.reply_error(send, p.CODE_BAD_REQUEST, f"message is not JSON: {exc}")
+                    message = parse_message(raw, max_chars=MAX_WS_MESSAGE_CHARS)
+                except MessageRefused as exc:
+                    log.warning("session %s: refused a LITE WebSocket message: %s", session.id, exc)
+                    await session.reply_error(send, p.CODE_BAD_REQUEST, str(exc))
                     continue
                 await session.handle(message, reply=send)
         except (WebSocketDisconnect, RuntimeError):  # RuntimeError: the session closed the socket first

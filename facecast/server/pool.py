@@ -374,7 +374,12 @@ class _Worker:
             on_connected=notify("connected"),
             on_closed=notify("closed"),
         )
-        answer = await session.peer.answer(request.sdp, request.sdp_type)
+        try:
+            answer = await session.peer.answer(request.sdp, request.sdp_type)
+        except BaseException:  # a bad offer: this peer goes, the session stays for a good one
+            peer, session.peer = session.peer, None
+            await peer.aclose()
+            raise
         return Answer(answer.sdp, answer.type)
 
     async def _close(self, session_id: str) -> None:

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
 
 from facecast.avatars import ASPECTS, QUALITIES
 from facecast.engine.config import FPS_CHOICES
 
 
+def _integral(value: object) -> object:
+    """JSON has one number type: 600.0 is the integer 600 (JSON Schema agrees); 600.5 stays refused."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
 class _Body(BaseModel):
-    # Unknown fields are refused: a typo like `avatar` for `avatar_id` must not be silently ignored.
-    model_config = ConfigDict(extra="forbid")
+    # Unknown fields are refused: a typo like `avatar` for `avatar_id` must not be silently ignored. Strict:
+    # a value of the wrong JSON type (0 for false, "30" for 30) is refused too, as the OpenAPI schema says.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class VideoSettings(_Body):
@@ -56,7 +62,7 @@ class TokenRequest(_Body):
     video_quality: Literal[tuple(QUALITIES)] | None = None  # type: ignore[valid-type]
     aspect_ratio: Literal[tuple(ASPECTS)] = "1:1"  # type: ignore[valid-type]
     fps: Literal[tuple(FPS_CHOICES)] = 30  # type: ignore[valid-type]
-    max_session_duration: int | None = Field(default=None, gt=0)
+    max_session_duration: Annotated[int | None, BeforeValidator(_integral)] = Field(default=None, gt=0)
     interactivity_type: Literal["CONVERSATIONAL", "PUSH_TO_TALK"] = "CONVERSATIONAL"
     # None: `livekit` when livekit_config is given or this server knows a LiveKit server (it makes a room
     # for the session), else `webrtc`.

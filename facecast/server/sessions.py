@@ -11,7 +11,6 @@ import asyncio
 import base64
 import binascii
 import contextlib
-import json
 import logging
 import os
 import time
@@ -24,9 +23,10 @@ import numpy as np
 
 from facecast import protocol as p
 from facecast.avatars.style import style_names
+from facecast.bounded_json import MessageRefused, parse_message
 from facecast.engine.types import PhoneTiming, SegmentEnded, SegmentEvent, SegmentStarted, SegmentTag
 from facecast.hosts.live import AvatarClosed, LiveCore
-from facecast.hosts.webrtc import AvatarPeer
+from facecast.hosts.webrtc import OFFER_HINT, AvatarPeer, check_offer_sdp
 from facecast.server.auth import hash_secret, new_session_token
 from facecast.server.avatars import AvatarService
 from facecast.server.config import ServerConfig
@@ -209,6 +209,14 @@ class LiveSession:
         except ApiError as exc:
             await self.reply_error(
                 reply, exc.code, exc.message, event_id if isinstance(event_id, str) else None
+            )
+        except Exception as exc:  # a defect: reported, logged, and the session and its socket go on
+            log.exception("session %s: a LITE message failed", self.id)
+            await self.reply_error(
+                reply,
+                p.CODE_INTERNAL,
+                f"the server failed on this message ({type(exc).__name__}); the session goes on",
+                event_id if isinstance(event_id, str) else None,
             )
 
     async def reply_error(
@@ -636,7 +644,8 @@ class SessionManager:
     def _video_settings(body: TokenRequest) -> dict[str, Any]:
         settings = body.video_settings.model_dump()
         if body.video_quality is not None:
-            if "video_settings" in body.model_fields_set and settings["quality"] != body.video_quality:
+            quality_given = "quality" in body.video_settings.model_fields_set
+            if quality_given and settings["quality"] != body.video_quality:
                 raise ApiError(
                     400,
                     p.CODE_BAD_REQUEST,
@@ -666,13 +675,13 @@ class SessionManager:
             raise ApiError(
                 400, p.CODE_BAD_REQUEST, f"livekit_config.livekit_url {cfg.livekit_url!r} is not a URL"
             )
-        tokens = {t for t in (cfg.livekit_worker_token, cfg.livekit_client_token) if t}
+        tokens = [t for t in (cfg.livekit_worker_token, cfg.livekit_client_token) if t]
         if len(tokens) > 1:
             raise ApiError(
                 400,
                 p.CODE_BAD_REQUEST,
                 "livekit_config.livekit_client_token and livekit_worker_token both name the avatar's join "
-                "token and differ; give one of them",
+                "token; give one of them",
             )
         facecast_shape = cfg.livekit_worker_token is not None or cfg.agent_identity is not None
         audio_source = body.audio_source or ("data_stream" if facecast_shape else "websocket")
@@ -1043,6 +1052,10 @@ class SessionManager:
             raise ApiError(
                 409, p.CODE_CONFLICT, "this session already has a WebRTC peer; start a new session"
             )
+        try:
+            check_offer_sdp(sdp)
+        except ValueError as exc:
+            raise ApiError(400, p.CODE_BAD_REQUEST, str(exc)) from None
         encoding = session.record.settings["video_settings"]["encoding"]
 
         async def reply(event: dict[str, Any]) -> None:
@@ -1075,8 +1088,12 @@ class SessionManager:
         try:
             answer = await peer.answer(sdp, sdp_type)
         except Exception as exc:
-            await self.end(session.id, p.END_ERROR)
-            raise ApiError(400, p.CODE_BAD_REQUEST, f"could not answer the WebRTC offer: {exc}") from None
+            # A bad offer is the client's mistake: the peer goes, the session waits for a good offer.
+            session.peer = None
+            await peer.aclose()
+            raise ApiError(
+                400, p.CODE_BAD_REQUEST, f"could not answer the WebRTC offer: {exc}; {OFFER_HINT}"
+            ) from None
         return answer.sdp, answer.type
 
     # -- ending -----------------------------------------------------------------------------------------
@@ -1220,8 +1237,8 @@ def _token_identity(token: str) -> str | None:
     if len(parts) != 3:
         return None
     try:
-        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
-    except (ValueError, binascii.Error):
+        claims = parse_message(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except (MessageRefused, binascii.Error):
         return None
     sub = claims.get("sub") if isinstance(claims, dict) else None
     return sub if isinstance(sub, str) and sub else None

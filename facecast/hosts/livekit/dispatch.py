@@ -42,6 +42,7 @@ from livekit.agents import AgentServer, AutoSubscribe, JobContext, JobProcess, J
 
 from facecast.avatars import DEFAULT_AVATAR, AvatarLibrary
 from facecast.avatars.library import is_bundle_path
+from facecast.bounded_json import MessageRefused, parse_message
 from facecast.hosts.livekit.generator import check_avatar
 from facecast.hosts.livekit.names import (
     ATTRIBUTE_JOB_PROCESS,
@@ -96,9 +97,9 @@ def parse_dispatch_metadata(metadata: str, defaults: AvatarJob | None = None) ->
     if not metadata.strip():
         return base
     try:
-        data = json.loads(metadata)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"dispatch metadata is not JSON: {exc}") from None
+        data = parse_message(metadata)
+    except MessageRefused as exc:
+        raise ValueError(f"dispatch metadata refused: {exc}") from None
     if not isinstance(data, dict):
         raise ValueError("dispatch metadata must be a JSON object")
     changes: dict[str, Any] = {}

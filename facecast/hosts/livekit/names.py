@@ -14,6 +14,7 @@ ATTRIBUTE_AGENT_STATE: Final = "lk.agent.state"
 ATTRIBUTE_WORKER: Final = "facecast.worker"  # host:pid of the `facecast worker` serving a dispatched avatar
 ATTRIBUTE_JOB_PROCESS: Final = "facecast.job_process"  # pid of the worker's child process running it
 TOPIC_TRANSCRIPTION: Final = "lk.transcription"
+TRANSCRIBED_TRACK: Final = "lk.transcribed_track_id"  # text stream attribute: the track it transcribes
 TOPIC_AGENT_SESSION: Final = "lk.agent.session"
 
 # Worker status for the room: data packets {"state", "reason"} on this topic.

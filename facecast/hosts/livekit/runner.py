@@ -111,7 +111,9 @@ class FacecastAvatarRunner:
         self._open: _Segment | None = None
         self._video_timers: set[asyncio.TimerHandle] = set()
         self._lead_missing = True  # the source holds less than the playout lead (start, after a clear)
-        self._inbox: deque[tuple[_Segment, rtc.AudioFrame | None]] = deque()  # None: end of segment
+        # None: end of segment; str: words of the segment's speech (the agent's lk.transcription)
+        self._inbox: deque[tuple[_Segment, rtc.AudioFrame | str | None]] = deque()
+        self._text_tail = ""  # transcript text after the last space: maybe half a word
         self._inbox_ready = asyncio.Event()
         self._after_clear = False  # no item has arrived since the last clear
         self._open_at_clear = False
@@ -230,7 +232,23 @@ class FacecastAvatarRunner:
             self._open = seg
         return seg
 
-    def _enqueue(self, seg: _Segment, frame: rtc.AudioFrame | None) -> None:
+    def add_transcript(self, text: str) -> None:
+        """Words of the agent's speech (a delta of its `lk.transcription` stream). They go to the
+        segment still receiving audio, in order with it, so the engine aligns them while the audio
+        streams; words for a segment whose audio is complete are dropped (its end has been sent)."""
+        text = self._text_tail + text
+        boundary = max(text.rfind(" "), text.rfind("\n"))
+        words, self._text_tail = (text[:boundary], text[boundary + 1 :]) if boundary >= 0 else ("", text)
+        if self._open is not None and words.strip():
+            self._enqueue(self._open, words.strip())
+
+    def end_transcript(self) -> None:
+        """The transcript stream closed: its last word is complete."""
+        tail, self._text_tail = self._text_tail.strip(), ""
+        if self._open is not None and tail:
+            self._enqueue(self._open, tail)
+
+    def _enqueue(self, seg: _Segment, frame: rtc.AudioFrame | str | None) -> None:
         self._inbox.append((seg, frame))
         self._inbox_ready.set()
 
@@ -245,8 +263,16 @@ class FacecastAvatarRunner:
                 if frame is None:
                     await self._end_segment(seg)
                     continue
+                if isinstance(frame, str):
+                    if seg.in_engine and not seg.rejected:
+                        await self._core.push_text(frame)
+                    continue
                 frames = [frame]
-                while self._inbox and self._inbox[0][0] is seg and (nxt := self._inbox[0][1]) is not None:
+                while (
+                    self._inbox
+                    and self._inbox[0][0] is seg
+                    and isinstance(nxt := self._inbox[0][1], rtc.AudioFrame)
+                ):
                     if (nxt.sample_rate, nxt.num_channels) != (frame.sample_rate, frame.num_channels):
                         break
                     frames.append(nxt)

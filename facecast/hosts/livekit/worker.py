@@ -38,6 +38,7 @@ from facecast.hosts.livekit.names import (
     STATE_ERROR,
     TOPIC_AGENT_SESSION,
     TOPIC_TRANSCRIPTION,
+    TRANSCRIBED_TRACK,
 )
 from facecast.hosts.livekit.runner import FacecastAvatarRunner
 from facecast.protocol import END_CLIENT_GONE, END_ERROR, END_MAX_DURATION, END_STOPPED
@@ -409,7 +410,20 @@ class RoomAvatar:
             self._runner.generator.set_listening(agent.attributes.get(ATTRIBUTE_AGENT_STATE) == "listening")
 
     def _drain_text(self, reader: rtc.TextStreamReader, _sender: str) -> None:
-        self._track(reader.read_all())
+        runner = self._runner
+        audio = runner.audio_publication if runner is not None else None
+        # The agent's own speech is transcribed against the audio track the avatar publishes for it
+        # (users' speech against theirs): those words go to the engine as they come.
+        if runner is None or audio is None or reader.info.attributes.get(TRANSCRIBED_TRACK) != audio.sid:
+            self._track(reader.read_all())
+            return
+
+        async def feed() -> None:
+            async for chunk in reader:
+                runner.add_transcript(chunk)
+            runner.end_transcript()
+
+        self._track(feed())
 
     def _drain_bytes(self, reader: rtc.ByteStreamReader, _sender: str) -> None:
         async def drain() -> None:

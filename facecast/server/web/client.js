@@ -37,25 +37,47 @@ function showError(message) {
   if (message) log(message, "error");
 }
 
-async function api(path, { key, token, body, method = "POST" } = {}) {
-  const headers = { "Content-Type": "application/json" };
+// Every call the page makes goes through here: an error answer becomes an Error carrying the server's
+// own message ({code, data, message}), whatever the status, so nothing reads a missing `data`.
+async function api(path, { key, token, body, form, method = "POST" } = {}) {
+  const headers = {};
+  if (body !== undefined) headers["Content-Type"] = "application/json";
   if (key) headers["X-API-KEY"] = key;
   if (token) headers.Authorization = `Bearer ${token}`;
-  const response = await fetch(path, { method, headers, body: body ? JSON.stringify(body) : undefined });
-  let payload;
-  try { payload = await response.json(); } catch { payload = { message: response.statusText }; }
-  if (!response.ok) throw new Error(`${path}: ${payload.message || response.status}`);
+  let response;
+  try {
+    response = await fetch(path, { method, headers, body: form ?? (body !== undefined ? JSON.stringify(body) : undefined) });
+  } catch (err) {
+    throw new Error(`${method} ${path}: the server is unreachable (${err.message})`);
+  }
+  let payload = null;
+  try { payload = await response.json(); } catch { /* not JSON: the status says what happened */ }
+  const message = payload && typeof payload.message === "string" ? payload.message : "";
+  if (!response.ok) throw new Error(`${method} ${path}: ${message || `${response.status} ${response.statusText}`}`);
+  if (!payload || typeof payload !== "object" || !("data" in payload)) {
+    throw new Error(`${method} ${path}: the answer (${response.status}) is not the API's {code, data, message}`);
+  }
   return payload.data;
 }
 
+async function listAvatars(key) {
+  // With a key, the list also holds that key's own avatars (photo avatars made on this server). A key the
+  // server refuses still leaves the built-ins: the error says why the key's own are missing.
+  if (!key) return (await api("/v1/avatars", { method: "GET" })).avatars;
+  try {
+    return (await api("/v1/avatars", { key, method: "GET" })).avatars;
+  } catch (err) {
+    showError(`${err.message} (showing the built-in avatars only)`);
+    return (await api("/v1/avatars", { method: "GET" })).avatars;
+  }
+}
+
 async function loadAvatars(select = null) {
-  // With a key, the list also holds that key's own avatars (photo avatars made on this server).
   const key = $("api-key").value.trim();
-  const res = await fetch("/v1/avatars", key ? { headers: { "X-API-KEY": key } } : {});
-  const { data } = await res.json();
+  const avatars = await listAvatars(key);
   const box = $("avatars");
   box.replaceChildren();
-  const ready = data.avatars.filter((avatar) => avatar.status === "ready");
+  const ready = avatars.filter((avatar) => avatar.status === "ready");
   for (const avatar of ready) {
     const button = document.createElement("button");
     button.type = "button";
@@ -76,8 +98,14 @@ async function loadAvatars(select = null) {
 }
 
 async function previewWithKey(img, url, key) {
-  const res = await fetch(url, { headers: { "X-API-KEY": key } });
-  if (res.ok) img.src = URL.createObjectURL(await res.blob());
+  const res = await fetch(url, { headers: { "X-API-KEY": key } }).catch(() => null);
+  if (res && res.ok) {
+    img.src = URL.createObjectURL(await res.blob());
+    return;
+  }
+  let message = res ? `${res.status} ${res.statusText}` : "the server is unreachable";
+  try { message = (await res.json()).message || message; } catch { /* not JSON */ }
+  log(`no preview for ${img.alt}: ${message}`, "error");
 }
 
 async function buildFromPhoto(file) {
@@ -91,10 +119,7 @@ async function buildFromPhoto(file) {
   form.append("image", file);
   form.append("name", file.name.replace(/\.[^.]*$/, "").slice(0, 200) || "my avatar");
   try {
-    const res = await fetch("/v1/avatars", { method: "POST", headers: { "X-API-KEY": key }, body: form });
-    const payload = await res.json();
-    if (!res.ok) throw new Error(payload.message || res.statusText);
-    let avatar = payload.data;
+    let avatar = await api("/v1/avatars", { key, form });
     while (avatar.status === "building") {
       status.textContent = `building: ${Math.round(100 * avatar.progress)}% ${avatar.stage || ""}`;
       await new Promise((resolve) => setTimeout(resolve, 500));

@@ -151,6 +151,11 @@ class LocalAvatar:
         await core.push_audio(pcm, sample_rate, channels=channels)
         return self._utterance
 
+    async def add_text(self, text: str) -> None:
+        """Words of the current utterance, as the TTS reports them (aligned while the audio plays)."""
+        if self._speaking:
+            await self._require_core().push_text(text)
+
     async def end_speech(self, text: str | None) -> None:
         """The current utterance is complete; `text` (its transcript) enables forced alignment."""
         core = self._require_core()

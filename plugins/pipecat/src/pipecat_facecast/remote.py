@@ -183,6 +183,9 @@ class RemoteAvatar:
             await self._send({"type": p.AGENT_SPEAK, "event_id": event_id, "audio": _b64(audio)}, wait=True)
         return segment_id
 
+    async def add_text(self, text: str) -> None:
+        """Words of the utterance: not part of the LITE protocol, so the server recognises the audio."""
+
     async def end_speech(self, text: str | None) -> None:
         """The utterance is complete (the text is not part of the LITE protocol)."""
         if self._open is None:

@@ -96,6 +96,7 @@ class _Avatar(Protocol):
     async def speak(
         self, pcm: bytes, sample_rate: int, channels: int, phones: list[PhoneTiming] | None
     ) -> int: ...
+    async def add_text(self, text: str) -> None: ...
     async def end_speech(self, text: str | None) -> None: ...
     async def interrupt(self) -> None: ...
     async def set_listening(self, listening: bool) -> None: ...
@@ -111,6 +112,7 @@ class _Utterance:
     samples: int = 0  # input samples so far
     sample_rate: int = 0
     text: str = ""
+    text_sent: int = 0  # characters of `text` already given to the engine
     last_audio: float = 0.0  # time.monotonic() of the latest audio
 
 
@@ -373,6 +375,7 @@ class FacecastVideoService(AIService):
                 self._utterance = _Utterance(explicit=True, context_id=frame.context_id)
             elif isinstance(frame, TTSTextFrame) and self._utterance is not None:
                 self._add_text(self._utterance, frame)
+                await self._send_text(self._utterance)
             elif isinstance(frame, TTSStoppedFrame):
                 await self._end_utterance()
             await self._push_in_order(frame, direction)
@@ -389,7 +392,10 @@ class FacecastVideoService(AIService):
         except ValueError as e:  # facecast.engine.AudioFormatError: an unusable rate or format
             await self.push_error(f"{self}: cannot play TTS audio: {e}", exception=e)
             return
+        first_audio = utterance.segment_id is None
         utterance.segment_id = segment_id
+        if first_audio:
+            await self._send_text(utterance)  # text that came ahead of the audio
         utterance.sample_rate = frame.sample_rate
         utterance.samples += frame.num_frames
         utterance.last_audio = time.monotonic()
@@ -402,7 +408,7 @@ class FacecastVideoService(AIService):
     async def _end_utterance(self) -> None:
         utterance, self._utterance = self._utterance, None
         if utterance is not None and utterance.segment_id is not None:
-            text = utterance.text.strip() if self._align_text else ""
+            text = utterance.text[utterance.text_sent :].strip() if self._align_text else ""
             await self._avatar.end_speech(text or None)
 
     async def _auto_end(self) -> None:
@@ -414,6 +420,20 @@ class FacecastVideoService(AIService):
                 break
             await asyncio.sleep(AUTO_END_SECS - idle)
         self._auto_end_task = None
+
+    async def _send_text(self, utterance: _Utterance) -> None:
+        """Give the engine the utterance's complete words as they come.
+
+        It aligns them while the audio plays (inside its look-ahead), not only once the utterance ends.
+        Text after the last space may be half a word (word-piece tokens): it waits for the rest.
+        """
+        if not self._align_text or utterance.segment_id is None:
+            return
+        boundary = utterance.text.rfind(" ")
+        new = utterance.text[utterance.text_sent : max(boundary, utterance.text_sent)]
+        if new.strip():
+            utterance.text_sent = boundary
+            await self._avatar.add_text(new.strip())
 
     @staticmethod
     def _add_text(utterance: _Utterance, frame: TTSTextFrame) -> None:
