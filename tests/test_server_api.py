@@ -79,7 +79,7 @@ def test_token_needs_a_valid_unrevoked_key(server: RunningServer, key: str) -> N
         ({"max_session_duration": -5}, 400, "max_session_duration"),
         ({"max_session_duration": 10**6}, 400, "limit"),
         ({"avatar_id": "nobody"}, 404, "/v1/avatars"),
-        ({"mode": "FULL"}, 400, "/v1/llm_configurations"),  # FULL without a language model
+        ({"mode": "FULL"}, 409, "/v1/llm_configurations"),  # FULL without a language model
         ({"transport": "carrier-pigeon"}, 400, "transport"),
         ({"transport": "livekit"}, 400, "livekit_config"),
         (

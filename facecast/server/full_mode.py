@@ -96,14 +96,12 @@ def full_settings(manager: SessionManager, key: ApiKey, body: TokenRequest, tran
     variables = body.dynamic_variables or {}
     voice = (persona.voice_id if persona is not None else None) or DEFAULT_VOICE
     if not known_voice(voice):
-        raise ApiError(
-            400, p.CODE_BAD_REQUEST, f"unknown voice_id {voice!r}; GET /v1/voices lists the voices"
-        )
+        raise ApiError(404, p.CODE_NOT_FOUND, f"unknown voice_id {voice!r}; GET /v1/voices lists the voices")
     language = persona.language if persona is not None else "en"
     if language.split("-")[0].lower() != "en":
         raise ApiError(
-            400,
-            p.CODE_BAD_REQUEST,
+            501,
+            p.CODE_NOT_IMPLEMENTED,
             f"language {language!r}: FULL mode's speech recognition (PocketSphinx) understands English "
             "only so far; use language 'en'",
         )
@@ -158,7 +156,7 @@ def _llm_settings(manager: SessionManager, key: ApiKey, config_id: str | None) -
         }
     base_url, model = settings.LLM_BASE_URL.get(), settings.LLM_MODEL.get()
     if not (base_url and model):
-        raise ApiError(400, p.CODE_BAD_REQUEST, _NO_LLM)
+        raise ApiError(409, p.CODE_CONFLICT, _NO_LLM)  # a valid request this server is not set up for
     check_base_url(base_url)
     return {"llm_configuration_id": None, "model": model, "base_url": base_url, "secret_id": None}
 

@@ -27,6 +27,7 @@ router = APIRouter(prefix="/v1")
 
 MAX_PROMPT_CHARS = 20_000
 MAX_OPENING_CHARS = 2_000
+BASE_URL_PATTERN = r"^https?://[^\s/]+"  # the endpoint's root, e.g. http://127.0.0.1:11434/v1
 SECRET_TYPES = ("LLM_API_KEY", "STT_API_KEY", "TTS_API_KEY", "OTHER")
 
 
@@ -61,14 +62,14 @@ class LlmConfigCreate(_Body):
     display_name: str = Field(min_length=1, max_length=200)
     model_name: str = Field(min_length=1, max_length=200)
     secret_id: str | None = None  # None: an endpoint without a key (a local Ollama, vLLM, llama.cpp)
-    base_url: str | None = Field(default=None, max_length=2048)  # None: OpenAI's
+    base_url: str | None = Field(default=None, max_length=2048, pattern=BASE_URL_PATTERN)  # None: OpenAI's
 
 
 class LlmConfigUpdate(_Body):
     display_name: str | None = Field(default=None, min_length=1, max_length=200)
     model_name: str | None = Field(default=None, min_length=1, max_length=200)
     secret_id: str | None = None
-    base_url: str | None = Field(default=None, max_length=2048)
+    base_url: str | None = Field(default=None, max_length=2048, pattern=BASE_URL_PATTERN)
 
 
 def _ok(data: Any = None, message: str = "success") -> dict[str, Any]:
@@ -113,7 +114,7 @@ def _not_found(kind: str, record_id: str, listing: str) -> ApiError:
 
 
 def check_base_url(base_url: str | None) -> None:
-    if base_url is not None and not re.match(r"^https?://[^\s/]+", base_url):
+    if base_url is not None and not re.match(BASE_URL_PATTERN, base_url):
         raise ApiError(
             400,
             p.CODE_BAD_REQUEST,
@@ -239,8 +240,8 @@ def _llm_item(record: LlmConfigRecord) -> dict[str, Any]:
 def _check_secret(store: Store, key: ApiKey, secret_id: str | None) -> None:
     if secret_id is not None and store.get_owned(SecretRecord, key.id, secret_id) is None:
         raise ApiError(
-            400,
-            p.CODE_BAD_REQUEST,
+            404,
+            p.CODE_NOT_FOUND,
             f"secret_id {secret_id!r} names no secret of this API key; store the endpoint's key with "
             "POST /v1/secrets first",
         )
@@ -277,9 +278,9 @@ async def update_llm_configuration(
     config_id: str, body: LlmConfigUpdate, key: Key, store: StoreDep
 ) -> dict[str, Any]:
     changes = body.model_dump(exclude_unset=True)
-    for required in ("display_name", "model_name"):
-        if required in changes and changes[required] is None:
-            raise ApiError(400, p.CODE_BAD_REQUEST, f"{required} cannot be null")
+    for required in ("display_name", "model_name"):  # null: unchanged (secret_id, base_url: null clears)
+        if changes.get(required, "") is None:
+            del changes[required]
     check_base_url(changes.get("base_url"))
     _check_secret(store, key, changes.get("secret_id"))
     if changes and not store.update_owned(LlmConfigRecord, key.id, config_id, **changes):
@@ -325,5 +326,5 @@ def known_voice(voice_id: str) -> bool:
 
 
 @router.get("/voices", tags=["full mode"], summary="The voices FULL sessions can speak with (espeak-ng)")
-async def list_voices() -> dict[str, Any]:
+async def list_voices(key: Key) -> dict[str, Any]:  # a key, as for every LiveAvatar resource
     return _ok({"voices": [{**v, "provider": "espeak-ng"} for v in espeak_voices()]})

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+)
 
 from facecast.avatars import ASPECTS, QUALITIES
 from facecast.engine.config import FPS_CHOICES
@@ -47,6 +55,9 @@ class LiveKitConfig(_Body):
 
 
 AudioSource = Literal["websocket", "data_stream"]
+# `${name}` placeholders of a FULL session's context: LiveAvatar's limits.
+VariableName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_]{1,64}$")]
+VariableValue = Annotated[str, StringConstraints(max_length=1000)]
 
 
 class TokenRequest(_Body):
@@ -75,17 +86,7 @@ class TokenRequest(_Body):
     # FULL mode: the OpenAI-compatible endpoint (POST /v1/llm_configurations; None: the server's default,
     # FACECAST_LLM_*) and values for the context's `${name}` placeholders (LiveAvatar's limits).
     llm_configuration_id: str | None = None
-    dynamic_variables: dict[str, str] | None = Field(default=None, max_length=50)
-
-    @field_validator("dynamic_variables")
-    @classmethod
-    def _variables_in_limits(cls, value: dict[str, str] | None) -> dict[str, str] | None:
-        for name, text in (value or {}).items():
-            if not name or len(name) > 64 or not name.replace("_", "a").isalnum():
-                raise ValueError(f"variable name {name[:70]!r} must be 1-64 letters, digits or _")
-            if len(text) > 1000:
-                raise ValueError(f"the value of {name!r} is over 1000 characters")
-        return value
+    dynamic_variables: dict[VariableName, VariableValue] | None = Field(default=None, max_length=50)
 
     @field_validator("is_sandbox", "video_settings", mode="before")
     @classmethod

@@ -546,13 +546,6 @@ class SessionManager:
             from facecast.server.full_mode import full_settings
 
             full = full_settings(self, key, body, transport)
-        elif body.dynamic_variables is not None or body.llm_configuration_id is not None:
-            raise ApiError(
-                400,
-                p.CODE_BAD_REQUEST,
-                "dynamic_variables and llm_configuration_id apply to mode FULL (the server runs the "
-                "conversation); drop them, or mint with mode FULL",
-            )
         video_settings = self._video_settings(body)
         livekit = self._livekit_settings(body, session_id) if transport == "livekit" else None
         if body.avatar_image_url is not None:
