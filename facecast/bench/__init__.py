@@ -62,6 +62,10 @@ def main(argv: list[str] | None = None) -> int:
         from facecast.bench.frames import main as frames_main
 
         return frames_main(argv[1:])
+    if argv[:1] == ["soak"]:  # and sessions churned or abandoned for a while, memory sampled
+        from facecast.bench.soak import main as soak_main
+
+        return soak_main(argv[1:])
     if argv[:1] == ["browser"]:  # and the A/V sync one in Chromium
         from facecast.bench.browser import main as browser_main
 

@@ -30,6 +30,7 @@ from facecast.server.auth import hash_secret, new_session_token
 from facecast.server.avatars import AvatarService
 from facecast.server.config import ServerConfig
 from facecast.server.errors import ApiError
+from facecast.server.memory import MemoryReleaser
 from facecast.server.pool import (
     AvatarSpec,
     LivePool,
@@ -37,7 +38,6 @@ from facecast.server.pool import (
     RemotePeer,
     build_engine,
     new_live_avatar,
-    release_freed_memory,
 )
 from facecast.server.schemas import TokenRequest
 from facecast.server.store import ApiKey, SessionRecord, Store, new_session_id
@@ -452,6 +452,7 @@ class SessionManager:
         self._pending: dict[str, float] = {}  # minted here, not started: session id -> token expiry (unix)
         self._waiting: set[str] = set()  # starts waiting for their avatar to finish building
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._memory = MemoryReleaser()  # what ended sessions leave in reference cycles, freed
         self._reaper: asyncio.Task[None] | None = None
         self._reaps = 0
         self._tts: EspeakTTS | None = None
@@ -496,6 +497,7 @@ class SessionManager:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._memory.aclose()
 
     def spawn(self, coro: Awaitable[Any]) -> None:
         """Run a short task the manager owns (cancelled at shutdown, errors logged)."""
@@ -1040,7 +1042,7 @@ class SessionManager:
         ended = self.store.end_session(session_id, reason, time.time(), stats=stats)
         if session is not None:
             await self._delete_owned_room(session.record)
-            await asyncio.to_thread(release_freed_memory)
+            self._memory.request()
         if ended:
             self.ended_total[reason] = self.ended_total.get(reason, 0) + 1
             log.info("session %s ended: %s", session_id, reason)

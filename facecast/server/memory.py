@@ -1,0 +1,85 @@
+"""Giving an ended session's memory back, in the API process and in each worker process.
+
+A session's peer connection, codecs and engine form reference cycles (aiortc's objects point at one
+another and at their event callbacks), so they outlive the session until the cyclic garbage collector
+runs. CPython runs it after enough new container objects, which an idle server never allocates: the
+libvpx/Opus encoder state, frame buffers and renderer caches those cycles hold stayed resident. Measured
+with `facecast bench soak abandon` (docs/reliability.md, "Memory and soak"): 8 rounds of 20 abandoned
+sessions took an idle server from ~150 MB to over 1 GB, and malloc_trim alone returned nothing because
+nothing had been freed. So after sessions end, a full collection runs, then malloc_trim hands the freed
+pages of glibc's arenas back to the OS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import ctypes.util
+import gc
+from collections.abc import Callable
+
+# Sessions often end together (a burst of idle timeouts, a worker's shutdown): one release for them
+# all, not one each. A full collection scans every tracked object, tens of ms on a loaded core.
+RELEASE_DELAY_S = 0.5
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc.malloc_trim  # type: ignore[no-any-return]
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+_MALLOC_TRIM = _malloc_trim()
+
+
+def trim_malloc() -> None:
+    """Hand pages glibc's arenas hold free back to the OS (a no-op off glibc). ctypes releases the GIL
+    for the call, so it may run in a thread while the event loop goes on."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
+
+
+async def release_freed_memory() -> None:
+    """Free what ended sessions left in reference cycles, then return the freed pages to the OS. The
+    collection runs on the event loop's thread: finalizers of asyncio and aiortc objects must not run
+    on another thread."""
+    gc.collect()
+    await asyncio.to_thread(trim_malloc)
+
+
+class MemoryReleaser:
+    """Runs `release_freed_memory` RELEASE_DELAY_S after a `request()`, once for all the requests made
+    meanwhile; owned by whoever ends sessions (the session manager, a worker process), which closes it."""
+
+    def __init__(self, delay_s: float = RELEASE_DELAY_S) -> None:
+        self._delay_s = delay_s
+        self._task: asyncio.Task[None] | None = None
+        self._requested = False
+        self.releases = 0  # how many ran: bursts of requests coalesce
+
+    def request(self) -> None:
+        self._requested = True
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(
+                self._release_soon(), name="facecast-memory-release"
+            )
+
+    async def _release_soon(self) -> None:
+        # Requests made while waiting are served by this release; one made while it runs, by the next.
+        while self._requested:
+            await asyncio.sleep(self._delay_s)
+            self._requested = False
+            await release_freed_memory()
+            self.releases += 1
+
+    async def aclose(self) -> None:
+        """Cancel a pending release; the process is going away or has nothing left to free."""
+        self._requested = False
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
