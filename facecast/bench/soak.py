@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import contextlib
 import itertools
+import math
 import os
 import platform
 import sys
@@ -27,15 +28,18 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date
+from pathlib import Path
 from typing import Any
 
 from facecast.bench.report import Log, Table
 from facecast.bench.server import (
+    TIMEOUT_S,
     Peer,
     ServerCode,
     ServerProcess,
     SetupError,
     _http,
+    baseline_checkout,
     checkout_root,
     load_speech,
 )
@@ -65,7 +69,15 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="the server's worker processes (facecast serve --live-workers; 0: sessions in the API process)",
     )
-    parser.add_argument("--cache-dir", default=None, help="generated speech cache (as bench)")
+    parser.add_argument(
+        "--baseline",
+        nargs="?",
+        const="main",
+        default=None,
+        metavar="REF",
+        help="abandon: also run the server of git REF (default main), first, in the same run",
+    )
+    parser.add_argument("--cache-dir", type=Path, default=None, help="generated speech cache (as bench)")
     parser.add_argument("--markdown", action="store_true", help="print tables as Markdown")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     return parser
@@ -96,15 +108,25 @@ def main(argv: Sequence[str]) -> int:
 
 async def _run(args: argparse.Namespace, log: Log) -> list[Table]:
     serve_args = () if args.live_workers is None else ("--live-workers", str(args.live_workers))
-    code = ServerCode("this checkout", checkout_root(), serve_args)
-    env = {"FACECAST_IDLE_TIMEOUT": str(IDLE_TIMEOUT_S)}
-    async with ServerProcess(log, code, env=env) as server:
-        if args.command == "abandon":
-            return [await abandon(server, args.rounds, args.sessions, log)]
-        from pathlib import Path
+    current = ServerCode("this checkout", checkout_root(), serve_args)
+    if args.command == "churn":
+        speech = load_speech(args.cache_dir)
+        async with soak_server(current, log) as server:
+            return churn_tables(await churn(server, speech, args.duration, args.concurrent, args.sample, log))
+    if args.baseline is None:
+        async with soak_server(current, log) as server:
+            return [abandon_table(await abandon(server, args.rounds, args.sessions, log))]
+    tables = []
+    with baseline_checkout(args.baseline, log) as root:
+        for code in (ServerCode(args.baseline, root, serve_args), current):
+            async with soak_server(code, log) as server:
+                tables.append(abandon_table(await abandon(server, args.rounds, args.sessions, log)))
+    return tables
 
-        speech = load_speech(Path(args.cache_dir) if args.cache_dir else None)
-        return await churn(server, speech, args.duration, args.concurrent, args.sample, log)
+
+def soak_server(code: ServerCode, log: Log) -> ServerProcess:
+    """`facecast serve` for a soak: abandoned sessions end IDLE_TIMEOUT_S after their last activity."""
+    return ServerProcess(log, code, env={"FACECAST_IDLE_TIMEOUT": str(IDLE_TIMEOUT_S)})
 
 
 # -- memory of the server's processes -----------------------------------------------------------------
@@ -144,60 +166,96 @@ async def _wait_idle(http: Any, server: ServerProcess, timeout: float) -> int:
 
 
 # -- abandon ------------------------------------------------------------------------------------------
-async def _abandoned_session(http: Any, server: ServerProcess) -> None:
-    """Start a session, reach its first frame, say nothing: the server ends it at its idle timeout. The
-    client's peer stays open until then, as a client that went away without a word leaves it."""
+async def _wait_ended(http: Any, server: ServerProcess, session_id: str, timeout: float) -> str | None:
+    """The session's end reason once the server has ended it; None if it is still running at `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        r = await http.get(f"{server.url}/v1/sessions/{session_id}", headers={"X-API-KEY": server.api_key})
+        data = r.json()["data"]
+        if data["state"] == p.STATE_ENDED:
+            return str(data["end_reason"])
+        await asyncio.sleep(0.25)
+    return None
+
+
+async def abandoned_session(http: Any, server: ServerProcess) -> tuple[str | None, bool]:
+    """Start a session, signal WebRTC, say nothing: the server ends it at its idle timeout. The client's
+    peer stays open until then, as a client that went away without a word leaves it. Returns the end
+    reason (None: not ended within 30 s of the timeout) and whether a first video frame arrived (on a
+    machine too loaded for it, the session is abandoned all the same)."""
     peer = Peer(http, server, decode=False)
     try:
-        await peer.open()
-        deadline = time.monotonic() + IDLE_TIMEOUT_S + 30
-        while time.monotonic() < deadline and peer._pc.connectionState not in ("closed", "failed"):
-            await asyncio.sleep(0.25)
-            if time.monotonic() > deadline - 30 + 2:  # the idle timeout has passed: ended server-side?
-                r = await http.get(
-                    f"{server.url}/v1/sessions/{peer.session_id}", headers={"X-API-KEY": server.api_key}
-                )
-                if r.json()["data"]["state"] == p.STATE_ENDED:
-                    break
+        try:
+            await peer.open()
+            framed = True
+        except TimeoutError:
+            framed = False
+        return await _wait_ended(http, server, peer.session_id, IDLE_TIMEOUT_S + 30), framed
     finally:
         await peer.close()
 
 
-async def abandon(server: ServerProcess, rounds: int, per_round: int, log: Log) -> Table:
-    table = Table(
-        f"Server memory after rounds of {per_round} WebRTC sessions left to time out "
-        f"(idle timeout {IDLE_TIMEOUT_S} s), nothing live",
-        ["sessions", "API process MB", "worker processes MB", "total MB", "over baseline MB", "live"],
-    )
+@dataclass
+class AbandonRun:
+    label: str
+    per_round: int
+    baseline: ProcessMemory
+    rounds: list[ProcessMemory] = field(default_factory=list)
+    live: list[int] = field(default_factory=list)  # sessions still live when each round was measured
+    not_idle: int = 0  # sessions that ended otherwise than by the idle timeout
+    no_frame: int = 0  # sessions whose first video frame did not come within TIMEOUT_S
+
+    @property
+    def growth_mb(self) -> float:
+        return self.rounds[-1].total_mb - self.baseline.total_mb
+
+
+async def abandon(server: ServerProcess, rounds: int, per_round: int, log: Log) -> AbandonRun:
+    """`rounds` rounds of `per_round` concurrent abandoned sessions; the server's memory with nothing
+    live, after one such session (the baseline: models, codecs and arenas loaded once) and after each
+    round."""
     async with _http() as http:
-        await _abandoned_session(http, server)  # models, codecs and arenas loaded once
+        ended = [await abandoned_session(http, server)]
         await _wait_idle(http, server, 30)
         await asyncio.sleep(SETTLE_S)
-        base = process_memory(server)
-        table.add(1, base.api_mb, _workers(base), base.total_mb, 0.0, 0)
-        for round_ in range(1, rounds + 1):
-            await asyncio.gather(*(_abandoned_session(http, server) for _ in range(per_round)))
-            live = await _wait_idle(http, server, 30)
+        run = AbandonRun(server.code.label, per_round, process_memory(server))
+        for n in range(1, rounds + 1):
+            ended += await asyncio.gather(*(abandoned_session(http, server) for _ in range(per_round)))
+            run.not_idle = sum(reason != p.END_IDLE for reason, _ in ended)
+            run.no_frame = sum(not framed for _, framed in ended)
+            run.live.append(await _wait_idle(http, server, 30))
             await asyncio.sleep(SETTLE_S)
             mem = process_memory(server)
-            table.add(
-                1 + round_ * per_round,
-                mem.api_mb,
-                _workers(mem),
-                mem.total_mb,
-                mem.total_mb - base.total_mb,
-                live,
-            )
+            run.rounds.append(mem)
             log(
-                f"abandon round {round_}/{rounds}: API {mem.api_mb:.0f} MB, workers {_workers(mem)} MB, "
-                f"{mem.total_mb - base.total_mb:+.0f} MB over baseline, {live} live"
+                f"abandon ({run.label}) round {n}/{rounds}: API process {mem.api_mb:.0f} MB, children "
+                f"{_workers(mem)} MB, {mem.total_mb - run.baseline.total_mb:+.0f} MB over the baseline, "
+                f"{run.live[-1]} live"
             )
-    growth = float(table.rows[-1][4])
+    return run
+
+
+def abandon_table(run: AbandonRun) -> Table:
+    table = Table(
+        f"{run.label}: server memory after rounds of {run.per_round} WebRTC sessions left to time out "
+        f"(idle timeout {IDLE_TIMEOUT_S} s), nothing live",
+        ["sessions", "API process MB", "child processes MB", "total MB", "over baseline MB", "live"],
+    )
+    base = run.baseline
+    table.add(1, base.api_mb, _workers(base), base.total_mb, 0.0, 0)
+    for n, (mem, live) in enumerate(zip(run.rounds, run.live, strict=True), 1):
+        table.add(
+            1 + n * run.per_round, mem.api_mb, _workers(mem), mem.total_mb, mem.total_mb - base.total_mb, live
+        )
+    met = "met" if run.growth_mb <= MAX_GROWTH_MB else "NOT met"
     table.notes += [
         "each session: token -> start -> WebRTC offer/answer -> first video frame -> silence until the "
         "server ends it (idle timeout); the client's peer closes only then",
-        f"baseline: after one such session; target: within +{MAX_GROWTH_MB:.0f} MB "
-        f"({'met' if growth <= MAX_GROWTH_MB else 'NOT met'}: {growth:+.1f} MB)",
+        "child processes: the live workers and multiprocessing's resource tracker",
+        f"sessions that ended otherwise than by the idle timeout: {run.not_idle}; whose first frame did "
+        f"not come within {TIMEOUT_S:.0f} s (machine load): {run.no_frame}",
+        f"baseline: after one such session; target: within +{MAX_GROWTH_MB:.0f} MB ({met}: "
+        f"{run.growth_mb:+.1f} MB)",
     ]
     return table
 
@@ -206,62 +264,84 @@ def _workers(mem: ProcessMemory) -> str:
     return "+".join(f"{mb:.0f}" for mb in mem.workers_mb) or "-"
 
 
-# -- churn --------------------------------------------------------------------------------------------
+# -- churn ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ChurnSample:
+    t_s: float
+    started: int
+    live: int
+    memory: ProcessMemory
+    worst_drift_ms: float  # the largest |A/V drift| over the sessions speaking then; NaN: none was
+
+
 @dataclass
-class ChurnFigures:
+class ChurnRun:
+    duration_s: float
+    concurrent: int
+    baseline: ProcessMemory | None = None
+    after: ProcessMemory | None = None
+    live_after: int = 0
     started: int = 0
     stopped: int = 0
     abandoned: int = 0
     utterances: int = 0
     speech_errors: int = 0
     failures: list[str] = field(default_factory=list)
-    drift_ms: list[float] = field(default_factory=list)  # each sample's worst |A/V drift| over sessions
+    samples: list[ChurnSample] = field(default_factory=list)
+
+    @property
+    def growth_mb(self) -> float:
+        assert self.baseline is not None and self.after is not None
+        return self.after.total_mb - self.baseline.total_mb
+
+    @property
+    def worst_drift_ms(self) -> float:
+        drifts = [s.worst_drift_ms for s in self.samples if not math.isnan(s.worst_drift_ms)]
+        return max(drifts) if drifts else math.nan
 
 
 def av_drift_ms(peer: Peer) -> float | None:
-    """How far the audio's RTP clock has run from the video's since the first packet of each, against the
-    client's arrival clock, ms: positive when audio is ahead. None before both have arrived for 1 s."""
+    """How far a session's audio has drifted from its video at the client, ms: over the packets received
+    so far, the media time each stream advanced (its RTP clock) minus the arrival time that took,
+    audio's minus video's. Zero while both play at real time; positive when audio runs ahead. None
+    before both streams have run for about a second."""
     v, a = peer.received.video_arrivals, peer.received.audio_arrivals
     if len(v.times) < 30 or len(a.times) < 50:
         return None
-    # Over the same arrival window, media time advanced per stream.
     video_media = ((v.rtp_timestamps[-1] - v.rtp_timestamps[0]) % 2**32) / VIDEO_CLOCK
     audio_media = ((a.rtp_timestamps[-1] - a.rtp_timestamps[0]) % 2**32) / AUDIO_CLOCK
-    video_wall = v.times[-1] - v.times[0]
-    audio_wall = a.times[-1] - a.times[0]
-    return ((audio_media - audio_wall) - (video_media - video_wall)) * 1000.0
+    video_late = (v.times[-1] - v.times[0]) - video_media
+    audio_late = (a.times[-1] - a.times[0]) - audio_media
+    return (video_late - audio_late) * 1000.0
 
 
-async def _churned_session(
-    http: Any,
-    server: ServerProcess,
-    speech: Sequence[bytes],
-    n: int,
-    figures: ChurnFigures,
-    live_peers: set[Peer],
+async def churned_session(
+    http: Any, server: ServerProcess, speech: Sequence[bytes], n: int, run: ChurnRun, speaking: set[Peer]
 ) -> None:
+    """Session `n`: started, connected, UTTERANCES_PER_SESSION utterances, then stopped, or (one in
+    ABANDON_EVERY) abandoned: its socket and peer close without a stop and the server sees them go."""
     peer = Peer(http, server, decode=False)
     try:
         await peer.open()
-        figures.started += 1
+        run.started += 1
         await peer.connect_ws()
-        live_peers.add(peer)
+        speaking.add(peer)
         for k in range(UTTERANCES_PER_SESSION):
             await peer.say(speech[(n + k) % len(speech)], f"s{n}u{k}")
-            figures.utterances += 1
-        figures.speech_errors += peer.speech_errors
-        live_peers.discard(peer)
+            run.utterances += 1
+        speaking.discard(peer)
+        run.speech_errors += peer.speech_errors
         if n % ABANDON_EVERY == ABANDON_EVERY - 1:
-            figures.abandoned += 1  # the socket and peer close without a stop: the server sees them go
+            run.abandoned += 1
         else:
             reason = await peer.stop()
+            run.stopped += 1
             if reason != p.END_STOPPED:
-                figures.failures.append(f"session {peer.session_id} ended as {reason}")
-            figures.stopped += 1
+                run.failures.append(f"session {peer.session_id} ended as {reason}, not stopped")
     except Exception as exc:
-        figures.failures.append(f"session {peer.session_id or n}: {type(exc).__name__}: {exc}")
+        run.failures.append(f"session {peer.session_id or n}: {type(exc).__name__}: {exc}")
     finally:
-        live_peers.discard(peer)
+        speaking.discard(peer)
         await peer.close()
 
 
@@ -272,74 +352,100 @@ async def churn(
     concurrent: int,
     sample_s: float,
     log: Log,
-) -> list[Table]:
-    figures = ChurnFigures()
-    samples = Table(
-        f"Soak: {concurrent} sessions at a time churned and speaking for {duration:.0f} s",
-        ["t s", "sessions started", "live", "API process MB", "workers MB", "total MB", "max |A/V drift| ms"],
-    )
-    live_peers: set[Peer] = set()
-    counter = itertools.count()
+) -> ChurnRun:
+    """For `duration` seconds, `concurrent` lanes of churned sessions; sampled every `sample_s`. The
+    baseline is the server's memory with nothing live after one churned session; `after`, the same once
+    the last session has ended."""
+    run = ChurnRun(duration, concurrent)
+    speaking: set[Peer] = set()
+    numbers = itertools.count()
     async with _http() as http:
-        await _churned_session(http, server, speech, next(counter), figures, live_peers)
-        await _wait_idle(http, server, IDLE_TIMEOUT_S + 30)
+        await churned_session(http, server, speech, next(numbers), run, speaking)
+        await _wait_idle(http, server, 30)
         await asyncio.sleep(SETTLE_S)
-        base = process_memory(server)
+        run.baseline = process_memory(server)
         start = time.monotonic()
         end = start + duration
 
         async def lane() -> None:
             while time.monotonic() < end:
-                await _churned_session(http, server, speech, next(counter), figures, live_peers)
+                await churned_session(http, server, speech, next(numbers), run, speaking)
 
         lanes = [asyncio.create_task(lane()) for _ in range(concurrent)]
-        next_sample = start
         try:
-            while not all(t.done() for t in lanes):
-                if time.monotonic() >= next_sample:
-                    mem = process_memory(server)
-                    drifts = [abs(d) for d in map(av_drift_ms, list(live_peers)) if d is not None]
-                    worst = max(drifts) if drifts else float("nan")
-                    if drifts:
-                        figures.drift_ms.append(worst)
-                    t = time.monotonic() - start
-                    live = await _live(http, server)
-                    samples.add(
-                        round(t), figures.started, live, mem.api_mb, _workers(mem), mem.total_mb, worst
-                    )
-                    log(
-                        f"soak {t:.0f}/{duration:.0f} s: {figures.started} sessions, {live} live, "
-                        f"RSS {mem.total_mb:.0f} MB, worst drift {worst:.0f} ms, "
-                        f"{len(figures.failures)} failures"
-                    )
-                    next_sample += sample_s
+            next_sample = start + sample_s
+            while not all(task.done() for task in lanes):
                 await asyncio.sleep(0.25)
+                if time.monotonic() < next_sample:
+                    continue
+                next_sample += sample_s
+                drifts = [abs(d) for d in map(av_drift_ms, list(speaking)) if d is not None]
+                sample = ChurnSample(
+                    time.monotonic() - start,
+                    run.started,
+                    await _live(http, server),
+                    process_memory(server),
+                    max(drifts) if drifts else math.nan,
+                )
+                run.samples.append(sample)
+                log(
+                    f"soak {sample.t_s:.0f}/{duration:.0f} s: {run.started} sessions started, {sample.live} "
+                    f"live, server RSS {sample.memory.total_mb:.0f} MB, worst A/V drift "
+                    f"{sample.worst_drift_ms:.0f} ms, {len(run.failures)} failures"
+                )
         finally:
-            for t in lanes:
-                t.cancel()
+            for task in lanes:
+                task.cancel()
             await asyncio.gather(*lanes, return_exceptions=True)
-        live = await _wait_idle(http, server, IDLE_TIMEOUT_S + 30)
+        # Abandoned sessions end when the server sees their peer go (or at the idle timeout).
+        run.live_after = await _wait_idle(http, server, IDLE_TIMEOUT_S + 30)
         await asyncio.sleep(SETTLE_S)
-        after = process_memory(server)
-    summary = Table(
-        "Soak summary",
-        ["figure", "value"],
+        run.after = process_memory(server)
+    return run
+
+
+def churn_tables(run: ChurnRun) -> list[Table]:
+    samples = Table(
+        f"Soak: {run.concurrent} sessions at a time, churned and speaking, for {run.duration_s:.0f} s",
+        [
+            "t s",
+            "sessions started",
+            "live",
+            "API process MB",
+            "child processes MB",
+            "total MB",
+            "worst |A/V drift| ms",
+        ],
     )
-    growth = after.total_mb - base.total_mb
-    summary.add("sessions started", figures.started)
-    summary.add("stopped / abandoned", f"{figures.stopped} / {figures.abandoned}")
-    summary.add("utterances spoken", figures.utterances)
-    summary.add("speech errors", figures.speech_errors)
-    summary.add("failures", len(figures.failures))
-    summary.add("RSS baseline MB (after one session)", base.total_mb)
-    summary.add("RSS at the end, nothing live, MB", after.total_mb)
-    summary.add("growth MB", growth)
-    summary.add("live sessions at the end", live)
-    summary.add(
-        "max |A/V drift| ms over samples", max(figures.drift_ms) if figures.drift_ms else float("nan")
-    )
+    for s in run.samples:
+        samples.add(
+            round(s.t_s),
+            s.started,
+            s.live,
+            s.memory.api_mb,
+            _workers(s.memory),
+            s.memory.total_mb,
+            s.worst_drift_ms,
+        )
+    assert run.baseline is not None and run.after is not None
+    summary = Table("Soak summary", ["figure", "value"])
+    summary.add("sessions started", run.started)
+    summary.add("stopped / abandoned", f"{run.stopped} / {run.abandoned}")
+    summary.add("utterances spoken", run.utterances)
+    summary.add("speech errors", run.speech_errors)
+    summary.add("failed sessions", len(run.failures))
+    summary.add("server RSS MB, nothing live, after the first session", run.baseline.total_mb)
+    summary.add("server RSS MB, nothing live, at the end", run.after.total_mb)
+    summary.add("growth MB", run.growth_mb)
+    summary.add("sessions live at the end", run.live_after)
+    summary.add("worst |A/V drift| ms over the samples", run.worst_drift_ms)
+    met = "met" if run.growth_mb <= MAX_GROWTH_MB else "NOT met"
     summary.notes += [
-        f"target: growth within +{MAX_GROWTH_MB:.0f} MB ({'met' if growth <= MAX_GROWTH_MB else 'NOT met'})",
-        *figures.failures[:10],
+        f"each session: start, WebRTC, LITE WebSocket, {UTTERANCES_PER_SESSION} utterances (flite, "
+        f"streamed at playback pace), then stopped; one in {ABANDON_EVERY} abandoned (peer and socket "
+        "closed without a stop)",
+        "A/V drift: at the client, audio's RTP clock against video's over each session's packets so far",
+        f"target: growth within +{MAX_GROWTH_MB:.0f} MB ({met})",
+        *run.failures[:10],
     ]
     return [samples, summary]
