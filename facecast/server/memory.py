@@ -42,6 +42,17 @@ def trim_malloc() -> None:
         _MALLOC_TRIM(0)
 
 
+def freeze_long_lived() -> None:
+    """Move every object alive now (modules, warmed-up caches) out of the collector's sight, so the full
+    collection after a session ends scans only what sessions made since: on the 2-core build machine
+    a full collection of a server's ~90,000 objects takes 100-150 ms, long enough to stall the frames of
+    every session live in that process; after this, well under 10 ms. For a process that serves
+    sessions (`facecast serve`, a worker process), once set up; objects frozen are still freed when
+    their last reference goes."""
+    gc.collect()
+    gc.freeze()
+
+
 async def release_freed_memory() -> None:
     """Free what ended sessions left in reference cycles, then return the freed pages to the OS. The
     collection runs on the event loop's thread: finalizers of asyncio and aiortc objects must not run

@@ -43,7 +43,7 @@ from facecast.avatars.style import style_names
 from facecast.engine import Engine, EngineConfig
 from facecast.engine.types import PhoneTiming, SegmentEvent, SegmentTag
 from facecast.hosts.live import AvatarClosed, LiveCore, LiveStats
-from facecast.server.memory import MemoryReleaser
+from facecast.server.memory import MemoryReleaser, freeze_long_lived
 
 log = logging.getLogger(__name__)
 
@@ -373,6 +373,7 @@ async def _worker_loop(sock: socket.socket, warm: bool) -> None:
     started = time.monotonic()
     if warm:
         await asyncio.to_thread(_warm_up)
+    freeze_long_lived()
     channel = await _Channel.open(sock)
     channel.send(Ready(os.getpid(), time.monotonic() - started))
     try:

@@ -13,6 +13,7 @@ import uvicorn
 
 from facecast.server.app import create_app
 from facecast.server.config import ServerConfig
+from facecast.server.memory import freeze_long_lived
 
 
 def bind(host: str, port: int, *, fallback_to_free_port: bool) -> socket.socket:
@@ -54,6 +55,7 @@ def serve(
     url = config.public_url or f"http://{host}:{port}"
     app = create_app(config)
     server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, ws_max_size=4 * 1024 * 1024))
+    freeze_long_lived()
     if on_ready is not None:
         on_ready(url)
     try:
