@@ -43,13 +43,14 @@ from facecast.bench.server import (
     checkout_root,
     load_speech,
 )
+from facecast.cli import positive_int
 from facecast.server import protocol as p
 
 COMMANDS = ("abandon", "churn")
 IDLE_TIMEOUT_S = 3  # the server's idle timeout here: an abandoned session ends this long after its start
 SETTLE_S = 2.0  # after a round's sessions ended, before measuring (frees on other threads land)
 UTTERANCES_PER_SESSION = 3
-ABANDON_EVERY = 4  # in churn, one session in this many is left to time out instead of stopped
+ABANDON_EVERY = 4  # in churn, one session in this many goes without a stop (its peer and socket close)
 MAX_GROWTH_MB = 50.0  # the target: idle RSS within this of its baseline once nothing is live
 AUDIO_CLOCK = 48000
 VIDEO_CLOCK = 90000
@@ -58,10 +59,14 @@ VIDEO_CLOCK = 90000
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="facecast bench soak", description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=COMMANDS, help="which run")
-    parser.add_argument("--rounds", type=int, default=8, help="abandon: rounds (default 8)")
-    parser.add_argument("--sessions", type=int, default=20, help="abandon: sessions per round (default 20)")
+    parser.add_argument("--rounds", type=positive_int, default=8, help="abandon: rounds (default 8)")
+    parser.add_argument(
+        "--sessions", type=positive_int, default=20, help="abandon: sessions per round (default 20)"
+    )
     parser.add_argument("--duration", type=float, default=3600.0, help="churn: seconds (default 3600)")
-    parser.add_argument("--concurrent", type=int, default=4, help="churn: live sessions at a time (4)")
+    parser.add_argument(
+        "--concurrent", type=positive_int, default=4, help="churn: live sessions at a time (4)"
+    )
     parser.add_argument("--sample", type=float, default=60.0, help="churn: seconds between samples (60)")
     parser.add_argument(
         "--live-workers",
