@@ -195,6 +195,8 @@ async def abandoned_session(http: Any, server: ServerProcess) -> tuple[str | Non
             framed = True
         except TimeoutError:
             framed = False
+        if not peer.session_id:  # the token could not be minted
+            return None, False
         return await _wait_ended(http, server, peer.session_id, IDLE_TIMEOUT_S + 30), framed
     finally:
         await peer.close()

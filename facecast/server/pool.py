@@ -43,7 +43,7 @@ from facecast.avatars.style import style_names
 from facecast.engine import Engine, EngineConfig
 from facecast.engine.types import PhoneTiming, SegmentEvent, SegmentTag
 from facecast.hosts.live import AvatarClosed, LiveCore, LiveStats
-from facecast.server.memory import MemoryReleaser, freeze_long_lived
+from facecast.server.memory import MemoryReleaser, freeze_long_lived, map_large_buffers
 
 log = logging.getLogger(__name__)
 
@@ -387,6 +387,7 @@ def worker_main(sock: socket.socket, warm: bool, log_level: int) -> None:
     but this socket)."""
     # Ctrl-C reaches the whole process group; the API process decides when its workers stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    map_large_buffers()
     logging.basicConfig(level=log_level, format="%(levelname)s %(name)s[worker %(process)d]: %(message)s")
     asyncio.run(_worker_loop(sock, warm))
 

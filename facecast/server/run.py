@@ -13,7 +13,7 @@ import uvicorn
 
 from facecast.server.app import create_app
 from facecast.server.config import ServerConfig
-from facecast.server.memory import freeze_long_lived
+from facecast.server.memory import freeze_long_lived, map_large_buffers
 
 
 def bind(host: str, port: int, *, fallback_to_free_port: bool) -> socket.socket:
@@ -47,6 +47,7 @@ def serve(
     logging.basicConfig(
         level=getattr(logging, log_level.upper(), logging.INFO), format="%(levelname)s %(name)s: %(message)s"
     )
+    map_large_buffers()
     sock = bind(config.host, config.port, fallback_to_free_port=fallback_to_free_port)
     port = sock.getsockname()[1]
     if port != config.port:
