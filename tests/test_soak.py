@@ -27,10 +27,11 @@ from facecast.bench.soak import (
 DURATION_S = 45.0
 CONCURRENT = 2
 SAMPLE_S = 3.0
-# Audio and video come from one clock; at the client they drift apart only by jitter and by frames a
-# loaded machine drops. A broken pacer (one stream sent faster than real time) gains seconds within this
-# soak's sessions.
-MAX_DRIFT_MS = 500.0
+# Audio and video come from one clock, so at the client they stay together but for what a loaded machine
+# delays (jitter is filtered out: av_drift_ms takes the least lateness of each stream). Generous for a
+# noisy 2-core machine; a pacer that sends one stream faster or slower than real time gains seconds over
+# a session.
+MAX_DRIFT_MS = 1000.0
 
 pytestmark = [
     pytest.mark.slow,

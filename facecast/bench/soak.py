@@ -32,7 +32,9 @@ from pathlib import Path
 from typing import Any
 
 from facecast.bench.report import Log, Table
+from facecast.bench.rtpcount import Arrivals
 from facecast.bench.server import (
+    FPS,
     TIMEOUT_S,
     Peer,
     ServerCode,
@@ -53,6 +55,7 @@ UTTERANCES_PER_SESSION = 3
 ABANDON_EVERY = 4  # in churn, one session in this many goes without a stop (its peer and socket close)
 MAX_GROWTH_MB = 50.0  # the target: idle RSS within this of its baseline once nothing is live
 AUDIO_CLOCK = 48000
+AUDIO_FRAMES_PER_S = 50  # 20 ms Opus frames
 VIDEO_CLOCK = 90000
 
 
@@ -307,19 +310,31 @@ class ChurnRun:
         return max(drifts) if drifts else math.nan
 
 
-def av_drift_ms(peer: Peer) -> float | None:
-    """How far a session's audio has drifted from its video at the client, ms: over the packets received
-    so far, the media time each stream advanced (its RTP clock) minus the arrival time that took,
-    audio's minus video's. Zero while both play at real time; positive when audio runs ahead. None
-    before both streams have run for about a second."""
-    v, a = peer.received.video_arrivals, peer.received.audio_arrivals
-    if len(v.times) < 30 or len(a.times) < 50:
+def _lateness_change_s(arrivals: Arrivals, clock: int, window: int) -> float | None:
+    """How much later, against its own media clock, a stream arrives now than at its start, s: the least
+    lateness (arrival minus RTP time) over its last `window` frames minus that over its first `window`.
+    The least, because jitter only ever delays a packet."""
+    times, stamps = arrivals.times, arrivals.rtp_timestamps
+    if len(times) < 2 * window:
         return None
-    video_media = ((v.rtp_timestamps[-1] - v.rtp_timestamps[0]) % 2**32) / VIDEO_CLOCK
-    audio_media = ((a.rtp_timestamps[-1] - a.rtp_timestamps[0]) % 2**32) / AUDIO_CLOCK
-    video_late = (v.times[-1] - v.times[0]) - video_media
-    audio_late = (a.times[-1] - a.times[0]) - audio_media
-    return (video_late - audio_late) * 1000.0
+    t0, s0 = times[0], stamps[0]
+
+    def least(indexes: range) -> float:
+        return min((times[i] - t0) - ((stamps[i] - s0) % 2**32) / clock for i in indexes)
+
+    return least(range(len(times) - window, len(times))) - least(range(window))
+
+
+def av_drift_ms(peer: Peer) -> float | None:
+    """How far a session's audio has drifted from its video at the client since the session's first
+    second, ms: the change in video's lateness minus the change in audio's (positive when audio now
+    arrives early against video). Zero while both play at real time from one clock. None before both
+    streams have run for two seconds."""
+    video = _lateness_change_s(peer.received.video_arrivals, VIDEO_CLOCK, FPS)
+    audio = _lateness_change_s(peer.received.audio_arrivals, AUDIO_CLOCK, AUDIO_FRAMES_PER_S)
+    if video is None or audio is None:
+        return None
+    return (video - audio) * 1000.0
 
 
 async def churned_session(
