@@ -176,9 +176,17 @@ async def _wait_idle(http: Any, server: ServerProcess, timeout: float) -> int:
 # -- abandon ------------------------------------------------------------------------------------------
 async def _wait_ended(http: Any, server: ServerProcess, session_id: str, timeout: float) -> str | None:
     """The session's end reason once the server has ended it; None if it is still running at `timeout`."""
+    import httpx
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        r = await http.get(f"{server.url}/v1/sessions/{session_id}", headers={"X-API-KEY": server.api_key})
+        try:
+            r = await http.get(
+                f"{server.url}/v1/sessions/{session_id}", headers={"X-API-KEY": server.api_key}
+            )
+        except httpx.TransportError:  # a server past its capacity may drop a connection: ask again
+            await asyncio.sleep(0.25)
+            continue
         data = r.json()["data"]
         if data["state"] == p.STATE_ENDED:
             return str(data["end_reason"])
