@@ -161,8 +161,15 @@ def process_memory(server: ServerProcess) -> ProcessMemory:
 
 
 async def _live(http: Any, server: ServerProcess) -> int:
-    r = await http.get(f"{server.url}/healthz")
-    return int(r.json()["data"]["live_sessions"])
+    import httpx
+
+    for _ in range(20):
+        try:
+            r = await http.get(f"{server.url}/healthz")
+            return int(r.json()["data"]["live_sessions"])
+        except httpx.TransportError:  # a server past its capacity may drop a connection: ask again
+            await asyncio.sleep(0.5)
+    raise SetupError(f"the server at {server.url} stopped answering /healthz")
 
 
 async def _wait_idle(http: Any, server: ServerProcess, timeout: float) -> int:
