@@ -2,7 +2,8 @@
 
 Subcommands: speed · latency · lipsync · memory · all; `facecast bench server ...` (a real `facecast
 serve`), `facecast bench livekit ...` (a worker in a real LiveKit room), `facecast bench frames ...`
-(one live stream's cost per stage) and `facecast bench browser` (A/V sync in Chromium) have their own options.
+(one live stream's cost per stage), `facecast bench soak ...` (a server's memory across sessions
+abandoned or churned) and `facecast bench browser` (A/V sync in Chromium) have their own options.
 Results print as tables on stdout (Markdown with --markdown); progress goes to stderr, one line per
 item. See docs/benchmarks.md.
 """
