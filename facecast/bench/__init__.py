@@ -2,7 +2,9 @@
 
 Subcommands: speed · latency · lipsync · memory · all; `facecast bench server ...` (a real `facecast
 serve`), `facecast bench livekit ...` (a worker in a real LiveKit room), `facecast bench frames ...`
-(one live stream's cost per stage) and `facecast bench browser` (A/V sync in Chromium) have their own options.
+(one live stream's cost per stage), `facecast bench browser` (A/V sync in Chromium) and
+`facecast bench portrait` (photo avatars read back by an independent face tracker) have their own
+options.
 Results print as tables on stdout (Markdown with --markdown); progress goes to stderr, one line per
 item. See docs/benchmarks.md.
 """
@@ -62,6 +64,10 @@ def main(argv: list[str] | None = None) -> int:
         from facecast.bench.frames import main as frames_main
 
         return frames_main(argv[1:])
+    if argv[:1] == ["portrait"]:  # and photo avatars read back by an independent face tracker
+        from facecast.bench.portrait import main as portrait_main
+
+        return portrait_main(argv[1:])
     if argv[:1] == ["browser"]:  # and the A/V sync one in Chromium
         from facecast.bench.browser import main as browser_main
 
