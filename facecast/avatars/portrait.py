@@ -275,7 +275,9 @@ class PortraitRenderer:
         )
         smile = min(1.0, max(0.0, s.smile))
         face = {
-            "jaw": min(1.0, m.open * (1.0 - m.closed) * (1 + 0.3 * m.round)),
+            # Spread and rounded lips show less of the gap for the same jaw drop (they thin and narrow): the
+            # jaw drops that much further, so the visible opening follows `open` alone.
+            "jaw": min(1.0, m.open * (1.0 - m.closed) * (1.0 + 0.4 * m.width + 0.36 * m.round)),
             "close": 1.0,
             "wide": m.width,
             "round": m.round,

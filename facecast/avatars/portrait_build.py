@@ -428,8 +428,11 @@ def _face_motion(
             along[..., 0] = 0.12 * mw * out
         elif name == "round":
             along[..., 0] = -0.16 * mw * out
+            # The lips thicken outward as they push forward; their inner edges stay, so rounding does not
+            # part the lips (the jaw alone decides the opening).
             pout = _gauss(u, v, 0.0, 0.0, 0.55 * mw, 0.35 * mw)
-            along[..., 1] = 0.025 * h * pout * (2 * below - 1)
+            beyond = (1 - below) * np.maximum(0.0, f.v_upper - v) + below * np.maximum(0.0, v - f.v_lower)
+            along[..., 1] = 0.025 * h * pout * np.clip(beyond / (0.12 * mw), 0, 1) * (2 * below - 1)
         else:
             along[..., 0] = 0.06 * mw * out
             along[..., 1] = -0.05 * h * (right + left) * (1 - 0.5 * below)
