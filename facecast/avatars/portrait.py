@@ -11,6 +11,7 @@ pixels, the landmark motions) is prepared once per renderer.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import cv2
@@ -252,8 +253,15 @@ class PortraitRenderer:
     def _compute_mouth_box(self) -> tuple[int, int, int, int]:
         lips = list({*fm.UPPER_OUTER, *fm.LOWER_OUTER})
         extremes = []
-        for yaw, pitch, roll in ((0, 0, 0), (1, 1, 1), (-1, -1, -1), (1, -1, 1), (-1, 1, -1)):
-            for face in ({"jaw": 1.0}, {"wide": 1.0, "smile": 1.0}, {"round": 1.0}):
+        # Every corner of the head pose range (the weights are clamped to ±1.5) with each extreme mouth.
+        for yaw, pitch, roll in itertools.product((-1.5, 0.0, 1.5), repeat=3):
+            for face in (
+                {"jaw": 1.0},
+                {"jaw": 1.0, "wide": 1.0},
+                {"jaw": 1.0, "round": 1.0},
+                {"wide": 1.0, "smile": 1.0},
+                {"round": 1.0},
+            ):
                 w = np.zeros(3 + len(self._controls))
                 w[:3] = (yaw, pitch, roll)
                 w[3 + self._controls.index("close")] = 1.0
