@@ -62,8 +62,9 @@ def build_avatar(
         data, where = fetched.data, fetched.source
     image = decode_image(data, where)
     _emit(report("image"), "reading the photo", 1.0)
+    analysis_progress = _monotonic(report("analysis"))  # a turned or small face is analysed more than once
     prepared = prepare_photo(
-        image, lambda img: analyze_faces(img, where=where, progress=report("analysis")), where=where
+        image, lambda img: analyze_faces(img, where=where, progress=analysis_progress), where=where
     )
     manifest, files = build_portrait(
         prepared.image,
@@ -86,6 +87,20 @@ def build_avatar(
     library.save(manifest, files, replace=replace)
     _emit(report("save"), "done", 1.0)
     return manifest
+
+
+def _monotonic(fn: ProgressFn | None) -> ProgressFn | None:
+    """`fn`, never going back: repeated stages report the furthest fraction reached so far."""
+    if fn is None:
+        return None
+    furthest = 0.0
+
+    def report(what: str, fraction: float) -> None:
+        nonlocal furthest
+        furthest = max(furthest, fraction)
+        fn(what, furthest)
+
+    return report
 
 
 def _emit(fn: ProgressFn | None, what: str, fraction: float) -> None:

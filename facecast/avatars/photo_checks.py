@@ -56,7 +56,7 @@ def prepare_photo(image: np.ndarray, analyze: Analyze, *, where: str = "the phot
         # Upside down or sideways, the detector may miss a face it finds upright.
         for quarter in (2, 1, 3):
             turned = np.ascontiguousarray(np.rot90(image, quarter))
-            analysis = _try(analyze, turned)
+            analysis = _try(analyze, turned, person=True)
             if analysis is not None:
                 image = turned
                 changes.append(_turned(quarter))
@@ -65,7 +65,7 @@ def prepare_photo(image: np.ndarray, analyze: Analyze, *, where: str = "the phot
         # Upside down, the mesh can still land on the face nearly upright but wrong (the mouth on an eye):
         # the photo turned round is checked too, and whichever is nearer upright wins clearly or not at all.
         turned = np.ascontiguousarray(np.rot90(image, 2))
-        flipped = _try(analyze, turned)
+        flipped = _try(analyze, turned, person=True)
         if flipped is not None and abs(face_roll_degrees(flipped.largest.landmarks)) + FLIP_MARGIN < abs(
             face_roll_degrees(analysis.largest.landmarks)
         ):
@@ -95,11 +95,22 @@ def prepare_photo(image: np.ndarray, analyze: Analyze, *, where: str = "the phot
     return PreparedPhoto(image, analysis, tuple(changes), tuple(photo_warnings(image, analysis)))
 
 
-def _try(analyze: Analyze, image: np.ndarray) -> FaceAnalysis | None:
+def _try(analyze: Analyze, image: np.ndarray, *, person: bool = False) -> FaceAnalysis | None:
+    """The analysis, or None without a face. With `person`, a face only counts where the person mask
+    covers its nose, the point between its eyes and its chin: the detector, run on a photo turned
+    round or on a window of it, now and then takes other things for a face (a cup of coffee on its side)."""
     try:
-        return analyze(image)
+        found = analyze(image)
     except NoFaceError:
         return None
+    if person:
+        lm, mask = found.largest.landmarks, found.person_mask
+        h, w = mask.shape
+        for index in (fm.NOSE_TIP, 168, fm.CHIN):
+            x, y = (int(np.clip(v, 0, n - 1)) for v, n in zip(lm[index, :2], (w, h), strict=True))
+            if mask[y, x] < 128:
+                return None
+    return found
 
 
 def _turned(quarter: int) -> str:
@@ -118,9 +129,8 @@ def _find_small_face(image: np.ndarray, analyze: Analyze, where: str) -> tuple[n
         for y, x in offsets:
             scale = 512 / side
             window = cv2.resize(image[y : y + side, x : x + side], (512, 512), interpolation=cv2.INTER_CUBIC)
-            try:
-                found = analyze(window)
-            except NoFaceError:
+            found = _try(analyze, window, person=True)
+            if found is None:
                 continue
             lm = found.largest.landmarks[:, :2] / scale + np.array([x, y])
             top, chin = lm[fm.FOREHEAD], lm[fm.CHIN]

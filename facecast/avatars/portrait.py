@@ -253,8 +253,9 @@ class PortraitRenderer:
     def _compute_mouth_box(self) -> tuple[int, int, int, int]:
         lips = list({*fm.UPPER_OUTER, *fm.LOWER_OUTER})
         extremes = []
-        # Every corner of the head pose range (the weights are clamped to ±1.5) with each extreme mouth.
-        for yaw, pitch, roll in itertools.product((-1.5, 0.0, 1.5), repeat=3):
+        # Every corner of the usual head pose range (the animator's ±8° yaw, ±6° pitch, ±5° roll) with
+        # each extreme mouth.
+        for yaw, pitch, roll in itertools.product((-1.0, 0.0, 1.0), repeat=3):
             for face in (
                 {"jaw": 1.0},
                 {"jaw": 1.0, "wide": 1.0},

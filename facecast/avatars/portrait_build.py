@@ -42,7 +42,7 @@ CROPS: dict[str, tuple[float, float, float, float]] = {
     "4:3": (0.0, 0.04, 1.0, 0.75),
     "3:4": (0.125, 0.0, 0.75, 1.0),
 }
-MIN_ROLL_CORRECTION = 2.0  # degrees; a smaller head tilt is left as it is in the photo
+MIN_ROLL_CORRECTION = 5.0  # degrees; a smaller head tilt is left as it is in the photo
 HEAD_CONTROLS: tuple[str, ...] = ("yaw", "pitch", "roll")
 # The head pose each head field is built for (degrees); the renderer scales linearly.
 HEAD_FIELD_AT: dict[str, float] = {"yaw": 8.0, "pitch": 6.0, "roll": 5.0}
