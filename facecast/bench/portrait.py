@@ -290,11 +290,10 @@ def _strip_image(rows: Sequence[tuple[str, np.ndarray]], path: Path) -> None:
         for j, t in enumerate(tiles):
             # The mouth and eyes, closer than the full frame, where the differences are.
             h = t.shape[0]
-            crop = t[
-                int(0.18 * h) : int(0.18 * h) + int(0.62 * h), int(0.19 * h) : int(0.19 * h) + int(0.62 * h)
-            ]
+            top, left, side = int(0.24 * h), int(0.27 * h), int(0.46 * h)
+            crop = t[top : top + side, left : left + side]
             out[y : y + tile, label_w + j * tile : label_w + (j + 1) * tile] = cv2.resize(
-                crop, (tile, tile), interpolation=cv2.INTER_AREA
+                crop, (tile, tile), interpolation=cv2.INTER_CUBIC
             )
     path.parent.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(path), cv2.cvtColor(out, cv2.COLOR_RGB2BGR))
