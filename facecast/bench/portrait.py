@@ -232,14 +232,16 @@ def _mp4_video_times_and_audio_shift(
 class Scores:
     truth_corr: list[float]
     engine_corr: list[float]
+    ceiling: list[float]  # the engine's own openness vs the truth: what no renderer can beat
     offsets_ms: list[float]
     found: list[float]
 
-    def row(self) -> tuple[float, float, float, float, float]:
+    def row(self) -> tuple[float, float, float, float, float, float]:
         off = np.array(self.offsets_ms)
         return (
             float(np.mean(self.truth_corr)),
             float(np.mean(self.engine_corr)),
+            float(np.mean(self.ceiling)),
             float(np.median(off)),
             float(np.max(np.abs(off))),
             float(np.mean(self.found)),
@@ -249,7 +251,7 @@ class Scores:
 def _score(items: Sequence[dict[str, Any]], utts: dict[str, Any], landmarks: Sequence[np.ndarray]) -> Scores:
     from facecast.bench import metrics
 
-    s = Scores([], [], [], [])
+    s = Scores([], [], [], [], [])
     for item, lm in zip(items, landmarks, strict=True):
         u = utts[item["uid"]]
         times, shift = _mp4_video_times_and_audio_shift(Path(item["mp4"]), u.audio(), u.sample_rate)
@@ -261,6 +263,7 @@ def _score(items: Sequence[dict[str, Any]], utts: dict[str, Any], landmarks: Seq
             engine = np.array([json.loads(line)["open"] * (1 - json.loads(line)["closed"]) for line in f])
         s.truth_corr.append(metrics.pearson(truth, opening))
         s.engine_corr.append(metrics.pearson(engine[: len(opening)], opening[: len(engine)]))
+        s.ceiling.append(metrics.pearson(engine[: len(truth)], truth[: len(engine)]))
         s.offsets_ms.append(metrics.av_offset_ms(truth, opening, FPS))
         s.found.append(float(np.isfinite(lm[:, 0, 0]).mean()))
     return s
@@ -340,7 +343,7 @@ def run(args: argparse.Namespace, log: Any) -> list[Any]:
             for tree in trees:
                 entry = built[tree.label][photo]
                 if "bundle" not in entry:
-                    quality.add(tree.label, photo, entry["error"][:60], "", "", "", "")
+                    quality.add(tree.label, photo, entry["error"][:60], "", "", "", "", "")
                     continue
                 items = [
                     {
