@@ -328,6 +328,7 @@ def run(args: argparse.Namespace, log: Any) -> list[Any]:
                 "photo",
                 "corr with truth",
                 "corr with engine",
+                "engine vs truth",
                 "A/V offset median ms",
                 "max abs ms",
                 "face found",
@@ -392,7 +393,8 @@ def run(args: argparse.Namespace, log: Any) -> list[Any]:
             "+ offset = the mouth moves after the sound (target |offset| <= 20 ms)"
         )
         quality.notes.append(
-            "corr with engine: with the openness the engine asked the renderer for (--params)"
+            "corr with engine: with the openness the engine asked the renderer for (--params); "
+            "engine vs truth: that openness against the truth, the ceiling for corr with truth"
         )
         tables += [quality, speed]
         if args.strip:
