@@ -35,7 +35,7 @@ FPS = 30
 SIZE = 512
 # Photos that installed packages ship, public domain or CC0 (docs/portraits.md records the licences).
 PHOTOS: tuple[str, ...] = ("astronaut", "hopper", "camera")
-# States for the image strip: rest, m/b/p, AA, EE, OO, L (tongue), F/V, half and full blink.
+# States for the image strip: rest, m/b/p, AA, EE, OO, L (tongue), F/V, a full blink.
 STRIP_STATES: tuple[tuple[str, dict[str, Any]], ...] = (
     ("rest", {}),
     ("m/b/p", {"mouth": {"closed": 1.0, "viseme": "A"}}),
@@ -299,7 +299,7 @@ def _strip_image(rows: Sequence[tuple[str, np.ndarray]], path: Path) -> None:
                 crop, (tile, tile), interpolation=cv2.INTER_CUBIC
             )
     path.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(path), cv2.cvtColor(out, cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(path), cv2.cvtColor(out, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 88])
 
 
 def run(args: argparse.Namespace, log: Any) -> list[Any]:
@@ -410,7 +410,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--voices", default="slt,kal16,awb", help="comma-separated flite voices")
     p.add_argument("--sentences", type=int, default=4, help="how many of the corpus's last sentences")
     p.add_argument("--frames", type=int, default=200, help="frames per render-time measurement")
-    p.add_argument("--strip", type=Path, default=None, help="also write a before/after image strip (PNG)")
+    p.add_argument(
+        "--strip", type=Path, default=None, help="also write a before/after image strip (.png or .jpg)"
+    )
     p.add_argument("--cache-dir", type=Path, default=None, help="where generated speech is cached")
     p.add_argument("--markdown", action="store_true", help="print tables as Markdown")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
