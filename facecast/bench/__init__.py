@@ -3,7 +3,8 @@
 Subcommands: speed · latency · lipsync · memory · all; `facecast bench server ...` (a real `facecast
 serve`), `facecast bench livekit ...` (a worker in a real LiveKit room), `facecast bench frames ...`
 (one live stream's cost per stage), `facecast bench soak ...` (a server's memory across sessions
-abandoned or churned) and `facecast bench browser` (A/V sync in Chromium) have their own options.
+abandoned or churned), `facecast bench browser` (A/V sync in Chromium) and `facecast bench portrait`
+(photo avatars read back by an independent face tracker) have their own options.
 Results print as tables on stdout (Markdown with --markdown); progress goes to stderr, one line per
 item. See docs/benchmarks.md.
 """
@@ -87,6 +88,10 @@ def main(argv: list[str] | None = None) -> int:
         from facecast.bench.soak import main as soak_main
 
         return soak_main(argv[1:])
+    if argv[:1] == ["portrait"]:  # and photo avatars read back by an independent face tracker
+        from facecast.bench.portrait import main as portrait_main
+
+        return portrait_main(argv[1:])
     if argv[:1] == ["browser"]:  # and the A/V sync one in Chromium
         from facecast.bench.browser import main as browser_main
 
