@@ -700,6 +700,8 @@ def _cmd_avatar_create(args: argparse.Namespace, library: AvatarLibrary) -> int:
         raise CommandError(_one_line(exc)) from None
     finally:
         progress.close()
+    for note in (*manifest.extra.get("build_changes", ()), *manifest.extra.get("build_warnings", ())):
+        print(f"note: {note}", file=sys.stderr)
     _print_created(manifest.name, manifest.kind, manifest.display_name, library)
     return 0
 

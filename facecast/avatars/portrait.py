@@ -11,6 +11,7 @@ pixels, the landmark motions) is prepared once per renderer.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import cv2
@@ -119,6 +120,9 @@ class PortraitRenderer:
         self._mouth_w = float(x["mouth_width"]) * self._sx
         self._teeth = d.teeth
         self._box = self._compute_mouth_box()
+        self._lip_colour = self._sample_lip_colour()
+        rgb = self._base[..., :3].astype(np.int16)
+        self._monochrome = bool(np.abs(rgb - rgb[..., 1:2]).max() <= 4)
 
     # ---- Renderer protocol -------------------------------------------------------------------------
     @property
@@ -252,8 +256,16 @@ class PortraitRenderer:
     def _compute_mouth_box(self) -> tuple[int, int, int, int]:
         lips = list({*fm.UPPER_OUTER, *fm.LOWER_OUTER})
         extremes = []
-        for yaw, pitch, roll in ((0, 0, 0), (1, 1, 1), (-1, -1, -1), (1, -1, 1), (-1, 1, -1)):
-            for face in ({"jaw": 1.0}, {"wide": 1.0, "smile": 1.0}, {"round": 1.0}):
+        # Every corner of the usual head pose range (the animator's ±8° yaw, ±6° pitch, ±5° roll) with
+        # each extreme mouth.
+        for yaw, pitch, roll in itertools.product((-1.0, 0.0, 1.0), repeat=3):
+            for face in (
+                {"jaw": 1.0},
+                {"jaw": 1.0, "wide": 1.0},
+                {"jaw": 1.0, "round": 1.0},
+                {"wide": 1.0, "smile": 1.0},
+                {"round": 1.0},
+            ):
                 w = np.zeros(3 + len(self._controls))
                 w[:3] = (yaw, pitch, roll)
                 w[3 + self._controls.index("close")] = 1.0
@@ -266,6 +278,19 @@ class PortraitRenderer:
         x1, y1 = np.ceil(p.max(axis=0) + pad).astype(int)
         return max(0, int(x0)), max(0, int(y0)), min(self._w, int(x1)), min(self._h, int(y1))
 
+    def _sample_lip_colour(self) -> np.ndarray:
+        """The photo's lip colour, a little darker (the inner edge is in the lip's shadow): the median of
+        the lips between their outer and inner contours at rest."""
+        outer = np.concatenate([self._points[list(fm.UPPER_OUTER)], self._points[list(fm.LOWER_OUTER[::-1])]])
+        inner = np.concatenate([self._points[self._upper_inner], self._points[self._lower_inner[::-1]]])
+        mask = np.zeros((self._h, self._w), np.uint8)
+        cv2.fillPoly(mask, [np.round(outer).astype(np.int32)], 255)
+        cv2.fillPoly(mask, [np.round(inner).astype(np.int32)], 0)
+        lips = self._base[..., :3][mask > 0]
+        if len(lips) < 4:
+            return np.array([150.0, 80.0, 80.0])
+        return np.median(lips.astype(np.float32), axis=0) * 0.7
+
     # ---- per frame -----------------------------------------------------------------------------------
     def _weights(self, s: FaceState) -> np.ndarray:
         m = s.mouth.clamped()
@@ -275,7 +300,9 @@ class PortraitRenderer:
         )
         smile = min(1.0, max(0.0, s.smile))
         face = {
-            "jaw": min(1.0, m.open * (1.0 - m.closed) * (1 + 0.3 * m.round)),
+            # Spread and rounded lips show less of the gap for the same jaw drop (they thin and narrow): the
+            # jaw drops that much further, so the visible opening follows `open` alone.
+            "jaw": min(1.0, m.open * (1.0 - m.closed) * (1.0 + 0.4 * m.width + 0.36 * m.round)),
             "close": 1.0,
             "wide": m.width,
             "round": m.round,
@@ -303,29 +330,49 @@ class PortraitRenderer:
         local = poly - [x0, y0]
         alpha = np.zeros((h, w), np.uint8)
         cv2.fillPoly(alpha, [_fixed(local)], 255, cv2.LINE_AA, _SHIFT)
-        # The cavity: lit under the upper teeth, dark at the back.
+        # The cavity: lit under the upper teeth and toward the lips, darkest at the back in the middle.
         t = np.linspace(0.0, 1.0, h, dtype=np.float32)[:, None, None]
-        inside = (_CAVITY_TOP * (1 - t) + _CAVITY_DEEP * t) * np.ones((1, w, 1), np.float32)
+        centre = local.mean(axis=0)
+        half_w, half_h = max(1.0, (local[:, 0].max() - local[:, 0].min()) / 2), max(1.0, gap / 2)
+        xs = (np.arange(w, dtype=np.float32)[None, :] - centre[0]) / half_w
+        ys = (np.arange(h, dtype=np.float32)[:, None] - centre[1]) / half_h
+        depth = np.clip(1.0 - np.sqrt(xs * xs + ys * ys), 0.0, 1.0)[..., None]  # 1 at the back
+        inside = (_CAVITY_TOP * (1 - t) + _CAVITY_DEEP * t) * (
+            1.0 - 0.45 * depth
+        ) + _CAVITY_DEEP * 0.45 * depth
         teeth_h = min(0.55 * gap, 0.11 * self._mouth_w) * (0.75 + 0.25 * m.teeth)
         if self._teeth is not None:
             self._paste_photo_teeth(inside, upper - [x0, y0], teeth_h)
         else:
             self._draw_teeth(inside, upper - [x0, y0], teeth_h, lower=False)
-        if m.teeth > 0.2 and gap > 0.15 * self._mouth_w:
-            self._draw_teeth(inside, lower - [x0, y0], 0.35 * teeth_h * m.teeth, lower=True)
-        tongue = max(m.tongue, 0.35)
+        # The lower teeth come up from behind the lower lip as the jaw drops, more when the viseme shows
+        # them; they ride with the lower lip (the jaw).
+        lower_teeth = min(0.25 * gap, 0.07 * self._mouth_w) * (0.4 + 0.6 * m.teeth)
+        if gap > 0.15 * self._mouth_w:
+            self._draw_teeth(inside, lower - [x0, y0], lower_teeth, lower=True)
+        # The tongue lies low in the mouth on open vowels and rises to the upper teeth on L and TH.
+        tongue = max(m.tongue, 0.35 + 0.35 * m.open)
         if gap > 0.08 * self._mouth_w:
-            centre = lower.mean(axis=0) - [x0, y0]
+            middle = lower.mean(axis=0) - [x0, y0]
             lift = (0.15 + 0.45 * m.tongue) * gap
             axes = (max(1, round(0.32 * (upper[-1, 0] - upper[0, 0]))), max(1, round(0.35 * gap)))
             tongue_mask = np.zeros((h, w), np.uint8)
-            cx, cy = round(centre[0] * 4), round((centre[1] - lift + 0.3 * gap) * 4)
+            cx, cy = round(middle[0] * 4), round((middle[1] - lift + 0.3 * gap) * 4)
             cv2.ellipse(
                 tongue_mask, (cx, cy), (axes[0] * 4, axes[1] * 4), 0, 180, 360, 255, -1, cv2.LINE_AA, 2
             )
             ta = tongue_mask.astype(np.float32)[..., None] / 255.0 * min(1.0, tongue * 1.4)
-            shade = np.clip(0.7 + 0.3 * (1 - t), 0, 1)
+            shade = np.clip(0.55 + 0.45 * (1 - t) * (1 - 0.5 * depth), 0, 1)  # darker toward the throat
             inside = inside * (1 - ta) + _TONGUE * shade * ta
+        # The inner lip edge, in the photo's own lip colour, so the lips end in lip and not in a light rim.
+        edge = np.zeros((h, w), np.uint8)
+        thickness = max(1, round(0.018 * self._mouth_w))
+        for lip in (upper, lower):
+            cv2.polylines(edge, [_fixed(lip - [x0, y0])], False, 255, thickness, cv2.LINE_AA, _SHIFT)
+        ea = cv2.GaussianBlur(edge, (3, 3), 0).astype(np.float32)[..., None] / 255.0 * 0.75
+        inside = inside * (1 - ea) + self._lip_colour * ea
+        if self._monochrome:  # a black-and-white photo gets a grey mouth
+            inside = np.repeat(inside @ np.array([[0.299], [0.587], [0.114]], np.float32), 3, axis=2)
         a = alpha.astype(np.float32)[..., None] / 255.0
         region = img[y0:y1, x0:x1, :3].astype(np.float32)
         img[y0:y1, x0:x1, :3] = (region * (1 - a) + inside * a).round().astype(np.uint8)
@@ -418,6 +465,12 @@ class PortraitRenderer:
         roi = img[y0:y1, x0:x1]
         lid = cv2.remap(roi, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
         a = np.clip(bottom + 0.5 - rows, 0.0, 1.0)[..., None]  # 1 above the edge, anti-aliased, 0 below
+        # The crease: where the lid folds under the brow skin, a soft shadow that deepens as the lid
+        # closes, fading out toward the corners.
+        crease = top - 0.45 * height
+        reach = (travel / max(float(travel.max()), 1e-6))[None, :]
+        shadow = 0.28 * blink * reach * np.exp(-(((rows - crease) / (0.14 * height)) ** 2))
+        lid *= (1.0 - shadow)[..., None]
         roi[:] = (roi * (1 - a) + lid * a).round().astype(np.uint8)
 
 

@@ -28,6 +28,7 @@ from facecast import __version__
 from facecast.avatars import face_mesh as fm
 from facecast.avatars.bundle import FORMAT_VERSION, FrameSize, Manifest, asset_info
 from facecast.avatars.faces import FaceAnalysis
+from facecast.avatars.photo_checks import face_roll_degrees
 
 ProgressFn = Callable[[str, float], None]
 
@@ -41,6 +42,7 @@ CROPS: dict[str, tuple[float, float, float, float]] = {
     "4:3": (0.0, 0.04, 1.0, 0.75),
     "3:4": (0.125, 0.0, 0.75, 1.0),
 }
+MIN_ROLL_CORRECTION = 5.0  # degrees; a smaller head tilt is left as it is in the photo
 HEAD_CONTROLS: tuple[str, ...] = ("yaw", "pitch", "roll")
 # The head pose each head field is built for (degrees); the renderer scales linearly.
 HEAD_FIELD_AT: dict[str, float] = {"yaw": 8.0, "pitch": 6.0, "roll": 5.0}
@@ -155,7 +157,8 @@ def build_portrait(
 def _canonical(
     image: np.ndarray, landmarks: np.ndarray, person_mask: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Crop (and pad where the photo ends) a square around the face; returns photo, landmarks, mask."""
+    """Crop (and pad where the photo ends) a square around the face, turned so that the face is upright;
+    returns photo, landmarks, mask."""
     top, chin = landmarks[fm.FOREHEAD, :2], landmarks[fm.CHIN, :2]
     face_h = float(np.linalg.norm(chin - top))
     if face_h < 24:
@@ -166,9 +169,11 @@ def _canonical(
     span = FACE_SPAN * face_h
     side = int(min(MAX_SIDE, max(MIN_SIDE, round(span))))
     scale = side / span
-    x0 = centre[0] - span / 2
-    y0 = centre[1] - FACE_CENTRE_Y * span
-    affine = np.array([[scale, 0.0, -x0 * scale], [0.0, scale, -y0 * scale]])
+    # A tilted head is turned upright about the face centre, so the jaw drops straight down the frame.
+    roll = face_roll_degrees(landmarks)
+    angle = roll if abs(roll) > MIN_ROLL_CORRECTION else 0.0
+    affine = cv2.getRotationMatrix2D((float(centre[0]), float(centre[1])), angle, scale)
+    affine[:, 2] += np.array([side / 2, FACE_CENTRE_Y * side]) - centre
     interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
     photo = cv2.warpAffine(image, affine, (side, side), flags=interp, borderMode=cv2.BORDER_REPLICATE)
     mask = cv2.warpAffine(
@@ -184,8 +189,7 @@ def _canonical(
         alpha = np.minimum(alpha, inside[..., None] / 255.0 + 0.0)
         photo = (photo * alpha + blurred * (1 - alpha)).round().astype(np.uint8)
     lm = landmarks.astype(np.float64).copy()
-    lm[:, 0] = (lm[:, 0] - x0) * scale
-    lm[:, 1] = (lm[:, 1] - y0) * scale
+    lm[:, :2] = lm[:, :2] @ affine[:, :2].T + affine[:, 2]
     lm[:, 2] = lm[:, 2] * scale
     return np.ascontiguousarray(photo), lm, np.ascontiguousarray(mask)
 
@@ -428,8 +432,11 @@ def _face_motion(
             along[..., 0] = 0.12 * mw * out
         elif name == "round":
             along[..., 0] = -0.16 * mw * out
+            # The lips thicken outward as they push forward; their inner edges stay, so rounding does not
+            # part the lips (the jaw alone decides the opening).
             pout = _gauss(u, v, 0.0, 0.0, 0.55 * mw, 0.35 * mw)
-            along[..., 1] = 0.025 * h * pout * (2 * below - 1)
+            beyond = (1 - below) * np.maximum(0.0, f.v_upper - v) + below * np.maximum(0.0, v - f.v_lower)
+            along[..., 1] = 0.025 * h * pout * np.clip(beyond / (0.12 * mw), 0, 1) * (2 * below - 1)
         else:
             along[..., 0] = 0.06 * mw * out
             along[..., 1] = -0.05 * h * (right + left) * (1 - 0.5 * below)

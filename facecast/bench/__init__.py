@@ -2,8 +2,10 @@
 
 Subcommands: speed · latency · lipsync · memory · all; `facecast bench server ...` (a real `facecast
 serve`), `facecast bench livekit ...` (a worker in a real LiveKit room), `facecast bench frames ...`
-(one live stream's cost per stage), `facecast bench full` (a FULL conversation's latency) and `facecast
-bench browser` (A/V sync in Chromium) have their own options.
+(one live stream's cost per stage), `facecast bench soak ...` (a server's memory across sessions
+abandoned or churned), `facecast bench full` (a FULL conversation's latency), `facecast bench browser`
+(A/V sync in Chromium) and `facecast bench portrait` (photo avatars read back by an independent face
+tracker) have their own options.
 Results print as tables on stdout (Markdown with --markdown); progress goes to stderr, one line per
 item. See docs/benchmarks.md.
 """
@@ -87,6 +89,14 @@ def main(argv: list[str] | None = None) -> int:
         from facecast.bench.full import main as full_main
 
         return full_main(argv[1:])
+    if argv[:1] == ["soak"]:  # and sessions churned or abandoned for a while, memory sampled
+        from facecast.bench.soak import main as soak_main
+
+        return soak_main(argv[1:])
+    if argv[:1] == ["portrait"]:  # and photo avatars read back by an independent face tracker
+        from facecast.bench.portrait import main as portrait_main
+
+        return portrait_main(argv[1:])
     if argv[:1] == ["browser"]:  # and the A/V sync one in Chromium
         from facecast.bench.browser import main as browser_main
 

@@ -336,6 +336,11 @@ class ServerProcess:
         except OSError:
             return "(no server log)"
 
+    @property
+    def pid(self) -> int:
+        assert self._proc is not None
+        return self._proc.pid
+
     def sample(self) -> TreeSample:
         assert self._proc is not None
         return sample_tree(self._proc.pid)

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import ctypes.util
 import functools
 import itertools
 import logging
@@ -45,6 +43,7 @@ from facecast.avatars.style import style_names
 from facecast.engine import Engine, EngineConfig
 from facecast.engine.types import PhoneTiming, SegmentEvent, SegmentTag
 from facecast.hosts.live import AvatarClosed, LiveCore, LiveStats
+from facecast.server.memory import MemoryReleaser, freeze_long_lived, map_large_buffers
 
 log = logging.getLogger(__name__)
 
@@ -56,25 +55,6 @@ WORKER_EXIT_TIMEOUT_S = 10.0
 STATS_PUSH_S = 1.0
 BUNDLES_CACHED = 16  # avatar bundles a process keeps read (a few MB each)
 _HEADER = struct.Struct("!I")
-
-
-def _malloc_trim() -> Callable[[int], int] | None:
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return libc.malloc_trim  # type: ignore[no-any-return]
-    except (OSError, AttributeError):  # not glibc
-        return None
-
-
-_MALLOC_TRIM = _malloc_trim()
-
-
-def release_freed_memory() -> None:
-    """Hand memory freed by an ended session back to the OS. glibc keeps freed native buffers (frames,
-    encoder state) in its arenas: measured over 500 sessions started and stopped, resident memory climbed
-    by ~500 MB with nothing live, and malloc_trim returned most of it."""
-    if _MALLOC_TRIM is not None:
-        _MALLOC_TRIM(0)
 
 
 # -- what builds a session's avatar (in whichever process runs it) --------------------------------------
@@ -287,6 +267,7 @@ class _Worker:
         self.channel = channel
         self.sessions: dict[str, _WorkerSession] = {}
         self.tasks: set[asyncio.Task[None]] = set()
+        self.memory = MemoryReleaser()
 
     async def serve(self) -> None:
         pushing = asyncio.create_task(self._push_stats_forever())
@@ -311,6 +292,7 @@ class _Worker:
         for task in list(self.tasks):
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.memory.aclose()
 
     async def _push_stats_forever(self) -> None:
         while True:
@@ -389,13 +371,14 @@ class _Worker:
         if session.peer is not None:
             await session.peer.aclose()
         await session.avatar.aclose()
-        await asyncio.to_thread(release_freed_memory)
+        self.memory.request()
 
 
 async def _worker_loop(sock: socket.socket, warm: bool) -> None:
     started = time.monotonic()
     if warm:
         await asyncio.to_thread(_warm_up)
+    freeze_long_lived()
     channel = await _Channel.open(sock)
     channel.send(Ready(os.getpid(), time.monotonic() - started))
     try:
@@ -409,6 +392,7 @@ def worker_main(sock: socket.socket, warm: bool, log_level: int) -> None:
     but this socket)."""
     # Ctrl-C reaches the whole process group; the API process decides when its workers stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    map_large_buffers()
     logging.basicConfig(level=log_level, format="%(levelname)s %(name)s[worker %(process)d]: %(message)s")
     asyncio.run(_worker_loop(sock, warm))
 

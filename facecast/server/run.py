@@ -15,6 +15,7 @@ from fastapi import FastAPI
 
 from facecast.server.app import create_app
 from facecast.server.config import ServerConfig
+from facecast.server.memory import freeze_long_lived, map_large_buffers
 
 
 def bind(host: str, port: int, *, fallback_to_free_port: bool) -> socket.socket:
@@ -64,6 +65,7 @@ def serve(
     logging.basicConfig(
         level=getattr(logging, log_level.upper(), logging.INFO), format="%(levelname)s %(name)s: %(message)s"
     )
+    map_large_buffers()
     sock = bind(config.host, config.port, fallback_to_free_port=fallback_to_free_port)
     port = sock.getsockname()[1]
     if port != config.port:
@@ -72,6 +74,7 @@ def serve(
     url = config.public_url or f"http://{host}:{port}"
     app = create_app(config)
     server = FacecastServer(app, log_level=log_level, ws_max_size=4 * 1024 * 1024)
+    freeze_long_lived()
     if on_ready is not None:
         on_ready(url)
     try:

@@ -31,6 +31,7 @@ from facecast.server.auth import hash_secret, new_session_token
 from facecast.server.avatars import AvatarService
 from facecast.server.config import ServerConfig
 from facecast.server.errors import ApiError
+from facecast.server.memory import MemoryReleaser
 from facecast.server.pool import (
     AvatarSpec,
     LivePool,
@@ -38,7 +39,6 @@ from facecast.server.pool import (
     RemotePeer,
     build_engine,
     new_live_avatar,
-    release_freed_memory,
 )
 from facecast.server.schemas import TokenRequest
 from facecast.server.store import UNREACHABLE_ERRORS, ApiKey, SessionRecord, Store, new_session_id
@@ -468,6 +468,7 @@ class SessionManager:
         self._unrecorded: dict[str, tuple[str, float, dict[str, Any] | None]] = {}  # ends the store missed
         self._lease_renewed = 0.0  # monotonic
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._memory = MemoryReleaser()  # what ended sessions leave in reference cycles, freed
         self._reaper: asyncio.Task[None] | None = None
         self._reaps = 0
         self._tts: EspeakTTS | None = None
@@ -522,6 +523,7 @@ class SessionManager:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._memory.aclose()
 
     def spawn(self, coro: Awaitable[Any]) -> None:
         """Run a short task the manager owns (cancelled at shutdown, errors logged)."""
@@ -1117,7 +1119,7 @@ class SessionManager:
             ended = True
         if session is not None:
             await self._delete_owned_room(session.record)
-            await asyncio.to_thread(release_freed_memory)
+            self._memory.request()
         if ended:
             self.ended_total[reason] = self.ended_total.get(reason, 0) + 1
             log.info("session %s ended: %s", session_id, reason)
