@@ -39,6 +39,7 @@ from facecast.server.store import (
     _MIGRATIONS,
     SCHEMA_VERSION,
     AvatarRecord,
+    ContextRecord,
     Store,
     new_avatar_id,
     open_store,
@@ -762,8 +763,9 @@ def test_store_fails_builds_left_running(store: Store) -> None:
 
 
 def test_schema_1_databases_are_migrated(url: str, tmp_path: Path) -> None:
-    """A database made by an old release (schema 1) gains the avatars and servers tables, keeps its keys."""
-    assert SCHEMA_VERSION == 3
+    """A database made by an old release (schema 1) gains the avatars, servers and FULL-mode tables, keeps
+    its keys."""
+    assert SCHEMA_VERSION == 4
     statements = [statement for statement in _MIGRATIONS[0]]
     if url.startswith("sqlite:"):
         path = tmp_path / "db" / "facecast.db"
@@ -788,6 +790,9 @@ def test_schema_1_databases_are_migrated(url: str, tmp_path: Path) -> None:
         record = avatar_record("key_1")
         assert migrated.insert_avatar(record) and migrated.get_avatar(record.avatar_id) == record
         migrated.renew_lease("server-a", 1.0, 15.0)  # the servers table (schema 3)
+        context = ContextRecord("ctx_1", "key_1", "old", "be brief", "hello", 1.0, 1.0)
+        migrated.insert_owned(context)  # the FULL-mode tables (schema 4)
+        assert migrated.get_owned(ContextRecord, "key_1", "ctx_1") == context
     finally:
         migrated.close()
     if url.startswith("sqlite:"):
