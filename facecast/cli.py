@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -791,7 +792,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             run = livekit_cli.run_worker_command if args.command == "worker" else livekit_cli.run_say_command
             with needs_extra("livekit", args.command):
-                return run(args)
+                rc = run(args)
+            if args.command == "say":
+                # livekit rtc 1.1.21 sometimes aborts the process (a Rust panic that cannot unwind) in its
+                # atexit FFI dispose, after the room is already closed; `say` has nothing left to finalise.
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(rc)
+            return rc
         if args.command == "config":
             return _cmd_config()
         if args.command == "keys":
