@@ -46,7 +46,7 @@ from facecast.bench.server import (
     checkout_root,
     load_speech,
 )
-from facecast.cli import positive_int
+from facecast.cli.common import positive_int
 
 COMMANDS = ("abandon", "churn")
 IDLE_TIMEOUT_S = 3  # the server's idle timeout here: an abandoned session ends this long after its start
