@@ -17,7 +17,8 @@ import pytest
 from photos import skimage_data_dir
 
 from facecast.avatars import AvatarLibrary
-from facecast.avatars.bundle import bundle_from_style, read_bundle, write_bundle
+from facecast.avatars.bundle import read_bundle, write_bundle
+from facecast.avatars.procedural import bundle_from_style
 from facecast.cli import main
 from facecast.cli.avatar import BuildProgress
 

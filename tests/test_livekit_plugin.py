@@ -34,7 +34,8 @@ from livekit_room import URL, MemoryRoom, MemoryServer
 
 from facecast import protocol
 from facecast.avatars import DEFAULT_AVATAR, AvatarLibrary
-from facecast.avatars.bundle import bundle_from_style, read_bundle, write_bundle
+from facecast.avatars.bundle import read_bundle, write_bundle
+from facecast.avatars.procedural import bundle_from_style
 from facecast.hosts.livekit.names import ATTRIBUTE_PUBLISH_ON_BEHALF
 from facecast.hosts.livekit.tokens import mint_worker_token
 from facecast.hosts.livekit.worker import RoomAvatar
