@@ -9,6 +9,7 @@ import textwrap
 from pathlib import Path
 
 import av
+import cv2
 import numpy as np
 import pytest
 import soundfile as sf
@@ -114,6 +115,16 @@ def test_python_dash_m_bench_runs_the_bench_command_line() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("usage: facecast bench") and "lipsync" in proc.stdout
+
+
+def test_python_dash_m_avatars_writes_a_contact_sheet(tmp_path: Path) -> None:
+    out = tmp_path / "sheet.png"
+    argv = [sys.executable, "-m", "facecast.avatars", "sheet", str(out), "--tile", "40", "--avatar", "ava"]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    sheet = cv2.imread(str(out))
+    assert sheet.shape == (40, 6 * 40, 3)  # one avatar, six mouth shapes
+    assert sheet.std() > 10  # drawn, not blank
 
 
 def test_render_text_with_say(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
