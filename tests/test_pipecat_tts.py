@@ -19,6 +19,7 @@ from pipecat_facecast.tts import EspeakTTSService
 from pipecat_pairs import assert_pairs
 
 from facecast.engine import Engine, PhoneTiming
+from facecast.tts import espeak_service
 from facecast.tts.espeak_service import TEXT_METADATA_KEY
 
 
@@ -53,6 +54,11 @@ async def test_espeak_speaks_at_the_pipeline_rate_with_its_phones() -> None:
     names = [type(f).__name__ for f in down]
     assert names.index("TTSStartedFrame") < names.index("TTSAudioRawFrame")
     assert names.index("TTSStoppedFrame") > max(i for i, n in enumerate(names) if n == "TTSAudioRawFrame")
+
+
+def test_the_plugin_reads_the_phones_under_the_key_the_service_writes() -> None:
+    """pipecat_facecast.video keeps its own copy, so that remote mode imports no TTS (nor the engine)."""
+    assert PHONES_METADATA_KEY == espeak_service.PHONES_METADATA_KEY
 
 
 async def _first_audio_frame(service: EspeakTTSService, text: str) -> TTSAudioRawFrame:

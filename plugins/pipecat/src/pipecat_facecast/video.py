@@ -44,13 +44,13 @@ from pipecat.utils.types import NOT_GIVEN, NotGiven
 from facecast.avatars import BACKGROUNDS, DEFAULT_AVATAR, AvatarLibrary, frame_size, load_bundle
 from facecast.engine import EngineConfig, PhoneTiming, Renderer
 from facecast.engine.config import DEFAULT_LOOKAHEAD_MS, FPS_CHOICES, TrackerMode
-
-# `TTSAudioRawFrame.metadata` key for phone timings (a list of `facecast.engine.PhoneTiming`, in seconds from
-# the frame's first sample). A TTS that knows its phones can attach them: the mouth then follows them exactly
-# instead of recognising the speech (`EspeakTTSService` does).
-from facecast.tts.espeak_service import PHONES_METADATA_KEY
 from pipecat_facecast._local import LocalAvatar
 from pipecat_facecast._playout import SEGMENT_DONE, PlayoutGate, Position
+
+PHONES_METADATA_KEY = "facecast.phones"
+"""`TTSAudioRawFrame.metadata` key for phone timings (a list of `facecast.engine.PhoneTiming`, in seconds
+from the frame's first sample). A TTS that knows its phones can attach them: the mouth then follows them
+exactly instead of recognising the speech (`EspeakTTSService` does)."""
 
 AUTO_END_SECS = 0.35  # audio without TTSStartedFrame/TTSStoppedFrame: a pause this long ends the utterance
 DRAIN_GRACE_SECS = 2.0  # EndFrame: how long past the queued speech to wait for it to play out
