@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from facecast.avatars import load_renderer
 from facecast.engine import Engine, EngineConfig, SegmentEnded, SegmentStarted
 from facecast.engine.types import SegmentEvent
+from facecast.hosts import webrtc
 from facecast.hosts.live import LiveCore, VideoOut
 from facecast.hosts.sender_clock import SenderClock
 from facecast.hosts.webrtc import (
@@ -238,6 +240,40 @@ async def test_streams_video_and_audio_on_the_engine_clock(
         f"wall, {stats['encode_cpu_ms']:.2f} ms CPU per frame; render {s.avatar.stats.engine_ms:.2f} ms; "
         f"process CPU {100 * cpu_share:.0f}% of one core (render + encode + decode, both peers)"
     )
+
+
+async def test_frames_are_encoded_on_the_event_loop_and_a_pli_gets_a_keyframe(
+    sessions: SessionFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[tuple[str, int, bool]] = []  # (encoder, thread, keyframe asked)
+
+    def recording(cls: type[Any]) -> Callable[..., Any]:
+        encode = cls.encode
+
+        def encode_recorded(self: Any, frame: Any, force_keyframe: bool = False) -> Any:
+            calls.append((cls.__name__, threading.get_ident(), force_keyframe))
+            return encode(self, frame, force_keyframe)
+
+        return encode_recorded
+
+    for cls in (webrtc._TunedVp8Encoder, webrtc._TunedOpusEncoder):
+        monkeypatch.setattr(cls, "encode", recording(cls))
+    s = sessions()
+    await s.avatar.start()
+    await s.client.connect(s.peer)
+    await _until(lambda: len(s.client.rx.video) >= 20)
+    loop_thread = threading.get_ident()
+    assert {name for name, _, _ in calls} == {"_TunedVp8Encoder", "_TunedOpusEncoder"}
+    assert {thread for _, thread, _ in calls} == {loop_thread}  # no executor hand-off
+    assert not any(keyframe for _, _, keyframe in calls)
+    # The receiver reports a lost picture: the next frame the sender encodes is a keyframe.
+    video_sender = next(t.sender for t in s.peer._pc.getTransceivers() if t.kind == "video")
+    video_receiver = next(r for r in s.client.pc.getReceivers() if r.track.kind == "video")
+    asked = len(calls)
+    await video_receiver._send_rtcp_pli(video_sender._ssrc)
+    await _until(lambda: any(keyframe for _, _, keyframe in calls[asked:]))
+    received = len(s.client.rx.video)
+    await _until(lambda: len(s.client.rx.video) >= received + 10)  # and the stream goes on
 
 
 def _timeline(stamped: list[tuple[float, int]], clock: int) -> Callable[[int], float]:
