@@ -506,3 +506,52 @@ async def test_latency_counts_from_when_an_utterance_could_play() -> None:
 async def _drain_audio(avatar: LiveCore) -> None:
     while True:
         await avatar.next_audio()
+
+
+@pytest.mark.parametrize("yields", [True, False])
+async def test_ready_speech_takes_the_slot_of_an_idle_frame_made_ahead(yields: bool) -> None:
+    avatar = LiveCore(_engine(), queue_frames=1, lead_s=0.04, idle_yields_to_speech=yields)
+    period = 1 / avatar.config.fps
+    try:
+        await avatar.start()
+        for _ in range(5):
+            idle = await avatar.next_frame()
+        await _until(lambda: len(avatar._pending) == 1)  # the next (idle) frame is made and waits
+        await avatar.push_audio(_tone(0.5), RATE)
+        frames = [await avatar.next_frame() for _ in range(3)]
+    finally:
+        await avatar.aclose()
+    assert idle.audio is None
+    first = next(i for i, f in enumerate(frames) if f.audio is not None)
+    assert first == (0 if yields else 1)
+    speech = frames[first]
+    slots = round((speech.plays_at - idle.plays_at) / period, 6)
+    if yields:
+        # The idle frame made before the push never plays: the speech is released in its slot, and the
+        # engine's clock skipped it (one index more than slots).
+        assert slots == 1 and speech.meta.index == idle.meta.index + 2
+    else:
+        assert slots == 2 and speech.meta.index == idle.meta.index + 2
+
+
+async def test_release_sooner_releases_the_next_frames_that_much_earlier_and_draws_them() -> None:
+    avatar = LiveCore(_engine(), queue_frames=1)
+    period = 1 / avatar.config.fps
+    loop = asyncio.get_running_loop()
+    sooner = 2.5 * period  # over two periods: the lag rule alone would skip drawing the first ones
+    try:
+        await avatar.start()
+        for _ in range(3):
+            before = await avatar.next_frame()
+        avatar.release_sooner(sooner)
+        taken = []
+        for _ in range(6):
+            frame = await avatar.next_frame()
+            taken.append((loop.time(), frame))
+    finally:
+        await avatar.aclose()
+    for i, (at, frame) in enumerate(taken, start=1):
+        assert frame.plays_at == pytest.approx(before.plays_at + i * period - sooner)
+        assert at >= frame.plays_at - 0.002  # released no sooner than its new slot
+        assert frame.video is not None
+    assert avatar.stats.frames_dropped == 0

@@ -277,6 +277,13 @@ class Engine:
         """True while any pushed or still-open segment has not been fully played."""
         return bool(self._segments)
 
+    @property
+    def speech_ready(self) -> bool:
+        """True when the next frame will carry speech: its segment has the audio (and look-ahead) it
+        needs."""
+        segment = self._segments[0] if self._segments else None
+        return segment is not None and self._ready(segment, self.config.frame_samples(self._index))
+
     # -- output ---------------------------------------------------------------------------------------
     def next_frame(self, *, render: bool = True) -> FramePair:
         """Advance the clock by one frame. `render=False` skips drawing (video is None) but still

@@ -13,6 +13,11 @@ is not thread-safe, and a frame costs milliseconds of CPU that must not block th
 One lag rule: a frame produced more than one period late is produced without drawing (its audio and face
 state still advance); production more than MAX_LAG_S behind moves the clock on instead of chasing it.
 
+Speech first (`idle_yields_to_speech`, for transports whose playout queue has no timestamps, such as
+LiveKit's AudioSource): a push that makes speech ready drops the idle frames produced but not released,
+and the speech takes their release slots, so it does not wait behind a face that is only breathing.
+`release_sooner()` moves the clock back for a host that emptied its playout queue.
+
 One interrupt epoch: clear() silences every frame produced but not yet released and skips its video, so
 speech stops at the next released frame; frames computed for calls made before the clear are muted too.
 
@@ -174,6 +179,7 @@ class LiveCore:
         on_event: Callable[[SegmentEvent], None] | None = None,
         queue_frames: int = 2,
         lead_s: float = 0.0,
+        idle_yields_to_speech: bool = False,
     ) -> None:
         if queue_frames < 1:
             raise ValueError(f"queue_frames must be at least 1, got {queue_frames}")
@@ -183,6 +189,7 @@ class LiveCore:
         self._on_event = on_event
         self._queue_frames = queue_frames
         self._lead_s = lead_s
+        self._idle_yields = idle_yields_to_speech
         self.stats = LiveStats()
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="facecast-avatar")
         fps = engine.config.fps
@@ -192,8 +199,9 @@ class LiveCore:
         self._frames: _Output[LiveFrame] = _Output(audio_frames)
         self._pending: deque[_Produced] = deque()  # produced, not yet released, in release order
         self._room = asyncio.Event()
-        self._produced = 0
+        self._produced = 0  # release slots taken: frame k of those kept is released at t0 + k / fps
         self._t0 = 0.0  # event-loop time at which frame 0 is released
+        self._catch_up_s = 0.0  # how far release_sooner() moved the clock back, until production is ahead
         self._epoch = 0  # bumped by clear(): frames requested before it get muted
         self._engine_s: deque[float] = deque(maxlen=STATS_WINDOW)
         self._first_push: dict[int, float] = {}  # engine segment id -> monotonic time of its first audio
@@ -293,11 +301,42 @@ class LiveCore:
     ) -> int:
         """Queue speech for the current segment (named `tag` if it is new); returns its engine id."""
         called = time.monotonic()
-        segment_id = await self._call(
-            self._engine.push_audio, pcm, sample_rate, channels=channels, text=text, tag=tag
+        segment_id, ready = await self._call(
+            self._push_audio, pcm, sample_rate, channels=channels, text=text, tag=tag
         )
         self._first_push.setdefault(segment_id, called)
+        if ready and self._idle_yields:
+            self._drop_idle_pending()
         return segment_id
+
+    def _push_audio(self, *args: Any, **kwargs: Any) -> tuple[int, bool]:
+        segment_id = self._engine.push_audio(*args, **kwargs)
+        return segment_id, self._engine.speech_ready
+
+    def _drop_idle_pending(self) -> None:
+        """Speech is ready: the idle frames at the end of the unreleased ones give their release slots
+        to it. The worker runs calls in order, so every frame made before the push has reached _pending
+        by now, and every frame made after it carries the speech."""
+        dropped = 0
+        while self._pending and _is_idle(self._pending[-1]):
+            self._pending.pop().released = True  # its release timer finds nothing to do
+            dropped += 1
+        if dropped:
+            self._produced -= dropped
+            self._room.set()
+
+    def release_sooner(self, seconds: float) -> None:
+        """Move the release clock `seconds` back: the frames produced but not released, and those after
+        them, are released that much sooner (at once where that is past), and drawn all the same. For a
+        host that emptied its playout queue and wants its lead back."""
+        if seconds <= 0 or self._closed:
+            return
+        loop = asyncio.get_running_loop()
+        self._t0 -= seconds
+        self._catch_up_s += seconds
+        for item in self._pending:
+            item.release_at -= seconds
+            loop.call_at(item.release_at, self._release_through, item)
 
     async def push_phones(self, timings: Sequence[PhoneTiming]) -> int:
         return await self._call(self._engine.push_phones, timings)
@@ -393,6 +432,9 @@ class LiveCore:
                     await self._room.wait()
                 release_at = self._t0 + self._produced * period
                 lag = loop.time() - release_at
+                if lag <= 0:
+                    self._catch_up_s = 0.0  # production is ahead of release again
+                lag -= self._catch_up_s  # frames released sooner on purpose are not late
                 if lag > MAX_LAG_S:
                     # Skipping drawing did not catch up (the machine is overloaded): accept the delay
                     # instead of chasing it, or every later frame would be late and none drawn.
@@ -405,11 +447,13 @@ class LiveCore:
                 video, audio, meta, seconds = await loop.run_in_executor(
                     self._worker, self._timed, functools.partial(self._next_engine_frame, render)
                 )
-                self._produced += 1
                 self._engine_s.append(seconds)
                 self.stats.engine_ms = 1000.0 * sum(self._engine_s) / len(self._engine_s)
                 if not render:
                     self.stats.frames_dropped += 1
+                # Taken now: a push (idle frames dropped) or release_sooner() may have moved the slots.
+                release_at = self._t0 + self._produced * period
+                self._produced += 1
                 item = _Produced(video, audio, meta, release_at)
                 if epoch != self._epoch:  # requested before a clear() that ran after it
                     self._mute(item)
@@ -498,3 +542,8 @@ class LiveCore:
             buf.setflags(write=False)
             self._silence[n] = buf
         return buf
+
+
+def _is_idle(item: _Produced) -> bool:
+    """A frame without speech or events: dropping it only skips a little idle motion."""
+    return item.pair_audio is None and not item.meta.events
