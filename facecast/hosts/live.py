@@ -43,6 +43,7 @@ from typing import Any, Generic, NamedTuple, TypeVar
 
 import numpy as np
 
+from facecast.avatars.procedural import ProceduralRenderer
 from facecast.engine import (
     Engine,
     EngineConfig,
@@ -60,6 +61,10 @@ VIDEO_QUEUE_FRAMES = 2  # a consumer that falls behind gets the newest frames, n
 AUDIO_QUEUE_S = 0.3  # audio is never skipped on purpose, so its queue absorbs a few hundred ms of stall
 STATS_WINDOW = 100  # frames in engine_ms; segments in audio_to_video_latency_ms
 MAX_LAG_S = 0.25  # behind by more than this, the clock is moved on rather than caught up
+# A live procedural avatar's idle frames that would move no point by this many pixels repeat the last one
+# drawn (ProceduralRenderer.still_px): about half of them, at luma PSNR ≥ 44 dB against drawing each
+# (docs/benchmarks.md § Cheaper frames). Each costs no render, and the encoder finds it unchanged.
+STILL_PX = 0.25
 
 T = TypeVar("T")
 
@@ -180,6 +185,7 @@ class LiveCore:
         queue_frames: int = 2,
         lead_s: float = 0.0,
         idle_yields_to_speech: bool = False,
+        still_px: float = STILL_PX,
     ) -> None:
         if queue_frames < 1:
             raise ValueError(f"queue_frames must be at least 1, got {queue_frames}")
@@ -190,6 +196,8 @@ class LiveCore:
         self._queue_frames = queue_frames
         self._lead_s = lead_s
         self._idle_yields = idle_yields_to_speech
+        self._still_px = still_px
+        _hold_still(engine.renderer, still_px)
         self.stats = LiveStats()
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="facecast-avatar")
         fps = engine.config.fps
@@ -376,6 +384,8 @@ class LiveCore:
     def set_renderer_now(self, renderer: Renderer | None) -> None:
         """Draw with `renderer` from the next frame made after the calls already queued."""
 
+        _hold_still(renderer, self._still_px)
+
         def swap() -> None:
             self._engine.renderer = renderer
 
@@ -547,3 +557,9 @@ class LiveCore:
 def _is_idle(item: _Produced) -> bool:
     """A frame without speech or events: dropping it only skips a little idle motion."""
     return item.pair_audio is None and not item.meta.events
+
+
+def _hold_still(renderer: Renderer | None, still_px: float) -> None:
+    """Let a procedural renderer repeat idle frames that would barely move (see STILL_PX)."""
+    if isinstance(renderer, ProceduralRenderer):
+        renderer.still_px = still_px
