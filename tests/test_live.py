@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import statistics
 import threading
 import time
@@ -509,8 +510,11 @@ async def _drain_audio(avatar: LiveCore) -> None:
 
 
 @pytest.mark.parametrize("yields", [True, False])
-async def test_ready_speech_takes_the_slot_of_an_idle_frame_made_ahead(yields: bool) -> None:
-    avatar = LiveCore(_engine(), queue_frames=1, lead_s=0.04, idle_yields_to_speech=yields)
+async def test_ready_speech_takes_the_slot_of_an_idle_frame_made_ahead_and_skips_the_lead(
+    yields: bool,
+) -> None:
+    lead = 0.04
+    avatar = LiveCore(_engine(), queue_frames=1, lead_s=lead, idle_yields_to_speech=yields)
     period = 1 / avatar.config.fps
     try:
         await avatar.start()
@@ -518,20 +522,26 @@ async def test_ready_speech_takes_the_slot_of_an_idle_frame_made_ahead(yields: b
             idle = await avatar.next_frame()
         await _until(lambda: len(avatar._pending) == 1)  # the next (idle) frame is made and waits
         await avatar.push_audio(_tone(0.5), RATE)
-        frames = [await avatar.next_frame() for _ in range(3)]
+        frames = [await avatar.next_frame() for _ in range(4)]
     finally:
         await avatar.aclose()
     assert idle.audio is None
     first = next(i for i, f in enumerate(frames) if f.audio is not None)
-    assert first == (0 if yields else 1)
     speech = frames[first]
-    slots = round((speech.plays_at - idle.plays_at) / period, 6)
+    assert all(f.audio is not None for f in frames[first:])
     if yields:
-        # The idle frame made before the push never plays: the speech is released in its slot, and the
-        # engine's clock skipped it (one index more than slots).
-        assert slots == 1 and speech.meta.index == idle.meta.index + 2
+        # The idle frame made before the push never plays: the speech is released in its slot (the
+        # engine's clock skipped it), and plays at release instead of behind the lead's silence ...
+        assert first == 0 and speech.meta.index == idle.meta.index + 2
+        assert speech.plays_at == pytest.approx(idle.plays_at + period - lead)
+        assert avatar.stats.audio_to_video_latency_ms  # counted to when it plays
     else:
-        assert slots == 2 and speech.meta.index == idle.meta.index + 2
+        assert first == 1 and speech.meta.index == idle.meta.index + 2
+        assert speech.plays_at == pytest.approx(idle.plays_at + 2 * period)
+    # ... and the speech after it plays back to back, the lead refilled.
+    for before, after in itertools.pairwise(frames[first:]):
+        assert after.plays_at == pytest.approx(before.plays_at + period)
+        assert after.video is not None
 
 
 async def test_release_sooner_releases_the_next_frames_that_much_earlier_and_draws_them() -> None:

@@ -15,8 +15,10 @@ state still advance); production more than MAX_LAG_S behind moves the clock on i
 
 Speech first (`idle_yields_to_speech`, for transports whose playout queue has no timestamps, such as
 LiveKit's AudioSource): a push that makes speech ready drops the idle frames produced but not released,
-and the speech takes their release slots, so it does not wait behind a face that is only breathing.
-`release_sooner()` moves the clock back for a host that emptied its playout queue.
+and the speech takes their release slots, so it does not wait behind a face that is only breathing. Nor
+behind the lead: speech after silence plays at its release (`LiveFrame.plays_at`; the host drops the
+silence it queued), and the core moves its clock back by the lead (`release_sooner()`), so the next
+frames refill it with speech.
 
 One interrupt epoch: clear() silences every frame produced but not yet released and skips its video, so
 speech stops at the next released frame; frames computed for calls made before the clear are muted too.
@@ -214,6 +216,7 @@ class LiveCore:
         self._engine_s: deque[float] = deque(maxlen=STATS_WINDOW)
         self._first_push: dict[int, float] = {}  # engine segment id -> monotonic time of its first audio
         self._speech_free_at = 0.0  # monotonic time the last released speech finishes playing
+        self._speaking = False  # the last frame released carried speech
         self._silence: dict[int, np.ndarray] = {}
         self._task: asyncio.Task[None] | None = None
         self._closing: asyncio.Task[None] | None = None
@@ -509,6 +512,13 @@ class LiveCore:
         speech = item.pair_audio if not item.muted else None
         video = item.pair_video if not item.muted else None
         duration = cfg.frame_samples(meta.index) / cfg.out_rate
+        lead = self._lead_s
+        if self._idle_yields and speech is not None and not self._speaking and lead > 0:
+            # Speech after silence skips the lead: it plays at release (the host drops the silence it
+            # queued), and the frames after it come sooner until the lead is full again.
+            lead = 0.0
+            self.release_sooner(self._lead_s)
+        self._speaking = speech is not None
         if speech is not None:
             stats.speech_frames += 1
             stats.transcript_mismatch_frames += int(meta.transcript_mismatch)
@@ -521,10 +531,10 @@ class LiveCore:
             if not self._audio.put(AudioOut(audio, cfg.frame_start_sample(meta.index))):
                 stats.audio_frames_lost_in_queue += 1
         if self._frames.wanted:
-            frame = LiveFrame(video, speech, meta, item.release_at + self._lead_s, duration)
+            frame = LiveFrame(video, speech, meta, item.release_at + lead, duration)
             if not self._frames.put(frame):
                 stats.audio_frames_lost_in_queue += 1
-        plays_mono = now + self._lead_s
+        plays_mono = now + lead
         for event in meta.events:
             if isinstance(event, SegmentStarted):
                 pushed = self._first_push.pop(event.segment_id, None)

@@ -12,9 +12,9 @@ through the `AudioReceiver`. It is its own class because the stock runner
 
 Pacing is the live core's (facecast.hosts.live): frames are released PLAYOUT_LEAD_S before they play,
 and the audio source's queue is kept that full (silence while idle), so a late event-loop tick does not
-starve the source. Speech does not wait behind that silence: its first frame drops the silence queued
-(and the idle frames' pictures still to show) and plays at once, and the core releases the frames after
-it sooner until the lead is full again (with speech).
+starve the source. Speech does not wait behind that silence: its first frame plays at release (the
+core's idle_yields_to_speech), so the silence queued and the idle pictures still to show are dropped,
+and the core releases the frames after it sooner until the lead is full again (with speech).
 """
 
 from __future__ import annotations
@@ -368,14 +368,13 @@ class FacecastAvatarRunner:
                 self._show(video_frame(frame.video), starts_at)
 
     def _speech_ahead_of_silence(self) -> None:
-        """Speech after silence plays now: the silence queued and the idle pictures waiting to be shown
-        go, and the core releases the next frames sooner by what went, to fill the lead with speech."""
-        queued = self._audio_source.queued_duration
+        """Speech after silence plays at release: the silence queued and the idle pictures waiting to be
+        shown go (the core releases the next frames sooner, to fill the lead with speech)."""
         self._audio_source.clear_queue()
+        self._lead_missing = False  # the frames after this one refill it
         for timer in self._video_timers:
             timer.cancel()
         self._video_timers.clear()
-        self._core.release_sooner(queued)
 
     async def _refill_lead(self) -> None:
         """Queue silence up to the playout lead: what is released from now on plays that much later,
