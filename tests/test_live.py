@@ -565,3 +565,32 @@ async def test_release_sooner_releases_the_next_frames_that_much_earlier_and_dra
         assert at >= frame.plays_at - 0.002  # released no sooner than its new slot
         assert frame.video is not None
     assert avatar.stats.frames_dropped == 0
+
+
+async def test_ending_a_short_segment_makes_it_take_the_idle_slot_too() -> None:
+    avatar = LiveCore(_engine(), queue_frames=1, idle_yields_to_speech=True)
+    period = 1 / avatar.config.fps
+    taken: list[LiveFrame] = []
+
+    async def pull() -> None:
+        while True:
+            taken.append(await avatar.next_frame())
+
+    task = asyncio.create_task(pull())
+    try:
+        await asyncio.sleep(0)
+        await avatar.start()
+        await _until(lambda: len(taken) >= 3)
+        await avatar.push_audio(_tone(0.05), RATE)  # shorter than the engine's look-ahead: not ready
+        await _until(lambda: len(avatar._pending) == 1)  # an idle frame made ahead waits
+        await avatar.end_segment()  # now the speech is ready
+        await _until(lambda: any(f.audio is not None for f in taken))
+    finally:
+        task.cancel()
+        await avatar.aclose()
+    first = next(i for i, f in enumerate(taken) if f.audio is not None)
+    before, speech = taken[first - 1], taken[first]
+    assert before.audio is None
+    # The idle frame made ahead never played: one engine frame skipped, no release slot lost.
+    assert speech.meta.index == before.meta.index + 2
+    assert speech.plays_at == pytest.approx(before.plays_at + period)

@@ -14,11 +14,11 @@ One lag rule: a frame produced more than one period late is produced without dra
 state still advance); production more than MAX_LAG_S behind moves the clock on instead of chasing it.
 
 Speech first (`idle_yields_to_speech`, for transports whose playout queue has no timestamps, such as
-LiveKit's AudioSource): a push that makes speech ready drops the idle frames produced but not released,
-and the speech takes their release slots, so it does not wait behind a face that is only breathing. Nor
-behind the lead: speech after silence plays at its release (`LiveFrame.plays_at`; the host drops the
-silence it queued), and the core moves its clock back by the lead (`release_sooner()`), so the next
-frames refill it with speech.
+LiveKit's AudioSource): a push (or end_segment) that makes speech ready drops the idle frames produced
+but not released, and the speech takes their release slots, so it does not wait behind a face that is
+only breathing. Nor behind the lead: speech after silence plays at its release (`LiveFrame.plays_at`;
+the host drops the silence it queued), and the core moves its clock back by the lead
+(`release_sooner()`), so the next frames refill it with speech.
 
 One interrupt epoch: clear() silences every frame produced but not yet released and skips its video, so
 speech stops at the next released frame; frames computed for calls made before the clear are muted too.
@@ -359,7 +359,13 @@ class LiveCore:
         return await self._call(self._engine.push_text, text)
 
     async def end_segment(self) -> None:
-        await self._call(self._engine.end_segment)
+        """End the current segment (see Engine.end_segment); a short one becomes ready to play."""
+        if await self._call(self._end_segment) and self._idle_yields:
+            self._drop_idle_pending()
+
+    def _end_segment(self) -> bool:
+        self._engine.end_segment()
+        return self._engine.speech_ready
 
     async def clear(self) -> None:
         """Interrupt; returns once the engine has dropped its speech. See `clear_now`."""
