@@ -95,3 +95,20 @@ def test_audio_only_streaming_on_held_out_voices(held_out: list[Utterance]) -> N
     assert score.open_corr >= corr_floor, summary
     assert score.closure_recall >= recall_floor, summary
     assert score.sources.get("phones", 0) >= 0.8 * score.frames, score.sources
+
+
+def test_training_makes_a_file_the_engine_loads(tmp_path: Path) -> None:
+    from facecast.bench.corpus import have_flite
+    from facecast.bench.train_mouth import analyse, examples, fit
+
+    voice = "slt" if have_flite() else "espeak:en-us"
+    frames = [analyse(synthesize(TRAINING_SENTENCES[i], voice, tmp_path)) for i in (0, 1)]
+    prior = np.concatenate([f.log_mel for f in frames]).mean(axis=0).astype(np.float32)
+    inputs, targets = examples(frames, prior)
+    assert inputs.shape == (sum(len(f.labels) for f in frames), N_INPUTS)
+    path = tmp_path / "mouth_model.npz"
+    np.savez_compressed(path, cmn_prior=prior, **fit(inputs, targets))
+    model = MouthModel(path)
+    np.testing.assert_array_equal(model.cmn_prior, prior)
+    # Two utterances are learnt almost by heart: the saved file classifies what it was fitted on.
+    assert np.mean(model.classes(inputs) == targets) >= 0.9
