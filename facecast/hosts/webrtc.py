@@ -410,10 +410,12 @@ def _tuned_get_encoder(codec: RTCRtpCodecParameters) -> Encoder:
 
 def encode_where_sent(sender: RTCRtpSender) -> bool:
     """Have `sender` encode its track's frames on the event loop, as it takes them, instead of in
-    aiortc's thread-pool executor. The executor costs two thread hand-offs per frame (80 a second for
-    one session's video and audio: futures, a self-pipe write, GIL switches) for work that takes about
-    a millisecond and holds the GIL for much of it. The sender's encoder must be a tuned one
-    (tune_encoders()); False, and aiortc's path kept, otherwise. Call before the sender starts."""
+    aiortc's thread-pool executor. The executor costs two thread hand-offs per frame (futures, a
+    self-pipe write, GIL switches; 80 frames a second for one session's video and audio) for work of
+    about a millisecond, during which PyAV releases the GIL anyway (the avatar's worker thread runs
+    meanwhile). The sender's encoder must be a tuned one (tune_encoders()); False, and aiortc's path
+    kept, otherwise. Call before the sender starts. aiortc then sends no audio-level header extension
+    (it computes that only for frames it encodes itself)."""
     track = sender.track
     if track is None or rtcrtpsender.get_encoder is not _tuned_get_encoder:
         return False
@@ -451,7 +453,8 @@ def tune_encoders() -> None:
     VP8 realtime at cpu-used 16 without the temporal denoiser (aiortc: cpu-used -6, denoiser on) and
     static macroblocks skipped (VP8_STATIC_THRESHOLD), and bitrate limits that scale with the frame size
     (bitrate_range). They also time each encode into the EncodeMeter a track puts in
-    `VideoFrame.opaque`. Opus encodes mono audio as mono at its own rate (_TunedOpusEncoder)."""
+    `VideoFrame.opaque`. Opus encodes mono audio as mono at its own rate (_TunedOpusEncoder). Every
+    tuned encoder also encodes an EncodeWhereSent given to pack() (see encode_where_sent)."""
     if not (hasattr(rtcrtpsender, "get_encoder") and hasattr(H264Encoder, "_encode_frame")):
         log.warning("aiortc's encoder layout changed; keeping its stock video encoders")
         return
