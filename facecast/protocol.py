@@ -26,6 +26,11 @@ Mode = Literal["LITE", "FULL"]
 Transport = Literal["webrtc", "livekit"]
 Encoding = Literal["VP8", "H264"]
 InteractivityType = Literal["CONVERSATIONAL", "PUSH_TO_TALK"]
+# The values a session's look takes on the wire; the avatars' presets and the engine's frame rates are
+# these (tests/test_client.py checks), so a client can validate a request without loading either.
+ASPECTS: Final = ("4:3", "3:4", "1:1")
+QUALITIES: Final = ("low", "medium", "high", "very_high")
+FPS_CHOICES: Final = (25, 30)
 
 # A session's lifecycle as stored: created (token minted) -> started -> ended.
 STATE_CREATED: Final = "created"
