@@ -23,9 +23,10 @@ DEFAULT_TIMEOUT_S = 30.0
 class ServerError(RuntimeError):
     """The server refused a request (or did not answer in its own shape); the message is the server's."""
 
-    def __init__(self, request: str, status: int, code: int | None, message: str) -> None:
+    def __init__(self, request: str, status: int, code: int | None, message: str, body: Any = None) -> None:
         super().__init__(f"{request}: HTTP {status}: {message}")
         self.request, self.status, self.code, self.message = request, status, code, message
+        self.body = body  # the answer as parsed (a dict in the server's shape, or the text)
 
 
 @dataclass(frozen=True)
@@ -182,7 +183,10 @@ class LiteClient:
         except ValueError:
             payload = text
         if not isinstance(payload, dict):
-            raise ServerError(name, response.status, None, f"not a Facecast answer: {payload!r:.200}")
+            raise ServerError(
+                name, response.status, None, f"not a Facecast answer: {payload!r:.200}", payload
+            )
         if response.status >= 400 or payload.get("code") != p.CODE_OK:
-            raise ServerError(name, response.status, payload.get("code"), str(payload.get("message")))
+            code, message = payload.get("code"), str(payload.get("message"))
+            raise ServerError(name, response.status, code, message, payload)
         return payload.get("data")

@@ -87,7 +87,11 @@ class LiteSocket:
     # -- client -> server -----------------------------------------------------------------------------
     async def send(self, message: dict[str, Any]) -> float:
         """Send one message; the time it was sent (time.monotonic)."""
-        await self._ws.send_str(json.dumps(message))
+        return await self.send_text(json.dumps(message))
+
+    async def send_text(self, text: str) -> float:
+        """Send one message as it is given (already JSON, or not: a test of the server's refusals)."""
+        await self._ws.send_str(text)
         return time.monotonic()
 
     async def speak(self, event_id: str, pcm: bytes) -> float:
