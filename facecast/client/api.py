@@ -68,6 +68,19 @@ class StartedSession:
     idle_timeout: float | None
     data: Mapping[str, Any] = field(repr=False)
 
+    @classmethod
+    def from_data(cls, session_token: str, data: Mapping[str, Any]) -> StartedSession:
+        """From the answer's `data` and the token that started the session."""
+        webrtc, idle = data.get("webrtc"), data.get("idle_timeout")
+        return cls(
+            session_id=data["session_id"],
+            session_token=session_token,
+            ws_url=data.get("ws_url"),
+            webrtc=WebRTCDetails.from_data(webrtc) if webrtc else None,
+            idle_timeout=float(idle) if idle is not None else None,
+            data=data,
+        )
+
 
 class LiteClient:
     """One Facecast server's session API, with one API key (for minting and reading sessions)."""
@@ -118,16 +131,7 @@ class LiteClient:
     async def start(self, minted: MintedSession) -> StartedSession:
         """`POST /v1/sessions/start`: the session goes live (its idle video starts)."""
         data = await self.request("POST", "/sessions/start", token=minted.session_token)
-        webrtc = data.get("webrtc")
-        idle = data.get("idle_timeout")
-        return StartedSession(
-            session_id=data["session_id"],
-            session_token=minted.session_token,
-            ws_url=data.get("ws_url"),
-            webrtc=WebRTCDetails.from_data(webrtc) if webrtc else None,
-            idle_timeout=float(idle) if idle is not None else None,
-            data=data,
-        )
+        return StartedSession.from_data(minted.session_token, data)
 
     async def offer(self, started: StartedSession, sdp: str) -> tuple[str, str]:
         """Send the client's WebRTC offer; the answer's (sdp, type)."""
