@@ -46,6 +46,12 @@ def server(tmp_path: Path) -> Iterator[RunningServer]:
         yield running
 
 
+@pytest.fixture
+def key(server: RunningServer) -> str:
+    """A new API key of `server` (its secret)."""
+    return server.store.create_key("test")[1]
+
+
 @pytest.fixture(scope="session")
 def livekit_server() -> Iterator[LiveKitServer]:
     """A real LiveKit server on loopback for the whole session (see tests/livekit_server.py).

@@ -8,10 +8,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from scipy.signal import resample_poly
 from server_harness import RunningServer
 
 from facecast.avatars import load_renderer
 from facecast.client import LiteClient, LiteSocket, ReceivingPeer, StartedSession
+from facecast.client.lite_socket import SPEAK_CHUNK_S, pcm_chunks
 
 DEFAULT_WAIT_S = 20.0
 
@@ -71,6 +73,17 @@ class SessionClient:
         assert self.socket is not None
         return await self.socket.send(message)
 
+    async def speak(self, pcm16k: np.ndarray, event_id: str) -> float:
+        """Send 16 kHz speech as 24 kHz PCM16 in 100 ms agent.speak chunks; returns the first send time."""
+        assert self.socket is not None
+        pcm = resample_poly(pcm16k.astype(np.float32), 3, 2).clip(-32768, 32767).astype("<i2").tobytes()
+        first = 0.0
+        for chunk in pcm_chunks(pcm, SPEAK_CHUNK_S):
+            sent = await self.socket.speak(event_id, chunk)
+            first = first or sent
+        await self.socket.speak_end(event_id)
+        return first
+
     def mouth_motion(self) -> np.ndarray:
         """Per received video frame: mean absolute change of the mouth crop since the previous frame.
         Speech moves the lips from frame to frame; idle sway and breathing move them slowly."""
@@ -94,8 +107,10 @@ class SessionClient:
         self.received.audio.append((arrival, frame.pts, float(np.sqrt(np.mean(samples**2)))))
 
 
-async def started_client(server: RunningServer, **token_fields: Any) -> SessionClient:
-    """A client of a session minted with `token_fields` on a fresh key and started; not yet connected."""
-    lite = LiteClient(server.url, server.store.create_key("session-client")[1], timeout_s=DEFAULT_WAIT_S)
+async def started_client(server: RunningServer, key: str | None = None, **token_fields: Any) -> SessionClient:
+    """A client of a session minted with `token_fields` (by `key`, or a fresh key) and started; not yet
+    connected."""
+    key = key or server.store.create_key("session-client")[1]
+    lite = LiteClient(server.url, key, timeout_s=DEFAULT_WAIT_S)
     started = await lite.start(await lite.mint(token_fields))
     return SessionClient(server, lite, started)

@@ -10,20 +10,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from server_harness import RunningServer, running_server
+from server_harness import RunningServer
 
 from facecast import protocol as p
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium; scripts/test installs it)"
-)
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[RunningServer]:
-    with running_server(tmp_path) as running:
-        yield running
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        CHROMIUM is None,
+        reason="needs Debian's chromium (apt-get install chromium; scripts/test installs it)",
+    ),
+]
 
 
 @contextmanager

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 from scipy.signal import resample_poly
-from server_harness import RunningServer, running_server
+from server_harness import RunningServer
 
 pytest.importorskip("pipecat.audio.vad.silero")
 pytest.importorskip("openai")
@@ -33,6 +33,8 @@ from facecast.avatars import load_renderer
 from facecast.bench.full_peer import FullClient
 from facecast.bench.llm_standin import StandInLLM, standin_llm
 from facecast.tts import EspeakTTS
+
+pytestmark = pytest.mark.slow  # a long end-to-end run: pytest -m "not slow" leaves it out
 
 SECRET_VALUE = "sk-standin-Zq7-secret-value"
 QUESTION = "what is the weather like today"
@@ -62,12 +64,6 @@ def word_error_rate(reference: str, hypothesis: str) -> float:
 @pytest.fixture
 def llm() -> Iterator[StandInLLM]:
     with standin_llm() as running:
-        yield running
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[RunningServer]:
-    with running_server(tmp_path) as running:
         yield running
 
 

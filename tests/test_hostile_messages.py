@@ -18,6 +18,8 @@ from session_client import SessionClient, started_client
 from facecast import protocol as p
 from facecast.client import ServerError
 
+pytestmark = pytest.mark.slow  # a long end-to-end run: pytest -m "not slow" leaves it out
+
 NESTED_4KB = "[" * 2000 + "]" * 2000
 HOSTILE_WS_MESSAGES = [
     ("[" * 1100 + "]" * 1100, "nested deeper"),

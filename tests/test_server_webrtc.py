@@ -11,27 +11,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from scipy.signal import resample_poly
 from server_harness import RunningServer, running_server
 from session_client import SessionClient, started_client
 
 from facecast import protocol as p
-from facecast.client.lite_socket import pcm_chunks
+
+pytestmark = pytest.mark.slow  # a long end-to-end run: pytest -m "not slow" leaves it out
 
 FPS = 25
-CHUNK_S = 0.1
-
-
-async def speak(client: SessionClient, pcm16k: np.ndarray, event_id: str) -> float:
-    """Send 16 kHz speech as 24 kHz PCM16 in 100 ms agent.speak chunks; returns the first send time."""
-    assert client.socket is not None
-    pcm = resample_poly(pcm16k.astype(np.float32), 3, 2).clip(-32768, 32767).astype("<i2").tobytes()
-    first = 0.0
-    for chunk in pcm_chunks(pcm, CHUNK_S):
-        sent = await client.socket.speak(event_id, chunk)
-        first = first or sent
-    await client.socket.speak_end(event_id)
-    return first
 
 
 @pytest.fixture(params=[0, 2], ids=["in-process", "pool"])
@@ -58,7 +45,7 @@ async def test_peer_receives_paced_video_and_audio_and_speech_moves_the_mouth(
     assert rate == 16000
     await asyncio.sleep(1.0)  # idle video first: the face is alive before anyone speaks
     idle_frames = len(client.received.video)
-    first_send = await speak(client, pcm, "hello-1")
+    first_send = await client.speak(pcm, "hello-1")
     started_at, _ = await client.wait_event(lambda e: e["type"] == p.AGENT_SPEAK_STARTED)
     _, ended = await client.wait_event(lambda e: e["type"] == p.AGENT_SPEAK_ENDED, timeout=30)
     await asyncio.sleep(0.5)
@@ -101,7 +88,7 @@ async def test_interrupt_stops_speech_video_within_a_few_frames(
     client: SessionClient, speech: tuple[np.ndarray, int, str]
 ) -> None:
     pcm, _, _ = speech
-    await speak(client, np.concatenate([pcm, pcm, pcm]), "long")
+    await client.speak(np.concatenate([pcm, pcm, pcm]), "long")
     started_at, _ = await client.wait_event(lambda e: e["type"] == p.AGENT_SPEAK_STARTED)
     await asyncio.sleep(1.2)
     interrupt_sent = await client.send({"type": "agent.interrupt"})
