@@ -19,8 +19,8 @@ import soundfile as sf
 from livekit_room import URL, MemoryRoom, MemoryServer
 
 from facecast.avatars import AvatarLibrary
-from facecast.avatars.bundle import bundle_from_style
-from facecast.hosts.livekit.cli import add_livekit_parsers, run_say_command, run_worker_command
+from facecast.avatars.procedural import bundle_from_style
+from facecast.cli.livekit import add_livekit_parsers, run_say_command, run_worker_command
 from facecast.hosts.livekit.dispatch import (
     AvatarJob,
     _session_load,
@@ -99,12 +99,16 @@ def test_dispatch_metadata() -> None:
         25,
         "ag",
     )
+    assert job.mouth_track is False
+    assert parse_dispatch_metadata(json.dumps({"mouth_track": True}), defaults).mouth_track is True
     for bad in (
         "[1]",
         "{",
         json.dumps({"colour": "red"}),
         json.dumps({"fps": "30"}),
         json.dumps({"fps": True}),
+        json.dumps({"mouth_track": 1}),
+        json.dumps({"mouth_track": "yes"}),
     ):
         with pytest.raises(ValueError):
             parse_dispatch_metadata(bad, defaults)

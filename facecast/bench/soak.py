@@ -43,7 +43,7 @@ from facecast.bench.server import (
     load_speech,
     run_and_print,
 )
-from facecast.cli import positive_int
+from facecast.cli.common import positive_int
 from facecast.client import LiteClient
 from facecast.client.rtpcount import Arrivals
 
