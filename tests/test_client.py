@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -86,6 +88,7 @@ async def test_a_session_through_the_client_speaks_and_ends_as_stopped(
             await socket.speak_end("u1")
             _, ended = await socket.wait_event(lambda e: e["type"] == p.AGENT_SPEAK_ENDED)
             await peer.wait_channel_event(lambda e: e["type"] == p.AGENT_SPEAK_ENDED)
+            received = peer.video_frames
             stats = await client.stats(minted.session_id)
             assert await client.stop(started) == p.END_STOPPED
             _, stopped = await socket.wait_event(lambda e: e["type"] == p.SESSION_STOPPED)
@@ -96,11 +99,11 @@ async def test_a_session_through_the_client_speaks_and_ends_as_stopped(
     assert stopped["end_reason"] == p.END_STOPPED
     assert max(loud) > 3000, "the speech never came back as audio"
     assert peer.clocks["video"].ready and peer.clocks["audio"].ready, "no RTCP sender report was seen"
-    # The video frames received are about the frames the server says it sent (a few in flight).
-    assert stats["frames"] > 25 and abs(peer.video_frames - stats["frames"]) <= 10
+    # Every frame received was sent; the rest of those sent were on their way (at most a second of them).
+    assert received > 25 and received <= stats["frames"] <= received + 25
     # Decoded frames carry media time from the stream's start at the session's 25 fps.
-    steps = np.diff(peer.video_arrivals.rtp_timestamps)
-    assert np.median(steps) == 90000 // 25
+    steps = Counter(np.diff(peer.video_arrivals.rtp_timestamps).tolist())
+    assert steps.most_common(1)[0][0] == 90000 // 25, steps
 
 
 async def test_a_counting_peer_counts_frames_it_never_decodes(server: RunningServer) -> None:
@@ -111,13 +114,18 @@ async def test_a_counting_peer_counts_frames_it_never_decodes(server: RunningSer
         try:
             await peer.connect(client, started)
             await peer.wait_first_video()
-            while peer.video_frames < 15:
+            deadline = time.monotonic() + 30
+            while peer.video_frames < 15 or len(peer.audio_arrivals.times) < 10:
+                assert time.monotonic() < deadline, "the counting peer stopped receiving"
                 await asyncio.sleep(0.05)
         finally:
             await client.stop(started)
             await peer.close()
-    assert peer.video_frames >= 15 and len(peer.audio_arrivals.times) > 0
-    # Counted frames carry the RTP timestamps of the wire: 30 fps steps on the 90 kHz clock.
-    assert np.median(np.diff(peer.video_arrivals.rtp_timestamps)) == 90000 // 30
+    # Counted frames carry the RTP timestamps of the wire: 30 fps steps on the 90 kHz clock (a frame the
+    # loaded server skipped makes one step longer), 20 ms Opus frames on the 48 kHz clock.
+    video_steps = Counter(np.diff(peer.video_arrivals.rtp_timestamps).tolist())
+    audio_steps = Counter(np.diff(peer.audio_arrivals.rtp_timestamps).tolist())
+    assert video_steps.most_common(1)[0][0] == 90000 // 30, video_steps
+    assert audio_steps.most_common(1)[0][0] == 48000 // 50, audio_steps
     with pytest.raises(ValueError, match="decode=True"):
         ReceivingPeer(decode=False, on_video=lambda frame, arrival: None)
