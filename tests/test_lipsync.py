@@ -13,9 +13,13 @@ import pytest
 from facecast.bench.corpus import SENTENCES, Utterance, have_flite, synthesize
 from facecast.bench.harness import Score, run_utterance
 
-pytestmark = pytest.mark.skipif(
-    not have_flite(), reason="flite is not installed (apt-get install flite); it makes the labelled speech"
-)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not have_flite(),
+        reason="flite is not installed (apt-get install flite); it makes the labelled speech",
+    ),
+]
 
 # Two voices (female slt, male kal16), sentences rich in m/b/p.
 SAMPLE = ((0, "slt"), (2, "kal16"), (3, "slt"), (7, "kal16"))
