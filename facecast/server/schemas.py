@@ -14,8 +14,8 @@ from pydantic import (
     field_validator,
 )
 
-from facecast.avatars import ASPECTS, QUALITIES
-from facecast.engine.config import FPS_CHOICES
+# The wire's value sets, not the avatars' or the engine's: a client validates with these models without them.
+from facecast.protocol import ASPECTS, FPS_CHOICES, QUALITIES
 
 
 def _integral(value: object) -> object:
