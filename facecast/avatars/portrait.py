@@ -304,6 +304,7 @@ class PortraitRenderer:
             # jaw drops that much further, so the visible opening follows `open` alone.
             "jaw": min(1.0, m.open * (1.0 - m.closed) * (1.0 + 0.4 * m.width + 0.36 * m.round)),
             "close": 1.0,
+            "press": m.closed,
             "wide": m.width,
             "round": m.round,
             "smile": 0.6 * smile,
@@ -311,6 +312,7 @@ class PortraitRenderer:
             "gaze_x": max(-1.0, min(1.0, s.gaze_x)),
             "gaze_y": max(-1.0, min(1.0, s.gaze_y)),
         }
+        # Bundles built before a control existed lack its field; the others still apply.
         return np.array([yaw, pitch, roll, *(face[k] for k in self._controls)])
 
     def _draw_mouth(self, img: np.ndarray, pts: np.ndarray, m: MouthParams) -> None:
