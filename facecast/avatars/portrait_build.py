@@ -56,7 +56,7 @@ HEAD_GRID = 64  # head fields are sampled on a (HEAD_GRID + 1)² grid over the c
 JAW_DROP = 0.12  # full jaw drop at the lower lip, in face heights
 # Of that drop, the share that is the jaw joint sliding down and forward (all of the jaw moves by it); the
 # rest is the rotation about the joints.
-JAW_SLIDE = 0.2
+JAW_SLIDE = 0.1
 # The jaw joints: beside the face-oval points at the ear line (93, 323), this much of a face height
 # further back than those points.
 JAW_PIVOT_BEHIND = 0.07
@@ -129,7 +129,8 @@ def build_portrait(
         "warp/moves.npy": _npy(np.concatenate([head_moves, moves]).astype(np.float32)),
     }
     if teeth is not None:
-        files["teeth.png"] = _png(teeth)
+        files["teeth.png"] = _png(teeth[0])
+        files["teeth_mask.png"] = _png(teeth[1])
     extra = {
         "portrait_version": PORTRAIT_VERSION,
         "face_height": round(geo.face_h, 3),
@@ -333,13 +334,18 @@ class _FaceFrame:
         self.v_lower_outer = np.maximum(np.interp(self.u, *_lip_curve(geo, fm.LOWER_OUTER)), self.v_lower)
         nose_v = geo.uv(*geo.point(fm.NOSE_BOTTOM))[1]
         chin_v = geo.uv(*geo.point(fm.CHIN))[1]
-        # 1 on the lips (and between them), fading over the skin to 0 at the nose bottom / the chin: in
-        # the photo, and once the lips are closed (each moved half the photo's gap toward the seam).
+        # 1 on the lips (and between them), fading over the skin to 0 at the nose bottom / the chin.
         self.above_lips = _fade_to(self.v_upper_outer - self.v, self.v_upper_outer - nose_v)
         self.below_lips = _fade_to(self.v - self.v_lower_outer, chin_v - self.v_lower_outer)
-        half_gap = (self.v_lower - self.v_upper) / 2
-        self.above_closed = _fade_to(self.v_upper_outer + half_gap - self.v, self.v_upper_outer - nose_v)
-        self.below_closed = _fade_to(self.v - self.v_lower_outer + half_gap, chin_v - self.v_lower_outer)
+        # Fields are sampled where a pixel lands once the lips are closed (each lip moved half the photo's
+        # gap onto the seam); landmarks (`lower` given) are where they are in the photo. `into_upper` and
+        # `into_lower`: how far a point is into each lip from its inner edge; `above`, `beneath`: the
+        # fades over the skin, there.
+        closed_by = (self.v_lower - self.v_upper) / 2 if lower is None else np.zeros_like(self.v)
+        self.into_upper = self.v_upper + closed_by - self.v
+        self.into_lower = self.v - self.v_lower + closed_by
+        self.above = _fade_to(self.v_upper_outer + closed_by - self.v, self.v_upper_outer - nose_v)
+        self.beneath = _fade_to(self.v - self.v_lower_outer + closed_by, chin_v - self.v_lower_outer)
         half = geo.mouth_w / 2
         if lower is None:
             # Sharp inside the mouth, softening past the corners so the corners stretch instead of tearing.
@@ -534,8 +540,8 @@ def _face_motion(
         # the inner edge stays, the outer edge comes in); the skin beyond follows the outer edge.
         upper_t = f.v_upper - f.v_upper_outer
         lower_t = f.v_lower_outer - f.v_lower
-        up = np.clip(f.seam - v, 0, upper_t) * f.above_closed
-        down = np.clip(v - f.seam, 0, lower_t) * f.below_closed
+        up = np.clip(f.into_upper, 0, upper_t) * f.above
+        down = np.clip(f.into_lower, 0, lower_t) * f.beneath
         along[..., 1] = PRESS * ((1 - below) * up - below * down)
     elif name in ("wide", "round", "smile"):
         sigma = 0.35 * mw if name != "smile" else 0.45 * mw
@@ -549,7 +555,7 @@ def _face_motion(
             # The lips thicken outward as they push forward; their inner edges stay, so rounding does not
             # part the lips (the jaw alone decides the opening).
             pout = _gauss(u, v, 0.0, 0.0, 0.55 * mw, 0.35 * mw)
-            beyond = np.abs(v - f.seam)  # from where the closed lips meet
+            beyond = np.maximum(0.0, np.where(below > 0.5, f.into_lower, f.into_upper))
             along[..., 1] = 0.025 * h * pout * np.clip(beyond / (0.12 * mw), 0, 1) * (2 * below - 1)
         else:
             along[..., 0] = 0.06 * mw * out
@@ -579,9 +585,10 @@ def _face_motion(
 # ---- mouth interior and eyelids -------------------------------------------------------------------------
 
 
-def _photo_teeth(photo: np.ndarray, geo: _Geometry) -> np.ndarray | None:
-    """The photo's visible teeth (RGB crop of the gap between the inner lips, from corner to corner and
-    from the upper inner lip down), or None when the mouth is closed or the gap is dark."""
+def _photo_teeth(photo: np.ndarray, geo: _Geometry) -> tuple[np.ndarray, np.ndarray] | None:
+    """The photo's visible teeth: an RGB crop of the gap between the inner lips, from corner to corner and
+    from the upper inner lip down, and where in it the photo shows teeth (a grey mask: inside the gap and
+    bright, not lip or the dark of the mouth); None when the mouth is closed or the gap is dark."""
     upper = geo.lm[list(fm.UPPER_INNER), :2]
     lower = geo.lm[list(fm.LOWER_INNER), :2]
     f = _FaceFrame(geo, upper[:, 0], upper[:, 1])
@@ -606,7 +613,15 @@ def _photo_teeth(photo: np.ndarray, geo: _Geometry) -> np.ndarray | None:
     rows = max(2, round(float(np.max(bottom - top))))
     mx = np.repeat(cols[None, :], rows, axis=0)
     my = (top[None, :] + np.arange(rows, dtype=np.float32)[:, None]).astype(np.float32)
-    return cv2.remap(photo, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    teeth = cv2.remap(photo, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    # Teeth: within the gap (the rows past the lower lip are lip and chin), and near the brightness of the
+    # gap's brightest part; toward the corners, where the gap narrows, the drawn teeth show instead.
+    within = np.clip(bottom[None, :] - top[None, :] - 0.5 - np.arange(rows)[:, None], 0.0, 1.0)
+    teeth_luma = cv2.cvtColor(teeth, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    bright = float(np.percentile(luma, 90))
+    tooth = np.clip((teeth_luma - 0.55 * bright) / (0.2 * bright + 1e-6), 0.0, 1.0)
+    visible = cv2.GaussianBlur(within * tooth, (3, 3), 0)
+    return teeth, np.round(visible * 255).astype(np.uint8)
 
 
 def _sorted_xy(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
