@@ -339,6 +339,8 @@ class PortraitRenderer:
     def _draw_mouth(self, img: np.ndarray, pts: np.ndarray, m: MouthParams) -> None:
         upper, lower = pts[self._upper_inner], pts[self._lower_inner]
         gap = float(np.max(lower[:, 1] - upper[:, 1]))
+        if gap < 0.03 * self._mouth_w:
+            self._draw_lip_line(img, (upper + lower) / 2, m.closed)
         if gap < 0.4:
             if m.bite > 0.3:
                 self._draw_bite(img, upper, m.bite)
@@ -399,6 +401,23 @@ class PortraitRenderer:
         a = alpha.astype(np.float32)[..., None] / 255.0
         region = img[y0:y1, x0:x1, :3].astype(np.float32)
         img[y0:y1, x0:x1, :3] = (region * (1 - a) + inside * a).round().astype(np.uint8)
+
+    def _draw_lip_line(self, img: np.ndarray, line: np.ndarray, pressed: float) -> None:
+        """Closed lips meet in a thin line of their own shadowed colour, darker when pressed together. It
+        also covers where the warp's seam blends the photo's upper and lower lip (a photo with its mouth
+        open would show its teeth there)."""
+        width = 0.025 * self._mouth_w
+        x0, y0 = np.floor(line.min(axis=0) - width).astype(int)
+        x1, y1 = np.ceil(line.max(axis=0) + width).astype(int) + 1
+        x0, y0, x1, y1 = max(0, x0), max(0, y0), min(self._w, x1), min(self._h, y1)
+        if x1 - x0 < 2 or y1 - y0 < 2:
+            return
+        mask = np.zeros((y1 - y0, x1 - x0), np.uint8)
+        cv2.polylines(mask, [_fixed(line - [x0, y0])], False, 255, max(1, round(width)), cv2.LINE_AA, _SHIFT)
+        a = mask.astype(np.float32)[..., None] / 255.0 * 0.85
+        colour = self._lip_colour * (1.0 - 0.2 * pressed)
+        region = img[y0:y1, x0:x1, :3].astype(np.float32)
+        img[y0:y1, x0:x1, :3] = (region * (1 - a) + colour * a).round().astype(np.uint8)
 
     def _draw_teeth(self, inside: np.ndarray, lip: np.ndarray, height: float, *, lower: bool) -> None:
         """A row of teeth hanging from the upper lip (or standing on the lower one) down to `height`: in the

@@ -556,7 +556,7 @@ def _face_motion(
             # part the lips (the jaw alone decides the opening).
             pout = _gauss(u, v, 0.0, 0.0, 0.55 * mw, 0.35 * mw)
             beyond = np.maximum(0.0, np.where(below > 0.5, f.into_lower, f.into_upper))
-            along[..., 1] = 0.025 * h * pout * np.clip(beyond / (0.12 * mw), 0, 1) * (2 * below - 1)
+            along[..., 1] = 0.015 * h * pout * np.clip(beyond / (0.12 * mw), 0, 1) * (2 * below - 1)
         else:
             along[..., 0] = 0.06 * mw * out
             along[..., 1] = -0.05 * h * (right + left) * (1 - 0.5 * below)
