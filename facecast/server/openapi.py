@@ -68,7 +68,7 @@ OPERATIONS: dict[tuple[str, str], tuple[dict[str, list[str]] | None, tuple[int, 
     ("post", "/v1/avatars"): (API_KEY, (400, 401, 403, 404, 409, 413, 415, 429, 503)),
     ("get", "/v1/avatars/{avatar_id}"): (API_KEY, (400, 401, 403, 404)),
     ("delete", "/v1/avatars/{avatar_id}"): (API_KEY, (400, 401, 403, 404, 409)),
-    # FULL mode's resources (facecast.server.resources)
+    # FULL mode's resources (facecast.server.routes.resources)
     ("post", "/v1/contexts"): (API_KEY, (400, 401, 415)),
     ("get", "/v1/contexts"): (API_KEY, (400, 401)),
     ("get", "/v1/contexts/{context_id}"): (API_KEY, (400, 401, 404)),
@@ -203,7 +203,7 @@ def _both(first: str, second: str) -> dict[str, Any]:
 
 
 def _require_body_rules(document: dict[str, Any], config: ServerConfig) -> None:
-    """What the server requires of request bodies beyond their fields' types (sessions.py's mint)."""
+    """What the server requires of request bodies beyond their fields' types (server.sessions.tokens)."""
     schemas = document["components"]["schemas"]
     token = schemas["TokenRequest"]
     props = token["properties"]
