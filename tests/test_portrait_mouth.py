@@ -14,8 +14,9 @@ import pytest
 from photos import astronaut_rgb
 
 from facecast.avatars import face_mesh as fm
-from facecast.avatars.bundle import read_bundle, renderer_from_bundle, write_bundle
+from facecast.avatars.bundle import read_bundle, write_bundle
 from facecast.avatars.faces import FaceAnalysis, analyze_faces
+from facecast.avatars.kinds import renderer_from_bundle
 from facecast.avatars.portrait import PortraitRenderer
 from facecast.avatars.portrait_build import build_portrait
 from facecast.bench.runs import varied_states
