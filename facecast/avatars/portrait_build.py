@@ -112,7 +112,8 @@ def build_portrait(
     head = _head_fields(geo, mask, side)
     report("computing the warp fields", 0.5)
     glasses = _has_glasses(photo, geo)
-    origin, step, face_fields, moves = _face_fields(geo, photo)
+    hinge = _jaw_hinge(geo)
+    origin, step, face_fields, moves = _face_fields(geo, photo, hinge)
     if glasses:
         brow = FACE_CONTROLS.index("brow")
         face_fields[brow] *= BROW_GAIN_WITH_GLASSES
@@ -143,6 +144,8 @@ def build_portrait(
         "face_origin": [int(origin[0]), int(origin[1])],
         "face_step": step,
         "jaw_drop_px": round(JAW_DROP * geo.face_h, 3),
+        "jaw_pivot": [round(float(v), 2) for v in hinge.pivot],
+        "jaw_turn_deg": round(math.degrees(hinge.angle), 2),
         "mouth_axis": [round(float(v), 6) for v in geo.axis],
         "teeth": "photo" if teeth is not None else "drawn",
         "glasses": glasses,
@@ -423,7 +426,9 @@ def _has_glasses(photo: np.ndarray, geo: _Geometry) -> bool:
     return True
 
 
-def _face_fields(geo: _Geometry, photo: np.ndarray) -> tuple[np.ndarray, int, np.ndarray, np.ndarray]:
+def _face_fields(
+    geo: _Geometry, photo: np.ndarray, hinge: _JawHinge
+) -> tuple[np.ndarray, int, np.ndarray, np.ndarray]:
     """Fields for FACE_CONTROLS over a box around the face: (K, h, w, 2) backward displacements sampled
     every `step` canonical pixels from `origin`, and the landmarks' forward motion (K, 478, 2)."""
     side = photo.shape[0]
@@ -442,7 +447,6 @@ def _face_fields(geo: _Geometry, photo: np.ndarray) -> tuple[np.ndarray, int, np
     eyes = _eye_regions(geo, side)
     guard = _eye_guard(eyes, h)
     eye_soft = guard[y0:y1:step, x0:x1:step]
-    hinge = _jaw_hinge(geo)
     eye_core = eyes[y0:y1:step, x0:x1:step]
     fields = np.stack(
         [
