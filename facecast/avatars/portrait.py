@@ -415,9 +415,10 @@ class PortraitRenderer:
         mask = np.zeros((y1 - y0, x1 - x0), np.uint8)
         cv2.polylines(mask, [_fixed(line - [x0, y0])], False, 255, max(1, round(width)), cv2.LINE_AA, _SHIFT)
         a = mask.astype(np.float32)[..., None] / 255.0 * 0.85
-        colour = self._lip_colour * (1.0 - 0.2 * pressed)
         region = img[y0:y1, x0:x1, :3].astype(np.float32)
-        img[y0:y1, x0:x1, :3] = (region * (1 - a) + colour * a).round().astype(np.uint8)
+        # It only darkens: where the photo's lips are darker than their median colour it changes nothing.
+        line_colour = np.minimum(region, self._lip_colour * (1.0 - 0.2 * pressed))
+        img[y0:y1, x0:x1, :3] = (region * (1 - a) + line_colour * a).round().astype(np.uint8)
 
     def _draw_teeth(self, inside: np.ndarray, lip: np.ndarray, height: float, *, lower: bool) -> None:
         """A row of teeth hanging from the upper lip (or standing on the lower one) down to `height`: in the
