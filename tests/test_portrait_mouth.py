@@ -5,6 +5,7 @@ says how that point of the face moved."""
 from __future__ import annotations
 
 import dataclasses
+import io
 import itertools
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pytest
 from photos import astronaut_rgb
 
 from facecast.avatars import face_mesh as fm
-from facecast.avatars.bundle import read_bundle, write_bundle
+from facecast.avatars.bundle import asset_info, read_bundle, write_bundle
 from facecast.avatars.faces import FaceAnalysis, analyze_faces
 from facecast.avatars.kinds import renderer_from_bundle
 from facecast.avatars.portrait import PortraitRenderer
@@ -182,3 +183,36 @@ def test_the_mouth_layer_stays_in_the_mouth_region(
         ys, xs = np.nonzero(layer)
         assert len(ys) > 50, state
         assert xs.min() >= x0 and xs.max() < x1 and ys.min() >= y0 and ys.max() < y1, state
+
+
+def test_a_bundle_from_before_press_and_the_teeth_mask_still_renders(
+    analysis: FaceAnalysis, tmp_path: Path
+) -> None:
+    """Bundles built by the previous version have no `press` field and no teeth_mask.png: they load and
+    talk, the lips closing on m/b/p without the press, and the photo's teeth used whole."""
+    manifest, files = build_portrait(astronaut_rgb(), analysis, name="a", display_name="a", created_at=STAMP)
+    controls = list(manifest.extra["face_controls"])
+    k = controls.index("press")
+
+    def without_press(name: str, offset: int) -> bytes:
+        arr = np.load(io.BytesIO(files[name]))
+        buf = io.BytesIO()
+        np.save(buf, np.delete(arr, offset + k, axis=0))
+        return buf.getvalue()
+
+    old_files = {n: d for n, d in files.items() if n != "teeth_mask.png"}
+    old_files["warp/face.npy"] = without_press("warp/face.npy", 0)
+    old_files["warp/moves.npy"] = without_press("warp/moves.npy", 3)
+    extra = {**manifest.extra, "face_controls": [c for c in controls if c != "press"]}
+    old = dataclasses.replace(
+        manifest, extra=extra, assets={n: asset_info(n, d) for n, d in old_files.items()}
+    )
+    r = renderer_from_bundle(read_bundle(write_bundle(tmp_path / "old.facecast", old, old_files)))
+    new = renderer_from_bundle(read_bundle(write_bundle(tmp_path / "new.facecast", manifest, files)))
+    rest = r.render(FaceState())
+    np.testing.assert_array_equal(rest, new.render(FaceState()))  # press and the mask act only when used
+    pressed = FaceState(mouth=MouthParams(closed=1.0))
+    assert np.abs(r.render(pressed).astype(int) - rest).max() <= 60  # closed, only the line darker
+    assert not np.array_equal(new.render(pressed), r.render(pressed))  # the new bundle presses
+    speaking = r.render(FaceState(mouth=MouthParams(open=0.8, teeth=1.0)))
+    assert np.abs(speaking.astype(int) - rest).max(axis=2).mean() > 0.002
