@@ -436,7 +436,14 @@ class PortraitRenderer:
         tooth = max(2.0, span / 9)
         phase = np.abs(((xs - centre) / tooth + 0.5) % 1.0 - 0.5)  # 0 mid-tooth, 0.5 between teeth
         reach = height * (1.0 - 0.18 * (2 * phase) ** 2)  # rounded tips
-        from_lip = np.arange(h, dtype=np.float32)[:, None] - np.interp(xs, cx, cy)[None, :]
+        # Only the rows the teeth can reach are drawn.
+        top = max(0, int(np.floor(cy.min() - (height if lower else 0.0))) - 1)
+        bottom = min(h, int(np.ceil(cy.max() + (0.0 if lower else height))) + 2)
+        if bottom - top < 1:
+            return
+        inside = inside[top:bottom]
+        rows = np.arange(top, bottom, dtype=np.float32)[:, None]
+        from_lip = rows - np.interp(xs, cx, cy)[None, :]
         depth = -from_lip if lower else from_lip  # how far from the lip into the teeth
         a = np.clip(depth + 0.5, 0, 1) * np.clip(reach[None, :] - depth + 0.5, 0, 1)
         a *= np.clip(np.minimum(xs - cx[0], cx[-1] - xs) + 0.5, 0, 1)[None, :]
