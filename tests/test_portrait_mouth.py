@@ -216,3 +216,25 @@ def test_a_bundle_from_before_press_and_the_teeth_mask_still_renders(
     assert not np.array_equal(new.render(pressed), r.render(pressed))  # the new bundle presses
     speaking = r.render(FaceState(mouth=MouthParams(open=0.8, teeth=1.0)))
     assert np.abs(speaking.astype(int) - rest).max(axis=2).mean() > 0.002
+
+
+def test_the_docs_clip_is_a_looping_animated_webp(analysis: FaceAnalysis, tmp_path: Path) -> None:
+    """`python -m facecast.avatars clip`: speech through the whole pipeline, written as an animated WebP
+    that loops forever, with frames that differ (the mouth moves)."""
+    from facecast.avatars.__main__ import clip
+
+    manifest, files = build_portrait(astronaut_rgb(), analysis, name="a", display_name="a", created_at=STAMP)
+    bundle = write_bundle(tmp_path / "a.facecast", manifest, files)
+    out = tmp_path / "clip.webp"
+    size = clip(out, str(bundle), "Bob may open the window.", size=96, fps=10)
+    data = out.read_bytes()
+    assert size == len(data) and data[:4] == b"RIFF" and data[8:12] == b"WEBP"
+    anim = data.index(b"ANIM")
+    assert int.from_bytes(data[anim + 12 : anim + 14], "little") == 0  # loop count 0: forever
+    frames, pos = [], 12
+    while pos + 8 <= len(data):  # RIFF chunks: fourcc, little-endian size, payload padded to even
+        fourcc, length = data[pos : pos + 4], int.from_bytes(data[pos + 4 : pos + 8], "little")
+        if fourcc == b"ANMF":
+            frames.append(data[pos + 8 + 16 : pos + 8 + length])  # past the frame header
+        pos += 8 + length + (length & 1)
+    assert len(frames) >= 10 and len(set(frames)) > len(frames) // 2
