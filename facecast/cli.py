@@ -710,7 +710,7 @@ def _cmd_avatar_create(args: argparse.Namespace, library: AvatarLibrary) -> int:
 def _install_bundle(args: argparse.Namespace, library: AvatarLibrary) -> int:
     import dataclasses
 
-    from facecast.avatars.bundle import read_bundle
+    from facecast.avatars.kinds import open_bundle
 
     if args.consent is not None or args.license is not None or args.description:
         raise UsageError(
@@ -720,7 +720,7 @@ def _install_bundle(args: argparse.Namespace, library: AvatarLibrary) -> int:
     path = Path(args.from_bundle).expanduser()
     if not path.is_file():
         raise CommandError(f"no bundle file at {path}")
-    bundle = read_bundle(path)
+    bundle = open_bundle(path)
     manifest = bundle.manifest
     changes = {k: v for k, v in (("name", args.name), ("display_name", args.display_name)) if v}
     if changes:

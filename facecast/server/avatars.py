@@ -30,9 +30,9 @@ from urllib.parse import urlsplit
 
 from facecast import protocol as p
 from facecast.avatars import ASPECTS, QUALITIES, AvatarInfo, AvatarLibrary, list_avatars
-from facecast.avatars.bundle import MAX_TEXT_CHARS, BundleError, read_bundle
+from facecast.avatars.bundle import MAX_TEXT_CHARS, BundleError
 from facecast.avatars.fetch import FetchError, check_image_bytes, fetch_image
-from facecast.avatars.kinds import renderer_from_bundle
+from facecast.avatars.kinds import open_bundle, renderer_from_bundle
 from facecast.avatars.style import style_names
 from facecast.server.config import AvatarSettings
 from facecast.server.errors import ApiError
@@ -379,7 +379,7 @@ class AvatarService:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
             try:
-                bundle = read_bundle(tmp)
+                bundle = open_bundle(tmp)
                 renderer_from_bundle(bundle, quality="low")  # one this server cannot render is refused now
             except BundleError as exc:
                 raise ApiError(400, p.CODE_BAD_REQUEST, str(exc).replace(tmp, UPLOADED_BUNDLE)) from None

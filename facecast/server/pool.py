@@ -38,8 +38,8 @@ from typing import Any, Literal, NamedTuple, get_args
 import numpy as np
 
 from facecast.avatars import AvatarLibrary, load_renderer
-from facecast.avatars.bundle import Bundle, read_bundle
-from facecast.avatars.kinds import renderer_from_bundle
+from facecast.avatars.bundle import Bundle
+from facecast.avatars.kinds import open_bundle, renderer_from_bundle
 from facecast.avatars.style import style_names
 from facecast.engine import Engine, EngineConfig
 from facecast.engine.types import PhoneTiming, SegmentEvent, SegmentTag
@@ -84,7 +84,7 @@ class AvatarSpec:
 def _read_bundle(path: str, mtime_ns: int, size: int) -> Bundle:
     """A library bundle read and validated once per process (and again if its file changes): a bundle is
     immutable in memory, and reading one costs ~40 ms of a session's start (a 512² portrait)."""
-    return read_bundle(path)
+    return open_bundle(path)
 
 
 def build_engine(spec: AvatarSpec) -> Engine:

@@ -23,9 +23,9 @@ from livekit import rtc
 from livekit.agents import utils
 from livekit.agents.voice.avatar import AudioReceiver, DataStreamAudioReceiver
 
-from facecast.avatars import DEFAULT_AVATAR, AvatarLibrary, frame_size
+from facecast.avatars import DEFAULT_AVATAR, AvatarLibrary, AvatarRef, find_avatar, frame_size
 from facecast.engine import EngineConfig
-from facecast.hosts.livekit.generator import FacecastVideoGenerator, check_avatar
+from facecast.hosts.livekit.generator import FacecastVideoGenerator
 from facecast.hosts.livekit.names import (
     ATTRIBUTE_AGENT_STATE,
     ATTRIBUTE_PUBLISH_ON_BEHALF,
@@ -121,7 +121,7 @@ class RoomAvatar:
         url: str,
         token: str,
         *,
-        avatar: str = DEFAULT_AVATAR,
+        avatar: str | AvatarRef = DEFAULT_AVATAR,
         aspect: str = "1:1",
         quality: str = "high",
         fps: int = 30,
@@ -136,14 +136,14 @@ class RoomAvatar:
     ) -> None:
         self._audio_receiver = audio_receiver
         self._library = library if library is not None else AvatarLibrary()
-        check_avatar(avatar, self._library)
+        found = find_avatar(avatar, self._library)
         frame_size(aspect, quality)
         EngineConfig(fps=fps, out_rate=sample_rate)  # validates both
         if max_duration_s is not None and max_duration_s <= 0:
             raise ValueError(f"max_duration_s must be positive, got {max_duration_s!r}")
         self._url = url
         self._token = token
-        self._avatar, self._aspect, self._quality = avatar, aspect, quality
+        self._avatar, self._aspect, self._quality = found, aspect, quality
         self._fps = fps
         self._sample_rate = sample_rate
         self._max_duration_s = max_duration_s
