@@ -17,8 +17,7 @@ import numpy as np
 from livekit import rtc
 from livekit.agents.voice.avatar import AudioSegmentEnd, AvatarOptions, VideoGenerator
 
-from facecast.avatars import DEFAULT_AVATAR, AvatarLibrary, AvatarRef, find_avatar, frame_size, load_renderer
-from facecast.avatars.presets import check_background
+from facecast.avatars import DEFAULT_AVATAR, AvatarLibrary, AvatarRef, Look, find_avatar, load_renderer
 from facecast.engine import AudioFormatError, Engine, EngineConfig, SegmentEnded
 from facecast.engine.config import DEFAULT_LOOKAHEAD_MS, TrackerMode
 from facecast.hosts.live import AvatarClosed, LiveCore
@@ -50,8 +49,8 @@ class FacecastVideoGenerator(VideoGenerator):
         # Validate on the caller's thread so mistakes raise here; the costly build runs on a thread.
         library = library if library is not None else AvatarLibrary()
         found = find_avatar(avatar, library)  # cheap; the bundle is read and checked by the build
-        check_background(background)
-        self.width, self.height = frame_size(aspect, quality)
+        self.look = Look(str(found), aspect, quality, background, fps)
+        self.width, self.height = self.look.frame_size
         self.config = EngineConfig(
             fps=fps,
             out_rate=sample_rate,

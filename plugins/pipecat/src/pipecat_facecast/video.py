@@ -41,9 +41,10 @@ from pipecat.services.ai_service import AIService
 from pipecat.services.settings import ServiceSettings
 from pipecat.utils.types import NOT_GIVEN, NotGiven
 
-from facecast.avatars import BACKGROUNDS, DEFAULT_AVATAR, AvatarLibrary, frame_size, load_bundle
+from facecast.avatars import DEFAULT_AVATAR, AvatarLibrary, Look, load_bundle
+from facecast.avatars.refs import parse_avatar_id
 from facecast.engine import EngineConfig, PhoneTiming, Renderer
-from facecast.engine.config import DEFAULT_LOOKAHEAD_MS, FPS_CHOICES, TrackerMode
+from facecast.engine.config import DEFAULT_LOOKAHEAD_MS, TrackerMode
 from pipecat_facecast._local import LocalAvatar
 from pipecat_facecast._playout import SEGMENT_DONE, PlayoutGate, Position
 
@@ -231,11 +232,7 @@ class FacecastVideoService(AIService):
             self._avatar = LocalAvatar(
                 self,
                 self._avatar_frame,
-                avatar=s.avatar,
-                fps=s.fps,
-                aspect=s.aspect,
-                quality=s.quality,
-                background=s.background,
+                look=_look(s),
                 lookahead_ms=lookahead_ms,
                 tracker=tracker,
                 language=language,
@@ -259,7 +256,7 @@ class FacecastVideoService(AIService):
         """(width, height) of the video frames for the current settings (or the custom renderer)."""
         if self._custom_renderer is not None:
             return self._custom_renderer.width, self._custom_renderer.height
-        return frame_size(self._settings.aspect, self._settings.quality)
+        return _look(self._settings).frame_size
 
     def can_generate_metrics(self) -> bool:
         """Check if this service can generate processing metrics.
@@ -525,25 +522,34 @@ class FacecastVideoService(AIService):
         if look and self._custom_renderer is not None:
             self._warn_unhandled_updated_settings(look)  # a custom renderer has a fixed look
         elif look and self._sample_rate:
-            avatar.set_look(s.avatar, s.aspect, s.quality, s.background)
+            avatar.set_look(_look(s))
         if "fps" in changed:
             avatar.set_fps(s.fps)
         return changed
 
 
+def _look(settings: FacecastVideoSettings) -> Look:
+    """The look of a complete settings object; ValueError names a field that is wrong."""
+    return Look(
+        avatar=settings.avatar,
+        aspect=settings.aspect,
+        quality=settings.quality,
+        background=settings.background,
+        fps=settings.fps,
+    )
+
+
 def _validate(settings: FacecastVideoSettings, *, remote: bool = False) -> None:
     """Raise ValueError naming what is wrong with a complete settings object.
 
-    A remote avatar is the server's to check; a local one must be a built-in, a library id or a readable
-    .facecast file.
+    A remote avatar must be an id, which the server checks; a local one must be a built-in, a library id
+    or a readable .facecast file.
     """
-    if not remote:
-        load_bundle(settings.avatar, AvatarLibrary())  # unknown ones raise ValueError listing what exists
-    frame_size(settings.aspect, settings.quality)
-    if settings.fps not in FPS_CHOICES:
-        raise ValueError(f"fps must be one of {FPS_CHOICES}, got {settings.fps!r}")
-    if settings.background not in BACKGROUNDS:
-        raise ValueError(f"background must be one of {BACKGROUNDS}, got {settings.background!r}")
+    look = _look(settings)
+    if remote:
+        parse_avatar_id(look.avatar)
+    else:
+        load_bundle(look.avatar, AvatarLibrary())  # unknown ones raise ValueError listing what exists
 
 
 def _phones(frame: TTSAudioRawFrame, offset: float) -> list[PhoneTiming] | None:
