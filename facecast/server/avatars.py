@@ -33,7 +33,7 @@ from facecast.avatars import ASPECTS, QUALITIES, AvatarInfo, AvatarLibrary, list
 from facecast.avatars.bundle import MAX_TEXT_CHARS, BundleError
 from facecast.avatars.fetch import FetchError, check_image_bytes, fetch_image
 from facecast.avatars.kinds import open_bundle, renderer_from_bundle
-from facecast.avatars.style import style_names
+from facecast.avatars.refs import is_builtin
 from facecast.server.config import AvatarSettings
 from facecast.server.errors import ApiError
 from facecast.server.store import ApiKey, AvatarRecord, Store, new_avatar_id
@@ -416,7 +416,7 @@ class AvatarService:
         return record, True
 
     def delete(self, key: ApiKey, avatar_id: str) -> AvatarRecord:
-        if avatar_id in style_names():
+        if is_builtin(avatar_id):
             raise ApiError(403, p.CODE_FORBIDDEN, f"{avatar_id!r} is a built-in avatar and cannot be deleted")
         record = self.own(key.id, avatar_id)
         self.store.delete_avatar(avatar_id)
