@@ -140,6 +140,17 @@ def test_the_livekit_plugin_classifies_any_text_alike(text: str) -> None:
     assert_plugin_agrees(text)
 
 
+def test_the_livekit_plugin_copies_the_constants() -> None:
+    from livekit.plugins.facecast import refs as plugin_refs
+
+    from facecast.avatars import refs
+
+    assert plugin_refs.IMAGE_SUFFIXES == refs.PHOTO_SUFFIXES
+    assert plugin_refs.BUNDLE_SUFFIX == refs.BUNDLE_SUFFIX
+    assert plugin_refs._ID.pattern == refs.ID_PATTERN.pattern
+    assert plugin_refs._SCHEME.pattern == refs._SCHEME.pattern
+
+
 def test_the_plugin_copy_imports_no_facecast() -> None:
     code = (
         "import sys, livekit.plugins.facecast.refs; "
