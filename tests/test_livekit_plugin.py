@@ -27,7 +27,9 @@ from livekit.agents.testing import fake_job_context
 from livekit.plugins import facecast
 from livekit.plugins.facecast import api as plugin_api
 from livekit.plugins.facecast import avatar as plugin_avatar
-from livekit.plugins.facecast.avatar import avatar_source, photo_avatar_id
+from livekit.plugins.facecast import remote as plugin_remote
+from livekit.plugins.facecast._local import photo_avatar_id
+from livekit.plugins.facecast.avatar import avatar_source
 from livekit_room import URL, MemoryRoom, MemoryServer
 
 from facecast import protocol
@@ -600,10 +602,14 @@ def test_env_fallbacks(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FACECAST_AVATAR", "mira")
     avatar = facecast.AvatarSession()
     assert avatar._avatar == "mira"
-    assert avatar._api is not None
-    assert (avatar._api._api_url, avatar._api._api_key) == ("http://facecast.internal:9000", "env-key")
+    assert avatar._remote is not None
+    assert (avatar._remote._api._api_url, avatar._remote._api._api_key) == (
+        "http://facecast.internal:9000",
+        "env-key",
+    )
     explicit = facecast.AvatarSession(avatar="noah", api_url="http://x:1", api_key="k")
-    assert explicit._avatar == "noah" and explicit._api is not None and explicit._api._api_url == "http://x:1"
+    assert explicit._avatar == "noah" and explicit._remote is not None
+    assert explicit._remote._api._api_url == "http://x:1"
 
 
 def test_bad_options() -> None:
@@ -627,7 +633,7 @@ def test_the_plugins_copied_wire_names_equal_the_protocol() -> None:
         plugin_api.AVATAR_FAILED,
         plugin_api.AVATAR_STATUSES,
         plugin_avatar.SAMPLE_RATE,
-        plugin_avatar.ATTRIBUTE_PUBLISH_ON_BEHALF,
+        plugin_remote.ATTRIBUTE_PUBLISH_ON_BEHALF,
         plugin_avatar.DEFAULT_AVATAR,
     )
     assert copied == (

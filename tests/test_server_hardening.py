@@ -29,6 +29,7 @@ from websockets.sync.client import connect
 
 from facecast import protocol as p
 from facecast.server.config import Limits, LiveKitSettings
+from facecast.server.sessions.livekit import livekit_start_details
 from facecast.server.store import open_store
 
 PARALLEL_STARTS = 5
@@ -260,7 +261,7 @@ def test_an_unstarted_session_of_a_vanished_server_is_reaped_when_its_token_expi
         minted = _mint(server, key)
         # As if minted by a server that died before its lease row was ever written.
         assert server.store.update_session(minted["session_id"], owner="gone:1", token_expires_at=time.time())
-        server.app.state.manager._pending.clear()  # this server no longer tracks it either
+        server.app.state.manager.pending.clear()  # this server no longer tracks it either
         _wait(lambda: server.session(minted["session_id"]).end_reason == p.END_TOKEN_EXPIRED, 10)
 
 
@@ -269,7 +270,7 @@ def test_an_expired_token_still_stops_its_session(tmp_path: Path) -> None:
         key = server.store.create_key("expired")[1]
         minted = _mint(server, key)
         manager = server.app.state.manager
-        manager._pending.clear()  # as on a server that is gone: nothing here reaps it
+        manager.pending.clear()  # as on a server that is gone: nothing here reaps it
         assert server.store.update_session(minted["session_id"], token_expires_at=time.time() - 1)
         record = manager.authenticate_token(minted["session_token"], allow_expired=True)
         assert record.id == minted["session_id"] and record.state == p.STATE_CREATED
@@ -468,7 +469,7 @@ def test_livekit_tokens_for_a_session_room_expire_with_the_session(tmp_path: Pat
     with running_server(tmp_path, livekit=lk) as server:
         key = server.store.create_key("lk")[1]
         minted = _mint(server, key, max_session_duration=120)
-        details = server.app.state.manager.livekit_start_details(server.session(minted["session_id"]))
+        details = livekit_start_details(server.config, server.session(minted["session_id"]))
         longest = 120 + server.config.limits.token_ttl  # the session token's own longest life
         for name in ("livekit_client_token", "livekit_agent_token"):
             payload = details[name].split(".")[1]

@@ -16,6 +16,7 @@ import pytest
 from pg import postgres_server, postgres_url, with_options  # noqa: F401  (fixtures)
 
 from facecast import protocol
+from facecast.cli.keys import add_keys_parser, run_keys
 from facecast.server.auth import (
     default_data_dir,
     hash_secret,
@@ -24,7 +25,6 @@ from facecast.server.auth import (
     new_session_token,
     parse_bearer,
 )
-from facecast.server.keys_cli import add_keys_parser, run_keys
 from facecast.server.store import (
     SessionRecord,
     Store,

@@ -23,7 +23,7 @@ from facecast import settings
 from facecast.server.auth import default_data_dir
 from facecast.server.errors import ApiError
 from facecast.server.pool import AvatarSpec, build_engine, new_live_avatar
-from facecast.server.resources import check_base_url, known_voice
+from facecast.server.routes.resources import check_base_url, known_voice
 from facecast.server.schemas import TokenRequest
 from facecast.server.secret_box import SecretBox, SecretBoxError
 from facecast.server.sessions import EventSink, LiveSession

@@ -29,7 +29,8 @@ from facecast import protocol as p
 from facecast.engine.types import PhoneTiming, SegmentEnded, SegmentEvent, SegmentStarted, SegmentTag
 from facecast.hosts.livekit.worker import RoomAvatar
 from facecast.server.errors import ApiError
-from facecast.server.sessions import LiveSession, room_stats
+from facecast.server.sessions import LiveSession
+from facecast.server.sessions.livekit import new_room_avatar, room_stats
 from facecast.server.store import SessionRecord
 
 if TYPE_CHECKING:
@@ -240,7 +241,7 @@ async def start_lite_room(manager: SessionManager, record: SessionRecord) -> Liv
 
     audio = SocketAudio(on_event)
     try:
-        worker = manager.new_room_avatar(record, sample_rate=AUDIO_RATE, audio_receiver=audio)
+        worker = new_room_avatar(manager, record, sample_rate=AUDIO_RATE, audio_receiver=audio)
     except ValueError as exc:
         await manager.end(record.id, p.END_ERROR)
         raise ApiError(500, p.CODE_INTERNAL, f"could not load avatar {record.avatar_id!r}: {exc}") from None

@@ -386,7 +386,7 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX sessions_owner ON sessions (owner, state)",
     ),
     (
-        # FULL mode's resources (facecast.server.resources), each owned by one API key.
+        # FULL mode's resources (facecast.server.routes.resources), each owned by one API key.
         """CREATE TABLE contexts (
             id TEXT PRIMARY KEY,
             owner TEXT NOT NULL REFERENCES api_keys (id),

@@ -1,0 +1,255 @@
+"""Minting a session: its token body checked and turned into the record the store keeps (transport,
+video, LiveKit room and join token, FULL mode's parts, duration) and the bearer token the client holds."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import time
+from typing import TYPE_CHECKING, Any
+
+from facecast import protocol as p
+from facecast.avatars.style import style_names
+from facecast.bounded_json import MessageRefused, parse_message
+from facecast.server.auth import hash_secret, new_session_token
+from facecast.server.config import ServerConfig
+from facecast.server.errors import ApiError
+from facecast.server.schemas import TokenRequest
+from facecast.server.sessions.livekit import (
+    OWNED_ROOM_AGENT,
+    OWNED_ROOM_AVATAR,
+    livekit_extra_missing,
+    livekit_keys,
+)
+from facecast.server.store import ApiKey, SessionRecord, new_session_id
+
+if TYPE_CHECKING:
+    from facecast.server.sessions.manager import SessionManager
+
+
+def mint_session(manager: SessionManager, key: ApiKey, body: TokenRequest) -> tuple[SessionRecord, str]:
+    """A new session's record, stored, and its bearer token; refused (429) past the key's cap."""
+    config = manager.config
+    limits = config.limits
+    session_id = new_session_id()
+    # FULL sessions run over this server's WebRTC peer unless the body names a room or a transport.
+    full_default = body.mode == "FULL" and body.transport is None and body.livekit_config is None
+    transport = "webrtc" if full_default else _transport(config, body)
+    full = None
+    if body.mode == "FULL":
+        from facecast.server.full_mode import full_settings
+
+        full = full_settings(manager, key, body, transport)
+    video_settings = _video_settings(body)
+    livekit = _livekit_settings(config, body, session_id) if transport == "livekit" else None
+    if body.avatar_image_url is not None:
+        if body.avatar_id is not None:
+            raise ApiError(
+                400,
+                p.CODE_BAD_REQUEST,
+                "give avatar_id or avatar_image_url, not both: avatar_image_url builds a new avatar",
+            )
+        if body.is_sandbox:
+            raise ApiError(
+                400,
+                p.CODE_BAD_REQUEST,
+                "sandbox sessions use the sandbox avatar; drop avatar_image_url or is_sandbox",
+            )
+    avatar_id = limits.sandbox_avatar if body.is_sandbox else (body.avatar_id or limits.sandbox_avatar)
+    custom = body.avatar_image_url is not None or avatar_id not in style_names()
+    if custom and body.avatar_image_url is None:
+        manager.avatars.check_usable(key.id, avatar_id)  # 404 for unknown ids, 400 for failed builds
+    if body.is_sandbox:
+        duration = limits.sandbox_duration
+    else:
+        duration = body.max_session_duration or limits.default_session_duration
+        if duration > limits.max_session_duration:
+            raise ApiError(
+                400,
+                p.CODE_BAD_REQUEST,
+                f"max_session_duration {duration} s is over this server's limit of "
+                f"{limits.max_session_duration} s",
+            )
+    cap = key.max_concurrent if key.max_concurrent is not None else limits.max_concurrent_per_key
+    built = None
+    if body.avatar_image_url is not None:
+        # Built like POST /v1/avatars {image_url}; /start waits for it.
+        built = manager.avatars.create_from_url(key, body.avatar_image_url, display_name=None, consent=None)
+        avatar_id = built.avatar_id
+    now = time.time()
+    token = new_session_token()
+    record = SessionRecord(
+        id=session_id,
+        key_id=key.id,
+        mode=body.mode,
+        avatar_id=avatar_id,
+        is_sandbox=body.is_sandbox,
+        transport=transport,
+        settings={
+            "video_settings": video_settings,
+            "aspect_ratio": body.aspect_ratio,
+            "fps": body.fps,
+            "max_session_duration": duration,
+            "interactivity_type": body.interactivity_type,
+            **({"livekit": livekit} if livekit is not None else {}),
+            **({"full": full} if full is not None else {}),
+        },
+        state=p.STATE_CREATED,
+        token_hash=hash_secret(token),
+        token_expires_at=now + limits.token_ttl,
+        created_at=now,
+        owner=manager.server_id,
+    )
+    if not manager.store.insert_session(record, max_active=cap):
+        if built is not None:  # no session will use it
+            manager.avatars.delete(key, built.avatar_id)
+        raise ApiError(
+            429,
+            p.CODE_LIMIT,
+            f"this API key already has {cap} active session(s), its limit is {cap}; stop one "
+            "(POST /v1/sessions/stop) or wait for it to end",
+        )
+    return record, token
+
+
+def _transport(config: ServerConfig, body: TokenRequest) -> str:
+    """The body's transport; left out: `livekit` when it brings a room (LiveAvatar's clients never
+    name a transport) or this server knows a LiveKit server to make one on, else `webrtc`."""
+    if body.transport is not None:
+        if body.transport == "webrtc" and body.livekit_config is not None:
+            raise ApiError(
+                400,
+                p.CODE_BAD_REQUEST,
+                "livekit_config needs transport livekit; drop transport or livekit_config",
+            )
+        return body.transport
+    if body.livekit_config is not None or config.livekit.configured:
+        return "livekit"
+    return "webrtc"
+
+
+def _video_settings(body: TokenRequest) -> dict[str, Any]:
+    settings = body.video_settings.model_dump()
+    if body.video_quality is not None:
+        quality_given = "quality" in body.video_settings.model_fields_set
+        if quality_given and settings["quality"] != body.video_quality:
+            raise ApiError(
+                400,
+                p.CODE_BAD_REQUEST,
+                f"video_quality {body.video_quality!r} and video_settings.quality "
+                f"{settings['quality']!r} disagree; give one of them",
+            )
+        settings["quality"] = body.video_quality
+    return settings
+
+
+def _livekit_settings(config: ServerConfig, body: TokenRequest, session_id: str) -> dict[str, Any]:
+    """Where the avatar joins and with which token, and where the agent's audio comes from: the LITE
+    WebSocket (`websocket`) or LiveKit's avatar protocol in the room (`data_stream`)."""
+    cfg = body.livekit_config
+    if cfg is None:
+        return _owned_room_settings(config, body, session_id)
+    if not cfg.livekit_url.startswith(("ws://", "wss://", "http://", "https://")):
+        raise ApiError(
+            400, p.CODE_BAD_REQUEST, f"livekit_config.livekit_url {cfg.livekit_url!r} is not a URL"
+        )
+    tokens = [t for t in (cfg.livekit_worker_token, cfg.livekit_client_token) if t]
+    if len(tokens) > 1:
+        raise ApiError(
+            400,
+            p.CODE_BAD_REQUEST,
+            "livekit_config.livekit_client_token and livekit_worker_token both name the avatar's join "
+            "token; give one of them",
+        )
+    facecast_shape = cfg.livekit_worker_token is not None or cfg.agent_identity is not None
+    audio_source = body.audio_source or ("data_stream" if facecast_shape else "websocket")
+    token = tokens.pop() if tokens else None
+    # A token given decides who the avatar is in the room (LiveAvatar's plugin names it itself).
+    identity = (token and _token_identity(token)) or cfg.avatar_identity or "facecast-avatar"
+    if token is None:
+        keys = livekit_keys(config)
+        if not (keys and cfg.agent_identity):
+            raise ApiError(
+                400,
+                p.CODE_BAD_REQUEST,
+                "livekit_config has no avatar token; pass livekit_client_token (or "
+                "livekit_worker_token), or give agent_identity and run the server with "
+                "FACECAST_LIVEKIT_API_KEY / _API_SECRET (or LIVEKIT_API_KEY / LIVEKIT_API_SECRET) set "
+                "so it can mint one",
+            )
+        token = _mint_worker_token(
+            *keys,
+            room=cfg.livekit_room,
+            identity=identity,
+            name=cfg.avatar_name or identity,
+            agent_identity=cfg.agent_identity,
+        )
+    return {
+        "url": cfg.livekit_url,
+        "room": cfg.livekit_room,
+        "worker_token": token,
+        "agent_identity": cfg.agent_identity,
+        "avatar_identity": identity,
+        "audio_source": audio_source,
+        "owned": False,
+    }
+
+
+def _owned_room_settings(config: ServerConfig, body: TokenRequest, session_id: str) -> dict[str, Any]:
+    """A room on this server's LiveKit server, made for the session at /start and deleted at its
+    end, as LiveAvatar does: the answer to /start carries tokens for the user and the agent."""
+    lk = config.livekit
+    if not lk.configured:
+        raise ApiError(
+            400,
+            p.CODE_BAD_REQUEST,
+            "transport livekit needs livekit_config {livekit_url, livekit_room, livekit_client_token} "
+            "naming your room, or a LiveKit server known to this server (facecast serve --livekit-url "
+            "with FACECAST_LIVEKIT_API_KEY / FACECAST_LIVEKIT_API_SECRET) to make one",
+        )
+    assert lk.api_key is not None and lk.api_secret is not None
+    room = f"facecast-{session_id}"
+    token = _mint_worker_token(
+        lk.api_key,
+        lk.api_secret,
+        room=room,
+        identity=OWNED_ROOM_AVATAR,
+        name=OWNED_ROOM_AVATAR,
+        agent_identity=OWNED_ROOM_AGENT,
+    )
+    return {
+        "url": lk.ws_url,
+        "room": room,
+        "worker_token": token,
+        "agent_identity": OWNED_ROOM_AGENT,
+        "avatar_identity": OWNED_ROOM_AVATAR,
+        "audio_source": body.audio_source or "websocket",
+        "owned": True,
+    }
+
+
+def _token_identity(token: str) -> str | None:
+    """The participant identity (`sub`) a LiveKit token was minted for; None if it is not a JWT. Read
+    without verifying: the LiveKit server verifies it when the avatar joins."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        claims = parse_message(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except (MessageRefused, binascii.Error):
+        return None
+    sub = claims.get("sub") if isinstance(claims, dict) else None
+    return sub if isinstance(sub, str) and sub else None
+
+
+def _livekit_tokens() -> Any:
+    """facecast.hosts.livekit.tokens, or a 501 that says which extra to install."""
+    try:
+        from facecast.hosts.livekit import tokens
+    except ImportError as exc:
+        raise livekit_extra_missing(exc) from None
+    return tokens
+
+
+def _mint_worker_token(api_key: str, api_secret: str, **claims: Any) -> str:
+    return str(_livekit_tokens().mint_worker_token(api_key, api_secret, **claims))
