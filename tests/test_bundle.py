@@ -31,7 +31,7 @@ from facecast.avatars.bundle import (
     read_bundle,
     write_bundle,
 )
-from facecast.avatars.kinds import renderer_from_bundle
+from facecast.avatars.kinds import open_bundle, renderer_from_bundle
 from facecast.avatars.procedural import bundle_from_style
 from facecast.engine.types import FaceState
 
@@ -177,9 +177,10 @@ def test_images_and_arrays_in_a_bundle(tmp_path: Path) -> None:
         "nan.npy": npy(np.array([1.0, np.nan], "<f4")),
     }
     path = write_bundle(tmp_path / "jo.facecast", portrait(files), files)
-    # These files are not a portrait the renderer can use: refused when the bundle is read.
+    # These files are not a portrait the renderer can use: a sound container, refused when opened.
+    read_bundle(path)
     with pytest.raises(ValueError, match=r"not a valid portrait"):
-        read_bundle(path)
+        open_bundle(path)
     bundle = Bundle(path=path, manifest=portrait(files), files=files)
     assert bundle.manifest.assets["warp.npy"].media_type == "application/x-npy"
     np.testing.assert_array_equal(bundle.image("photo.png"), rgb)  # RGB order, not OpenCV's BGR
@@ -361,7 +362,7 @@ def _drop(key: str) -> Callable[[dict[str, Any]], None]:
         (_set("format_version", 0), "older than this Facecast supports.*rebuild"),
         (_set("format_version", "1"), "format_version must be an integer"),
         (_set("format_version", True), "format_version must be an integer"),
-        (_set("kind", "hologram"), "unknown kind 'hologram'"),
+        (_set("kind", "Holo gram"), "kind 'Holo gram' must be a name"),
         (_set("name", "../ava"), "name '../ava'"),
         (_set("name", 5), "name must be a string"),
         (_set("display_name", " "), "display_name must not be empty"),
@@ -385,6 +386,15 @@ def test_bad_manifest_fields(
     change(data)
     with pytest.raises(ValueError, match=why):
         read_bundle(with_manifest(tmp_path, data, ava[1]))
+
+
+def test_an_unknown_kind_is_a_valid_container_refused_when_opened(
+    tmp_path: Path, ava: tuple[Manifest, dict[str, bytes]]
+) -> None:
+    path = with_manifest(tmp_path, {**manifest_dict(ava[0]), "kind": "hologram"}, ava[1])
+    assert read_bundle(path).manifest.kind == "hologram"  # the container knows no kinds
+    with pytest.raises(ValueError, match=r"unknown kind 'hologram'; this Facecast knows procedural, portr"):
+        open_bundle(path)
 
 
 def test_newer_version_is_reported_before_its_new_fields(
@@ -413,8 +423,9 @@ def test_broken_style_fails_at_load(tmp_path: Path) -> None:
     manifest, _ = bundle_from_style("ava", created_at=STAMP)
     manifest = replace(manifest, assets={"style.toml": asset_info("style.toml", files["style.toml"])})
     path = write_bundle(tmp_path / "x.facecast", manifest, files)
+    read_bundle(path)  # a sound container
     with pytest.raises(ValueError, match=r"style.toml: ava: missing key 'face'"):
-        read_bundle(path)
+        open_bundle(path)
 
 
 def test_image_bomb(tmp_path: Path) -> None:

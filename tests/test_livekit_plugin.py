@@ -226,9 +226,13 @@ def test_avatar_sources(tmp_path: Path) -> None:
     assert avatar_source("HTTP://example.com/me") == "url"
     assert avatar_source(str(photo)) == "image"
     assert avatar_source(str(bundle)) == "bundle"
-    for missing in ("missing.png", str(tmp_path / "missing.facecast"), str(tmp_path / "photo")):
+    for missing in ("missing.png", str(tmp_path / "missing.facecast")):
         with pytest.raises(facecast.FacecastException, match="no such file"):
             avatar_source(missing)
+    with pytest.raises(facecast.FacecastException, match=r"ends in neither \.facecast"):
+        avatar_source(str(tmp_path / "photo"))  # a path must show whether it is a photo or a bundle
+    with pytest.raises(facecast.FacecastException, match="did you mean 'ava'"):
+        avatar_source("Ava")
     assert photo_avatar_id(b"abc") == "photo-" + hashlib.sha256(b"abc").hexdigest()[:12]
 
 

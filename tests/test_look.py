@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
@@ -76,3 +77,14 @@ def test_is_frozen_and_hashable() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         look.fps = 25  # type: ignore[misc]
     assert {look, Look()} == {Look()}
+
+
+def test_render_options_check_their_look_before_any_work(tmp_path: Path) -> None:
+    from facecast.hosts.file import RenderOptions
+
+    options = RenderOptions(avatar="leo", fps=25, aspect="4:3", quality="low", background="green")
+    assert options.look == Look("leo", "4:3", "low", "green", 25)
+    with pytest.raises(ValueError, match="unknown aspect '16:9'"):
+        RenderOptions(aspect="16:9").check_outputs(tmp_path / "a.mp4")
+    with pytest.raises(ValueError, match="fps must be one of 25, 30, got 24"):
+        RenderOptions(fps=24).check_outputs(tmp_path / "a.mp4")

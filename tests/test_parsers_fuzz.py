@@ -23,9 +23,9 @@ from hypothesis import strategies as st
 from server_harness import RunningServer, running_server
 
 from facecast import protocol as p
-from facecast.avatars.bundle import BundleError, header_size, read_bundle
+from facecast.avatars.bundle import BundleError, header_size
 from facecast.avatars.fetch import FetchError, check_image_bytes
-from facecast.avatars.kinds import renderer_from_bundle
+from facecast.avatars.kinds import open_bundle, renderer_from_bundle
 from facecast.avatars.procedural import bundle_from_style
 from facecast.bounded_json import MAX_DEPTH, MAX_NUMBER_CHARS, MessageRefused, parse_message
 from facecast.server.config import ServerConfig
@@ -265,7 +265,7 @@ def read_uploaded(tmp_path: Path, data: bytes) -> None:
     """What the server does with an uploaded bundle: read it whole and make a renderer of it."""
     path = tmp_path / "upload.facecast"
     path.write_bytes(data)
-    renderer_from_bundle(read_bundle(path), quality="low")
+    renderer_from_bundle(open_bundle(path), quality="low")
 
 
 manifest = json.loads(AVA[0].to_json())

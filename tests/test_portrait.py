@@ -17,7 +17,7 @@ from facecast.avatars import AvatarLibrary, load_renderer
 from facecast.avatars.build import build_avatar
 from facecast.avatars.bundle import Bundle, BundleError, read_bundle, write_bundle
 from facecast.avatars.faces import FaceAnalysis, NoFaceError, analyze_faces
-from facecast.avatars.kinds import renderer_from_bundle
+from facecast.avatars.kinds import open_bundle, renderer_from_bundle
 from facecast.avatars.portrait import PortraitRenderer
 from facecast.avatars.portrait_build import build_portrait
 from facecast.bench.metrics import mouth_open_from_pixels
@@ -217,19 +217,19 @@ def _rewrite(
 
 def test_malformed_portraits_are_refused_at_load(bundle_path: Path, tmp_path: Path) -> None:
     with pytest.raises(BundleError, match=r"not a valid portrait"):
-        read_bundle(_rewrite(bundle_path, tmp_path / "a.facecast", extra={"crops": {"1:1": "wide"}}))
+        open_bundle(_rewrite(bundle_path, tmp_path / "a.facecast", extra={"crops": {"1:1": "wide"}}))
     with pytest.raises(BundleError, match=r"no asset 'warp/face.npy'"):
-        read_bundle(_rewrite(bundle_path, tmp_path / "b.facecast", drop="warp/face.npy"))
+        open_bundle(_rewrite(bundle_path, tmp_path / "b.facecast", drop="warp/face.npy"))
     import io
 
     buf = io.BytesIO()
     np.save(buf, np.zeros((3, 4, 4, 2), np.float16))
     with pytest.raises(BundleError, match=r"warp/head.npy has shape"):
-        read_bundle(_rewrite(bundle_path, tmp_path / "c.facecast", swap={"warp/head.npy": buf.getvalue()}))
+        open_bundle(_rewrite(bundle_path, tmp_path / "c.facecast", swap={"warp/head.npy": buf.getvalue()}))
     buf = io.BytesIO()
     np.save(buf, np.array([{"x": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(BundleError, match=r"not a valid .npy"):
-        read_bundle(_rewrite(bundle_path, tmp_path / "d.facecast", swap={"landmarks.npy": buf.getvalue()}))
+        open_bundle(_rewrite(bundle_path, tmp_path / "d.facecast", swap={"landmarks.npy": buf.getvalue()}))
     # A bundle from a newer Facecast says so.
     with zipfile.ZipFile(bundle_path) as zf:
         manifest = json.loads(zf.read("manifest.json"))

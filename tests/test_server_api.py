@@ -67,6 +67,9 @@ def test_token_needs_a_valid_unrevoked_key(server: RunningServer, key: str) -> N
         ({"max_session_duration": -5}, 400, "max_session_duration"),
         ({"max_session_duration": 10**6}, 400, "limit"),
         ({"avatar_id": "nobody"}, 404, "/v1/avatars"),
+        ({"avatar_id": "/srv/alice.facecast"}, 404, "is a bundle file, not an avatar id; create an avatar"),
+        ({"avatar_id": "https://example.com/me.jpg"}, 404, "is a photo URL, not an avatar id"),
+        ({"avatar_id": "Ava"}, 404, "did you mean 'ava'"),
         ({"mode": "FULL"}, 409, "/v1/llm_configurations"),  # FULL without a language model
         ({"transport": "carrier-pigeon"}, 400, "transport"),
         ({"transport": "livekit"}, 400, "livekit_config"),

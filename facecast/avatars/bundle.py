@@ -4,7 +4,8 @@ Everything a renderer needs is computed when the bundle is built, so loading is 
 Bundles come from users and URLs, so `read_bundle` treats every byte as hostile: it checks the zip's
 structure, sizes and paths before reading anything, enforces the limits again while decompressing (headers
 can lie), verifies every asset's sha256, and checks image headers before decoding. The format is
-documented in docs/bundle-format.md.
+documented in docs/bundle-format.md. This module is the container only: what a kind's assets must hold is
+checked by that kind (facecast.avatars.kinds), so nothing here imports a renderer.
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ from facecast.bounded_json import MessageRefused, check_depth
 
 FORMAT_VERSION = 1
 MIN_FORMAT_VERSION = 1
-KINDS: tuple[str, ...] = ("procedural", "portrait")
 MANIFEST_NAME = "manifest.json"
 SUFFIX = ".facecast"
 
@@ -100,7 +100,7 @@ class Manifest:
     """`manifest.json`: what the bundle is, who made it, and the list of its assets.
 
     format_version: the bundle format (FORMAT_VERSION); bumped on any incompatible change.
-    kind: which renderer draws it, one of KINDS.
+    kind: which renderer draws it: a kind registered in facecast.avatars.kinds.
     name: the avatar's id, a slug `[a-z0-9][a-z0-9_-]{0,63}`; the file is conventionally NAME.facecast.
     display_name: the human name shown in lists.
     created_at: when it was built, ISO 8601 with a UTC offset ("2025-01-31T12:00:00+00:00").
@@ -179,11 +179,8 @@ class Manifest:
         if unknown:
             raise BundleError(f"{MANIFEST_NAME}: unknown field(s) {', '.join(unknown)}")
         kind = _field(data, "kind", str)
-        if kind not in KINDS:
-            raise BundleError(
-                f"{MANIFEST_NAME}: unknown kind {kind!r}; this Facecast knows {', '.join(KINDS)} "
-                "(a newer Facecast may support it)"
-            )
+        if not NAME_PATTERN.fullmatch(kind):  # which kinds exist is facecast.avatars.kinds' to say
+            raise BundleError(f"{MANIFEST_NAME}: kind {kind!r} must be a name like 'portrait'")
         name = _field(data, "name", str)
         if not NAME_PATTERN.fullmatch(name):
             raise BundleError(
@@ -319,7 +316,9 @@ def write_bundle(path: str | os.PathLike[str], manifest: Manifest, files: Mappin
 
 
 def read_bundle(path: str | os.PathLike[str]) -> Bundle:
-    """Open and fully validate a bundle; anything wrong raises BundleError saying what and what to do."""
+    """Open a bundle and validate it as a container (structure, limits, manifest, every asset's sha256,
+    image headers); anything wrong raises BundleError saying what and what to do. Its contents are its
+    kind's to check: `facecast.avatars.kinds.open_bundle` does both."""
     path = Path(path)
     size = path.stat().st_size
     if size > MAX_FILE_BYTES:
@@ -338,17 +337,7 @@ def read_bundle(path: str | os.PathLike[str]) -> Bundle:
     except BundleError as e:
         raise BundleError(f"{path}: {e}") from None
     _check_assets(manifest, raw, str(path))
-    bundle = Bundle(path=path, manifest=manifest, files=MappingProxyType(raw))
-    # A broken bundle fails at load, not at the first frame.
-    if manifest.kind == "procedural":
-        from facecast.avatars.procedural import style_from_bundle  # procedural.py reads bundles
-
-        style_from_bundle(bundle)
-    else:
-        from facecast.avatars.portrait import PortraitData  # portrait.py reads bundles: import here
-
-        PortraitData.from_bundle(bundle)
-    return bundle
+    return Bundle(path=path, manifest=manifest, files=MappingProxyType(raw))
 
 
 def header_size(data: bytes, where: str = "image") -> tuple[int, int]:

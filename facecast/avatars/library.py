@@ -1,8 +1,8 @@
-"""The avatar library: a folder of `NAME.facecast` bundles, and how an avatar reference is resolved.
+"""The avatar library: a folder of `NAME.facecast` bundles, one per avatar id.
 
-An avatar reference is what users type or send: a built-in name (`ava`), the id of a bundle in the library
-(`alice`), or the path of a `.facecast` file. Image paths and URLs are not references: they must be built
-into a bundle first (`facecast.avatars.build.build_avatar`), which takes seconds.
+Ids are one of the kinds of avatar reference (facecast.avatars.refs); `facecast.avatars.find_avatar`
+resolves a reference against a library. Photos become library avatars when built
+(`facecast.avatars.build.build_avatar`), which takes seconds.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from facecast.avatars.bundle import (
     Bundle,
     BundleError,
     Manifest,
-    read_bundle,
     write_bundle,
 )
-from facecast.avatars.style import style_names
+from facecast.avatars.kinds import avatar_kind, open_bundle
+from facecast.avatars.refs import is_builtin
 
 AVATARS_DIR_ENV = settings.AVATARS_DIR.name
 
@@ -40,11 +40,6 @@ def default_avatars_dir() -> Path:
         return configured
     data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(data_home) / "facecast" / "avatars"
-
-
-def is_bundle_path(ref: str) -> bool:
-    """True when `ref` names a bundle file rather than an id: it ends in .facecast or has a folder part."""
-    return ref.endswith(SUFFIX) or os.sep in ref or (os.altsep is not None and os.altsep in ref)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,15 +78,15 @@ class AvatarLibrary:
             raise AvatarNotFoundError(
                 f"no avatar {avatar_id!r} in {self.root}; `facecast avatar list` shows the available ones"
             )
-        return read_bundle(path)
+        return open_bundle(path)
 
     def entries(self) -> list[StoredAvatar]:
-        """Every readable bundle in the library; damaged files are skipped (read_bundle says why)."""
+        """Every readable bundle in the library; damaged files are skipped (open_bundle says why)."""
         out = []
         for avatar_id in self.ids():
             path = self.path(avatar_id)
             try:
-                bundle = read_bundle(path)
+                bundle = open_bundle(path)
             except (BundleError, OSError):
                 continue
             out.append(StoredAvatar(bundle.manifest, path, path.stat().st_size))
@@ -101,7 +96,7 @@ class AvatarLibrary:
         """Where a new avatar `avatar_id` would be saved; AvatarExistsError if the id is a built-in's, or an
         existing avatar's unless `replace`. Checked before a slow build as well as when saving."""
         path = self.path(avatar_id)
-        if avatar_id in style_names():
+        if is_builtin(avatar_id):
             raise AvatarExistsError(f"{avatar_id!r} is a built-in avatar; choose another name")
         if path.exists() and not replace:
             raise AvatarExistsError(
@@ -112,18 +107,19 @@ class AvatarLibrary:
     def save(self, manifest: Manifest, files: dict[str, bytes], *, replace: bool = False) -> Path:
         """Write a bundle under its manifest name (see check_free for which names are refused)."""
         path = self.check_free(manifest.name, replace=replace)
+        avatar_kind(manifest.kind)  # a kind this Facecast cannot draw never enters the library
         self.root.mkdir(parents=True, exist_ok=True)
         return write_bundle(path, manifest, files)
 
     def install(self, bundle_path: str | os.PathLike[str], *, replace: bool = False) -> Manifest:
         """Copy a bundle file into the library after validating it; its id is the manifest's name."""
-        bundle = read_bundle(bundle_path)
+        bundle = open_bundle(bundle_path)
         self.save(bundle.manifest, dict(bundle.files), replace=replace)
         return bundle.manifest
 
     def delete(self, avatar_id: str) -> bool:
         """Remove a bundle; False when there was none. Built-ins cannot be deleted."""
-        if avatar_id in style_names():
+        if is_builtin(avatar_id):
             raise AvatarExistsError(f"{avatar_id!r} is a built-in avatar and cannot be deleted")
         path = self.path(avatar_id)
         try:

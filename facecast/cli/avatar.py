@@ -198,15 +198,16 @@ def _cmd_avatar_list(library: AvatarLibrary) -> int:
 
 
 def _cmd_avatar_info(args: argparse.Namespace, library: AvatarLibrary) -> int:
-    from facecast.avatars import load_bundle
-    from facecast.avatars.style import style_names
+    from facecast.avatars import find_avatar, load_bundle
+    from facecast.avatars.refs import BuiltinAvatar
 
-    bundle = load_bundle(args.ref, library)
+    found = find_avatar(args.ref, library)
+    bundle = load_bundle(found, library)
     m = bundle.manifest
     if args.json:
         sys.stdout.write(m.to_json())
         return 0
-    if args.ref in style_names():
+    if isinstance(found, BuiltinAvatar):
         source = "built-in"
     else:
         source = f"{bundle.path} ({_size(bundle.path.stat().st_size)})"
@@ -299,10 +300,10 @@ def _cmd_avatar_preview(args: argparse.Namespace, library: AvatarLibrary) -> int
 
 def _cmd_avatar_delete(args: argparse.Namespace, library: AvatarLibrary) -> int:
     from facecast.avatars import AvatarNotFoundError
-    from facecast.avatars.style import style_names
+    from facecast.avatars.refs import is_builtin
 
     avatar_id = args.id
-    if avatar_id in style_names():
+    if is_builtin(avatar_id):
         raise CommandError(f"{avatar_id!r} is a built-in avatar and cannot be deleted")
     path = library.path(avatar_id)  # checks the id
     if avatar_id not in library:
@@ -396,7 +397,7 @@ def _cmd_avatar_create(args: argparse.Namespace, library: AvatarLibrary) -> int:
 def _install_bundle(args: argparse.Namespace, library: AvatarLibrary) -> int:
     import dataclasses
 
-    from facecast.avatars.bundle import read_bundle
+    from facecast.avatars.kinds import open_bundle
 
     if args.consent is not None or args.license is not None or args.description:
         raise UsageError(
@@ -406,7 +407,7 @@ def _install_bundle(args: argparse.Namespace, library: AvatarLibrary) -> int:
     path = Path(args.from_bundle).expanduser()
     if not path.is_file():
         raise CommandError(f"no bundle file at {path}")
-    bundle = read_bundle(path)
+    bundle = open_bundle(path)
     manifest = bundle.manifest
     changes = {k: v for k, v in (("name", args.name), ("display_name", args.display_name)) if v}
     if changes:

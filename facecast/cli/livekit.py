@@ -111,10 +111,10 @@ def run_worker_command(args: argparse.Namespace) -> int:
     """`facecast worker`: blocks until SIGINT/SIGTERM."""
     import logging
 
+    from facecast.avatars import AvatarLibrary, find_avatar
     from facecast.hosts.livekit.dispatch import AvatarJob, run_agent_server
-    from facecast.hosts.livekit.generator import check_avatar
 
-    check_avatar(args.avatar)
+    find_avatar(args.avatar, AvatarLibrary())
     if args.max_duration <= 0:
         raise ValueError("--max-duration must be positive")
     if args.max_sessions is not None and args.max_sessions < 1:

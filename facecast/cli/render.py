@@ -15,25 +15,42 @@ if TYPE_CHECKING:
 
 
 def _add_look_options(p: argparse.ArgumentParser, *, with_background: bool) -> None:
-    from facecast.avatars import ASPECTS, BACKGROUNDS, DEFAULT_AVATAR, QUALITIES
+    from facecast.avatars import ASPECTS, BACKGROUNDS, QUALITIES, Look
 
     aspects, qualities, backgrounds = list(ASPECTS), list(QUALITIES), list(BACKGROUNDS)
+    default = Look()
     p.add_argument(
         "--avatar",
-        default=DEFAULT_AVATAR,
+        default=default.avatar,
         help=f"a built-in avatar, the id of one in the avatar library, or a .facecast file "
-        f"(default {DEFAULT_AVATAR}; see `facecast avatar list`)",
+        f"(default {default.avatar}; see `facecast avatar list`)",
     )
-    p.add_argument("--fps", type=int, default=30, choices=FPS_CHOICES, help="video frame rate (default 30)")
-    p.add_argument("--aspect", default="1:1", choices=aspects, help="frame aspect ratio (default 1:1)")
-    p.add_argument("--quality", default="high", choices=qualities, help="frame size preset (default high)")
+    p.add_argument(
+        "--fps",
+        type=int,
+        default=default.fps,
+        choices=FPS_CHOICES,
+        help=f"video frame rate (default {default.fps})",
+    )
+    p.add_argument(
+        "--aspect",
+        default=default.aspect,
+        choices=aspects,
+        help=f"frame aspect ratio (default {default.aspect})",
+    )
+    p.add_argument(
+        "--quality",
+        default=default.quality,
+        choices=qualities,
+        help=f"frame size preset (default {default.quality})",
+    )
     if with_background:
         # MP4 has no alpha channel, so transparent is refused with a hint rather than hidden.
         p.add_argument(
             "--background",
-            default="scene",
+            default=default.background,
             choices=backgrounds,
-            help="scene, or green for chroma keying (default scene)",
+            help=f"{default.background}, or green for chroma keying (default {default.background})",
         )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
 
@@ -85,14 +102,12 @@ def _print_report(report: RenderReport) -> None:
 
 def _render_options(args: argparse.Namespace, **extra: Any) -> RenderOptions:
     """The options of `render` (look, clock, outputs) for both its sources, plus source-specific ones."""
+    from facecast.avatars import Look
     from facecast.hosts.file import RenderOptions
 
+    look = Look(args.avatar, args.aspect, args.quality, args.background, args.fps)
     return RenderOptions(
-        avatar=args.avatar,
-        fps=args.fps,
-        aspect=args.aspect,
-        quality=args.quality,
-        background=args.background,
+        **look.to_dict(),
         params_path=args.params,
         progress=not args.quiet,
         jobs=args.jobs,

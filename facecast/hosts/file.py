@@ -28,6 +28,7 @@ from facecast.engine.types import PhoneTiming, Renderer
 from facecast.hosts.progress import Progress
 
 if TYPE_CHECKING:
+    from facecast.avatars.look import Look
     from facecast.hosts.render_pool import RenderPipeline
 
 # ultrafast encodes a 512² avatar frame in about 1 ms of CPU (veryfast: 2 ms, but 8x smaller files);
@@ -274,9 +275,17 @@ class RenderOptions:
     avatars_dir: str | Path | None = None  # the avatar library (None: $FACECAST_AVATARS_DIR or the default)
     jobs: int | None = None  # cores to use (None: all); 1 draws and encodes in this process
 
+    @property
+    def look(self) -> Look:
+        """The avatar, aspect, quality, background and fps as one checked value (ValueError names a bad
+        field)."""
+        from facecast.avatars.look import Look
+
+        return Look(self.avatar, self.aspect, self.quality, self.background, self.fps)
+
     def check_outputs(self, out_path: str | Path) -> None:
         """Fail on bad options before any expensive work."""
-        if self.background == "transparent":
+        if self.look.background == "transparent":  # the look's fields are checked on the way
             raise MediaError("MP4 (H.264) cannot store transparency; use --background green and key it out")
         _check_output(Path(out_path), "video")
         if self.params_path is not None:
@@ -321,7 +330,7 @@ def render_pcm(
     """`render_file` for audio already in memory: int16 (n,) or (n, channels) at `rate` Hz.
     `phones` are the speech's phone timings when its source knows them (a TTS engine); `started`
     (a perf_counter value) lets the caller include its own synthesis or decoding in the reported time."""
-    from facecast.avatars import AvatarLibrary, load_renderer
+    from facecast.avatars import AvatarLibrary, load_look
     from facecast.engine import Engine, EngineConfig
     from facecast.hosts.render_pool import RenderPipeline
 
@@ -340,13 +349,7 @@ def render_pcm(
     if opts.lookahead_ms is not None:
         config_args["lookahead_ms"] = opts.lookahead_ms
     config = EngineConfig(**config_args)
-    renderer = load_renderer(
-        opts.avatar,
-        aspect=opts.aspect,
-        quality=opts.quality,
-        background=opts.background,
-        library=AvatarLibrary(opts.avatars_dir),
-    )
+    renderer = load_look(opts.look, AvatarLibrary(opts.avatars_dir))
     # The helpers are forked before the engine loads its recogniser and before any thread starts.
     writer = _frame_writer(renderer, out, fps=fps, sample_rate=config.out_rate, jobs=opts.jobs)
     try:

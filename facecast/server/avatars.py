@@ -30,10 +30,10 @@ from urllib.parse import urlsplit
 
 from facecast import protocol as p
 from facecast.avatars import ASPECTS, QUALITIES, AvatarInfo, AvatarLibrary, list_avatars
-from facecast.avatars.bundle import MAX_TEXT_CHARS, BundleError, read_bundle
+from facecast.avatars.bundle import MAX_TEXT_CHARS, BundleError
 from facecast.avatars.fetch import FetchError, check_image_bytes, fetch_image
-from facecast.avatars.kinds import renderer_from_bundle
-from facecast.avatars.style import style_names
+from facecast.avatars.kinds import open_bundle, renderer_from_bundle
+from facecast.avatars.refs import is_builtin
 from facecast.server.config import AvatarSettings
 from facecast.server.errors import ApiError
 from facecast.server.store import ApiKey, AvatarRecord, Store, new_avatar_id
@@ -379,7 +379,7 @@ class AvatarService:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
             try:
-                bundle = read_bundle(tmp)
+                bundle = open_bundle(tmp)
                 renderer_from_bundle(bundle, quality="low")  # one this server cannot render is refused now
             except BundleError as exc:
                 raise ApiError(400, p.CODE_BAD_REQUEST, str(exc).replace(tmp, UPLOADED_BUNDLE)) from None
@@ -416,7 +416,7 @@ class AvatarService:
         return record, True
 
     def delete(self, key: ApiKey, avatar_id: str) -> AvatarRecord:
-        if avatar_id in style_names():
+        if is_builtin(avatar_id):
             raise ApiError(403, p.CODE_FORBIDDEN, f"{avatar_id!r} is a built-in avatar and cannot be deleted")
         record = self.own(key.id, avatar_id)
         self.store.delete_avatar(avatar_id)

@@ -38,9 +38,9 @@ from typing import Any, Literal, NamedTuple, get_args
 import numpy as np
 
 from facecast.avatars import AvatarLibrary, load_renderer
-from facecast.avatars.bundle import Bundle, read_bundle
-from facecast.avatars.kinds import renderer_from_bundle
-from facecast.avatars.style import style_names
+from facecast.avatars.bundle import Bundle
+from facecast.avatars.kinds import open_bundle, renderer_from_bundle
+from facecast.avatars.refs import LibraryAvatar, parse_avatar_id
 from facecast.engine import Engine, EngineConfig
 from facecast.engine.types import PhoneTiming, SegmentEvent, SegmentTag
 from facecast.hosts.live import AvatarClosed, LiveCore, LiveStats
@@ -84,7 +84,7 @@ class AvatarSpec:
 def _read_bundle(path: str, mtime_ns: int, size: int) -> Bundle:
     """A library bundle read and validated once per process (and again if its file changes): a bundle is
     immutable in memory, and reading one costs ~40 ms of a session's start (a 512² portrait)."""
-    return read_bundle(path)
+    return open_bundle(path)
 
 
 def build_engine(spec: AvatarSpec) -> Engine:
@@ -92,12 +92,14 @@ def build_engine(spec: AvatarSpec) -> Engine:
     cannot be rendered."""
     library = AvatarLibrary(spec.library_root) if spec.library_root is not None else None
     # The id was checked at mint (a built-in, or one of the key's avatars): never a path.
-    if library is not None and spec.avatar_id not in style_names() and spec.avatar_id in library:
-        stat = library.path(spec.avatar_id).stat()
-        bundle = _read_bundle(str(library.path(spec.avatar_id)), stat.st_mtime_ns, stat.st_size)
+    avatar = parse_avatar_id(spec.avatar_id)
+    if library is not None and isinstance(avatar, LibraryAvatar) and avatar.avatar_id in library:
+        path = library.path(avatar.avatar_id)
+        stat = path.stat()
+        bundle = _read_bundle(str(path), stat.st_mtime_ns, stat.st_size)
         renderer = renderer_from_bundle(bundle, aspect=spec.aspect, quality=spec.quality)
     else:
-        renderer = load_renderer(spec.avatar_id, aspect=spec.aspect, quality=spec.quality, library=library)
+        renderer = load_renderer(avatar, aspect=spec.aspect, quality=spec.quality, library=library)
     return Engine(renderer, EngineConfig(fps=spec.fps, out_rate=WEBRTC_AUDIO_RATE))
 
 

@@ -40,10 +40,9 @@ from typing import Any
 from livekit import api, rtc
 from livekit.agents import AgentServer, AutoSubscribe, JobContext, JobProcess, JobRequest
 
-from facecast.avatars import DEFAULT_AVATAR, AvatarLibrary
-from facecast.avatars.library import is_bundle_path
+from facecast.avatars import DEFAULT_AVATAR, AvatarLibrary, find_avatar
+from facecast.avatars.refs import AvatarRefError, parse_avatar_id
 from facecast.bounded_json import MessageRefused, parse_message
-from facecast.hosts.livekit.generator import check_avatar
 from facecast.hosts.livekit.names import (
     ATTRIBUTE_JOB_PROCESS,
     ATTRIBUTE_PUBLISH_ON_BEHALF,
@@ -114,11 +113,15 @@ def parse_dispatch_metadata(metadata: str, defaults: AvatarJob | None = None) ->
             raise ValueError(f"dispatch metadata {key!r} has the wrong type: {value!r}")
         else:
             changes[key] = value
-    if "avatar" in changes and is_bundle_path(changes["avatar"]):
-        raise ValueError(
-            f"dispatch metadata 'avatar' must be a built-in name or an avatar id in the worker's library, "
-            f"not a path: {changes['avatar']!r}"
-        )
+    if "avatar" in changes:
+        try:
+            parse_avatar_id(changes["avatar"])
+        except AvatarRefError as exc:
+            # A dispatcher names avatars; files are the worker operator's to choose (--avatar).
+            raise ValueError(
+                "dispatch metadata 'avatar' must be a built-in name or an avatar id in the worker's library, "
+                f"not a path, photo or URL: {exc}"
+            ) from None
     return dataclasses.replace(base, **changes)
 
 
@@ -126,7 +129,7 @@ async def handle_request(defaults: AvatarJob, req: JobRequest) -> None:
     """Accept a dispatch as the avatar of the agent it names; reject metadata we cannot serve."""
     try:
         job = parse_dispatch_metadata(req.job.metadata, defaults)
-        check_avatar(job.avatar, AvatarLibrary())
+        find_avatar(job.avatar, AvatarLibrary())
     except ValueError as exc:
         logger.warning("rejecting dispatch to room %s: %s", req.room.name, exc)
         await req.reject()

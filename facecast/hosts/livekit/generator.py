@@ -12,53 +12,17 @@ import asyncio
 import logging
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 from livekit import rtc
 from livekit.agents.voice.avatar import AudioSegmentEnd, AvatarOptions, VideoGenerator
 
-from facecast.avatars import (
-    DEFAULT_AVATAR,
-    AvatarLibrary,
-    AvatarNotFoundError,
-    frame_size,
-    load_bundle,
-    load_renderer,
-)
-from facecast.avatars.library import is_bundle_path
-from facecast.avatars.presets import check_background
-from facecast.avatars.style import style_names
+from facecast.avatars import DEFAULT_AVATAR, AvatarLibrary, AvatarRef, Look, find_avatar, load_renderer
 from facecast.engine import AudioFormatError, Engine, EngineConfig, SegmentEnded
 from facecast.engine.config import DEFAULT_LOOKAHEAD_MS, TrackerMode
 from facecast.hosts.live import AvatarClosed, LiveCore
 
 logger = logging.getLogger("facecast.livekit")
-
-
-_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
-
-
-def check_avatar(avatar: str, library: AvatarLibrary | None = None) -> None:
-    """A built-in name, the id of a bundle in `library` (default: the default library) or a `.facecast`
-    path that exists; anything else raises ValueError (AvatarNotFoundError) listing what exists. Cheap: the
-    bundle itself is read and validated when the renderer is built. Photos must be built into a bundle
-    first (`facecast avatar create`)."""
-    if avatar in style_names():
-        return
-    library = library if library is not None else AvatarLibrary()
-    lowered = avatar.lower()
-    if lowered.startswith(("http://", "https://")) or lowered.endswith(_IMAGE_SUFFIXES):
-        raise ValueError(
-            f"avatar {avatar!r} is a photo, not an avatar: build it first with "
-            f"`facecast avatar create --image {avatar} --name ID` (library {library.root}) and use the id"
-        )
-    if is_bundle_path(avatar):
-        if not Path(avatar).expanduser().is_file():
-            raise AvatarNotFoundError(f"no avatar bundle at {avatar}")
-        return
-    if avatar not in library:
-        load_bundle(avatar, library)  # raises AvatarNotFoundError listing the available avatars
 
 
 class FacecastVideoGenerator(VideoGenerator):
@@ -68,7 +32,7 @@ class FacecastVideoGenerator(VideoGenerator):
     def __init__(
         self,
         *,
-        avatar: str = DEFAULT_AVATAR,
+        avatar: str | AvatarRef = DEFAULT_AVATAR,
         aspect: str = "1:1",
         quality: str = "high",
         background: str = "scene",
@@ -84,9 +48,9 @@ class FacecastVideoGenerator(VideoGenerator):
         $FACECAST_AVATARS_DIR or ~/.local/share/facecast/avatars) or a `.facecast` path."""
         # Validate on the caller's thread so mistakes raise here; the costly build runs on a thread.
         library = library if library is not None else AvatarLibrary()
-        check_avatar(avatar, library)
-        check_background(background)
-        self.width, self.height = frame_size(aspect, quality)
+        found = find_avatar(avatar, library)  # cheap; the bundle is read and checked by the build
+        self.look = Look(str(found), aspect, quality, background, fps)
+        self.width, self.height = self.look.frame_size
         self.config = EngineConfig(
             fps=fps,
             out_rate=sample_rate,
@@ -101,7 +65,7 @@ class FacecastVideoGenerator(VideoGenerator):
 
         def build() -> Engine:
             renderer = load_renderer(
-                avatar, aspect=aspect, quality=quality, background=background, library=library
+                found, aspect=aspect, quality=quality, background=background, library=library
             )
             return Engine(renderer, self.config)
 

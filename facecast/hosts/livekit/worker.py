@@ -23,10 +23,10 @@ from livekit import rtc
 from livekit.agents import utils
 from livekit.agents.voice.avatar import AudioReceiver, DataStreamAudioReceiver
 
-from facecast.avatars import DEFAULT_AVATAR, AvatarLibrary, frame_size
+from facecast.avatars import DEFAULT_AVATAR, AvatarLibrary, AvatarRef, Look, find_avatar
 from facecast.bounded_json import MessageRefused, parse_message
 from facecast.engine import EngineConfig
-from facecast.hosts.livekit.generator import FacecastVideoGenerator, check_avatar
+from facecast.hosts.livekit.generator import FacecastVideoGenerator
 from facecast.hosts.livekit.names import (
     ATTRIBUTE_AGENT_STATE,
     ATTRIBUTE_PUBLISH_ON_BEHALF,
@@ -142,7 +142,7 @@ class RoomAvatar:
         url: str,
         token: str,
         *,
-        avatar: str = DEFAULT_AVATAR,
+        avatar: str | AvatarRef = DEFAULT_AVATAR,
         aspect: str = "1:1",
         quality: str = "high",
         fps: int = 30,
@@ -159,15 +159,14 @@ class RoomAvatar:
         self._audio_receiver = audio_receiver
         self._mouth_track = mouth_track
         self._library = library if library is not None else AvatarLibrary()
-        check_avatar(avatar, self._library)
-        frame_size(aspect, quality)
-        EngineConfig(fps=fps, out_rate=sample_rate)  # validates both
+        found = find_avatar(avatar, self._library)
+        look = Look(str(found), aspect, quality, fps=fps)  # checks the look's fields
+        EngineConfig(fps=fps, out_rate=sample_rate)
         if max_duration_s is not None and max_duration_s <= 0:
             raise ValueError(f"max_duration_s must be positive, got {max_duration_s!r}")
         self._url = url
         self._token = token
-        self._avatar, self._aspect, self._quality = avatar, aspect, quality
-        self._fps = fps
+        self._avatar, self._look = found, look
         self._sample_rate = sample_rate
         self._max_duration_s = max_duration_s
         self._on_end = on_end
@@ -225,9 +224,9 @@ class RoomAvatar:
 
             generator = FacecastVideoGenerator(
                 avatar=self._avatar,
-                aspect=self._aspect,
-                quality=self._quality,
-                fps=self._fps,
+                aspect=self._look.aspect,
+                quality=self._look.quality,
+                fps=self._look.fps,
                 sample_rate=self._sample_rate,
                 library=self._library,
             )

@@ -14,7 +14,7 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from facecast import protocol as p
-from facecast.avatars.style import style_names
+from facecast.avatars.refs import is_builtin
 from facecast.server.avatars import AvatarService, avatar_item, clean_consent, clean_display_name
 from facecast.server.errors import ApiError
 from facecast.server.previews import preview_png
@@ -229,7 +229,7 @@ async def avatar_preview(
     avatars: Annotated[AvatarService, Depends(avatar_service)],
     x_api_key: Annotated[str | None, Header(alias="X-API-KEY")] = None,
 ) -> Response:
-    if avatar_id in style_names():
+    if is_builtin(avatar_id):
         png = await asyncio.to_thread(preview_png, avatar_id)
         return Response(png, media_type="image/png", headers={"Cache-Control": "public, max-age=3600"})
     if not x_api_key:

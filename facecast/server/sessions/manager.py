@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from facecast import protocol as p
-from facecast.avatars.style import style_names
+from facecast.avatars.refs import is_builtin
 from facecast.engine.types import SegmentEvent
 from facecast.hosts.live import AvatarClosed, LiveCore
 from facecast.hosts.webrtc import OFFER_HINT, AvatarPeer, check_offer_sdp
@@ -188,7 +188,7 @@ class SessionManager:
             self._admitted.discard(record.id)
 
     async def _start(self, record: SessionRecord) -> Session:
-        if record.avatar_id not in style_names():
+        if not is_builtin(record.avatar_id):  # an id parsed when the token was minted
             await self._wait_for_avatar(record)
         capacity = self.config.live_capacity
         # Starts still building their engine count too, or parallel starts would all pass.

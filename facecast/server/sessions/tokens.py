@@ -9,7 +9,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from facecast import protocol as p
-from facecast.avatars.style import style_names
+from facecast.avatars.refs import AvatarRefError, LibraryAvatar, parse_avatar_id
 from facecast.bounded_json import MessageRefused, parse_message
 from facecast.server.auth import hash_secret, new_session_token
 from facecast.server.config import ServerConfig
@@ -56,8 +56,14 @@ def mint_session(manager: SessionManager, key: ApiKey, body: TokenRequest) -> tu
                 "sandbox sessions use the sandbox avatar; drop avatar_image_url or is_sandbox",
             )
     avatar_id = limits.sandbox_avatar if body.is_sandbox else (body.avatar_id or limits.sandbox_avatar)
-    custom = body.avatar_image_url is not None or avatar_id not in style_names()
-    if custom and body.avatar_image_url is None:
+    try:
+        avatar = parse_avatar_id(avatar_id)
+    except AvatarRefError as exc:
+        # The schema takes any string, so this is an avatar the server does not have, not a bad request.
+        raise ApiError(
+            404, p.CODE_NOT_FOUND, f"unknown avatar_id: {exc}; GET /v1/avatars lists the available ones"
+        ) from None
+    if isinstance(avatar, LibraryAvatar) and body.avatar_image_url is None:
         manager.avatars.check_usable(key.id, avatar_id)  # 404 for unknown ids, 400 for failed builds
     if body.is_sandbox:
         duration = limits.sandbox_duration

@@ -14,7 +14,7 @@ import numpy as np
 from pipecat.frames.frames import OutputImageRawFrame
 from pipecat.utils.base_object import BaseObject
 
-from facecast.avatars import AvatarLibrary, ProceduralRenderer, load_renderer
+from facecast.avatars import AvatarLibrary, Look, ProceduralRenderer, load_look
 from facecast.engine import Engine, EngineConfig, PhoneTiming, Renderer, SegmentEnded, SegmentStarted
 from facecast.engine.config import OUT_RATES, TrackerMode
 from facecast.hosts.live import AvatarClosed, LiveCore, LiveFrame
@@ -57,11 +57,7 @@ class LocalAvatar:
         owner: BaseObject,
         emit: EmitFrame,
         *,
-        avatar: str,
-        fps: int,
-        aspect: str,
-        quality: str,
-        background: str,
+        look: Look,
         lookahead_ms: int,
         tracker: TrackerMode,
         language: str,
@@ -74,11 +70,8 @@ class LocalAvatar:
         Args:
             owner: The processor whose task manager runs the frame task.
             emit: Called with every frame the clock produces.
-            avatar: A built-in avatar name, an id in the avatar library or a ``.facecast`` path.
-            fps: Frames per second (25 or 30).
-            aspect: Frame aspect ratio.
-            quality: Frame size preset.
-            background: Background mode.
+            look: The avatar (a built-in name, an id in the avatar library or a ``.facecast`` path), its
+                frame shape and size, background and frame rate.
             lookahead_ms: The engine's look-ahead.
             tracker: The engine's mouth tracker.
             language: Language of the speech.
@@ -88,8 +81,8 @@ class LocalAvatar:
         """
         self._owner = owner
         self._emit = emit
-        self._look = (avatar, aspect, quality, background)
-        self._fps = fps
+        self._look = look
+        self._fps = look.fps
         self._lookahead_ms = lookahead_ms
         self._tracker: TrackerMode = tracker
         self._language = language
@@ -187,9 +180,9 @@ class LocalAvatar:
             self._utterance += 1
 
     # -- runtime settings -----------------------------------------------------------------------------
-    def set_look(self, avatar: str, aspect: str, quality: str, background: str) -> None:
-        """Draw with another avatar or size from the next frame on."""
-        self._look = (avatar, aspect, quality, background)
+    def set_look(self, look: Look) -> None:
+        """Draw with another avatar, size or background from the next frame on (its fps: set_fps)."""
+        self._look = look
         if self._core is not None:
             self._core.set_renderer_now(self._renderer())
 
@@ -270,10 +263,7 @@ class LocalAvatar:
     def _renderer(self) -> Renderer | ProceduralRenderer:
         if self._custom_renderer is not None:
             return self._custom_renderer
-        avatar, aspect, quality, background = self._look
-        return load_renderer(
-            avatar, aspect=aspect, quality=quality, background=background, library=AvatarLibrary()
-        )
+        return load_look(self._look, AvatarLibrary())
 
     def _require_core(self) -> LiveCore:
         if self._core is None:

@@ -46,6 +46,7 @@ from pipecat_facecast._playout import SEGMENT_DONE, PlayoutGate, Position
 
 # Remote mode (server_url) runs without the engine and the avatars: local mode imports them when it is used.
 if TYPE_CHECKING:
+    from facecast.avatars import Look
     from facecast.engine import PhoneTiming, Renderer
     from facecast.engine.config import TrackerMode
     from pipecat_facecast._local import LocalAvatar
@@ -243,11 +244,7 @@ class FacecastVideoService(AIService):
             self._avatar = LocalAvatar(
                 self,
                 self._avatar_frame,
-                avatar=s.avatar,
-                fps=s.fps,
-                aspect=s.aspect,
-                quality=s.quality,
-                background=s.background,
+                look=_look(s),
                 lookahead_ms=lookahead_ms,
                 tracker=tracker,
                 language=language,
@@ -538,27 +535,40 @@ class FacecastVideoService(AIService):
         if look and self._custom_renderer is not None:
             self._warn_unhandled_updated_settings(look)  # a custom renderer has a fixed look
         elif look and self._sample_rate:
-            avatar.set_look(s.avatar, s.aspect, s.quality, s.background)
+            avatar.set_look(_look(s))
         if "fps" in changed:
             avatar.set_fps(s.fps)
         return changed
 
 
+def _look(settings: FacecastVideoSettings) -> Look:
+    """The look of a complete settings object (local mode); ValueError names a field that is wrong."""
+    from facecast.avatars import Look
+
+    return Look(
+        avatar=settings.avatar,
+        aspect=settings.aspect,
+        quality=settings.quality,
+        background=settings.background,
+        fps=settings.fps,
+    )
+
+
 def _validate(settings: FacecastVideoSettings, *, remote: bool = False) -> None:
     """Raise ValueError naming what is wrong with a complete settings object.
 
-    A remote avatar is the server's to check; a local one must be a built-in, a library id or a readable
-    .facecast file.
+    A remote avatar must be an id, which the server checks; a local one must be a built-in, a library id
+    or a readable .facecast file.
     """
-    if not remote:
-        from facecast.avatars import AvatarLibrary, load_bundle
-
-        load_bundle(settings.avatar, AvatarLibrary())  # unknown ones raise ValueError listing what exists
     frame_size(settings.aspect, settings.quality)
     if settings.fps not in FPS_CHOICES:
         raise ValueError(f"fps must be one of {FPS_CHOICES}, got {settings.fps!r}")
     if settings.background not in BACKGROUNDS:
         raise ValueError(f"background must be one of {BACKGROUNDS}, got {settings.background!r}")
+    if not remote:
+        from facecast.avatars import AvatarLibrary, load_bundle
+
+        load_bundle(_look(settings).avatar, AvatarLibrary())  # unknown: ValueError listing what exists
 
 
 def _phones(frame: TTSAudioRawFrame, offset: float) -> list[PhoneTiming] | None:

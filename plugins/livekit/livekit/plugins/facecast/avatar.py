@@ -30,6 +30,7 @@ from livekit.agents import (
 from livekit.agents.voice.avatar import AvatarSession as BaseAvatarSession
 
 from .api import FacecastAPI, FacecastException
+from .refs import AvatarSource, classify_avatar
 from .remote import RemoteAvatar
 
 if TYPE_CHECKING:
@@ -42,13 +43,10 @@ DEFAULT_AVATAR_NAME = "Facecast avatar"
 SAMPLE_RATE = 24000
 # Seconds to wait for an avatar built from a photo (a server's first build also installs its tools).
 DEFAULT_AVATAR_BUILD_TIMEOUT = 180.0
-BUNDLE_SUFFIX = ".facecast"
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 AspectRatio = Literal["4:3", "3:4", "1:1"]
 VideoQuality = Literal["low", "medium", "high", "very_high"]
 Mode = Literal["remote", "local"]
-AvatarSource = Literal["id", "url", "image", "bundle"]
 _ASPECTS = ("4:3", "3:4", "1:1")
 _QUALITIES = ("low", "medium", "high", "very_high")
 
@@ -61,18 +59,12 @@ def _given_or_env(value: NotGivenOr[str | None], env: str | None, default: str |
 
 
 def avatar_source(avatar: str) -> AvatarSource:
-    """What an `avatar=` value is: an http(s) photo URL, a local `.facecast` bundle, a local photo (a
-    PNG/JPEG/WebP name, or anything with a folder part), else an avatar id. A path that does not exist
-    raises FacecastException (an id never contains a dot or a slash)."""
-    lowered = avatar.lower()
-    if lowered.startswith(("http://", "https://")):
-        return "url"
-    if lowered.endswith(BUNDLE_SUFFIX):
-        kind: AvatarSource = "bundle"
-    elif lowered.endswith(IMAGE_SUFFIXES) or "/" in avatar or os.sep in avatar:
-        kind = "image"
-    else:
-        return "id"
+    """What an `avatar=` value is (see refs.classify_avatar): an http(s) photo URL, a local `.facecast`
+    bundle, a local PNG/JPEG/WebP photo, or an avatar id. A file that does not exist, or a value that is
+    none of these, raises FacecastException."""
+    kind = classify_avatar(avatar)
+    if kind in ("id", "url"):
+        return kind
     if not Path(avatar).expanduser().is_file():
         raise FacecastException(f"avatar {avatar!r} looks like a file path, but there is no such file")
     return kind
