@@ -117,8 +117,8 @@ async def start_full(
     record = server.session(start["session_id"])
     renderer = load_renderer(
         record.avatar_id,
-        aspect=record.settings["aspect_ratio"],
-        quality=record.settings["video_settings"]["quality"],
+        aspect=record.settings.look.aspect,
+        quality=record.settings.look.quality,
     )
     client = FullClient(token, start, renderer.mouth_box())
     await client.connect()
@@ -262,7 +262,7 @@ def test_full_tokens_say_what_is_missing(server: RunningServer, llm: StandInLLM,
         )
         assert (
             lite.status_code == 200
-            and "full" not in server.session(lite.json()["data"]["session_id"]).settings
+            and server.session(lite.json()["data"]["session_id"]).settings.full is None
         )
         minted = _ok(
             token(
@@ -271,8 +271,8 @@ def test_full_tokens_say_what_is_missing(server: RunningServer, llm: StandInLLM,
                 dynamic_variables={"user_name": "Jordan", "plan": "Pro"},
             )
         )
-        full = server.session(minted["session_id"]).settings["full"]
-        assert full["persona"]["prompt"] == "Help Jordan on the Pro plan."
+        full = server.session(minted["session_id"]).settings.full
+        assert full is not None and full.persona.prompt == "Help Jordan on the Pro plan."
         monkeypatch.setenv("FACECAST_LLM_BASE_URL", llm.url)
         monkeypatch.setenv("FACECAST_LLM_MODEL", "standin-chat")
         assert token().status_code == 200  # the server's default LLM

@@ -53,8 +53,8 @@ class Client:
         settings = server.session(start["session_id"]).settings
         renderer = load_renderer(
             server.session(start["session_id"]).avatar_id,
-            aspect=settings["aspect_ratio"],
-            quality=settings["video_settings"]["quality"],
+            aspect=settings.look.aspect,
+            quality=settings.look.quality,
         )
         self.mouth_box = renderer.mouth_box()
 

@@ -8,7 +8,7 @@ it in the room like audio from `lk.audio_stream`, and its playback reports (`pla
 turns into `agent.speak_started` / `agent.speak_ended` / `agent.speak_interrupted`.
 
 The room is the caller's (`livekit_config`, the avatar joining with `livekit_client_token`) or one this
-server made on its own LiveKit server for the session (see SessionManager._owned_room_settings).
+server made on its own LiveKit server for the session (see facecast.server.sessions.tokens).
 """
 
 from __future__ import annotations
@@ -195,7 +195,8 @@ class LiteRoomSession(LiveSession):
 
     @property
     def room(self) -> str | None:
-        return str(self.record.settings["livekit"]["room"])
+        assert self.record.settings.livekit is not None
+        return self.record.settings.livekit.room
 
     def on_worker_started(self) -> None:
         """The avatar is in the room with its audio track published: LITE commands are taken now."""
@@ -231,7 +232,8 @@ class LiteRoomSession(LiveSession):
 
 async def start_lite_room(manager: SessionManager, record: SessionRecord) -> LiveSession:
     """Start `record`'s avatar in its LiveKit room, fed from the LITE WebSocket."""
-    lk = record.settings["livekit"]
+    lk = record.settings.livekit
+    assert lk is not None
     started_mono = time.monotonic()
     session: LiteRoomSession | None = None
 
@@ -254,7 +256,7 @@ async def start_lite_room(manager: SessionManager, record: SessionRecord) -> Liv
         raise ApiError(
             502,
             p.CODE_INTERNAL,
-            f"the avatar could not join the LiveKit room {lk['room']!r} at {lk['url']}: {exc}; check the "
+            f"the avatar could not join the LiveKit room {lk.room!r} at {lk.url}: {exc}; check the "
             "URL and that the avatar's token (livekit_client_token) grants joining that room",
         ) from None
     session.on_worker_started()

@@ -203,7 +203,7 @@ def _both(first: str, second: str) -> dict[str, Any]:
 
 
 def _require_body_rules(document: dict[str, Any], config: ServerConfig) -> None:
-    """What the server requires of request bodies beyond their fields' types (facecast.server.sessions.tokens)."""
+    """What the server requires of request bodies beyond their fields' types (sessions.tokens)."""
     schemas = document["components"]["schemas"]
     token = schemas["TokenRequest"]
     props = token["properties"]

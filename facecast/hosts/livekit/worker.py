@@ -25,6 +25,7 @@ from livekit.agents.voice.avatar import AudioReceiver, DataStreamAudioReceiver
 
 from facecast.avatars import DEFAULT_AVATAR, AvatarLibrary, frame_size
 from facecast.engine import EngineConfig
+from facecast.engine.config import DEFAULT_LOOKAHEAD_MS, TrackerMode
 from facecast.hosts.livekit.generator import FacecastVideoGenerator, check_avatar
 from facecast.hosts.livekit.names import (
     ATTRIBUTE_AGENT_STATE,
@@ -125,6 +126,9 @@ class RoomAvatar:
         aspect: str = "1:1",
         quality: str = "high",
         fps: int = 30,
+        tracker: TrackerMode = "auto",
+        language: str = "en",
+        lookahead_ms: int = DEFAULT_LOOKAHEAD_MS,
         max_duration_s: float | None = None,
         on_end: Callable[[str], None] | None = None,
         agent_identity: str | None = None,
@@ -138,13 +142,17 @@ class RoomAvatar:
         self._library = library if library is not None else AvatarLibrary()
         check_avatar(avatar, self._library)
         frame_size(aspect, quality)
-        EngineConfig(fps=fps, out_rate=sample_rate)  # validates both
+        # validates the clock and the lip-sync
+        EngineConfig(
+            fps=fps, out_rate=sample_rate, tracker=tracker, language=language, lookahead_ms=lookahead_ms
+        )
         if max_duration_s is not None and max_duration_s <= 0:
             raise ValueError(f"max_duration_s must be positive, got {max_duration_s!r}")
         self._url = url
         self._token = token
         self._avatar, self._aspect, self._quality = avatar, aspect, quality
         self._fps = fps
+        self._tracker, self._language, self._lookahead_ms = tracker, language, lookahead_ms
         self._sample_rate = sample_rate
         self._max_duration_s = max_duration_s
         self._on_end = on_end
@@ -206,6 +214,9 @@ class RoomAvatar:
                 quality=self._quality,
                 fps=self._fps,
                 sample_rate=self._sample_rate,
+                tracker=self._tracker,
+                language=self._language,
+                lookahead_ms=self._lookahead_ms,
                 library=self._library,
             )
             try:

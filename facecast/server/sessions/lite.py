@@ -78,7 +78,7 @@ class LiveSession:
         self._limits = manager.config.limits
         self.started_mono = started_mono  # the start request: time to first frame counts from here
         # The duration counts from the moment the record says the session started (set by the manager).
-        self.deadline = time.monotonic() + int(record.settings["max_session_duration"])
+        self.deadline = time.monotonic() + record.settings.max_session_duration
         self.last_activity = started_mono
         self.connected_at: float | None = None
         self.ws_state = p.WS_STATE_CONNECTING
@@ -300,7 +300,7 @@ class LiveSession:
             )
         interrupts = self._interrupts
         try:
-            speech = await self._manager.synthesize(text)
+            speech = await self._manager.synthesize(text, voice=self.record.settings.voice_id)
         except TTSError as exc:
             raise ApiError(500, p.CODE_INTERNAL, f"text-to-speech failed: {exc}") from None
         if self.ending:
