@@ -27,6 +27,7 @@ from facecast.server.routes.resources import check_base_url
 from facecast.server.schemas import TokenRequest
 from facecast.server.secret_box import SecretBox, SecretBoxError
 from facecast.server.session_settings import FullPersona, FullSettings, LlmSettings
+from facecast.server.session_stats import SessionStats
 from facecast.server.sessions import EventSink, LiveSession
 from facecast.server.store import ApiKey, ContextRecord, LlmConfigRecord, SecretRecord, SessionRecord
 from facecast.tts.espeak import DEFAULT_VOICE
@@ -241,15 +242,15 @@ class FullSession(LiveSession):
             '{"text": "..."}} (and session.keep_alive); the audio comes from the microphone track',
         )
 
-    async def stats(self) -> dict[str, Any]:
+    async def stats(self) -> SessionStats:
         """The live session's stats, and the conversation's: per stage, the median time from the end of
         the user's speech to the avatar's first speech frame."""
-        out = await super().stats()
-        if self.conversation is not None:
-            out["conversation"] = self.conversation.timer.stats()
-        return out
+        stats = await super().stats()
+        if self.conversation is None:
+            return stats
+        return stats.with_conversation(self.conversation.timer.stats())
 
-    async def close(self, reason: str) -> dict[str, Any]:
+    async def close(self, reason: str) -> SessionStats | None:
         if self.conversation is not None:
             await self.conversation.aclose()
         return await super().close(reason)

@@ -19,7 +19,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from livekit import api, rtc
@@ -29,6 +29,7 @@ from facecast import protocol as p
 from facecast.engine.types import PhoneTiming, SegmentEnded, SegmentEvent, SegmentStarted, SegmentTag
 from facecast.hosts.livekit.worker import RoomAvatar
 from facecast.server.errors import ApiError
+from facecast.server.session_stats import SessionStats
 from facecast.server.sessions import LiveSession
 from facecast.server.sessions.livekit import new_room_avatar, room_stats
 from facecast.server.store import SessionRecord
@@ -207,12 +208,12 @@ class LiteRoomSession(LiveSession):
         self.ws_state = p.WS_STATE_CONNECTED
         self._manager.spawn(self.emit(p.SESSION_STATE_UPDATED, state=p.WS_STATE_CONNECTED))
 
-    async def stats(self) -> dict[str, Any]:
+    async def stats(self) -> SessionStats:
         return room_stats(self.worker, self.started_mono)
 
-    async def close(self, reason: str) -> dict[str, Any]:
+    async def close(self, reason: str) -> SessionStats | None:
         self.ending = True
-        stats: dict[str, Any] = {}
+        stats = None
         with contextlib.suppress(Exception):
             stats = await self.stats()
         await self.set_ws_state(p.WS_STATE_CLOSING)

@@ -26,6 +26,7 @@ from livekit.agents.voice.avatar import AudioReceiver, DataStreamAudioReceiver
 from facecast.avatars import DEFAULT_AVATAR, AvatarLibrary, frame_size
 from facecast.engine import EngineConfig
 from facecast.engine.config import DEFAULT_LOOKAHEAD_MS, TrackerMode
+from facecast.hosts.live import LiveStats
 from facecast.hosts.livekit.generator import FacecastVideoGenerator, check_avatar
 from facecast.hosts.livekit.names import (
     ATTRIBUTE_AGENT_STATE,
@@ -181,6 +182,11 @@ class RoomAvatar:
     @property
     def agent_identity(self) -> str | None:
         return self._agent_identity
+
+    @property
+    def live_stats(self) -> LiveStats | None:
+        """The live core's stats, once started; `stats()` has them as plain values, with the room's."""
+        return self._runner.live_stats if self._runner is not None else None
 
     @property
     def runner(self) -> FacecastAvatarRunner | None:

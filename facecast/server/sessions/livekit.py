@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from facecast import protocol as p
 from facecast.server.config import ServerConfig
 from facecast.server.errors import ApiError
+from facecast.server.session_stats import LIVE_STAT_NAMES, SessionStats
 from facecast.server.store import SessionRecord
 
 if TYPE_CHECKING:
@@ -72,23 +73,26 @@ class RoomSession:
     def touch(self) -> None:
         self._kept_alive = time.monotonic()
 
-    async def stats(self) -> dict[str, Any]:
+    async def stats(self) -> SessionStats:
         return room_stats(self.worker, self.started_mono)
 
-    async def close(self, reason: str) -> dict[str, Any]:
+    async def close(self, reason: str) -> SessionStats:
         self.ending = True
         stats = await self.stats()
         await self.worker.aclose(reason)
         return stats
 
 
-def room_stats(worker: Any, started_mono: float) -> dict[str, Any]:
+def room_stats(worker: Any, started_mono: float) -> SessionStats:
     """A session's stats from its avatar worker in a LiveKit room (a RoomAvatar)."""
     stats = worker.stats()
-    out: dict[str, Any] = {"duration_s": round(time.monotonic() - started_mono, 3)}
-    out.update({k: v for k, v in stats.items() if k not in ("room", "agent_identity")})
-    out["livekit"] = {k: stats.get(k) for k in ("room", "agent_identity")}
-    return out
+    room = ("room", "agent_identity")
+    return SessionStats(
+        time.monotonic() - started_mono,
+        worker.live_stats,
+        transport={k: v for k, v in stats.items() if k not in LIVE_STAT_NAMES and k not in room},
+        livekit={k: stats.get(k) for k in room},
+    )
 
 
 def new_room_avatar(manager: SessionManager, record: SessionRecord, **options: Any) -> Any:

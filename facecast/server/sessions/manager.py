@@ -384,8 +384,11 @@ class SessionManager:
         stats: dict[str, Any] | None = None
         if session is not None:
             done = self._closing[session_id] = asyncio.get_running_loop().create_future()
+            stats = {}  # kept if its final stats cannot be read
             try:
-                stats = await session.close(reason)
+                final = await session.close(reason)
+                if final is not None:
+                    stats = final.as_dict()
             except Exception:
                 log.exception("closing session %s failed", session_id)
             finally:
@@ -418,7 +421,7 @@ class SessionManager:
     # -- views ------------------------------------------------------------------------------------------
     async def describe(self, record: SessionRecord) -> dict[str, Any]:
         live = self.live.get(record.id)
-        stats = await live.stats() if live is not None else record.stats
+        stats = (await live.stats()).as_dict() if live is not None else record.stats
         return {
             "session_id": record.id,
             "state": record.state,
