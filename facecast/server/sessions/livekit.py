@@ -5,7 +5,6 @@ LiveKit's avatar protocol. LITE sessions into a room are in facecast.server.lite
 from __future__ import annotations
 
 import logging
-import os
 import time
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -15,6 +14,7 @@ from facecast.server.config import ServerConfig
 from facecast.server.errors import ApiError
 from facecast.server.session_stats import LIVE_STAT_NAMES, SessionStats
 from facecast.server.store import SessionRecord
+from facecast.settings import LIVEKIT_SDK_API_KEY, LIVEKIT_SDK_API_SECRET
 
 if TYPE_CHECKING:
     from facecast.server.sessions.lite import LiveSession
@@ -45,7 +45,7 @@ def livekit_keys(config: ServerConfig) -> tuple[str, str] | None:
     if lk.configured:
         assert lk.api_key is not None and lk.api_secret is not None
         return lk.api_key, lk.api_secret
-    key, secret = os.environ.get("LIVEKIT_API_KEY"), os.environ.get("LIVEKIT_API_SECRET")
+    key, secret = LIVEKIT_SDK_API_KEY.get(), LIVEKIT_SDK_API_SECRET.get()
     return (key, secret) if key and secret else None
 
 
