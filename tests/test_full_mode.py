@@ -257,7 +257,7 @@ def test_full_tokens_say_what_is_missing(server: RunningServer, llm: StandInLLM,
         room = {"livekit_url": "ws://127.0.0.1:7880", "livekit_room": "r", "livekit_client_token": "t"}
         in_room = token(llm_configuration_id=config_id, livekit_config=room)
         assert in_room.status_code == 501 and "transport webrtc" in in_room.json()["message"]
-        lite = http.post(  # accepted and unused, like avatar_persona (the schema cannot say otherwise)
+        lite = http.post(  # accepted and unused in LITE mode (the schema cannot say otherwise)
             "/v1/sessions/token", headers={"X-API-KEY": key}, json={"dynamic_variables": {"a": "b"}}
         )
         assert (
