@@ -384,11 +384,9 @@ class SessionManager:
         stats: dict[str, Any] | None = None
         if session is not None:
             done = self._closing[session_id] = asyncio.get_running_loop().create_future()
-            stats = {}  # kept if its final stats cannot be read
             try:
                 final = await session.close(reason)
-                if final is not None:
-                    stats = final.as_dict()
+                stats = final.as_dict() if final is not None else {}  # {}: they could not be read
             except Exception:
                 log.exception("closing session %s failed", session_id)
             finally:
