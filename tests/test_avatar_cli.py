@@ -17,8 +17,10 @@ import pytest
 from photos import skimage_data_dir
 
 from facecast.avatars import AvatarLibrary
-from facecast.avatars.bundle import bundle_from_style, read_bundle, write_bundle
-from facecast.cli import BuildProgress, main
+from facecast.avatars.bundle import read_bundle, write_bundle
+from facecast.avatars.procedural import bundle_from_style
+from facecast.cli import main
+from facecast.cli.avatar import BuildProgress
 
 ASTRONAUT = skimage_data_dir() / "astronaut.png"
 COFFEE = skimage_data_dir() / "coffee.png"

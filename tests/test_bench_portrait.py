@@ -8,8 +8,9 @@ import av
 import numpy as np
 from photos import astronaut_rgb
 
-from facecast.avatars.bundle import read_bundle, renderer_from_bundle, write_bundle
+from facecast.avatars.bundle import read_bundle, write_bundle
 from facecast.avatars.faces import analyze_faces
+from facecast.avatars.kinds import renderer_from_bundle
 from facecast.avatars.portrait_build import build_portrait
 from facecast.bench.metrics import pearson
 from facecast.bench.portrait import CHIN, FOREHEAD, INNER_LIP_PAIRS, mouth_opening, track_videos

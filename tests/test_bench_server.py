@@ -16,7 +16,7 @@ import pytest
 from facecast.bench import proctree
 from facecast.bench import server as bench
 from facecast.bench.report import Log
-from facecast.bench.rtpcount import Arrivals, count_frames, frame_gaps
+from facecast.client.rtpcount import Arrivals, count_frames, frame_gaps
 
 PERIOD = 1 / 30
 

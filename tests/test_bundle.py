@@ -27,12 +27,12 @@ from facecast.avatars.bundle import (
     FrameSize,
     Manifest,
     asset_info,
-    bundle_from_style,
     image_size,
     read_bundle,
-    renderer_from_bundle,
     write_bundle,
 )
+from facecast.avatars.kinds import renderer_from_bundle
+from facecast.avatars.procedural import bundle_from_style
 from facecast.engine.types import FaceState
 
 STAMP = "2025-01-31T12:00:00+00:00"

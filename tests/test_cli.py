@@ -104,7 +104,7 @@ def test_avatars_lists_builtins(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_bench_forwards_argv(monkeypatch: pytest.MonkeyPatch) -> None:
-    import facecast.bench
+    import facecast.cli.bench
 
     seen: list[list[str]] = []
 
@@ -112,7 +112,7 @@ def test_bench_forwards_argv(monkeypatch: pytest.MonkeyPatch) -> None:
         seen.append(argv)
         return 3
 
-    monkeypatch.setattr(facecast.bench, "main", fake_main, raising=False)
+    monkeypatch.setattr(facecast.cli.bench, "main", fake_main)
     assert main(["bench", "--quick", "lipsync"]) == 3
     assert seen == [["--quick", "lipsync"]]
 
@@ -184,7 +184,7 @@ def test_a_command_without_its_extra_names_the_extra(
 
 
 def test_an_unrelated_missing_module_is_not_blamed_on_an_extra() -> None:
-    from facecast.cli import needs_extra
+    from facecast.cli.common import needs_extra
 
     with pytest.raises(ModuleNotFoundError), needs_extra("server", "serve"):
         raise ModuleNotFoundError("No module named 'numpyy'", name="numpyy")

@@ -478,7 +478,9 @@ def test_livekit_settings_come_whole() -> None:
 
 
 def test_serve_flags_and_environment_name_the_livekit_server(monkeypatch: Any) -> None:
-    from facecast.cli import UsageError, _server_config, build_parser
+    from facecast.cli import build_parser
+    from facecast.cli.common import UsageError
+    from facecast.cli.serve import _server_config
 
     for name in ("URL", "API_KEY", "API_SECRET"):
         monkeypatch.delenv(f"FACECAST_LIVEKIT_{name}", raising=False)

@@ -19,8 +19,8 @@ import soundfile as sf
 from livekit_room import URL, MemoryRoom, MemoryServer
 
 from facecast.avatars import AvatarLibrary
-from facecast.avatars.bundle import bundle_from_style
-from facecast.hosts.livekit.cli import add_livekit_parsers, run_say_command, run_worker_command
+from facecast.avatars.procedural import bundle_from_style
+from facecast.cli.livekit import add_livekit_parsers, run_say_command, run_worker_command
 from facecast.hosts.livekit.dispatch import (
     AvatarJob,
     _session_load,

@@ -27,12 +27,15 @@ from livekit.agents.testing import fake_job_context
 from livekit.plugins import facecast
 from livekit.plugins.facecast import api as plugin_api
 from livekit.plugins.facecast import avatar as plugin_avatar
-from livekit.plugins.facecast.avatar import avatar_source, photo_avatar_id
+from livekit.plugins.facecast import remote as plugin_remote
+from livekit.plugins.facecast._local import photo_avatar_id
+from livekit.plugins.facecast.avatar import avatar_source
 from livekit_room import URL, MemoryRoom, MemoryServer
 
 from facecast import protocol
 from facecast.avatars import DEFAULT_AVATAR, AvatarLibrary
-from facecast.avatars.bundle import bundle_from_style, read_bundle, write_bundle
+from facecast.avatars.bundle import read_bundle, write_bundle
+from facecast.avatars.procedural import bundle_from_style
 from facecast.hosts.livekit.names import ATTRIBUTE_PUBLISH_ON_BEHALF
 from facecast.hosts.livekit.tokens import mint_worker_token
 from facecast.hosts.livekit.worker import RoomAvatar
@@ -595,10 +598,14 @@ def test_env_fallbacks(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FACECAST_AVATAR", "mira")
     avatar = facecast.AvatarSession()
     assert avatar._avatar == "mira"
-    assert avatar._api is not None
-    assert (avatar._api._api_url, avatar._api._api_key) == ("http://facecast.internal:9000", "env-key")
+    assert avatar._remote is not None
+    assert (avatar._remote._api._api_url, avatar._remote._api._api_key) == (
+        "http://facecast.internal:9000",
+        "env-key",
+    )
     explicit = facecast.AvatarSession(avatar="noah", api_url="http://x:1", api_key="k")
-    assert explicit._avatar == "noah" and explicit._api is not None and explicit._api._api_url == "http://x:1"
+    assert explicit._avatar == "noah" and explicit._remote is not None
+    assert explicit._remote._api._api_url == "http://x:1"
 
 
 def test_bad_options() -> None:
@@ -622,7 +629,7 @@ def test_the_plugins_copied_wire_names_equal_the_protocol() -> None:
         plugin_api.AVATAR_FAILED,
         plugin_api.AVATAR_STATUSES,
         plugin_avatar.SAMPLE_RATE,
-        plugin_avatar.ATTRIBUTE_PUBLISH_ON_BEHALF,
+        plugin_remote.ATTRIBUTE_PUBLISH_ON_BEHALF,
         plugin_avatar.DEFAULT_AVATAR,
     )
     assert copied == (

@@ -23,15 +23,11 @@ from hypothesis import strategies as st
 from server_harness import RunningServer, running_server
 
 from facecast import protocol as p
-from facecast.avatars.bundle import (
-    BundleError,
-    bundle_from_style,
-    header_size,
-    read_bundle,
-    renderer_from_bundle,
-)
+from facecast.avatars.bundle import BundleError, header_size, read_bundle
 from facecast.avatars.fetch import FetchError, check_image_bytes
+from facecast.avatars.kinds import renderer_from_bundle
 from facecast.avatars.look import Look
+from facecast.avatars.procedural import bundle_from_style
 from facecast.bounded_json import MAX_DEPTH, MAX_NUMBER_CHARS, MessageRefused, parse_message
 from facecast.server.config import ServerConfig
 from facecast.server.session_settings import SessionSettings

@@ -19,7 +19,8 @@ from pipecat.tests.utils import SleepFrame, run_test
 from pipecat_facecast import FacecastVideoService
 
 from facecast.avatars import AvatarLibrary, load_renderer
-from facecast.avatars.bundle import bundle_from_style, write_bundle
+from facecast.avatars.bundle import write_bundle
+from facecast.avatars.procedural import bundle_from_style
 from facecast.engine.types import FaceState
 
 

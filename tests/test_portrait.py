@@ -15,8 +15,9 @@ from photos import astronaut_rgb, coffee_rgb, with_beard, with_glasses
 
 from facecast.avatars import AvatarLibrary, load_renderer
 from facecast.avatars.build import build_avatar
-from facecast.avatars.bundle import Bundle, BundleError, read_bundle, renderer_from_bundle, write_bundle
+from facecast.avatars.bundle import Bundle, BundleError, read_bundle, write_bundle
 from facecast.avatars.faces import FaceAnalysis, NoFaceError, analyze_faces
+from facecast.avatars.kinds import renderer_from_bundle
 from facecast.avatars.portrait import PortraitRenderer
 from facecast.avatars.portrait_build import build_portrait
 from facecast.bench.metrics import mouth_open_from_pixels

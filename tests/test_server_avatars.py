@@ -27,12 +27,9 @@ from pg import postgres_server, postgres_url  # noqa: F401  (fixtures)
 from server_harness import RunningServer, running_server
 
 from facecast import protocol as p
-from facecast.avatars.bundle import (
-    bundle_from_style,
-    read_bundle,
-    write_bundle,
-)
+from facecast.avatars.bundle import read_bundle, write_bundle
 from facecast.avatars.fetch import FetchPolicy
+from facecast.avatars.procedural import bundle_from_style
 from facecast.server.avatars import RESTARTED_ERROR, SHUTDOWN_ERROR
 from facecast.server.config import AvatarSettings
 from facecast.server.store import (

@@ -21,8 +21,9 @@ from server_harness import RunningServer, running_server
 from test_server_webrtc import Client
 
 from facecast import protocol as p
-from facecast.avatars.bundle import bundle_from_style, write_bundle
+from facecast.avatars.bundle import write_bundle
 from facecast.avatars.look import Look
+from facecast.avatars.procedural import bundle_from_style
 from facecast.server import pool
 from facecast.server.config import Limits
 from facecast.server.pool import AvatarSpec, build_engine

@@ -18,6 +18,7 @@ from pg import postgres_server, postgres_url, with_options  # noqa: F401  (fixtu
 
 from facecast import protocol
 from facecast.avatars.look import Look
+from facecast.cli.keys import add_keys_parser, run_keys
 from facecast.server.auth import (
     default_data_dir,
     hash_secret,
@@ -26,7 +27,6 @@ from facecast.server.auth import (
     new_session_token,
     parse_bearer,
 )
-from facecast.server.keys_cli import add_keys_parser, run_keys
 from facecast.server.session_settings import SessionSettings
 from facecast.server.store import (
     SessionRecord,

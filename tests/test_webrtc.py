@@ -25,10 +25,10 @@ from aiortc.codecs.vpx import Vp8Encoder, vp8_depayload
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from facecast.avatars import load_renderer
+from facecast.client.sender_clock import SenderClock
 from facecast.engine import Engine, EngineConfig, SegmentEnded, SegmentStarted
 from facecast.engine.types import SegmentEvent
 from facecast.hosts.live import LiveCore, VideoOut
-from facecast.hosts.sender_clock import SenderClock
 from facecast.hosts.webrtc import (
     EVENT_BACKLOG,
     AvatarAudioTrack,

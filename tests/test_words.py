@@ -181,5 +181,7 @@ async def test_live_sessions_count_frames_whose_words_did_not_fit(
     assert stats["speech_frames"] > 0
     if right:
         assert stats["transcript_mismatch_frames"] == 0, stats
+        assert stats["text_frames"] >= 0.5 * stats["speech_frames"], stats
     else:
         assert stats["transcript_mismatch_frames"] >= 0.5 * stats["speech_frames"], stats
+        assert stats["text_frames"] <= 0.5 * stats["speech_frames"], stats

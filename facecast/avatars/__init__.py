@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 
-from facecast.avatars.bundle import Bundle, bundle_from_style, read_bundle, renderer_from_bundle
+from facecast.avatars.bundle import Bundle, read_bundle
+from facecast.avatars.kinds import renderer_from_bundle
 from facecast.avatars.library import AvatarLibrary, AvatarNotFoundError, is_bundle_path
 from facecast.avatars.presets import ASPECTS, BACKGROUNDS, QUALITIES, frame_size
-from facecast.avatars.procedural import ProceduralRenderer
+from facecast.avatars.procedural import ProceduralRenderer, bundle_from_style
 from facecast.avatars.style import Style, read_style, style_names
 from facecast.engine.types import Renderer
 

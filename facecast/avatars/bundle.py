@@ -18,13 +18,11 @@ import re
 import stat
 import struct
 import tempfile
-import tomllib
 import zipfile
 import zlib
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, TypeGuard
@@ -33,11 +31,7 @@ import cv2
 import numpy as np
 
 from facecast import __version__
-from facecast.avatars.presets import frame_size
-from facecast.avatars.procedural import ProceduralRenderer
-from facecast.avatars.style import Style, parse_style, style_names
 from facecast.bounded_json import MessageRefused, check_depth
-from facecast.engine.types import Renderer
 
 FORMAT_VERSION = 1
 MIN_FORMAT_VERSION = 1
@@ -59,9 +53,6 @@ MAX_IMAGE_PIXELS = 4096 * 4096
 MAX_FRAME_SIDE = 8192
 MAX_PATH_CHARS = 255
 MAX_TEXT_CHARS = 10_000
-
-# Procedural styles are resolution independent; this is the size they are designed and previewed at.
-PROCEDURAL_FRAME = (512, 512)
 
 NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 _PATH_PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
@@ -350,6 +341,8 @@ def read_bundle(path: str | os.PathLike[str]) -> Bundle:
     bundle = Bundle(path=path, manifest=manifest, files=MappingProxyType(raw))
     # A broken bundle fails at load, not at the first frame.
     if manifest.kind == "procedural":
+        from facecast.avatars.procedural import style_from_bundle  # procedural.py reads bundles
+
         style_from_bundle(bundle)
     else:
         from facecast.avatars.portrait import PortraitData  # portrait.py reads bundles: import here
@@ -379,55 +372,6 @@ def image_size(data: bytes, where: str = "image") -> tuple[int, int]:
             "(e.g. 4096×4096) — resize it before building the bundle"
         )
     return width, height
-
-
-def bundle_from_style(name: str, *, created_at: str | None = None) -> tuple[Manifest, dict[str, bytes]]:
-    """A built-in style packed as a `procedural` bundle (asset `style.toml`); write it with write_bundle."""
-    if name not in style_names():
-        raise BundleError(f"unknown built-in avatar {name!r}; available: {', '.join(style_names())}")
-    data = resources.files("facecast.avatars").joinpath("styles", f"{name}.toml").read_bytes()
-    style = parse_style(tomllib.loads(data.decode("utf-8")), name)
-    files = {"style.toml": data}
-    manifest = Manifest(
-        format_version=FORMAT_VERSION,
-        kind="procedural",
-        name=name,
-        display_name=style.display_name,
-        created_at=created_at or dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
-        facecast_version=__version__,
-        frame=FrameSize(*PROCEDURAL_FRAME),
-        assets={n: asset_info(n, d) for n, d in files.items()},
-        description=style.description,
-        license="Apache-2.0 (built-in Facecast character)",
-    )
-    return manifest, files
-
-
-def style_from_bundle(bundle: Bundle) -> Style:
-    """The style of a procedural bundle, named after the bundle."""
-    if bundle.manifest.kind != "procedural":
-        raise BundleError(f"{bundle.path}: a {bundle.manifest.kind} bundle has no procedural style")
-    try:
-        text = bundle.asset("style.toml").decode("utf-8")
-        return parse_style(tomllib.loads(text), bundle.manifest.name)
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
-        raise BundleError(f"{bundle.path}: style.toml is not valid TOML ({e})") from None
-    except BundleError:
-        raise
-    except ValueError as e:
-        raise BundleError(f"{bundle.path}: style.toml: {e}") from None
-
-
-def renderer_from_bundle(
-    bundle: Bundle, *, aspect: str = "1:1", quality: str = "high", background: str = "scene"
-) -> Renderer:
-    """A renderer for a bundle at a preset frame size."""
-    width, height = frame_size(aspect, quality)
-    if bundle.manifest.kind == "portrait":
-        from facecast.avatars.portrait import PortraitRenderer  # portrait.py reads bundles: import here
-
-        return PortraitRenderer(bundle, width, height, aspect=aspect, background=background)
-    return ProceduralRenderer(style_from_bundle(bundle), width, height, background=background)
 
 
 def _zip_info(name: str) -> zipfile.ZipInfo:

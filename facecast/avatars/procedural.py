@@ -13,11 +13,15 @@ under the jaw that no backdrop or hair shows inside the box.
 
 from __future__ import annotations
 
+import datetime as dt
 import math
+import tomllib
+from importlib import resources
 
 import cv2
 import numpy as np
 
+from facecast import __version__
 from facecast.avatars._geometry import (
     SMALL_CIRCLE,
     Pts,
@@ -31,8 +35,9 @@ from facecast.avatars._geometry import (
     spline,
     union_outline,
 )
+from facecast.avatars.bundle import FORMAT_VERSION, Bundle, BundleError, FrameSize, Manifest, asset_info
 from facecast.avatars.presets import CHROMA_GREEN, check_background
-from facecast.avatars.style import RGB, Style
+from facecast.avatars.style import RGB, Style, parse_style, style_names
 from facecast.engine.types import FaceState, MouthParams
 
 # Pose ranges the renderer honours (FaceState's documented typical ranges); larger values are clamped so
@@ -40,6 +45,9 @@ from facecast.engine.types import FaceState, MouthParams
 YAW_MAX = 8.0
 PITCH_MAX = 6.0
 ROLL_MAX = 5.0
+
+# Procedural styles are resolution independent; this is the size they are designed and previewed at.
+PROCEDURAL_FRAME = (512, 512)
 
 _BREATH_LEVELS = 9
 _SHIFT = 4  # sub-pixel bits for cv2 drawing
@@ -816,6 +824,43 @@ class ProceduralRenderer:
             self._fill([p["teeth_front"]], "teeth", d)
         self._fill([p["upper_lip"]], "upper_lip", d)
         self._fill([p["lip_line"]], "lip_line", d)
+
+
+def bundle_from_style(name: str, *, created_at: str | None = None) -> tuple[Manifest, dict[str, bytes]]:
+    """A built-in style packed as a `procedural` bundle (asset `style.toml`); write it with write_bundle."""
+    if name not in style_names():
+        raise BundleError(f"unknown built-in avatar {name!r}; available: {', '.join(style_names())}")
+    data = resources.files("facecast.avatars").joinpath("styles", f"{name}.toml").read_bytes()
+    style = parse_style(tomllib.loads(data.decode("utf-8")), name)
+    files = {"style.toml": data}
+    manifest = Manifest(
+        format_version=FORMAT_VERSION,
+        kind="procedural",
+        name=name,
+        display_name=style.display_name,
+        created_at=created_at or dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
+        facecast_version=__version__,
+        frame=FrameSize(*PROCEDURAL_FRAME),
+        assets={n: asset_info(n, d) for n, d in files.items()},
+        description=style.description,
+        license="Apache-2.0 (built-in Facecast character)",
+    )
+    return manifest, files
+
+
+def style_from_bundle(bundle: Bundle) -> Style:
+    """The style of a procedural bundle, named after the bundle."""
+    if bundle.manifest.kind != "procedural":
+        raise BundleError(f"{bundle.path}: a {bundle.manifest.kind} bundle has no procedural style")
+    try:
+        text = bundle.asset("style.toml").decode("utf-8")
+        return parse_style(tomllib.loads(text), bundle.manifest.name)
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise BundleError(f"{bundle.path}: style.toml is not valid TOML ({e})") from None
+    except BundleError:
+        raise
+    except ValueError as e:
+        raise BundleError(f"{bundle.path}: style.toml: {e}") from None
 
 
 def _strand(p0: tuple[float, float], p1: tuple[float, float], p2: tuple[float, float], width: float) -> Pts:

@@ -1,27 +1,14 @@
-"""`facecast bench`: speed, latency, lip-sync quality and memory, measured side by side in one run.
-
-Subcommands: speed · latency · lipsync · memory · all; `facecast bench server ...` (a real `facecast
-serve`), `facecast bench livekit ...` (a worker in a real LiveKit room), `facecast bench frames ...`
-(one live stream's cost per stage), `facecast bench soak ...` (a server's memory across sessions
-abandoned or churned), `facecast bench full` (a FULL conversation's latency), `facecast bench browser`
-(A/V sync in Chromium) and `facecast bench portrait` (photo avatars read back by an independent face
-tracker) have their own options.
-Results print as tables on stdout (Markdown with --markdown); progress goes to stderr, one line per
-item. See docs/benchmarks.md.
+"""Benchmarks and lip-sync metrics: speed, latency, lip-sync quality and memory measured side by side in one
+run (run_suite), and the server, LiveKit, per-stage, soak, FULL-mode, browser and portrait benchmarks in
+their own modules. The `facecast bench` command line is facecast.cli.bench; see docs/benchmarks.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import platform
-import sys
-import time
-from datetime import date
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-from facecast.bench.corpus import ALL_VOICES, FliteMissingError, is_espeak
 from facecast.bench.report import Log, Table
 
 if TYPE_CHECKING:
@@ -34,101 +21,6 @@ SUBSET_VOICES = ("slt", "kal16")
 # lipsync's default subset: three tuning voices (two flite, one espeak-ng) and three held-out ones.
 LIPSYNC_SUBSET = ("slt", "kal16", "espeak:en-us")
 LIPSYNC_HELD_OUT_SUBSET = ("espeak:en-gb-scotland", "espeak:en-029+f2", "espeak:en-us-nyc+m3")
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="facecast bench", description=__doc__.splitlines()[0])
-    p.add_argument("command", choices=COMMANDS, help="which benchmark to run")
-    p.add_argument(
-        "--full",
-        action="store_true",
-        help="whole corpus (20 sentences x 4 voices; lipsync: every voice); slower",
-    )
-    p.add_argument(
-        "--avatar", default=None, help="avatar for engine, latency and MP4 runs (default: first built-in)"
-    )
-    p.add_argument(
-        "--voices",
-        default=None,
-        help="comma-separated voices: flite slt,kal,kal16,awb,rms or espeak:<voice> (lipsync: tuning set)",
-    )
-    p.add_argument(
-        "--held-out-voices",
-        default=None,
-        help="lipsync: comma-separated held-out voices (default: three of HELD_OUT_VOICES; --full: all)",
-    )
-    p.add_argument("--sentences", type=int, default=None, help="number of corpus sentences to use")
-    p.add_argument("--frames", type=int, default=300, help="frames per render-speed measurement")
-    p.add_argument(
-        "--cache-dir",
-        type=Path,
-        default=None,
-        help="where generated speech is cached (default ~/.cache/facecast/bench)",
-    )
-    p.add_argument("--confusion", action="store_true", help="also print confusion matrices (lipsync)")
-    p.add_argument("--markdown", action="store_true", help="print tables as Markdown")
-    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["server"]:  # the server benchmark has its own subcommands and options
-        from facecast.bench.server import main as server_main
-
-        return server_main(argv[1:])
-    if argv[:1] == ["livekit"]:  # so has the real-LiveKit-server one
-        from facecast.bench.livekit import main as livekit_main
-
-        return livekit_main(argv[1:])
-    if argv[:1] == ["frames"]:  # and the per-stage cost of one live stream
-        from facecast.bench.frames import main as frames_main
-
-        return frames_main(argv[1:])
-    if argv[:1] == ["full"]:  # and the FULL-mode conversation's latency
-        from facecast.bench.full import main as full_main
-
-        return full_main(argv[1:])
-    if argv[:1] == ["soak"]:  # and sessions churned or abandoned for a while, memory sampled
-        from facecast.bench.soak import main as soak_main
-
-        return soak_main(argv[1:])
-    if argv[:1] == ["portrait"]:  # and photo avatars read back by an independent face tracker
-        from facecast.bench.portrait import main as portrait_main
-
-        return portrait_main(argv[1:])
-    if argv[:1] == ["browser"]:  # and the A/V sync one in Chromium
-        from facecast.bench.browser import main as browser_main
-
-        return browser_main(argv[1:])
-    parser = _parser()
-    args = parser.parse_args(argv)
-    for option in (args.voices, args.held_out_voices):
-        # Any espeak-ng voice may be named; flite has five.
-        unknown = sorted(
-            v for v in set((option or "").split(",")) - set(ALL_VOICES) if v and not is_espeak(v)
-        )
-        if unknown:
-            parser.error(f"unknown voice(s) {', '.join(unknown)}; choose from {', '.join(ALL_VOICES)}")
-    log = Log(enabled=not args.quiet)
-    started = time.perf_counter()
-    load_before = os.getloadavg()[0]
-    try:
-        tables = _run(args, log)
-    except (FliteMissingError, ImportError) as exc:  # a missing prerequisite, not a bug: one line
-        print(f"facecast bench: {exc}", file=sys.stderr)
-        return 2
-    header = (
-        f"facecast bench {args.command} — {date.today().isoformat()}, Python "
-        f"{platform.python_version()}, {_cpu_note()}, {time.perf_counter() - started:.0f} s, "
-        # Timings from a loaded machine are inflated; the load average tells the reader.
-        f"load average {load_before:.1f} at start / {os.getloadavg()[0]:.1f} at end"
-    )
-    print(header)
-    for t in tables:
-        print()
-        print(t.markdown() if args.markdown else t.text())
-    return 0
 
 
 def _lipsync_sets(args: argparse.Namespace, n_sent: int, log: Log) -> dict[str, list[Utterance]]:
@@ -167,7 +59,8 @@ def _cpu_note() -> str:
     return f"{os.cpu_count()} cores" + (f" ({model})" if model else "")
 
 
-def _run(args: argparse.Namespace, log: Log) -> list[Table]:
+def run_suite(args: argparse.Namespace, log: Log) -> list[Table]:
+    """The tables of `facecast bench speed|latency|lipsync|memory|all` (args: facecast.cli.bench's parser)."""
     from facecast.bench import runs
     from facecast.bench.corpus import SENTENCES, VOICES, build_corpus
 

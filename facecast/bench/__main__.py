@@ -2,6 +2,6 @@
 
 import sys
 
-from facecast.bench import main
+from facecast.cli.bench import main
 
 sys.exit(main())

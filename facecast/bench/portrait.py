@@ -109,7 +109,8 @@ def _child(job: dict[str, Any]) -> dict[str, Any]:
             )
             render_file(item["wav"], item["mp4"], options)
         return {}
-    from facecast.avatars.bundle import read_bundle, renderer_from_bundle
+    from facecast.avatars.bundle import read_bundle
+    from facecast.avatars.kinds import renderer_from_bundle
 
     renderer = renderer_from_bundle(read_bundle(Path(job["bundle"])), aspect="1:1", quality="high")
     if kind == "speed":

@@ -39,7 +39,7 @@ import numpy as np
 from facecast import protocol as p
 from facecast.bench.proctree import TreeSample, sample_tree
 from facecast.bench.report import Log, Table
-from facecast.bench.rtpcount import Arrivals, count_frames, frame_gaps
+from facecast.client.rtpcount import Arrivals, count_frames, frame_gaps
 
 COMMANDS = ("ttff", "sessions", "drift", "memory", "all")
 FPS = 30

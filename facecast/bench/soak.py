@@ -33,7 +33,6 @@ from typing import Any
 
 from facecast import protocol as p
 from facecast.bench.report import Log, Table
-from facecast.bench.rtpcount import Arrivals
 from facecast.bench.server import (
     FPS,
     TIMEOUT_S,
@@ -46,7 +45,8 @@ from facecast.bench.server import (
     checkout_root,
     load_speech,
 )
-from facecast.cli import positive_int
+from facecast.cli.common import positive_int
+from facecast.client.rtpcount import Arrivals
 
 COMMANDS = ("abandon", "churn")
 IDLE_TIMEOUT_S = 3  # the server's idle timeout here: an abandoned session ends this long after its start

@@ -129,6 +129,11 @@ class SegmentEnded:
 SegmentEvent = SegmentStarted | SegmentEnded
 
 
+# FrameMeta.mouth_source values where the mouth followed what the speech's source knows (its phone
+# timings, or its words aligned to the audio) rather than recognition or energy.
+TEXT_MOUTH_SOURCES: frozenset[str] = frozenset({"timings", "alignment", "words"})
+
+
 @dataclass(frozen=True, slots=True)
 class FrameMeta:
     """What a frame is, so that latency and A/V offset can be measured from the frame itself."""

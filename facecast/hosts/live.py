@@ -47,7 +47,7 @@ from facecast.engine import (
     SegmentEnded,
     SegmentStarted,
 )
-from facecast.engine.types import SegmentEvent, SegmentTag
+from facecast.engine.types import TEXT_MOUTH_SOURCES, SegmentEvent, SegmentTag
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +92,8 @@ class LiveStats:
     first_frame_at: float | None = None  # when the first frame was released
     frames: int = 0  # frames released
     speech_frames: int = 0  # released frames that carried speech
+    # Speech frames whose mouth followed what the source knows: its words or its phone timings.
+    text_frames: int = 0
     # Speech frames whose given words did not fit the audio (the mouth followed recognition there).
     transcript_mismatch_frames: int = 0
     frames_dropped: int = 0  # produced without video because production ran more than a period late
@@ -114,6 +116,7 @@ class LiveStats:
         return {
             "frames": self.frames,
             "speech_frames": self.speech_frames,
+            "text_frames": self.text_frames,
             "transcript_mismatch_frames": self.transcript_mismatch_frames,
             "frames_dropped": self.frames_dropped,
             "frames_lost_in_queue": self.frames_lost_in_queue,
@@ -457,6 +460,7 @@ class LiveCore:
         duration = cfg.frame_samples(meta.index) / cfg.out_rate
         if speech is not None:
             stats.speech_frames += 1
+            stats.text_frames += int(meta.mouth_source in TEXT_MOUTH_SOURCES)
             stats.transcript_mismatch_frames += int(meta.transcript_mismatch)
         # Only the outputs a transport reads are filled (and their items made).
         wants_video = video is not None and self._video.wanted

@@ -30,8 +30,9 @@ from urllib.parse import urlsplit
 
 from facecast import protocol as p
 from facecast.avatars import ASPECTS, QUALITIES, AvatarInfo, AvatarLibrary, list_avatars
-from facecast.avatars.bundle import MAX_TEXT_CHARS, BundleError, read_bundle, renderer_from_bundle
+from facecast.avatars.bundle import MAX_TEXT_CHARS, BundleError, read_bundle
 from facecast.avatars.fetch import FetchError, check_image_bytes, fetch_image
+from facecast.avatars.kinds import renderer_from_bundle
 from facecast.avatars.style import style_names
 from facecast.server.config import AvatarSettings
 from facecast.server.errors import ApiError

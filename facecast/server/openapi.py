@@ -11,7 +11,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.dependencies.models import Dependant
 from fastapi.openapi.utils import get_openapi
-from fastapi.routing import APIRoute
+from fastapi.routing import APIRoute, iter_route_contexts
 from starlette.requests import HTTPConnection
 from starlette.routing import Match, Route
 from starlette.types import Scope
@@ -93,10 +93,11 @@ CREDENTIAL_HEADERS = {"x-api-key", "authorization"}
 def allowed_methods(app: FastAPI, scope: Scope) -> list[str]:
     """The methods the routes of this request's path take (for a 405's Allow header). A path some route
     names literally is that route's (`/v1/sessions/token` is not a session id for `/v1/sessions/{id}`)."""
+    # FastAPI keeps included routers nested: walk the routes with their prefixes applied.
     matching = [
         route
-        for route in app.router.routes
-        if isinstance(route, Route) and route.methods and route.matches(scope)[0] != Match.NONE
+        for route in iter_route_contexts(app.router.routes)
+        if isinstance(route.original_route, Route) and route.methods and route.matches(scope)[0] != Match.NONE
     ]
     literal = [route for route in matching if not route.param_convertors]
     methods: set[str] = set()
@@ -203,7 +204,7 @@ def _both(first: str, second: str) -> dict[str, Any]:
 
 
 def _require_body_rules(document: dict[str, Any], config: ServerConfig) -> None:
-    """What the server requires of request bodies beyond their fields' types (sessions.tokens)."""
+    """What the server requires of request bodies beyond their fields' types (server.sessions.tokens)."""
     schemas = document["components"]["schemas"]
     token = schemas["TokenRequest"]
     props = token["properties"]

@@ -38,7 +38,8 @@ from typing import Any, Literal, NamedTuple, get_args
 import numpy as np
 
 from facecast.avatars import AvatarLibrary, load_renderer
-from facecast.avatars.bundle import Bundle, read_bundle, renderer_from_bundle
+from facecast.avatars.bundle import Bundle, read_bundle
+from facecast.avatars.kinds import renderer_from_bundle
 from facecast.avatars.look import Look
 from facecast.avatars.style import style_names
 from facecast.engine import Engine

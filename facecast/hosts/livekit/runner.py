@@ -53,6 +53,7 @@ MIN_VIDEO_BITRATE = 150_000
 # lead at speech onset, 146 ms.
 PLAYOUT_LEAD_S = 0.04
 SOURCE_QUEUE_MS = 100  # room for the lead and two frames, so capture_frame does not wait
+MAX_EARLY_TEXT_CHARS = 4000  # transcript held for speech not yet heard: a few utterances' worth
 
 
 def video_publish_options(width: int, height: int, fps: int) -> rtc.TrackPublishOptions:
@@ -114,6 +115,7 @@ class FacecastAvatarRunner:
         # None: end of segment; str: words of the segment's speech (the agent's lk.transcription)
         self._inbox: deque[tuple[_Segment, rtc.AudioFrame | str | None]] = deque()
         self._text_tail = ""  # transcript text after the last space: maybe half a word
+        self._early_text = ""  # transcript words that came before any of their segment's audio
         self._inbox_ready = asyncio.Event()
         self._after_clear = False  # no item has arrived since the last clear
         self._open_at_clear = False
@@ -226,7 +228,14 @@ class FacecastAvatarRunner:
                 # else: an empty stream, or the trailer of a segment the clear already answered
             elif item.samples_per_channel > 0:
                 self.last_audio_at = time.monotonic()
-                self._enqueue(self._open or self._new_segment(open_=True), item)
+                if self._open is not None:
+                    self._enqueue(self._open, item)
+                    continue
+                seg = self._new_segment(open_=True)
+                self._enqueue(seg, item)
+                if self._early_text:  # after the first audio: the engine takes words for open speech
+                    self._enqueue(seg, self._early_text)
+                    self._early_text = ""
 
     def _new_segment(self, *, open_: bool = False) -> _Segment:
         seg = _Segment(received_at=time.monotonic())
@@ -236,21 +245,38 @@ class FacecastAvatarRunner:
             self._open = seg
         return seg
 
+    def transcript_leads_playback(self) -> bool:
+        """Whether a transcript stream starting now can still shape the mouth: its words come before
+        the speech they describe plays. livekit-agents' synchronized transcripts (`sync_transcription`,
+        its default) start once that speech is playing, after its first frames were drawn: aligned,
+        they would only be judged late and mismatched, so the host leaves them out."""
+        seg = self._open
+        return seg is None or seg.played_s(time.monotonic()) == 0.0
+
     def add_transcript(self, text: str) -> None:
         """Words of the agent's speech (a delta of its `lk.transcription` stream). They go to the
         segment still receiving audio, in order with it, so the engine aligns them while the audio
-        streams; words for a segment whose audio is complete are dropped (its end has been sent)."""
+        streams; words that come before any of their audio wait for it (an unsynchronized transcript
+        leads its speech); words for a segment whose audio is complete are dropped (its end has been
+        sent)."""
         text = self._text_tail + text
         boundary = max(text.rfind(" "), text.rfind("\n"))
         words, self._text_tail = (text[:boundary], text[boundary + 1 :]) if boundary >= 0 else ("", text)
-        if self._open is not None and words.strip():
-            self._enqueue(self._open, words.strip())
+        self._give_words(words)
 
     def end_transcript(self) -> None:
         """The transcript stream closed: its last word is complete."""
-        tail, self._text_tail = self._text_tail.strip(), ""
-        if self._open is not None and tail:
-            self._enqueue(self._open, tail)
+        tail, self._text_tail = self._text_tail, ""
+        self._give_words(tail)
+
+    def _give_words(self, words: str) -> None:
+        words = words.strip()
+        if not words:
+            return
+        if self._open is not None:
+            self._enqueue(self._open, words)
+        elif len(self._early_text) + len(words) < MAX_EARLY_TEXT_CHARS:
+            self._early_text = f"{self._early_text} {words}".lstrip()
 
     def _enqueue(self, seg: _Segment, frame: rtc.AudioFrame | str | None) -> None:
         self._inbox.append((seg, frame))
@@ -325,6 +351,7 @@ class FacecastAvatarRunner:
         self._pending.clear()
         self._inbox.clear()
         self._open = None
+        self._text_tail = self._early_text = ""
 
     # -- playing -----------------------------------------------------------------------------------------
     async def _publish_video_then_play(self) -> None:

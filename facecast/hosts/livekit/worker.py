@@ -24,6 +24,7 @@ from livekit.agents import utils
 from livekit.agents.voice.avatar import AudioReceiver, DataStreamAudioReceiver
 
 from facecast.avatars import DEFAULT_AVATAR, AvatarLibrary, frame_size
+from facecast.bounded_json import MessageRefused, parse_message
 from facecast.engine import EngineConfig
 from facecast.engine.config import DEFAULT_LOOKAHEAD_MS, TrackerMode
 from facecast.hosts.live import LiveStats
@@ -58,6 +59,25 @@ _GONE_REASONS = frozenset(
         rtc.DisconnectReason.DUPLICATE_IDENTITY,
     }
 )
+
+
+def transcript_delta_text(chunk: str) -> str:
+    """The text of one delta of an agent's transcript stream: plain text, or, with the agent's
+    `TextOutputOptions(json_format=True)`, one TimedString JSON object per line (its `text`)."""
+    if not chunk.lstrip().startswith("{"):
+        return chunk
+    texts = []
+    for line in chunk.splitlines():
+        if not line.strip():
+            continue
+        try:
+            value = parse_message(line)
+        except MessageRefused:
+            return chunk
+        if not isinstance(value, dict) or not isinstance(value.get("text"), str):
+            return chunk
+        texts.append(value["text"])
+    return "".join(texts)
 
 
 class _RoomScopedReceiver(DataStreamAudioReceiver):
@@ -426,21 +446,39 @@ class RoomAvatar:
         if self._runner is not None:
             self._runner.generator.set_listening(agent.attributes.get(ATTRIBUTE_AGENT_STATE) == "listening")
 
-    def _drain_text(self, reader: rtc.TextStreamReader, _sender: str) -> None:
+    def _drain_text(self, reader: rtc.TextStreamReader, sender: str) -> None:
         runner = self._runner
         audio = runner.audio_publication if runner is not None else None
-        # The agent's own speech is transcribed against the audio track the avatar publishes for it
-        # (users' speech against theirs): those words go to the engine as they come.
-        if runner is None or audio is None or reader.info.attributes.get(TRANSCRIBED_TRACK) != audio.sid:
+        if (
+            runner is None
+            or audio is None
+            or not self._is_agent_speech(reader.info.attributes, sender, audio.sid)
+        ):
             self._track(reader.read_all())
             return
 
         async def feed() -> None:
+            leads: bool | None = None  # decided when the stream's first words come
             async for chunk in reader:
-                runner.add_transcript(chunk)
-            runner.end_transcript()
+                if leads is None:
+                    leads = runner.transcript_leads_playback()
+                if leads:
+                    runner.add_transcript(transcript_delta_text(chunk))
+            if leads:
+                runner.end_transcript()
 
         self._track(feed())
+
+    def _is_agent_speech(self, attributes: dict[str, str], sender: str, audio_sid: str) -> bool:
+        """Whether a transcript stream is of the speech this avatar plays: its words go to the engine.
+
+        livekit-agents (1.8.9) sends users' transcripts as the user and the agent's as the agent. It
+        stamps the agent's text stream with `lk.transcribed_track_id` only when the agent publishes the
+        audio itself: for an avatar that publishes on its behalf the attribute is absent (the deprecated
+        transcription API gets the avatar's track). So: sent as our agent, stamped with our track or none.
+        """
+        track = attributes.get(TRANSCRIBED_TRACK)
+        return sender == self._agent_identity and (track is None or track == audio_sid)
 
     def _drain_bytes(self, reader: rtc.ByteStreamReader, _sender: str) -> None:
         async def drain() -> None:

@@ -38,9 +38,9 @@ from pipecat.transports.smallwebrtc.transport import SmallWebRTCTransport
 from pipecat.workers.runner import WorkerRunner
 
 from facecast.avatars import frame_size
+from facecast.client.sender_clock import SenderClock
 from facecast.engine import Engine, EngineConfig, FaceState
 from facecast.engine.config import DEFAULT_LOOKAHEAD_MS
-from facecast.hosts.sender_clock import SenderClock
 from facecast.tts import EspeakTTS
 from pipecat_facecast.video import FacecastVideoService
 

@@ -33,8 +33,8 @@ from pipecat.frames.frames import OutputImageRawFrame
 from pipecat.processors.frame_processor import FrameProcessor
 
 from facecast import protocol as p
+from facecast.client.sender_clock import SenderClock
 from facecast.engine import PhoneTiming
-from facecast.hosts.sender_clock import SenderClock
 from pipecat_facecast._local import EmitFrame
 from pipecat_facecast._playout import SEGMENT_DONE, ImagePacer, OutputResampler, Position
 

@@ -15,8 +15,9 @@ Docs: docs/livekit.md in the Facecast repository.
 from livekit.agents import Plugin
 
 from .api import FacecastAPI, FacecastException
-from .avatar import AvatarSession, mint_worker_token
+from .avatar import AvatarSession
 from .log import logger
+from .remote import mint_worker_token
 from .version import __version__
 
 __all__ = ["AvatarSession", "FacecastAPI", "FacecastException", "__version__", "mint_worker_token"]

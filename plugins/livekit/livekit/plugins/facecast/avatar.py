@@ -1,9 +1,9 @@
-"""Facecast avatars for LiveKit Agents.
+"""Facecast avatars for LiveKit Agents: `AvatarSession`, in one of two modes, each in its own module.
 
-Remote mode (default): a Facecast server sends an avatar worker into the agent's room; the agent's speech
-goes to it over LiveKit data streams, and it publishes the talking face as its own participant.
-Local mode: the face is rendered inside the agent's process and published by the agent participant
-itself; no server, no second participant (needs the `local` extra: the facecast engine).
+Remote mode (default, `remote.py`): a Facecast server sends an avatar worker into the agent's room; the
+agent's speech goes to it over LiveKit data streams, and it publishes the talking face as its own
+participant. Local mode (`_local.py`): the face is rendered inside the agent's process and published by the
+agent participant itself; no server, no second participant (needs the `local` extra: the facecast engine).
 
 The avatar is an id (a built-in such as "ava", or an avatar created on the server / in the local library),
 a photo (a local PNG/JPEG/WebP path or an http(s) URL), or a local `.facecast` bundle. A photo is turned into
@@ -14,44 +14,32 @@ installs the face analysis tools, about half a minute). The same photo again reu
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
 import os
-import time
-import uuid
-from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
-from livekit import api, rtc
+from livekit import rtc
 from livekit.agents import (
     DEFAULT_API_CONNECT_OPTIONS,
     NOT_GIVEN,
     AgentSession,
-    AgentStateChangedEvent,
     APIConnectOptions,
-    APITimeoutError,
     NotGivenOr,
-    get_job_context,
     utils,
 )
 from livekit.agents.voice.avatar import AvatarSession as BaseAvatarSession
-from livekit.agents.voice.avatar import DataStreamAudioOutput, QueueAudioOutput
 
-from .api import END_STOPPED, FacecastAPI, FacecastException
-from .log import logger
+from .api import FacecastAPI, FacecastException
+from .remote import RemoteAvatar
 
 if TYPE_CHECKING:
-    from facecast.avatars import AvatarLibrary
-    from facecast.hosts.livekit.runner import FacecastAvatarRunner
+    from ._local import LocalAvatar
 
 DEFAULT_API_URL = "http://localhost:8080"
 DEFAULT_AVATAR = "ava"  # facecast.avatars.DEFAULT_AVATAR, without importing facecast
 DEFAULT_AVATAR_IDENTITY = "facecast-avatar"
 DEFAULT_AVATAR_NAME = "Facecast avatar"
-ATTRIBUTE_PUBLISH_ON_BEHALF = "lk.publish_on_behalf"
 SAMPLE_RATE = 24000
-WORKER_TOKEN_TTL = timedelta(hours=6)
 # Seconds to wait for an avatar built from a photo (a server's first build also installs its tools).
 DEFAULT_AVATAR_BUILD_TIMEOUT = 180.0
 BUNDLE_SUFFIX = ".facecast"
@@ -88,31 +76,6 @@ def avatar_source(avatar: str) -> AvatarSource:
     if not Path(avatar).expanduser().is_file():
         raise FacecastException(f"avatar {avatar!r} looks like a file path, but there is no such file")
     return kind
-
-
-def photo_avatar_id(image: bytes) -> str:
-    """The id local mode gives the avatar built from a photo: the same photo always maps to the same id."""
-    return f"photo-{hashlib.sha256(image).hexdigest()[:12]}"
-
-
-def mint_worker_token(
-    api_key: str, api_secret: str, *, room: str, identity: str, name: str, agent_identity: str
-) -> str:
-    """The avatar worker's LiveKit token: the same claims as `facecast.hosts.livekit.mint_worker_token`
-    (kind agent, `lk.publish_on_behalf` present at join), minted here so remote mode needs no facecast."""
-    grants = api.VideoGrants(
-        room_join=True, room=room, can_publish=True, can_subscribe=True, can_publish_data=True
-    )
-    return (
-        api.AccessToken(api_key, api_secret)
-        .with_kind("agent")
-        .with_identity(identity)
-        .with_name(name)
-        .with_grants(grants)
-        .with_attributes({ATTRIBUTE_PUBLISH_ON_BEHALF: agent_identity})
-        .with_ttl(WORKER_TOKEN_TTL)
-        .to_jwt()
-    )
 
 
 class AvatarSession(BaseAvatarSession):
@@ -182,7 +145,6 @@ class AvatarSession(BaseAvatarSession):
         self._avatar = _given_or_env(avatar, "FACECAST_AVATAR", DEFAULT_AVATAR) or DEFAULT_AVATAR
         self._avatar_source = avatar_source(self._avatar)
         self._avatar_build_timeout = avatar_build_timeout
-        self._avatar_id: str | None = None  # what the avatar resolved to in start()
         self._aspect_ratio = aspect_ratio
         self._video_quality = video_quality
         self._max_duration_seconds = max_duration_seconds if utils.is_given(max_duration_seconds) else None
@@ -190,26 +152,33 @@ class AvatarSession(BaseAvatarSession):
             _given_or_env(avatar_participant_identity, None, DEFAULT_AVATAR_IDENTITY) or ""
         )
         self._avatar_name = _given_or_env(avatar_participant_name, None, DEFAULT_AVATAR_NAME) or ""
-        self._api: FacecastAPI | None = None
+        self._remote: RemoteAvatar | None = None
+        self._local: LocalAvatar | None = None  # made in start(): it needs the facecast engine
         if mode == "remote":
             key = _given_or_env(api_key, "FACECAST_API_KEY")
             if not key:
                 raise FacecastException("api_key is required in remote mode (or set FACECAST_API_KEY)")
             url = _given_or_env(api_url, "FACECAST_API_URL", DEFAULT_API_URL) or DEFAULT_API_URL
-            self._api = FacecastAPI(api_url=url, api_key=key, conn_options=conn_options)
+            self._remote = RemoteAvatar(
+                FacecastAPI(api_url=url, api_key=key, conn_options=conn_options),
+                avatar=self._avatar,
+                source=self._avatar_source,
+                aspect_ratio=aspect_ratio,
+                video_quality=video_quality,
+                max_duration_seconds=self._max_duration_seconds,
+                avatar_identity=self._avatar_identity,
+                avatar_name=self._avatar_name,
+                sample_rate=SAMPLE_RATE,
+                build_timeout=avatar_build_timeout,
+            )
         self._started = False
-        self._session_id: str | None = None
-        self._session_token: str | None = None
-        self._runner: FacecastAvatarRunner | None = None
-        self._local_room: rtc.Room | None = None
-        self._local_session: AgentSession | None = None
-        self._local_start_task: asyncio.Task[None] | None = None
 
     @property
     def avatar_identity(self) -> str:
         """The avatar's participant identity: the worker's in remote mode, the agent's in local mode."""
-        if self._local_room is not None and self._local_room.local_participant.identity:
-            return self._local_room.local_participant.identity
+        local_room = self._local.room if self._local is not None else None
+        if local_room is not None and local_room.local_participant.identity:
+            return local_room.local_participant.identity
         return self._avatar_identity
 
     @property
@@ -219,7 +188,8 @@ class AvatarSession(BaseAvatarSession):
     @property
     def session_id(self) -> str | None:
         """The Facecast session id once `start()` has succeeded (local mode: a local id)."""
-        return self._session_id
+        mode = self._local if self._mode == "local" else self._remote
+        return mode.session_id if mode is not None else None
 
     @property
     def mode(self) -> Mode:
@@ -230,7 +200,8 @@ class AvatarSession(BaseAvatarSession):
         """The avatar the session renders, once `start()` has resolved it: the id given, the server's id
         for an uploaded photo or bundle (remote), the library id of a built photo or the bundle path
         (local)."""
-        return self._avatar_id
+        mode = self._local if self._mode == "local" else self._remote
+        return mode.avatar_id if mode is not None else None
 
     async def start(
         self,
@@ -271,22 +242,13 @@ class AvatarSession(BaseAvatarSession):
         if self._mode == "local":
             await self._aclose_local()
             return
-        session_id, token = self._session_id, self._session_token
-        self._session_id = self._session_token = None
+        assert self._remote is not None
         try:
-            if session_id is not None and token is not None and self._api is not None:
-                try:
-                    await self._api.stop_session(token, session_id, reason=END_STOPPED)
-                except Exception:
-                    logger.warning(
-                        "failed to stop facecast session", extra={"session_id": session_id}, exc_info=True
-                    )
+            await self._remote.stop_session()
         finally:
             await super().aclose()  # removes the worker participant through the job's API
-            if self._api is not None:
-                await self._api.aclose()
+            await self._remote.aclose()
 
-    # -- remote ----------------------------------------------------------------------------------------
     async def _start_remote(
         self,
         agent_session: AgentSession,
@@ -295,7 +257,7 @@ class AvatarSession(BaseAvatarSession):
         livekit_api_key: NotGivenOr[str | None],
         livekit_api_secret: NotGivenOr[str | None],
     ) -> None:
-        assert self._api is not None
+        assert self._remote is not None
         url = _given_or_env(livekit_url, "LIVEKIT_URL")
         key = _given_or_env(livekit_api_key, "LIVEKIT_API_KEY")
         secret = _given_or_env(livekit_api_secret, "LIVEKIT_API_SECRET")
@@ -304,217 +266,35 @@ class AvatarSession(BaseAvatarSession):
                 "livekit_url, livekit_api_key and livekit_api_secret must be set "
                 "by arguments or the LIVEKIT_URL / LIVEKIT_API_KEY / LIVEKIT_API_SECRET environment variables"
             )
-        avatar_id = await self._remote_avatar_id()
+        await self._remote.resolve_avatar()
         await super().start(agent_session, room)
-        agent_identity = self._agent_identity(room)
-        room_name = self._room_name(room)
-        worker_token = mint_worker_token(
-            key,
-            secret,
-            room=room_name,
-            identity=self._avatar_identity,
-            name=self._avatar_name,
-            agent_identity=agent_identity,
-        )
-        body: dict[str, Any] = {
-            "mode": "LITE",
-            "avatar_id": avatar_id,
-            "aspect_ratio": self._aspect_ratio,
-            "video_settings": {"quality": self._video_quality},
-            "transport": "livekit",
-            "livekit_config": {
-                "livekit_url": url,
-                "livekit_room": room_name,
-                "livekit_worker_token": worker_token,
-                "agent_identity": agent_identity,
-                "avatar_identity": self._avatar_identity,
-                "avatar_name": self._avatar_name,
-            },
-        }
-        if self._max_duration_seconds is not None:
-            body["max_session_duration"] = self._max_duration_seconds
-        created = await self._api.create_session_token(body)
-        started = await self._api.start_session(created["session_token"])
-        self._session_id = started["session_id"]
-        self._session_token = created["session_token"]
-        logger.debug("facecast session started", extra={"session_id": self._session_id, "avatar": avatar_id})
-
-        agent_session.output.replace_audio_tail(
-            DataStreamAudioOutput(
-                room,
-                destination_identity=self._avatar_identity,
-                sample_rate=SAMPLE_RATE,
-                wait_remote_track=rtc.TrackKind.KIND_VIDEO,
-                # the worker reports when each utterance starts playing, after its ~100 ms queue
-                wait_playback_start=True,
-            )
+        await self._remote.start_session(
+            agent_session, room, livekit_url=url, livekit_api_key=key, livekit_api_secret=secret
         )
 
-    async def _remote_avatar_id(self) -> str:
-        """The server's id for the avatar: as given, or the id of the photo/bundle uploaded and built."""
-        assert self._api is not None
-        source = self._avatar_source
-        if source == "id":
-            self._avatar_id = self._avatar
-            return self._avatar
-        started = time.monotonic()
-        timeout = self._avatar_build_timeout
-        what = {"url": "photo URL", "image": "photo", "bundle": "bundle"}[source]
-        logger.info("facecast: sending the avatar %s %s to the server", what, self._avatar)
-        if source == "url":
-            status = await self._api.create_avatar(image_url=self._avatar, timeout=timeout)
-        elif source == "image":
-            status = await self._api.create_avatar(image=Path(self._avatar).expanduser(), timeout=timeout)
-        else:
-            status = await self._api.create_avatar(bundle=Path(self._avatar).expanduser(), timeout=timeout)
-        stages: list[str] = []
-
-        def on_progress(st: dict[str, Any]) -> None:
-            stage = str(st.get("stage") or st["status"])
-            if not stages or stages[-1] != stage:
-                stages.append(stage)
-                progress = st.get("progress")
-                pct = f" {progress * 100:.0f}%" if isinstance(progress, int | float) else ""
-                logger.info("facecast: avatar %s%s: %s", st["avatar_id"], pct, stage)
-
-        remaining = max(0.0, timeout - (time.monotonic() - started))
-        self._avatar_id = await self._api.wait_avatar_ready(
-            status, timeout=remaining, on_progress=on_progress
-        )
-        return self._avatar_id
-
-    @staticmethod
-    def _agent_identity(room: rtc.Room) -> str:
-        if room.isconnected() and room.local_participant.identity:
-            return room.local_participant.identity
-        # Inside a job the room is usually connected later, by AgentSession.start(); the job knows.
-        job_ctx = get_job_context(required=False)
-        if job_ctx is not None and (identity := job_ctx.local_participant_identity):
-            return identity
-        raise FacecastException("cannot tell the agent's identity: connect the room or start inside a job")
-
-    @staticmethod
-    def _room_name(room: rtc.Room) -> str:
-        if room.name:
-            return room.name
-        job_ctx = get_job_context(required=False)
-        if job_ctx is not None and job_ctx.job.room.name:
-            return job_ctx.job.room.name
-        raise FacecastException("cannot tell the room's name: connect the room or start inside a job")
-
-    # -- local -----------------------------------------------------------------------------------------
     async def _start_local(self, agent_session: AgentSession, room: rtc.Room) -> None:
         try:
-            from facecast.avatars import AvatarLibrary
-            from facecast.hosts.livekit.generator import FacecastVideoGenerator
-            from facecast.hosts.livekit.runner import FacecastAvatarRunner
+            from ._local import LocalAvatar
         except ImportError as exc:
             raise FacecastException(
                 "local mode renders in this process and needs the facecast engine: "
                 "pip install 'livekit-plugins-facecast[local]'"
             ) from exc
-        library = AvatarLibrary()  # $FACECAST_AVATARS_DIR, else ~/.local/share/facecast/avatars
-        if self._avatar_source in ("url", "image"):
-            self._avatar_id = await self._build_local_avatar(library)
-        else:
-            self._avatar_id = self._avatar
-        try:
-            generator = FacecastVideoGenerator(
-                avatar=self._avatar_id,
-                aspect=self._aspect_ratio,
-                quality=self._video_quality,
-                sample_rate=SAMPLE_RATE,
-                library=library,
-            )
-        except ValueError as exc:
-            raise FacecastException(f"local mode cannot render avatar {self._avatar!r}: {exc}") from None
-        try:
-            await generator.wait_ready()  # reads and checks the bundle, off the event loop
-        except Exception as exc:
-            await generator.aclose()
-            raise FacecastException(f"local mode cannot render avatar {self._avatar!r}: {exc}") from None
-        # The agent's audio goes to the renderer, which publishes it with the video, in sync.
-        output = QueueAudioOutput(sample_rate=SAMPLE_RATE, wait_playback_start=True)
-        self._runner = FacecastAvatarRunner(room, audio_recv=output, generator=generator)
-        self._local_room = room
-        self._local_session = agent_session
-        agent_session.output.replace_audio_tail(output)
-        agent_session.on("agent_state_changed", self._on_agent_state_changed)
-        self._session_id = f"local-{uuid.uuid4().hex[:12]}"
+        self._local = LocalAvatar(
+            avatar=self._avatar,
+            source=self._avatar_source,
+            aspect_ratio=self._aspect_ratio,
+            video_quality=self._video_quality,
+            sample_rate=SAMPLE_RATE,
+            build_timeout=self._avatar_build_timeout,
+        )
+        await self._local.prepare(agent_session, room)
         await super().start(agent_session, room)
-        if room.isconnected():
-            await self._runner.start()
-        else:
-            # the avatar is the agent participant itself, which can publish only once connected
-            self._local_start_task = asyncio.create_task(self._start_runner_when_connected(room))
-
-    async def _build_local_avatar(self, library: AvatarLibrary) -> str:
-        """Build the photo into `library` as `photo-<sha256 of its bytes>`, unless that avatar exists."""
-        from facecast.avatars.build import build_avatar
-        from facecast.avatars.faces import FaceAnalysisError
-        from facecast.avatars.fetch import FetchPolicy, load_image_source
-        from facecast.avatars.library import AvatarExistsError
-
-        def build() -> str:
-            image = load_image_source(self._avatar, FetchPolicy.from_env())
-            avatar_id = photo_avatar_id(image.data)
-            if avatar_id in library:
-                return avatar_id
-            logger.info("facecast: building avatar %s from %s into %s", avatar_id, self._avatar, library.root)
-            stages: list[str] = []
-
-            def progress(stage: str, fraction: float) -> None:
-                if not stages or stages[-1] != stage:
-                    stages.append(stage)
-                    logger.info("facecast: avatar %s %.0f%%: %s", avatar_id, fraction * 100, stage)
-
-            try:
-                build_avatar(image.data, name=avatar_id, library=library, progress=progress)
-            except AvatarExistsError:
-                if avatar_id not in library:  # built meanwhile by another session: use it
-                    raise
-            return avatar_id
-
-        try:
-            return await asyncio.wait_for(asyncio.to_thread(build), self._avatar_build_timeout)
-        except TimeoutError:
-            raise APITimeoutError(
-                f"facecast: building the avatar from {self._avatar} took over "
-                f"{self._avatar_build_timeout:.0f} s; raise avatar_build_timeout (the build goes on in the "
-                "background and its avatar is reused once done)"
-            ) from None
-        except (ValueError, FaceAnalysisError) as exc:
-            raise FacecastException(f"cannot build an avatar from {self._avatar}: {exc}") from None
-
-    async def _start_runner_when_connected(self, room: rtc.Room) -> None:
-        connected = asyncio.Event()
-
-        def on_state(_state: rtc.ConnectionState.ValueType) -> None:
-            if room.isconnected():
-                connected.set()
-
-        room.on("connection_state_changed", on_state)
-        try:
-            if not room.isconnected():
-                await connected.wait()
-        finally:
-            room.off("connection_state_changed", on_state)
-        assert self._runner is not None
-        await self._runner.start()
-
-    def _on_agent_state_changed(self, ev: AgentStateChangedEvent) -> None:
-        if self._runner is not None:
-            self._runner.generator.set_listening(ev.new_state == "listening")
+        await self._local.run()
 
     async def _aclose_local(self) -> None:
-        if self._local_start_task is not None:
-            await utils.aio.cancel_and_wait(self._local_start_task)
-        if self._local_session is not None:
-            self._local_session.off("agent_state_changed", self._on_agent_state_changed)
-            self._local_session = None
-        if self._runner is not None:
-            await self._runner.aclose()
-            self._runner = None
+        if self._local is not None:
+            await self._local.aclose()
         # The base class would remove the avatar participant from the room, and here that is the agent.
         room, self._room = self._room, None
         if room is not None:

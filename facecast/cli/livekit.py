@@ -1,4 +1,4 @@
-"""`facecast worker` and `facecast say`: the LiveKit commands, added to the main parser by facecast.cli.
+"""`facecast worker` and `facecast say`: the LiveKit commands (the livekit extra).
 
 Credentials come from --url / --api-key / --api-secret, else LIVEKIT_URL / LIVEKIT_API_KEY /
 LIVEKIT_API_SECRET. Missing ones raise ValueError, which the main CLI prints as a usage error.
