@@ -104,7 +104,7 @@ def test_persona_fields_a_lite_session_cannot_use_are_refused(server: RunningSer
         avatar_persona={"voice_id": "fr"},
         livekit_config={"livekit_url": "ws://127.0.0.1:9", "livekit_room": "r", "livekit_worker_token": "t"},
     )
-    assert in_room.status_code == 400 and "data_stream" in in_room.json()["message"]
+    assert in_room.status_code == 409 and "data_stream" in in_room.json()["message"]
     bad_language = mint(server, key, avatar_persona={"language": "français"})
     assert bad_language.status_code == 400 and "language" in bad_language.json()["message"]
     too_far = mint(server, key, lookahead_ms=MAX_LOOKAHEAD_MS + 1)

@@ -168,9 +168,9 @@ def _voice(body: TokenRequest, livekit: LiveKitRoom | None) -> str | None:
     if persona.voice_id is None:
         return None
     if livekit is not None and livekit.audio_source == "data_stream":
-        raise ApiError(
-            400,
-            p.CODE_BAD_REQUEST,
+        raise ApiError(  # a valid body, but this session would have no server speech to give a voice
+            409,
+            p.CODE_CONFLICT,
             "avatar_persona.voice_id is the voice of agent.speak_text on the LITE WebSocket; this session "
             "takes its speech from the agent's audio in the LiveKit room (audio_source data_stream): drop "
             "voice_id or use audio_source websocket",
