@@ -97,9 +97,6 @@ class SessionSettings:
     def language(self) -> str:
         return self.lip_sync.language
 
-    def engine_config(self, out_rate: int) -> EngineConfig:
-        return self.lip_sync.engine_config(self.look, out_rate)
-
     # -- the stored shape ---------------------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
         """The settings as the store keeps them and the API lists them (`public_json`): LiveAvatar's names
