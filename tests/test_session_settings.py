@@ -95,7 +95,7 @@ def test_the_worker_pool_builds_the_engine_from_the_same_settings(server: Runnin
 def test_persona_fields_a_lite_session_cannot_use_are_refused(server: RunningServer) -> None:
     key = server.store.create_key("k")[1]
     context = mint(server, key, avatar_persona={"context_id": "ctx_1"})
-    assert context.status_code == 400 and "mode FULL" in context.json()["message"]
+    assert context.status_code == 409 and "mode FULL" in context.json()["message"]
     unknown = mint(server, key, avatar_persona={"voice_id": "klingon"})
     assert unknown.status_code == 404 and "/v1/voices" in unknown.json()["message"]
     in_room = mint(

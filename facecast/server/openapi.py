@@ -227,20 +227,6 @@ def _require_body_rules(document: dict[str, Any], config: ServerConfig) -> None:
                 "required": ["transport", "livekit_config"],
             }
         },
-        # A context is a FULL session's (the LLM's prompt): mode LITE (the default) takes none.
-        {
-            "not": {
-                "properties": {
-                    "mode": {"not": {"const": "FULL"}},
-                    "avatar_persona": {
-                        "type": "object",
-                        "properties": {"context_id": {"type": "string"}},
-                        "required": ["context_id"],
-                    },
-                },
-                "required": ["avatar_persona"],
-            }
-        },
         # video_quality and video_settings.quality, when both given, agree.
         {
             "anyOf": [

@@ -159,9 +159,11 @@ def _voice(body: TokenRequest, livekit: LiveKitRoom | None) -> str | None:
     if persona is None:
         return None
     if body.mode == "LITE" and persona.context_id is not None:
+        # 409, not 400: the schema cannot say it (schemathesis cannot generate from a rule across fields
+        # of a nullable object), and a valid body this session cannot serve is a conflict here.
         raise ApiError(
-            400,
-            p.CODE_BAD_REQUEST,
+            409,
+            p.CODE_CONFLICT,
             "avatar_persona.context_id gives a FULL session's LLM its prompt; a LITE session's agent brings "
             "its own: drop context_id or mint mode FULL",
         )
