@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from facecast.engine.mouth_track import BLENDSHAPE_NAMES
 from facecast.engine.types import VISEMES, FaceState
 from facecast.hosts.file import MediaError, Mp4Writer, RenderOptions, read_audio, render_file
 from facecast.hosts.progress import Progress
@@ -248,9 +249,16 @@ def test_params_jsonl(burst_render: tuple[Path, Path, object]) -> None:
         "head_pitch",
         "head_roll",
         "segment_id",
+        "gaze_x",
+        "gaze_y",
+        "brow",
+        "smile",
+        "blendshapes",
     }
     for i, row in enumerate(rows):
         assert set(row) == keys
+        assert list(row["blendshapes"]) == list(BLENDSHAPE_NAMES)
+        assert all(0.0 <= w <= 1.0 for w in row["blendshapes"].values()), row
         assert row["v"] == 1 and row["frame"] == i
         assert row["t"] == pytest.approx(i / FPS, abs=1e-6)
         assert row["viseme"] in VISEMES

@@ -99,12 +99,16 @@ def test_dispatch_metadata() -> None:
         25,
         "ag",
     )
+    assert job.mouth_track is False
+    assert parse_dispatch_metadata(json.dumps({"mouth_track": True}), defaults).mouth_track is True
     for bad in (
         "[1]",
         "{",
         json.dumps({"colour": "red"}),
         json.dumps({"fps": "30"}),
         json.dumps({"fps": True}),
+        json.dumps({"mouth_track": 1}),
+        json.dumps({"mouth_track": "yes"}),
     ):
         with pytest.raises(ValueError):
             parse_dispatch_metadata(bad, defaults)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -20,6 +21,8 @@ from livekit.agents.voice.avatar import DataStreamAudioOutput
 from livekit_server import LiveRoom
 from livekit_speech import AVATAR_QUALITY, mouth_box
 
+from facecast.engine.mouth_track import BLENDSHAPE_NAMES
+from facecast.hosts.livekit.names import MOUTH_TRACK_TOPIC
 from facecast.hosts.livekit.tokens import mint_worker_token
 from facecast.hosts.livekit.viewer import RoomViewer
 from facecast.hosts.livekit.worker import RoomAvatar
@@ -171,3 +174,48 @@ async def test_plugin_local_mode_in_a_real_room(live_room: LiveRoom, viewer: Roo
         await session.aclose()
     assert "agent" in viewer.room.remote_participants  # local mode never removes the agent
     await agent.disconnect()
+
+
+async def test_worker_streams_the_mouth_track_in_a_real_room(live_room: LiveRoom) -> None:
+    """`mouth_track=True`: every frame's record (docs/mouth-track.md) reaches a participant on the
+    data topic, in frame order, with the jaw open while the avatar speaks and at rest before."""
+    records: list[dict[str, Any]] = []
+    viewer = rtc.Room()
+
+    def on_data(packet: rtc.DataPacket) -> None:
+        if packet.topic == MOUTH_TRACK_TOPIC:
+            records.append(json.loads(packet.data))
+
+    viewer.on("data_received", on_data)
+    await viewer.connect(live_room.url, live_room.token("viewer"))
+    agent = rtc.Room()
+    await agent.connect(live_room.url, live_room.token("agent", kind="agent"))
+    token = mint_worker_token(
+        *live_room.keys, room=live_room.name, identity=AVATAR, name="A", agent_identity="agent"
+    )
+    avatar = RoomAvatar(live_room.url, token, quality=AVATAR_QUALITY, mouth_track=True)
+    try:
+        await avatar.start()
+        out = DataStreamAudioOutput(
+            agent, destination_identity=AVATAR, sample_rate=24000, wait_remote_track=rtc.TrackKind.KIND_VIDEO
+        )
+        await asyncio.sleep(0.5)  # idle frames first
+        pcm = speech(1.5)
+        for i in range(0, len(pcm), 480):
+            await out.capture_frame(rtc.AudioFrame(pcm[i : i + 480].tobytes(), 24000, 1, 480))
+        out.flush()
+        await asyncio.wait_for(out.wait_for_playout(), HANG_S)
+        await asyncio.sleep(0.3)
+    finally:
+        await avatar.aclose()
+        await agent.disconnect()
+        await viewer.disconnect()
+    assert records, "no mouth-track record arrived"
+    frames = [r["frame"] for r in records]
+    assert frames == sorted(frames) and len(set(frames)) == len(frames)
+    assert len(records) >= 0.8 * (frames[-1] - frames[0] + 1)  # lossy, but a loopback loses little
+    assert all(r["v"] == 1 and list(r["blendshapes"]) == list(BLENDSHAPE_NAMES) for r in records)
+    speaking = [r["blendshapes"]["jawOpen"] for r in records if r["speaking"]]
+    idle = [r["blendshapes"]["jawOpen"] for r in records if not r["speaking"]]
+    assert len(speaking) > 20 and idle, (len(speaking), len(idle))
+    assert max(speaking) > 0.3 and max(idle) < 0.05

@@ -23,13 +23,13 @@ import av
 import cv2
 import numpy as np
 
-from facecast.engine.types import FrameMeta, PhoneTiming, Renderer
+from facecast.engine.mouth_track import mouth_track_record
+from facecast.engine.types import PhoneTiming, Renderer
 from facecast.hosts.progress import Progress
 
 if TYPE_CHECKING:
     from facecast.hosts.render_pool import RenderPipeline
 
-PARAMS_VERSION = 1
 # ultrafast encodes a 512² avatar frame in about 1 ms of CPU (veryfast: 2 ms, but 8x smaller files);
 # offline rendering speed matters more than file size here, and crf 23 looks clean on flat shading.
 X264_PRESET = "ultrafast"
@@ -230,23 +230,6 @@ class Mp4Writer:
         self._encoder.abort()
 
 
-def params_record(meta: FrameMeta) -> dict[str, Any]:
-    """One line of the public `--params` JSONL format (docs/params-format.md) from a FrameMeta."""
-    state = meta.state
-    record: dict[str, Any] = {"v": PARAMS_VERSION, "t": round(meta.t, 6), "frame": meta.index}
-    record.update(meta.mouth.as_dict())
-    record.update(
-        source=meta.mouth_source,
-        speaking=bool(state.speaking),
-        blink=round(float(state.blink), 4),
-        head_yaw=round(float(state.head_yaw), 3),
-        head_pitch=round(float(state.head_pitch), 3),
-        head_roll=round(float(state.head_roll), 3),
-        segment_id=meta.segment_id,
-    )
-    return record
-
-
 @dataclass(frozen=True, slots=True)
 class RenderReport:
     frames: int
@@ -284,7 +267,7 @@ class RenderOptions:
     quality: str = "high"
     background: str = "scene"
     text: str | None = None  # the transcript: enables forced alignment
-    params_path: str | Path | None = None  # per-frame parameters as JSONL (docs/params-format.md)
+    params_path: str | Path | None = None  # per-frame parameters as JSONL (docs/mouth-track.md)
     tracker: str = "auto"
     lookahead_ms: int | None = None  # None: the engine's default
     progress: bool = True
@@ -400,7 +383,7 @@ def render_pcm(
             else:
                 writer.write(pair.video, audio)
             if params_out is not None:
-                params_out.write(json.dumps(params_record(meta), separators=(",", ":")) + "\n")
+                params_out.write(json.dumps(mouth_track_record(meta), separators=(",", ":")) + "\n")
             frames += 1
             if pair.audio is not None:
                 speech_frames += 1

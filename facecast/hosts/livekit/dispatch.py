@@ -76,6 +76,7 @@ class AvatarJob:
     agent_identity: str | None = None
     avatar_identity: str = DEFAULT_AVATAR_IDENTITY
     avatar_name: str = DEFAULT_AVATAR_NAME
+    mouth_track: bool = False  # also send the mouth track on MOUTH_TRACK_TOPIC (docs/mouth-track.md)
 
 
 _TYPES: dict[str, tuple[type, ...]] = {
@@ -87,6 +88,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "agent_identity": (str,),
     "avatar_identity": (str,),
     "avatar_name": (str,),
+    "mouth_track": (bool,),
 }
 
 
@@ -108,7 +110,7 @@ def parse_dispatch_metadata(metadata: str, defaults: AvatarJob | None = None) ->
             raise ValueError(f"unknown dispatch metadata key {key!r}; known: {', '.join(_TYPES)}")
         if value is None and key in ("max_duration_s", "agent_identity"):
             changes[key] = None
-        elif isinstance(value, bool) or not isinstance(value, _TYPES[key]):
+        elif isinstance(value, bool) != (_TYPES[key] == (bool,)) or not isinstance(value, _TYPES[key]):
             raise ValueError(f"dispatch metadata {key!r} has the wrong type: {value!r}")
         else:
             changes[key] = value
@@ -155,6 +157,7 @@ async def avatar_entrypoint(defaults: AvatarJob, ctx: JobContext) -> None:
         fps=job.fps,
         max_duration_s=job.max_duration_s,
         agent_identity=job.agent_identity,
+        mouth_track=job.mouth_track,
     )
 
     async def on_shutdown() -> None:

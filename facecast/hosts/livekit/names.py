@@ -23,6 +23,9 @@ STATE_CONNECTED: Final = "connected"
 STATE_DISCONNECTED: Final = "disconnected"
 STATE_ERROR: Final = "error"
 
+# The mouth track (docs/mouth-track.md): one JSON record per frame, sent lossy as the frame plays.
+MOUTH_TRACK_TOPIC: Final = "facecast.mouth_track"
+
 AUDIO_TRACK_NAME: Final = "avatar_audio"
 VIDEO_TRACK_NAME: Final = "avatar_video"
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import logging
 import time
 from collections import deque
@@ -31,9 +32,10 @@ from livekit import rtc
 from livekit.agents.voice.avatar import AudioReceiver, AudioSegmentEnd
 
 from facecast.engine import AudioFormatError, SegmentEnded
+from facecast.engine.mouth_track import mouth_track_record
 from facecast.hosts.live import LiveFrame, LiveStats
 from facecast.hosts.livekit.generator import FacecastVideoGenerator, audio_frame, video_frame
-from facecast.hosts.livekit.names import AUDIO_TRACK_NAME, VIDEO_TRACK_NAME
+from facecast.hosts.livekit.names import AUDIO_TRACK_NAME, MOUTH_TRACK_TOPIC, VIDEO_TRACK_NAME
 
 logger = logging.getLogger("facecast.livekit")
 
@@ -96,8 +98,11 @@ class FacecastAvatarRunner:
         *,
         audio_recv: AudioReceiver,
         generator: FacecastVideoGenerator,
+        mouth_track: bool = False,
     ) -> None:
-        """`generator` must be built (`await generator.wait_ready()`)."""
+        """`generator` must be built (`await generator.wait_ready()`). `mouth_track`: also send each
+        frame's mouth-track record (docs/mouth-track.md) on MOUTH_TRACK_TOPIC as the frame plays."""
+        self._mouth_track = mouth_track
         self._room = room
         self._recv = audio_recv
         self._gen = generator
@@ -391,6 +396,8 @@ class FacecastAvatarRunner:
             self._finish_ended(frame)
             if frame.video is not None:
                 self._show(video_frame(frame.video), starts_at)
+            if self._mouth_track:
+                self._send_mouth_track(frame, starts_at)
 
     async def _refill_lead(self) -> None:
         """Queue silence up to the playout lead: what is released from now on plays that much later,
@@ -407,6 +414,27 @@ class FacecastAvatarRunner:
             self._video_source.capture_frame(frame)
 
         timer = self._call_at(at, capture)
+        self._video_timers.add(timer)
+
+    def _send_mouth_track(self, frame: LiveFrame, at: float) -> None:
+        """The frame's record, sent when its audio starts playing (like its picture), so a client that
+        applies records as they come is in step with the sound; a clear cancels those not yet sent."""
+        payload = json.dumps(mouth_track_record(frame.meta), separators=(",", ":")).encode()
+
+        async def publish() -> None:
+            try:
+                await self._room.local_participant.publish_data(
+                    payload, reliable=False, topic=MOUTH_TRACK_TOPIC
+                )
+            except Exception as exc:  # a lossy stream: one record lost is not the session's failure
+                logger.debug("mouth-track record not sent: %s", exc)
+
+        def send() -> None:
+            self._video_timers.discard(timer)
+            if self._room.isconnected():
+                self._notify(publish)
+
+        timer = self._call_at(at, send)
         self._video_timers.add(timer)
 
     def _finish_ended(self, frame: LiveFrame) -> None:

@@ -135,7 +135,8 @@ class RoomAvatar:
 
     `audio_receiver` replaces the agent's `lk.audio_stream` as the source of speech (the Facecast server
     feeds it from a LITE WebSocket); the worker then does not wait for the agent to join, and reports
-    playback to that receiver only.
+    playback to that receiver only. `mouth_track` also sends each frame's mouth-track record
+    (docs/mouth-track.md) as data packets on topic `facecast.mouth_track`, as the frame plays.
     """
 
     def __init__(
@@ -158,8 +159,10 @@ class RoomAvatar:
         room: rtc.Room | None = None,
         library: AvatarLibrary | None = None,
         audio_receiver: AudioReceiver | None = None,
+        mouth_track: bool = False,
     ) -> None:
         self._audio_receiver = audio_receiver
+        self._mouth_track = mouth_track
         self._library = library if library is not None else AvatarLibrary()
         check_avatar(avatar, self._library)
         frame_size(aspect, quality)
@@ -256,7 +259,9 @@ class RoomAvatar:
                 receiver = _RoomScopedReceiver(
                     self._room, sender_identity=self._agent_identity, frame_size_ms=RECEIVE_FRAME_MS
                 )
-            self._runner = FacecastAvatarRunner(self._room, audio_recv=receiver, generator=generator)
+            self._runner = FacecastAvatarRunner(
+                self._room, audio_recv=receiver, generator=generator, mouth_track=self._mouth_track
+            )
             await self._runner.start(started_at=self._start_at)
             # Announced once the audio track is published, not at join: a real server relays data
             # packets sooner than the news of a new participant, and a packet sent right at join reaches
