@@ -27,6 +27,41 @@ Transport = Literal["webrtc", "livekit"]
 Encoding = Literal["VP8", "H264"]
 InteractivityType = Literal["CONVERSATIONAL", "PUSH_TO_TALK"]
 
+# -- a session's look: the values it takes on the wire and the frame sizes they give ------------------
+# Defined here so that a client validates a request without loading the avatars or the engine; the
+# avatars' presets are these, and the engine's frame rates are tested equal (tests/test_client.py).
+ASPECTS: Final[tuple[str, ...]] = ("4:3", "3:4", "1:1")
+QUALITIES: Final[tuple[str, ...]] = ("low", "medium", "high", "very_high")
+BACKGROUNDS: Final[tuple[str, ...]] = ("scene", "green", "transparent")
+FPS_CHOICES: Final = (25, 30)
+# A session's lip-sync (the engine's, tested equal): its trackers and how much future speech it may use.
+TRACKERS: Final[tuple[str, ...]] = ("auto", "phones", "energy")
+DEFAULT_LOOKAHEAD_MS: Final = 100
+MAX_LOOKAHEAD_MS: Final = 200
+DEFAULT_AVATAR: Final = "ava"
+
+# Landscape sizes; 3:4 is the transpose of 4:3.
+_SQUARE = {"low": 256, "medium": 384, "high": 512, "very_high": 768}
+_LANDSCAPE = {"low": (320, 240), "medium": (480, 360), "high": (640, 480), "very_high": (960, 720)}
+
+
+def check_choice(value: str, choices: tuple[str, ...], what: str) -> None:
+    """Raise ValueError naming the unknown value and the choices."""
+    if value not in choices:
+        raise ValueError(f"unknown {what} {value!r}; choose one of: {', '.join(choices)}")
+
+
+def frame_size(aspect: str, quality: str) -> tuple[int, int]:
+    """(width, height) in pixels for an aspect ratio and a quality preset."""
+    check_choice(aspect, ASPECTS, "aspect")
+    check_choice(quality, QUALITIES, "quality")
+    if aspect == "1:1":
+        side = _SQUARE[quality]
+        return side, side
+    w, h = _LANDSCAPE[quality]
+    return (w, h) if aspect == "4:3" else (h, w)
+
+
 # A session's lifecycle as stored: created (token minted) -> started -> ended.
 STATE_CREATED: Final = "created"
 STATE_STARTED: Final = "started"

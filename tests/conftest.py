@@ -6,10 +6,14 @@ import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 from livekit_server import LiveKitServer, LiveKitServerMissing, LiveRoom, find_binary, run_livekit_server
+
+if TYPE_CHECKING:
+    from server_harness import RunningServer
 
 SENTENCE = "Hello there, my name is Bob and I build maps for people."
 
@@ -30,6 +34,22 @@ def speech(tmp_path_factory: pytest.TempPathFactory) -> tuple[np.ndarray, int, s
         rate = stream.rate
         chunks = [frame.to_ndarray().reshape(-1) for frame in container.decode(stream)]
     return np.concatenate(chunks).astype(np.int16), rate, SENTENCE
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[RunningServer]:
+    """A real Facecast server with the default settings on a loopback port, for one test (a test file
+    that needs other settings or a longer life defines its own `server`)."""
+    from server_harness import running_server  # the server's stack, only for the tests that use one
+
+    with running_server(tmp_path) as running:
+        yield running
+
+
+@pytest.fixture
+def key(server: RunningServer) -> str:
+    """A new API key of `server` (its secret)."""
+    return server.store.create_key("test")[1]
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from functools import cache
 
@@ -267,3 +268,37 @@ def test_out_of_range_state_is_clamped() -> None:
     )
     tame = FaceState(mouth=MouthParams(open=1.0), head_yaw=8, head_pitch=-6, head_roll=5, gaze_x=1, blink=0)
     assert np.array_equal(r.render(wild), r.render(tame))
+
+
+def test_still_px_repeats_barely_moving_idle_frames_and_draws_everything_else() -> None:
+    r = load_renderer("ava", quality="medium")
+    exact = load_renderer("ava", quality="medium")
+    assert r.still_px == 0.0  # off unless a live host asks
+    r.still_px = 0.25
+    rest = FaceState(mouth=MouthParams(), head_yaw=1.0, head_pitch=0.5, head_roll=0.5)
+    first = r.render(rest)
+    assert not first.flags.writeable  # it may be handed out again
+    # A drift far below a pixel repeats the frame (the same array, nothing drawn) ...
+    drift = dataclasses.replace(rest, head_yaw=1.01, head_pitch=0.51, head_roll=0.501)
+    assert r.render(drift) is first
+    # ... and the repeat stays close to what drawing it would give.
+    diff = first.astype(np.float64) - exact.render(drift).astype(np.float64)
+    assert 10 * np.log10(255.0**2 / max(np.mean(diff**2), 1e-9)) > 40
+    # Anything that moves the picture by more, a blink, the mouth, the smile or speech is drawn.
+    moved = [
+        dataclasses.replace(rest, head_yaw=2.0),
+        dataclasses.replace(rest, blink=0.5),
+        dataclasses.replace(rest, gaze_x=0.3),
+        dataclasses.replace(rest, smile=0.3),
+        dataclasses.replace(rest, mouth=MouthParams(open=0.2)),
+        dataclasses.replace(rest, speaking=True),
+    ]
+    for state in moved:
+        frame = r.render(state)
+        assert frame is not first
+        assert np.array_equal(frame, exact.render(state)), state
+        r.render(rest)  # back to a drawn rest frame
+    # Drift that adds up is drawn once it reaches still_px against the last frame drawn.
+    yaws = np.arange(1.0, 3.0, 0.02)
+    drawn = {id(r.render(dataclasses.replace(rest, head_yaw=float(y)))) for y in yaws}
+    assert 1 < len(drawn) < len(yaws) // 2

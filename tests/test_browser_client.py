@@ -3,47 +3,26 @@ session, the video plays, typed text produces speech events, stop ends the sessi
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
-from server_harness import RunningServer, running_server
+from browser_page import CHROMIUM, NO_CHROMIUM, chromium_page
+from server_harness import RunningServer
 
 from facecast import protocol as p
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium; scripts/test installs it)"
-)
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[RunningServer]:
-    with running_server(tmp_path) as running:
-        yield running
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(CHROMIUM is None, reason=NO_CHROMIUM)]
 
 
 @contextmanager
 def client_page(server: RunningServer, key: str) -> Iterator[tuple[Any, list[str]]]:
     """The browser client open in headless Chromium with `key` filled in, and the page's script errors."""
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--autoplay-policy=no-user-gesture-required", "--no-sandbox"],
-        )
-        try:
-            page = browser.new_page()
-            errors: list[str] = []
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.goto(f"{server.url}/#key={key}")
-            yield page, errors
-        finally:
-            browser.close()
+    with chromium_page() as (page, errors):
+        page.goto(f"{server.url}/#key={key}")
+        yield page, errors
 
 
 def wait_video_plays(page: Any) -> None:

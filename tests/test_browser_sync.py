@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 import av
 import numpy as np
 import pytest
-from server_harness import RunningServer, running_server
+from server_harness import RunningServer
 
 from facecast.bench.browser import PageSamples, chromium_path, msid_streams, open_browser, run_session
 from facecast.hosts import webrtc
@@ -30,12 +29,6 @@ pytestmark = [
 ]
 
 INJECTED_DELAY_S = 0.1
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[RunningServer]:
-    with running_server(tmp_path) as running:
-        yield running
 
 
 @pytest.fixture

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import av
+import cv2
 import numpy as np
 import pytest
 import soundfile as sf
@@ -81,6 +83,48 @@ def test_python_dash_m(speech_wav: Path, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert_mp4(out)
     assert "realtime" in proc.stdout
+
+
+def test_the_help_lists_every_command_without_importing_an_extra() -> None:
+    """Every command group adds its parser at import; none may import what an extra installs (the bare
+    wheel's `facecast --help` must run)."""
+    from facecast.cli.common import EXTRA_MODULES
+
+    extras = {m for modules in EXTRA_MODULES.values() for m in modules} | {"pipecat"}
+    code = textwrap.dedent(
+        """
+        import contextlib, io, json, re, sys
+        from facecast.cli import main
+        with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.suppress(SystemExit):
+            main(["--help"])
+        commands = re.findall(r"^    (\\w+)", out.getvalue(), re.MULTILINE)
+        print(json.dumps({"commands": commands, "modules": sorted({m.split(".")[0] for m in sys.modules})}))
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    seen = json.loads(proc.stdout.strip().splitlines()[-1])
+    everything = {"render", "demo", "serve", "keys", "worker", "say", "avatar", "avatars", "bench", "config"}
+    assert everything <= set(seen["commands"])
+    assert "facecast" in seen["modules"] and extras.isdisjoint(seen["modules"])
+
+
+def test_python_dash_m_bench_runs_the_bench_command_line() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "facecast.bench", "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("usage: facecast bench") and "lipsync" in proc.stdout
+
+
+def test_python_dash_m_avatars_writes_a_contact_sheet(tmp_path: Path) -> None:
+    out = tmp_path / "sheet.png"
+    argv = [sys.executable, "-m", "facecast.avatars", "sheet", str(out), "--tile", "40", "--avatar", "ava"]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    sheet = cv2.imread(str(out))
+    assert sheet.shape == (40, 6 * 40, 3)  # one avatar, six mouth shapes
+    assert sheet.std() > 10  # drawn, not blank
 
 
 def test_render_text_with_say(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -491,3 +491,18 @@ def test_streamed_resampling_is_the_polyphase_sum_exactly(in_rate: int, out_rate
     expected = (vals * ref._bank[k % ref._up]).sum(axis=1, dtype=np.float32)
     assert len(out) == -(-len(x) * out_rate // in_rate)
     np.testing.assert_array_equal(out, expected)
+
+
+def test_speech_ready_says_whether_the_next_frame_carries_speech() -> None:
+    engine = Engine(None, EngineConfig(fps=30, out_rate=16000, tracker="energy"))
+    assert not engine.speech_ready
+    engine.push_audio(_tone(0.05, 16000), 16000)  # less than a frame plus the look-ahead
+    assert not engine.speech_ready
+    assert engine.next_frame().audio is None
+    engine.push_audio(_tone(0.5, 16000), 16000)
+    assert engine.speech_ready
+    assert engine.next_frame().audio is not None
+    engine.end_segment()
+    while engine.speech_ready:
+        assert engine.next_frame().audio is not None
+    assert engine.next_frame().audio is None and not engine.pending_speech

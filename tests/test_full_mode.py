@@ -21,8 +21,9 @@ import httpx
 import numpy as np
 import pytest
 import soundfile as sf
+from browser_page import chromium_page
 from scipy.signal import resample_poly
-from server_harness import RunningServer, running_server
+from server_harness import RunningServer
 
 pytest.importorskip("pipecat.audio.vad.silero")
 pytest.importorskip("openai")
@@ -33,6 +34,8 @@ from facecast.avatars import load_renderer
 from facecast.bench.full_peer import FullClient
 from facecast.bench.llm_standin import StandInLLM, standin_llm
 from facecast.tts import EspeakTTS
+
+pytestmark = pytest.mark.slow  # a long end-to-end run: pytest -m "not slow" leaves it out
 
 SECRET_VALUE = "sk-standin-Zq7-secret-value"
 QUESTION = "what is the weather like today"
@@ -62,12 +65,6 @@ def word_error_rate(reference: str, hypothesis: str) -> float:
 @pytest.fixture
 def llm() -> Iterator[StandInLLM]:
     with standin_llm() as running:
-        yield running
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[RunningServer]:
-    with running_server(tmp_path) as running:
         yield running
 
 
@@ -532,7 +529,7 @@ def test_browser_client_talks_in_full_mode(
     server: RunningServer, llm: StandInLLM, tmp_path: Path, monkeypatch: Any
 ) -> None:
     """The browser client in real headless Chromium, whose fake microphone plays flite speech (looped)."""
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     monkeypatch.setenv("FACECAST_LLM_BASE_URL", llm.url)  # the server's default LLM: the stand-in
     monkeypatch.setenv("FACECAST_LLM_MODEL", "standin-chat")
@@ -540,29 +537,18 @@ def test_browser_client_talks_in_full_mode(
     wav = tmp_path / "mic.wav"
     sf.write(wav, np.concatenate([np.zeros(16000, np.int16), speech, np.zeros(32000, np.int16)]), 16000)
     key = server.store.create_key("browser")[1]
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=shutil.which("chromium"),
-            args=[
-                "--autoplay-policy=no-user-gesture-required",
-                "--no-sandbox",
-                "--use-fake-ui-for-media-stream",
-                "--use-fake-device-for-media-stream",
-                f"--use-file-for-fake-audio-capture={wav}",
-            ],
-        )
-        try:
-            page = browser.new_page()
-            errors: list[str] = []
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.goto(f"{server.url}/#key={key}")
-            page.select_option("#mode", "FULL")
-            page.click("#start")
-            transcript = page.get_by_test_id("transcript")
-            expect(transcript).to_contain_text("you: what is the weather", timeout=60_000)
-            expect(transcript).to_contain_text("avatar: It is sunny today.", timeout=60_000)
-            page.click("#stop")
-            expect(page.get_by_test_id("status")).to_have_text("idle", timeout=20_000)
-            assert errors == []
-        finally:
-            browser.close()
+    fake_microphone = (
+        "--use-fake-ui-for-media-stream",
+        "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-audio-capture={wav}",
+    )
+    with chromium_page(fake_microphone) as (page, errors):
+        page.goto(f"{server.url}/#key={key}")
+        page.select_option("#mode", "FULL")
+        page.click("#start")
+        transcript = page.get_by_test_id("transcript")
+        expect(transcript).to_contain_text("you: what is the weather", timeout=60_000)
+        expect(transcript).to_contain_text("avatar: It is sunny today.", timeout=60_000)
+        page.click("#stop")
+        expect(page.get_by_test_id("status")).to_have_text("idle", timeout=20_000)
+        assert errors == []

@@ -10,13 +10,15 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from aiortc import RTCPeerConnection
 from server_harness import RunningServer, running_server
-from test_server_webrtc import Client
+from session_client import SessionClient, started_client
 
 from facecast import protocol as p
+from facecast.client import ServerError
+
+pytestmark = pytest.mark.slow  # a long end-to-end run: pytest -m "not slow" leaves it out
 
 NESTED_4KB = "[" * 2000 + "]" * 2000
 HOSTILE_WS_MESSAGES = [
@@ -33,35 +35,25 @@ def server(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[RunningSe
         yield running
 
 
-async def started_client(server: RunningServer) -> Client:
-    """A client of a started session, not yet connected."""
-    key = server.store.create_key("hostile")[1]
-    async with httpx.AsyncClient(base_url=server.url, timeout=20) as http:
-        minted = (
-            await http.post(
-                "/v1/sessions/token", headers={"X-API-KEY": key}, json={"video_settings": {"quality": "low"}}
-            )
-        ).json()["data"]
-        token = minted["session_token"]
-        start = (await http.post("/v1/sessions/start", headers={"Authorization": f"Bearer {token}"})).json()
-    return Client(server, token, start["data"])
+async def started(server: RunningServer) -> SessionClient:
+    return await started_client(server, video_settings={"quality": "low"})
 
 
 @pytest.fixture
-async def client(server: RunningServer) -> AsyncIterator[Client]:
-    c = await started_client(server)
+async def client(server: RunningServer) -> AsyncIterator[SessionClient]:
+    c = await started(server)
     await c.connect()
     yield c
     await c.close()
 
 
 async def test_a_malformed_offer_is_refused_and_the_session_takes_a_good_one(server: RunningServer) -> None:
-    c = await started_client(server)
-    c.pc.addTransceiver("video", direction="recvonly")
-    await c.pc.setLocalDescription(await c.pc.createOffer())
-    good = c.pc.localDescription.sdp
-    await c.pc.close()
-    c.pc = RTCPeerConnection()
+    c = await started(server)
+    probe = RTCPeerConnection()  # a well-formed offer to break in the ways below
+    probe.addTransceiver("video", direction="recvonly")
+    await probe.setLocalDescription(await probe.createOffer())
+    good = probe.localDescription.sdp
+    await probe.close()
     bad_offers = [
         ("x", "must begin with the line v=0"),
         ("v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n", "no media sections"),
@@ -69,17 +61,12 @@ async def test_a_malformed_offer_is_refused_and_the_session_takes_a_good_one(ser
         (good.replace("a=ice-ufrag", "a=x-ufrag"), "no ICE credentials"),
         (good.replace("m=video 9 ", "m=video nine "), "could not answer the WebRTC offer"),
     ]
-    async with httpx.AsyncClient(timeout=20) as http:
-        for sdp, needle in bad_offers:
-            r = await http.post(
-                c.start["webrtc"]["offer_url"],
-                headers={"Authorization": f"Bearer {c.token}"},
-                json={"sdp": sdp, "type": "offer"},
-            )
-            assert r.status_code == 400, r.text
-            body = r.json()
-            assert body["code"] == p.CODE_BAD_REQUEST and body["data"] is None
-            assert needle in body["message"] and "createOffer()" in body["message"], body["message"]
+    for sdp, needle in bad_offers:
+        with pytest.raises(ServerError) as refused:
+            await c.lite.offer(c.started, sdp)
+        assert refused.value.status == 400 and refused.value.code == p.CODE_BAD_REQUEST
+        assert refused.value.body["data"] is None
+        assert needle in refused.value.message and "createOffer()" in refused.value.message
     assert server.session(c.start["session_id"]).end_reason is None
     try:
         await c.connect()  # the same session answers a good offer and plays
@@ -95,7 +82,7 @@ def assert_error_shape(event: dict[str, Any], needle: str) -> None:
     assert needle in event["message"], event["message"]
 
 
-async def wait_channel_event(client: Client, match: Any, timeout: float = 20.0) -> dict[str, Any]:
+async def wait_channel_event(client: SessionClient, match: Any, timeout: float = 20.0) -> dict[str, Any]:
     for _ in range(int(timeout / 0.01)):
         for event in client.channel_events:
             if match(event):
@@ -104,7 +91,7 @@ async def wait_channel_event(client: Client, match: Any, timeout: float = 20.0) 
     raise AssertionError(f"no matching data channel event in {client.channel_events}")
 
 
-async def next_ws_error(client: Client, after: int, timeout: float = 20.0) -> dict[str, Any]:
+async def next_ws_error(client: SessionClient, after: int, timeout: float = 20.0) -> dict[str, Any]:
     """The first `error` event on the WebSocket after its first `after` events."""
     for _ in range(int(timeout / 0.01)):
         errors = [event for _, event in client.events[after:] if event["type"] == p.ERROR]
@@ -115,7 +102,7 @@ async def next_ws_error(client: Client, after: int, timeout: float = 20.0) -> di
 
 
 async def test_hostile_messages_get_errors_and_the_session_goes_on(
-    client: Client, caplog: pytest.LogCaptureFixture
+    client: SessionClient, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="facecast.server.app")
     for _ in range(2000):  # the data channel opens a little after the peer connects
@@ -128,7 +115,7 @@ async def test_hostile_messages_get_errors_and_the_session_goes_on(
 
     for message, needle in HOSTILE_WS_MESSAGES:
         before = len(client.events)
-        await client.ws.send(message)
+        await client.socket.send_text(message)
         assert_error_shape(await next_ws_error(client, before), needle)
     refusals = [r for r in caplog.records if "refused a LITE WebSocket message" in r.getMessage()]
     assert len(refusals) == len(HOSTILE_WS_MESSAGES)

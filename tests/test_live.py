@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import statistics
 import threading
 import time
@@ -506,3 +507,90 @@ async def test_latency_counts_from_when_an_utterance_could_play() -> None:
 async def _drain_audio(avatar: LiveCore) -> None:
     while True:
         await avatar.next_audio()
+
+
+@pytest.mark.parametrize("yields", [True, False])
+async def test_ready_speech_takes_the_slot_of_an_idle_frame_made_ahead_and_skips_the_lead(
+    yields: bool,
+) -> None:
+    lead = 0.04
+    avatar = LiveCore(_engine(), queue_frames=1, lead_s=lead, idle_yields_to_speech=yields)
+    period = 1 / avatar.config.fps
+    try:
+        await avatar.start()
+        for _ in range(5):
+            idle = await avatar.next_frame()
+        await _until(lambda: len(avatar._pending) == 1)  # the next (idle) frame is made and waits
+        await avatar.push_audio(_tone(0.5), RATE)
+        frames = [await avatar.next_frame() for _ in range(4)]
+    finally:
+        await avatar.aclose()
+    assert idle.audio is None
+    first = next(i for i, f in enumerate(frames) if f.audio is not None)
+    speech = frames[first]
+    assert all(f.audio is not None for f in frames[first:])
+    if yields:
+        # The idle frame made before the push never plays: the speech is released in its slot (the
+        # engine's clock skipped it), and plays at release instead of behind the lead's silence ...
+        assert first == 0 and speech.meta.index == idle.meta.index + 2
+        assert speech.plays_at == pytest.approx(idle.plays_at + period - lead)
+        assert avatar.stats.audio_to_video_latency_ms  # counted to when it plays
+    else:
+        assert first == 1 and speech.meta.index == idle.meta.index + 2
+        assert speech.plays_at == pytest.approx(idle.plays_at + 2 * period)
+    # ... and the speech after it plays back to back, the lead refilled.
+    for before, after in itertools.pairwise(frames[first:]):
+        assert after.plays_at == pytest.approx(before.plays_at + period)
+        assert after.video is not None
+
+
+async def test_release_sooner_releases_the_next_frames_that_much_earlier_and_draws_them() -> None:
+    avatar = LiveCore(_engine(), queue_frames=1)
+    period = 1 / avatar.config.fps
+    loop = asyncio.get_running_loop()
+    sooner = 2.5 * period  # over two periods: the lag rule alone would skip drawing the first ones
+    try:
+        await avatar.start()
+        for _ in range(3):
+            before = await avatar.next_frame()
+        avatar.release_sooner(sooner)
+        taken = []
+        for _ in range(6):
+            frame = await avatar.next_frame()
+            taken.append((loop.time(), frame))
+    finally:
+        await avatar.aclose()
+    for i, (at, frame) in enumerate(taken, start=1):
+        assert frame.plays_at == pytest.approx(before.plays_at + i * period - sooner)
+        assert at >= frame.plays_at - 0.002  # released no sooner than its new slot
+        assert frame.video is not None
+    assert avatar.stats.frames_dropped == 0
+
+
+async def test_ending_a_short_segment_makes_it_take_the_idle_slot_too() -> None:
+    avatar = LiveCore(_engine(), queue_frames=1, idle_yields_to_speech=True)
+    period = 1 / avatar.config.fps
+    taken: list[LiveFrame] = []
+
+    async def pull() -> None:
+        while True:
+            taken.append(await avatar.next_frame())
+
+    task = asyncio.create_task(pull())
+    try:
+        await asyncio.sleep(0)
+        await avatar.start()
+        await _until(lambda: len(taken) >= 3)
+        await avatar.push_audio(_tone(0.05), RATE)  # shorter than the engine's look-ahead: not ready
+        await _until(lambda: len(avatar._pending) == 1)  # an idle frame made ahead waits
+        await avatar.end_segment()  # now the speech is ready
+        await _until(lambda: any(f.audio is not None for f in taken))
+    finally:
+        task.cancel()
+        await avatar.aclose()
+    first = next(i for i, f in enumerate(taken) if f.audio is not None)
+    before, speech = taken[first - 1], taken[first]
+    assert before.audio is None
+    # The idle frame made ahead never played: one engine frame skipped, no release slot lost.
+    assert speech.meta.index == before.meta.index + 2
+    assert speech.plays_at == pytest.approx(before.plays_at + period)

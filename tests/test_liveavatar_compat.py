@@ -33,6 +33,8 @@ from facecast.hosts.livekit.viewer import RoomViewer
 from facecast.server.config import LiveKitSettings
 from tests.server_harness import RunningServer, running_server
 
+pytestmark = pytest.mark.slow  # a long end-to-end run: pytest -m "not slow" leaves it out
+
 liveavatar = pytest.importorskip("livekit.plugins.liveavatar")
 api_liveavatar = pytest.importorskip("pipecat.services.heygen.api_liveavatar")
 

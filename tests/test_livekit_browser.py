@@ -38,9 +38,13 @@ AVATAR = "facecast-avatar"
 HANG_S = 30.0
 UTTERANCES = 3
 
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium; scripts/test installs it)"
-)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        CHROMIUM is None,
+        reason="needs Debian's chromium (apt-get install chromium; scripts/test installs it)",
+    ),
+]
 
 
 @pytest.fixture(scope="module")

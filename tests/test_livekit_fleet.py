@@ -33,6 +33,8 @@ from livekit_server import LiveKitServer, LiveRoom
 from facecast.hosts.livekit.names import ATTRIBUTE_JOB_PROCESS, ATTRIBUTE_WORKER, DEFAULT_AVATAR_IDENTITY
 from facecast.hosts.livekit.viewer import RoomViewer
 
+pytestmark = pytest.mark.slow  # a long end-to-end run: pytest -m "not slow" leaves it out
+
 AVATAR = DEFAULT_AVATAR_IDENTITY
 MAX_SESSIONS = 2
 REGISTER_TIMEOUT_S = 60.0

@@ -19,6 +19,8 @@ from facecast.server.app import create_app
 from facecast.server.config import Limits, ServerConfig
 from facecast.server.openapi import IMAGE_URL_PATTERN
 
+pytestmark = pytest.mark.slow  # a long end-to-end run: pytest -m "not slow" leaves it out
+
 # Short sessions, so the sessions that fuzzed /start calls begin end on their own while the run goes on.
 LIMITS = Limits(max_live_sessions=4, max_concurrent_per_key=1000, idle_timeout=5.0)
 MAX_EXAMPLES = 15  # ~1,000 requests in all (coverage cases included), about 90 s on 2 cores

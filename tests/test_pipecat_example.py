@@ -5,7 +5,6 @@ avatar's video and has it say typed text."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -17,20 +16,14 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+from browser_page import CHROMIUM, NO_CHROMIUM, chromium_page
 
 ROOT = Path(__file__).resolve().parent.parent
 BOT = ROOT / "examples" / "pipecat" / "bot.py"
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 BOT_ARGS = (sys.executable, str(BOT), "--typed", "--quality", "low", "-t", "webrtc")
 HANG_S = 90.0  # guards against a hang; never a performance threshold
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        CHROMIUM is None,
-        reason="needs Debian's chromium (apt-get install chromium; scripts/test installs it)",
-    ),
-]
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(CHROMIUM is None, reason=NO_CHROMIUM)]
 
 
 def free_port() -> int:
@@ -77,7 +70,7 @@ def bot_url(tmp_path: Path) -> Iterator[str]:
 
 
 def test_the_page_is_served_locally_plays_the_avatar_and_says_typed_text(bot_url: str) -> None:
-    from playwright.sync_api import Route, sync_playwright
+    from playwright.sync_api import Route
 
     refused: list[str] = []
 
@@ -88,37 +81,27 @@ def test_the_page_is_served_locally_plays_the_avatar_and_says_typed_text(bot_url
             refused.append(route.request.url)
             route.abort()
 
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--autoplay-policy=no-user-gesture-required", "--no-sandbox"],
+    with chromium_page() as (page, errors):
+        page.route("**/*", loopback_only)
+        page.goto(bot_url + "/")
+        page.click("#connect")
+        page.wait_for_function(
+            "() => { const v = document.getElementById('avatar');"
+            " return v.readyState >= 2 && v.videoWidth > 0 && v.currentTime > 0.5; }",
+            timeout=HANG_S * 1000,
         )
-        try:
-            page = browser.new_page()
-            errors: list[str] = []
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.route("**/*", loopback_only)
-            page.goto(bot_url + "/")
-            page.click("#connect")
-            page.wait_for_function(
-                "() => { const v = document.getElementById('avatar');"
-                " return v.readyState >= 2 && v.videoWidth > 0 && v.currentTime > 0.5; }",
-                timeout=HANG_S * 1000,
-            )
-            size = page.evaluate("() => [avatar.videoWidth, avatar.videoHeight]")
-            page.wait_for_function("() => !document.getElementById('text').disabled", timeout=HANG_S * 1000)
-            # The greeting plays first; the typed text is one more utterance, seen in the RTVI events the
-            # bot sends on the data channel as it speaks.
-            said = "document.getElementById('log').textContent.split('bot: bot-started-speaking').length - 1"
-            done = "document.getElementById('log').textContent.includes('bot: bot-stopped-speaking')"
-            page.wait_for_function(f"() => {said} >= 1 && {done}", timeout=HANG_S * 1000)
-            before = page.evaluate(f"() => {said}")
-            page.fill("#text", "Hello from the test.")
-            page.click("#send")
-            page.wait_for_function(f"() => {said} > {before}", timeout=HANG_S * 1000)
-            log = page.inner_text("#log")
-        finally:
-            browser.close()
+        size = page.evaluate("() => [avatar.videoWidth, avatar.videoHeight]")
+        page.wait_for_function("() => !document.getElementById('text').disabled", timeout=HANG_S * 1000)
+        # The greeting plays first; the typed text is one more utterance, seen in the RTVI events the
+        # bot sends on the data channel as it speaks.
+        said = "document.getElementById('log').textContent.split('bot: bot-started-speaking').length - 1"
+        done = "document.getElementById('log').textContent.includes('bot: bot-stopped-speaking')"
+        page.wait_for_function(f"() => {said} >= 1 && {done}", timeout=HANG_S * 1000)
+        before = page.evaluate(f"() => {said}")
+        page.fill("#text", "Hello from the test.")
+        page.click("#send")
+        page.wait_for_function(f"() => {said} > {before}", timeout=HANG_S * 1000)
+        log = page.inner_text("#log")
     assert not refused, f"the page asked the internet for {refused}"
     assert not errors, errors
     assert size == [256, 256], size

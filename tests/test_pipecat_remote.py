@@ -3,6 +3,8 @@ back over WebRTC as (TTSAudioRawFrame, OutputImageRawFrame) pairs, speech only, 
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -127,3 +129,55 @@ async def test_remote_interruption_drops_the_rest(server: RunningServer) -> None
     assert audio_seconds(down[:cut]) > 0.3
     assert audio_seconds(down[cut:]) == 0
     assert any(isinstance(f, OutputImageRawFrame) for f in down[cut:])  # the face stays on screen
+
+
+# The service in remote mode, in a process where the engine, the avatars, the hosts and the engine's
+# native libraries cannot be imported: it speaks through the server all the same.
+REMOTE_WITHOUT_ENGINE = """
+import asyncio, sys
+BLOCKED = ("facecast.engine", "facecast.avatars", "facecast.hosts", "facecast.server.app", "cv2",
+           "pocketsphinx", "espeakng_loader", "fastapi", "uvicorn")
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.startswith(BLOCKED):
+            raise ImportError(f"{name} is blocked in this test")
+sys.meta_path.insert(0, Block())
+
+import numpy as np
+from pipecat.frames.frames import OutputImageRawFrame, OutputTransportReadyFrame, TTSAudioRawFrame
+from pipecat.frames.frames import TTSStartedFrame, TTSStoppedFrame
+from pipecat.pipeline.worker import PipelineParams
+from pipecat.tests.utils import SleepFrame, run_test
+from pipecat_facecast import FacecastVideoService
+
+url, key = sys.argv[1:3]
+look = FacecastVideoService.Settings(quality="low")
+avatar = FacecastVideoService(server_url=url, api_key=key, settings=look)
+rate = 24000
+pcm = np.rint(9000 * np.sin(2 * np.pi * 300 * np.arange(rate) / rate)).astype(np.int16).tobytes()
+speech = [TTSStartedFrame(context_id="c"), *(TTSAudioRawFrame(pcm[i : i + 4800], rate, 1, context_id="c")
+          for i in range(0, len(pcm), 4800)), TTSStoppedFrame(context_id="c")]
+frames = [OutputTransportReadyFrame(), SleepFrame(3.0), *speech, SleepFrame(2.0)]
+down, up = asyncio.run(run_test(avatar, frames_to_send=frames,
+                                pipeline_params=PipelineParams(audio_out_sample_rate=rate)))
+seconds = sum(f.num_frames / f.sample_rate for f in down if isinstance(f, TTSAudioRawFrame))
+images = sum(isinstance(f, OutputImageRawFrame) for f in down)
+engine = [m for m in sys.modules if m.startswith(("facecast.engine", "facecast.avatars"))]
+print(f"RESULT {seconds:.3f} {images} {len(engine)}")
+"""
+
+
+def test_remote_mode_runs_without_the_engine(server: RunningServer) -> None:
+    _, secret = server.store.create_key("pipecat-no-engine")
+    done = subprocess.run(
+        [sys.executable, "-c", REMOTE_WITHOUT_ENGINE, server.url, secret],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    result = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    assert done.returncode == 0 and result, done.stderr[-3000:]
+    seconds, images, engine_modules = result[0].split()[1:]
+    assert engine_modules == "0"
+    # The second of speech came back, with the server's video (its first frames take a while here).
+    assert 0.95 <= float(seconds) <= 1.4 and int(images) >= 15

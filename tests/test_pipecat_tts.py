@@ -19,6 +19,8 @@ from pipecat_facecast.tts import EspeakTTSService
 from pipecat_pairs import assert_pairs
 
 from facecast.engine import Engine, PhoneTiming
+from facecast.tts import espeak_service
+from facecast.tts.espeak_service import TEXT_METADATA_KEY
 
 
 @pytest.fixture
@@ -52,6 +54,33 @@ async def test_espeak_speaks_at_the_pipeline_rate_with_its_phones() -> None:
     names = [type(f).__name__ for f in down]
     assert names.index("TTSStartedFrame") < names.index("TTSAudioRawFrame")
     assert names.index("TTSStoppedFrame") > max(i for i, n in enumerate(names) if n == "TTSAudioRawFrame")
+
+
+def test_the_plugin_reads_the_phones_under_the_key_the_service_writes() -> None:
+    """pipecat_facecast.video keeps its own copy, so that remote mode imports no TTS (nor the engine)."""
+    assert PHONES_METADATA_KEY == espeak_service.PHONES_METADATA_KEY
+
+
+async def _first_audio_frame(service: EspeakTTSService, text: str) -> TTSAudioRawFrame:
+    down, _ = await run_test(
+        service,
+        frames_to_send=[TTSSpeakFrame(text)],
+        pipeline_params=PipelineParams(audio_out_sample_rate=16000),
+    )
+    return next(f for f in down if isinstance(f, TTSAudioRawFrame))
+
+
+async def test_the_voice_comes_from_the_settings_and_the_text_rides_with_the_phones() -> None:
+    """The service FULL mode speaks with (a persona's voice, as settings) is the plugin's: same frames."""
+    text = "Guten Morgen, wie geht es dir?"
+    default = await _first_audio_frame(EspeakTTSService(), text)
+    german = await _first_audio_frame(EspeakTTSService(settings=EspeakTTSService.Settings(voice="de")), text)
+    assert default.metadata[TEXT_METADATA_KEY] == german.metadata[TEXT_METADATA_KEY] == text
+    phones = {
+        name: [p.phone for p in f.metadata[PHONES_METADATA_KEY]]
+        for name, f in (("en-us", default), ("de", german))
+    }
+    assert phones["en-us"] != phones["de"]  # German rules read the same letters differently
 
 
 async def test_typed_text_becomes_a_speaking_avatar(pushed_phones: list[list[PhoneTiming]]) -> None:

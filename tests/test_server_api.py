@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,17 +19,6 @@ from facecast.server.auth import hash_secret
 from facecast.server.config import Limits
 from facecast.server.session_settings import SessionSettings
 from facecast.server.store import SessionRecord, open_store
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[RunningServer]:
-    with running_server(tmp_path) as running:
-        yield running
-
-
-@pytest.fixture
-def key(server: RunningServer) -> str:
-    return server.store.create_key("test")[1]
 
 
 def mint(server: RunningServer, key: str, **body: Any) -> dict[str, Any]:

@@ -51,17 +51,6 @@ LOOPBACK = FetchPolicy(allow_networks=(ipaddress.ip_network("127.0.0.0/8"),))
 
 
 # -- helpers ----------------------------------------------------------------------------------------------
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[RunningServer]:
-    with running_server(tmp_path) as running:
-        yield running
-
-
-@pytest.fixture
-def key(server: RunningServer) -> str:
-    return server.store.create_key("owner")[1]
-
-
 def bundle_bytes(tmp_path: Path, style: str = "noah") -> bytes:
     manifest, files = bundle_from_style(style)
     return write_bundle(tmp_path / f"{style}.facecast", manifest, files).read_bytes()

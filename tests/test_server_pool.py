@@ -18,7 +18,7 @@ import httpx
 import numpy as np
 import pytest
 from server_harness import RunningServer, running_server
-from test_server_webrtc import Client
+from session_client import SessionClient, started_client
 
 from facecast import protocol as p
 from facecast.avatars.bundle import write_bundle
@@ -41,10 +41,8 @@ async def _start(http: httpx.AsyncClient, key: str) -> tuple[str, httpx.Response
     return token, await http.post("/v1/sessions/start", headers={"Authorization": f"Bearer {token}"})
 
 
-async def _connect(server: RunningServer, http: httpx.AsyncClient, key: str) -> Client:
-    token, started = await _start(http, key)
-    assert started.status_code == 200, started.text
-    client = Client(server, token, started.json()["data"])
+async def _connect(server: RunningServer, key: str) -> SessionClient:
+    client = await started_client(server, key, fps=FPS, video_settings={"quality": "low"})
     await client.connect()
     return client
 
@@ -55,7 +53,7 @@ async def _stats(http: httpx.AsyncClient, key: str, session_id: str) -> dict[str
     return dict(r.json()["data"]["stats"])
 
 
-async def _frames_within(client: Client, seconds: float) -> int:
+async def _frames_within(client: SessionClient, seconds: float) -> int:
     before = len(client.received.video)
     await asyncio.sleep(seconds)
     return len(client.received.video) - before
@@ -84,14 +82,14 @@ async def test_a_crashed_worker_ends_only_its_sessions_and_is_replaced(
     tmp_path: Path, speech: tuple[np.ndarray, int, str]
 ) -> None:
     pcm, _, _ = speech
-    clients: list[Client] = []
+    clients: list[SessionClient] = []
     with running_server(tmp_path, live_workers=2) as server:
         key = server.store.create_key("pool")[1]
         async with httpx.AsyncClient(base_url=server.url, timeout=20) as http:
             try:
-                a = await _connect(server, http, key)
+                a = await _connect(server, key)
                 clients.append(a)
-                b = await _connect(server, http, key)
+                b = await _connect(server, key)
                 clients.append(b)
                 a_id, b_id = a.start["session_id"], b.start["session_id"]
                 pid_a = (await _stats(http, key, a_id))["worker_pid"]
@@ -123,7 +121,7 @@ async def test_a_crashed_worker_ends_only_its_sessions_and_is_replaced(
                     assert time.monotonic() < deadline, "no replacement worker process started"
                     await asyncio.sleep(0.2)
                 assert _metric(metrics, "facecast_live_workers_replaced_total") == 1
-                c = await _connect(server, http, key)
+                c = await _connect(server, key)
                 clients.append(c)
                 pid_c = (await _stats(http, key, c.start["session_id"]))["worker_pid"]
                 assert pid_c not in (pid_a, pid_b), "the new session did not go to the replacement"

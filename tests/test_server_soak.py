@@ -11,9 +11,12 @@ import threading
 from pathlib import Path
 
 import psutil
+import pytest
 
 from facecast import protocol as p
 from tests.server_harness import RunningServer, running_server
+
+pytestmark = pytest.mark.slow  # a long end-to-end run: pytest -m "not slow" leaves it out
 
 SESSIONS = 60
 WARM_UP = 15  # the first sessions load models, codecs and allocator arenas once

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import threading
 
@@ -18,8 +19,15 @@ def tts() -> EspeakTTS:
 
 
 def test_implements_protocol(tts: EspeakTTS) -> None:
+    # isinstance against a runtime-checkable Protocol only sees that the names exist: the call shape and
+    # what comes back are what a caller of `TTS` relies on.
     assert isinstance(tts, TTS)
-    assert tts.sample_rate == 22050
+    wanted = inspect.signature(TTS.synthesize).parameters
+    given = inspect.signature(EspeakTTS.synthesize).parameters
+    assert list(given) == list(wanted) and given["voice"].default is None
+    assert type(tts.sample_rate) is int and tts.sample_rate == 22050
+    audio = tts.synthesize(text="Hi.", voice=None)
+    assert audio.dtype == np.int16 and audio.ndim == 1 and audio.size > tts.sample_rate // 10
 
 
 def test_sentence_gives_plausible_audio(tts: EspeakTTS) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -15,19 +16,18 @@ import av
 import numpy as np
 import pytest
 from aiortc import (
-    RTCPeerConnection,
-    RTCSessionDescription,
     rtcrtpsender,
     sdp,
 )
 from aiortc.codecs.h264 import H264Encoder, h264_depayload
 from aiortc.codecs.vpx import Vp8Encoder, vp8_depayload
-from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.mediastreams import MediaStreamError
 
 from facecast.avatars import load_renderer
-from facecast.client.sender_clock import SenderClock
+from facecast.client import ReceivingPeer
 from facecast.engine import Engine, EngineConfig, SegmentEnded, SegmentStarted
 from facecast.engine.types import SegmentEvent
+from facecast.hosts import webrtc
 from facecast.hosts.live import LiveCore, VideoOut
 from facecast.hosts.webrtc import (
     EVENT_BACKLOG,
@@ -37,7 +37,6 @@ from facecast.hosts.webrtc import (
     bitrate_range,
     tune_encoders,
 )
-from facecast.protocol import DATA_CHANNEL_LABEL
 
 RATE = 16000
 DARK_Y = 16 + 219 * 60 / 255  # luma 60 (what mouth_box() promises about the interior) in limited-range Y
@@ -70,55 +69,38 @@ class Received:
 
 
 class Client:
-    """A browser stand-in: receive-only audio and video, and the negotiated events channel."""
+    """A browser stand-in (facecast.client's receiving peer): receive-only audio and video, and the
+    negotiated events channel; each stream on the sender's clock, as a browser lines audio and video up."""
 
     def __init__(self, mouth_box: tuple[int, int, int, int]) -> None:
         self.box = mouth_box
-        self.pc = RTCPeerConnection()
-        self.pc.addTransceiver("video", direction="recvonly")
-        self.pc.addTransceiver("audio", direction="recvonly")
-        self.channel = self.pc.createDataChannel(DATA_CHANNEL_LABEL, negotiated=True, id=0)
-        self.messages: list[tuple[float, dict[str, Any]]] = []
-        self.channel.on("message", lambda m: self.messages.append((time.monotonic(), json.loads(m))))
         self.rx = Received()
-        # Each stream on the sender's clock, as a browser lines audio and video up.
-        self.clocks = {"audio": SenderClock(48000), "video": SenderClock(90000)}
-        self._tasks: list[asyncio.Task[None]] = []
-        self.pc.on("track", lambda track: self._tasks.append(asyncio.create_task(self._read(track))))
+        self.peer = ReceivingPeer(on_video=self._on_video, on_audio=self._on_audio, sender_clocks=True)
+        self.pc, self.channel = self.peer.pc, self.peer.channel
+        self.messages = self.peer.channel_events  # (arrival, event)
+        self.clocks = self.peer.clocks
 
     async def connect(self, peer: AvatarPeer) -> str:
-        await self.pc.setLocalDescription(await self.pc.createOffer())
-        answer = await peer.answer(self.pc.localDescription.sdp, self.pc.localDescription.type)
-        await self.pc.setRemoteDescription(RTCSessionDescription(answer.sdp, answer.type))
-        for receiver in self.pc.getReceivers():
-            self.clocks[receiver.track.kind].watch(receiver)
+        answer = await peer.answer(await self.peer.create_offer(), "offer")
+        await self.peer.accept_answer(answer.sdp, answer.type)
         return answer.sdp
 
-    async def _read(self, track: MediaStreamTrack) -> None:
+    def _on_video(self, frame: av.VideoFrame, now: float) -> None:
         x0, y0, x1, y1 = self.box
-        while True:
-            try:
-                frame = await track.recv()
-            except MediaStreamError:
-                return
-            now = time.monotonic()
-            if isinstance(frame, av.VideoFrame):
-                self.rx.sizes.add((frame.width, frame.height))
-                luma = frame.to_ndarray()[: frame.height]  # the Y plane of the decoded I420 frame
-                self.rx.video.append((now, frame.pts, float((luma[y0:y1, x0:x1] < DARK_Y).mean())))
-            else:
-                self.rx.audio_rates.add(frame.sample_rate)
-                left = frame.to_ndarray().reshape(-1, len(frame.layout.channels))[:, 0].copy()
-                self.rx.audio.append((now, frame.pts, left))
+        self.rx.sizes.add((frame.width, frame.height))
+        luma = frame.to_ndarray()[: frame.height]  # the Y plane of the decoded I420 frame
+        self.rx.video.append((now, frame.pts, float((luma[y0:y1, x0:x1] < DARK_Y).mean())))
+
+    def _on_audio(self, frame: av.AudioFrame, now: float) -> None:
+        self.rx.audio_rates.add(frame.sample_rate)
+        left = frame.to_ndarray().reshape(-1, len(frame.layout.channels))[:, 0].copy()
+        self.rx.audio.append((now, frame.pts, left))
 
     def events(self) -> list[dict[str, Any]]:
         return [m for _, m in self.messages]
 
     async def close(self) -> None:
-        await self.pc.close()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.peer.close()
 
 
 @dataclass
@@ -238,6 +220,40 @@ async def test_streams_video_and_audio_on_the_engine_clock(
         f"wall, {stats['encode_cpu_ms']:.2f} ms CPU per frame; render {s.avatar.stats.engine_ms:.2f} ms; "
         f"process CPU {100 * cpu_share:.0f}% of one core (render + encode + decode, both peers)"
     )
+
+
+async def test_frames_are_encoded_on_the_event_loop_and_a_pli_gets_a_keyframe(
+    sessions: SessionFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[tuple[str, int, bool]] = []  # (encoder, thread, keyframe asked)
+
+    def recording(cls: type[Any]) -> Callable[..., Any]:
+        encode = cls.encode
+
+        def encode_recorded(self: Any, frame: Any, force_keyframe: bool = False) -> Any:
+            calls.append((cls.__name__, threading.get_ident(), force_keyframe))
+            return encode(self, frame, force_keyframe)
+
+        return encode_recorded
+
+    for cls in (webrtc._TunedVp8Encoder, webrtc._TunedOpusEncoder):
+        monkeypatch.setattr(cls, "encode", recording(cls))
+    s = sessions()
+    await s.avatar.start()
+    await s.client.connect(s.peer)
+    await _until(lambda: len(s.client.rx.video) >= 20)
+    loop_thread = threading.get_ident()
+    assert {name for name, _, _ in calls} == {"_TunedVp8Encoder", "_TunedOpusEncoder"}
+    assert {thread for _, thread, _ in calls} == {loop_thread}  # no executor hand-off
+    assert not any(keyframe for _, _, keyframe in calls)
+    # The receiver reports a lost picture: the next frame the sender encodes is a keyframe.
+    video_sender = next(t.sender for t in s.peer._pc.getTransceivers() if t.kind == "video")
+    video_receiver = next(r for r in s.client.pc.getReceivers() if r.track.kind == "video")
+    asked = len(calls)
+    await video_receiver._send_rtcp_pli(video_sender._ssrc)
+    await _until(lambda: any(keyframe for _, _, keyframe in calls[asked:]))
+    received = len(s.client.rx.video)
+    await _until(lambda: len(s.client.rx.video) >= received + 10)  # and the stream goes on
 
 
 def _timeline(stamped: list[tuple[float, int]], clock: int) -> Callable[[int], float]:

@@ -1,9 +1,12 @@
 """Avatar tools: `python -m facecast.avatars sheet OUT.png` writes a contact sheet of the built-in
-characters; `python -m facecast.avatars bench [--avatar REF ...]` prints render ms/frame on one core."""
+characters; `python -m facecast.avatars bench [--avatar REF ...]` prints render ms/frame on one core;
+`python -m facecast.avatars clip OUT.webp --avatar REF` writes a short looping close-up of an avatar
+speaking (an animated WebP, for the docs)."""
 
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
 from pathlib import Path
 
@@ -99,6 +102,47 @@ def bench(frames: int = 300, repeats: int = 3, avatars: list[str] | None = None)
                 )
 
 
+CLIP_TEXT = "Bob may open the window, then we will see the boats."  # m/b/p closures, open vowels, F/V
+
+
+def clip(
+    out: Path, avatar: str, text: str = CLIP_TEXT, size: int = 240, fps: int = 15, quality: int = 60
+) -> int:
+    """Speak `text` (espeak-ng) with `avatar` through the whole pipeline (engine, renderer, MP4), then
+    write the lower half of the face, closer up, as a looping animated WebP; returns its size in bytes."""
+    import av
+
+    from facecast.hosts.file import RenderOptions, render_pcm
+    from facecast.tts import EspeakTTS
+
+    speech = EspeakTTS().synthesize_timed(text)
+    with tempfile.TemporaryDirectory(prefix="facecast-clip-") as tmp:
+        video = Path(tmp) / "clip.mp4"
+        options = RenderOptions(avatar=avatar, fps=30, text=text, progress=False, jobs=1)
+        render_pcm(speech.audio, speech.sample_rate, video, options, phones=speech.phones)
+        with av.open(str(video)) as src, av.open(str(out), "w", format="webp", options={"loop": "0"}) as dst:
+            stream = dst.add_stream("libwebp_anim", rate=fps)
+            stream.width = stream.height = size
+            stream.pix_fmt = "yuv420p"
+            stream.options = {"quality": str(quality)}
+            for i, frame in enumerate(src.decode(video=0)):
+                if i % round(30 / fps):
+                    continue
+                rgb = frame.to_ndarray(format="rgb24")
+                h, w = rgb.shape[:2]
+                # Nose to chin and the jaw's corners: where the mouth, lips and jaw move.
+                side = round(0.4 * h)
+                top, left = round(0.34 * h), (w - side) // 2
+                small = cv2.resize(
+                    rgb[top : top + side, left : left + side], (size, size), interpolation=cv2.INTER_AREA
+                )
+                for packet in stream.encode(av.VideoFrame.from_ndarray(small, format="rgb24")):
+                    dst.mux(packet)
+            for packet in stream.encode():
+                dst.mux(packet)
+    return out.stat().st_size
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m facecast.avatars")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -112,8 +156,18 @@ def main() -> None:
     b.add_argument("--frames", type=int, default=300)
     b.add_argument("--repeats", type=int, default=3)
     b.add_argument("--avatar", action="append", help="avatar to measure (repeatable; default: the built-ins)")
+    c = sub.add_parser("clip", help="write a short looping close-up of an avatar speaking (animated WebP)")
+    c.add_argument("out", type=Path)
+    c.add_argument("--avatar", required=True, help="built-in name, library id or .facecast path")
+    c.add_argument("--say", default=CLIP_TEXT, help="what it says (espeak-ng)")
+    c.add_argument("--size", type=int, default=240, help="side of the square clip in pixels")
+    c.add_argument("--fps", type=int, default=15)
+    c.add_argument("--quality", type=int, default=60, help="WebP quality, 0-100")
     args = parser.parse_args()
-    if args.command == "sheet":
+    if args.command == "clip":
+        size = clip(args.out, args.avatar, args.say, args.size, args.fps, args.quality)
+        print(f"wrote {args.out} ({size / 1024:.0f} KiB)")
+    elif args.command == "sheet":
         img = contact_sheet(args.tile, args.avatar)
         cv2.imwrite(args.out, cv2.cvtColor(img, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 9])
     else:

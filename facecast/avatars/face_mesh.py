@@ -11,6 +11,9 @@ FOREHEAD = 10  # top of the face oval, on the midline
 CHIN = 152  # bottom of the face oval, on the midline
 NOSE_TIP = 1
 NOSE_BOTTOM = 2  # where the nose meets the upper lip
+# Face-oval points beside the ears, at about the height of the jaw joints (subject's right, left).
+EAR_LINE_RIGHT = 93
+EAR_LINE_LEFT = 323
 
 FACE_OVAL: tuple[int, ...] = (
     10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377,

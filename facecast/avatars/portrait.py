@@ -25,7 +25,7 @@ from facecast.engine.types import FaceState, MouthParams
 _CAVITY_TOP = np.array([92.0, 38.0, 42.0])  # mouth interior just under the teeth, RGB
 _CAVITY_DEEP = np.array([34.0, 10.0, 14.0])  # and at the back of the mouth
 _TONGUE = np.array([176.0, 86.0, 92.0])
-_TEETH = np.array([236.0, 230.0, 214.0])
+_TEETH = np.array([228.0, 220.0, 200.0])
 _SHIFT = 3  # sub-pixel bits for cv2's anti-aliased drawing
 _MIN_WEIGHT = 1e-3  # fields with a smaller weight are skipped: no visible effect, saves time
 
@@ -41,6 +41,7 @@ class PortraitData:
     face: np.ndarray  # (K, h, w, 2) backward displacements sampled every face_step px from face_origin
     moves: np.ndarray  # (3 + K, 478, 2) forward motion of each landmark per control
     teeth: np.ndarray | None  # the photo's own teeth, RGB, or None (drawn teeth)
+    teeth_mask: np.ndarray | None  # where `teeth` shows teeth (grey); None: all of it (older bundles)
     extra: dict
 
     @classmethod
@@ -79,8 +80,14 @@ class PortraitData:
             face=bundle.array("warp/face.npy", (len(faces), -1, -1, 2), f16).astype(np.float32),
             moves=bundle.array("warp/moves.npy", (3 + len(faces), fm.N_LANDMARKS, 2)),
             teeth=bundle.image("teeth.png") if "teeth.png" in bundle.files else None,
+            teeth_mask=bundle.image("teeth_mask.png", gray=True)
+            if "teeth_mask.png" in bundle.files
+            else None,
             extra=x,
         )
+        teeth, shown = data.teeth, data.teeth_mask
+        if teeth is not None and shown is not None and shown.shape != teeth.shape[:2]:
+            raise BundleError(f"{bundle.path}: teeth_mask.png must be the size of teeth.png; rebuild it")
         limit = float(side)
         for name, arr in (("head", data.head), ("face", data.face), ("moves", data.moves)):
             if np.abs(arr).max(initial=0.0) > limit:
@@ -118,7 +125,12 @@ class PortraitRenderer:
         self._prepare_fields(d, side)
         self._prepare_landmarks(d)
         self._mouth_w = float(x["mouth_width"]) * self._sx
-        self._teeth = d.teeth
+        # The photo's teeth with, as a fourth channel, where they show (the drawn teeth fill the rest).
+        self._teeth = None
+        if d.teeth is not None:
+            shown = d.teeth_mask if d.teeth_mask is not None else np.full(d.teeth.shape[:2], 255, np.uint8)
+            self._teeth = np.ascontiguousarray(np.dstack([d.teeth, shown]))
+        self._teeth_colour = self._drawn_teeth_colour()
         self._box = self._compute_mouth_box()
         self._lip_colour = self._sample_lip_colour()
         rgb = self._base[..., :3].astype(np.int16)
@@ -278,6 +290,15 @@ class PortraitRenderer:
         x1, y1 = np.ceil(p.max(axis=0) + pad).astype(int)
         return max(0, int(x0)), max(0, int(y0)), min(self._w, int(x1)), min(self._h, int(y1))
 
+    def _drawn_teeth_colour(self) -> np.ndarray:
+        """The photo's own teeth colour where it shows enough of them, else a plain ivory."""
+        if self._teeth is None:
+            return _TEETH
+        shown = self._teeth[..., 3] > 200
+        if shown.sum() < 20:
+            return _TEETH
+        return np.median(self._teeth[..., :3][shown].astype(np.float32), axis=0)
+
     def _sample_lip_colour(self) -> np.ndarray:
         """The photo's lip colour, a little darker (the inner edge is in the lip's shadow): the median of
         the lips between their outer and inner contours at rest."""
@@ -304,6 +325,7 @@ class PortraitRenderer:
             # jaw drops that much further, so the visible opening follows `open` alone.
             "jaw": min(1.0, m.open * (1.0 - m.closed) * (1.0 + 0.4 * m.width + 0.36 * m.round)),
             "close": 1.0,
+            "press": m.closed,
             "wide": m.width,
             "round": m.round,
             "smile": 0.6 * smile,
@@ -311,11 +333,14 @@ class PortraitRenderer:
             "gaze_x": max(-1.0, min(1.0, s.gaze_x)),
             "gaze_y": max(-1.0, min(1.0, s.gaze_y)),
         }
+        # Bundles built before a control existed lack its field; the others still apply.
         return np.array([yaw, pitch, roll, *(face[k] for k in self._controls)])
 
     def _draw_mouth(self, img: np.ndarray, pts: np.ndarray, m: MouthParams) -> None:
         upper, lower = pts[self._upper_inner], pts[self._lower_inner]
         gap = float(np.max(lower[:, 1] - upper[:, 1]))
+        if gap < 0.03 * self._mouth_w:
+            self._draw_lip_line(img, (upper + lower) / 2, m.closed)
         if gap < 0.4:
             if m.bite > 0.3:
                 self._draw_bite(img, upper, m.bite)
@@ -340,11 +365,11 @@ class PortraitRenderer:
         inside = (_CAVITY_TOP * (1 - t) + _CAVITY_DEEP * t) * (
             1.0 - 0.45 * depth
         ) + _CAVITY_DEEP * 0.45 * depth
+        # The upper teeth: drawn under the upper lip, and the photo's own over them where it shows them.
         teeth_h = min(0.55 * gap, 0.11 * self._mouth_w) * (0.75 + 0.25 * m.teeth)
+        self._draw_teeth(inside, upper - [x0, y0], teeth_h, lower=False)
         if self._teeth is not None:
             self._paste_photo_teeth(inside, upper - [x0, y0], teeth_h)
-        else:
-            self._draw_teeth(inside, upper - [x0, y0], teeth_h, lower=False)
         # The lower teeth come up from behind the lower lip as the jaw drops, more when the viseme shows
         # them; they ride with the lower lip (the jaw).
         lower_teeth = min(0.25 * gap, 0.07 * self._mouth_w) * (0.4 + 0.6 * m.teeth)
@@ -377,30 +402,62 @@ class PortraitRenderer:
         region = img[y0:y1, x0:x1, :3].astype(np.float32)
         img[y0:y1, x0:x1, :3] = (region * (1 - a) + inside * a).round().astype(np.uint8)
 
+    def _draw_lip_line(self, img: np.ndarray, line: np.ndarray, pressed: float) -> None:
+        """Closed lips meet in a thin line of their own shadowed colour, darker when pressed together. It
+        also covers where the warp's seam blends the photo's upper and lower lip (a photo with its mouth
+        open would show its teeth there)."""
+        width = 0.025 * self._mouth_w
+        x0, y0 = np.floor(line.min(axis=0) - width).astype(int)
+        x1, y1 = np.ceil(line.max(axis=0) + width).astype(int) + 1
+        x0, y0, x1, y1 = max(0, x0), max(0, y0), min(self._w, x1), min(self._h, y1)
+        if x1 - x0 < 2 or y1 - y0 < 2:
+            return
+        mask = np.zeros((y1 - y0, x1 - x0), np.uint8)
+        cv2.polylines(mask, [_fixed(line - [x0, y0])], False, 255, max(1, round(width)), cv2.LINE_AA, _SHIFT)
+        a = mask.astype(np.float32)[..., None] / 255.0 * 0.85
+        region = img[y0:y1, x0:x1, :3].astype(np.float32)
+        # It only darkens: where the photo's lips are darker than their median colour it changes nothing.
+        line_colour = np.minimum(region, self._lip_colour * (1.0 - 0.2 * pressed))
+        img[y0:y1, x0:x1, :3] = (region * (1 - a) + line_colour * a).round().astype(np.uint8)
+
     def _draw_teeth(self, inside: np.ndarray, lip: np.ndarray, height: float, *, lower: bool) -> None:
+        """A row of teeth hanging from the upper lip (or standing on the lower one) down to `height`: in the
+        lip's shadow next to it, darker toward the corners, with a thin gap and a rounded tip per tooth."""
         if height < 0.5:
             return
         h, w = inside.shape[:2]
-        band = np.zeros((h, w), np.uint8)
-        span = lip[-1, 0] - lip[0, 0]
         # Teeth stop short of the corners, where the cheeks hide them.
         core = lip[2:-2] if lower else lip[1:-1]
-        edge = core + np.array([0.0, -height if lower else height])
-        poly = np.concatenate([core, edge[::-1]])
-        cv2.fillPoly(band, [_fixed(poly)], 255, cv2.LINE_AA, _SHIFT)
-        a = band.astype(np.float32)[..., None] / 255.0
+        order = np.argsort(core[:, 0])
+        cx, cy = core[order, 0], core[order, 1]
         xs = np.arange(w, dtype=np.float32)
+        span = max(1.0, float(lip[:, 0].max() - lip[:, 0].min()))
         centre = (lip[0, 0] + lip[-1, 0]) / 2
-        # Darker toward the corners (they turn away), thin gaps between teeth.
-        shade = 1.0 - 0.35 * np.clip(np.abs(xs - centre) / (span / 2 + 1e-6), 0, 1) ** 2
         tooth = max(2.0, span / 9)
-        gaps = 1.0 - 0.12 * (np.abs(((xs - centre) / tooth + 0.5) % 1.0 - 0.5) < 0.06)
-        color = _TEETH * (shade * gaps * (0.8 if lower else 1.0))[None, :, None]  # lower teeth are in shadow
-        inside[:] = inside * (1 - a) + color * a
+        phase = np.abs(((xs - centre) / tooth + 0.5) % 1.0 - 0.5)  # 0 mid-tooth, 0.5 between teeth
+        reach = height * (1.0 - 0.18 * (2 * phase) ** 2)  # rounded tips
+        # Only the rows the teeth can reach are drawn.
+        top = max(0, int(np.floor(cy.min() - (height if lower else 0.0))) - 1)
+        bottom = min(h, int(np.ceil(cy.max() + (0.0 if lower else height))) + 2)
+        if bottom - top < 1:
+            return
+        inside = inside[top:bottom]
+        rows = np.arange(top, bottom, dtype=np.float32)[:, None]
+        from_lip = rows - np.interp(xs, cx, cy)[None, :]
+        depth = -from_lip if lower else from_lip  # how far from the lip into the teeth
+        a = np.clip(depth + 0.5, 0, 1) * np.clip(reach[None, :] - depth + 0.5, 0, 1)
+        a *= np.clip(np.minimum(xs - cx[0], cx[-1] - xs) + 0.5, 0, 1)[None, :]
+        shade = 1.0 - 0.35 * np.clip(np.abs(xs - centre) / (span / 2), 0, 1) ** 2
+        gaps = 1.0 - 0.18 * np.clip(1.0 - (0.5 - phase) / 0.08, 0, 1)
+        shadow = 0.7 + 0.3 * np.clip(depth / (0.4 * height), 0, 1)
+        colour = self._teeth_colour * (0.8 if lower else 1.0)  # lower teeth are in shadow
+        colour = colour * (shadow * (shade * gaps)[None, :])[..., None]
+        a = a[..., None].astype(np.float32)
+        inside[:] = inside * (1 - a) + colour * a
 
     def _paste_photo_teeth(self, inside: np.ndarray, lip: np.ndarray, height: float) -> None:
         """The photo's teeth (rectified at build time), stretched to the current mouth width and hanging
-        from the moved upper lip, fading into the cavity below."""
+        from the moved upper lip, where the photo shows them, fading into the cavity below."""
         teeth = self._teeth
         assert teeth is not None
         h, w = inside.shape[:2]
@@ -416,19 +473,22 @@ class PortraitRenderer:
         depth = np.arange(h, dtype=np.float32)[:, None] - top[None, :]
         mx = np.repeat(((cols - lx[0]) * scale)[None, :], h, axis=0).astype(np.float32)
         my = (depth * scale).astype(np.float32)
-        piece = cv2.remap(teeth, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        # Visible from the lip down to `height`, then fading into the dark of the mouth.
+        piece = cv2.remap(teeth, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        piece = piece.astype(np.float32)
+        # Where the photo shows teeth, from the lip down to `height`, then fading into the dark of the mouth.
         fade = np.clip(1.0 - (depth - 0.7 * height) / (0.5 * height + 1e-6), 0, 1) * (depth > -1)
-        fade = fade[..., None].astype(np.float32)
+        fade = (fade * piece[..., 3] / 255.0)[..., None]
         target = inside[:, x0:x1]
-        target[:] = target * (1 - fade) + piece.astype(np.float32) * fade
+        target[:] = target * (1 - fade) + piece[..., :3] * fade
 
     def _draw_bite(self, img: np.ndarray, upper: np.ndarray, bite: float) -> None:
         """F/V: the upper teeth rest on the lower lip."""
         band_h = 0.05 * self._mouth_w * min(1.0, bite)
         core = upper[2:-2]
         poly = np.concatenate([core, (core + np.array([0.0, band_h]))[::-1]])
-        cv2.fillPoly(img, [_fixed(poly)], (*(int(c) for c in _TEETH), 255)[: self._c], cv2.LINE_AA, _SHIFT)
+        cv2.fillPoly(
+            img, [_fixed(poly)], (*(int(c) for c in self._teeth_colour), 255)[: self._c], cv2.LINE_AA, _SHIFT
+        )
 
     def _draw_lid(self, img: np.ndarray, upper: np.ndarray, lower: np.ndarray, blink: float) -> None:
         """Slide the upper lid down over the eye; nothing below its edge is touched, so the iris stays whole.

@@ -9,8 +9,11 @@ Everything the renderer needs per frame is computed here, once:
 - the photo's own teeth when the mouth is open in the photo, and the person mask.
 
 The fields are built analytically from the landmarks rather than by a generic mesh solver, because the
-mouth needs a hard seam: the upper lip must not be dragged down with the jaw. Head motion falls off to
-zero at a neck anchor below the chin, and the jaw's pull fades out before the neck, so neither stretches it.
+mouth needs a hard seam: the upper lip must not be dragged down with the jaw. The jaw turns about a pivot
+near the ear line (the jaw joints, behind the face: the landmarks' depth says how far in front of it each
+point is), so the chin swings on an arc and the jaw line moves less toward the ears, instead of the lower
+face shifting down as one piece. Head motion falls off to zero at a neck anchor below the chin, and the
+jaw's pull fades out before the neck, so neither stretches it.
 """
 
 from __future__ import annotations
@@ -46,9 +49,18 @@ MIN_ROLL_CORRECTION = 5.0  # degrees; a smaller head tilt is left as it is in th
 HEAD_CONTROLS: tuple[str, ...] = ("yaw", "pitch", "roll")
 # The head pose each head field is built for (degrees); the renderer scales linearly.
 HEAD_FIELD_AT: dict[str, float] = {"yaw": 8.0, "pitch": 6.0, "roll": 5.0}
-FACE_CONTROLS: tuple[str, ...] = ("jaw", "close", "wide", "round", "smile", "brow", "gaze_x", "gaze_y")
+FACE_CONTROLS: tuple[str, ...] = (
+    "jaw", "close", "press", "wide", "round", "smile", "brow", "gaze_x", "gaze_y",
+)  # fmt: skip
 HEAD_GRID = 64  # head fields are sampled on a (HEAD_GRID + 1)² grid over the canonical frame
-JAW_DROP = 0.12  # full jaw drop, in face heights
+JAW_DROP = 0.12  # full jaw drop at the lower lip, in face heights
+# Of that drop, the share that is the jaw joint sliding down and forward (all of the jaw moves by it); the
+# rest is the rotation about the joints.
+JAW_SLIDE = 0.1
+# The jaw joints: beside the face-oval points at the ear line (93, 323), this much of a face height
+# further back than those points.
+JAW_PIVOT_BEHIND = 0.07
+PRESS = 0.18  # m/b/p: the share of each lip's thickness that pressing the lips together takes away
 NECK_ANCHOR = 0.32  # face heights below the chin where the jaw's and the head's motion reach zero
 # Glasses stay on the nose when the brows go up, but a warp moves a frame that crosses the brows with
 # them: with glasses found, the brows move this much of their usual travel, so the frame barely bends.
@@ -65,6 +77,7 @@ class _Geometry:
     axis: np.ndarray  # unit vector along the mouth, viewer's left to right
     normal: np.ndarray  # unit vector perpendicular to it, pointing down the face
     mouth_mid: np.ndarray  # midpoint of the mouth corners
+    depth: np.ndarray  # (side, side) float32: the landmarks' depth (z, + away from the camera), smoothed
 
     def uv(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         dx, dy = x - self.mouth_mid[0], y - self.mouth_mid[1]
@@ -94,12 +107,13 @@ def build_portrait(
     face = analysis.largest
     photo, lm, mask = _canonical(image, face.landmarks, analysis.person_mask)
     side = photo.shape[0]
-    geo = _geometry(lm)
+    geo = _geometry(lm, side)
     report("computing the warp fields", 0.2)
     head = _head_fields(geo, mask, side)
     report("computing the warp fields", 0.5)
     glasses = _has_glasses(photo, geo)
-    origin, step, face_fields, moves = _face_fields(geo, photo)
+    hinge = _jaw_hinge(geo)
+    origin, step, face_fields, moves = _face_fields(geo, photo, hinge)
     if glasses:
         brow = FACE_CONTROLS.index("brow")
         face_fields[brow] *= BROW_GAIN_WITH_GLASSES
@@ -116,7 +130,8 @@ def build_portrait(
         "warp/moves.npy": _npy(np.concatenate([head_moves, moves]).astype(np.float32)),
     }
     if teeth is not None:
-        files["teeth.png"] = _png(teeth)
+        files["teeth.png"] = _png(teeth[0])
+        files["teeth_mask.png"] = _png(teeth[1])
     extra = {
         "portrait_version": PORTRAIT_VERSION,
         "face_height": round(geo.face_h, 3),
@@ -129,6 +144,8 @@ def build_portrait(
         "face_origin": [int(origin[0]), int(origin[1])],
         "face_step": step,
         "jaw_drop_px": round(JAW_DROP * geo.face_h, 3),
+        "jaw_pivot": [round(float(v), 2) for v in hinge.pivot],
+        "jaw_turn_deg": round(math.degrees(hinge.angle), 2),
         "mouth_axis": [round(float(v), 6) for v in geo.axis],
         "teeth": "photo" if teeth is not None else "drawn",
         "glasses": glasses,
@@ -194,14 +211,34 @@ def _canonical(
     return np.ascontiguousarray(photo), lm, np.ascontiguousarray(mask)
 
 
-def _geometry(lm: np.ndarray) -> _Geometry:
+def _geometry(lm: np.ndarray, side: int) -> _Geometry:
     left, right = lm[fm.MOUTH_RIGHT, :2], lm[fm.MOUTH_LEFT, :2]
     axis = right - left
     mouth_w = float(np.linalg.norm(axis))
     axis = axis / mouth_w
     normal = np.array([-axis[1], axis[0]])
     face_h = float(np.linalg.norm(lm[fm.CHIN, :2] - lm[fm.FOREHEAD, :2]))
-    return _Geometry(lm, face_h, mouth_w, axis, normal, (left + right) / 2)
+    depth = _depth_map(lm, side, face_h)
+    return _Geometry(lm, face_h, mouth_w, axis, normal, (left + right) / 2, depth)
+
+
+def _depth_map(lm: np.ndarray, side: int, face_h: float) -> np.ndarray:
+    """The landmarks' depth spread over the frame: a Gaussian-weighted mean of the nearby landmarks' z
+    (normalised convolution), smooth, and extended past the face by a wider mean."""
+    total = np.zeros((side, side), np.float32)
+    count = np.zeros((side, side), np.float32)
+    cols = np.clip(np.round(lm[:, 0]).astype(int), 0, side - 1)
+    rows = np.clip(np.round(lm[:, 1]).astype(int), 0, side - 1)
+    np.add.at(total, (rows, cols), lm[:, 2].astype(np.float32))
+    np.add.at(count, (rows, cols), 1.0)
+    near_t, near_c = (cv2.GaussianBlur(a, (0, 0), 0.04 * face_h) for a in (total, count))
+    far_t, far_c = (cv2.GaussianBlur(a, (0, 0), 0.25 * face_h) for a in (total, count))
+    near = near_t / np.maximum(near_c, 1e-12)
+    far = far_t / np.maximum(far_c, 1e-12)
+    # Where no landmark is near (under a third of one landmark's peak weight), the wide mean takes over.
+    one = 1.0 / (2.0 * math.pi * (0.04 * face_h) ** 2)
+    trust = np.clip(near_c / (0.3 * one), 0.0, 1.0)
+    return (near * trust + far * (1.0 - trust)).astype(np.float32)
 
 
 # ---- fields ---------------------------------------------------------------------------------------------
@@ -279,23 +316,94 @@ def _lip_curve(geo: _Geometry, indices: tuple[int, ...]) -> tuple[np.ndarray, np
     return u[order], v[order]
 
 
+def _fade_to(distance: np.ndarray, reach: np.ndarray | float) -> np.ndarray:
+    """1 up to distance 0, falling linearly to 0 at `reach`."""
+    return np.clip(1 - distance / np.maximum(reach, 1e-6), 0, 1)
+
+
 class _FaceFrame:
     """The mouth-aligned coordinates of a set of points, and the per-point quantities fields are made of."""
 
     def __init__(self, geo: _Geometry, x: np.ndarray, y: np.ndarray, lower: np.ndarray | None = None) -> None:
         self.geo = geo
         self.u, self.v = geo.uv(x, y)
+        self.depth = _bilinear(geo.depth, x, y)
         uu, vu = _lip_curve(geo, fm.UPPER_INNER)
         ul, vl = _lip_curve(geo, fm.LOWER_INNER)
         self.v_upper = np.interp(self.u, uu, vu)
         self.v_lower = np.maximum(np.interp(self.u, ul, vl), self.v_upper)
         self.seam = (self.v_upper + self.v_lower) / 2
+        self.v_upper_outer = np.minimum(np.interp(self.u, *_lip_curve(geo, fm.UPPER_OUTER)), self.v_upper)
+        self.v_lower_outer = np.maximum(np.interp(self.u, *_lip_curve(geo, fm.LOWER_OUTER)), self.v_lower)
+        nose_v = geo.uv(*geo.point(fm.NOSE_BOTTOM))[1]
+        chin_v = geo.uv(*geo.point(fm.CHIN))[1]
+        # 1 on the lips (and between them), fading over the skin to 0 at the nose bottom / the chin.
+        self.above_lips = _fade_to(self.v_upper_outer - self.v, self.v_upper_outer - nose_v)
+        self.below_lips = _fade_to(self.v - self.v_lower_outer, chin_v - self.v_lower_outer)
+        # Fields are sampled where a pixel lands once the lips are closed (each lip moved half the photo's
+        # gap onto the seam); landmarks (`lower` given) are where they are in the photo. `into_upper` and
+        # `into_lower`: how far a point is into each lip from its inner edge; `above`, `beneath`: the
+        # fades over the skin, there.
+        closed_by = (self.v_lower - self.v_upper) / 2 if lower is None else np.zeros_like(self.v)
+        self.into_upper = self.v_upper + closed_by - self.v
+        self.into_lower = self.v - self.v_lower + closed_by
+        self.above = _fade_to(self.v_upper_outer + closed_by - self.v, self.v_upper_outer - nose_v)
+        self.beneath = _fade_to(self.v - self.v_lower_outer + closed_by, chin_v - self.v_lower_outer)
         half = geo.mouth_w / 2
         if lower is None:
             # Sharp inside the mouth, softening past the corners so the corners stretch instead of tearing.
             tau = 0.75 + np.maximum(0.0, np.abs(self.u) - 0.8 * half) * 0.6
             lower = _smoothstep(0.5 + 0.5 * (self.v - self.seam) / tau)
         self.below = lower  # 1 on the jaw's side of the lips, 0 on the upper lip's
+
+
+@dataclass(frozen=True)
+class _JawHinge:
+    """The jaw's rotation: about the axis through both jaw joints, by the angle that drops the lower lip
+    (1 - JAW_SLIDE) × JAW_DROP face heights in the picture."""
+
+    pivot: np.ndarray  # (3,) x, y, depth: midway between the joints
+    axis: np.ndarray  # (3,) unit, viewer's left to right
+    angle: float  # radians
+
+    def motion(self, x: np.ndarray, y: np.ndarray, depth: np.ndarray) -> np.ndarray:
+        """Forward displacement (..., 2) in the picture of points at (x, y, depth) as the jaw turns."""
+        return _rotate(np.stack([x, y, depth], axis=-1) - self.pivot, self.axis, self.angle)[..., :2]
+
+
+def _rotate(q: np.ndarray, axis: np.ndarray, angle: float) -> np.ndarray:
+    """Rodrigues: how far vectors q (..., 3) move when turned by `angle` about the unit `axis`."""
+    c, s = math.cos(angle), math.sin(angle)
+    along = (q @ axis)[..., None] * axis
+    return q * (c - 1.0) + np.cross(axis, q) * s + along * (1.0 - c)
+
+
+def _jaw_hinge(geo: _Geometry) -> _JawHinge:
+    h = geo.face_h
+    joints = geo.lm[[fm.EAR_LINE_RIGHT, fm.EAR_LINE_LEFT], :3].copy()
+    joints[:, 2] += JAW_PIVOT_BEHIND * h
+    axis = joints[1] - joints[0]
+    axis /= np.linalg.norm(axis)
+    # A turned face's joints are partly guessed (one is hidden); past 30° the axis's turn is not trusted.
+    axis[2] = np.clip(axis[2], -0.5, 0.5)
+    axis[:2] *= math.sqrt(1 - axis[2] ** 2) / np.linalg.norm(axis[:2])
+    if axis[:2] @ geo.axis < 0:
+        axis = -axis
+    pivot = joints.mean(axis=0)
+    lip = geo.point(fm.LOWER_INNER_MID)
+    q = np.array([*lip, _bilinear(geo.depth, lip[:1], lip[1:])[0]]) - pivot
+    target = (1.0 - JAW_SLIDE) * JAW_DROP * h
+
+    def drop(angle: float) -> float:
+        return float(_rotate(q, axis, angle)[:2] @ geo.normal)
+
+    # The drop grows with the angle while the lip is in front of the joints; bisect for the target.
+    sign = 1.0 if drop(0.01) > 0 else -1.0
+    lo, hi = 0.0, 1.2
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if drop(sign * mid) < target else (lo, mid)
+    return _JawHinge(pivot, axis, sign * (lo + hi) / 2)
 
 
 def _has_glasses(photo: np.ndarray, geo: _Geometry) -> bool:
@@ -318,7 +426,9 @@ def _has_glasses(photo: np.ndarray, geo: _Geometry) -> bool:
     return True
 
 
-def _face_fields(geo: _Geometry, photo: np.ndarray) -> tuple[np.ndarray, int, np.ndarray, np.ndarray]:
+def _face_fields(
+    geo: _Geometry, photo: np.ndarray, hinge: _JawHinge
+) -> tuple[np.ndarray, int, np.ndarray, np.ndarray]:
     """Fields for FACE_CONTROLS over a box around the face: (K, h, w, 2) backward displacements sampled
     every `step` canonical pixels from `origin`, and the landmarks' forward motion (K, 478, 2)."""
     side = photo.shape[0]
@@ -337,9 +447,10 @@ def _face_fields(geo: _Geometry, photo: np.ndarray) -> tuple[np.ndarray, int, np
     eyes = _eye_regions(geo, side)
     guard = _eye_guard(eyes, h)
     eye_soft = guard[y0:y1:step, x0:x1:step]
+    eye_core = eyes[y0:y1:step, x0:x1:step]
     fields = np.stack(
         [
-            -_face_motion(name, region, gx, gy, jaw_region, eye_soft[..., None], eyes[y0:y1:step, x0:x1:step])
+            -_face_motion(name, region, gx, gy, hinge, jaw_region, eye_soft[..., None], eye_core)
             for name in FACE_CONTROLS
         ]
     )
@@ -357,7 +468,10 @@ def _face_fields(geo: _Geometry, photo: np.ndarray) -> tuple[np.ndarray, int, np
     eye_pts = _bilinear(guard, lm[:, 0], lm[:, 1])[:, None]
     eye_core = _bilinear(eyes, lm[:, 0], lm[:, 1])
     moves = np.stack(
-        [_face_motion(name, pts, lm[:, 0], lm[:, 1], jaw_pts, eye_pts, eye_core) for name in FACE_CONTROLS]
+        [
+            _face_motion(name, pts, lm[:, 0], lm[:, 1], hinge, jaw_pts, eye_pts, eye_core)
+            for name in FACE_CONTROLS
+        ]
     )
     return np.array([x0, y0]), step, fields, moves
 
@@ -397,6 +511,7 @@ def _face_motion(
     f: _FaceFrame,
     x: np.ndarray,
     y: np.ndarray,
+    hinge: _JawHinge,
     jaw_region: np.ndarray,
     eye_soft: np.ndarray,
     eye_core: np.ndarray,
@@ -408,21 +523,30 @@ def _face_motion(
     u, v, below = f.u, f.v, f.below
     along = np.zeros((*u.shape, 2))  # (du, dv) in mouth coordinates
     chin_v = geo.uv(*geo.point(fm.CHIN))[1]
-    nose_v = geo.uv(*geo.point(fm.NOSE_BOTTOM))[1]
-    # 1 from the seam up to the upper inner lip, fading to 0 at the nose; likewise down to the chin.
-    upper_fall = np.clip(1 - (v - f.v_upper) / (nose_v - f.v_upper - 1e-6), 0, 1)
-    upper_fall *= np.exp(-((u / (0.7 * mw)) ** 2))
-    lower_fall = np.clip(1 - (v - f.v_lower) / (chin_v - f.v_lower + 1e-6), 0, 1)
     cheeks = 0.5 * float(np.linalg.norm(geo.point(234) - geo.point(454)))
-    lateral = np.clip(1 - (u / cheeks) ** 2, 0, 1)
     if name == "jaw":
+        # What the jaw carries turns about the joints and slides down with them; the upper lip rises a
+        # little. Toward the ears the rotation itself fades (those points are beside the joints).
         neck = _smoothstep((chin_v + NECK_ANCHOR * h - v) / (NECK_ANCHOR * h))
-        carried = jaw_region * neck * lateral
-        along[..., 1] = JAW_DROP * h * (below * carried - 0.1 * (1 - below) * upper_fall)
+        carried = (jaw_region * neck * below)[..., None]
+        slide = JAW_SLIDE * JAW_DROP * h * np.clip(1 - (u / (1.2 * cheeks)) ** 2, 0, 1)
+        turn = hinge.motion(x, y, f.depth) + slide[..., None] * geo.normal
+        lift = f.above_lips * np.exp(-((u / (0.7 * mw)) ** 2))
+        along[..., 1] = -0.1 * JAW_DROP * h * (1 - below) * lift
+        motion_jaw = carried * turn
     elif name == "close":
-        # Bring the photo's inner lips together on the seam; the pull fades toward nose and chin.
+        # Bring the photo's inner lips together on the seam. Each lip moves whole, so it keeps its
+        # thickness; the skin beyond follows, fading toward the nose and the chin.
         gap = (f.v_lower - f.v_upper) / 2
-        along[..., 1] = gap * ((1 - below) * upper_fall - below * lower_fall)
+        along[..., 1] = gap * ((1 - below) * f.above_lips - below * f.below_lips)
+    elif name == "press":
+        # m/b/p: each lip gives up PRESS of its thickness toward the seam (where the lips meet, closed:
+        # the inner edge stays, the outer edge comes in); the skin beyond follows the outer edge.
+        upper_t = f.v_upper - f.v_upper_outer
+        lower_t = f.v_lower_outer - f.v_lower
+        up = np.clip(f.into_upper, 0, upper_t) * f.above
+        down = np.clip(f.into_lower, 0, lower_t) * f.beneath
+        along[..., 1] = PRESS * ((1 - below) * up - below * down)
     elif name in ("wide", "round", "smile"):
         sigma = 0.35 * mw if name != "smile" else 0.45 * mw
         right = _gauss(u, v, half, 0.0, sigma)
@@ -435,14 +559,16 @@ def _face_motion(
             # The lips thicken outward as they push forward; their inner edges stay, so rounding does not
             # part the lips (the jaw alone decides the opening).
             pout = _gauss(u, v, 0.0, 0.0, 0.55 * mw, 0.35 * mw)
-            beyond = (1 - below) * np.maximum(0.0, f.v_upper - v) + below * np.maximum(0.0, v - f.v_lower)
-            along[..., 1] = 0.025 * h * pout * np.clip(beyond / (0.12 * mw), 0, 1) * (2 * below - 1)
+            beyond = np.maximum(0.0, np.where(below > 0.5, f.into_lower, f.into_upper))
+            along[..., 1] = 0.015 * h * pout * np.clip(beyond / (0.12 * mw), 0, 1) * (2 * below - 1)
         else:
             along[..., 0] = 0.06 * mw * out
             along[..., 1] = -0.05 * h * (right + left) * (1 - 0.5 * below)
     motion = np.zeros((*u.shape, 2))
     motion += along[..., :1] * geo.axis + along[..., 1:] * geo.normal
-    if name == "smile":
+    if name == "jaw":
+        motion += motion_jaw
+    elif name == "smile":
         for cheek in (205, 425):
             c = geo.point(cheek)
             motion[..., 1] -= 0.02 * h * _gauss(x, y, c[0], c[1], 0.15 * h)
@@ -463,9 +589,10 @@ def _face_motion(
 # ---- mouth interior and eyelids -------------------------------------------------------------------------
 
 
-def _photo_teeth(photo: np.ndarray, geo: _Geometry) -> np.ndarray | None:
-    """The photo's visible teeth (RGB crop of the gap between the inner lips, from corner to corner and
-    from the upper inner lip down), or None when the mouth is closed or the gap is dark."""
+def _photo_teeth(photo: np.ndarray, geo: _Geometry) -> tuple[np.ndarray, np.ndarray] | None:
+    """The photo's visible teeth: an RGB crop of the gap between the inner lips, from corner to corner and
+    from the upper inner lip down, and where in it the photo shows teeth (a grey mask: inside the gap and
+    bright, not lip or the dark of the mouth); None when the mouth is closed or the gap is dark."""
     upper = geo.lm[list(fm.UPPER_INNER), :2]
     lower = geo.lm[list(fm.LOWER_INNER), :2]
     f = _FaceFrame(geo, upper[:, 0], upper[:, 1])
@@ -490,7 +617,15 @@ def _photo_teeth(photo: np.ndarray, geo: _Geometry) -> np.ndarray | None:
     rows = max(2, round(float(np.max(bottom - top))))
     mx = np.repeat(cols[None, :], rows, axis=0)
     my = (top[None, :] + np.arange(rows, dtype=np.float32)[:, None]).astype(np.float32)
-    return cv2.remap(photo, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    teeth = cv2.remap(photo, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    # Teeth: within the gap (the rows past the lower lip are lip and chin), and near the brightness of the
+    # gap's brightest part; toward the corners, where the gap narrows, the drawn teeth show instead.
+    within = np.clip(bottom[None, :] - top[None, :] - 0.5 - np.arange(rows)[:, None], 0.0, 1.0)
+    teeth_luma = cv2.cvtColor(teeth, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    bright = float(np.percentile(luma, 90))
+    tooth = np.clip((teeth_luma - 0.55 * bright) / (0.2 * bright + 1e-6), 0.0, 1.0)
+    visible = cv2.GaussianBlur(within * tooth, (3, 3), 0)
+    return teeth, np.round(visible * 255).astype(np.uint8)
 
 
 def _sorted_xy(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -50,6 +50,13 @@ ROLL_MAX = 5.0
 PROCEDURAL_FRAME = (512, 512)
 
 _BREATH_LEVELS = 9
+# How far (U per unit of each FaceState field, upper bounds over every drawn point) the picture moves:
+# what ProceduralRenderer.still_px weighs a change against. Roll turns the head about the neck pivot,
+# whose farthest point (the top of the hair) is within 1.3 U; a blink moves the lids and lash tips.
+_ROLL_REACH = 1.3
+_BLINK_REACH = 0.08
+_GAZE_REACH = (0.032, 0.012)
+_BROW_REACH = 0.03
 _SHIFT = 4  # sub-pixel bits for cv2 drawing
 _ONE = float(1 << _SHIFT)
 _WHITE: RGB = (255, 255, 255)
@@ -110,6 +117,11 @@ class ProceduralRenderer:
         self._build_static_parts()
         self._set_pose(0.0, 0.0, 0.0)
         self._box = self._compute_mouth_box()
+        # Idle frames whose face would move less than this many pixels (every point, against the last
+        # frame drawn) repeat that frame: the idle face drifts by a few hundredths of a pixel per frame.
+        # 0 (the default): every frame is drawn. Live hosts set it (facecast.hosts.live.STILL_PX).
+        self.still_px = 0.0
+        self._still: tuple[FaceState, np.ndarray] | None = None  # the last frame drawn and its state
 
     # ---- Renderer protocol -------------------------------------------------------------------------
     @property
@@ -129,14 +141,50 @@ class ProceduralRenderer:
         return self._style
 
     def render(self, state: FaceState) -> np.ndarray:
+        """The frame for `state`; with `still_px` set, an idle state that barely moved from the last
+        frame drawn returns that frame again (the same read-only array)."""
+        if self.still_px > 0:
+            if self._still is not None and self._moved_px(self._still[0], state) < self.still_px:
+                return self._still[1]
+            img = self._draw(state)
+            img.setflags(write=False)  # it may be returned again
+            self._still = (state, img)
+            return img
+        return self._draw(state)
+
+    def _moved_px(self, drawn: FaceState, state: FaceState) -> float:
+        """An upper bound of how far any point of the picture moves from `drawn` to `state`, in pixels;
+        infinite for a speaking state or a change of the mouth, smile or breathing level (always
+        drawn)."""
+        if (
+            state.speaking
+            or state.mouth != drawn.mouth
+            or _clamp01(state.smile) != _clamp01(drawn.smile)
+            or _breath_level(state) != _breath_level(drawn)
+        ):
+            return math.inf
+        units = (
+            abs(_clamp(state.head_yaw, YAW_MAX) - _clamp(drawn.head_yaw, YAW_MAX)) / YAW_MAX * _YAW_SHIFT
+            + abs(_clamp(state.head_pitch, PITCH_MAX) - _clamp(drawn.head_pitch, PITCH_MAX))
+            / PITCH_MAX
+            * _PITCH_SHIFT
+        ) * _D_NOSE
+        roll = math.radians(abs(_clamp(state.head_roll, ROLL_MAX) - _clamp(drawn.head_roll, ROLL_MAX)))
+        units += roll * _ROLL_REACH
+        units += abs(_clamp(state.gaze_x, 1.0) - _clamp(drawn.gaze_x, 1.0)) * _GAZE_REACH[0]
+        units += abs(_clamp(state.gaze_y, 1.0) - _clamp(drawn.gaze_y, 1.0)) * _GAZE_REACH[1]
+        units += abs(_clamp01(state.blink) - _clamp01(drawn.blink)) * _BLINK_REACH
+        units += abs(_clamp01(state.brow) - _clamp01(drawn.brow)) * _BROW_REACH
+        return units * self._u
+
+    def _draw(self, state: FaceState) -> np.ndarray:
         yaw = _clamp(state.head_yaw, YAW_MAX)
         pitch = _clamp(state.head_pitch, PITCH_MAX)
         roll = _clamp(state.head_roll, ROLL_MAX)
         smile = _clamp01(state.smile)
         m = state.mouth.clamped()
         self._set_pose(yaw, pitch, roll)
-        breath = _clamp(state.breath, 1.0)
-        level = round((breath + 1) / 2 * (_BREATH_LEVELS - 1))
+        level = _breath_level(state)
         img = self._bgs[level].copy()
         # The chin follows the lower lip.
         jaw = _MAX_GAP * min(1.0, m.open * (1.0 - m.closed) * (1 + 0.5 * m.round)) * 0.72
@@ -895,6 +943,11 @@ def _bands(x: np.ndarray, top: np.ndarray, bottom: np.ndarray) -> np.ndarray:
     out[:, n:, 0] = x[..., ::-1]
     out[:, n:, 1] = bottom[:, ::-1]
     return out
+
+
+def _breath_level(state: FaceState) -> int:
+    """Which of the pre-drawn torso rises a state shows."""
+    return round((_clamp(state.breath, 1.0) + 1) / 2 * (_BREATH_LEVELS - 1))
 
 
 def _clamp(v: float, limit: float) -> float:

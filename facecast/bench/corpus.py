@@ -75,6 +75,51 @@ HELD_OUT_SENTENCES: tuple[str, ...] = (
     "Tim bumped his elbow on the metal cabinet.",
 )
 
+# What the mouth classifier is trained on (`facecast.bench.train_mouth`, tuning voices only): sentences
+# that neither benchmark set speaks, so that the tuning column stays out of sample in its sentences.
+TRAINING_SENTENCES: tuple[str, ...] = (
+    "Put the parcel by the back door when nobody is home.",
+    "A small boat drifted past the pier in the morning mist.",
+    "Mark bought fresh bread, milk and a jar of plum jam.",
+    "The pilot announced a brief delay before boarding.",
+    "Did you see the film about the bears in the mountains?",
+    "Olivia keeps her umbrella behind the office door.",
+    "Nine people waited patiently outside the bakery.",
+    "The rabbit jumped over the fence and ran into the woods.",
+    "Please measure the window before buying new blinds.",
+    "My neighbour plays the trumpet every evening at eight.",
+    "They moved to a cottage by the sea last summer.",
+    "Sam spilled bubbly lemonade on his brand new shoes.",
+    "Cook the pasta for eleven minutes, then drain it well.",
+    "The museum opens at ten and closes at five on Sundays.",
+    "A young boy threw pebbles into the calm pond.",
+    "Could you bring me the blue folder from my desk?",
+    "The storm knocked down power lines across the valley.",
+    "Maple syrup tastes wonderful on warm pancakes.",
+    "We watched the fireworks from the top of the hill.",
+    "Emma painted a picture of a bright yellow submarine.",
+    "The doctor told him to rest and drink plenty of water.",
+    "Ben plans to build a bigger barn before the winter.",
+    "How many tickets are left for the Saturday show?",
+    "The choir practised the hymn again and again.",
+    "Paul mumbled something about a missing map.",
+    "Her voice was soft, but everybody heard her clearly.",
+    "The team celebrated with pizza and cold apple juice.",
+    "Remember to water the tomatoes twice a week.",
+    "A big brown bear wandered through the camp at dawn.",
+    "The old clock on the wall stopped at midnight.",
+    "We might miss the bus if we do not hurry.",
+    "Bright lamps lit up the empty market square.",
+    "The puppy chewed my favourite pair of boots.",
+    "I would love a cup of mint tea with honey.",
+    "Every member must vote before the meeting ends.",
+    "The library lends books, music and maps for free.",
+    "Jump in the pool and swim to the other side.",
+    "Mum baked a lemon pie for the birthday party.",
+    "The typhoon moved slowly toward the southern islands.",
+    "Bill opened the envelope and smiled at the photo.",
+)
+
 # flite voices are bare names (kal is an 8 kHz voice; kal16 is the same voice at 16 kHz); espeak-ng
 # voices are "espeak:<voice>[+variant]". The CMN prior and the recogniser settings were chosen on flite
 # slt/kal16/awb/rms and espeak-ng en/en-us, so those are the tuning voices.

@@ -196,12 +196,16 @@ class StreamRunner:
 
         from facecast.avatars import load_renderer
         from facecast.engine import Engine, EngineConfig
-        from facecast.hosts import webrtc
+        from facecast.hosts import live, webrtc
 
         cv2.setNumThreads(1)
         self._renderer = load_renderer(avatar, aspect="1:1", quality="high")
         if (self._renderer.width, self._renderer.height) != (SIZE, SIZE):
             raise ValueError(f"avatar {avatar} does not render {SIZE}x{SIZE}")
+        # As the live core sets it up (a tree from before STILL_PX draws every frame).
+        still_px = getattr(live, "STILL_PX", 0.0)
+        if still_px and hasattr(self._renderer, "still_px"):
+            self._renderer.still_px = still_px
         self._config = EngineConfig(fps=FPS, out_rate=OUT_RATE)
         self._engine = Engine(None, self._config)  # rendered separately, so that render is its own stage
         # The encoders the WebRTC host's senders get (tune_encoders), and its RGB → VideoFrame conversion.

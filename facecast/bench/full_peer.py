@@ -1,23 +1,22 @@
-"""A WebRTC peer for FULL sessions, for tests and `facecast bench full`: an aiortc client whose microphone
-plays what it is given (paced in real time), which records the avatar's video (mouth crops) and the
-events of the data channel."""
+"""A WebRTC peer for FULL sessions, for tests and `facecast bench full`: facecast.client's receiving peer
+with a microphone that plays what it is given (paced in real time), recording the avatar's video (mouth
+crops) and the events of the data channel."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import time
 from fractions import Fraction
 from typing import Any
+from urllib.parse import urlsplit
 
 import av
-import httpx
 import numpy as np
-from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
-from aiortc.mediastreams import MediaStreamError
+from aiortc import MediaStreamTrack
 
 from facecast import protocol as p
+from facecast.client import LiteClient, ReceivingPeer, StartedSession
 
 MIC_RATE = 48000
 
@@ -61,52 +60,40 @@ class FakeMicrophone(MediaStreamTrack):
 
 
 class FullClient:
-    """An aiortc peer with a microphone; records the avatar's video (mouth crops) and the events."""
+    """A receiving peer (facecast.client) with a microphone; records the avatar's video (mouth crops) and
+    the events of the data channel."""
 
     def __init__(self, token: str, start: dict[str, Any], mouth_box: tuple[int, int, int, int]) -> None:
         """`start` is the data of the session's /v1/sessions/start answer; `mouth_box` the avatar's."""
         self.token, self.start = token, start
-        self.pc = RTCPeerConnection()
+        self.started = StartedSession.from_data(token, start)
         self.mic = FakeMicrophone()
-        self.events: list[tuple[float, dict[str, Any]]] = []
         self.video: list[tuple[float, np.ndarray]] = []
-        self._tasks: list[asyncio.Task[None]] = []
         self.mouth_box = mouth_box
+        self.peer = ReceivingPeer(microphone=self.mic, on_video=self._on_video)
+
+    @property
+    def events(self) -> list[tuple[float, dict[str, Any]]]:
+        """The data channel's events with their arrival times."""
+        return self.peer.channel_events
 
     async def connect(self) -> None:
-        self.pc.addTrack(self.mic)
-        self.pc.addTransceiver("video", direction="recvonly")
-        self.channel = self.pc.createDataChannel("events", negotiated=True, id=0)
-        self.channel.on("message", lambda m: self.events.append((time.monotonic(), json.loads(m))))
-        self.pc.on("track", lambda track: self._tasks.append(asyncio.create_task(self._read(track))))
-        await self.pc.setLocalDescription(await self.pc.createOffer())
-        async with httpx.AsyncClient(timeout=30) as http:
-            r = await http.post(
-                self.start["webrtc"]["offer_url"],
-                headers={"Authorization": f"Bearer {self.token}"},
-                json={"sdp": self.pc.localDescription.sdp, "type": "offer"},
-            )
-        assert r.status_code == 200, r.text
-        answer = r.json()["data"]
-        await self.pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], answer["type"]))
+        assert self.started.webrtc is not None
+        origin = urlsplit(self.started.webrtc.offer_url)
+        async with LiteClient(f"{origin.scheme}://{origin.netloc}") as lite:
+            await self.peer.connect(lite, self.started)
         await self.wait(lambda e: e.get("state") == p.WS_STATE_CONNECTED)
 
-    async def _read(self, track: Any) -> None:
+    def _on_video(self, frame: Any, arrival: float) -> None:
         x0, y0, x1, y1 = self.mouth_box
-        while True:
-            try:
-                frame = await track.recv()
-            except MediaStreamError:
-                return
-            if track.kind == "video":
-                rgb = frame.to_ndarray(format="rgb24")
-                self.video.append((time.monotonic(), rgb[y0:y1, x0:x1].astype(np.float32)))
+        rgb = frame.to_ndarray(format="rgb24")
+        self.video.append((arrival, rgb[y0:y1, x0:x1].astype(np.float32)))
 
     def command(self, event_type: str, **payload: Any) -> None:
         message: dict[str, Any] = {"event_type": event_type}
         if payload:
             message["payload"] = payload
-        self.channel.send(json.dumps(message))
+        self.peer.send_channel(message)
 
     def agent_events(self) -> list[tuple[float, dict[str, Any]]]:
         return [(t, e) for t, e in self.events if "event_type" in e]
@@ -135,7 +122,4 @@ class FullClient:
         return float(np.mean([np.abs(b - a).mean() for a, b in itertools.pairwise(crops)]))
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self.pc.close()
+        await self.peer.close()

@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import contextlib
 import functools
 import itertools
-import json
 import math
 import os
 import platform
@@ -28,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -39,7 +37,9 @@ import numpy as np
 from facecast import protocol as p
 from facecast.bench.proctree import TreeSample, sample_tree
 from facecast.bench.report import Log, Table
-from facecast.client.rtpcount import Arrivals, count_frames, frame_gaps
+from facecast.client import LiteClient, LiteSocket, MintedSession, ReceivingPeer, StartedSession
+from facecast.client.lite_socket import pcm_chunks
+from facecast.client.rtpcount import Arrivals, frame_gaps
 
 COMMANDS = ("ttff", "sessions", "drift", "memory", "all")
 FPS = 30
@@ -124,28 +124,35 @@ class SetupError(Exception):
 
 
 def main(argv: Sequence[str]) -> int:
+    args = _parser().parse_args(list(argv))
+    log = Log(enabled=not args.quiet)
+    return run_and_print("facecast bench server", args.command, _run(args, log), markdown=args.markdown)
+
+
+def run_and_print(name: str, command: str, run: Coroutine[Any, Any, list[Table]], *, markdown: bool) -> int:
+    """Run a bench of a server process and print its tables under one header line (the date, the machine,
+    how long it took and how busy the machine was); a missing prerequisite is one line on stderr, exit 2.
+    `facecast bench server` and `facecast bench soak` print this way."""
     from facecast.bench import _cpu_note
     from facecast.bench.corpus import FliteMissingError
 
-    args = _parser().parse_args(list(argv))
-    log = Log(enabled=not args.quiet)
     started = time.perf_counter()
     load_before = os.getloadavg()
     try:
-        tables = asyncio.run(_run(args, log))
+        tables = asyncio.run(run)
     except (FliteMissingError, ImportError, SetupError) as exc:  # a missing prerequisite: one line
-        print(f"facecast bench server: {exc}", file=sys.stderr)
+        print(f"{name}: {exc}", file=sys.stderr)
         return 2
     load_after = os.getloadavg()
     print(
-        f"facecast bench server {args.command} — {date.today().isoformat()}, Python "
+        f"{name} {command} — {date.today().isoformat()}, Python "
         f"{platform.python_version()}, {_cpu_note()}, {time.perf_counter() - started:.0f} s, "
         # The clients and anything else running share the cores with the server: say how busy it was.
         f"load average (1/5/15 min) {_load(load_before)} at start / {_load(load_after)} at end"
     )
     for t in tables:
         print()
-        print(t.markdown() if args.markdown else t.text())
+        print(t.markdown() if markdown else t.text())
     return 0
 
 
@@ -394,47 +401,34 @@ class Received:
 
 
 class Peer:
-    """One session as a client app sees it: the HTTP calls, an aiortc peer receiving audio and video,
-    and the LITE WebSocket. With `decode=False` the peer counts complete RTP frames without decoding
-    them (rtpcount); otherwise aiortc decodes them and, with `mouth_box`, every video frame's mouth
-    motion and luma and every audio frame's RMS are recorded."""
+    """One session as a client app sees it (facecast.client): the session API, a peer receiving audio
+    and video, and the LITE WebSocket. With `decode=False` the peer counts complete RTP frames without
+    decoding them (facecast.client.rtpcount); otherwise aiortc decodes them and, with `mouth_box`, every
+    video frame's mouth motion and luma and every audio frame's RMS are recorded."""
 
     def __init__(
-        self,
-        http: Any,
-        server: ServerProcess,
-        *,
-        mouth_box: tuple[int, ...] | None = None,
-        decode: bool = True,
+        self, client: LiteClient, *, mouth_box: tuple[int, ...] | None = None, decode: bool = True
     ) -> None:
-        self.http = http
-        self.server = server
+        self.client = client
         self.mouth_box = mouth_box
         self.decode = decode
         self.received = Received()
         self.parked = asyncio.Event()  # talk() waits at its gate
-        self.events: list[tuple[float, dict[str, Any]]] = []
         self.speech_errors = 0
         self.session_id = ""
-        self._token = ""
-        self._start: dict[str, Any] = {}
-        self._pc: Any = None
-        self._ws: Any = None
-        self._first_video = asyncio.Event()
-        self._new_event = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
+        self._minted: MintedSession | None = None
+        self._started: StartedSession | None = None
+        self._peer: ReceivingPeer | None = None
+        self._ws: LiteSocket | None = None
         self._last_mouth: np.ndarray | None = None
 
-    async def _post(self, url: str, headers: dict[str, str], body: dict[str, Any] | None = None) -> Any:
-        r = await self.http.post(url, headers=headers, json=body)
-        if r.status_code != 200:
-            raise RuntimeError(f"POST {url}: {r.status_code} {r.text}")
-        return r.json()["data"]
+    @property
+    def events(self) -> list[tuple[float, dict[str, Any]]]:
+        """The LITE WebSocket's events with their arrival times."""
+        return self._ws.events if self._ws is not None else []
 
     async def open(self, max_session_duration: int | None = None) -> Timing:
         """Mint, start, signal WebRTC and wait for the first decoded video frame."""
-        from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
-
         body: dict[str, Any] = {
             "transport": "webrtc",
             "fps": FPS,
@@ -443,32 +437,28 @@ class Peer:
         }
         if max_session_duration is not None:
             body["max_session_duration"] = max_session_duration
-        base = self.server.url
-        minted = await self._post(f"{base}/v1/sessions/token", {"X-API-KEY": self.server.api_key}, body)
-        self.session_id, self._token = minted["session_id"], minted["session_token"]
-        bearer = {"Authorization": f"Bearer {self._token}"}
+        self._minted = await self.client.mint(body)
+        self.session_id = self._minted.session_id
         timing = Timing()
         t = time.monotonic()
-        self._start = await self._post(f"{base}/v1/sessions/start", bearer)
+        started = self._started = await self.client.start(self._minted)
         timing.start, t = _lap(t)
+        measuring = self.mouth_box is not None
         # No ICE servers: aiortc would otherwise add a public STUN server, unreachable offline.
-        self._pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        video = self._pc.addTransceiver("video", direction="recvonly")
-        audio = self._pc.addTransceiver("audio", direction="recvonly")
-        self._pc.createDataChannel(p.DATA_CHANNEL_LABEL, negotiated=True, id=0)
-        if self.decode:
-            self._pc.on("track", lambda track: self._tasks.append(asyncio.create_task(self._read(track))))
-        else:  # the tracks stay empty: frames are counted where aiortc would queue them for decoding
-            count_frames(video.receiver, self.received.video_arrivals, self._first_video.set)
-            count_frames(audio.receiver, self.received.audio_arrivals)
-        await self._pc.setLocalDescription(await self._pc.createOffer())
+        peer = self._peer = ReceivingPeer(
+            ice_servers=[],
+            decode=self.decode,
+            on_video=self._on_video if measuring else None,
+            on_audio=self._on_audio if measuring else None,
+        )
+        # The peer's arrivals are the bench's: every frame, decoded or only counted.
+        self.received.video_arrivals, self.received.audio_arrivals = peer.video_arrivals, peer.audio_arrivals
+        offer = await peer.create_offer()
         timing.offer, t = _lap(t)
-        offer = {"sdp": self._pc.localDescription.sdp, "type": "offer"}
-        answer = await self._post(self._start["webrtc"]["offer_url"], bearer, offer)
-        await self._pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], answer["type"]))
+        await peer.accept_answer(*await self.client.offer(started, offer))
         timing.answer, t = _lap(t)
         try:
-            await asyncio.wait_for(self._first_video.wait(), TIMEOUT_S)
+            await peer.wait_first_video(TIMEOUT_S)
         except TimeoutError:
             raise TimeoutError(
                 f"session {self.session_id}: no video frame within {TIMEOUT_S:.0f} s of the answer"
@@ -478,33 +468,17 @@ class Peer:
 
     async def connect_ws(self) -> None:
         """Open the LITE WebSocket and wait until the session reports `connected`."""
-        import websockets
+        assert self._started is not None and self._started.ws_url is not None
+        self._ws = await LiteSocket.connect(self.client.http, self._started.ws_url)
+        await self._ws.wait_connected(TIMEOUT_S)
 
-        self._ws = await websockets.connect(self._start["ws_url"], max_size=None)
-        self._tasks.append(asyncio.create_task(self._read_ws()))
-        await self.wait_event(lambda e: e.get("state") == p.WS_STATE_CONNECTED)
+    def _on_video(self, frame: Any, arrival: float) -> None:
+        self.received.video.append((arrival, float(frame.pts * frame.time_base), self._mouth_motion(frame)))
 
-    async def _read(self, track: Any) -> None:
-        from aiortc.mediastreams import MediaStreamError
-
-        r = self.received
-        while True:
-            try:
-                frame = await track.recv()
-            except MediaStreamError:
-                return
-            now = time.monotonic()
-            if track.kind == "video":
-                r.video_arrivals.add(now, int(frame.pts))
-                self._first_video.set()
-                if self.mouth_box is not None:
-                    r.video.append((now, float(frame.pts * frame.time_base), self._mouth_motion(frame)))
-            else:
-                r.audio_arrivals.add(now, int(frame.pts))
-                if self.mouth_box is not None:
-                    samples = frame.to_ndarray().astype(np.float32)
-                    rms = float(np.sqrt(np.mean(samples**2)))
-                    r.audio.append((now, float(frame.pts * frame.time_base), rms))
+    def _on_audio(self, frame: Any, arrival: float) -> None:
+        samples = frame.to_ndarray().astype(np.float32)
+        rms = float(np.sqrt(np.mean(samples**2)))
+        self.received.audio.append((arrival, float(frame.pts * frame.time_base), rms))
 
     def _mouth_motion(self, frame: Any) -> float:
         """Mean absolute luma change inside the mouth box since the previous frame: speech moves the lips
@@ -517,45 +491,31 @@ class Peer:
         last, self._last_mouth = self._last_mouth, crop
         return 0.0 if last is None or last.shape != crop.shape else float(np.abs(crop - last).mean())
 
-    async def _read_ws(self) -> None:
-        import websockets
-
-        with contextlib.suppress(websockets.ConnectionClosed):
-            async for raw in self._ws:
-                self.events.append((time.monotonic(), json.loads(raw)))
-                self._new_event.set()
-
     async def wait_event(
         self, match: Callable[[dict[str, Any]], bool], since: int = 0, timeout: float = TIMEOUT_S
     ) -> tuple[float, dict[str, Any]]:
         """The first event from index `since` on that matches, with its arrival time."""
-        deadline = time.monotonic() + timeout
-        while True:
-            for stamped in self.events[since:]:
-                if match(stamped[1]):
-                    return stamped
-            since = len(self.events)
-            self._new_event.clear()
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"session {self.session_id}: no matching event within {timeout:.0f} s")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._new_event.wait(), left)
+        assert self._ws is not None
+        try:
+            return await self._ws.wait_event(match, since, timeout)
+        except TimeoutError:
+            raise TimeoutError(
+                f"session {self.session_id}: no matching event within {timeout:.0f} s"
+            ) from None
 
     async def say(self, pcm: bytes, event_id: str) -> tuple[float, float]:
         """One utterance in CHUNK_S agent.speak messages at playback pace after a short lead, as a
         streaming TTS sends them. Returns (first send, arrival of its agent.speak_ended); an `error` event
         for it counts as a speech error."""
+        assert self._ws is not None
         since = len(self.events)
-        step = int(p.LITE_AUDIO_RATE * CHUNK_S) * 2
         first = time.monotonic()
-        for k, i in enumerate(range(0, len(pcm), step)):
+        for k, chunk in enumerate(pcm_chunks(pcm, CHUNK_S)):
             delay = first + max(0, k - LEAD_CHUNKS) * CHUNK_S - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-            chunk = base64.b64encode(pcm[i : i + step]).decode()
-            await self._ws.send(json.dumps({"type": p.AGENT_SPEAK, "event_id": event_id, "audio": chunk}))
-        await self._ws.send(json.dumps({"type": p.AGENT_SPEAK_END, "event_id": event_id}))
+            await self._ws.speak(event_id, chunk)
+        await self._ws.speak_end(event_id)
         ends = (p.AGENT_SPEAK_ENDED, p.AGENT_SPEAK_INTERRUPTED, p.ERROR)
         arrived, event = await self.wait_event(
             lambda e: e["type"] in ends and e.get("event_id") == event_id, since
@@ -576,29 +536,19 @@ class Peer:
             await asyncio.sleep(0.3)
 
     async def stats(self) -> dict[str, Any]:
-        r = await self.http.get(
-            f"{self.server.url}/v1/sessions/{self.session_id}", headers={"X-API-KEY": self.server.api_key}
-        )
-        r.raise_for_status()
-        return dict(r.json()["data"]["stats"] or {})
+        return await self.client.stats(self.session_id)
 
     async def stop(self) -> str:
         """POST /v1/sessions/stop; the end reason."""
-        if not self._token:
+        if self._minted is None:
             return ""
-        data = await self._post(
-            f"{self.server.url}/v1/sessions/stop", {"Authorization": f"Bearer {self._token}"}
-        )
-        return str(data["end_reason"])
+        return await self.client.stop(self._minted)
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._ws is not None:
             await self._ws.close()
-        if self._pc is not None:
-            await self._pc.close()
+        if self._peer is not None:
+            await self._peer.close()
 
 
 def _lap(t: float) -> tuple[float, float]:
@@ -613,11 +563,10 @@ async def _close_all(peers: Sequence[Peer]) -> None:
         await peer.close()
 
 
-def _http() -> Any:
-    import httpx
-
-    # One connection per concurrent call; the default pool (100) is plenty.
-    return httpx.AsyncClient(timeout=TIMEOUT_S)
+def bench_client(server: ServerProcess) -> LiteClient:
+    """The session API of the bench's server with its key; one connection per concurrent call (aiohttp's
+    default pool of 100 is plenty)."""
+    return LiteClient(server.url, server.api_key, timeout_s=TIMEOUT_S)
 
 
 def _ms(seconds: float) -> float:
@@ -629,9 +578,9 @@ async def ttff(server: ServerProcess, runs: int, log: Log) -> Table:
     """Sequential sessions: /v1/sessions/start sent → first decoded video frame at the client."""
     timings: list[Timing] = []
     server_ms: list[float] = []
-    async with _http() as http:
+    async with bench_client(server) as client:
         for i in range(runs):
-            peer = Peer(http, server)
+            peer = Peer(client)
             try:
                 timing = await peer.open()
                 stats = await peer.stats()
@@ -866,12 +815,12 @@ async def _level_run(
     speaking.set()
     peers: list[Peer] = []
     talkers: list[asyncio.Task[None]] = []
-    async with _http() as http:
+    async with bench_client(server) as client:
         try:
             while len(peers) < level:
                 # The first session is decoded and its pixels checked; the others only count frames.
                 first = not peers
-                peer = Peer(http, server, mouth_box=mouth_box if first else None, decode=first)
+                peer = Peer(client, mouth_box=mouth_box if first else None, decode=first)
                 peers.append(peer)
                 try:
                     run.ttff_s.append((await peer.open()).total)
@@ -1026,8 +975,8 @@ async def drift(server: ServerProcess, speech: Sequence[bytes], duration: float,
 
     box = load_renderer(AVATAR, aspect="1:1", quality=QUALITY).mouth_box()
     said: list[tuple[float, float]] = []  # per utterance: (first send, agent.speak_ended arrival)
-    async with _http() as http:
-        peer = Peer(http, server, mouth_box=box)
+    async with bench_client(server) as client:
+        peer = Peer(client, mouth_box=box)
         try:
             await peer.open(max_session_duration=int(duration) + 120)
             await peer.connect_ws()
@@ -1138,12 +1087,12 @@ async def memory(server: ServerProcess, speech: Sequence[bytes], churn: int, log
     live.add(0, base, 0.0, math.nan, server.threads())
     rss: dict[int, float] = {}
     peers: list[Peer] = []
-    async with _http() as http:
+    async with bench_client(server) as client:
         try:
             for level in MEMORY_LEVELS:
                 new = []
                 while len(peers) < level:
-                    peer = Peer(http, server)
+                    peer = Peer(client)
                     peers.append(peer)
                     new.append(peer)
                     await peer.open()
@@ -1164,11 +1113,11 @@ async def memory(server: ServerProcess, speech: Sequence[bytes], churn: int, log
             "target: <= 100 MB per live session",
             f"after stopping all {last}: {server.rss_mb():.1f} MB, {server.threads()} threads",
         ]
-        churned = await _churn(http, server, churn, log)
+        churned = await _churn(client, server, churn, log)
     return [live, churned]
 
 
-async def _churn(http: Any, server: ServerProcess, total: int, log: Log) -> Table:
+async def _churn(client: LiteClient, server: ServerProcess, total: int, log: Log) -> Table:
     table = Table(
         f"Server memory across {total} sessions started and stopped ({CHURN_BATCH} at a time, each to its "
         "first decoded video frame)",
@@ -1182,7 +1131,7 @@ async def _churn(http: Any, server: ServerProcess, total: int, log: Log) -> Tabl
     not_stopped = done = 0
     while done < total:
         n = min(CHURN_BATCH, total - done)
-        reasons = await asyncio.gather(*(_one_session(http, server) for _ in range(n)))
+        reasons = await asyncio.gather(*(_one_session(client) for _ in range(n)))
         not_stopped += sum(reason != p.END_STOPPED for reason in reasons)
         done += n
         block.append(server.rss_mb())
@@ -1191,8 +1140,7 @@ async def _churn(http: Any, server: ServerProcess, total: int, log: Log) -> Tabl
             table.add(done, medians[-1], max(block), server.threads(), server.fds(), not_stopped)
             log(f"memory churn {done}/{total}: server RSS {medians[-1]:.0f} MB (median since the last row)")
             block = []
-    r = await http.get(f"{server.url}/healthz")
-    live = r.json()["data"]["live_sessions"]
+    live = (await client.request("GET", f"{server.url}/healthz"))["live_sessions"]
     half = medians[len(medians) // 2 - 1]  # the median at about half of the sessions
     table.notes += [
         f"growth of the median from session {min(CHURN_SAMPLE, done)} (after warm-up) to {done}: "
@@ -1204,8 +1152,8 @@ async def _churn(http: Any, server: ServerProcess, total: int, log: Log) -> Tabl
     return table
 
 
-async def _one_session(http: Any, server: ServerProcess) -> str:
-    peer = Peer(http, server)
+async def _one_session(client: LiteClient) -> str:
+    peer = Peer(client)
     try:
         await peer.open()
         return await peer.stop()

@@ -21,15 +21,12 @@ import asyncio
 import contextlib
 import itertools
 import math
-import os
-import platform
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import date
 from pathlib import Path
-from typing import Any
+
+import aiohttp
 
 from facecast import protocol as p
 from facecast.bench.report import Log, Table
@@ -40,12 +37,14 @@ from facecast.bench.server import (
     ServerCode,
     ServerProcess,
     SetupError,
-    _http,
     baseline_checkout,
+    bench_client,
     checkout_root,
     load_speech,
+    run_and_print,
 )
 from facecast.cli.common import positive_int
+from facecast.client import LiteClient
 from facecast.client.rtpcount import Arrivals
 
 COMMANDS = ("abandon", "churn")
@@ -92,26 +91,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str]) -> int:
-    from facecast.bench import _cpu_note
-    from facecast.bench.corpus import FliteMissingError
-
     args = _parser().parse_args(list(argv))
     log = Log(enabled=not args.quiet)
-    started = time.perf_counter()
-    try:
-        tables = asyncio.run(_run(args, log))
-    except (FliteMissingError, ImportError, SetupError) as exc:
-        print(f"facecast bench soak: {exc}", file=sys.stderr)
-        return 2
-    print(
-        f"facecast bench soak {args.command} — {date.today().isoformat()}, Python "
-        f"{platform.python_version()}, {_cpu_note()}, {time.perf_counter() - started:.0f} s, "
-        f"load average {os.getloadavg()[0]:.1f} at end"
-    )
-    for table in tables:
-        print()
-        print(table.markdown() if args.markdown else table.text())
-    return 0
+    return run_and_print("facecast bench soak", args.command, _run(args, log), markdown=args.markdown)
 
 
 async def _run(args: argparse.Namespace, log: Log) -> list[Table]:
@@ -160,53 +142,47 @@ def process_memory(server: ServerProcess) -> ProcessMemory:
     return ProcessMemory(root.memory_info().rss / 2**20, tuple(sorted(workers)))
 
 
-async def _live(http: Any, server: ServerProcess) -> int:
-    import httpx
-
+async def _live(client: LiteClient, server: ServerProcess) -> int:
     for _ in range(20):
         try:
-            r = await http.get(f"{server.url}/healthz")
-            return int(r.json()["data"]["live_sessions"])
-        except httpx.TransportError:  # a server past its capacity may drop a connection: ask again
+            return int((await client.request("GET", f"{server.url}/healthz"))["live_sessions"])
+        except aiohttp.ClientConnectionError:  # a server past its capacity may drop a connection: ask again
             await asyncio.sleep(0.5)
     raise SetupError(f"the server at {server.url} stopped answering /healthz")
 
 
-async def _wait_idle(http: Any, server: ServerProcess, timeout: float) -> int:
+async def _wait_idle(client: LiteClient, server: ServerProcess, timeout: float) -> int:
     """Wait until the server has no live session (or `timeout`); the sessions still live."""
     deadline = time.monotonic() + timeout
-    while (live := await _live(http, server)) and time.monotonic() < deadline:
+    while (live := await _live(client, server)) and time.monotonic() < deadline:
         await asyncio.sleep(0.25)
     return live
 
 
 # -- abandon ------------------------------------------------------------------------------------------
-async def _wait_ended(http: Any, server: ServerProcess, session_id: str, timeout: float) -> str | None:
+async def _wait_ended(
+    client: LiteClient, server: ServerProcess, session_id: str, timeout: float
+) -> str | None:
     """The session's end reason once the server has ended it; None if it is still running at `timeout`."""
-    import httpx
-
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            r = await http.get(
-                f"{server.url}/v1/sessions/{session_id}", headers={"X-API-KEY": server.api_key}
-            )
-        except httpx.TransportError:  # a server past its capacity may drop a connection: ask again
+            data = await client.session(session_id)
+        except aiohttp.ClientConnectionError:  # a server past its capacity may drop a connection: ask again
             await asyncio.sleep(0.25)
             continue
-        data = r.json()["data"]
         if data["state"] == p.STATE_ENDED:
             return str(data["end_reason"])
         await asyncio.sleep(0.25)
     return None
 
 
-async def abandoned_session(http: Any, server: ServerProcess) -> tuple[str | None, bool]:
+async def abandoned_session(client: LiteClient) -> tuple[str | None, bool]:
     """Start a session, signal WebRTC, say nothing: the server ends it at its idle timeout. The client's
     peer stays open until then, as a client that went away without a word leaves it. Returns the end
     reason (None: not ended within 30 s of the timeout) and whether a first video frame arrived (on a
     machine too loaded for it, the session is abandoned all the same)."""
-    peer = Peer(http, server, decode=False)
+    peer = Peer(client, decode=False)
     try:
         try:
             await peer.open()
@@ -215,7 +191,7 @@ async def abandoned_session(http: Any, server: ServerProcess) -> tuple[str | Non
             framed = False
         if not peer.session_id:  # the token could not be minted
             return None, False
-        return await _wait_ended(http, server, peer.session_id, IDLE_TIMEOUT_S + 30), framed
+        return await _wait_ended(client, peer.session_id, IDLE_TIMEOUT_S + 30), framed
     finally:
         await peer.close()
 
@@ -239,16 +215,16 @@ async def abandon(server: ServerProcess, rounds: int, per_round: int, log: Log) 
     """`rounds` rounds of `per_round` concurrent abandoned sessions; the server's memory with nothing
     live, after one such session (the baseline: models, codecs and arenas loaded once) and after each
     round."""
-    async with _http() as http:
-        ended = [await abandoned_session(http, server)]
-        await _wait_idle(http, server, 30)
+    async with bench_client(server) as client:
+        ended = [await abandoned_session(client)]
+        await _wait_idle(client, server, 30)
         await asyncio.sleep(SETTLE_S)
         run = AbandonRun(server.code.label, per_round, process_memory(server))
         for n in range(1, rounds + 1):
-            ended += await asyncio.gather(*(abandoned_session(http, server) for _ in range(per_round)))
+            ended += await asyncio.gather(*(abandoned_session(client) for _ in range(per_round)))
             run.not_idle = sum(reason != p.END_IDLE for reason, _ in ended)
             run.no_frame = sum(not framed for _, framed in ended)
-            run.live.append(await _wait_idle(http, server, 30))
+            run.live.append(await _wait_idle(client, server, 30))
             await asyncio.sleep(SETTLE_S)
             mem = process_memory(server)
             run.rounds.append(mem)
@@ -353,11 +329,15 @@ def av_drift_ms(peer: Peer) -> float | None:
 
 
 async def churned_session(
-    http: Any, server: ServerProcess, speech: Sequence[bytes], n: int, run: ChurnRun, speaking: set[Peer]
+    client: LiteClient,
+    speech: Sequence[bytes],
+    n: int,
+    run: ChurnRun,
+    speaking: set[Peer],
 ) -> None:
     """Session `n`: started, connected, UTTERANCES_PER_SESSION utterances, then stopped, or (one in
     ABANDON_EVERY) abandoned: its socket and peer close without a stop and the server sees them go."""
-    peer = Peer(http, server, decode=False)
+    peer = Peer(client, decode=False)
     try:
         await peer.open()
         run.started += 1
@@ -396,9 +376,9 @@ async def churn(
     run = ChurnRun(duration, concurrent)
     speaking: set[Peer] = set()
     numbers = itertools.count()
-    async with _http() as http:
-        await churned_session(http, server, speech, next(numbers), run, speaking)
-        await _wait_idle(http, server, 30)
+    async with bench_client(server) as client:
+        await churned_session(client, speech, next(numbers), run, speaking)
+        await _wait_idle(client, server, 30)
         await asyncio.sleep(SETTLE_S)
         run.baseline = process_memory(server)
         start = time.monotonic()
@@ -406,7 +386,7 @@ async def churn(
 
         async def lane() -> None:
             while time.monotonic() < end:
-                await churned_session(http, server, speech, next(numbers), run, speaking)
+                await churned_session(client, speech, next(numbers), run, speaking)
 
         lanes = [asyncio.create_task(lane()) for _ in range(concurrent)]
         try:
@@ -420,7 +400,7 @@ async def churn(
                 sample = ChurnSample(
                     time.monotonic() - start,
                     run.started,
-                    await _live(http, server),
+                    await _live(client, server),
                     process_memory(server),
                     max(drifts) if drifts else math.nan,
                 )
@@ -435,7 +415,7 @@ async def churn(
                 task.cancel()
             await asyncio.gather(*lanes, return_exceptions=True)
         # Abandoned sessions end when the server sees their peer go (or at the idle timeout).
-        run.live_after = await _wait_idle(http, server, IDLE_TIMEOUT_S + 30)
+        run.live_after = await _wait_idle(client, server, IDLE_TIMEOUT_S + 30)
         await asyncio.sleep(SETTLE_S)
         run.after = process_memory(server)
     return run

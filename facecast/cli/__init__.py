@@ -71,6 +71,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             with needs_extra("server", "keys"):
                 return keys.run_keys(args)
         return avatar.run(args)
+    except SystemExit:
+        # --help and --version exit here; caught first so that user_errors(), which imports the server's
+        # store when the server extra is installed, is not evaluated for them.
+        raise
     except KeyboardInterrupt:
         print("facecast: interrupted", file=sys.stderr)
         return 130

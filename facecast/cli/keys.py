@@ -11,14 +11,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from facecast import settings
-from facecast.cli.common import positive_int
+from facecast.cli.common import EXIT_USAGE, positive_int
 from facecast.protocol import END_KEY_REVOKED
 from facecast.server.auth import default_data_dir
 
 if TYPE_CHECKING:  # the store needs the server extra; `facecast --help` builds this parser without it
     from facecast.server.store import ApiKey, Store
 
-EXIT_USAGE = 2
 DATABASE_URL_ENV = settings.DATABASE_URL.name
 
 

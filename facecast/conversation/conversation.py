@@ -45,8 +45,9 @@ from pipecat.workers.runner import WorkerRunner
 
 from facecast.conversation import events as ev
 from facecast.conversation.processors import AvatarSpeech, Emit, Microphone, TurnTimer
-from facecast.conversation.services import STT_RATE, EspeakTTSService, PocketSphinxSTTService
+from facecast.conversation.services import STT_RATE, PocketSphinxSTTService
 from facecast.hosts.live import LiveCore
+from facecast.tts.espeak_service import EspeakTTSService
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +161,7 @@ class Conversation:
                 self.user_events,
                 aggregators.user(),
                 llm_service,
-                EspeakTTSService(voice=persona.voice),
+                EspeakTTSService(settings=EspeakTTSService.Settings(voice=persona.voice)),
                 self.avatar,
                 aggregators.assistant(),
             ]

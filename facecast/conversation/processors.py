@@ -36,9 +36,10 @@ from pipecat.frames.frames import (
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
 from facecast.conversation import events as ev
-from facecast.conversation.services import PHONES_METADATA_KEY, STT_RATE, TEXT_METADATA_KEY
+from facecast.conversation.services import STT_RATE
 from facecast.engine.types import SegmentEnded, SegmentEvent, SegmentStarted
 from facecast.hosts.live import LiveCore
+from facecast.tts.espeak_service import PHONES_METADATA_KEY, TEXT_METADATA_KEY
 
 log = logging.getLogger(__name__)
 

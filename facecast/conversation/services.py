@@ -1,5 +1,6 @@
-"""The default speech services of FULL mode, as Pipecat services: PocketSphinx recognition and espeak-ng
-synthesis. Both run offline from what pip installed (no key, no download)."""
+"""FULL mode's default speech recognition, as a Pipecat service: PocketSphinx, offline from what pip installed
+(no key, no download). Its default voice, espeak-ng, is facecast.tts.espeak_service, shared with the Pipecat
+plugin."""
 
 from __future__ import annotations
 
@@ -10,31 +11,20 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from pipecat.audio.utils import create_file_resampler
 from pipecat.frames.frames import (
-    ErrorFrame,
     Frame,
     TranscriptionFrame,
-    TTSAudioRawFrame,
     VADUserStartedSpeakingFrame,
     VADUserStoppedSpeakingFrame,
 )
 from pipecat.processors.frame_processor import FrameDirection
-from pipecat.services.settings import STTSettings, TTSSettings
+from pipecat.services.settings import STTSettings
 from pipecat.services.stt_service import STTService
-from pipecat.services.tts_service import TTSService
 from pipecat.utils.time import time_now_iso8601
 
 from facecast.conversation import sphinx_worker
 from facecast.conversation.sphinx_worker import STT_RATE
-from facecast.tts import EspeakTTS, TTSError
-from facecast.tts.espeak import DEFAULT_VOICE
 
-# TTSAudioRawFrame.metadata keys on an utterance's first frame: the phones espeak-ng spoke (a list of
-# facecast.engine.PhoneTiming, seconds from that frame's first sample; the same key pipecat_facecast reads)
-# and the text it spoke.
-PHONES_METADATA_KEY = "facecast.phones"
-TEXT_METADATA_KEY = "facecast.text"
 PREROLL_S = 1  # audio kept from before the VAD's start (it fires a fraction of a second into speech)
 TRAILING_SILENCE_S = 0.2
 
@@ -121,50 +111,3 @@ class PocketSphinxSTTService(STTService):
         await self.stop_processing_metrics()
         if text:
             await self.push_frame(TranscriptionFrame(text, self._user_id, time_now_iso8601(), finalized=True))
-
-
-@dataclass
-class EspeakTTSSettings(TTSSettings):
-    """Settings for `EspeakTTSService`: `voice` is an espeak-ng voice name (GET /v1/voices)."""
-
-
-class EspeakTTSService(TTSService):
-    """espeak-ng speech synthesis, offline and instant. Every utterance's first ``TTSAudioRawFrame``
-    carries the phones espeak-ng spoke and the text (`PHONES_METADATA_KEY`, `TEXT_METADATA_KEY`), so the
-    avatar's mouth follows the phones exactly."""
-
-    Settings = EspeakTTSSettings
-    _settings: Settings
-
-    def __init__(self, *, voice: str = DEFAULT_VOICE, words_per_minute: int = 165, **kwargs: Any) -> None:
-        super().__init__(
-            push_start_frame=True,
-            push_stop_frames=True,
-            settings=self.Settings(model=None, voice=voice, language=None),
-            **kwargs,
-        )
-        self._voice = voice
-        self._espeak = EspeakTTS(voice=voice, rate=words_per_minute)
-        self._resampler = create_file_resampler()
-
-    def can_generate_metrics(self) -> bool:
-        """The service reports TTFB."""
-        return True
-
-    async def run_tts(self, text: str, context_id: str) -> AsyncGenerator[Frame | None, None]:
-        """Synthesize `text`; yield its audio at the service's rate in chunks, or an ErrorFrame."""
-        try:
-            # libespeak-ng is called through ctypes, which releases the GIL while it runs.
-            speech = await asyncio.to_thread(self._espeak.synthesize_timed, text, self._voice)
-        except TTSError as exc:
-            yield ErrorFrame(error=f"{self} cannot speak {text!r}: {exc}")
-            return
-        audio = await self._resampler.resample(speech.audio.tobytes(), speech.sample_rate, self.sample_rate)
-        await self.stop_ttfb_metrics()
-        chunk = self.chunk_size
-        for start in range(0, len(audio), chunk):
-            frame = TTSAudioRawFrame(audio[start : start + chunk], self.sample_rate, 1, context_id=context_id)
-            if start == 0:
-                frame.metadata[PHONES_METADATA_KEY] = list(speech.phones)
-                frame.metadata[TEXT_METADATA_KEY] = text
-            yield frame

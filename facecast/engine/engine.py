@@ -1,9 +1,9 @@
 """The engine: push speech, pull lock-step (video, audio) frame pairs.
 
-Pure and synchronous: no threads, no clocks, no I/O beyond loading the recogniser's model once. Audio
-is the master clock: frame i always starts at output sample `config.frame_start_sample(i)`, whether it
-carries speech or is a video-only idle frame, so audio and video cannot drift apart. Hosts pace the
-pulls against wall time; the engine never looks at it.
+Pure and synchronous: no threads, no clocks, no I/O beyond loading the recogniser's model and the mouth
+classifier's parameters once. Audio is the master clock: frame i always starts at output sample
+`config.frame_start_sample(i)`, whether it carries speech or is a video-only idle frame, so audio and
+video cannot drift apart. Hosts pace the pulls against wall time; the engine never looks at it.
 
 Not thread-safe: one host task owns an engine.
 """
@@ -276,6 +276,13 @@ class Engine:
     def pending_speech(self) -> bool:
         """True while any pushed or still-open segment has not been fully played."""
         return bool(self._segments)
+
+    @property
+    def speech_ready(self) -> bool:
+        """True when the next frame will carry speech: its segment has the audio (and look-ahead) it
+        needs."""
+        segment = self._segments[0] if self._segments else None
+        return segment is not None and self._ready(segment, self.config.frame_samples(self._index))
 
     # -- output ---------------------------------------------------------------------------------------
     def next_frame(self, *, render: bool = True) -> FramePair:

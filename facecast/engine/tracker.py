@@ -4,7 +4,8 @@ Three sources, best first:
 - timings: phones reported by the speech's source (a TTS engine knows what it said, and when);
 - alignment: PocketSphinx forced alignment of the segment against its known text (run once the
   segment's audio is complete; frames still to be played use it);
-- phones: streaming PocketSphinx phone recognition, queried `lookahead` behind the audio head;
+- phones: streaming PocketSphinx phone recognition, queried `lookahead` behind the audio head, its
+  phones and the spectrum around each frame read by the mouth classifier (`mouth_model`);
 - energy: loudness and spectral balance, language-agnostic; used for non-English speech and where
   the recogniser hears silence in what is clearly speech.
 
@@ -24,6 +25,17 @@ from typing import Any
 import numpy as np
 
 from facecast.engine.config import ANALYSIS_RATE
+from facecast.engine.mouth_model import (
+    MEL_CONTEXT,
+    N_MEL,
+    PHONE_CONTEXT,
+    MouthModel,
+    RunningMean,
+    context_rows,
+    fill_undecoded,
+    mel_filterbank,
+    model_inputs,
+)
 from facecast.engine.types import VISEMES, PhoneTiming
 from facecast.engine.visemes import (
     CLOSED_COLUMN,
@@ -226,19 +238,22 @@ class SharedAligner:
             return codes
 
 
+_HANN = np.hanning(ENERGY_WINDOW).astype(np.float32)
+_FREQS = np.fft.rfftfreq(ENERGY_WINDOW, 1.0 / ANALYSIS_RATE).astype(np.float32)
+_MEL_BANK_T = np.ascontiguousarray(mel_filterbank(ENERGY_WINDOW).T)
+
+
 class EnergyAnalyzer:
-    """Per track frame: a 0..1 speech level and the spectral centroid (Hz), streaming."""
+    """Per track frame, streaming: a 0..1 speech level, the spectral centroid (Hz), the log-mel spectrum."""
 
     def __init__(self) -> None:
         self._peak_db = -20.0
-        self._window = np.hanning(ENERGY_WINDOW).astype(np.float32)
-        self._freqs = np.fft.rfftfreq(ENERGY_WINDOW, 1.0 / ANALYSIS_RATE).astype(np.float32)
 
-    def frames(self, audio: np.ndarray, first: int, last: int) -> tuple[np.ndarray, np.ndarray]:
+    def frames(self, audio: np.ndarray, first: int, last: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Features of frames first..last-1 of `audio` (16 kHz float); frames past its end see silence."""
         n = last - first
         if n <= 0:
-            return np.zeros(0, np.float32), np.zeros(0, np.float32)
+            return np.zeros(0, np.float32), np.zeros(0, np.float32), np.zeros((0, N_MEL), np.float32)
         lo = first * HOP
         span = audio[lo : (last - 1) * HOP + ENERGY_WINDOW]
         span = np.concatenate([span, np.zeros((last - 1) * HOP + ENERGY_WINDOW - lo - len(span), np.float32)])
@@ -246,8 +261,9 @@ class EnergyAnalyzer:
         win = span[idx]
         rms = np.sqrt(np.mean(win * win, axis=1) + 1e-12)
         db = 20.0 * np.log10(rms)
-        spec = np.abs(np.fft.rfft(win * self._window, axis=1))
-        centroid = (spec * self._freqs).sum(axis=1) / (spec.sum(axis=1) + 1e-9)
+        spec = np.abs(np.fft.rfft(win * _HANN, axis=1))
+        centroid = (spec * _FREQS).sum(axis=1) / (spec.sum(axis=1) + 1e-9)
+        log_mel = np.log((spec * spec) @ _MEL_BANK_T + 1e-8)
         level = np.empty(n, np.float32)
         for i in range(n):  # the running peak is sequential by nature
             self._peak_db = max(self._peak_db - PEAK_DECAY_DB_PER_FRAME, float(db[i]))
@@ -256,7 +272,7 @@ class EnergyAnalyzer:
             else:
                 rel = (db[i] - (self._peak_db - LEVEL_RANGE_DB)) / LEVEL_RANGE_DB
                 level[i] = min(1.0, max(0.0, rel))
-        return level, centroid.astype(np.float32)
+        return level, centroid.astype(np.float32), log_mel.astype(np.float32)
 
 
 _ENERGY_KERNEL = gaussian_kernel(2.5)
@@ -317,6 +333,10 @@ class SegmentTrack:
         self._timed = np.full(256, UNKNOWN, np.int8)  # classes from reported phone timings
         self._timed_until = 0  # track frames covered by reported timings
         self._energy = EnergyAnalyzer()
+        # The classifier reads the recogniser's phones: without a recogniser there is nothing to correct.
+        self._model = MouthModel.get() if recognizer is not None else None
+        self._mel = np.zeros((1024 if self._model is not None else 0, N_MEL), np.float32)
+        self._mel_mean = RunningMean(self._model.cmn_prior) if self._model is not None else None
 
     # -- intake -------------------------------------------------------------------------------------
     def feed(self, audio16: np.ndarray) -> None:
@@ -481,10 +501,12 @@ class SegmentTrack:
             # Only the samples these frames' windows reach: the segment may hold minutes more.
             stop = min(self._n, (feat_end - 1) * HOP + ENERGY_WINDOW)
             audio = self._pcm[self._n_feat * HOP : stop].astype(np.float32) / 32768.0
-            level, centroid = self._energy.frames(audio, 0, feat_end - self._n_feat)
+            level, centroid, log_mel = self._energy.frames(audio, 0, feat_end - self._n_feat)
             self._ensure(feat_end)
             self._level[self._n_feat : feat_end] = level
             self._centroid[self._n_feat : feat_end] = centroid
+            if self._mel_mean is not None:
+                self._mel[self._n_feat : feat_end] = self._mel_mean.normalise(log_mel)
             self._n_feat = feat_end
         if self._complete and not self._finished:
             self._finished = True
@@ -535,6 +557,21 @@ class SegmentTrack:
             if hi < end - 4 * TRACK_HZ:
                 break  # older phones were written by earlier calls and have settled
 
+    def _phone_codes(self, w0: int, w1: int) -> np.ndarray:
+        """Classes of track frames [w0, w1) from the recogniser: its phones as the mouth classifier reads
+        them together with the spectrum (rest before the segment and after a complete one)."""
+        known = min(len(self._codes), self._decoded // HOP)
+        if self._model is None or known == 0 or self._n_feat == 0:
+            return _window_codes(self._codes, known, w0, w1, complete=self._complete)
+        mel = context_rows(self._mel, self._n_feat, w0 - MEL_CONTEXT, w1 + MEL_CONTEXT)
+        labels = context_rows(self._labels, known, w0 - PHONE_CONTEXT, w1 + PHONE_CONTEXT)
+        codes = self._model.classes(model_inputs(mel, fill_undecoded(labels, UNDECODED)))
+        codes[: max(0, min(w1, 0) - w0)] = REST_INDEX
+        if self._complete:
+            end = -(-self._n // HOP)
+            codes[max(0, end - w0) :] = REST_INDEX
+        return codes
+
     def _ensure(self, n: int) -> None:
         if n <= len(self._codes):
             return
@@ -544,6 +581,10 @@ class SegmentTrack:
             new = np.full(size, fill, old.dtype)
             new[: len(old)] = old
             setattr(self, name, new)
+        if self._model is not None:
+            mel = np.zeros((size, N_MEL), np.float32)
+            mel[: len(self._mel)] = self._mel
+            self._mel = mel
 
     # -- query --------------------------------------------------------------------------------------
     def mouth(self, t0: float, t1: float, head: int) -> TrackedMouth:
@@ -568,8 +609,7 @@ class SegmentTrack:
             codes = _window_codes(self._align, len(self._align), w0, w1, complete=True)
             source = "alignment"
         elif self._recognizer is not None and not self._recogniser_failed:
-            known = min(len(self._codes), self._decoded // HOP)
-            codes = _window_codes(self._codes, known, w0, w1, complete=self._complete)
+            codes = self._phone_codes(w0, w1)
             source = "phones"
             if self._spans or self._word_requests:
                 word_codes, decided, rejected = self._words_window(w0, w1)

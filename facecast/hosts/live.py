@@ -13,6 +13,13 @@ is not thread-safe, and a frame costs milliseconds of CPU that must not block th
 One lag rule: a frame produced more than one period late is produced without drawing (its audio and face
 state still advance); production more than MAX_LAG_S behind moves the clock on instead of chasing it.
 
+Speech first (`idle_yields_to_speech`, for transports whose playout queue has no timestamps, such as
+LiveKit's AudioSource): a push (or end_segment) that makes speech ready drops the idle frames produced
+but not released, and the speech takes their release slots, so it does not wait behind a face that is
+only breathing. Nor behind the lead: speech after silence plays at its release (`LiveFrame.plays_at`;
+the host drops the silence it queued), and the core moves its clock back by the lead
+(`release_sooner()`), so the next frames refill it with speech.
+
 One interrupt epoch: clear() silences every frame produced but not yet released and skips its video, so
 speech stops at the next released frame; frames computed for calls made before the clear are muted too.
 
@@ -38,6 +45,7 @@ from typing import Any, Generic, NamedTuple, TypeVar
 
 import numpy as np
 
+from facecast.avatars.procedural import ProceduralRenderer
 from facecast.engine import (
     Engine,
     EngineConfig,
@@ -55,6 +63,10 @@ VIDEO_QUEUE_FRAMES = 2  # a consumer that falls behind gets the newest frames, n
 AUDIO_QUEUE_S = 0.3  # audio is never skipped on purpose, so its queue absorbs a few hundred ms of stall
 STATS_WINDOW = 100  # frames in engine_ms; segments in audio_to_video_latency_ms
 MAX_LAG_S = 0.25  # behind by more than this, the clock is moved on rather than caught up
+# A live procedural avatar's idle frames that would move no point by this many pixels repeat the last one
+# drawn (ProceduralRenderer.still_px): about half of them, at luma PSNR ≥ 44 dB against drawing each
+# (docs/benchmarks.md § Cheaper frames). Each costs no render, and the encoder finds it unchanged.
+STILL_PX = 0.25
 
 T = TypeVar("T")
 
@@ -177,6 +189,8 @@ class LiveCore:
         on_event: Callable[[SegmentEvent], None] | None = None,
         queue_frames: int = 2,
         lead_s: float = 0.0,
+        idle_yields_to_speech: bool = False,
+        still_px: float = STILL_PX,
     ) -> None:
         if queue_frames < 1:
             raise ValueError(f"queue_frames must be at least 1, got {queue_frames}")
@@ -186,6 +200,9 @@ class LiveCore:
         self._on_event = on_event
         self._queue_frames = queue_frames
         self._lead_s = lead_s
+        self._idle_yields = idle_yields_to_speech
+        self._still_px = still_px
+        _hold_still(engine.renderer, still_px)
         self.stats = LiveStats()
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="facecast-avatar")
         fps = engine.config.fps
@@ -195,12 +212,14 @@ class LiveCore:
         self._frames: _Output[LiveFrame] = _Output(audio_frames)
         self._pending: deque[_Produced] = deque()  # produced, not yet released, in release order
         self._room = asyncio.Event()
-        self._produced = 0
+        self._produced = 0  # release slots taken: frame k of those kept is released at t0 + k / fps
         self._t0 = 0.0  # event-loop time at which frame 0 is released
+        self._catch_up_s = 0.0  # how far release_sooner() moved the clock back, until production is ahead
         self._epoch = 0  # bumped by clear(): frames requested before it get muted
         self._engine_s: deque[float] = deque(maxlen=STATS_WINDOW)
         self._first_push: dict[int, float] = {}  # engine segment id -> monotonic time of its first audio
         self._speech_free_at = 0.0  # monotonic time the last released speech finishes playing
+        self._speaking = False  # the last frame released carried speech
         self._silence: dict[int, np.ndarray] = {}
         self._task: asyncio.Task[None] | None = None
         self._closing: asyncio.Task[None] | None = None
@@ -296,11 +315,42 @@ class LiveCore:
     ) -> int:
         """Queue speech for the current segment (named `tag` if it is new); returns its engine id."""
         called = time.monotonic()
-        segment_id = await self._call(
-            self._engine.push_audio, pcm, sample_rate, channels=channels, text=text, tag=tag
+        segment_id, ready = await self._call(
+            self._push_audio, pcm, sample_rate, channels=channels, text=text, tag=tag
         )
         self._first_push.setdefault(segment_id, called)
+        if ready and self._idle_yields:
+            self._drop_idle_pending()
         return segment_id
+
+    def _push_audio(self, *args: Any, **kwargs: Any) -> tuple[int, bool]:
+        segment_id = self._engine.push_audio(*args, **kwargs)
+        return segment_id, self._engine.speech_ready
+
+    def _drop_idle_pending(self) -> None:
+        """Speech is ready: the idle frames at the end of the unreleased ones give their release slots
+        to it. The worker runs calls in order, so every frame made before the push has reached _pending
+        by now, and every frame made after it carries the speech."""
+        dropped = 0
+        while self._pending and _is_idle(self._pending[-1]):
+            self._pending.pop().released = True  # its release timer finds nothing to do
+            dropped += 1
+        if dropped:
+            self._produced -= dropped
+            self._room.set()
+
+    def release_sooner(self, seconds: float) -> None:
+        """Move the release clock `seconds` back: the frames produced but not released, and those after
+        them, are released that much sooner (at once where that is past), and drawn all the same. For a
+        host that emptied its playout queue and wants its lead back."""
+        if seconds <= 0 or self._closed:
+            return
+        loop = asyncio.get_running_loop()
+        self._t0 -= seconds
+        self._catch_up_s += seconds
+        for item in self._pending:
+            item.release_at -= seconds
+            loop.call_at(item.release_at, self._release_through, item)
 
     async def push_phones(self, timings: Sequence[PhoneTiming]) -> int:
         return await self._call(self._engine.push_phones, timings)
@@ -309,7 +359,13 @@ class LiveCore:
         return await self._call(self._engine.push_text, text)
 
     async def end_segment(self) -> None:
-        await self._call(self._engine.end_segment)
+        """End the current segment (see Engine.end_segment); a short one becomes ready to play."""
+        if await self._call(self._end_segment) and self._idle_yields:
+            self._drop_idle_pending()
+
+    def _end_segment(self) -> bool:
+        self._engine.end_segment()
+        return self._engine.speech_ready
 
     async def clear(self) -> None:
         """Interrupt; returns once the engine has dropped its speech. See `clear_now`."""
@@ -339,6 +395,8 @@ class LiveCore:
 
     def set_renderer_now(self, renderer: Renderer | None) -> None:
         """Draw with `renderer` from the next frame made after the calls already queued."""
+
+        _hold_still(renderer, self._still_px)
 
         def swap() -> None:
             self._engine.renderer = renderer
@@ -396,6 +454,9 @@ class LiveCore:
                     await self._room.wait()
                 release_at = self._t0 + self._produced * period
                 lag = loop.time() - release_at
+                if lag <= 0:
+                    self._catch_up_s = 0.0  # production is ahead of release again
+                lag -= self._catch_up_s  # frames released sooner on purpose are not late
                 if lag > MAX_LAG_S:
                     # Skipping drawing did not catch up (the machine is overloaded): accept the delay
                     # instead of chasing it, or every later frame would be late and none drawn.
@@ -408,11 +469,13 @@ class LiveCore:
                 video, audio, meta, seconds = await loop.run_in_executor(
                     self._worker, self._timed, functools.partial(self._next_engine_frame, render)
                 )
-                self._produced += 1
                 self._engine_s.append(seconds)
                 self.stats.engine_ms = 1000.0 * sum(self._engine_s) / len(self._engine_s)
                 if not render:
                     self.stats.frames_dropped += 1
+                # Taken now: a push (idle frames dropped) or release_sooner() may have moved the slots.
+                release_at = self._t0 + self._produced * period
+                self._produced += 1
                 item = _Produced(video, audio, meta, release_at)
                 if epoch != self._epoch:  # requested before a clear() that ran after it
                     self._mute(item)
@@ -458,6 +521,13 @@ class LiveCore:
         speech = item.pair_audio if not item.muted else None
         video = item.pair_video if not item.muted else None
         duration = cfg.frame_samples(meta.index) / cfg.out_rate
+        lead = self._lead_s
+        if self._idle_yields and speech is not None and not self._speaking and lead > 0:
+            # Speech after silence skips the lead: it plays at release (the host drops the silence it
+            # queued), and the frames after it come sooner until the lead is full again.
+            lead = 0.0
+            self.release_sooner(self._lead_s)
+        self._speaking = speech is not None
         if speech is not None:
             stats.speech_frames += 1
             stats.text_frames += int(meta.mouth_source in TEXT_MOUTH_SOURCES)
@@ -471,10 +541,10 @@ class LiveCore:
             if not self._audio.put(AudioOut(audio, cfg.frame_start_sample(meta.index))):
                 stats.audio_frames_lost_in_queue += 1
         if self._frames.wanted:
-            frame = LiveFrame(video, speech, meta, item.release_at + self._lead_s, duration)
+            frame = LiveFrame(video, speech, meta, item.release_at + lead, duration)
             if not self._frames.put(frame):
                 stats.audio_frames_lost_in_queue += 1
-        plays_mono = now + self._lead_s
+        plays_mono = now + lead
         for event in meta.events:
             if isinstance(event, SegmentStarted):
                 pushed = self._first_push.pop(event.segment_id, None)
@@ -502,3 +572,14 @@ class LiveCore:
             buf.setflags(write=False)
             self._silence[n] = buf
         return buf
+
+
+def _is_idle(item: _Produced) -> bool:
+    """A frame without speech or events: dropping it only skips a little idle motion."""
+    return item.pair_audio is None and not item.meta.events
+
+
+def _hold_still(renderer: Renderer | None, still_px: float) -> None:
+    """Let a procedural renderer repeat idle frames that would barely move (see STILL_PX)."""
+    if isinstance(renderer, ProceduralRenderer):
+        renderer.still_px = still_px

@@ -31,7 +31,7 @@ import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from fractions import Fraction
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import av
 import cv2
@@ -47,6 +47,8 @@ from aiortc import (
 )
 from aiortc.codecs import get_encoder
 from aiortc.codecs.base import Encoder
+from aiortc.codecs.g711 import PcmaEncoder, PcmuEncoder
+from aiortc.codecs.g722 import G722Encoder
 from aiortc.codecs.h264 import H264Encoder
 from aiortc.codecs.vpx import Vp8Encoder
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack, convert_timebase
@@ -222,7 +224,34 @@ def _vp8_context(width: int, height: int, bitrate: int) -> VideoCodecContext:
     return codec
 
 
-class _TunedH264Encoder(_SizedBitrate, H264Encoder):
+class EncodeWhereSent(NamedTuple):
+    """A track's frame as its sender gets it when encoding happens on the event loop (see
+    encode_where_sent): aiortc passes anything that is not an av.Frame to the encoder's pack()."""
+
+    frame: Frame
+    keyframe: bool  # the receiver asked for one (PLI / FIR) since the previous frame
+
+    # What hosts/rtcp.py's hold and sender reports read from a track's frames.
+    @property
+    def pts(self) -> int | None:
+        return self.frame.pts
+
+    @property
+    def time_base(self) -> Fraction | None:
+        return self.frame.time_base
+
+
+class _EncodesInPack:
+    """pack() of an EncodeWhereSent encodes it right there, on the event loop; aiortc's own pack() (for
+    pre-encoded packets) otherwise."""
+
+    def pack(self, packet: Any) -> tuple[list[bytes], int]:
+        if isinstance(packet, EncodeWhereSent):
+            return self.encode(packet.frame, packet.keyframe)  # type: ignore[attr-defined,no-any-return]
+        return super().pack(packet)  # type: ignore[misc,no-any-return]
+
+
+class _TunedH264Encoder(_EncodesInPack, _SizedBitrate, H264Encoder):
     def encode(self, frame: Frame, force_keyframe: bool = False) -> tuple[list[bytes], int]:
         with _metered(frame):
             return super().encode(frame, force_keyframe)
@@ -232,7 +261,7 @@ class _TunedH264Encoder(_SizedBitrate, H264Encoder):
         return super()._encode_frame(frame, force_keyframe)
 
 
-class _TunedVp8Encoder(_SizedBitrate, Vp8Encoder):
+class _TunedVp8Encoder(_EncodesInPack, _SizedBitrate, Vp8Encoder):
     def encode(self, frame: Frame, force_keyframe: bool = False) -> tuple[list[bytes], int]:
         with _metered(frame):
             assert isinstance(frame, av.VideoFrame)
@@ -326,7 +355,9 @@ class _TunedOpusEncoder(Encoder):
         self._last_packet = packets[-1] if packets else b""
         return packets
 
-    def pack(self, packet: av.Packet) -> tuple[list[bytes], int]:
+    def pack(self, packet: av.Packet | EncodeWhereSent) -> tuple[list[bytes], int]:
+        if isinstance(packet, EncodeWhereSent):
+            return self.encode(packet.frame)
         return [bytes(packet)], convert_timebase(packet.pts, packet.time_base, Fraction(1, OPUS_CLOCK))
 
 
@@ -334,22 +365,82 @@ def i420_frame(image: np.ndarray) -> av.VideoFrame:
     """An RGB(A) render as the yuv420p VideoFrame the encoders take, wrapping the converted buffer
     instead of copying it into the frame (0.06 ms instead of 0.25 ms at 512²). OpenCV's I420 is BT.601
     limited range, what decoders assume; 0.4 ms vs 4 ms for PyAV's reformat."""
+    return _wrap_i420(to_i420(image))
+
+
+def to_i420(image: np.ndarray) -> np.ndarray:
+    """An RGB(A) render as one I420 buffer: (height * 3 / 2, width) uint8."""
     code = cv2.COLOR_RGBA2YUV_I420 if image.shape[2] == 4 else cv2.COLOR_RGB2YUV_I420
-    yuv = cv2.cvtColor(image, code)
-    if image.shape[0] % 4 == 0:  # PyAV 18.1 misreads the height of an I420 buffer whose chroma rows are odd
+    return cv2.cvtColor(image, code)
+
+
+def _wrap_i420(yuv: np.ndarray) -> av.VideoFrame:
+    if yuv.shape[0] % 6 == 0:  # PyAV 18.1 misreads the height of an I420 buffer whose chroma rows are odd
         return av.VideoFrame.from_numpy_buffer(yuv, format="yuv420p")
     return av.VideoFrame.from_ndarray(yuv, format="yuv420p")
 
 
+class _G722Encoder(_EncodesInPack, G722Encoder):
+    pass
+
+
+class _PcmaEncoder(_EncodesInPack, PcmaEncoder):
+    pass
+
+
+class _PcmuEncoder(_EncodesInPack, PcmuEncoder):
+    pass
+
+
+# Every codec aiortc can send, each able to encode in pack().
+_TUNED_ENCODERS: dict[str, type[Encoder]] = {
+    "video/h264": _TunedH264Encoder,
+    "video/vp8": _TunedVp8Encoder,
+    "audio/opus": _TunedOpusEncoder,
+    "audio/g722": _G722Encoder,
+    "audio/pcma": _PcmaEncoder,
+    "audio/pcmu": _PcmuEncoder,
+}
+
+
 def _tuned_get_encoder(codec: RTCRtpCodecParameters) -> Encoder:
-    mime = codec.mimeType.lower()
-    if mime == "video/h264":
-        return _TunedH264Encoder()
-    if mime == "video/vp8":
-        return _TunedVp8Encoder()
-    if mime == "audio/opus":
-        return _TunedOpusEncoder()
-    return get_encoder(codec)
+    encoder = _TUNED_ENCODERS.get(codec.mimeType.lower())
+    return encoder() if encoder is not None else get_encoder(codec)
+
+
+def encode_where_sent(sender: RTCRtpSender) -> bool:
+    """Have `sender` encode its track's frames on the event loop, as it takes them, instead of in
+    aiortc's thread-pool executor. The executor costs two thread hand-offs per frame (futures, a
+    self-pipe write, GIL switches; 80 frames a second for one session's video and audio) for work of
+    about a millisecond, during which PyAV releases the GIL anyway (the avatar's worker thread runs
+    meanwhile). The sender's encoder must be a tuned one (tune_encoders()); False, and aiortc's path
+    kept, otherwise. Call before the sender starts. aiortc then sends no audio-level header extension
+    (it computes that only for frames it encodes itself)."""
+    track = sender.track
+    if track is None or rtcrtpsender.get_encoder is not _tuned_get_encoder:
+        return False
+    if not hasattr(sender, "_send_keyframe"):
+        log.warning("aiortc's RTP sender layout changed; encoding in its executor")
+        return False
+    track_recv: Callable[[], Awaitable[Frame]] = track.recv
+    send_keyframe: Callable[[], None] = sender._send_keyframe
+    keyframe = False
+
+    def request_keyframe() -> None:
+        nonlocal keyframe
+        keyframe = True
+        send_keyframe()  # aiortc's own flag too, for frames that take its path
+
+    async def recv() -> EncodeWhereSent:
+        nonlocal keyframe
+        frame = await track_recv()
+        wanted, keyframe = keyframe, False
+        return EncodeWhereSent(frame, wanted)
+
+    # aiortc looks both up on the instance, per frame and per PLI / FIR.
+    track.recv = recv  # type: ignore[method-assign]
+    sender._send_keyframe = request_keyframe  # type: ignore[method-assign]
+    return True
 
 
 def tune_encoders() -> None:
@@ -362,7 +453,8 @@ def tune_encoders() -> None:
     VP8 realtime at cpu-used 16 without the temporal denoiser (aiortc: cpu-used -6, denoiser on) and
     static macroblocks skipped (VP8_STATIC_THRESHOLD), and bitrate limits that scale with the frame size
     (bitrate_range). They also time each encode into the EncodeMeter a track puts in
-    `VideoFrame.opaque`. Opus encodes mono audio as mono at its own rate (_TunedOpusEncoder)."""
+    `VideoFrame.opaque`. Opus encodes mono audio as mono at its own rate (_TunedOpusEncoder). Every
+    tuned encoder also encodes an EncodeWhereSent given to pack() (see encode_where_sent)."""
     if not (hasattr(rtcrtpsender, "get_encoder") and hasattr(H264Encoder, "_encode_frame")):
         log.warning("aiortc's encoder layout changed; keeping its stock video encoders")
         return
@@ -397,10 +489,15 @@ class AvatarVideoTrack(MediaStreamTrack):
         self.meter = EncodeMeter()
         self.frames = 0  # frames handed to the sender
         self.first_sent_at: float | None = None  # time.monotonic() of the first
+        # The last render and its I420 buffer: a still idle frame repeats the render (STILL_PX in
+        # hosts/live.py), which then needs no second conversion.
+        self._converted: tuple[np.ndarray, np.ndarray] | None = None
 
     async def recv(self) -> av.VideoFrame:
         out: VideoOut = await _next_output(self, self._avatar.next_video)
-        frame = i420_frame(out.image)
+        if self._converted is None or self._converted[0] is not out.image:
+            self._converted = (out.image, to_i420(out.image))
+        frame = _wrap_i420(self._converted[1])
         frame.pts = out.index * VIDEO_CLOCK // self._fps
         frame.time_base = VIDEO_TIME_BASE
         frame.opaque = self.meter
@@ -556,6 +653,8 @@ class AvatarPeer:
         video.setCodecPreferences(_codec_preferences(codec))
         if rtcp.enabled():  # sender reports on the engine's clock from the first packets: see hosts/rtcp.py
             rtcp.MediaClockReports().attach(audio.sender, video.sender)
+        encode_where_sent(audio.sender)  # after rtcp's hold, which wraps the tracks' own frames
+        encode_where_sent(video.sender)
         self._channel = self._pc.createDataChannel(DATA_CHANNEL_LABEL, negotiated=True, id=0)
         self._channel.on("open", self._flush_events)
         self._channel.on("message", self._receive)

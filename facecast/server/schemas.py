@@ -14,8 +14,8 @@ from pydantic import (
     field_validator,
 )
 
-from facecast.avatars import ASPECTS, QUALITIES
-from facecast.engine.config import DEFAULT_LOOKAHEAD_MS, FPS_CHOICES, MAX_LOOKAHEAD_MS
+# The wire's value sets, not the avatars' or the engine's: a client validates with these models without them.
+from facecast.protocol import ASPECTS, DEFAULT_LOOKAHEAD_MS, FPS_CHOICES, MAX_LOOKAHEAD_MS, QUALITIES
 
 
 def _integral(value: object) -> object:

@@ -115,9 +115,9 @@ class FacecastVideoGenerator(VideoGenerator):
         core; raises what the build raised (BundleError for a damaged bundle, ...)."""
         engine = await asyncio.wrap_future(self._built)
         if self._core is None:
-            # One frame made ahead, not two: LiveKit's runner keeps its own playout lead, and every frame
-            # made ahead is an idle one that new speech waits behind.
-            self._core = LiveCore(engine, queue_frames=1)
+            # One frame made ahead, not two: LiveKit's runner keeps its own playout lead. Speech does
+            # not wait behind that frame when it is an idle one: LiveKit's audio queue has no timestamps.
+            self._core = LiveCore(engine, queue_frames=1, idle_yields_to_speech=True)
         return self._core
 
     # -- properties ------------------------------------------------------------------------------------

@@ -12,7 +12,9 @@ through the `AudioReceiver`. It is its own class because the stock runner
 
 Pacing is the live core's (facecast.hosts.live): frames are released PLAYOUT_LEAD_S before they play,
 and the audio source's queue is kept that full (silence while idle), so a late event-loop tick does not
-starve the source.
+starve the source. Speech does not wait behind that silence: its first frame plays at release (the
+core's idle_yields_to_speech), so the silence queued and the idle pictures still to show are dropped,
+and the core releases the frames after it sooner until the lead is full again (with speech).
 """
 
 from __future__ import annotations
@@ -48,11 +50,11 @@ AV_STREAM = "facecast-avatar"
 # (1.7 Mbps) is 0.06; a talking head on a still background needs no more.
 VIDEO_BITS_PER_PIXEL = 0.06
 MIN_VIDEO_BITRATE = 150_000
-# Audio queued in the source ahead of playout: the jitter the event loop may add without a gap. Speech
-# waits behind it, and the SDK's buffer adds latency with its size: measured with `facecast bench
-# livekit`, first audio sent -> speech heard was 321 ms with 0.1 s in a 300 ms source (two frames made
-# ahead), 230 ms with 0.04 s in 100 ms (one frame ahead); the runner before the live core, which had no
-# lead at speech onset, 146 ms.
+# Audio queued in the source ahead of playout: the jitter the event loop may add without a gap. The
+# SDK's buffer adds latency with its size: measured with `facecast bench livekit`, first audio sent ->
+# speech heard was 321 ms with 0.1 s in a 300 ms source (two frames made ahead), 230 ms with 0.04 s in
+# 100 ms (one frame ahead), when speech waited behind the lead's silence and an idle frame; the runner
+# before the live core, which had no lead at speech onset, 146 ms.
 PLAYOUT_LEAD_S = 0.04
 SOURCE_QUEUE_MS = 100  # room for the lead and two frames, so capture_frame does not wait
 MAX_EARLY_TEXT_CHARS = 4000  # transcript held for speech not yet heard: a few utterances' worth
@@ -374,8 +376,12 @@ class FacecastAvatarRunner:
         when that audio starts playing."""
         sample_rate = self._gen.sample_rate
         silence: rtc.AudioFrame | None = None
+        idle = True  # the source holds only silence
         while True:
             frame = await self._core.next_frame()
+            if frame.audio is not None and idle:
+                self._speech_ahead_of_silence()
+            idle = frame.audio is None
             if self._lead_missing:
                 await self._refill_lead()
             starts_at = time.monotonic() + self._audio_source.queued_duration
@@ -398,6 +404,15 @@ class FacecastAvatarRunner:
                 self._show(video_frame(frame.video), starts_at)
             if self._mouth_track:
                 self._send_mouth_track(frame, starts_at)
+
+    def _speech_ahead_of_silence(self) -> None:
+        """Speech after silence plays at release: the silence queued and the idle pictures waiting to be
+        shown go (the core releases the next frames sooner, to fill the lead with speech)."""
+        self._audio_source.clear_queue()
+        self._lead_missing = False  # the frames after this one refill it
+        for timer in self._video_timers:
+            timer.cancel()
+        self._video_timers.clear()
 
     async def _refill_lead(self) -> None:
         """Queue silence up to the playout lead: what is released from now on plays that much later,

@@ -14,29 +14,27 @@ which would keep the transport's bot-speaking state on.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import json
 import time
 import uuid
 from collections import deque
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import numpy as np
-from aiortc import MediaStreamTrack, RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
-from aiortc.mediastreams import MediaStreamError
 from loguru import logger
 from pipecat.audio.utils import create_stream_resampler
 from pipecat.frames.frames import OutputImageRawFrame
 from pipecat.processors.frame_processor import FrameProcessor
 
 from facecast import protocol as p
-from facecast.client.sender_clock import SenderClock
-from facecast.engine import PhoneTiming
-from pipecat_facecast._local import EmitFrame
+from facecast.client import LiteClient, LiteSocket, MintedSession, ReceivingPeer, ServerError
 from pipecat_facecast._playout import SEGMENT_DONE, ImagePacer, OutputResampler, Position
+
+if TYPE_CHECKING:  # remote mode runs without the engine: these are only types here
+    from facecast.engine import PhoneTiming
+    from pipecat_facecast._local import EmitFrame
 
 SILENCE_LEVEL = 64  # int16 peak below which decoded Opus counts as the server's idle silence
 SPEECH_END_QUIET_SECS = 0.12  # after the server reports the end, this much silence ends the speech run
@@ -45,11 +43,9 @@ MAX_VIDEO_HOLD_SECS = 0.3
 CONNECT_TIMEOUT_SECS = 20.0
 KEEP_ALIVE_SECS = 60.0
 SERVER_RATE = 48000  # Opus
-VIDEO_CLOCK = 90000
 
-
-class FacecastServerError(RuntimeError):
-    """The Facecast server refused a request; the message is the server's."""
+# The Facecast server refused a request; the message is the server's (this module's name for it).
+FacecastServerError = ServerError
 
 
 class RemoteAvatar:
@@ -83,10 +79,7 @@ class RemoteAvatar:
         """
         self._owner = owner
         self._emit = emit
-        self._base = server_url.rstrip("/")
-        self._api_key = api_key
-        self._http = session
-        self._own_http = session is None
+        self._client = LiteClient(server_url, api_key, http=session)
         self._token_body = {
             "mode": "LITE",
             "avatar_id": avatar,
@@ -95,14 +88,12 @@ class RemoteAvatar:
             "video_settings": {"quality": quality, "encoding": "VP8"},
             "transport": "webrtc",
         }
-        self._session_id: str | None = None
-        self._token: str | None = None
-        self._pc: RTCPeerConnection | None = None
-        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._minted: MintedSession | None = None
+        self._peer: ReceivingPeer | None = None
+        self._ws: LiteSocket | None = None
         self._connect_task: asyncio.Task | None = None
         self._tasks: list[asyncio.Task] = []
         self._connected = asyncio.Event()
-        self._clocks = {"audio": SenderClock(SERVER_RATE), "video": SenderClock(VIDEO_CLOCK)}
         self._up = create_stream_resampler(clear_after_secs=None)  # TTS → 24 kHz for agent.speak
         self._down: OutputResampler | None = None  # 48 kHz Opus → the pipeline's rate
         self._video: deque[tuple[float, OutputImageRawFrame]] = deque()
@@ -111,6 +102,7 @@ class RemoteAvatar:
         self._audio: list[np.ndarray] = []  # speech received since the last video frame went out
         self._running = False
         self._failed = False  # the session could not be set up: nothing will play
+        self._stopping = False
         # Utterances: segment ids are ours; the server knows them by event id.
         self._next_segment = 0
         self._open: tuple[int, str] | None = None  # (segment id, event id) being sent
@@ -144,23 +136,22 @@ class RemoteAvatar:
     async def stop(self) -> None:
         """End the session and close everything; idempotent."""
         self._running = False
+        self._stopping = True  # the server's session.stopped for our own stop is no error
         tasks = [t for t in (self._connect_task, *self._tasks) if t is not None]
         self._connect_task, self._tasks = None, []
         for task in tasks:
             await self._owner.cancel_task(task)
-        if self._token is not None:
-            with contextlib.suppress(aiohttp.ClientError, FacecastServerError, TimeoutError):
-                await self._post(f"{p.API_PREFIX}/sessions/stop", {"session_id": self._session_id})
-            self._token = None
+        if self._minted is not None:
+            with contextlib.suppress(aiohttp.ClientError, ServerError, TimeoutError):
+                await self._client.stop(self._minted)
+            self._minted = None
         if self._ws is not None:
             await self._ws.close()
             self._ws = None
-        if self._pc is not None:
-            await self._pc.close()
-            self._pc = None
-        if self._own_http and self._http is not None:
-            await self._http.close()
-            self._http = None
+        if self._peer is not None:
+            await self._peer.close()
+            self._peer = None
+        await self._client.close()
 
     # -- speech up ------------------------------------------------------------------------------------
     async def speak(
@@ -180,7 +171,7 @@ class RemoteAvatar:
             pcm = np.frombuffer(pcm, np.int16).reshape(-1, channels).mean(axis=1).astype(np.int16).tobytes()
         audio = await self._up.resample(pcm, sample_rate, p.LITE_AUDIO_RATE)
         if audio:
-            await self._send({"type": p.AGENT_SPEAK, "event_id": event_id, "audio": _b64(audio)}, wait=True)
+            await self._send(lambda ws: ws.speak(event_id, audio), wait=True)
         return segment_id
 
     async def add_text(self, text: str) -> None:
@@ -194,8 +185,8 @@ class RemoteAvatar:
         self._open = None
         tail = await self._up.flush()
         if tail:
-            await self._send({"type": p.AGENT_SPEAK, "event_id": event_id, "audio": _b64(tail)}, wait=True)
-        await self._send({"type": p.AGENT_SPEAK_END, "event_id": event_id}, wait=True)
+            await self._send(lambda ws: ws.speak(event_id, tail), wait=True)
+        await self._send(lambda ws: ws.speak_end(event_id), wait=True)
 
     async def interrupt(self) -> None:
         """Stop the avatar speaking and drop the speech still on its way to us."""
@@ -208,66 +199,46 @@ class RemoteAvatar:
         await self._up.reset()
         if self._down is not None:
             await self._down.reset()
-        await self._send({"type": p.AGENT_INTERRUPT})
+        await self._send(LiteSocket.interrupt)
 
     async def set_listening(self, listening: bool) -> None:
         """Show the attentive pose while the user talks."""
-        await self._send({"type": p.AGENT_START_LISTENING if listening else p.AGENT_STOP_LISTENING})
+        await self._send(lambda ws: ws.set_listening(listening))
 
     # -- session --------------------------------------------------------------------------------------
     async def _connect(self) -> None:
         try:
-            if self._http is None:
-                self._http = aiohttp.ClientSession()
-            minted = await self._post(f"{p.API_PREFIX}/sessions/token", self._token_body, api_key=True)
-            self._session_id, self._token = minted["session_id"], minted["session_token"]
-            started = await self._post(f"{p.API_PREFIX}/sessions/start", {"session_id": self._session_id})
-            await self._connect_peer(started["webrtc"])
-            self._ws = await self._http.ws_connect(started["ws_url"], max_msg_size=0)
-            self._tasks.append(self._owner.create_task(self._receive_events(), "facecast-events"))
+            self._minted = await self._client.mint(self._token_body)
+            started = await self._client.start(self._minted)
+            if started.webrtc is None or started.ws_url is None:
+                raise ValueError(f"session {started.session_id} is not a WebRTC session")
+            channel = started.webrtc
+            self._peer = ReceivingPeer(
+                # No ICE servers from the server: aiortc's default (a public STUN server), as browsers do.
+                ice_servers=channel.ice_servers or None,
+                data_channel=(channel.data_channel_label, channel.data_channel_id),
+                on_audio=self._receive_audio,
+                on_video=self._receive_video,
+                sender_clocks=True,
+            )
+            await self._peer.connect(self._client, started)
+            self._ws = await LiteSocket.connect(
+                self._client.http, started.ws_url, on_event=self._on_event, keep_events=False
+            )
             self._tasks.append(self._owner.create_task(self._pump_video(), "facecast-video"))
-            idle = float(started.get("idle_timeout") or KEEP_ALIVE_SECS * 3)
+            idle = started.idle_timeout or KEEP_ALIVE_SECS * 3
             self._tasks.append(self._owner.create_task(self._keep_alive(min(KEEP_ALIVE_SECS, idle / 3))))
             await asyncio.wait_for(self._connected.wait(), CONNECT_TIMEOUT_SECS)
-            logger.info(f"Facecast session {self._session_id} connected")
-        except (aiohttp.ClientError, FacecastServerError, TimeoutError, KeyError, ValueError) as e:
+            logger.info(f"Facecast session {started.session_id} connected")
+        except (aiohttp.ClientError, ServerError, TimeoutError, KeyError, ValueError) as e:
+            # pydantic's ValidationError is a ValueError: a bad setting, named by the server's own model.
             self._failed = True
             await self._owner.push_error(
                 f"Facecast server session failed: {e}", exception=e, force_treat_as_permanent=True
             )
 
-    async def _connect_peer(self, webrtc: dict[str, Any]) -> None:
-        servers = [
-            RTCIceServer(urls=s["urls"], username=s.get("username"), credential=s.get("credential"))
-            for s in webrtc.get("ice_servers", [])
-        ]
-        pc = self._pc = RTCPeerConnection(RTCConfiguration(iceServers=servers or None))
-        for kind in ("audio", "video"):
-            transceiver = pc.addTransceiver(kind, direction="recvonly")
-            self._clocks[kind].watch(transceiver.receiver)
-        channel = webrtc.get("data_channel") or {}
-        # The server creates the same negotiated channel; the offer must carry its m-line.
-        pc.createDataChannel(
-            channel.get("label", p.DATA_CHANNEL_LABEL), negotiated=True, id=channel.get("id", 0)
-        )
-        pc.on("track", self._on_track)
-        await pc.setLocalDescription(await pc.createOffer())
-        answer = await self._post(webrtc["offer_url"], {"sdp": pc.localDescription.sdp, "type": "offer"})
-        await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type=answer["type"]))
-
-    async def _post(self, path: str, body: dict[str, Any], *, api_key: bool = False) -> dict[str, Any]:
-        assert self._http is not None
-        url = path if path.startswith("http") else self._base + path
-        headers = {"X-API-KEY": self._api_key} if api_key else {"Authorization": f"Bearer {self._token}"}
-        async with self._http.post(url, json=body, headers=headers) as response:
-            payload = await response.json(content_type=None)
-        if response.status >= 400 or not isinstance(payload, dict) or payload.get("code") != p.CODE_OK:
-            message = payload.get("message") if isinstance(payload, dict) else payload
-            raise FacecastServerError(f"{path}: HTTP {response.status}: {message}")
-        return payload["data"]
-
-    async def _send(self, message: dict[str, Any], *, wait: bool = False) -> None:
-        """Send a LITE message once the session is connected.
+    async def _send(self, send: Callable[[LiteSocket], Awaitable[float]], *, wait: bool = False) -> None:
+        """Send a LITE message (`send(socket)` does) once the session is connected.
 
         With `wait`, wait for the connection first (speech must not be lost); otherwise drop the message
         if the session is not connected (a pose or an interrupt is moot then).
@@ -276,53 +247,39 @@ class RemoteAvatar:
             await asyncio.wait([self._connect_task])
         if self._ws is None or self._ws.closed or not self._connected.is_set():
             return
-        await self._ws.send_str(json.dumps(message))
+        await send(self._ws)
 
     async def _keep_alive(self, every: float) -> None:
         while True:
             await asyncio.sleep(every)
-            await self._send({"type": p.SESSION_KEEP_ALIVE})
+            await self._send(LiteSocket.keep_alive)
 
-    async def _receive_events(self) -> None:
-        assert self._ws is not None
-        async for message in self._ws:
-            if message.type != aiohttp.WSMsgType.TEXT:
-                break
-            event = json.loads(message.data)
-            kind = event.get("type")
-            if kind == p.SESSION_STATE_UPDATED and event.get("state") == p.WS_STATE_CONNECTED:
-                self._connected.set()
-            elif kind in (p.AGENT_SPEAK_ENDED, p.AGENT_SPEAK_INTERRUPTED):
-                segment = self._event_segments.pop(event.get("event_id"), None)
-                if segment is not None:
-                    # The event leaves with the utterance's last frame, whose audio is still on its way,
-                    # behind the video by about as much as the video is held back.
-                    self._finished.append((time.monotonic() + self._video_hold(), segment))
-            elif kind == p.ERROR:
-                logger.warning(f"Facecast server: {event.get('message')}")
-            elif kind == p.SESSION_STOPPED:
-                await self._owner.push_error(
-                    f"Facecast session ended by the server ({event.get('end_reason')})",
-                    force_treat_as_permanent=True,
-                )
-                break
+    async def _on_event(self, event: dict[str, Any]) -> None:
+        if self._stopping:
+            return
+        kind = event.get("type")
+        if kind == p.SESSION_STATE_UPDATED and event.get("state") == p.WS_STATE_CONNECTED:
+            self._connected.set()
+        elif kind in (p.AGENT_SPEAK_ENDED, p.AGENT_SPEAK_INTERRUPTED):
+            segment = self._event_segments.pop(event.get("event_id"), None)
+            if segment is not None:
+                # The event leaves with the utterance's last frame, whose audio is still on its way,
+                # behind the video by about as much as the video is held back.
+                self._finished.append((time.monotonic() + self._video_hold(), segment))
+        elif kind == p.ERROR:
+            logger.warning(f"Facecast server: {event.get('message')}")
+        elif kind == p.SESSION_STOPPED:
+            await self._owner.push_error(
+                f"Facecast session ended by the server ({event.get('end_reason')})",
+                force_treat_as_permanent=True,
+            )
 
     # -- media down -----------------------------------------------------------------------------------
-    def _on_track(self, track: MediaStreamTrack) -> None:
-        receive = self._receive_audio if track.kind == "audio" else self._receive_video
-        self._tasks.append(self._owner.create_task(receive(track), f"facecast-{track.kind}"))
-
-    async def _receive_audio(self, track: MediaStreamTrack) -> None:
-        while True:
-            try:
-                frame = await track.recv()
-            except MediaStreamError:
-                return
-            self._clocks["audio"].note_arrival(frame.pts, time.monotonic())
-            if not self._running:
-                continue
-            samples = frame.to_ndarray().reshape(-1)[:: len(frame.layout.channels)].astype(np.int16)
-            self._take_audio(samples, frame.samples / frame.sample_rate)
+    def _receive_audio(self, frame: Any, arrival: float) -> None:
+        if not self._running:
+            return
+        samples = frame.to_ndarray().reshape(-1)[:: len(frame.layout.channels)].astype(np.int16)
+        self._take_audio(samples, frame.samples / frame.sample_rate)
 
     def _take_audio(self, samples: np.ndarray, seconds: float) -> None:
         loud = int(np.abs(samples.astype(np.int32)).max(initial=0)) > SILENCE_LEVEL
@@ -338,26 +295,19 @@ class RemoteAvatar:
         if not self._event_segments and self._quiet_secs >= SPEECH_END_QUIET_SECS:
             self._speaking = False  # everything sent has been reported played, and it went quiet
 
-    async def _receive_video(self, track: MediaStreamTrack) -> None:
-        while True:
-            try:
-                frame = await track.recv()
-            except MediaStreamError:
-                return
-            arrival = time.monotonic()
-            self._clocks["video"].note_arrival(frame.pts, arrival)
-            if not self._running:
-                continue
-            image = OutputImageRawFrame(
-                image=frame.to_ndarray(format="rgb24").tobytes(),
-                size=(frame.width, frame.height),
-                format="RGB",
-            )
-            self._video.append((arrival + self._video_hold(), image))
-            self._video_ready.set()
+    def _receive_video(self, frame: Any, arrival: float) -> None:
+        if not self._running:
+            return
+        image = OutputImageRawFrame(
+            image=frame.to_ndarray(format="rgb24").tobytes(), size=(frame.width, frame.height), format="RGB"
+        )
+        self._video.append((arrival + self._video_hold(), image))
+        self._video_ready.set()
 
     def _video_hold(self) -> float:
-        audio, video = self._clocks["audio"].latency, self._clocks["video"].latency
+        clocks = self._peer.clocks if self._peer is not None else {}
+        audio = clocks["audio"].latency if "audio" in clocks else None
+        video = clocks["video"].latency if "video" in clocks else None
         if audio is None or video is None:
             return DEFAULT_AUDIO_LAG_SECS
         return min(max(audio - video, 0.0), MAX_VIDEO_HOLD_SECS)
@@ -398,7 +348,3 @@ class RemoteAvatar:
                 played = (self._finished.popleft()[1], SEGMENT_DONE)
         started, self._started_run = self._started_run, False
         await self._emit(audio_bytes, image, segment, played, started)
-
-
-def _b64(pcm: bytes) -> str:
-    return base64.b64encode(pcm).decode("ascii")

@@ -1,88 +1,10 @@
-"""Offline text-to-speech with espeak-ng (bundled with Facecast): a voice for demos that need no API key."""
+"""Offline text-to-speech with espeak-ng (bundled with Facecast): a voice for demos that need no API key.
 
-from __future__ import annotations
+The service is Facecast's own (facecast.tts.espeak_service), the one FULL mode speaks with; every
+utterance's first ``TTSAudioRawFrame`` carries the phones espeak-ng spoke (`PHONES_METADATA_KEY`), so a
+following `FacecastVideoService` moves the mouth to them exactly.
+"""
 
-import asyncio
-from collections.abc import AsyncGenerator
-from dataclasses import dataclass
-from typing import Any
+from facecast.tts.espeak_service import EspeakTTSService, EspeakTTSSettings
 
-from pipecat.audio.utils import create_file_resampler
-from pipecat.frames.frames import ErrorFrame, Frame, TTSAudioRawFrame
-from pipecat.services.settings import TTSSettings
-from pipecat.services.tts_service import TTSService
-from pipecat.utils.types import is_given
-
-from facecast.tts import EspeakTTS, TTSError
-from facecast.tts.espeak import DEFAULT_VOICE
-from pipecat_facecast.video import PHONES_METADATA_KEY
-
-
-@dataclass
-class EspeakTTSSettings(TTSSettings):
-    """Settings for `EspeakTTSService`.
-
-    Parameters:
-        voice: espeak-ng voice name ("en-us", "en", "de", "fr", ...).
-    """
-
-
-class EspeakTTSService(TTSService):
-    """espeak-ng speech synthesis, offline and instant; robotic, but it needs no key and no download.
-
-    Every utterance's first ``TTSAudioRawFrame`` carries the phones espeak-ng spoke in its metadata
-    (`PHONES_METADATA_KEY`), so a following `FacecastVideoService` moves the mouth to them exactly.
-    """
-
-    Settings = EspeakTTSSettings
-    _settings: Settings
-
-    def __init__(self, *, words_per_minute: int = 165, settings: Settings | None = None, **kwargs: Any):
-        """Initialize the espeak-ng TTS service.
-
-        Args:
-            words_per_minute: Speaking rate.
-            settings: Runtime settings (voice); defaults to "en-us".
-            **kwargs: Additional arguments passed to `TTSService` (e.g. ``sample_rate``).
-        """
-        default_settings = self.Settings(model=None, voice=DEFAULT_VOICE, language=None)
-        if settings is not None:
-            default_settings.apply_update(settings)
-        super().__init__(push_start_frame=True, push_stop_frames=True, settings=default_settings, **kwargs)
-        self._espeak = EspeakTTS(voice=str(self._settings.voice), rate=words_per_minute)
-        self._resampler = create_file_resampler()
-
-    def can_generate_metrics(self) -> bool:
-        """Check if this service can generate processing metrics.
-
-        Returns:
-            True: the service reports TTFB and usage.
-        """
-        return True
-
-    async def run_tts(self, text: str, context_id: str) -> AsyncGenerator[Frame, None]:
-        """Synthesize `text` and yield its audio, resampled to the service's output rate.
-
-        Args:
-            text: The text to speak.
-            context_id: Unique identifier for this TTS context.
-
-        Yields:
-            Frame: ``TTSAudioRawFrame`` chunks, or an ``ErrorFrame``.
-        """
-        voice = self._settings.voice if is_given(self._settings.voice) and self._settings.voice else None
-        await self.start_tts_usage_metrics(text)
-        try:
-            # libespeak-ng is a C library called through ctypes, which releases the GIL while it runs.
-            speech = await asyncio.to_thread(self._espeak.synthesize_timed, text, voice)
-        except TTSError as e:
-            yield ErrorFrame(error=f"{self} cannot speak {text!r}: {e}")
-            return
-        audio = await self._resampler.resample(speech.audio.tobytes(), speech.sample_rate, self.sample_rate)
-        await self.stop_ttfb_metrics()
-        chunk = self.chunk_size
-        for start in range(0, len(audio), chunk):
-            frame = TTSAudioRawFrame(audio[start : start + chunk], self.sample_rate, 1, context_id=context_id)
-            if start == 0:
-                frame.metadata[PHONES_METADATA_KEY] = list(speech.phones)
-            yield frame
+__all__ = ["EspeakTTSService", "EspeakTTSSettings"]

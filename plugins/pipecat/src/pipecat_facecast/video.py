@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import aiohttp
 from loguru import logger
@@ -41,11 +41,14 @@ from pipecat.services.ai_service import AIService
 from pipecat.services.settings import ServiceSettings
 from pipecat.utils.types import NOT_GIVEN, NotGiven
 
-from facecast.avatars import BACKGROUNDS, DEFAULT_AVATAR, AvatarLibrary, frame_size, load_bundle
-from facecast.engine import EngineConfig, PhoneTiming, Renderer
-from facecast.engine.config import DEFAULT_LOOKAHEAD_MS, FPS_CHOICES, TrackerMode
-from pipecat_facecast._local import LocalAvatar
+from facecast.protocol import BACKGROUNDS, DEFAULT_AVATAR, FPS_CHOICES, frame_size
 from pipecat_facecast._playout import SEGMENT_DONE, PlayoutGate, Position
+
+# Remote mode (server_url) runs without the engine and the avatars: local mode imports them when it is used.
+if TYPE_CHECKING:
+    from facecast.engine import PhoneTiming, Renderer
+    from facecast.engine.config import TrackerMode
+    from pipecat_facecast._local import LocalAvatar
 
 PHONES_METADATA_KEY = "facecast.phones"
 """`TTSAudioRawFrame.metadata` key for phone timings (a list of `facecast.engine.PhoneTiming`, in seconds
@@ -155,7 +158,7 @@ class FacecastVideoService(AIService):
         *,
         settings: Settings | None = None,
         sample_rate: int | None = None,
-        lookahead_ms: int = DEFAULT_LOOKAHEAD_MS,
+        lookahead_ms: int | None = None,
         tracker: TrackerMode = "auto",
         language: str = "en",
         align_text: bool = True,
@@ -172,8 +175,9 @@ class FacecastVideoService(AIService):
             settings: Runtime settings (avatar, fps, aspect, quality, background); unset fields take the
                 defaults ava, 30 fps, 1:1, high (512×512), scene.
             sample_rate: Output audio rate in Hz; defaults to the pipeline's ``audio_out_sample_rate``.
-            lookahead_ms: Audio the engine reads ahead to decide the mouth (0–200 ms). It delays speech
-                by that much and is the main part of the first-frame latency; 100 ms is the accuracy knee.
+            lookahead_ms: Audio the engine reads ahead to decide the mouth (0–200 ms; default 100, the
+                accuracy knee). It delays speech by that much and is the main part of the first-frame
+                latency.
             tracker: Mouth tracker: "auto" (phone recognition for English, energy otherwise), "phones" or
                 "energy".
             language: Language of the speech, for the tracker ("en", "de", ...).
@@ -200,8 +204,13 @@ class FacecastVideoService(AIService):
         if settings is not None:
             default_settings.apply_update(settings)
         _validate(default_settings, remote=bool(server_url))
-        # Checks the look-ahead, tracker and language now rather than when the pipeline starts.
-        EngineConfig(lookahead_ms=lookahead_ms, tracker=tracker, language=language)
+        if not server_url:
+            from facecast.engine import EngineConfig
+            from facecast.engine.config import DEFAULT_LOOKAHEAD_MS
+
+            lookahead_ms = DEFAULT_LOOKAHEAD_MS if lookahead_ms is None else lookahead_ms
+            # Checks the look-ahead, tracker and language now rather than when the pipeline starts.
+            EngineConfig(lookahead_ms=lookahead_ms, tracker=tracker, language=language)
         super().__init__(settings=default_settings, **kwargs)
 
         self._init_sample_rate = sample_rate
@@ -228,6 +237,9 @@ class FacecastVideoService(AIService):
                 quality=s.quality,
             )
         else:
+            from pipecat_facecast._local import LocalAvatar
+
+            assert lookahead_ms is not None
             self._avatar = LocalAvatar(
                 self,
                 self._avatar_frame,
@@ -386,7 +398,9 @@ class FacecastVideoService(AIService):
             utterance = self._utterance = _Utterance(explicit=False, context_id=frame.context_id)
         if utterance.segment_id is None:
             await self.start_ttfb_metrics()
-        phones = _phones(frame, utterance.samples / frame.sample_rate if utterance.sample_rate else 0.0)
+        # A server session takes no phone timings (not part of the LITE protocol).
+        offset = utterance.samples / frame.sample_rate if utterance.sample_rate else 0.0
+        phones = None if self._remote else _phones(frame, offset)
         try:
             segment_id = await self._avatar.speak(frame.audio, frame.sample_rate, frame.num_channels, phones)
         except ValueError as e:  # facecast.engine.AudioFormatError: an unusable rate or format
@@ -519,8 +533,7 @@ class FacecastVideoService(AIService):
             # A server session is created with its look; another one needs a new session.
             self._warn_unhandled_updated_settings(changed)
             return changed
-        avatar = self._avatar
-        assert isinstance(avatar, LocalAvatar)
+        avatar = cast("LocalAvatar", self._avatar)  # not remote: the in-process avatar
         s = self._settings
         if look and self._custom_renderer is not None:
             self._warn_unhandled_updated_settings(look)  # a custom renderer has a fixed look
@@ -538,6 +551,8 @@ def _validate(settings: FacecastVideoSettings, *, remote: bool = False) -> None:
     .facecast file.
     """
     if not remote:
+        from facecast.avatars import AvatarLibrary, load_bundle
+
         load_bundle(settings.avatar, AvatarLibrary())  # unknown ones raise ValueError listing what exists
     frame_size(settings.aspect, settings.quality)
     if settings.fps not in FPS_CHOICES:
@@ -551,4 +566,6 @@ def _phones(frame: TTSAudioRawFrame, offset: float) -> list[PhoneTiming] | None:
     phones = frame.metadata.get(PHONES_METADATA_KEY)
     if not phones:
         return None
+    from facecast.engine import PhoneTiming
+
     return [PhoneTiming(p.phone, p.start + offset, p.end + offset) for p in map(PhoneTiming._make, phones)]
