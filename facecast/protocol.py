@@ -34,6 +34,10 @@ ASPECTS: Final[tuple[str, ...]] = ("4:3", "3:4", "1:1")
 QUALITIES: Final[tuple[str, ...]] = ("low", "medium", "high", "very_high")
 BACKGROUNDS: Final[tuple[str, ...]] = ("scene", "green", "transparent")
 FPS_CHOICES: Final = (25, 30)
+# A session's lip-sync (the engine's, tested equal): its trackers and how much future speech it may use.
+TRACKERS: Final[tuple[str, ...]] = ("auto", "phones", "energy")
+DEFAULT_LOOKAHEAD_MS: Final = 100
+MAX_LOOKAHEAD_MS: Final = 200
 DEFAULT_AVATAR: Final = "ava"
 
 # Landscape sizes; 3:4 is the transpose of 4:3.

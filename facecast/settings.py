@@ -393,6 +393,14 @@ LIVEKIT_API_SECRET = _setting(
     LIVEKIT,
     secret=True,
 )
+# The LiveKit SDK's own credentials, which the server falls back to for minting room tokens: LiveKit
+# documents them, so they are read here but left out of Facecast's table.
+LIVEKIT_SDK_API_KEY: Setting[str] = Setting(
+    "LIVEKIT_API_KEY", text, None, "LiveKit's API key (the SDK's variable).", LIVEKIT
+)
+LIVEKIT_SDK_API_SECRET: Setting[str] = Setting(
+    "LIVEKIT_API_SECRET", text, None, "LiveKit's API secret (the SDK's variable).", LIVEKIT, secret=True
+)
 
 # -- plugins and examples (read by the plugins themselves) -----------------------------------------------
 API_URL = _setting(

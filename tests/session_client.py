@@ -37,8 +37,8 @@ class SessionClient:
         self.received = Received()
         self.socket: LiteSocket | None = None
         record = server.session(started.session_id)
-        quality = record.settings["video_settings"]["quality"]
-        renderer = load_renderer(record.avatar_id, aspect=record.settings["aspect_ratio"], quality=quality)
+        look = record.settings.look
+        renderer = load_renderer(look.avatar, aspect=look.aspect, quality=look.quality)
         self.mouth_box = renderer.mouth_box()
         self.peer = ReceivingPeer(on_video=self._on_video, on_audio=self._on_audio)
 

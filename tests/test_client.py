@@ -10,6 +10,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 import pydantic
@@ -26,10 +27,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_the_wire_value_sets_are_the_avatars_and_the_engines() -> None:
     from facecast.avatars import ASPECTS, QUALITIES
-    from facecast.engine.config import FPS_CHOICES
+    from facecast.engine.config import DEFAULT_LOOKAHEAD_MS, FPS_CHOICES, MAX_LOOKAHEAD_MS, TrackerMode
 
     assert set(p.ASPECTS) == set(ASPECTS) and len(p.ASPECTS) == len(ASPECTS)
     assert p.QUALITIES == QUALITIES and p.FPS_CHOICES == FPS_CHOICES
+    assert get_args(TrackerMode) == p.TRACKERS
+    assert (p.DEFAULT_LOOKAHEAD_MS, p.MAX_LOOKAHEAD_MS) == (DEFAULT_LOOKAHEAD_MS, MAX_LOOKAHEAD_MS)
 
 
 def test_the_client_imports_without_the_engine_avatars_server_or_web_stack() -> None:

@@ -114,8 +114,8 @@ async def start_full(
     record = server.session(start["session_id"])
     renderer = load_renderer(
         record.avatar_id,
-        aspect=record.settings["aspect_ratio"],
-        quality=record.settings["video_settings"]["quality"],
+        aspect=record.settings.look.aspect,
+        quality=record.settings.look.quality,
     )
     client = FullClient(token, start, renderer.mouth_box())
     await client.connect()
@@ -254,12 +254,12 @@ def test_full_tokens_say_what_is_missing(server: RunningServer, llm: StandInLLM,
         room = {"livekit_url": "ws://127.0.0.1:7880", "livekit_room": "r", "livekit_client_token": "t"}
         in_room = token(llm_configuration_id=config_id, livekit_config=room)
         assert in_room.status_code == 501 and "transport webrtc" in in_room.json()["message"]
-        lite = http.post(  # accepted and unused, like avatar_persona (the schema cannot say otherwise)
+        lite = http.post(  # accepted and unused in LITE mode (the schema cannot say otherwise)
             "/v1/sessions/token", headers={"X-API-KEY": key}, json={"dynamic_variables": {"a": "b"}}
         )
         assert (
             lite.status_code == 200
-            and "full" not in server.session(lite.json()["data"]["session_id"]).settings
+            and server.session(lite.json()["data"]["session_id"]).settings.full is None
         )
         minted = _ok(
             token(
@@ -268,8 +268,8 @@ def test_full_tokens_say_what_is_missing(server: RunningServer, llm: StandInLLM,
                 dynamic_variables={"user_name": "Jordan", "plan": "Pro"},
             )
         )
-        full = server.session(minted["session_id"]).settings["full"]
-        assert full["persona"]["prompt"] == "Help Jordan on the Pro plan."
+        full = server.session(minted["session_id"]).settings.full
+        assert full is not None and full.persona.prompt == "Help Jordan on the Pro plan."
         monkeypatch.setenv("FACECAST_LLM_BASE_URL", llm.url)
         monkeypatch.setenv("FACECAST_LLM_MODEL", "standin-chat")
         assert token().status_code == 200  # the server's default LLM

@@ -118,10 +118,10 @@ async def test_liveavatar_livekit_plugin_unchanged(
 
                 record = only_session(server, key.id, active=True)
                 assert record.transport == "livekit" and record.avatar_id == "ava"
-                lk = record.settings["livekit"]
-                assert lk["audio_source"] == "websocket" and lk["room"] == live_room.name
-                assert lk["avatar_identity"] == PLUGIN_AVATAR  # read from the token the plugin minted
-                assert record.settings["video_settings"]["quality"] == "low"  # top-level video_quality
+                lk = record.settings.livekit
+                assert lk is not None and lk.audio_source == "websocket" and lk.room == live_room.name
+                assert lk.avatar_identity == PLUGIN_AVATAR  # read from the token the plugin minted
+                assert record.settings.look.quality == "low"  # top-level video_quality
 
                 # Speaks: the whole utterance plays and the agent hears it finish.
                 t0 = time.monotonic()
@@ -198,7 +198,7 @@ async def watch_owned_room(server: RunningServer, key_id: str, viewer: RoomViewe
     lk = server.config.livekit
     room = LiveRoom(
         LiveKitServer(lk.ws_url, lk.api_key or "", lk.api_secret or ""),
-        records[0].settings["livekit"]["room"],
+        records[0].settings.livekit.room,
     )
     await viewer.connect(room.url, room.token("viewer"))
     return room.name
@@ -232,11 +232,10 @@ async def test_pipecat_models_round_trip_and_the_server_makes_the_room(
         assert data.session_id == token.data.session_id and data.max_session_duration == 120
         assert data.livekit_url == server.config.livekit.ws_url
         record = server.session(data.session_id)
-        room = record.settings["livekit"]["room"]
-        assert record.settings["livekit"]["owned"] and record.settings["video_settings"] == {
-            "quality": "low",
-            "encoding": "H264",
-        }
+        lk = record.settings.livekit
+        assert lk is not None and lk.owned
+        assert (record.settings.look.quality, record.settings.encoding) == ("low", "H264")
+        room = lk.room
         # The user's token and the agent's token both join the session's room, as different people.
         user, agent = claims(server, data.livekit_client_token), claims(server, data.livekit_agent_token)
         assert user.video.room == agent.video.room == room and user.identity != agent.identity
@@ -433,7 +432,7 @@ async def test_pipecat_heygen_video_service_unchanged(
     # The avatar's voice came back through the room: about the 1.5 s sent, the rest silence.
     assert 1.0 < speech_seconds(b"".join(f.audio for f in voice), voice[0].sample_rate) < 2.5
     (record,) = server.store.list_sessions(key.id, active=False, page=1, page_size=5)[0]
-    assert record.transport == "livekit" and record.settings["livekit"]["owned"]
+    assert record.transport == "livekit" and record.settings.livekit and record.settings.livekit.owned
     assert record.end_reason == p.END_STOPPED  # the service stopped its session at the end
 
 
@@ -448,7 +447,7 @@ def test_top_level_video_quality_and_conflicting_fields(server: RunningServer) -
     answer = mint(server, secret, {"avatar_id": "ava", "transport": "webrtc", "video_quality": "medium"})
     assert answer.status_code == 200, answer.text
     record = server.session(answer.json()["data"]["session_id"])
-    assert record.transport == "webrtc" and record.settings["video_settings"]["quality"] == "medium"
+    assert record.transport == "webrtc" and record.settings.look.quality == "medium"
 
     clash = mint(server, secret, {"video_quality": "low", "video_settings": {"quality": "high"}})
     assert clash.status_code == 400 and "video_quality" in clash.json()["message"]

@@ -172,6 +172,17 @@ async def playout(out: DataStreamAudioOutput) -> Any:
     return await asyncio.wait_for(out.wait_for_playout(), HANG_S)
 
 
+async def test_the_lip_sync_reaches_the_room_engine_and_its_stats_are_the_live_core_s(
+    make_session: Callable[..., Any],
+) -> None:
+    s = await make_session(tracker="energy", language="fr", lookahead_ms=40)
+    runner = s.avatar.runner
+    assert runner is not None
+    config = runner.generator.config
+    assert (config.tracker, config.language, config.lookahead_ms) == ("energy", "fr", 40)
+    assert s.avatar.live_stats is runner.generator.core.stats  # the live core's own LiveStats
+
+
 async def test_normal_end_reports_once_with_the_played_duration(make_session: Callable[..., Any]) -> None:
     s = await make_session()
     out = s.output()

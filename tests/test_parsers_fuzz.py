@@ -26,9 +26,11 @@ from facecast import protocol as p
 from facecast.avatars.bundle import BundleError, header_size
 from facecast.avatars.fetch import FetchError, check_image_bytes
 from facecast.avatars.kinds import open_bundle, renderer_from_bundle
+from facecast.avatars.look import Look
 from facecast.avatars.procedural import bundle_from_style
 from facecast.bounded_json import MAX_DEPTH, MAX_NUMBER_CHARS, MessageRefused, parse_message
 from facecast.server.config import ServerConfig
+from facecast.server.session_settings import SessionSettings
 from facecast.server.sessions import LiveSession, SessionManager
 from facecast.server.store import SessionRecord
 
@@ -163,7 +165,12 @@ def live_session() -> tuple[LiveSession, Manager, Target]:
         avatar_id="ava",
         is_sandbox=False,
         transport="webrtc",
-        settings={"max_session_duration": 600},
+        settings=SessionSettings(
+            look=Look(avatar="ava"),
+            encoding="VP8",
+            max_session_duration=600,
+            interactivity_type="CONVERSATIONAL",
+        ),
         state=p.STATE_STARTED,
         token_hash="",
         token_expires_at=0.0,

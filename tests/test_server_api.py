@@ -14,8 +14,10 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from facecast import protocol as p
+from facecast.avatars.look import Look
 from facecast.server.auth import hash_secret
 from facecast.server.config import Limits
+from facecast.server.session_settings import SessionSettings
 from facecast.server.store import SessionRecord, open_store
 
 
@@ -236,7 +238,7 @@ def test_sandbox_sessions_are_short_with_a_fixed_avatar(server: RunningServer, k
     minted = mint(server, key, is_sandbox=True, avatar_id="leo", max_session_duration=3000)
     record = server.session(minted["session_id"])
     assert record.is_sandbox and record.avatar_id == server.config.limits.sandbox_avatar
-    assert record.settings["max_session_duration"] == server.config.limits.sandbox_duration
+    assert record.settings.max_session_duration == server.config.limits.sandbox_duration
 
 
 # -- listing, catalogue, health ---------------------------------------------------------------------------
@@ -305,7 +307,12 @@ def test_restart_keeps_keys_and_records_and_ends_sessions_left_live(tmp_path: Pa
             avatar_id="ava",
             is_sandbox=False,
             transport="webrtc",
-            settings={"max_session_duration": 60},
+            settings=SessionSettings(
+                look=Look(avatar="ava"),
+                encoding="VP8",
+                max_session_duration=60,
+                interactivity_type="CONVERSATIONAL",
+            ),
             state=p.STATE_STARTED,
             token_hash="x",
             token_expires_at=now + 60,

@@ -22,6 +22,7 @@ from session_client import SessionClient, started_client
 
 from facecast import protocol as p
 from facecast.avatars.bundle import write_bundle
+from facecast.avatars.look import Look
 from facecast.avatars.procedural import bundle_from_style
 from facecast.server import pool
 from facecast.server.config import Limits
@@ -201,7 +202,7 @@ def test_workers_exit_when_the_server_process_is_killed(tmp_path: Path) -> None:
 def test_a_process_reads_a_library_bundle_once_until_its_file_changes(tmp_path: Path) -> None:
     manifest, files = bundle_from_style("mira")
     path = write_bundle(tmp_path / "av_cached.facecast", manifest, files)
-    spec = AvatarSpec("av_cached", "1:1", "low", FPS, str(tmp_path))
+    spec = AvatarSpec(Look(avatar="av_cached", quality="low", fps=FPS), library_root=str(tmp_path))
     pool._read_bundle.cache_clear()
     first, second = build_engine(spec), build_engine(spec)
     assert pool._read_bundle.cache_info().misses == 1 and pool._read_bundle.cache_info().hits == 1

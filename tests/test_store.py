@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 import sqlite3
@@ -16,6 +17,7 @@ import pytest
 from pg import postgres_server, postgres_url, with_options  # noqa: F401  (fixtures)
 
 from facecast import protocol
+from facecast.avatars.look import Look
 from facecast.cli.keys import add_keys_parser, run_keys
 from facecast.server.auth import (
     default_data_dir,
@@ -25,6 +27,7 @@ from facecast.server.auth import (
     new_session_token,
     parse_bearer,
 )
+from facecast.server.session_settings import SessionSettings
 from facecast.server.store import (
     SessionRecord,
     Store,
@@ -74,7 +77,12 @@ def make_session(
         avatar_id="ava",
         is_sandbox=True,
         transport="webrtc",
-        settings={"fps": 30, "aspect_ratio": "16:9", "video_settings": {"encoding": "VP8"}},
+        settings=SessionSettings(
+            look=Look(avatar="ava", aspect="4:3"),
+            encoding="VP8",
+            max_session_duration=60,
+            interactivity_type="CONVERSATIONAL",
+        ),
         state=state,
         token_hash=hash_secret(new_session_token()),
         token_expires_at=created_at + 60,
@@ -214,7 +222,9 @@ def test_session_insert_get_update(store: Store) -> None:
     assert store.get_session("ses_missing") is None
     assert store.session_by_token_hash(hash_secret("nope")) is None
 
-    settings = {**record.settings, "fps": 25, "max_session_duration": 120}
+    settings = dataclasses.replace(
+        record.settings, look=record.settings.look.replace(fps=25), max_session_duration=120
+    )
     assert store.update_session(
         record.id, state=protocol.STATE_STARTED, started_at=1010.0, last_activity_at=1011.5, settings=settings
     )

@@ -23,9 +23,11 @@ from facecast import settings
 from facecast.server.auth import default_data_dir
 from facecast.server.errors import ApiError
 from facecast.server.pool import AvatarSpec, build_engine, new_live_avatar
-from facecast.server.routes.resources import check_base_url, known_voice
+from facecast.server.routes.resources import check_base_url
 from facecast.server.schemas import TokenRequest
 from facecast.server.secret_box import SecretBox, SecretBoxError
+from facecast.server.session_settings import FullPersona, FullSettings, LlmSettings
+from facecast.server.session_stats import SessionStats
 from facecast.server.sessions import EventSink, LiveSession
 from facecast.server.store import ApiKey, ContextRecord, LlmConfigRecord, SecretRecord, SessionRecord
 from facecast.tts.espeak import DEFAULT_VOICE
@@ -79,9 +81,9 @@ def _check_extra() -> None:
         )
 
 
-def full_settings(manager: SessionManager, key: ApiKey, body: TokenRequest, transport: str) -> dict[str, Any]:
+def full_settings(manager: SessionManager, key: ApiKey, body: TokenRequest, transport: str) -> FullSettings:
     """What a FULL session runs with, checked now so that /start cannot fail on it: the persona (prompt
-    and opening text with the variables substituted, voice, language) and where its LLM is. No secret
+    and opening text with the variables substituted, the language) and where its LLM is. No secret
     values: the settings are stored and listed; the LLM's key is decrypted only at /start."""
     if transport != "webrtc":
         raise ApiError(
@@ -94,9 +96,6 @@ def full_settings(manager: SessionManager, key: ApiKey, body: TokenRequest, tran
     store = manager.store
     persona = body.avatar_persona
     variables = body.dynamic_variables or {}
-    voice = (persona.voice_id if persona is not None else None) or DEFAULT_VOICE
-    if not known_voice(voice):
-        raise ApiError(404, p.CODE_NOT_FOUND, f"unknown voice_id {voice!r}; GET /v1/voices lists the voices")
     language = persona.language if persona is not None else "en"
     if language.split("-")[0].lower() != "en":
         raise ApiError(
@@ -117,19 +116,13 @@ def full_settings(manager: SessionManager, key: ApiKey, body: TokenRequest, tran
         context_id = context.id
         prompt = substitute(context.prompt, variables, f"context {context.id}'s prompt")
         opening_text = substitute(context.opening_text, variables, f"context {context.id}'s opening_text")
-    return {
-        "persona": {
-            "context_id": context_id,
-            "prompt": prompt,
-            "opening_text": opening_text,
-            "voice_id": voice,
-            "language": language,
-        },
-        "llm": _llm_settings(manager, key, body.llm_configuration_id),
-    }
+    return FullSettings(
+        persona=FullPersona(context_id=context_id, prompt=prompt, opening_text=opening_text),
+        llm=_llm_settings(manager, key, body.llm_configuration_id),
+    )
 
 
-def _llm_settings(manager: SessionManager, key: ApiKey, config_id: str | None) -> dict[str, Any]:
+def _llm_settings(manager: SessionManager, key: ApiKey, config_id: str | None) -> LlmSettings:
     if config_id is not None:
         config = manager.store.get_owned(LlmConfigRecord, key.id, config_id)
         if not isinstance(config, LlmConfigRecord):
@@ -148,28 +141,29 @@ def _llm_settings(manager: SessionManager, key: ApiKey, config_id: str | None) -
                 f"LLM configuration {config.id} names secret {config.secret_id}, which is gone; store the "
                 "key again (POST /v1/secrets) and PATCH the configuration's secret_id",
             )
-        return {
-            "llm_configuration_id": config.id,
-            "model": config.model_name,
-            "base_url": config.base_url,
-            "secret_id": config.secret_id,
-        }
+        return LlmSettings(
+            llm_configuration_id=config.id,
+            model=config.model_name,
+            base_url=config.base_url,
+            secret_id=config.secret_id,
+        )
     base_url, model = settings.LLM_BASE_URL.get(), settings.LLM_MODEL.get()
     if not (base_url and model):
         raise ApiError(409, p.CODE_CONFLICT, _NO_LLM)  # a valid request this server is not set up for
     check_base_url(base_url)
-    return {"llm_configuration_id": None, "model": model, "base_url": base_url, "secret_id": None}
+    return LlmSettings(llm_configuration_id=None, model=model, base_url=base_url, secret_id=None)
 
 
 def _llm_api_key(manager: SessionManager, record: SessionRecord) -> str | None:
-    llm = record.settings["full"]["llm"]
-    if llm["secret_id"] is None:
+    assert record.settings.full is not None
+    llm = record.settings.full.llm
+    if llm.secret_id is None:
         # The server's default endpoint takes the server's key; a configuration without a secret has none.
-        return settings.LLM_API_KEY.get() if llm["llm_configuration_id"] is None else None
-    secret = manager.store.get_owned(SecretRecord, record.key_id, llm["secret_id"])
+        return settings.LLM_API_KEY.get() if llm.llm_configuration_id is None else None
+    secret = manager.store.get_owned(SecretRecord, record.key_id, llm.secret_id)
     if not isinstance(secret, SecretRecord):
         raise ApiError(
-            400, p.CODE_BAD_REQUEST, f"the LLM's secret {llm['secret_id']} was deleted; store it again"
+            400, p.CODE_BAD_REQUEST, f"the LLM's secret {llm.secret_id} was deleted; store it again"
         )
     data_dir = Path(manager.config.data_dir) if manager.config.data_dir else default_data_dir()
     try:
@@ -248,15 +242,15 @@ class FullSession(LiveSession):
             '{"text": "..."}} (and session.keep_alive); the audio comes from the microphone track',
         )
 
-    async def stats(self) -> dict[str, Any]:
+    async def stats(self) -> SessionStats:
         """The live session's stats, and the conversation's: per stage, the median time from the end of
         the user's speech to the avatar's first speech frame."""
-        out = await super().stats()
-        if self.conversation is not None:
-            out["conversation"] = self.conversation.timer.stats()
-        return out
+        stats = await super().stats()
+        if self.conversation is None:
+            return stats
+        return stats.with_conversation(self.conversation.timer.stats())
 
-    async def close(self, reason: str) -> dict[str, Any]:
+    async def close(self, reason: str) -> SessionStats | None:
         if self.conversation is not None:
             await self.conversation.aclose()
         return await super().close(reason)
@@ -269,9 +263,10 @@ async def start_full_session(manager: SessionManager, record: SessionRecord) -> 
     # The first FULL session imports Pipecat (seconds): off the event loop that paces other sessions.
     module = await asyncio.to_thread(importlib.import_module, "facecast.conversation.conversation")
     Conversation, LlmEndpoint, Persona = module.Conversation, module.LlmEndpoint, module.Persona
-    full = record.settings["full"]
+    full = record.settings.full
+    assert full is not None
     api_key = _llm_api_key(manager, record)
-    spec = AvatarSpec.from_settings(record.avatar_id, record.settings, manager.avatars.library)
+    spec = AvatarSpec.from_settings(record.settings, manager.avatars.library)
     try:
         engine = await asyncio.to_thread(build_engine, spec)
     except ValueError as exc:
@@ -285,17 +280,16 @@ async def start_full_session(manager: SessionManager, record: SessionRecord) -> 
 
     avatar = new_live_avatar(engine, on_event)
     session = FullSession(record, avatar, manager=manager, started_mono=started_mono)
-    persona = full["persona"]
     session.conversation = Conversation(
         avatar,
         Persona(
-            prompt=persona["prompt"],
-            opening_text=persona["opening_text"],
-            voice=persona["voice_id"],
-            language=persona["language"],
-            interactivity=record.settings["interactivity_type"],
+            prompt=full.persona.prompt,
+            opening_text=full.persona.opening_text,
+            voice=record.settings.voice_id or DEFAULT_VOICE,
+            language=record.settings.language,
+            interactivity=record.settings.interactivity_type,
         ),
-        LlmEndpoint(model=full["llm"]["model"], base_url=full["llm"]["base_url"], api_key=api_key),
+        LlmEndpoint(model=full.llm.model, base_url=full.llm.base_url, api_key=api_key),
         session.emit_agent,
         on_activity=session.touch,
         on_error=session.report_error,

@@ -8,7 +8,7 @@ it in the room like audio from `lk.audio_stream`, and its playback reports (`pla
 turns into `agent.speak_started` / `agent.speak_ended` / `agent.speak_interrupted`.
 
 The room is the caller's (`livekit_config`, the avatar joining with `livekit_client_token`) or one this
-server made on its own LiveKit server for the session (see SessionManager._owned_room_settings).
+server made on its own LiveKit server for the session (see facecast.server.sessions.tokens).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from livekit import api, rtc
@@ -29,6 +29,7 @@ from facecast import protocol as p
 from facecast.engine.types import PhoneTiming, SegmentEnded, SegmentEvent, SegmentStarted, SegmentTag
 from facecast.hosts.livekit.worker import RoomAvatar
 from facecast.server.errors import ApiError
+from facecast.server.session_stats import SessionStats
 from facecast.server.sessions import LiveSession
 from facecast.server.sessions.livekit import new_room_avatar, room_stats
 from facecast.server.store import SessionRecord
@@ -195,7 +196,8 @@ class LiteRoomSession(LiveSession):
 
     @property
     def room(self) -> str | None:
-        return str(self.record.settings["livekit"]["room"])
+        assert self.record.settings.livekit is not None
+        return self.record.settings.livekit.room
 
     def on_worker_started(self) -> None:
         """The avatar is in the room with its audio track published: LITE commands are taken now."""
@@ -206,12 +208,12 @@ class LiteRoomSession(LiveSession):
         self.ws_state = p.WS_STATE_CONNECTED
         self._manager.spawn(self.emit(p.SESSION_STATE_UPDATED, state=p.WS_STATE_CONNECTED))
 
-    async def stats(self) -> dict[str, Any]:
+    async def stats(self) -> SessionStats:
         return room_stats(self.worker, self.started_mono)
 
-    async def close(self, reason: str) -> dict[str, Any]:
+    async def close(self, reason: str) -> SessionStats | None:
         self.ending = True
-        stats: dict[str, Any] = {}
+        stats = None
         with contextlib.suppress(Exception):
             stats = await self.stats()
         await self.set_ws_state(p.WS_STATE_CLOSING)
@@ -231,7 +233,8 @@ class LiteRoomSession(LiveSession):
 
 async def start_lite_room(manager: SessionManager, record: SessionRecord) -> LiveSession:
     """Start `record`'s avatar in its LiveKit room, fed from the LITE WebSocket."""
-    lk = record.settings["livekit"]
+    lk = record.settings.livekit
+    assert lk is not None
     started_mono = time.monotonic()
     session: LiteRoomSession | None = None
 
@@ -254,7 +257,7 @@ async def start_lite_room(manager: SessionManager, record: SessionRecord) -> Liv
         raise ApiError(
             502,
             p.CODE_INTERNAL,
-            f"the avatar could not join the LiveKit room {lk['room']!r} at {lk['url']}: {exc}; check the "
+            f"the avatar could not join the LiveKit room {lk.room!r} at {lk.url}: {exc}; check the "
             "URL and that the avatar's token (livekit_client_token) grants joining that room",
         ) from None
     session.on_worker_started()

@@ -121,7 +121,7 @@ async def render_metrics(manager: SessionManager) -> str:
         lines += _pool_lines(manager.pool)
     per_session = {}
     for session in list(manager.live.values()):
-        per_session[session.id] = await session.stats()
+        per_session[session.id] = (await session.stats()).as_dict()
     for key, (name, help_text) in SESSION_SERIES.items():
         lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
         for session_id, stats in per_session.items():

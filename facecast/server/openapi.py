@@ -5,7 +5,6 @@ security schemes, and request bodies say what the server requires beyond their t
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -20,6 +19,7 @@ from starlette.types import Scope
 from facecast import protocol as p
 from facecast.server.config import ServerConfig
 from facecast.server.errors import ApiError
+from facecast.settings import LIVEKIT_SDK_API_KEY, LIVEKIT_SDK_API_SECRET
 
 ERROR_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -323,4 +323,4 @@ def _require_body_rules(document: dict[str, Any], config: ServerConfig) -> None:
 
 
 def _env_livekit_keys() -> bool:
-    return bool(os.environ.get("LIVEKIT_API_KEY") and os.environ.get("LIVEKIT_API_SECRET"))
+    return bool(LIVEKIT_SDK_API_KEY.get() and LIVEKIT_SDK_API_SECRET.get())

@@ -40,11 +40,13 @@ import numpy as np
 from facecast.avatars import AvatarLibrary, load_renderer
 from facecast.avatars.bundle import Bundle
 from facecast.avatars.kinds import open_bundle, renderer_from_bundle
+from facecast.avatars.look import Look
 from facecast.avatars.refs import LibraryAvatar, parse_avatar_id
-from facecast.engine import Engine, EngineConfig
+from facecast.engine import Engine
 from facecast.engine.types import PhoneTiming, SegmentEvent, SegmentTag
 from facecast.hosts.live import AvatarClosed, LiveCore, LiveStats
 from facecast.server.memory import MemoryReleaser, freeze_long_lived, map_large_buffers
+from facecast.server.session_settings import DEFAULT_LIP_SYNC, LipSync, SessionSettings
 
 log = logging.getLogger(__name__)
 
@@ -61,21 +63,17 @@ _HEADER = struct.Struct("!I")
 # -- what builds a session's avatar (in whichever process runs it) --------------------------------------
 @dataclass(frozen=True)
 class AvatarSpec:
-    """What a worker needs to build a session's engine: the session's avatar settings."""
+    """What a worker needs to build a session's engine: the session's look and lip-sync."""
 
-    avatar_id: str
-    aspect: str
-    quality: str
-    fps: int
+    look: Look
+    lip_sync: LipSync = DEFAULT_LIP_SYNC
     library_root: str | None = None  # the server's AvatarLibrary (avatars made through the API)
 
     @staticmethod
-    def from_settings(avatar_id: str, settings: dict[str, Any], library: AvatarLibrary | None) -> AvatarSpec:
+    def from_settings(settings: SessionSettings, library: AvatarLibrary | None) -> AvatarSpec:
         return AvatarSpec(
-            avatar_id=avatar_id,
-            aspect=settings["aspect_ratio"],
-            quality=settings["video_settings"]["quality"],
-            fps=int(settings["fps"]),
+            look=settings.look,
+            lip_sync=settings.lip_sync,
             library_root=str(library.root) if library is not None else None,
         )
 
@@ -91,16 +89,21 @@ def build_engine(spec: AvatarSpec) -> Engine:
     """The session's engine. Raises ValueError (AvatarNotFoundError, BundleError) for an avatar that
     cannot be rendered."""
     library = AvatarLibrary(spec.library_root) if spec.library_root is not None else None
+    look = spec.look
     # The id was checked at mint (a built-in, or one of the key's avatars): never a path.
-    avatar = parse_avatar_id(spec.avatar_id)
+    avatar = parse_avatar_id(look.avatar)
     if library is not None and isinstance(avatar, LibraryAvatar) and avatar.avatar_id in library:
         path = library.path(avatar.avatar_id)
         stat = path.stat()
         bundle = _read_bundle(str(path), stat.st_mtime_ns, stat.st_size)
-        renderer = renderer_from_bundle(bundle, aspect=spec.aspect, quality=spec.quality)
+        renderer = renderer_from_bundle(
+            bundle, aspect=look.aspect, quality=look.quality, background=look.background
+        )
     else:
-        renderer = load_renderer(avatar, aspect=spec.aspect, quality=spec.quality, library=library)
-    return Engine(renderer, EngineConfig(fps=spec.fps, out_rate=WEBRTC_AUDIO_RATE))
+        renderer = load_renderer(
+            avatar, aspect=look.aspect, quality=look.quality, background=look.background, library=library
+        )
+    return Engine(renderer, spec.lip_sync.engine_config(look, WEBRTC_AUDIO_RATE))
 
 
 def new_live_avatar(engine: Engine, on_event: Callable[[SegmentEvent], None]) -> LiveCore:
@@ -249,7 +252,7 @@ def _warm_up() -> None:
     from facecast.hosts import webrtc
 
     webrtc.tune_encoders()
-    engine = build_engine(AvatarSpec("ava", "1:1", "low", 25))
+    engine = build_engine(AvatarSpec(Look(avatar="ava", quality="low", fps=25)))
     engine.push_audio(np.zeros(WEBRTC_AUDIO_RATE // 2, np.int16), WEBRTC_AUDIO_RATE)
     engine.end_segment()
     for _ in range(15):

@@ -15,7 +15,7 @@ from pydantic import (
 )
 
 # The wire's value sets, not the avatars' or the engine's: a client validates with these models without them.
-from facecast.protocol import ASPECTS, FPS_CHOICES, QUALITIES
+from facecast.protocol import ASPECTS, DEFAULT_LOOKAHEAD_MS, FPS_CHOICES, MAX_LOOKAHEAD_MS, QUALITIES
 
 
 def _integral(value: object) -> object:
@@ -35,9 +35,12 @@ class VideoSettings(_Body):
 
 
 class AvatarPersona(_Body):
+    # The espeak-ng voice of the server's speech (GET /v1/voices): FULL's replies, LITE's agent.speak_text.
     voice_id: str | None = None
-    context_id: str | None = None
-    language: str = "en"
+    context_id: str | None = None  # FULL only: the LLM's prompt and opening text (POST /v1/contexts)
+    # The speech's language (BCP 47, e.g. "en", "en-GB", "fr"): with tracker auto, English is followed by
+    # phone recognition and any other language by the energy of the voice.
+    language: str = Field(default="en", pattern=r"^[A-Za-z]{2,8}(-[A-Za-z0-9]{1,8})*$", max_length=35)
 
 
 class LiveKitConfig(_Body):
@@ -75,6 +78,12 @@ class TokenRequest(_Body):
     fps: Literal[tuple(FPS_CHOICES)] = 30  # type: ignore[valid-type]
     max_session_duration: Annotated[int | None, BeforeValidator(_integral)] = Field(default=None, gt=0)
     interactivity_type: Literal["CONVERSATIONAL", "PUSH_TO_TALK"] = "CONVERSATIONAL"
+    # Facecast's lip-sync: how the mouth follows the speech (auto: phones for English, else energy) and how
+    # much future speech decides each mouth shape (it delays the avatar's audio and video alike).
+    tracker: Literal["auto", "phones", "energy"] = "auto"
+    lookahead_ms: Annotated[int, BeforeValidator(_integral)] = Field(
+        default=DEFAULT_LOOKAHEAD_MS, ge=0, le=MAX_LOOKAHEAD_MS
+    )
     # None: `livekit` when livekit_config is given or this server knows a LiveKit server (it makes a room
     # for the session), else `webrtc`.
     transport: Literal["webrtc", "livekit"] | None = None

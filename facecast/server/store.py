@@ -38,6 +38,7 @@ from facecast.protocol import (
     STATE_STARTED,
 )
 from facecast.server.auth import hash_secret, key_prefix, new_api_key
+from facecast.server.session_settings import SessionSettings
 
 DEV_KEY_NAME = "dev"
 DEV_KEY_FILE = "dev-key"
@@ -80,7 +81,7 @@ class SessionRecord:
     avatar_id: str
     is_sandbox: bool
     transport: str
-    settings: dict[str, Any]  # video_settings, aspect_ratio, fps, interactivity_type, max_session_duration...
+    settings: SessionSettings
     state: str  # protocol.STATE_*
     token_hash: str
     token_expires_at: float
@@ -453,6 +454,8 @@ def _check_reason(reason: str) -> None:
 
 
 def _encode(name: str, value: Any) -> Any:
+    if isinstance(value, SessionSettings):
+        value = value.to_json()
     return json.dumps(value, separators=(",", ":")) if name in _JSON_FIELDS else value
 
 
@@ -475,6 +478,7 @@ def _session(row: Sequence[Any]) -> SessionRecord:
     values["is_sandbox"] = bool(values["is_sandbox"])
     for name in _JSON_FIELDS:
         values[name] = _decode_json(values[name])
+    values["settings"] = SessionSettings.from_json(values["settings"], avatar=values["avatar_id"])
     return SessionRecord(**values)
 
 

@@ -35,7 +35,7 @@ from livekit.agents.voice.avatar import AudioReceiver, AudioSegmentEnd
 
 from facecast.engine import AudioFormatError, SegmentEnded
 from facecast.engine.mouth_track import mouth_track_record
-from facecast.hosts.live import LiveFrame
+from facecast.hosts.live import LiveFrame, LiveStats
 from facecast.hosts.livekit.generator import FacecastVideoGenerator, audio_frame, video_frame
 from facecast.hosts.livekit.names import AUDIO_TRACK_NAME, MOUTH_TRACK_TOPIC, VIDEO_TRACK_NAME
 
@@ -194,6 +194,10 @@ class FacecastAvatarRunner:
         await self._gen.aclose()
         await self._audio_source.aclose()
         await self._video_source.aclose()
+
+    @property
+    def live_stats(self) -> LiveStats:
+        return self._core.stats
 
     def stats(self) -> dict[str, Any]:
         """The live core's stats (facecast.hosts.live.LiveStats) and the avatar protocol's counters."""

@@ -26,6 +26,8 @@ from livekit.agents.voice.avatar import AudioReceiver, DataStreamAudioReceiver
 from facecast.avatars import DEFAULT_AVATAR, AvatarLibrary, AvatarRef, Look, find_avatar
 from facecast.bounded_json import MessageRefused, parse_message
 from facecast.engine import EngineConfig
+from facecast.engine.config import DEFAULT_LOOKAHEAD_MS, TrackerMode
+from facecast.hosts.live import LiveStats
 from facecast.hosts.livekit.generator import FacecastVideoGenerator
 from facecast.hosts.livekit.names import (
     ATTRIBUTE_AGENT_STATE,
@@ -146,6 +148,9 @@ class RoomAvatar:
         aspect: str = "1:1",
         quality: str = "high",
         fps: int = 30,
+        tracker: TrackerMode = "auto",
+        language: str = "en",
+        lookahead_ms: int = DEFAULT_LOOKAHEAD_MS,
         max_duration_s: float | None = None,
         on_end: Callable[[str], None] | None = None,
         agent_identity: str | None = None,
@@ -161,12 +166,16 @@ class RoomAvatar:
         self._library = library if library is not None else AvatarLibrary()
         found = find_avatar(avatar, self._library)
         look = Look(str(found), aspect, quality, fps=fps)  # checks the look's fields
-        EngineConfig(fps=fps, out_rate=sample_rate)
+        # validates the clock and the lip-sync
+        EngineConfig(
+            fps=fps, out_rate=sample_rate, tracker=tracker, language=language, lookahead_ms=lookahead_ms
+        )
         if max_duration_s is not None and max_duration_s <= 0:
             raise ValueError(f"max_duration_s must be positive, got {max_duration_s!r}")
         self._url = url
         self._token = token
         self._avatar, self._look = found, look
+        self._tracker, self._language, self._lookahead_ms = tracker, language, lookahead_ms
         self._sample_rate = sample_rate
         self._max_duration_s = max_duration_s
         self._on_end = on_end
@@ -195,6 +204,11 @@ class RoomAvatar:
     @property
     def agent_identity(self) -> str | None:
         return self._agent_identity
+
+    @property
+    def live_stats(self) -> LiveStats | None:
+        """The live core's stats, once started; `stats()` has them as plain values, with the room's."""
+        return self._runner.live_stats if self._runner is not None else None
 
     @property
     def runner(self) -> FacecastAvatarRunner | None:
@@ -228,6 +242,9 @@ class RoomAvatar:
                 quality=self._look.quality,
                 fps=self._look.fps,
                 sample_rate=self._sample_rate,
+                tracker=self._tracker,
+                language=self._language,
+                lookahead_ms=self._lookahead_ms,
                 library=self._library,
             )
             try:

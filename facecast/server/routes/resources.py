@@ -10,9 +10,10 @@ import functools
 import re
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Generic, TypeVar
 
 from fastapi import APIRouter, Depends, Header, Request
 from pydantic import BaseModel, ConfigDict, Field
@@ -24,6 +25,7 @@ from facecast.server.secret_box import SecretBox
 from facecast.server.store import ApiKey, ContextRecord, LlmConfigRecord, SecretRecord, Store
 
 router = APIRouter(prefix="/v1")
+R = TypeVar("R", ContextRecord, SecretRecord, LlmConfigRecord)
 
 MAX_PROMPT_CHARS = 20_000
 MAX_OPENING_CHARS = 2_000
@@ -103,14 +105,64 @@ Key = Annotated[ApiKey, Depends(_api_key)]
 StoreDep = Annotated[Store, Depends(_store)]
 
 
-def _new_id(prefix: str) -> str:
-    return prefix + secrets.token_hex(8)
+class OwnedResource(Generic[R]):
+    """One kind of record that an API key owns, and what every kind's routes share: ids, the 404 that
+    names the listing, and the `{code, data, message}` answers for create, list, get, update and delete."""
 
+    def __init__(
+        self,
+        record_type: type[R],
+        kind: str,
+        listing: str,
+        id_prefix: str,
+        item: Callable[[R], dict[str, Any]],
+    ) -> None:
+        self.record_type = record_type
+        self.kind = kind  # in messages: "context", "LLM configuration"
+        self.listing = listing  # its collection's path, e.g. /v1/contexts
+        self.collection = listing.rsplit("/", 1)[1]  # the list's key in GET answers
+        self.id_field = self.collection.removesuffix("s") + "_id"  # the id's name in DELETE answers
+        self.id_prefix = id_prefix
+        self.item = item  # what a client sees of a record
 
-def _not_found(kind: str, record_id: str, listing: str) -> ApiError:
-    return ApiError(
-        404, p.CODE_NOT_FOUND, f"no {kind} {record_id!r} for this API key (GET {listing} lists them)"
-    )
+    def new_id(self) -> str:
+        return self.id_prefix + secrets.token_hex(8)
+
+    def not_found(self, record_id: str) -> ApiError:
+        return ApiError(
+            404,
+            p.CODE_NOT_FOUND,
+            f"no {self.kind} {record_id!r} for this API key (GET {self.listing} lists them)",
+        )
+
+    def get(self, store: Store, key: ApiKey, record_id: str) -> R:
+        record = store.get_owned(self.record_type, key.id, record_id)
+        if not isinstance(record, self.record_type):
+            raise self.not_found(record_id)
+        return record
+
+    def created(self, store: Store, record: R, message: str | None = None) -> dict[str, Any]:
+        store.insert_owned(record)
+        return _ok(self.item(record), message or f"{self.kind} created")
+
+    def listed(self, store: Store, key: ApiKey) -> dict[str, Any]:
+        return _ok({self.collection: [self.item(r) for r in store.list_owned(self.record_type, key.id)]})
+
+    def one(self, store: Store, key: ApiKey, record_id: str) -> dict[str, Any]:
+        return _ok(self.item(self.get(store, key, record_id)))
+
+    def updated(
+        self, store: Store, key: ApiKey, record_id: str, changes: dict[str, Any], message: str = "success"
+    ) -> dict[str, Any]:
+        """Apply `changes` (none: only checked to exist) and answer with the record as it is now."""
+        if changes and not store.update_owned(self.record_type, key.id, record_id, **changes):
+            raise self.not_found(record_id)
+        return _ok(self.item(self.get(store, key, record_id)), message)
+
+    def deleted(self, store: Store, key: ApiKey, record_id: str) -> dict[str, Any]:
+        if not store.delete_owned(self.record_type, key.id, record_id):
+            raise self.not_found(record_id)
+        return _ok({self.id_field: record_id, "deleted": True}, f"{self.kind} deleted")
 
 
 def check_base_url(base_url: str | None) -> None:
@@ -123,47 +175,41 @@ def check_base_url(base_url: str | None) -> None:
         )
 
 
-# -- contexts ---------------------------------------------------------------------------------------------
-def _context_item(record: ContextRecord) -> dict[str, Any]:
+def _owned_fields(record: Any) -> dict[str, Any]:
     item = asdict(record)
     item.pop("owner")
     return item
 
 
+# -- contexts ---------------------------------------------------------------------------------------------
+CONTEXTS = OwnedResource(ContextRecord, "context", "/v1/contexts", "ctx_", _owned_fields)
+
+
 @router.post("/contexts", tags=["full mode"], summary="Create a context (prompt, opening_text)")
 async def create_context(body: ContextCreate, key: Key, store: StoreDep) -> dict[str, Any]:
     now = time.time()
-    record = ContextRecord(_new_id("ctx_"), key.id, body.name, body.prompt, body.opening_text, now, now)
-    store.insert_owned(record)
-    return _ok(_context_item(record), "context created")
+    record = ContextRecord(CONTEXTS.new_id(), key.id, body.name, body.prompt, body.opening_text, now, now)
+    return CONTEXTS.created(store, record)
 
 
 @router.get("/contexts", tags=["full mode"], summary="This key's contexts")
 async def list_contexts(key: Key, store: StoreDep) -> dict[str, Any]:
-    return _ok({"contexts": [_context_item(r) for r in store.list_owned(ContextRecord, key.id)]})
+    return CONTEXTS.listed(store, key)
 
 
 @router.get("/contexts/{context_id}", tags=["full mode"], summary="One context")
 async def get_context(context_id: str, key: Key, store: StoreDep) -> dict[str, Any]:
-    record = store.get_owned(ContextRecord, key.id, context_id)
-    if not isinstance(record, ContextRecord):
-        raise _not_found("context", context_id, "/v1/contexts")
-    return _ok(_context_item(record))
+    return CONTEXTS.one(store, key, context_id)
 
 
 @router.patch("/contexts/{context_id}", tags=["full mode"], summary="Change a context")
 async def update_context(context_id: str, body: ContextUpdate, key: Key, store: StoreDep) -> dict[str, Any]:
-    changes = body.model_dump(exclude_none=True)
-    if changes and not store.update_owned(ContextRecord, key.id, context_id, **changes):
-        raise _not_found("context", context_id, "/v1/contexts")
-    return await get_context(context_id, key, store)
+    return CONTEXTS.updated(store, key, context_id, body.model_dump(exclude_none=True))
 
 
 @router.delete("/contexts/{context_id}", tags=["full mode"], summary="Delete a context")
 async def delete_context(context_id: str, key: Key, store: StoreDep) -> dict[str, Any]:
-    if not store.delete_owned(ContextRecord, key.id, context_id):
-        raise _not_found("context", context_id, "/v1/contexts")
-    return _ok({"context_id": context_id, "deleted": True}, "context deleted")
+    return CONTEXTS.deleted(store, key, context_id)
 
 
 # -- secrets ----------------------------------------------------------------------------------------------
@@ -178,6 +224,7 @@ def _secret_item(record: SecretRecord) -> dict[str, Any]:
     }
 
 
+SECRETS = OwnedResource(SecretRecord, "secret", "/v1/secrets", "sec_", _secret_item)
 BoxDep = Annotated[SecretBox, Depends(secret_box)]
 
 
@@ -185,15 +232,14 @@ BoxDep = Annotated[SecretBox, Depends(secret_box)]
 async def create_secret(body: SecretCreate, key: Key, store: StoreDep, box: BoxDep) -> dict[str, Any]:
     now = time.time()
     record = SecretRecord(
-        _new_id("sec_"), key.id, body.secret_name, body.secret_type, box.seal(body.secret_value), now, now
+        SECRETS.new_id(), key.id, body.secret_name, body.secret_type, box.seal(body.secret_value), now, now
     )
-    store.insert_owned(record)
-    return _ok(_secret_item(record), "secret stored")
+    return SECRETS.created(store, record, "secret stored")
 
 
 @router.get("/secrets", tags=["full mode"], summary="This key's secrets (names only)")
 async def list_secrets(key: Key, store: StoreDep) -> dict[str, Any]:
-    return _ok({"secrets": [_secret_item(r) for r in store.list_owned(SecretRecord, key.id)]})
+    return SECRETS.listed(store, key)
 
 
 @router.patch("/secrets/{secret_id}", tags=["full mode"], summary="Replace a secret's value or name")
@@ -205,12 +251,7 @@ async def update_secret(
         changes["secret_name"] = body.secret_name
     if body.secret_value is not None:
         changes["ciphertext"] = box.seal(body.secret_value)
-    if changes and not store.update_owned(SecretRecord, key.id, secret_id, **changes):
-        raise _not_found("secret", secret_id, "/v1/secrets")
-    record = store.get_owned(SecretRecord, key.id, secret_id)
-    if not isinstance(record, SecretRecord):
-        raise _not_found("secret", secret_id, "/v1/secrets")
-    return _ok(_secret_item(record), "secret updated")
+    return SECRETS.updated(store, key, secret_id, changes, "secret updated")
 
 
 @router.delete("/secrets/{secret_id}", tags=["full mode"], summary="Delete a secret")
@@ -225,16 +266,13 @@ async def delete_secret(secret_id: str, key: Key, store: StoreDep) -> dict[str, 
             f"secret {secret_id} is used by LLM configuration(s) {', '.join(users)}; delete them or point "
             "them at another secret first",
         )
-    if not store.delete_owned(SecretRecord, key.id, secret_id):
-        raise _not_found("secret", secret_id, "/v1/secrets")
-    return _ok({"secret_id": secret_id, "deleted": True}, "secret deleted")
+    return SECRETS.deleted(store, key, secret_id)
 
 
 # -- LLM configurations -----------------------------------------------------------------------------------
-def _llm_item(record: LlmConfigRecord) -> dict[str, Any]:
-    item = asdict(record)
-    item.pop("owner")
-    return item
+LLM_CONFIGURATIONS = OwnedResource(
+    LlmConfigRecord, "LLM configuration", "/v1/llm_configurations", "llm_", _owned_fields
+)
 
 
 def _check_secret(store: Store, key: ApiKey, secret_id: str | None) -> None:
@@ -253,24 +291,26 @@ async def create_llm_configuration(body: LlmConfigCreate, key: Key, store: Store
     _check_secret(store, key, body.secret_id)
     now = time.time()
     record = LlmConfigRecord(
-        _new_id("llm_"), key.id, body.display_name, body.model_name, body.secret_id, body.base_url, now, now
+        LLM_CONFIGURATIONS.new_id(),
+        key.id,
+        body.display_name,
+        body.model_name,
+        body.secret_id,
+        body.base_url,
+        now,
+        now,
     )
-    store.insert_owned(record)
-    return _ok(_llm_item(record), "LLM configuration created")
+    return LLM_CONFIGURATIONS.created(store, record)
 
 
 @router.get("/llm_configurations", tags=["full mode"], summary="This key's LLM configurations")
 async def list_llm_configurations(key: Key, store: StoreDep) -> dict[str, Any]:
-    items = [_llm_item(r) for r in store.list_owned(LlmConfigRecord, key.id)]
-    return _ok({"llm_configurations": items})
+    return LLM_CONFIGURATIONS.listed(store, key)
 
 
 @router.get("/llm_configurations/{config_id}", tags=["full mode"], summary="One LLM configuration")
 async def get_llm_configuration(config_id: str, key: Key, store: StoreDep) -> dict[str, Any]:
-    record = store.get_owned(LlmConfigRecord, key.id, config_id)
-    if not isinstance(record, LlmConfigRecord):
-        raise _not_found("LLM configuration", config_id, "/v1/llm_configurations")
-    return _ok(_llm_item(record))
+    return LLM_CONFIGURATIONS.one(store, key, config_id)
 
 
 @router.patch("/llm_configurations/{config_id}", tags=["full mode"], summary="Change an LLM configuration")
@@ -283,16 +323,12 @@ async def update_llm_configuration(
             del changes[required]
     check_base_url(changes.get("base_url"))
     _check_secret(store, key, changes.get("secret_id"))
-    if changes and not store.update_owned(LlmConfigRecord, key.id, config_id, **changes):
-        raise _not_found("LLM configuration", config_id, "/v1/llm_configurations")
-    return await get_llm_configuration(config_id, key, store)
+    return LLM_CONFIGURATIONS.updated(store, key, config_id, changes)
 
 
 @router.delete("/llm_configurations/{config_id}", tags=["full mode"], summary="Delete an LLM configuration")
 async def delete_llm_configuration(config_id: str, key: Key, store: StoreDep) -> dict[str, Any]:
-    if not store.delete_owned(LlmConfigRecord, key.id, config_id):
-        raise _not_found("LLM configuration", config_id, "/v1/llm_configurations")
-    return _ok({"llm_configuration_id": config_id, "deleted": True}, "LLM configuration deleted")
+    return LLM_CONFIGURATIONS.deleted(store, key, config_id)
 
 
 # -- voices -----------------------------------------------------------------------------------------------

@@ -9,7 +9,6 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request, WebSocket, WebSocketDisconnect
 
 from facecast import protocol as p
-from facecast.avatars import frame_size
 from facecast.bounded_json import MAX_MESSAGE_CHARS, MessageRefused, parse_message
 from facecast.server.auth import parse_bearer
 from facecast.server.config import ServerConfig
@@ -99,22 +98,17 @@ async def start_session(
     token = parse_bearer(request.headers.get("authorization"))
     ws_base = "ws" + base[4:] if base.startswith("http") else base
     ws_url = f"{ws_base}/v1/sessions/{record.id}/ws?token={token}"
-    width, height = frame_size(settings["aspect_ratio"], settings["video_settings"]["quality"])
-    video = {
-        "width": width,
-        "height": height,
-        "fps": settings["fps"],
-        "encoding": settings["video_settings"]["encoding"],
-    }
-    if isinstance(session, RoomSession) or session.room is not None:
+    width, height = settings.look.frame_size
+    video = {"width": width, "height": height, "fps": settings.look.fps, "encoding": settings.encoding}
+    if settings.livekit is not None:
         # LiveAvatar's answer (pipecat parses it as LiveAvatarSessionResponse), and Facecast's fields.
         data: dict[str, Any] = {
             "session_id": record.id,
             "transport": "livekit",
             **livekit_start_details(config, record),
-            "max_session_duration": settings["max_session_duration"],
+            "max_session_duration": settings.max_session_duration,
             "idle_timeout": config.limits.idle_timeout,
-            "audio_source": settings["livekit"].get("audio_source", "data_stream"),
+            "audio_source": settings.livekit.audio_source,
             "video": video,
         }
         if not isinstance(session, RoomSession):
@@ -130,7 +124,7 @@ async def start_session(
                 "ice_servers": list(config.ice_servers),
                 "data_channel": {"label": p.DATA_CHANNEL_LABEL, "negotiated": True, "id": 0},
             },
-            "max_session_duration": settings["max_session_duration"],
+            "max_session_duration": settings.max_session_duration,
             "idle_timeout": config.limits.idle_timeout,
             "video": video,
             "audio": {"codec": "opus", "sample_rate": 48000, "input_sample_rate": p.LITE_AUDIO_RATE},

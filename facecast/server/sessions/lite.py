@@ -20,6 +20,7 @@ from facecast.hosts.live import LiveCore
 from facecast.hosts.webrtc import AvatarPeer
 from facecast.server.errors import ApiError
 from facecast.server.pool import RemoteAvatar, RemotePeer
+from facecast.server.session_stats import SessionStats
 from facecast.server.store import SessionRecord
 from facecast.tts import TTSError
 
@@ -78,7 +79,7 @@ class LiveSession:
         self._limits = manager.config.limits
         self.started_mono = started_mono  # the start request: time to first frame counts from here
         # The duration counts from the moment the record says the session started (set by the manager).
-        self.deadline = time.monotonic() + int(record.settings["max_session_duration"])
+        self.deadline = time.monotonic() + record.settings.max_session_duration
         self.last_activity = started_mono
         self.connected_at: float | None = None
         self.ws_state = p.WS_STATE_CONNECTING
@@ -300,7 +301,7 @@ class LiveSession:
             )
         interrupts = self._interrupts
         try:
-            speech = await self._manager.synthesize(text)
+            speech = await self._manager.synthesize(text, voice=self.record.settings.voice_id)
         except TTSError as exc:
             raise ApiError(500, p.CODE_INTERNAL, f"text-to-speech failed: {exc}") from None
         if self.ending:
@@ -320,28 +321,26 @@ class LiveSession:
         await self.avatar.end_segment()
 
     # -- stats ------------------------------------------------------------------------------------------
-    async def stats(self) -> dict[str, Any]:
-        """The live core's stats (LiveStats: the same names in every host), the peer's, the duration, and
-        which process runs it (`worker_pid`; None: this one)."""
-        out: dict[str, Any] = {"duration_s": round(time.monotonic() - self.started_mono, 3)}
+    async def stats(self) -> SessionStats:
+        """The live core's stats, the peer's, and which process runs it."""
+        worker_pid = None
         if isinstance(self.avatar, RemoteAvatar):
-            stats, _ = await self.avatar.fetch_stats()
-            out["worker_pid"] = self.avatar.worker.pid
+            live, _ = await self.avatar.fetch_stats()
+            worker_pid = self.avatar.worker.pid
         else:
             assert isinstance(self.avatar, LiveCore)
-            stats = self.avatar.stats
-            out["worker_pid"] = None
-        out.update(stats.as_dict())
+            live = self.avatar.stats
+        transport: dict[str, Any] = {}
         if self.peer is not None:
-            peer_stats = await self.peer.stats()
-            peer_stats.pop("first_video_sent_at", None)
-            out.update(peer_stats)
-        return out
+            transport = await self.peer.stats()
+            transport.pop("first_video_sent_at", None)
+        return SessionStats(time.monotonic() - self.started_mono, live, worker_pid, transport)
 
-    async def close(self, reason: str) -> dict[str, Any]:
-        """Stop everything this session owns; returns its final stats. Called once, by the manager."""
+    async def close(self, reason: str) -> SessionStats | None:
+        """Stop everything this session owns; returns its final stats (None: they could not be read).
+        Called once, by the manager."""
         self.ending = True
-        stats: dict[str, Any] = {}
+        stats = None
         with contextlib.suppress(Exception):
             stats = await self.stats()
         await self.set_ws_state(p.WS_STATE_CLOSING)

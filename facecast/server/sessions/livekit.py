@@ -5,7 +5,6 @@ LiveKit's avatar protocol. LITE sessions into a room are in facecast.server.lite
 from __future__ import annotations
 
 import logging
-import os
 import time
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -13,7 +12,9 @@ from typing import TYPE_CHECKING, Any
 from facecast import protocol as p
 from facecast.server.config import ServerConfig
 from facecast.server.errors import ApiError
+from facecast.server.session_stats import LIVE_STAT_NAMES, SessionStats
 from facecast.server.store import SessionRecord
+from facecast.settings import LIVEKIT_SDK_API_KEY, LIVEKIT_SDK_API_SECRET
 
 if TYPE_CHECKING:
     from facecast.server.sessions.lite import LiveSession
@@ -44,7 +45,7 @@ def livekit_keys(config: ServerConfig) -> tuple[str, str] | None:
     if lk.configured:
         assert lk.api_key is not None and lk.api_secret is not None
         return lk.api_key, lk.api_secret
-    key, secret = os.environ.get("LIVEKIT_API_KEY"), os.environ.get("LIVEKIT_API_SECRET")
+    key, secret = LIVEKIT_SDK_API_KEY.get(), LIVEKIT_SDK_API_SECRET.get()
     return (key, secret) if key and secret else None
 
 
@@ -57,7 +58,7 @@ class RoomSession:
         self.id = record.id
         self.worker = worker  # facecast.hosts.livekit.worker.RoomAvatar (imported only when used)
         self.started_mono = started_mono
-        self.deadline = time.monotonic() + int(record.settings["max_session_duration"])
+        self.deadline = time.monotonic() + record.settings.max_session_duration
         self.connected_at: float | None = started_mono  # connected before start() returned
         self._kept_alive = started_mono
         self.ending = False
@@ -72,23 +73,26 @@ class RoomSession:
     def touch(self) -> None:
         self._kept_alive = time.monotonic()
 
-    async def stats(self) -> dict[str, Any]:
+    async def stats(self) -> SessionStats:
         return room_stats(self.worker, self.started_mono)
 
-    async def close(self, reason: str) -> dict[str, Any]:
+    async def close(self, reason: str) -> SessionStats:
         self.ending = True
         stats = await self.stats()
         await self.worker.aclose(reason)
         return stats
 
 
-def room_stats(worker: Any, started_mono: float) -> dict[str, Any]:
+def room_stats(worker: Any, started_mono: float) -> SessionStats:
     """A session's stats from its avatar worker in a LiveKit room (a RoomAvatar)."""
     stats = worker.stats()
-    out: dict[str, Any] = {"duration_s": round(time.monotonic() - started_mono, 3)}
-    out.update({k: v for k, v in stats.items() if k not in ("room", "agent_identity")})
-    out["livekit"] = {k: stats.get(k) for k in ("room", "agent_identity")}
-    return out
+    room = ("room", "agent_identity")
+    return SessionStats(
+        time.monotonic() - started_mono,
+        worker.live_stats,
+        transport={k: v for k, v in stats.items() if k not in LIVE_STAT_NAMES and k not in room},
+        livekit={k: stats.get(k) for k in room},
+    )
 
 
 def new_room_avatar(manager: SessionManager, record: SessionRecord, **options: Any) -> Any:
@@ -99,20 +103,24 @@ def new_room_avatar(manager: SessionManager, record: SessionRecord, **options: A
     except ImportError as exc:
         raise livekit_extra_missing(exc) from None
     settings = record.settings
-    lk = settings["livekit"]
+    lk = settings.livekit
+    assert lk is not None
 
     def on_end(reason: str) -> None:
         manager.spawn(manager.end(record.id, reason))
 
     return RoomAvatar(
-        lk["url"],
-        lk["worker_token"],
-        avatar=record.avatar_id,
-        aspect=settings["aspect_ratio"],
-        quality=settings["video_settings"]["quality"],
-        fps=int(settings["fps"]),
+        lk.url,
+        lk.worker_token,
+        avatar=settings.look.avatar,
+        aspect=settings.look.aspect,
+        quality=settings.look.quality,
+        fps=settings.look.fps,
+        tracker=settings.lip_sync.tracker,
+        language=settings.lip_sync.language,
+        lookahead_ms=settings.lip_sync.lookahead_ms,
         max_duration_s=None,  # the manager enforces the duration, like every other limit
-        agent_identity=lk["agent_identity"],
+        agent_identity=lk.agent_identity,
         on_end=on_end,
         room=manager.livekit_room_factory() if manager.livekit_room_factory is not None else None,
         library=manager.avatars.library,
@@ -150,25 +158,24 @@ def livekit_start_details(config: ServerConfig, record: SessionRecord) -> dict[s
     """The LiveKit part of a /start answer, in LiveAvatar's names: for a room this server made,
     fresh tokens for the user's frontend (`livekit_client_token`) and the agent
     (`livekit_agent_token`); for the caller's own room, empty strings (the caller mints its own)."""
-    lk = record.settings["livekit"]
+    lk = record.settings.livekit
+    assert lk is not None
     client_token = agent_token = ""
-    if lk.get("owned"):
+    if lk.owned:
         from facecast.server.lite_room import participant_token
 
         keys = livekit_keys(config)
         assert keys is not None
         # A LiveKit server cannot revoke a token: these die with the session's longest life.
-        ttl = timedelta(seconds=int(record.settings["max_session_duration"]) + config.limits.token_ttl)
-        client_token = participant_token(*keys, room=lk["room"], identity=OWNED_ROOM_USER, ttl=ttl)
-        agent_token = participant_token(
-            *keys, room=lk["room"], identity=OWNED_ROOM_AGENT, kind="agent", ttl=ttl
-        )
+        ttl = timedelta(seconds=record.settings.max_session_duration + config.limits.token_ttl)
+        client_token = participant_token(*keys, room=lk.room, identity=OWNED_ROOM_USER, ttl=ttl)
+        agent_token = participant_token(*keys, room=lk.room, identity=OWNED_ROOM_AGENT, kind="agent", ttl=ttl)
     return {
-        "livekit_url": lk["url"],
-        "livekit_room": lk["room"],
+        "livekit_url": lk.url,
+        "livekit_room": lk.room,
         "livekit_client_token": client_token,
         "livekit_agent_token": agent_token,
-        "avatar_identity": lk["avatar_identity"],
+        "avatar_identity": lk.avatar_identity,
     }
 
 
@@ -177,12 +184,13 @@ async def create_owned_room(manager: SessionManager, record: SessionRecord) -> N
     from livekit import api
 
     settings = manager.config.livekit
-    lk = record.settings["livekit"]
+    lk = record.settings.livekit
+    assert lk is not None
     try:
         async with api.LiveKitAPI(settings.url, settings.api_key, settings.api_secret) as client:
             await client.room.create_room(
                 api.CreateRoomRequest(
-                    name=lk["room"],
+                    name=lk.room,
                     empty_timeout=60,
                     max_participants=OWNED_ROOM_MAX_PARTICIPANTS,
                     # the avatar's two tracks reach subscribers as one stream, so browsers lip-sync them
@@ -201,14 +209,14 @@ async def create_owned_room(manager: SessionManager, record: SessionRecord) -> N
 
 async def delete_owned_room(config: ServerConfig, record: SessionRecord) -> None:
     """Delete the room this server made for a session: everyone in it is disconnected."""
-    lk = record.settings.get("livekit") or {}
-    if not lk.get("owned") or not config.livekit.configured:
+    lk = record.settings.livekit
+    if lk is None or not lk.owned or not config.livekit.configured:
         return
     from livekit import api
 
     settings = config.livekit
     try:
         async with api.LiveKitAPI(settings.url, settings.api_key, settings.api_secret) as client:
-            await client.room.delete_room(api.DeleteRoomRequest(room=lk["room"]))
+            await client.room.delete_room(api.DeleteRoomRequest(room=lk.room))
     except Exception as exc:  # gone already, or the LiveKit server is unreachable: it empties itself
-        log.warning("could not delete LiveKit room %s of session %s: %s", lk["room"], record.id, exc)
+        log.warning("could not delete LiveKit room %s of session %s: %s", lk.room, record.id, exc)

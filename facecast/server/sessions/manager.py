@@ -207,15 +207,17 @@ class SessionManager:
 
             return await start_full_session(self, record)
         if record.transport == "livekit":
-            if record.settings["livekit"].get("owned"):
+            lk = record.settings.livekit
+            assert lk is not None
+            if lk.owned:
                 await create_owned_room(self, record)
-            if record.settings["livekit"].get("audio_source") == "websocket":
+            if lk.audio_source == "websocket":
                 return await start_lite_in_room(self, record)
             return await start_in_room(self, record)
         if self.pool is not None:
             return await self._start_in_pool(record, self.pool)
         started_mono = time.monotonic()
-        spec = AvatarSpec.from_settings(record.avatar_id, record.settings, self.avatars.library)
+        spec = AvatarSpec.from_settings(record.settings, self.avatars.library)
         try:
             engine = await asyncio.to_thread(build_engine, spec)
         except ValueError as exc:  # a bundle that cannot be rendered (AvatarNotFoundError, BundleError)
@@ -249,7 +251,7 @@ class SessionManager:
         """A WebRTC session whose engine, encoder and peer run in the least-loaded worker process. Its
         worker dying ends it with reason `error`."""
         started_mono = time.monotonic()
-        spec = AvatarSpec.from_settings(record.avatar_id, record.settings, self.avatars.library)
+        spec = AvatarSpec.from_settings(record.settings, self.avatars.library)
         session: LiveSession | None = None
 
         def on_event(event: SegmentEvent) -> None:
@@ -304,7 +306,7 @@ class SessionManager:
     def mark_started(self, record: SessionRecord, session: Session, now: float) -> None:
         """Record the start (this server owns the session from now) and count it live."""
         # The token stays valid for the session's life, so stop and keep-alive work until it ends.
-        expires = now + int(record.settings["max_session_duration"]) + self.config.limits.token_ttl
+        expires = now + record.settings.max_session_duration + self.config.limits.token_ttl
         if not self.store.start_session(
             record.id, started_at=now, token_expires_at=expires, owner=self.server_id
         ):  # ended meanwhile (stopped, its token expired), or started by another server: never twice
@@ -330,7 +332,7 @@ class SessionManager:
             check_offer_sdp(sdp)
         except ValueError as exc:
             raise ApiError(400, p.CODE_BAD_REQUEST, str(exc)) from None
-        encoding = session.record.settings["video_settings"]["encoding"]
+        encoding = session.record.settings.encoding
 
         async def reply(event: dict[str, Any]) -> None:
             peer.send_event(event)
@@ -383,7 +385,8 @@ class SessionManager:
         if session is not None:
             done = self._closing[session_id] = asyncio.get_running_loop().create_future()
             try:
-                stats = await session.close(reason)
+                final = await session.close(reason)
+                stats = final.as_dict() if final is not None else {}  # {}: they could not be read
             except Exception:
                 log.exception("closing session %s failed", session_id)
             finally:
@@ -405,17 +408,18 @@ class SessionManager:
         return ended
 
     # -- speech -----------------------------------------------------------------------------------------
-    async def synthesize(self, text: str) -> Any:
-        """Server-side text to speech, off the event loop; one synthesis at a time (espeak-ng is global)."""
+    async def synthesize(self, text: str, *, voice: str | None = None) -> Any:
+        """Server-side text to speech in `voice` (None: espeak-ng's default), off the event loop; one
+        synthesis at a time (espeak-ng is global)."""
         async with self._tts_lock:
             if self._tts is None:
                 self._tts = await asyncio.to_thread(EspeakTTS)
-            return await asyncio.to_thread(self._tts.synthesize_timed, text)
+            return await asyncio.to_thread(self._tts.synthesize_timed, text, voice)
 
     # -- views ------------------------------------------------------------------------------------------
     async def describe(self, record: SessionRecord) -> dict[str, Any]:
         live = self.live.get(record.id)
-        stats = await live.stats() if live is not None else record.stats
+        stats = (await live.stats()).as_dict() if live is not None else record.stats
         return {
             "session_id": record.id,
             "state": record.state,
@@ -423,7 +427,7 @@ class SessionManager:
             "avatar_id": record.avatar_id,
             "is_sandbox": record.is_sandbox,
             "transport": record.transport,
-            "settings": _public_settings(record.settings),
+            "settings": record.settings.public_json(),
             "created_at": record.created_at,
             "started_at": record.started_at,
             "ended_at": record.ended_at,
@@ -431,11 +435,3 @@ class SessionManager:
             "duration_s": record.duration_s,
             "stats": stats,
         }
-
-
-def _public_settings(settings: dict[str, Any]) -> dict[str, Any]:
-    """A session's settings without secrets (the LiveKit worker token)."""
-    if "livekit" not in settings:
-        return settings
-    livekit = {k: v for k, v in settings["livekit"].items() if k != "worker_token"}
-    return {**settings, "livekit": livekit}

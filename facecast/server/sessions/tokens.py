@@ -9,12 +9,15 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from facecast import protocol as p
+from facecast.avatars.look import Look
 from facecast.avatars.refs import AvatarRefError, LibraryAvatar, parse_avatar_id
 from facecast.bounded_json import MessageRefused, parse_message
 from facecast.server.auth import hash_secret, new_session_token
 from facecast.server.config import ServerConfig
 from facecast.server.errors import ApiError
+from facecast.server.routes.resources import known_voice
 from facecast.server.schemas import TokenRequest
+from facecast.server.session_settings import LipSync, LiveKitRoom, SessionSettings
 from facecast.server.sessions.livekit import (
     OWNED_ROOM_AGENT,
     OWNED_ROOM_AVATAR,
@@ -40,8 +43,9 @@ def mint_session(manager: SessionManager, key: ApiKey, body: TokenRequest) -> tu
         from facecast.server.full_mode import full_settings
 
         full = full_settings(manager, key, body, transport)
-    video_settings = _video_settings(body)
+    quality = _quality(body)
     livekit = _livekit_settings(config, body, session_id) if transport == "livekit" else None
+    voice_id = _voice(body, livekit)
     if body.avatar_image_url is not None:
         if body.avatar_id is not None:
             raise ApiError(
@@ -91,15 +95,20 @@ def mint_session(manager: SessionManager, key: ApiKey, body: TokenRequest) -> tu
         avatar_id=avatar_id,
         is_sandbox=body.is_sandbox,
         transport=transport,
-        settings={
-            "video_settings": video_settings,
-            "aspect_ratio": body.aspect_ratio,
-            "fps": body.fps,
-            "max_session_duration": duration,
-            "interactivity_type": body.interactivity_type,
-            **({"livekit": livekit} if livekit is not None else {}),
-            **({"full": full} if full is not None else {}),
-        },
+        settings=SessionSettings(
+            look=Look(avatar=avatar_id, aspect=body.aspect_ratio, quality=quality, fps=body.fps),
+            encoding=body.video_settings.encoding,
+            max_session_duration=duration,
+            interactivity_type=body.interactivity_type,
+            lip_sync=LipSync(
+                language=body.avatar_persona.language if body.avatar_persona is not None else "en",
+                tracker=body.tracker,
+                lookahead_ms=body.lookahead_ms,
+            ),
+            voice_id=voice_id,
+            livekit=livekit,
+            full=full,
+        ),
         state=p.STATE_CREATED,
         token_hash=hash_secret(token),
         token_expires_at=now + limits.token_ttl,
@@ -134,22 +143,54 @@ def _transport(config: ServerConfig, body: TokenRequest) -> str:
     return "webrtc"
 
 
-def _video_settings(body: TokenRequest) -> dict[str, Any]:
-    settings = body.video_settings.model_dump()
+def _quality(body: TokenRequest) -> str:
+    quality: str = body.video_settings.quality
     if body.video_quality is not None:
         quality_given = "quality" in body.video_settings.model_fields_set
-        if quality_given and settings["quality"] != body.video_quality:
+        if quality_given and quality != body.video_quality:
             raise ApiError(
                 400,
                 p.CODE_BAD_REQUEST,
                 f"video_quality {body.video_quality!r} and video_settings.quality "
-                f"{settings['quality']!r} disagree; give one of them",
+                f"{quality!r} disagree; give one of them",
             )
-        settings["quality"] = body.video_quality
-    return settings
+        quality = body.video_quality
+    return quality
 
 
-def _livekit_settings(config: ServerConfig, body: TokenRequest, session_id: str) -> dict[str, Any]:
+def _voice(body: TokenRequest, livekit: LiveKitRoom | None) -> str | None:
+    """The voice of the server's speech: FULL's replies, LITE's agent.speak_text. A persona's fields that
+    a session could not use are refused rather than dropped."""
+    persona = body.avatar_persona
+    if persona is None:
+        return None
+    if body.mode == "LITE" and persona.context_id is not None:
+        # 409, not 400: the schema cannot say it (schemathesis cannot generate from a rule across fields
+        # of a nullable object), and a valid body this session cannot serve is a conflict here.
+        raise ApiError(
+            409,
+            p.CODE_CONFLICT,
+            "avatar_persona.context_id gives a FULL session's LLM its prompt; a LITE session's agent brings "
+            "its own: drop context_id or mint mode FULL",
+        )
+    if persona.voice_id is None:
+        return None
+    if livekit is not None and livekit.audio_source == "data_stream":
+        raise ApiError(  # a valid body, but this session would have no server speech to give a voice
+            409,
+            p.CODE_CONFLICT,
+            "avatar_persona.voice_id is the voice of agent.speak_text on the LITE WebSocket; this session "
+            "takes its speech from the agent's audio in the LiveKit room (audio_source data_stream): drop "
+            "voice_id or use audio_source websocket",
+        )
+    if not known_voice(persona.voice_id):
+        raise ApiError(
+            404, p.CODE_NOT_FOUND, f"unknown voice_id {persona.voice_id!r}; GET /v1/voices lists the voices"
+        )
+    return persona.voice_id.lower()
+
+
+def _livekit_settings(config: ServerConfig, body: TokenRequest, session_id: str) -> LiveKitRoom:
     """Where the avatar joins and with which token, and where the agent's audio comes from: the LITE
     WebSocket (`websocket`) or LiveKit's avatar protocol in the room (`data_stream`)."""
     cfg = body.livekit_config
@@ -190,18 +231,18 @@ def _livekit_settings(config: ServerConfig, body: TokenRequest, session_id: str)
             name=cfg.avatar_name or identity,
             agent_identity=cfg.agent_identity,
         )
-    return {
-        "url": cfg.livekit_url,
-        "room": cfg.livekit_room,
-        "worker_token": token,
-        "agent_identity": cfg.agent_identity,
-        "avatar_identity": identity,
-        "audio_source": audio_source,
-        "owned": False,
-    }
+    return LiveKitRoom(
+        url=cfg.livekit_url,
+        room=cfg.livekit_room,
+        worker_token=token,
+        agent_identity=cfg.agent_identity,
+        avatar_identity=identity,
+        audio_source=audio_source,
+        owned=False,
+    )
 
 
-def _owned_room_settings(config: ServerConfig, body: TokenRequest, session_id: str) -> dict[str, Any]:
+def _owned_room_settings(config: ServerConfig, body: TokenRequest, session_id: str) -> LiveKitRoom:
     """A room on this server's LiveKit server, made for the session at /start and deleted at its
     end, as LiveAvatar does: the answer to /start carries tokens for the user and the agent."""
     lk = config.livekit
@@ -223,15 +264,15 @@ def _owned_room_settings(config: ServerConfig, body: TokenRequest, session_id: s
         name=OWNED_ROOM_AVATAR,
         agent_identity=OWNED_ROOM_AGENT,
     )
-    return {
-        "url": lk.ws_url,
-        "room": room,
-        "worker_token": token,
-        "agent_identity": OWNED_ROOM_AGENT,
-        "avatar_identity": OWNED_ROOM_AVATAR,
-        "audio_source": body.audio_source or "websocket",
-        "owned": True,
-    }
+    return LiveKitRoom(
+        url=lk.ws_url,
+        room=room,
+        worker_token=token,
+        agent_identity=OWNED_ROOM_AGENT,
+        avatar_identity=OWNED_ROOM_AVATAR,
+        audio_source=body.audio_source or "websocket",
+        owned=True,
+    )
 
 
 def _token_identity(token: str) -> str | None:
