@@ -212,6 +212,8 @@ def _require_body_rules(document: dict[str, Any], config: ServerConfig) -> None:
         props[nullable] = {"anyOf": [props[nullable], {"type": "null"}]}
     props["max_session_duration"]["anyOf"][0]["maximum"] = config.limits.max_session_duration
     props["avatar_image_url"]["anyOf"][0]["pattern"] = IMAGE_URL_PATTERN
+    # Variable names must match the pattern: other keys are refused, not free-form.
+    props["dynamic_variables"]["anyOf"][0]["additionalProperties"] = False
     qualities = props["video_quality"]["anyOf"][0]["enum"]
     rules: list[dict[str, Any]] = [
         {"not": _both("avatar_id", "avatar_image_url")},
