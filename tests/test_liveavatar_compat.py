@@ -29,7 +29,7 @@ from livekit_server import LiveKitServer, LiveRoom
 
 from facecast import protocol as p
 from facecast.avatars import load_renderer
-from facecast.hosts.livekit.viewer import RoomViewer
+from facecast.client.livekit_viewer import RoomViewer
 from facecast.server.config import LiveKitSettings
 from tests.server_harness import RunningServer, running_server
 

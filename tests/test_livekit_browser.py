@@ -27,8 +27,8 @@ from livekit_server import LiveRoom
 from livekit_speech import AVATAR_QUALITY, frames, mouth_box, to_24k
 
 from facecast.bench.metrics import av_offset_ms
+from facecast.client.livekit_viewer import RoomViewer
 from facecast.hosts.livekit.tokens import mint_worker_token
-from facecast.hosts.livekit.viewer import RoomViewer
 from facecast.hosts.livekit.worker import RoomAvatar
 
 BROWSER_DIR = Path(__file__).parent / "browser"

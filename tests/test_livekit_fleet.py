@@ -30,8 +30,8 @@ import pytest
 from livekit import api, rtc
 from livekit_server import LiveKitServer, LiveRoom
 
+from facecast.client.livekit_viewer import RoomViewer
 from facecast.hosts.livekit.names import ATTRIBUTE_JOB_PROCESS, ATTRIBUTE_WORKER, DEFAULT_AVATAR_IDENTITY
-from facecast.hosts.livekit.viewer import RoomViewer
 
 pytestmark = pytest.mark.slow  # a long end-to-end run: pytest -m "not slow" leaves it out
 

@@ -21,10 +21,10 @@ from livekit.agents.voice.avatar import DataStreamAudioOutput
 from livekit_server import LiveRoom
 from livekit_speech import AVATAR_QUALITY, mouth_box
 
+from facecast.client.livekit_viewer import RoomViewer
 from facecast.engine.mouth_track import BLENDSHAPE_NAMES
 from facecast.hosts.livekit.names import MOUTH_TRACK_TOPIC
 from facecast.hosts.livekit.tokens import mint_worker_token
-from facecast.hosts.livekit.viewer import RoomViewer
 from facecast.hosts.livekit.worker import RoomAvatar
 
 AVATAR = "facecast-avatar"

@@ -29,7 +29,7 @@ from livekit_server import LiveRoom
 from livekit_speech import AVATAR_QUALITY, RATE, mouth_box, stream, to_24k
 from server_harness import RunningServer, running_server
 
-from facecast.hosts.livekit.viewer import RoomViewer
+from facecast.client.livekit_viewer import RoomViewer
 from facecast.server.sessions import RoomSession
 
 AGENT = "agent"

@@ -227,8 +227,8 @@ async def _session(
     """A fresh room with the agent and the viewer in it, then the worker's avatar; all torn down after."""
     from livekit import api, rtc
 
+    from facecast.client.livekit_viewer import RoomViewer
     from facecast.hosts.livekit.tokens import mint_participant_token, mint_worker_token
-    from facecast.hosts.livekit.viewer import RoomViewer
 
     name = f"facecast-bench-{uuid.uuid4().hex[:8]}"
 
@@ -291,7 +291,7 @@ async def run(server: Any, opts: Options, log: Log, workdir: Path) -> Report:
     from livekit.agents.voice.avatar import DataStreamAudioOutput
 
     from facecast.avatars import frame_size, load_renderer
-    from facecast.hosts.livekit.viewer import AUDIO_STEP_S, SPEECH_RMS
+    from facecast.client.livekit_viewer import AUDIO_STEP_S, SPEECH_RMS
     from facecast.tts import EspeakTTS
 
     width, height = frame_size(opts.aspect, opts.quality)

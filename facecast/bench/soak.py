@@ -29,6 +29,7 @@ from pathlib import Path
 import aiohttp
 
 from facecast import protocol as p
+from facecast.argtypes import positive_int
 from facecast.bench.report import Log, Table
 from facecast.bench.server import (
     FPS,
@@ -43,7 +44,6 @@ from facecast.bench.server import (
     load_speech,
     run_and_print,
 )
-from facecast.cli.common import positive_int
 from facecast.client import LiteClient
 from facecast.client.rtpcount import Arrivals
 

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from facecast import settings
-from facecast.cli.common import EXIT_USAGE, positive_int
+from facecast.argtypes import positive_int
+from facecast.cli.common import EXIT_USAGE
 from facecast.protocol import END_KEY_REVOKED
 from facecast.server.auth import default_data_dir
 

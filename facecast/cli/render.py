@@ -7,7 +7,8 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from facecast.cli.common import UsageError, positive_int
+from facecast.argtypes import positive_int
+from facecast.cli.common import UsageError
 from facecast.engine.config import FPS_CHOICES, MAX_LOOKAHEAD_MS
 
 if TYPE_CHECKING:

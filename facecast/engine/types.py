@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Hashable
 from dataclasses import dataclass, field
-from typing import Literal, NamedTuple, Protocol
+from typing import Literal, Protocol
 
 import numpy as np
+
+from facecast.phone_timing import PhoneTiming as PhoneTiming  # an engine input, defined below the TTS
 
 # The 9 mouth classes (Rhubarb / Preston-Blair) used for viseme output and lip-sync measurement.
 #   X rest · A m/b/p closed · B most consonants, EE · C EH/AE/AH · D AA/AY/AW · E AO/ER/R
@@ -54,15 +56,6 @@ class MouthParams:
 
 
 REST_MOUTH = MouthParams()
-
-
-class PhoneTiming(NamedTuple):
-    """A phone known to be spoken at [start, end) seconds of its segment's input audio — what a TTS
-    engine can report about the speech it generates. `phone` is ARPAbet (CMUdict symbols)."""
-
-    phone: str
-    start: float
-    end: float
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from facecast.engine.types import PhoneTiming
+from facecast.phone_timing import PhoneTiming
 
 AUDIO_OUTPUT_SYNCHRONOUS = 2  # espeak_Synth blocks and delivers audio through the callback
 INITIALIZE_PHONEME_EVENTS = 0x0001  # report every phoneme with its position in the audio

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 from livekit import rtc
 
-from facecast.bench.metrics import av_offset_ms as lag_ms
-from facecast.bench.metrics import mouth_open_from_pixels
+from facecast.client.measure import av_offset_ms as lag_ms
+from facecast.client.measure import mouth_open_from_pixels
 from facecast.hosts.livekit.names import (
     ATTRIBUTE_PUBLISH_ON_BEHALF,
     AUDIO_TRACK_NAME,
