@@ -37,7 +37,7 @@ EventSink = Callable[[dict[str, Any]], Awaitable[None]]
 class SpeechTarget(Protocol):
     """What LITE commands drive: a `LiveCore` (WebRTC sessions in this process), a `RemoteAvatar`
     (WebRTC sessions in a worker process, facecast.server.pool), or the LITE socket's audio feeding
-    an avatar in a LiveKit room (facecast.server.lite_room.SocketAudio). Segment events come back through
+    an avatar in a LiveKit room (sessions.lite_room.SocketAudio). Segment events come back through
     the callback the target was made with."""
 
     async def open_segment(self, tag: SegmentTag | None = None) -> int: ...

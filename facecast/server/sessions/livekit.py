@@ -1,6 +1,6 @@
 """Sessions whose avatar plays in a LiveKit room: the room this server makes for one (and deletes at its
 end), the avatar worker that joins it, and `RoomSession`, a session whose agent streams audio over
-LiveKit's avatar protocol. LITE sessions into a room are in facecast.server.lite_room."""
+LiveKit's avatar protocol. LITE sessions into a room are in facecast.server.sessions.lite_room."""
 
 from __future__ import annotations
 
@@ -148,7 +148,7 @@ async def start_lite_in_room(manager: SessionManager, record: SessionRecord) -> 
     """A LITE session whose avatar plays in a LiveKit room: the agent's audio arrives over the LITE
     WebSocket and the avatar worker publishes the face and voice in the room."""
     try:
-        from facecast.server.lite_room import start_lite_room
+        from facecast.server.sessions.lite_room import start_lite_room
     except ImportError as exc:
         raise livekit_extra_missing(exc) from None
     return await start_lite_room(manager, record)
@@ -162,7 +162,7 @@ def livekit_start_details(config: ServerConfig, record: SessionRecord) -> dict[s
     assert lk is not None
     client_token = agent_token = ""
     if lk.owned:
-        from facecast.server.lite_room import participant_token
+        from facecast.server.sessions.lite_room import participant_token
 
         keys = livekit_keys(config)
         assert keys is not None
