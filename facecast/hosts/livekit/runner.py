@@ -263,9 +263,8 @@ class FacecastAvatarRunner:
     def add_transcript(self, text: str) -> None:
         """Words of the agent's speech (a delta of its `lk.transcription` stream). They go to the
         segment still receiving audio, in order with it, so the engine aligns them while the audio
-        streams; words that come before any of their audio wait for it (an unsynchronized transcript
-        leads its speech); words for a segment whose audio is complete are dropped (its end has been
-        sent)."""
+        streams. Words that come while no segment is receiving audio wait for the next one's first
+        audio: an unsynchronized transcript leads its speech. An interrupt drops them."""
         text = self._text_tail + text
         boundary = max(text.rfind(" "), text.rfind("\n"))
         words, self._text_tail = (text[:boundary], text[boundary + 1 :]) if boundary >= 0 else ("", text)
