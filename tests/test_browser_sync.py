@@ -94,9 +94,11 @@ async def test_both_tracks_in_one_stream_with_early_sender_reports(
 async def test_an_audio_delay_at_the_sender_reads_as_one(
     server: RunningServer, browser: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    in_sync = [session_offset_ms(await session(server, browser)) for _ in range(2)]
+    # Three sessions each, compared by median: one session's reading can be off by 100 ms on a loaded
+    # machine (a CI run read -156 and -32 ms for two in-sync sessions).
+    in_sync = [session_offset_ms(await session(server, browser)) for _ in range(3)]
     monkeypatch.setattr(webrtc, "AvatarAudioTrack", _DelayedAudioTrack)
-    delayed = [session_offset_ms(await session(server, browser)) for _ in range(2)]
+    delayed = [session_offset_ms(await session(server, browser)) for _ in range(3)]
     shift = statistics.median(delayed) - statistics.median(in_sync)
     # The sound INJECTED_DELAY_S later: the mouth moves that much earlier than the sound.
     assert -1.6 * INJECTED_DELAY_S * 1000 < shift < -0.4 * INJECTED_DELAY_S * 1000, (in_sync, delayed)

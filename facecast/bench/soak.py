@@ -160,9 +160,7 @@ async def _wait_idle(client: LiteClient, server: ServerProcess, timeout: float) 
 
 
 # -- abandon ------------------------------------------------------------------------------------------
-async def _wait_ended(
-    client: LiteClient, server: ServerProcess, session_id: str, timeout: float
-) -> str | None:
+async def _wait_ended(client: LiteClient, session_id: str, timeout: float) -> str | None:
     """The session's end reason once the server has ended it; None if it is still running at `timeout`."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
