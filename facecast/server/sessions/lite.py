@@ -339,19 +339,28 @@ class LiveSession:
     async def close(self, reason: str) -> SessionStats | None:
         """Stop everything this session owns; returns its final stats (None: they could not be read).
         Called once, by the manager."""
+        stats = await self._begin_close()
+        await self.emit(p.SESSION_STOPPED, end_reason=reason)
+        if self.peer is not None:
+            await self.peer.aclose()
+        await self.avatar.aclose()
+        await self._finish_close()
+        return stats
+
+    async def _begin_close(self) -> SessionStats | None:
+        """The first steps of every close: no more commands, the final stats, the socket told so."""
         self.ending = True
         stats = None
         with contextlib.suppress(Exception):
             stats = await self.stats()
         await self.set_ws_state(p.WS_STATE_CLOSING)
-        await self.emit(p.SESSION_STOPPED, end_reason=reason)
-        if self.peer is not None:
-            await self.peer.aclose()
-        await self.avatar.aclose()
+        return stats
+
+    async def _finish_close(self) -> None:
+        """The last steps of every close, once the stop event is out: the socket's sinks and closers go."""
         await self.set_ws_state(p.WS_STATE_CLOSED)
         self._sinks.clear()
         for close in self._closers:
             with contextlib.suppress(Exception):
                 await close()
         self._closers.clear()
-        return stats

@@ -14,7 +14,6 @@ server made on its own LiveKit server for the session (see facecast.server.sessi
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -212,22 +211,13 @@ class LiteRoomSession(LiveSession):
         return room_stats(self.worker, self.started_mono)
 
     async def close(self, reason: str) -> SessionStats | None:
-        self.ending = True
-        stats = None
-        with contextlib.suppress(Exception):
-            stats = await self.stats()
-        await self.set_ws_state(p.WS_STATE_CLOSING)
+        stats = await self._begin_close()
         # Leaving answers every segment still playing (agent.speak_interrupted) before the socket closes.
         await self.worker.aclose(reason)
         await self.audio.aclose()
         await asyncio.sleep(0)  # let those answers go out
         await self.emit(p.SESSION_STOPPED, end_reason=reason)
-        await self.set_ws_state(p.WS_STATE_CLOSED)
-        self._sinks.clear()
-        for close in self._closers:
-            with contextlib.suppress(Exception):
-                await close()
-        self._closers.clear()
+        await self._finish_close()
         return stats
 
 
