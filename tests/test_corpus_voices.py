@@ -26,7 +26,7 @@ from facecast.bench.corpus import (
     synthesize,
 )
 from facecast.bench.report import Log
-from facecast.bench.truth_check import check_utterance
+from facecast.bench.truth_check import _pauses, check_utterance
 from facecast.engine.visemes import phone_to_viseme
 
 # Every silence boundary next to a nasal or a vowel, whose sound starts with the phone (a stop's would
@@ -81,6 +81,21 @@ def test_festival_speaks_a_tiny_sentence_with_its_phone_timings(
     assert np.median(boundaries) <= 25.0 and boundaries.max() <= 60.0, check
     # Cached: a second call reads the same phones back from the cache, without festival.
     assert synthesize(TINY, voice, tmp_path).phones == phones
+
+
+def test_a_run_of_silence_phones_is_one_pause() -> None:
+    Phone = corpus_module.Phone
+    phones = (
+        Phone("sil", 0.0, 0.05),
+        Phone("m", 0.05, 0.1),
+        Phone("sil", 0.1, 0.16),
+        Phone("sil", 0.16, 0.22),
+    )
+    pauses = [
+        (b and b.phone, (p.start, p.end), a and a.phone)
+        for b, p, a in _pauses((*phones, Phone("ae", 0.22, 0.3)))
+    ]
+    assert pauses == [(None, (0.0, 0.05), "m"), ("m", (0.1, 0.22), "ae")]
 
 
 def test_espeak_held_out_truth_matches_its_silences(tmp_path: Path) -> None:

@@ -1,10 +1,10 @@
 """Does a synthesiser's phone timing match its own audio? Silence boundaries against the audio's energy.
 
 The lip-sync truth is the synthesiser's word for when each phone is spoken; nothing in the benchmark
-checks that word against the samples. This does, per voice: every silence phone (pau/sil) of at least
-MIN_PAUSE_S gives a speech onset (its end) and, where speech precedes it, a speech offset (its start);
-each is compared with the nearest quiet→loud (or loud→quiet) change of the 10 ms energy within
-SEARCH_S. Boundaries with a stop or affricate on the speech side are left out: a stop's closure is
+checks that word against the samples. This does, per voice: every pause (a run of silence phones)
+of at least MIN_PAUSE_S gives a speech onset (its end) and, where speech precedes it, a speech offset
+(its start); each is compared with the nearest quiet→loud (or loud→quiet) change of the 10 ms energy
+within SEARCH_S. Boundaries with a stop or affricate on the speech side are left out: a stop's closure is
 silent by nature, so its audio starts at the burst, tens of ms after the phone does. A systematic
 difference is an offset in the truth; it is reported, never corrected here.
 The lag of the loudness envelope behind the truth openness is printed too, as a softer check (loudness
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from facecast.bench.corpus import HELD_OUT_SENTENCES, HELD_OUT_VOICES, Utterance, build_corpus
+from facecast.bench.corpus import HELD_OUT_SENTENCES, HELD_OUT_VOICES, Phone, Utterance, build_corpus
 from facecast.bench.report import Table
 from facecast.client.measure import av_offset_ms
 from facecast.engine.visemes import TRACK_HZ, phone_to_viseme
@@ -57,6 +57,26 @@ def _is_stop(phone: str) -> bool:
     return phone.upper().rstrip("012") in _STOPS
 
 
+def _pauses(phones: Sequence[Phone]) -> list[tuple[Phone | None, Phone, Phone | None]]:
+    """Each run of silence phones as one pause, with the phones either side (espeak-ng reports a
+    pause as two or three silence phones in a row)."""
+    pauses: list[tuple[Phone | None, Phone, Phone | None]] = []
+    i = 0
+    while i < len(phones):
+        if phone_to_viseme(phones[i].phone) != "X":
+            i += 1
+            continue
+        j = i
+        while j + 1 < len(phones) and phone_to_viseme(phones[j + 1].phone) == "X":
+            j += 1
+        pause = Phone("pau", phones[i].start, phones[j].end)
+        pauses.append(
+            (phones[i - 1] if i > 0 else None, pause, phones[j + 1] if j + 1 < len(phones) else None)
+        )
+        i = j + 1
+    return pauses
+
+
 def check_utterance(utt: Utterance) -> BoundaryCheck:
     db = frame_db(utt.audio(), utt.sample_rate)
     loud = db > LOUD_DB
@@ -66,15 +86,14 @@ def check_utterance(utt: Utterance) -> BoundaryCheck:
     onsets: list[float] = []
     offsets: list[float] = []
     unmatched = 0
-    phones = utt.phones
-    for i, p in enumerate(phones):
-        if phone_to_viseme(p.phone) != "X" or p.end - p.start < MIN_PAUSE_S:
+    for before, pause, after in _pauses(utt.phones):
+        if pause.end - pause.start < MIN_PAUSE_S:
             continue
         wanted: list[tuple[float, np.ndarray, list[float]]] = []
-        if i + 1 < len(phones) and not _is_stop(phones[i + 1].phone):
-            wanted.append((p.end, rises, onsets))
-        if i > 0 and not _is_stop(phones[i - 1].phone):
-            wanted.append((p.start, falls, offsets))
+        if after is not None and not _is_stop(after.phone):
+            wanted.append((pause.end, rises, onsets))
+        if before is not None and not _is_stop(before.phone):
+            wanted.append((pause.start, falls, offsets))
         for at, changes, out in wanted:
             near = changes[np.abs(changes - at) <= SEARCH_S]
             if len(near) == 0:
@@ -107,7 +126,7 @@ def check_voices(voices: Sequence[str], sentences: Sequence[str]) -> Table:
             len(checks),
         )
     table.notes.append(
-        f"onset: end of a silence phone (>= {MIN_PAUSE_S * 1000:.0f} ms) vs the nearest rise of the 10 ms "
+        f"onset: end of a pause (>= {MIN_PAUSE_S * 1000:.0f} ms) vs the nearest rise of the 10 ms "
         f"energy above {LOUD_DB:.0f} dB of the loudest frame within {SEARCH_S * 1000:.0f} ms; offset: its "
         "start vs the nearest fall (+ = the audio changes later than the truth says); boundaries next to "
         "a stop or affricate are left out (its closure is silent)"
