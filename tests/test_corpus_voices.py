@@ -19,6 +19,7 @@ from facecast.bench.corpus import (
     HELD_OUT_VOICES,
     TUNING_VOICES,
     FestivalMissingError,
+    Phone,
     build_corpus,
     have_festival_voice,
     parse_festival_segments,
@@ -84,7 +85,6 @@ def test_festival_speaks_a_tiny_sentence_with_its_phone_timings(
 
 
 def test_a_run_of_silence_phones_is_one_pause() -> None:
-    Phone = corpus_module.Phone
     phones = (
         Phone("sil", 0.0, 0.05),
         Phone("m", 0.05, 0.1),
@@ -114,8 +114,8 @@ def test_truth_check_finds_a_shifted_truth(tmp_path: Path) -> None:
     need_festival_voice(HELD_OUT_FESTIVAL_VOICES[0])
     utt = synthesize(TINY, HELD_OUT_FESTIVAL_VOICES[0], tmp_path)
     shift = 0.06
-    late = [corpus_module.Phone(p.phone, p.start + shift, p.end + shift) for p in utt.phones]
-    late.insert(0, corpus_module.Phone("pau", 0.0, shift))
+    late = [Phone(p.phone, p.start + shift, p.end + shift) for p in utt.phones]
+    late.insert(0, Phone("pau", 0.0, shift))
     shifted = corpus_module.Utterance(
         uid="late",
         text=utt.text,
