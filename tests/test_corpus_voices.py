@@ -155,3 +155,14 @@ def test_an_unknown_festival_voice_names_the_known_ones(tmp_path: Path) -> None:
     need_festival_voice(HELD_OUT_FESTIVAL_VOICES[0])
     with pytest.raises(FestivalMissingError, match=r"has no voice 'nope'.*ked_diphone"):
         synthesize(TINY, "festival:nope", tmp_path)
+
+
+def test_the_bench_names_a_missing_festival_voice_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from facecast.cli.bench import main
+
+    argv = ["lipsync", "--voices", "espeak:en-us", "--held-out-voices", "festival:nope", "--sentences", "1"]
+    assert main([*argv, "--quiet", "--cache-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("facecast bench: festival") and "nope" in err and "\n" not in err, err

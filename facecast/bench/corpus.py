@@ -323,7 +323,7 @@ def find_festival_voice(voice: str) -> str:
     install = f"`apt-get install {package}`" if package else "install its festvox package"
     if festival is None:
         raise FestivalMissingError(
-            f"festival is not installed; the festival voices need it (Debian/Ubuntu: `{FESTIVAL_INSTALL}`)"
+            f"festival is not installed; voice {voice!r} needs it (Debian/Ubuntu: `{FESTIVAL_INSTALL}`)"
         )
     if voice not in festival_voices():
         known = ", ".join(sorted(festival_voices())) or "none"
