@@ -50,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--held-out-voices",
         default=None,
-        help="lipsync: comma-separated held-out voices (default: three of HELD_OUT_VOICES; --full: all)",
+        help="lipsync: comma-separated held-out voices (default: four of HELD_OUT_VOICES; --full: all)",
     )
     p.add_argument("--sentences", type=int, default=None, help="number of corpus sentences to use")
     p.add_argument("--frames", type=int, default=300, help="frames per render-speed measurement")
