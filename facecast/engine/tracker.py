@@ -26,6 +26,7 @@ import numpy as np
 
 from facecast.engine.config import ANALYSIS_RATE
 from facecast.engine.mouth_model import (
+    LOG_PROB_FLOOR,
     MEL_CONTEXT,
     N_MEL,
     PHONE_CONTEXT,
@@ -337,6 +338,10 @@ class SegmentTrack:
         self._model = MouthModel.get() if recognizer is not None else None
         self._mel = np.zeros((1024 if self._model is not None else 0, N_MEL), np.float32)
         self._mel_mean = RunningMean(self._model.cmn_prior) if self._model is not None else None
+        # The classifier's class log-probabilities per track frame, read by the word spans' passes;
+        # frames from _log_probs_final on were computed before their whole context was known.
+        self._log_probs = np.zeros((0, len(VISEMES)), np.float32)
+        self._log_probs_final = 0
 
     # -- intake -------------------------------------------------------------------------------------
     def feed(self, audio16: np.ndarray) -> None:
@@ -449,11 +454,34 @@ class SegmentTrack:
 
     def _update_spans(self) -> None:
         self._take_word_requests()
+        if not self._spans:
+            return
         known = min(len(self._labels), self._decoded // HOP)
+        redo = max(0, min(self._dirty - PHONE_CONTEXT, self._log_probs_final))
+        self._classify(redo, known)
         for span in self._spans:
             if not span.rejected:
-                span.update(self._labels, known, self._dirty)
+                span.update(self._labels, self._log_probs, known, redo)
         self._dirty = known
+
+    def _classify(self, lo: int, hi: int) -> None:
+        """Class log-probabilities of track frames [lo, hi) (the recogniser has decoded them)."""
+        if hi > len(self._log_probs):
+            grown = np.zeros((max(hi, 2 * len(self._log_probs)), len(VISEMES)), np.float32)
+            grown[: len(self._log_probs)] = self._log_probs
+            self._log_probs = grown
+        if hi <= lo:
+            return
+        if self._model is None or self._n_feat == 0:
+            # No classifier: the recogniser's own classes, as certain.
+            codes = _window_codes(self._codes, hi, lo, hi, complete=False)
+            self._log_probs[lo:hi] = np.where(np.eye(len(VISEMES), dtype=bool)[codes], 0.0, LOG_PROB_FLOOR)
+        else:
+            mel = context_rows(self._mel, self._n_feat, lo - MEL_CONTEXT, hi + MEL_CONTEXT)
+            labels = context_rows(self._labels, hi, lo - PHONE_CONTEXT, hi + PHONE_CONTEXT)
+            self._log_probs[lo:hi] = self._model.log_probs(model_inputs(mel, fill_undecoded(labels, UNDECODED)))
+        complete = self._complete and hi >= self._n // HOP
+        self._log_probs_final = hi if complete else max(0, min(hi - PHONE_CONTEXT, self._n_feat - MEL_CONTEXT))
 
     def _words_window(self, w0: int, w1: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Classes from accepted word spans for frames [w0, w1), the frames they decide, and the

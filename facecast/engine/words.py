@@ -162,7 +162,6 @@ class WordSpan:
         # A pause state may be skipped: state j can be entered from j-2 when j-1 is a pause.
         self._skip = np.zeros(len(chain), bool)
         self._skip[2:] = self._is_pause[1:-1]
-        self._emit_cache: dict[int, np.ndarray] = {}
         self._baseline: WordSpan | None = None
         if self.judge and self.has_words:
             self._baseline = WordSpan(self.start, self.end, scrambled(self.chain), judge=False)
@@ -190,30 +189,17 @@ class WordSpan:
             baseline.extend(scrambled(more), redo_from)
         self._baseline = baseline  # judging goes on where it was (or stays done)
 
-    def _emission(self, obs: int) -> np.ndarray:
-        e = self._emit_cache.get(obs)
-        if e is None:
-            if obs == UNDECODED:
-                e = np.zeros(len(self.chain), np.float32)
-            elif obs == SIL_ID:
-                e = np.where(self._is_pause, SAME_PHONE, OTHER).astype(np.float32)
-            else:
-                same_class = self._code == _ID_CODE[obs]
-                e = np.where(self.chain == obs, SAME_PHONE, np.where(same_class, SAME_CLASS, OTHER))
-                e = np.where(self._is_pause, SPEECH_IN_PAUSE, e).astype(np.float32)
-            self._emit_cache[obs] = e
-        return e
-
-    def update(self, labels: np.ndarray, known: int, dirty_from: int) -> None:
-        """Extend the pass to decoded frames [start, known); rows from `dirty_from` on are redone
-        (the recogniser revised its partial hypothesis there)."""
+    def update(self, labels: np.ndarray, log_probs: np.ndarray, known: int, dirty_from: int) -> None:
+        """Extend the pass to decoded frames [start, known); rows from `dirty_from` on are redone (the
+        recogniser revised its partial hypothesis there, or the classifier saw more context).
+        `log_probs[f]` is the mouth classifier's log-probability of each mouth class at track frame f."""
         stop = known if self.end is None else min(known, self.end)
         keep = max(0, min(len(self._rows), dirty_from - self.start))
         del self._rows[keep:]
         del self._back[keep:]
         n = len(self.chain)
         for f in range(self.start + keep, stop):
-            emit = self._emission(int(labels[f]))
+            emit = log_probs[f][self._code]
             if not self._rows:
                 row = np.full(n, _NEG, np.float32)
                 row[0] = emit[0]
@@ -240,7 +226,7 @@ class WordSpan:
         baseline = self._baseline
         if baseline is None or self.rejected:
             return
-        baseline.update(labels, known, dirty_from)
+        baseline.update(labels, log_probs, known, dirty_from)
         self.margin = self.score - baseline.score
         if self._speech_frames >= JUDGE_AFTER_FRAMES and self.margin < MISMATCH_MARGIN:
             self.rejected = True
