@@ -479,9 +479,13 @@ class SegmentTrack:
         else:
             mel = context_rows(self._mel, self._n_feat, lo - MEL_CONTEXT, hi + MEL_CONTEXT)
             labels = context_rows(self._labels, hi, lo - PHONE_CONTEXT, hi + PHONE_CONTEXT)
-            self._log_probs[lo:hi] = self._model.log_probs(model_inputs(mel, fill_undecoded(labels, UNDECODED)))
+            self._log_probs[lo:hi] = self._model.log_probs(
+                model_inputs(mel, fill_undecoded(labels, UNDECODED))
+            )
         complete = self._complete and hi >= self._n // HOP
-        self._log_probs_final = hi if complete else max(0, min(hi - PHONE_CONTEXT, self._n_feat - MEL_CONTEXT))
+        self._log_probs_final = (
+            hi if complete else max(0, min(hi - PHONE_CONTEXT, self._n_feat - MEL_CONTEXT))
+        )
 
     def _words_window(self, w0: int, w1: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Classes from accepted word spans for frames [w0, w1), the frames they decide, and the

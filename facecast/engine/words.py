@@ -38,8 +38,9 @@ MIN_PHONE_FRAMES = 3  # each phone of the text lasts at least 30 ms (three chain
 # that of the classifier's own best class in each frame. Words of the audio cost little (the classes
 # they imply are the ones heard, only their timing is searched); other words cost much more. A span is
 # rejected when the cost exceeds MISMATCH_COST, judged from JUDGE_AFTER_FRAMES decoded speech frames
-# on, and accepted for good at JUDGE_UNTIL_FRAMES. The cost was chosen on the tuning voices (right
-# text cost at most 1.35 there, another sentence's text at least 1.23, at their worst moment).
+# on, and accepted for good at JUDGE_UNTIL_FRAMES. The cost was chosen on the tuning voices (24
+# utterances: right text cost at most 1.35 there at its worst frame, another sentence's text at
+# least 1.28).
 MISMATCH_COST = 1.4
 JUDGE_AFTER_FRAMES = 60
 JUDGE_UNTIL_FRAMES = 200
@@ -136,7 +137,7 @@ class WordSpan:
     cost: float = float("nan")  # mean log-probability per decoded frame given up by following the text
     _rows: list[np.ndarray] = field(default_factory=list)  # Viterbi scores per decoded frame
     _back: list[np.ndarray] = field(default_factory=list)  # 0 stay, 1 from the previous state, 2 skip a pause
-    _speech_frames: int = 0
+    _judged: int = 0  # frames the judge has looked at
 
     def __post_init__(self) -> None:
         chain = self.chain
@@ -195,15 +196,23 @@ class WordSpan:
             self._rows.append(best + emit)
             self._back.append(back)
         frames = len(self._rows)
-        if self.accepted or self.rejected or not frames:
+        self._judged = min(self._judged, keep)
+        if self.accepted or self.rejected or frames <= self._judged:
             return
+        # Judged frame by frame, as if each frame had been the last decoded one, so a segment decoded
+        # at once (offline) is judged as a streamed one is.
+        lo = self._judged
         decoded = labels[self.start : self.start + frames]
-        self._speech_frames = int(np.count_nonzero(decoded > SIL_ID))
-        free = float(log_probs[self.start : self.start + frames].max(axis=1).sum())
-        self.cost = (free - float(self._rows[-1].max())) / frames
-        if self._speech_frames >= JUDGE_AFTER_FRAMES and self.cost > MISMATCH_COST:
+        speech = np.cumsum(decoded > SIL_ID)[lo:]
+        free = np.cumsum(log_probs[self.start : self.start + frames].max(axis=1), dtype=np.float64)[lo:]
+        best = np.array([row.max() for row in self._rows[lo:]], np.float64)
+        cost = (free - best) / np.arange(lo + 1, frames + 1)
+        judging = speech >= JUDGE_AFTER_FRAMES
+        self.cost = float(cost[-1])
+        self._judged = frames
+        if (judging & (speech < JUDGE_UNTIL_FRAMES) & (cost > MISMATCH_COST)).any():
             self.rejected = True
-        elif self._speech_frames >= JUDGE_UNTIL_FRAMES or (self.end is not None and known >= self.end):
+        elif speech[-1] >= JUDGE_UNTIL_FRAMES or (self.end is not None and known >= self.end):
             self.accepted = True
 
     def codes(self, w0: int, w1: int, final: bool) -> tuple[np.ndarray, np.ndarray]:
