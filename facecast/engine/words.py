@@ -1,15 +1,17 @@
-"""Text-aware streaming: known words aligned to the recogniser's phones inside the look-ahead window.
+"""Text-aware streaming: known words aligned to the audio inside the look-ahead window.
 
 A host that knows the words of some audio ("these words belong to the audio from t to t+d") hands
 them to the engine; each such span gets a left-to-right chain of the words' phones (pronunciations
 from the recogniser's dictionary, espeak-ng for words it lacks) with optional pauses between words.
 Every 10 ms track frame the recogniser has decoded is matched against the chain by a monotonic
-Viterbi pass (one numpy row per frame, rows for unchanged frames are kept), so the mouth shows the
-phones the text says, at the times the audio says, as soon as the audio is in — not only once the
-segment has ended.
+Viterbi pass whose emissions are the mouth classifier's class log-probabilities (one numpy row per
+frame, rows for unchanged frames are kept): the classes are the text's, only their timing is searched,
+so the mouth shows the phones the text says, at the times the audio says, as soon as the audio is in —
+not only once the segment has ended.
 
-The pass's mean score per frame is the alignment's own measure of fit: a transcript that does not
-match the audio scores like noise, and the span is then rejected (its frames fall back to recognition).
+What following the text costs against the classifier's own best classes is the alignment's measure of
+fit: a transcript that does not match the audio costs much more, and the span is then rejected (its
+frames fall back to recognition).
 """
 
 from __future__ import annotations
