@@ -152,10 +152,6 @@ class WordSpan:
         self._path_lo = 0
         self._path_codes = np.zeros(0, np.int8)
 
-    @property
-    def has_words(self) -> bool:
-        return len(self.chain) > 1
-
     def extend(self, more: np.ndarray, redo_from: int) -> None:
         """Append states (more words of the same span). Frames before `redo_from` keep their rows
         (the new states count as unreached there); later ones are redone."""
