@@ -26,6 +26,7 @@ import numpy as np
 
 from facecast.engine.config import ANALYSIS_RATE
 from facecast.engine.mouth_model import (
+    LOG_PROB_FLOOR,
     MEL_CONTEXT,
     N_MEL,
     PHONE_CONTEXT,
@@ -337,6 +338,11 @@ class SegmentTrack:
         self._model = MouthModel.get() if recognizer is not None else None
         self._mel = np.zeros((1024 if self._model is not None else 0, N_MEL), np.float32)
         self._mel_mean = RunningMean(self._model.cmn_prior) if self._model is not None else None
+        # The classifier's class log-probabilities per track frame, read by the word spans' passes;
+        # frames from _log_probs_final on were computed before their whole context was known.
+        self._log_probs = np.zeros((0, len(VISEMES)), np.float32)
+        self._log_probs_final = 0
+        self._classified_labels = np.zeros(0, np.int16)  # the phone each frame had when classified
 
     # -- intake -------------------------------------------------------------------------------------
     def feed(self, audio16: np.ndarray) -> None:
@@ -449,11 +455,50 @@ class SegmentTrack:
 
     def _update_spans(self) -> None:
         self._take_word_requests()
+        if not self._spans:
+            return
         known = min(len(self._labels), self._decoded // HOP)
+        redo = max(0, min(self._dirty - PHONE_CONTEXT, self._log_probs_final))
+        self._classify(redo, known)
         for span in self._spans:
             if not span.rejected:
-                span.update(self._labels, known, self._dirty)
+                span.update(self._labels, self._log_probs, known, redo)
         self._dirty = known
+
+    def _classify(self, lo: int, hi: int) -> None:
+        """Class log-probabilities of track frames [lo, hi) (the recogniser has decoded them). A frame
+        computed with its whole context is computed again only where the recogniser's phones around it
+        changed since."""
+        if hi > len(self._log_probs):
+            size = max(hi, 2 * len(self._log_probs))
+            grown = np.zeros((size, len(VISEMES)), np.float32)
+            grown[: len(self._log_probs)] = self._log_probs
+            self._log_probs = grown
+            seen = np.full(size, UNDECODED, np.int16)
+            seen[: len(self._classified_labels)] = self._classified_labels
+            self._classified_labels = seen
+        if hi <= lo:
+            return
+        if self._model is None or self._n_feat == 0:
+            # No classifier: the recogniser's own classes, as certain.
+            codes = _window_codes(self._codes, hi, lo, hi, complete=False)
+            self._log_probs[lo:hi] = np.where(np.eye(len(VISEMES), dtype=bool)[codes], 0.0, LOG_PROB_FLOOR)
+        else:
+            labels = fill_undecoded(
+                context_rows(self._labels, hi, lo - PHONE_CONTEXT, hi + PHONE_CONTEXT), UNDECODED
+            )
+            centre = labels[PHONE_CONTEXT : PHONE_CONTEXT + hi - lo]
+            changed = centre != self._classified_labels[lo:hi]
+            changed[max(0, self._log_probs_final - lo) :] = True
+            near = np.convolve(changed, np.ones(2 * PHONE_CONTEXT + 1, bool), mode="same") > 0
+            first = int(np.argmax(near)) if near.any() else hi - lo
+            mel = context_rows(self._mel, self._n_feat, lo + first - MEL_CONTEXT, hi + MEL_CONTEXT)
+            self._log_probs[lo + first : hi] = self._model.log_probs(model_inputs(mel, labels[first:]))
+            self._classified_labels[lo:hi] = centre
+        complete = self._complete and hi >= self._n // HOP
+        self._log_probs_final = (
+            hi if complete else max(0, min(hi - PHONE_CONTEXT, self._n_feat - MEL_CONTEXT))
+        )
 
     def _words_window(self, w0: int, w1: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Classes from accepted word spans for frames [w0, w1), the frames they decide, and the
@@ -609,14 +654,19 @@ class SegmentTrack:
             codes = _window_codes(self._align, len(self._align), w0, w1, complete=True)
             source = "alignment"
         elif self._recognizer is not None and not self._recogniser_failed:
-            codes = self._phone_codes(w0, w1)
             source = "phones"
             if self._spans or self._word_requests:
                 word_codes, decided, rejected = self._words_window(w0, w1)
-                codes = np.where(decided, word_codes, codes).astype(np.int8)
+                # The classifier's own classes are needed only where the words do not decide.
+                codes = (
+                    word_codes if decided.all() else np.where(decided, word_codes, self._phone_codes(w0, w1))
+                )
+                codes = codes.astype(np.int8)
                 if decided[centre]:
                     source = "words"
                 mismatch = bool(rejected[centre])
+            else:
+                codes = self._phone_codes(w0, w1)
         else:
             rows = energy[span]
             row = rows.mean(axis=0)
