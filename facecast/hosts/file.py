@@ -37,6 +37,9 @@ X264_PRESET = "ultrafast"
 X264_CRF = 23
 AAC_FRAME = 1024  # samples per AAC frame (fixed by the codec)
 AAC_BITRATE = 96_000
+# FFmpeg's "fast" AAC coder costs about 0.6x the default two-loop search (0.30 against 0.48 ms per
+# video frame on the bench file) at 35 dB SNR instead of 51 dB on speech; offline speed wins here.
+AAC_CODER = "fast"
 _QUEUE_FRAMES = 8  # frames buffered between the render loop and the encoder thread
 
 
@@ -115,7 +118,9 @@ class Mp4Encoder:
         self.video.width, self.video.height = self.width, self.height
         self.video.pix_fmt = "yuv420p"
         self.video.codec_context.time_base = Fraction(1, fps)
-        self.audio = self.container.add_stream("aac", rate=sample_rate, layout="mono")
+        self.audio = self.container.add_stream(
+            "aac", rate=sample_rate, layout="mono", options={"aac_coder": AAC_CODER}
+        )
         self.audio.codec_context.bit_rate = AAC_BITRATE
         self.audio.codec_context.time_base = Fraction(1, sample_rate)
         try:
