@@ -140,8 +140,14 @@ class Mp4Encoder:
         self._pending = np.zeros(0, dtype=np.float32)
 
     def encode(self, yuv: np.ndarray, audio: np.ndarray) -> None:
-        """One I420 picture (copied, so its buffer may be reused at once) and its frame's int16 audio."""
-        frame = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
+        """One I420 picture (its buffer may be reused once this returns) and its frame's int16 audio."""
+        if self.height % 4 == 0:
+            # Wrapped, not copied (0.07 against 0.23 ms per 512² frame): x264 copies the picture in
+            # while encoding, here and now. With an odd chroma height PyAV reads the wrapped planes
+            # differently from its copy, so those sizes keep the copy.
+            frame = av.VideoFrame.from_numpy_buffer(yuv, format="yuv420p")
+        else:
+            frame = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
         frame.pts = self.frames
         frame.time_base = Fraction(1, self.fps)
         self.container.mux(self.video.encode(frame))
