@@ -135,10 +135,10 @@ class Mp4Encoder:
 
     def encode(self, yuv: np.ndarray, audio: np.ndarray) -> None:
         """One I420 picture (its buffer may be reused once this returns) and its frame's int16 audio."""
-        if self.height % 4 == 0:
+        if self.height % 4 == 0 and yuv.flags.c_contiguous:
             # Wrapped, not copied (0.07 against 0.23 ms per 512² frame): x264 copies the picture in
             # while encoding, here and now. With an odd chroma height PyAV reads the wrapped planes
-            # differently from its copy, so those sizes keep the copy.
+            # differently from its copy, so those sizes (and strided views) keep the copy.
             frame = av.VideoFrame.from_numpy_buffer(yuv, format="yuv420p")
         else:
             frame = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
