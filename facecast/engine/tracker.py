@@ -71,6 +71,9 @@ SPEECH_GATE_DB = -52.0
 LEVEL_RANGE_DB = 26.0
 PEAK_DECAY_DB_PER_FRAME = 0.02
 ENERGY_WINDOW = 400  # 25 ms analysis window, as the recogniser's
+# Track frames (1 s) of an ended segment's energy features computed at once: larger blocks gain little
+# and wake OpenBLAS's threads for the mel matmul, which cost more CPU than they save.
+FEATURE_BLOCK = 100
 # Auto mode: where phones say silence but the energy level says this much, the recogniser missed speech.
 RECOGNISER_MISS_LEVEL = 0.45
 
@@ -326,7 +329,8 @@ class SegmentTrack:
         self._word_requests: list[tuple[str, str, float | str, float | None]] = []
         self._level = np.zeros(1024, np.float32)
         self._centroid = np.zeros(1024, np.float32)
-        self._n_feat = 0  # track frames with energy features
+        self._n_feat = 0  # track frames with energy features (what the mouth may read)
+        self._n_computed = 0  # track frames whose features are computed (ahead of _n_feat once ended)
         self._utt_base = 0  # track frame where the recogniser's current utterance started
         self._utt_started = False
         self._recogniser_failed = False
@@ -543,20 +547,32 @@ class SegmentTrack:
             self._decoded = head
         feat_end = -(-self._n // HOP) if self._complete else max(0, (head - ENERGY_WINDOW) // HOP + 1)
         if feat_end > self._n_feat:
-            # Only the samples these frames' windows reach: the segment may hold minutes more.
-            stop = min(self._n, (feat_end - 1) * HOP + ENERGY_WINDOW)
-            audio = self._pcm[self._n_feat * HOP : stop].astype(np.float32) / 32768.0
-            level, centroid, log_mel = self._energy.frames(audio, 0, feat_end - self._n_feat)
-            self._ensure(feat_end)
-            self._level[self._n_feat : feat_end] = level
-            self._centroid[self._n_feat : feat_end] = centroid
-            if self._mel_mean is not None:
-                self._mel[self._n_feat : feat_end] = self._mel_mean.normalise(log_mel)
+            if feat_end > self._n_computed:
+                # An ended segment (a file) has its features computed ahead in blocks of FEATURE_BLOCK
+                # frames instead of a few per video frame: the same numbers (each row sees the same
+                # window, the running peak and mean take the rows in the same order), read only up to
+                # feat_end as before.
+                ahead = min(-(-self._n // HOP), self._n_computed + FEATURE_BLOCK) if self._ended else 0
+                self._compute_features(max(feat_end, ahead))
             self._n_feat = feat_end
         if self._complete and not self._finished:
             self._finished = True
             if self._recognizer is not None and self._utt_started and not self._recogniser_failed:
                 self._write_phones(self._recognizer.finish())
+
+    def _compute_features(self, end: int) -> None:
+        """Energy features (and normalised log-mel rows) of track frames [_n_computed, end)."""
+        first = self._n_computed
+        # Only the samples these frames' windows reach: the segment may hold minutes more.
+        stop = min(self._n, (end - 1) * HOP + ENERGY_WINDOW)
+        audio = self._pcm[first * HOP : stop].astype(np.float32) / 32768.0
+        level, centroid, log_mel = self._energy.frames(audio, 0, end - first)
+        self._ensure(end)
+        self._level[first:end] = level
+        self._centroid[first:end] = centroid
+        if self._mel_mean is not None:
+            self._mel[first:end] = self._mel_mean.normalise(log_mel)
+        self._n_computed = end
 
     def _decode_phones(self, start: int, head: int) -> None:
         rec = self._recognizer
