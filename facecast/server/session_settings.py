@@ -133,8 +133,8 @@ class SessionSettings:
     @classmethod
     def from_json(cls, data: Mapping[str, Any], *, avatar: str) -> SessionSettings:
         """The settings `to_json` wrote for a session of `avatar`. Records written before the look-ahead,
-        tracker, language, mouth track and video flag were kept get the defaults they ran with; FULL ones kept the voice and the
-        language in their persona."""
+        tracker, language, mouth track and video flag were kept get the defaults they ran with; FULL ones
+        kept the voice and the language in their persona."""
         video = data["video_settings"]
         look = Look(
             avatar=avatar,
