@@ -16,7 +16,7 @@ from typing import Any
 
 from facecast import protocol as p
 from facecast.avatars.refs import is_builtin
-from facecast.engine.types import SegmentEvent
+from facecast.engine.types import FrameMeta, SegmentEvent
 from facecast.hosts.live import AvatarClosed, LiveCore
 from facecast.hosts.webrtc import OFFER_HINT, AvatarPeer, check_offer_sdp
 from facecast.server.auth import hash_secret
@@ -228,7 +228,11 @@ class SessionManager:
             if session is not None:
                 session.on_segment_event(event)
 
-        avatar = new_live_avatar(engine, on_event)
+        def on_frame(meta: FrameMeta) -> None:
+            if session is not None:
+                session.on_frame(meta)
+
+        avatar = new_live_avatar(engine, on_event, on_frame if record.settings.mouth_track else None)
         now = time.time()  # started_at; the session's deadline is taken just after, so never early
         session = LiveSession(record, avatar, manager=self, started_mono=started_mono)
         try:
@@ -262,9 +266,19 @@ class SessionManager:
             log.error("session %s ended: the worker process running it exited", record.id)
             self.spawn(self.end(record.id, p.END_ERROR))
 
+        def on_track(event: dict[str, Any]) -> None:
+            if session is not None:
+                session.send_track(event)
+
         try:
             avatar = await RemoteAvatar.start(
-                pool, record.id, spec, started_at=started_mono, on_event=on_event, on_lost=on_lost
+                pool,
+                record.id,
+                spec,
+                started_at=started_mono,
+                on_event=on_event,
+                on_lost=on_lost,
+                on_track=on_track if record.settings.mouth_track else None,
             )
         except ValueError as exc:  # a bundle that cannot be rendered (AvatarNotFoundError, BundleError)
             raise await self._unloadable(record, exc) from None
@@ -348,6 +362,7 @@ class SessionManager:
                 on_message=on_message,
                 on_connected=session.on_peer_connected,
                 on_closed=session.on_peer_closed,
+                video=session.record.settings.video,
             )
         else:
             assert isinstance(session.avatar, LiveCore)
@@ -359,6 +374,7 @@ class SessionManager:
                 on_connected=session.on_peer_connected,
                 on_closed=session.on_peer_closed,
                 on_audio_track=session.on_audio_track,
+                video=session.record.settings.video,
             )
         session.peer = peer
         try:

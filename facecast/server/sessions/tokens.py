@@ -38,13 +38,13 @@ def mint_session(manager: SessionManager, key: ApiKey, body: TokenRequest) -> tu
     # FULL sessions run over this server's WebRTC peer unless the body names a room or a transport.
     full_default = body.mode == "FULL" and body.transport is None and body.livekit_config is None
     transport = "webrtc" if full_default else _transport(config, body)
+    _check_track_only(body, transport)
     full = None
     if body.mode == "FULL":
         from facecast.server.full_mode import full_settings
 
         full = full_settings(manager, key, body, transport)
     quality = _quality(body)
-    _check_track_only(body, transport)
     livekit = _livekit_settings(config, body, session_id) if transport == "livekit" else None
     voice_id = _voice(body, livekit)
     if body.avatar_image_url is not None:
