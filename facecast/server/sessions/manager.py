@@ -43,6 +43,16 @@ log = logging.getLogger(__name__)
 
 Session = LiveSession | RoomSession
 
+# What a track-only session (video false) takes of the capacity, a session with video taking 1: it
+# draws and encodes nothing. Measured with `facecast bench server sessions --track-only` against the
+# same bench with video (docs/benchmarks.md § Track-only sessions).
+TRACK_ONLY_COST = 0.25
+
+
+def capacity_cost(record: SessionRecord) -> float:
+    """How much of FACECAST_MAX_LIVE_SESSIONS a session takes."""
+    return 1.0 if record.settings.video else TRACK_ONLY_COST
+
 
 class SessionManager:
     """Owns every session of this server process, and every background task they need."""
@@ -69,7 +79,8 @@ class SessionManager:
         self.pending: dict[str, float] = {}  # minted here, not started: session id -> token expiry (unix)
         # Starts in progress, claimed before their first await: parallel starts of one session conflict.
         self._starting: set[str] = set()
-        self._admitted: set[str] = set()  # starting and past the capacity check: they count as live
+        # Starting and past the capacity check: they count as live (session id -> capacity_cost).
+        self._admitted: dict[str, float] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._memory = MemoryReleaser()  # what ended sessions leave in reference cycles, freed
         self._reaper = SessionReaper(self)
@@ -123,6 +134,11 @@ class SessionManager:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._memory.aclose()
+
+    def load(self) -> float:
+        """The capacity the live and admitted sessions take (capacity_cost each)."""
+        live = sum(capacity_cost(s.record) for sid, s in self.live.items() if sid not in self._admitted)
+        return live + sum(self._admitted.values())
 
     def spawn(self, coro: Awaitable[Any]) -> None:
         """Run a short task the manager owns (cancelled at shutdown, errors logged)."""
@@ -185,23 +201,24 @@ class SessionManager:
             return await self._start(record)
         finally:
             self._starting.discard(record.id)
-            self._admitted.discard(record.id)
+            self._admitted.pop(record.id, None)
 
     async def _start(self, record: SessionRecord) -> Session:
         if not is_builtin(record.avatar_id):  # an id parsed when the token was minted
             await self._wait_for_avatar(record)
         capacity = self.config.live_capacity
         # Starts still building their engine count too, or parallel starts would all pass.
-        if len(self.live.keys() | self._admitted) >= capacity:
+        if self.load() + capacity_cost(record) > capacity:
             # Refused rather than admitted: one session too many makes every session on the machine drop
             # frames. The token stays valid, so the client may retry or go to another server.
             raise ApiError(
                 503,
                 p.CODE_LIMIT,
-                f"this server is at capacity ({capacity} live sessions, FACECAST_MAX_LIVE_SESSIONS); "
-                "retry shortly or start the session on another server",
+                f"this server is at capacity ({capacity} live sessions, FACECAST_MAX_LIVE_SESSIONS; a "
+                f"track-only session counts {TRACK_ONLY_COST:g}); retry shortly or start the session on "
+                "another server",
             )
-        self._admitted.add(record.id)
+        self._admitted[record.id] = capacity_cost(record)
         if record.mode == "FULL":
             from facecast.server.full_mode import start_full_session
 
