@@ -253,3 +253,10 @@ def test_level_table_of_track_only_sessions_reports_records() -> None:
     assert rows["record lateness ms, p95"] == ["12.0"] and rows["record lateness ms, max"] == ["40.0"]
     assert "delivered records/s per session, mean" in rows
     assert not any(name.startswith(("sampled session", "server: encode")) for name in rows)
+
+
+def test_window_figures_skip_a_session_that_ended_in_the_window() -> None:
+    a = _snapshot(0.0, 0.0, 0.0, [_stats(0, 0, 0, 0.0), _stats(0, 0, 0, 0.0)])
+    b = _snapshot(10.0, 0.0, 0.0, [_stats(300, 0, 300, 10.0), {}])  # the second one's record: no stats
+    w = bench.window_figures(a, b, [Arrivals(), Arrivals()])
+    assert w.not_drawn == 0 and w.dropped_pct == pytest.approx(0.0, abs=0.5)

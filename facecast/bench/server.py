@@ -715,6 +715,8 @@ def window_figures(a: Snapshot, b: Snapshot, videos: Sequence[Arrivals]) -> Wind
     not_drawn = lost = 0
     expected = late = fell_behind = 0.0
     for s0, s1 in zip(a.stats, b.stats, strict=True):
+        if not (s0 and s1):  # the session ended in the window (its record kept no stats): nothing to count
+            continue
         released = _stat(s1, "frames", "frames_sent") - _stat(s0, "frames", "frames_sent")
         skipped = s1["frames_dropped"] - s0["frames_dropped"]
         not_drawn += skipped
@@ -746,8 +748,8 @@ def window_figures(a: Snapshot, b: Snapshot, videos: Sequence[Arrivals]) -> Wind
         fell_behind_s=fell_behind,
         largest_gap_ms=_ms(largest),
         long_gaps=long_gaps,
-        engine_ms=float(np.mean([_stat(s, "engine_ms", "render_ms") or math.nan for s in b.stats])),
-        encode_ms=float(np.mean([s.get("encode_ms") or math.nan for s in b.stats])),
+        engine_ms=float(np.mean([_stat(s, "engine_ms", "render_ms") or math.nan for s in b.stats if s])),
+        encode_ms=float(np.mean([s.get("encode_ms") or math.nan for s in b.stats if s])),
     )
 
 
