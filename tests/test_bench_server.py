@@ -117,6 +117,7 @@ def test_window_figures_from_counters_and_arrivals() -> None:
     assert w.largest_gap_ms == pytest.approx(7000.0 - 149 * PERIOD * 1000)
     assert w.long_gaps == 1
     assert w.dropped_pct == pytest.approx(100.0 * (30 + 8 + 29) / 600)
+    assert w.cpu_ms_per_frame == pytest.approx(6000.0 / 570)  # 6 s of server CPU over 570 frames
 
 
 def test_window_figures_read_the_live_core_stats_names() -> None:
@@ -260,3 +261,4 @@ def test_window_figures_skip_a_session_that_ended_in_the_window() -> None:
     b = _snapshot(10.0, 0.0, 0.0, [_stats(300, 0, 300, 10.0), {}])  # the second one's record: no stats
     w = bench.window_figures(a, b, [Arrivals(), Arrivals()])
     assert w.not_drawn == 0 and w.dropped_pct == pytest.approx(0.0, abs=0.5)
+    assert w.cpu_ms_per_frame == pytest.approx(0.0)  # the snapshots' server CPU did not move

@@ -707,18 +707,22 @@ class WindowFigures:
     long_gaps: int  # inter-arrival gaps over two frame periods, summed over the sessions
     engine_ms: float  # the server's mean engine wall time per frame, over the sessions
     encode_ms: float
+    # The server's CPU time over the frames its sessions released: what one frame costs, whether or not
+    # the machine had the CPU to keep every session at full rate.
+    cpu_ms_per_frame: float = math.nan
 
 
 def window_figures(a: Snapshot, b: Snapshot, videos: Sequence[Arrivals]) -> WindowFigures:
     """From two snapshots and each session's video arrivals (the same sessions, in the same order)."""
     wall = b.wall - a.wall
-    not_drawn = lost = 0
+    not_drawn = lost = frames = 0
     expected = late = fell_behind = 0.0
     for s0, s1 in zip(a.stats, b.stats, strict=True):
         if not (s0 and s1):  # the session ended in the window (its record kept no stats): nothing to count
             continue
         released = _stat(s1, "frames", "frames_sent") - _stat(s0, "frames", "frames_sent")
         skipped = s1["frames_dropped"] - s0["frames_dropped"]
+        frames += released
         not_drawn += skipped
         if "frames_lost_in_queue" in s1:  # counted by the server since the live core
             lost += s1["frames_lost_in_queue"] - s0["frames_lost_in_queue"]
@@ -737,8 +741,9 @@ def window_figures(a: Snapshot, b: Snapshot, videos: Sequence[Arrivals]) -> Wind
         gaps = frame_gaps(times, 1 / FPS)
         largest = max(largest, gaps.largest_s if gaps.frames >= 2 else wall)
         long_gaps += gaps.over_two_periods
+    server_cpu_s = b.server_cpu_s - a.server_cpu_s
     return WindowFigures(
-        server_cpu_pct=100.0 * (b.server_cpu_s - a.server_cpu_s) / wall,
+        server_cpu_pct=100.0 * server_cpu_s / wall,
         client_cpu_pct=100.0 * (b.client_cpu_s - a.client_cpu_s) / wall,
         fps_mean=float(np.mean(fps)) if fps else math.nan,
         fps_min=min(fps, default=math.nan),
@@ -750,6 +755,7 @@ def window_figures(a: Snapshot, b: Snapshot, videos: Sequence[Arrivals]) -> Wind
         long_gaps=long_gaps,
         engine_ms=float(np.mean([_stat(s, "engine_ms", "render_ms") or math.nan for s in b.stats if s])),
         encode_ms=float(np.mean([s.get("encode_ms") or math.nan for s in b.stats if s])),
+        cpu_ms_per_frame=1000.0 * server_cpu_s / frames if frames else math.nan,
     )
 
 
@@ -972,6 +978,7 @@ def level_table(level: int, runs: Sequence[Sequence[LevelRun]], hold_s: float, i
         ("time to first frame ms, p95", ttff(95)),
         ("server CPU % speaking", speaking(lambda w: w.server_cpu_pct)),
         ("server CPU % speaking, per session", speaking(lambda w: w.server_cpu_pct / level)),
+        ("server CPU ms per frame released, speaking", speaking(lambda w: w.cpu_ms_per_frame)),
         ("server CPU % idle", idle(lambda w: w.server_cpu_pct)),
         ("server CPU % idle, per session", idle(lambda w: w.server_cpu_pct / level)),
         ("server: engine ms / frame", speaking(lambda w: w.engine_ms)),
