@@ -44,9 +44,10 @@ log = logging.getLogger(__name__)
 Session = LiveSession | RoomSession
 
 # What a track-only session (video false) takes of the capacity, a session with video taking 1: it
-# draws and encodes nothing. Measured with `facecast bench server sessions --track-only` against the
-# same bench with video (docs/benchmarks.md § Track-only sessions).
-TRACK_ONLY_COST = 0.25
+# draws and encodes nothing, which `facecast bench frames` puts at ~45 % of a speaking session's CPU
+# (render, colour, VP8, video RTP); rounded up, so a server full of them is not overloaded
+# (docs/benchmarks.md § Track-only sessions).
+TRACK_ONLY_COST = 0.6
 
 
 def capacity_cost(record: SessionRecord) -> float:
@@ -208,7 +209,7 @@ class SessionManager:
             await self._wait_for_avatar(record)
         capacity = self.config.live_capacity
         # Starts still building their engine count too, or parallel starts would all pass.
-        if self.load() + capacity_cost(record) > capacity:
+        if round(self.load() + capacity_cost(record), 6) > capacity:  # 5 x 0.6 is 3, not 3.0000000000000004
             # Refused rather than admitted: one session too many makes every session on the machine drop
             # frames. The token stays valid, so the client may retry or go to another server.
             raise ApiError(
