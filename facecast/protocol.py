@@ -120,6 +120,9 @@ AGENT_SPEAK_INTERRUPTED: Final = "agent.speak_interrupted"
 AGENT_STATE_UPDATED: Final = "agent.state_updated"
 SESSION_STOPPED: Final = "session.stopped"  # {end_reason}
 SESSION_STATS: Final = "session.stats"
+# {event_id: the utterance's, null on idle frames; track: one mouth-track record, docs/mouth-track.md}: one
+# per frame, sent as the frame's audio starts playing, to sessions minted with mouth_track true.
+AVATAR_MOUTH_TRACK: Final = "avatar.mouth_track"
 ERROR: Final = "error"  # {code, message, event_id?}
 
 AGENT_TALKING: Final = "talking"

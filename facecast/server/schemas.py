@@ -84,6 +84,17 @@ class TokenRequest(_Body):
     lookahead_ms: Annotated[int, BeforeValidator(_integral)] = Field(
         default=DEFAULT_LOOKAHEAD_MS, ge=0, le=MAX_LOOKAHEAD_MS
     )
+    mouth_track: bool = Field(
+        default=False,
+        description="Send each frame's mouth-track record (docs/mouth-track.md) as an avatar.mouth_track "
+        "event on the LITE WebSocket and the WebRTC data channel (transport livekit: on the room's data "
+        "topic facecast.mouth_track) as the frame's audio plays. LITE only.",
+    )
+    video: bool = Field(
+        default=True,
+        description="false: a track-only session for client-side avatars: no video is drawn or encoded "
+        "(the WebRTC answer carries audio only); needs mouth_track true, mode LITE and transport webrtc.",
+    )
     # None: `livekit` when livekit_config is given or this server knows a LiveKit server (it makes a room
     # for the session), else `webrtc`.
     transport: Literal["webrtc", "livekit"] | None = None

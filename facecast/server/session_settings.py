@@ -92,6 +92,8 @@ class SessionSettings:
     voice_id: str | None = None  # the espeak-ng voice of the server's speech; None: its default
     livekit: LiveKitRoom | None = None  # transport livekit
     full: FullSettings | None = None  # mode FULL
+    mouth_track: bool = False  # each frame's mouth-track record goes to the clients (docs/mouth-track.md)
+    video: bool = True  # False: track-only, no picture drawn or encoded (needs mouth_track)
 
     @property
     def language(self) -> str:
@@ -112,6 +114,8 @@ class SessionSettings:
             "tracker": self.lip_sync.tracker,
             "lookahead_ms": self.lip_sync.lookahead_ms,
             "voice_id": self.voice_id,
+            "mouth_track": self.mouth_track,
+            "video": self.video,
         }
         if self.livekit is not None:
             out["livekit"] = asdict(self.livekit)
@@ -129,8 +133,8 @@ class SessionSettings:
     @classmethod
     def from_json(cls, data: Mapping[str, Any], *, avatar: str) -> SessionSettings:
         """The settings `to_json` wrote for a session of `avatar`. Records written before the look-ahead,
-        tracker and language were kept get the defaults they ran with; FULL ones kept the voice and the
-        language in their persona."""
+        tracker, language, mouth track and video flag were kept get the defaults they ran with; FULL ones
+        kept the voice and the language in their persona."""
         video = data["video_settings"]
         look = Look(
             avatar=avatar,
@@ -165,4 +169,6 @@ class SessionSettings:
                 if full is not None
                 else None
             ),
+            mouth_track=bool(data.get("mouth_track", False)),
+            video=bool(data.get("video", True)),
         )

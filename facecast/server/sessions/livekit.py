@@ -119,6 +119,7 @@ def new_room_avatar(manager: SessionManager, record: SessionRecord, **options: A
         tracker=settings.lip_sync.tracker,
         language=settings.lip_sync.language,
         lookahead_ms=settings.lip_sync.lookahead_ms,
+        mouth_track=settings.mouth_track,  # on the room's data topic (docs/mouth-track.md)
         max_duration_s=None,  # the manager enforces the duration, like every other limit
         agent_identity=lk.agent_identity,
         on_end=on_end,

@@ -38,6 +38,7 @@ def mint_session(manager: SessionManager, key: ApiKey, body: TokenRequest) -> tu
     # FULL sessions run over this server's WebRTC peer unless the body names a room or a transport.
     full_default = body.mode == "FULL" and body.transport is None and body.livekit_config is None
     transport = "webrtc" if full_default else _transport(config, body)
+    _check_track_only(body, transport)
     full = None
     if body.mode == "FULL":
         from facecast.server.full_mode import full_settings
@@ -108,6 +109,8 @@ def mint_session(manager: SessionManager, key: ApiKey, body: TokenRequest) -> tu
             voice_id=voice_id,
             livekit=livekit,
             full=full,
+            mouth_track=body.mouth_track,
+            video=body.video,
         ),
         state=p.STATE_CREATED,
         token_hash=hash_secret(token),
@@ -141,6 +144,33 @@ def _transport(config: ServerConfig, body: TokenRequest) -> str:
     if body.livekit_config is not None or config.livekit.configured:
         return "livekit"
     return "webrtc"
+
+
+def _check_track_only(body: TokenRequest, transport: str) -> None:
+    """The mouth track and track-only sessions (docs/mouth-track.md): LITE only; no video only with the
+    track, and only over this server's WebRTC peer (a LiveKit room's avatar always publishes video)."""
+    if body.mode == "FULL" and (body.mouth_track or not body.video):
+        raise ApiError(
+            400,
+            p.CODE_BAD_REQUEST,
+            "mouth_track and video false are for LITE sessions; drop them or mint mode LITE",
+        )
+    if body.video:
+        return
+    if not body.mouth_track:
+        raise ApiError(
+            400,
+            p.CODE_BAD_REQUEST,
+            "video false leaves a session nothing to show: a track-only session sends the mouth track "
+            "instead, so set mouth_track true (or drop video false)",
+        )
+    if transport != "webrtc":
+        raise ApiError(
+            400,
+            p.CODE_BAD_REQUEST,
+            "video false (a track-only session) runs over this server's WebRTC peer: set transport webrtc "
+            "and drop livekit_config, or drop video false",
+        )
 
 
 def _quality(body: TokenRequest) -> str:
