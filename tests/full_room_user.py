@@ -18,7 +18,7 @@ from facecast.client.livekit_viewer import RoomViewer
 
 MIC_RATE = 48000
 MIC_FRAME = MIC_RATE // 100  # 10 ms
-MIC_QUEUE_MS = 40  # little queued ahead, so what is played starts at once
+MIC_QUEUE_MS = 200  # queued ahead: a busy test loop must not leave gaps in the speech (the VAD splits there)
 
 
 class RoomUser:

@@ -26,6 +26,7 @@ pytest.importorskip("openai")
 from facecast import protocol as p
 from facecast.avatars import load_renderer
 from facecast.bench.llm_standin import StandInLLM, standin_llm
+from facecast.client.livekit_viewer import SPEECH_RMS
 from facecast.server.config import LiveKitSettings
 
 pytestmark = pytest.mark.slow  # a long end-to-end run: pytest -m "not slow" leaves it out
@@ -205,9 +206,20 @@ async def test_conversation_in_a_room_the_server_makes(
         user_at, _ = await user.wait_type("user.speak_started", after=started_at)
         cut_at, cut = await user.wait_type("avatar.speak_ended", after=started_at)
         assert cut["payload"]["interrupted"] is True and cut_at - started_at < 10.0
-        print(f"barge-in: user speech detected → avatar speak_ended in {1000 * (cut_at - user_at):.0f} ms")
-        # avatar.interrupt, and bad commands answered with an error to the sender.
         await asyncio.sleep(2.0)  # the answer to "stop please" may start; it is cut below too
+        # What the user hears: the avatar's voice stops (until it answers "stop please").
+        answer = [
+            t for t, e in user.agent_events() if t > cut_at and e["event_type"] == "avatar.speak_started"
+        ]
+        quiet_until = answer[0] if answer else time.monotonic()
+        loud = [a.at for a in user.viewer.audio if user_at < a.at < quiet_until and a.rms > SPEECH_RMS]
+        silent_at = loud[-1] if loud else user_at
+        assert silent_at - user_at < 2.0 and quiet_until - silent_at > 0.3
+        print(
+            f"barge-in: user speech detected → avatar speak_ended {1000 * (cut_at - user_at):.0f} ms, "
+            f"→ avatar audio silent at the user {1000 * (silent_at - user_at):.0f} ms"
+        )
+        # avatar.interrupt, and bad commands answered with an error to the sender.
         user.command("avatar.speak_text", text=story)
         again, _ = await user.wait(
             lambda e: e.get("event_type") == "avatar.transcription" and "story" in e["payload"]["text"],
@@ -239,7 +251,7 @@ async def test_push_to_talk_in_the_users_own_room(
     tmp_path: Path,
 ) -> None:
     """LiveAvatar's shape of the user's own room: the avatar joins with the token the caller minted;
-    a user who leaves is replaced by the next one who comes with a microphone."""
+    one user is heard at a time, and when that one leaves, the next one with a microphone is."""
     key = server.store.create_key("theirs")[1]
     with server.client() as http:
         config_id = configure_llm(http, key, llm)
@@ -265,6 +277,8 @@ async def test_push_to_talk_in_the_users_own_room(
     try:
         await watcher.connect(live_room.url, live_room.token("watcher"), microphone=False)
         await first.connect(live_room.url, live_room.token("first"))
+        await asyncio.sleep(0.5)
+        await second.connect(live_room.url, live_room.token("second"))  # heard only once first leaves
         first.command("user.stop_push_to_talk")
         await first.wait_type("user.push_to_talk_stop_failed")
         outside = time.monotonic()
@@ -291,7 +305,6 @@ async def test_push_to_talk_in_the_users_own_room(
 
         # The first user leaves; the next one with a microphone is heard.
         await first.aclose()
-        await second.connect(live_room.url, live_room.token("second"))
         joined = time.monotonic()
         await asyncio.sleep(1.0)
         second.command("user.start_push_to_talk")

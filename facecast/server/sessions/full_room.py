@@ -90,15 +90,19 @@ class FullRoomSession(FullAgent, LiteRoomSession):
         self._spawn(self._greet_when_heard(), "facecast-full-room-greet")
         self._subscribe_next_user()
 
-    def _subscribe_next_user(self) -> None:
-        """Subscribe to a microphone of the user (or, with none yet, of any user in the room)."""
+    def _subscribe_next_user(self, leaving: str | None = None) -> None:
+        """Subscribe to a microphone of the user (or, with none yet, of any user in the room but the one
+        `leaving`: it may still be listed while it goes)."""
         for participant in self.worker.room.remote_participants.values():
-            if self.user_identity in (None, participant.identity) and _is_user(participant):
-                for publication in participant.track_publications.values():
-                    if _is_microphone(publication) and not publication.subscribed:
-                        assert isinstance(publication, rtc.RemoteTrackPublication)
-                        publication.set_subscribed(True)
-                        return
+            if participant.identity == leaving or not _is_user(participant):
+                continue
+            if self.user_identity not in (None, participant.identity):
+                continue
+            for publication in participant.track_publications.values():
+                if _is_microphone(publication) and not publication.subscribed:
+                    assert isinstance(publication, rtc.RemoteTrackPublication)
+                    publication.set_subscribed(True)
+                    return
 
     def _on_track_published(
         self, publication: rtc.RemoteTrackPublication, participant: rtc.RemoteParticipant
@@ -128,17 +132,17 @@ class FullRoomSession(FullAgent, LiteRoomSession):
         self, track: rtc.Track, publication: rtc.RemoteTrackPublication, participant: rtc.RemoteParticipant
     ) -> None:
         if participant.identity == self.user_identity and _is_microphone(publication):
-            self._user_gone()
+            self._user_gone(participant.identity)
 
     def _on_participant_disconnected(self, participant: rtc.RemoteParticipant) -> None:
         if participant.identity == self.user_identity:
-            self._user_gone()
+            self._user_gone(participant.identity)
 
-    def _user_gone(self) -> None:
+    def _user_gone(self, identity: str) -> None:
         self.user_identity = None
         self._close_user_stream()
         if not self.ending:
-            self._subscribe_next_user()
+            self._subscribe_next_user(leaving=identity)
 
     def _close_user_stream(self) -> None:
         stream, self._user_stream = self._user_stream, None
