@@ -79,6 +79,11 @@ async def stop(server: RunningServer, token: str) -> None:
     assert stopped.status_code == 200, stopped.text
 
 
+async def described(server: RunningServer, key: str, session_id: str) -> dict[str, Any]:
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+        return _ok(await http.get(f"/v1/sessions/{session_id}", headers={"X-API-KEY": key}))
+
+
 def assert_nothing_left(server: RunningServer) -> None:
     names = {t.get_name() for t in asyncio.all_tasks(server.loop)}
     left = [
@@ -191,9 +196,7 @@ async def test_conversation_in_a_room_the_server_makes(
         idle = user.viewer.mouth_motion(ended_at + 0.5, ended_at + 1.5)
         assert user.viewer.mouth_motion(speaking, ended_at) > 1.3 * idle
         assert user.viewer.speech_after(speaking, ended_at + 0.5) > 1.0
-        async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
-            described = await http.get(f"/v1/sessions/{session_id}", headers={"X-API-KEY": key})
-        stats = described.json()["data"]["stats"]
+        stats = (await described(server, key, session_id))["stats"]
         assert stats["conversation"]["turns"] == 1, stats
         assert stats["livekit"]["user_identity"] == "user"
 
@@ -313,14 +316,35 @@ async def test_push_to_talk_in_the_users_own_room(
         second.command("user.stop_push_to_talk")
         _, again = await second.wait_type("user.transcription", after=joined)
         assert "weather" in again["payload"]["text"]
-        async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
-            described = await http.get(f"/v1/sessions/{session_id}", headers={"X-API-KEY": key})
-        assert described.json()["data"]["stats"]["livekit"]["user_identity"] == "second"
+        assert (await described(server, key, session_id))["stats"]["livekit"]["user_identity"] == "second"
     finally:
         await stop(server, token)
         for user in (first, second, watcher):
             await user.aclose()
     record = await asyncio.to_thread(server.wait_ended, session_id, 30.0)
     assert record.end_reason == p.END_STOPPED
+    await wait_no_children()
+    assert_nothing_left(server)
+
+
+async def test_the_user_leaving_ends_the_session(
+    server: RunningServer, llm: StandInLLM, mouth_box: tuple[int, int, int, int]
+) -> None:
+    key = server.store.create_key("leaving")[1]
+    with server.client() as http:
+        config_id = configure_llm(http, key, llm)
+    _, start = await start_full(server, key, {"transport": "livekit", "llm_configuration_id": config_id})
+    session_id = start["session_id"]
+    user = RoomUser(mouth_box=mouth_box, avatar=start["avatar_identity"])
+    try:
+        await user.connect(start["livekit_url"], start["livekit_client_token"])
+        deadline = time.monotonic() + 30
+        while (await described(server, key, session_id))["stats"]["livekit"]["user_identity"] != "user":
+            assert time.monotonic() < deadline, "the session never heard the user's microphone"
+            await asyncio.sleep(0.2)
+    finally:
+        await user.aclose()  # the room is empty now: the avatar leaves and the session ends
+    record = await asyncio.to_thread(server.wait_ended, session_id, 30.0)
+    assert record.end_reason == p.END_CLIENT_GONE
     await wait_no_children()
     assert_nothing_left(server)
