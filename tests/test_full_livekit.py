@@ -198,6 +198,7 @@ async def test_conversation_in_a_room_the_server_makes(
         assert user.viewer.speech_after(speaking, ended_at + 0.5) > 1.0
         stats = (await described(server, key, session_id))["stats"]
         assert stats["conversation"]["turns"] == 1, stats
+        print(f"turn: {stats['conversation']}")
         assert stats["livekit"]["user_identity"] == "user"
 
         # Barge-in: the user's speech stops the avatar.
