@@ -68,6 +68,7 @@ class FullRoomSession(FullAgent, LiteRoomSession):
         super().__init__(*args, **kwargs)
         self.user_identity: str | None = None  # whose microphone the conversation hears
         self._user_stream: rtc.AudioStream | None = None
+        self._inbox: asyncio.Queue[tuple[bytes, str | None]] = asyncio.Queue()  # agent-control packets
         self._outbox: asyncio.Queue[tuple[dict[str, Any], list[str]]] = asyncio.Queue()
         self._tasks: set[asyncio.Task[None]] = set()
         self._room_handlers: dict[str, Any] = {}
@@ -87,6 +88,7 @@ class FullRoomSession(FullAgent, LiteRoomSession):
         for name, handler in self._room_handlers.items():
             room.on(name, handler)
         self._spawn(self._send_events(), "facecast-full-room-events")
+        self._spawn(self._take_commands(), "facecast-full-room-commands")
         self._spawn(self._greet_when_heard(), "facecast-full-room-greet")
         self._subscribe_next_user()
 
@@ -150,26 +152,38 @@ class FullRoomSession(FullAgent, LiteRoomSession):
             self._spawn(stream.aclose(), "facecast-full-room-stream-close")
 
     def _on_data(self, packet: rtc.DataPacket) -> None:
-        if packet.topic != TOPIC_CONTROL or self.ending:
-            return
-        sender = packet.participant.identity if packet.participant is not None else None
+        if packet.topic == TOPIC_CONTROL and not self.ending:
+            sender = packet.participant.identity if packet.participant is not None else None
+            self._inbox.put_nowait((packet.data, sender))
 
-        async def reply(event: dict[str, Any]) -> None:
-            if sender is not None:
-                self._outbox.put_nowait((event, [sender]))
+    async def _take_commands(self) -> None:
+        """Apply the `agent-control` packets one at a time, in the order they came."""
+        while True:
+            data, sender = await self._inbox.get()
 
-        if len(packet.data) > MAX_COMMAND_BYTES:
-            message: Any = None
-            refusal = f"a command is at most {MAX_COMMAND_BYTES} bytes of JSON"
-        else:
+            async def reply(event: dict[str, Any], to: str | None = sender) -> None:
+                if to is not None:  # to the sender only
+                    self._outbox.put_nowait((event, [to]))
+
+            if len(data) > MAX_COMMAND_BYTES:
+                await self.reply_error(
+                    reply, p.CODE_BAD_REQUEST, f"a command is at most {MAX_COMMAND_BYTES} bytes of JSON"
+                )
+                continue
             try:
-                message, refusal = parse_message(packet.data), None
+                message = parse_message(data)
             except MessageRefused as exc:
-                message, refusal = None, f"an {TOPIC_CONTROL} packet must be one JSON object: {exc}"
-        if refusal is not None:
-            self._spawn(self.reply_error(reply, p.CODE_BAD_REQUEST, refusal), "facecast-full-room-reply")
-            return
-        self._spawn(self.handle(message, reply), "facecast-full-room-command")
+                await self.reply_error(
+                    reply, p.CODE_BAD_REQUEST, f"an {TOPIC_CONTROL} packet must be one JSON object: {exc}"
+                )
+                continue
+            try:
+                await self.handle(message, reply)
+            except Exception as exc:  # a defect: reported and logged, and the next command is taken
+                log.exception("session %s: an %s command failed", self.id, TOPIC_CONTROL)
+                await self.reply_error(
+                    reply, p.CODE_INTERNAL, f"the server failed on this command ({type(exc).__name__})"
+                )
 
     def send_on_transport(self, event: dict[str, Any]) -> None:
         """Everyone in the room hears the session's events, on `agent-response`, in order."""
