@@ -1,5 +1,6 @@
 """FULL sessions on the server: what `/v1/sessions/token` checks and stores for them, and the live
-session that runs the conversation (facecast.conversation) next to the avatar's WebRTC peer.
+session that runs the conversation (facecast.conversation) next to the avatar's WebRTC peer, or with the
+avatar in a LiveKit room (facecast.server.sessions.full_room).
 
 The LLM is the token's `llm_configuration_id` (POST /v1/llm_configurations), else the server's default:
 FACECAST_LLM_BASE_URL (an OpenAI-compatible endpoint, e.g. http://127.0.0.1:11434/v1 for Ollama),
@@ -15,11 +16,13 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from facecast import protocol as p
 from facecast import settings
+from facecast.conversation.events import TOPIC_RESPONSE
 from facecast.server.auth import default_data_dir
 from facecast.server.errors import ApiError
 from facecast.server.pool import AvatarSpec, build_engine, new_live_avatar
@@ -28,7 +31,8 @@ from facecast.server.schemas import TokenRequest
 from facecast.server.secret_box import SecretBox, SecretBoxError
 from facecast.server.session_settings import FullPersona, FullSettings, LlmSettings
 from facecast.server.session_stats import SessionStats
-from facecast.server.sessions import EventSink, LiveSession
+from facecast.server.sessions import EventSink, LiveSession, SpeechTarget
+from facecast.server.sessions.livekit import livekit_extra_missing
 from facecast.server.store import ApiKey, ContextRecord, LlmConfigRecord, SecretRecord, SessionRecord
 from facecast.tts.espeak import DEFAULT_VOICE
 
@@ -81,16 +85,16 @@ def _check_extra() -> None:
         )
 
 
-def full_settings(manager: SessionManager, key: ApiKey, body: TokenRequest, transport: str) -> FullSettings:
+def full_settings(manager: SessionManager, key: ApiKey, body: TokenRequest) -> FullSettings:
     """What a FULL session runs with, checked now so that /start cannot fail on it: the persona (prompt
     and opening text with the variables substituted, the language) and where its LLM is. No secret
     values: the settings are stored and listed; the LLM's key is decrypted only at /start."""
-    if transport != "webrtc":
-        raise ApiError(
-            501,
-            p.CODE_NOT_IMPLEMENTED,
-            "mode FULL runs over transport webrtc so far (the browser's microphone and the avatar on one "
-            "peer connection); mint with transport webrtc",
+    if body.audio_source is not None:
+        raise ApiError(  # a valid body, but a FULL session has no agent whose audio it could take
+            409,
+            p.CODE_CONFLICT,
+            "audio_source says where a LITE session's agent audio comes from; in mode FULL the server "
+            "speaks itself (the user's microphone in the room is its input): drop audio_source",
         )
     _check_extra()
     store = manager.store
@@ -172,39 +176,42 @@ def _llm_api_key(manager: SessionManager, record: SessionRecord) -> str | None:
         raise ApiError(500, p.CODE_INTERNAL, str(exc)) from None
 
 
-class FullSession(LiveSession):
-    """A WebRTC session whose conversation the server holds: the client's microphone in, the avatar out,
-    LiveAvatar's FULL commands and events on the data channel."""
+class FullAgent:
+    """What a FULL session does whatever carries it (mixed into a LiveSession subclass): the conversation's
+    speech reports, its agent-response events to the transport's clients and the session's sinks, and the
+    agent-control commands, from whichever client sends them."""
 
     conversation: Conversation | None = None
+
+    if TYPE_CHECKING:  # what the LiveSession this is mixed into provides
+        id: str
+        _sinks: set[EventSink]
+        _manager: SessionManager
+
+        def touch(self) -> None: ...
+        def send_on_transport(self, event: dict[str, Any]) -> None: ...
+        async def emit(self, event_type: str, event_id: str | None = None, **fields: Any) -> None: ...
+        async def reply_error(
+            self, reply: EventSink, code: int, message: str, event_id: str | None = None
+        ) -> None: ...
 
     def on_segment_event(self, event: Any) -> None:
         if self.conversation is not None:
             self.conversation.on_segment_event(event)
 
-    def on_audio_track(self, track: Any) -> None:  # type: ignore[override]
-        if self.conversation is not None:
-            self.conversation.attach_microphone(track)
-
-    def on_peer_connected(self) -> None:
-        first = self.connected_at is None
-        super().on_peer_connected()
-        if first and self.conversation is not None:
-            self._manager.spawn(self.conversation.greet())
-
     def emit_agent(self, event_type: str, **payload: Any) -> None:
-        """One agent-response event to the client (the data channel) and the session's other sinks."""
+        """One agent-response event to the client (the data channel, or the room's `agent-response`
+        packets) and the session's other sinks."""
         event: dict[str, Any] = {
             "event_type": event_type,
             "event_id": uuid.uuid4().hex,
             "session_id": self.id,
-            "topic": "agent-response",
+            "topic": TOPIC_RESPONSE,
         }
         if payload:
             event["payload"] = payload
         log.debug("session %s: %s", self.id, event_type)
-        if self.peer is not None:
-            self.peer.send_event(event)
+        self.send_on_transport(event)
         for sink in list(self._sinks):
             self._manager.spawn(sink(event))
 
@@ -245,7 +252,7 @@ class FullSession(LiveSession):
     async def stats(self) -> SessionStats:
         """The live session's stats, and the conversation's: per stage, the median time from the end of
         the user's speech to the avatar's first speech frame."""
-        stats = await super().stats()
+        stats: SessionStats = await super().stats()  # type: ignore[misc]
         if self.conversation is None:
             return stats
         return stats.with_conversation(self.conversation.timer.stats())
@@ -253,12 +260,32 @@ class FullSession(LiveSession):
     async def close(self, reason: str) -> SessionStats | None:
         if self.conversation is not None:
             await self.conversation.aclose()
-        return await super().close(reason)
+        return await super().close(reason)  # type: ignore[misc]
 
 
-async def start_full_session(manager: SessionManager, record: SessionRecord) -> FullSession:
-    """Start a FULL session in this process: the avatar's engine and live core, and the conversation
-    pipeline, loaded before the answer so that the user's first words are heard."""
+class FullSession(FullAgent, LiveSession):
+    """A WebRTC session whose conversation the server holds: the client's microphone in, the avatar out,
+    LiveAvatar's FULL commands and events on the data channel."""
+
+    def on_audio_track(self, track: Any) -> None:  # type: ignore[override]
+        if self.conversation is not None:
+            self.conversation.attach_microphone(track)
+
+    def on_peer_connected(self) -> None:
+        first = self.connected_at is None
+        super().on_peer_connected()
+        if first and self.conversation is not None:
+            self._manager.spawn(self.conversation.greet())
+
+
+# Makes a FULL session's conversation, speaking through the given target.
+NewConversation = Callable[[SpeechTarget, FullAgent], "Conversation"]
+
+
+async def start_full_session(manager: SessionManager, record: SessionRecord) -> LiveSession:
+    """Start a FULL session in this process: the avatar (its engine and live core here, or a worker in
+    the session's LiveKit room) and the conversation pipeline, loaded before the answer so that the
+    user's first words are heard."""
     started_mono = time.monotonic()
     # The first FULL session imports Pipecat (seconds): off the event loop that paces other sessions.
     module = await asyncio.to_thread(importlib.import_module, "facecast.conversation.conversation")
@@ -266,6 +293,31 @@ async def start_full_session(manager: SessionManager, record: SessionRecord) -> 
     full = record.settings.full
     assert full is not None
     api_key = _llm_api_key(manager, record)
+
+    def new_conversation(speech: SpeechTarget, session: FullAgent) -> Conversation:
+        """The session's conversation, speaking through `speech`."""
+        return Conversation(
+            speech,
+            Persona(
+                prompt=full.persona.prompt,
+                opening_text=full.persona.opening_text,
+                voice=record.settings.voice_id or DEFAULT_VOICE,
+                language=record.settings.language,
+                interactivity=record.settings.interactivity_type,
+            ),
+            LlmEndpoint(model=full.llm.model, base_url=full.llm.base_url, api_key=api_key),
+            session.emit_agent,
+            on_activity=session.touch,
+            on_error=session.report_error,
+        )
+
+    if record.transport == "livekit":
+        try:
+            from facecast.server.sessions.full_room import start_full_room
+        except ImportError as exc:
+            raise livekit_extra_missing(exc) from None
+        return await start_full_room(manager, record, new_conversation, started_mono=started_mono)
+
     spec = AvatarSpec.from_settings(record.settings, manager.avatars.library)
     try:
         engine = await asyncio.to_thread(build_engine, spec)
@@ -280,20 +332,7 @@ async def start_full_session(manager: SessionManager, record: SessionRecord) -> 
 
     avatar = new_live_avatar(engine, on_event)
     session = FullSession(record, avatar, manager=manager, started_mono=started_mono)
-    session.conversation = Conversation(
-        avatar,
-        Persona(
-            prompt=full.persona.prompt,
-            opening_text=full.persona.opening_text,
-            voice=record.settings.voice_id or DEFAULT_VOICE,
-            language=record.settings.language,
-            interactivity=record.settings.interactivity_type,
-        ),
-        LlmEndpoint(model=full.llm.model, base_url=full.llm.base_url, api_key=api_key),
-        session.emit_agent,
-        on_activity=session.touch,
-        on_error=session.report_error,
-    )
+    session.conversation = new_conversation(avatar, session)
     try:
         manager.mark_started(record, session, time.time())
     except ApiError:
@@ -303,7 +342,12 @@ async def start_full_session(manager: SessionManager, record: SessionRecord) -> 
         await avatar.start(started_at=started_mono)
         await session.conversation.start()
     except Exception as exc:
-        log.exception("session %s: the conversation could not start", record.id)
-        await manager.end(record.id, p.END_ERROR)
-        raise ApiError(500, p.CODE_INTERNAL, f"the conversation pipeline could not start: {exc}") from None
+        raise await conversation_failed(manager, record, exc) from None
     return session
+
+
+async def conversation_failed(manager: SessionManager, record: SessionRecord, exc: Exception) -> ApiError:
+    """End a session whose conversation could not start; the error to answer /start with."""
+    log.error("session %s: the conversation could not start", record.id, exc_info=exc)
+    await manager.end(record.id, p.END_ERROR)
+    return ApiError(500, p.CODE_INTERNAL, f"the conversation pipeline could not start: {exc}")

@@ -128,8 +128,7 @@ class LiveSession:
     async def emit(self, event_type: str, event_id: str | None = None, **fields: Any) -> None:
         event = {"type": event_type, "event_id": event_id or uuid.uuid4().hex, "session_id": self.id}
         event.update(fields)
-        if self.peer is not None:
-            self.peer.send_event(event)
+        self.send_on_transport(event)
         for sink in list(self._sinks):
             try:
                 await sink(event)
@@ -166,6 +165,12 @@ class LiveSession:
                         self._sinks.discard(sink)
         finally:
             self._track_sending = False
+
+    def send_on_transport(self, event: dict[str, Any]) -> None:
+        """An event to the clients of the session's media transport: the WebRTC peer's data channel (a
+        FULL session in a LiveKit room sends data packets instead)."""
+        if self.peer is not None:
+            self.peer.send_event(event)
 
     async def set_ws_state(self, state: str) -> None:
         self.ws_state = state

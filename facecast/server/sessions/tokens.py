@@ -43,7 +43,7 @@ def mint_session(manager: SessionManager, key: ApiKey, body: TokenRequest) -> tu
     if body.mode == "FULL":
         from facecast.server.full_mode import full_settings
 
-        full = full_settings(manager, key, body, transport)
+        full = full_settings(manager, key, body)
     quality = _quality(body)
     livekit = _livekit_settings(config, body, session_id) if transport == "livekit" else None
     voice_id = _voice(body, livekit)
@@ -239,7 +239,9 @@ def _livekit_settings(config: ServerConfig, body: TokenRequest, session_id: str)
             "token; give one of them",
         )
     facecast_shape = cfg.livekit_worker_token is not None or cfg.agent_identity is not None
-    audio_source = body.audio_source or ("data_stream" if facecast_shape else "websocket")
+    # A FULL session's speech is the server's own: it feeds the avatar as the LITE socket's audio does.
+    lite_agent_in_room = facecast_shape and body.mode == "LITE"
+    audio_source = body.audio_source or ("data_stream" if lite_agent_in_room else "websocket")
     token = tokens.pop() if tokens else None
     # A token given decides who the avatar is in the room (LiveAvatar's plugin names it itself).
     identity = (token and _token_identity(token)) or cfg.avatar_identity or "facecast-avatar"
