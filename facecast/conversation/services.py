@@ -101,8 +101,9 @@ class PocketSphinxSTTSettings(STTSettings):
 
 class PocketSphinxSTTService(STTService):
     """Offline speech recognition with PocketSphinx, decoding while the user speaks: the VAD's start
-    opens an utterance (with the second of audio before it), the audio is decoded as it arrives, and the
-    VAD's stop closes it and yields the transcript, so only the utterance's tail is left to decode then.
+    opens an utterance (with the second of audio before it), the audio is decoded as it arrives, a pause
+    (`UserPausedFrame`, from `PausingVADProcessor`) finishes the decode while the VAD waits out its stop,
+    and the stop yields the transcript, so little or nothing is left to decode then.
     The decoder runs in a process of the service's own (facecast.conversation.sphinx_worker, one call at
     a time, in order), started by `load()` and stopped at cleanup."""
 
