@@ -17,6 +17,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,9 +28,16 @@ from facecast.server.auth import default_data_dir
 from facecast.server.errors import ApiError
 from facecast.server.pool import AvatarSpec, build_engine, new_live_avatar
 from facecast.server.routes.resources import check_base_url
-from facecast.server.schemas import TokenRequest
+from facecast.server.schemas import SttServiceChoice, TokenRequest, TtsServiceChoice
 from facecast.server.secret_box import SecretBox, SecretBoxError
-from facecast.server.session_settings import FullPersona, FullSettings, LlmSettings
+from facecast.server.session_settings import (
+    DEFAULT_STT,
+    DEFAULT_TTS,
+    FullPersona,
+    FullSettings,
+    LlmSettings,
+    SpeechServiceSettings,
+)
 from facecast.server.session_stats import SessionStats
 from facecast.server.sessions import EventSink, LiveSession, SpeechTarget
 from facecast.server.sessions.livekit import livekit_extra_missing
@@ -54,6 +62,25 @@ _NO_LLM = (
     f"{settings.LLM_BASE_URL.name} and {settings.LLM_MODEL.name} (and {settings.LLM_API_KEY.name} if the "
     "endpoint needs a key)"
 )
+
+
+@dataclass(frozen=True)
+class SpeechProvider:
+    """What a FULL session's STT or TTS provider needs: the module its Pipecat service imports (and the
+    pip extra that brings it), a key, a voice."""
+
+    module: str
+    extra: str
+    needs_key: bool  # False: only with a base_url (a local OpenAI-compatible server may take none)
+    needs_voice: bool = False
+
+
+SPEECH_PROVIDERS: dict[str, SpeechProvider] = {
+    "openai": SpeechProvider("openai", "pipecat-ai[openai]", needs_key=False),
+    "deepgram": SpeechProvider("deepgram", "pipecat-ai[deepgram]", needs_key=True),
+    "cartesia": SpeechProvider("websockets", "pipecat-ai[cartesia]", needs_key=True, needs_voice=True),
+    "elevenlabs": SpeechProvider("websockets", "pipecat-ai[elevenlabs]", needs_key=True, needs_voice=True),
+}
 
 
 def substitute(text: str, variables: dict[str, str], where: str) -> str:
@@ -120,10 +147,90 @@ def full_settings(manager: SessionManager, key: ApiKey, body: TokenRequest) -> F
         context_id = context.id
         prompt = substitute(context.prompt, variables, f"context {context.id}'s prompt")
         opening_text = substitute(context.opening_text, variables, f"context {context.id}'s opening_text")
+    tts = body.tts_service
+    if tts is not None and tts.provider != DEFAULT_TTS.provider and persona and persona.voice_id is not None:
+        raise ApiError(
+            400,
+            p.CODE_BAD_REQUEST,
+            f"avatar_persona.voice_id is an espeak-ng voice; tts_service {tts.provider!r} "
+            "takes its own voice: give it as tts_service.voice and drop avatar_persona.voice_id",
+        )
     return FullSettings(
         persona=FullPersona(context_id=context_id, prompt=prompt, opening_text=opening_text),
         llm=_llm_settings(manager, key, body.llm_configuration_id),
+        stt=_speech_service(manager, key, body.stt_service, "stt_service", DEFAULT_STT),
+        tts=_speech_service(manager, key, body.tts_service, "tts_service", DEFAULT_TTS),
     )
+
+
+def _speech_service(
+    manager: SessionManager,
+    key: ApiKey,
+    choice: SttServiceChoice | TtsServiceChoice | None,
+    field: str,
+    default: SpeechServiceSettings,
+) -> SpeechServiceSettings:
+    """The token's STT or TTS choice, checked: its fields, its key's secret, its module installed."""
+    if choice is None:
+        return default
+    voice = choice.voice if isinstance(choice, TtsServiceChoice) else None
+    given = {
+        "secret_id": choice.secret_id,
+        "model": choice.model,
+        "base_url": choice.base_url,
+        "voice": voice,
+    }
+    if choice.provider == default.provider:
+        extra = [name for name, value in given.items() if value is not None]
+        if extra:
+            raise ApiError(
+                400,
+                p.CODE_BAD_REQUEST,
+                f"{field} {choice.provider!r} is built in and takes no {', '.join(extra)}"
+                + ("; its voice is avatar_persona.voice_id" if "voice" in extra else ""),
+            )
+        return default
+    provider = SPEECH_PROVIDERS[choice.provider]
+    if choice.base_url is not None:
+        if choice.provider != "openai":
+            raise ApiError(
+                400,
+                p.CODE_BAD_REQUEST,
+                f"{field}.base_url is for provider 'openai' (any OpenAI-compatible server); "
+                f"{choice.provider!r} has its own endpoint: drop base_url",
+            )
+        check_base_url(choice.base_url)
+    if choice.secret_id is None and (provider.needs_key or choice.base_url is None):
+        raise ApiError(
+            400,
+            p.CODE_BAD_REQUEST,
+            f"{field} {choice.provider!r} needs its API key: store it with POST /v1/secrets "
+            f'{{"secret_type": "{field[:3].upper()}_API_KEY", "secret_value": "..."}} and pass the id as '
+            f"{field}.secret_id",
+        )
+    if (
+        choice.secret_id is not None
+        and manager.store.get_owned(SecretRecord, key.id, choice.secret_id) is None
+    ):
+        raise ApiError(
+            404,
+            p.CODE_NOT_FOUND,
+            f"no secret {choice.secret_id!r} for this API key; GET /v1/secrets lists them",
+        )
+    if provider.needs_voice and voice is None:
+        raise ApiError(
+            400,
+            p.CODE_BAD_REQUEST,
+            f"{field} {choice.provider!r} needs a voice: give the provider's voice id as {field}.voice",
+        )
+    if importlib.util.find_spec(provider.module) is None:
+        raise ApiError(
+            501,
+            p.CODE_NOT_IMPLEMENTED,
+            f"{field} {choice.provider!r} needs its Pipecat service's dependencies on this server: "
+            f"pip install '{provider.extra}'",
+        )
+    return SpeechServiceSettings(choice.provider, **given)
 
 
 def _llm_settings(manager: SessionManager, key: ApiKey, config_id: str | None) -> LlmSettings:
@@ -164,11 +271,14 @@ def _llm_api_key(manager: SessionManager, record: SessionRecord) -> str | None:
     if llm.secret_id is None:
         # The server's default endpoint takes the server's key; a configuration without a secret has none.
         return settings.LLM_API_KEY.get() if llm.llm_configuration_id is None else None
-    secret = manager.store.get_owned(SecretRecord, record.key_id, llm.secret_id)
+    return _open_secret(manager, record, llm.secret_id, "the LLM")
+
+
+def _open_secret(manager: SessionManager, record: SessionRecord, secret_id: str, whose: str) -> str:
+    """The decrypted value of one of the session's key's secrets (never logged)."""
+    secret = manager.store.get_owned(SecretRecord, record.key_id, secret_id)
     if not isinstance(secret, SecretRecord):
-        raise ApiError(
-            400, p.CODE_BAD_REQUEST, f"the LLM's secret {llm.secret_id} was deleted; store it again"
-        )
+        raise ApiError(400, p.CODE_BAD_REQUEST, f"{whose}'s secret {secret_id} was deleted; store it again")
     data_dir = Path(manager.config.data_dir) if manager.config.data_dir else default_data_dir()
     try:
         return SecretBox.for_data_dir(data_dir).open(secret.ciphertext)
@@ -290,9 +400,23 @@ async def start_full_session(manager: SessionManager, record: SessionRecord) -> 
     # The first FULL session imports Pipecat (seconds): off the event loop that paces other sessions.
     module = await asyncio.to_thread(importlib.import_module, "facecast.conversation.conversation")
     Conversation, LlmEndpoint, Persona = module.Conversation, module.LlmEndpoint, module.Persona
+    from facecast.conversation.services import SpeechChoice
+
     full = record.settings.full
     assert full is not None
     api_key = _llm_api_key(manager, record)
+    stt, tts = (
+        SpeechChoice(
+            service.provider,
+            api_key=_open_secret(manager, record, service.secret_id, f"the {service.provider} service")
+            if service.secret_id is not None
+            else None,
+            model=service.model,
+            base_url=service.base_url,
+            voice=service.voice,
+        )
+        for service in (full.stt, full.tts)
+    )
 
     def new_conversation(speech: SpeechTarget, session: FullAgent) -> Conversation:
         """The session's conversation, speaking through `speech`."""
@@ -309,6 +433,8 @@ async def start_full_session(manager: SessionManager, record: SessionRecord) -> 
             session.emit_agent,
             on_activity=session.touch,
             on_error=session.report_error,
+            stt=stt,
+            tts=tts,
         )
 
     if record.transport == "livekit":

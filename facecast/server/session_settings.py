@@ -77,9 +77,27 @@ class LlmSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class SpeechServiceSettings:
+    """A FULL session's STT or TTS service (a provider of protocol.STT_PROVIDERS / TTS_PROVIDERS) and
+    the id of its key's secret, never its value."""
+
+    provider: str
+    secret_id: str | None = None
+    model: str | None = None
+    base_url: str | None = None
+    voice: str | None = None  # TTS: the provider's voice
+
+
+DEFAULT_STT = SpeechServiceSettings("pocketsphinx")
+DEFAULT_TTS = SpeechServiceSettings("espeak")
+
+
+@dataclass(frozen=True, slots=True)
 class FullSettings:
     persona: FullPersona
     llm: LlmSettings
+    stt: SpeechServiceSettings = DEFAULT_STT
+    tts: SpeechServiceSettings = DEFAULT_TTS
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +183,9 @@ class SessionSettings:
                         **{k: v for k, v in persona.items() if k not in ("language", "voice_id")}
                     ),
                     llm=LlmSettings(**full["llm"]),
+                    # Records from before the choice ran with the defaults.
+                    stt=SpeechServiceSettings(**full["stt"]) if "stt" in full else DEFAULT_STT,
+                    tts=SpeechServiceSettings(**full["tts"]) if "tts" in full else DEFAULT_TTS,
                 )
                 if full is not None
                 else None

@@ -44,6 +44,13 @@ def mint_session(manager: SessionManager, key: ApiKey, body: TokenRequest) -> tu
         from facecast.server.full_mode import full_settings
 
         full = full_settings(manager, key, body)
+    elif body.stt_service is not None or body.tts_service is not None:
+        raise ApiError(  # 409 as for avatar_persona.context_id: a valid body a LITE session cannot use
+            409,
+            p.CODE_CONFLICT,
+            "stt_service and tts_service choose a FULL session's speech services; a LITE session's agent "
+            "brings its own: drop them or mint mode FULL",
+        )
     quality = _quality(body)
     livekit = _livekit_settings(config, body, session_id) if transport == "livekit" else None
     voice_id = _voice(body, livekit)
