@@ -470,6 +470,43 @@ async def test_real_llm_endpoint_answers(server: RunningServer, tmp_path: Path) 
         await client.close()
 
 
+async def test_a_full_session_sends_the_mouth_track_on_its_data_channel(
+    server: RunningServer, llm: StandInLLM
+) -> None:
+    key = server.store.create_key("a")[1]
+    with server.client() as http:
+        config_id = configure_llm(http, key, llm)
+        context_id = _ok(
+            http.post(
+                "/v1/contexts",
+                headers={"X-API-KEY": key},
+                json={"name": "greeter", "prompt": "Be brief.", "opening_text": "Hello there, how are you?"},
+            )
+        )["id"]
+    client = await start_full(
+        server,
+        key,
+        {
+            "llm_configuration_id": config_id,
+            "mouth_track": True,
+            "avatar_persona": {"context_id": context_id},
+        },
+        [],
+    )
+    try:
+        await client.wait_type("avatar.speak_ended")
+        tracks = [e for _, e in client.events if e.get("type") == p.AVATAR_MOUTH_TRACK]
+        frames = [e["track"]["frame"] for e in tracks]
+        assert len(frames) > 25 and frames == sorted(set(frames)), frames[:40]
+        # The server starts a FULL session's utterances: no client event_id to carry.
+        assert all(e["event_id"] is None for e in tracks)
+        spoken = [e["track"] for e in tracks if e["track"]["speaking"]]
+        assert spoken and not tracks[0]["track"]["speaking"]
+        assert max(r["blendshapes"]["jawOpen"] for r in spoken) > 0.3
+    finally:
+        await client.close()
+
+
 async def test_stopping_a_full_session_leaves_nothing_running(server: RunningServer, llm: StandInLLM) -> None:
     key = server.store.create_key("a")[1]
     with server.client() as http:

@@ -162,7 +162,7 @@ async def test_a_session_without_the_track_sends_no_records(
     ("fields", "says"),
     [
         ({"video": False}, "set mouth_track true"),
-        ({"mode": "FULL", "mouth_track": True}, "for LITE sessions"),
+        ({"mode": "FULL", "video": False, "mouth_track": True}, "for LITE sessions"),
         ({"video": False, "mouth_track": True, "transport": "livekit"}, "set transport webrtc"),
         ({"mouth_track": 1}, "mouth_track"),
     ],

@@ -456,7 +456,11 @@ async def start_full_session(manager: SessionManager, record: SessionRecord) -> 
         if session is not None:
             session.on_segment_event(event)
 
-    avatar = new_live_avatar(engine, on_event)
+    def on_frame(meta: Any) -> None:  # the mouth track, as in a LITE session
+        if session is not None:
+            session.on_frame(meta)
+
+    avatar = new_live_avatar(engine, on_event, on_frame if record.settings.mouth_track else None)
     session = FullSession(record, avatar, manager=manager, started_mono=started_mono)
     session.conversation = new_conversation(avatar, session)
     try:

@@ -195,12 +195,7 @@ ONE_LINE_PATTERN = r"^[^\x00-\x1f\x7f]*$"  # a display name: one line, no contro
 LIVEKIT_URL_PATTERN = r"^(wss?|https?)://"
 
 
-def _both(first: str, second: str) -> dict[str, Any]:
-    """A schema matching bodies where `first` and `second` are both strings (given, not null)."""
-    return {
-        "properties": {first: {"type": "string"}, second: {"type": "string"}},
-        "required": [first, second],
-    }
+NULL = {"type": "null"}
 
 
 def _require_body_rules(document: dict[str, Any], config: ServerConfig) -> None:
@@ -215,32 +210,49 @@ def _require_body_rules(document: dict[str, Any], config: ServerConfig) -> None:
     # Variable names must match the pattern: other keys are refused, not free-form.
     props["dynamic_variables"]["anyOf"][0]["additionalProperties"] = False
     qualities = props["video_quality"]["anyOf"][0]["enum"]
+    # Each rule is one anyOf over the fields it joins, spelled positively (a `not` over required fields
+    # makes the canonical form branch on every way of failing, and the rules' branches multiply: past a
+    # few hundred cases schemathesis gives up on the token body). Rules sharing a field are one rule.
+    track_only = {
+        "properties": {
+            "mouth_track": {"const": True},
+            "mode": {"const": "LITE"},
+            # With a LiveKit server of its own, livekit is the default transport: webrtc must be named.
+            "transport": {"const": "webrtc"} if config.livekit.configured else {"enum": ["webrtc", None]},
+            "livekit_config": NULL,
+        },
+        "required": ["mouth_track", "transport"] if config.livekit.configured else ["mouth_track"],
+    }
+    if config.livekit.configured:  # livekit_config names the caller's room; webrtc takes none
+        transport_rule = [
+            {"properties": {"transport": {"enum": ["livekit", None]}}},
+            {"properties": {"livekit_config": NULL}},
+        ]
+    else:  # without a LiveKit server of its own the server makes no rooms: livekit names the caller's
+        transport_rule = [
+            {"properties": {"transport": {"enum": ["webrtc", None]}, "livekit_config": NULL}},
+            {
+                "properties": {
+                    "transport": {"enum": ["livekit", None]},
+                    "livekit_config": {"type": "object"},
+                },
+                "required": ["livekit_config"],
+            },
+        ]
     rules: list[dict[str, Any]] = [
-        {"not": _both("avatar_id", "avatar_image_url")},
+        # A photo URL builds a new avatar: not with avatar_id, not in a sandbox session.
         {
-            "not": {
-                "properties": {"is_sandbox": {"const": True}, "avatar_image_url": {"type": "string"}},
-                "required": ["is_sandbox", "avatar_image_url"],
-            }
+            "anyOf": [
+                {"properties": {"avatar_image_url": NULL}},
+                {"properties": {"avatar_id": NULL, "is_sandbox": {"enum": [False, None]}}},
+            ]
         },
-        {
-            "not": {
-                "properties": {"transport": {"const": "webrtc"}, "livekit_config": {"type": "object"}},
-                "required": ["transport", "livekit_config"],
-            }
-        },
+        {"anyOf": transport_rule},
         # video_quality and video_settings.quality, when both given, agree.
         {
             "anyOf": [
-                {
-                    "not": {
-                        "properties": {
-                            "video_quality": {"type": "string"},
-                            "video_settings": {"required": ["quality"]},
-                        },
-                        "required": ["video_quality", "video_settings"],
-                    }
-                },
+                {"properties": {"video_quality": NULL}},
+                {"properties": {"video_settings": {"anyOf": [NULL, {"properties": {"quality": False}}]}}},
                 *(
                     {
                         "properties": {
@@ -252,61 +264,9 @@ def _require_body_rules(document: dict[str, Any], config: ServerConfig) -> None:
                 ),
             ]
         },
+        # Track-only (video false) needs the mouth track and a LITE session (_check_track_only).
+        {"anyOf": [{"properties": {"video": {"const": True}}}, track_only]},
     ]
-    # The mouth track and track-only sessions (server.sessions.tokens._check_track_only).
-    track_only = {"properties": {"video": {"const": False}}, "required": ["video"]}
-    rules += [
-        {
-            "anyOf": [
-                {"not": track_only},
-                {"properties": {"mouth_track": {"const": True}}, "required": ["mouth_track"]},
-            ]
-        },
-        *(
-            {
-                "not": {
-                    "properties": {"mode": {"const": "FULL"}, name: {"const": value}},
-                    "required": ["mode", name],
-                }
-            }
-            for name, value in (("mouth_track", True), ("video", False))
-        ),
-        {
-            "not": {
-                "allOf": [
-                    track_only,
-                    {"properties": {"livekit_config": {"type": "object"}}, "required": ["livekit_config"]},
-                ]
-            }
-        },
-        {
-            "not": {
-                "allOf": [
-                    track_only,
-                    {"properties": {"transport": {"const": "livekit"}}, "required": ["transport"]},
-                ]
-            }
-        },
-    ]
-    if config.livekit.configured:  # transport livekit is then the default: track-only names webrtc
-        rules.append(
-            {
-                "anyOf": [
-                    {"not": track_only},
-                    {"properties": {"transport": {"const": "webrtc"}}, "required": ["transport"]},
-                ]
-            }
-        )
-    if not config.livekit.configured:
-        # Without a LiveKit server of its own the server makes no rooms: transport livekit names the caller's.
-        rules.append(
-            {
-                "not": {
-                    "properties": {"transport": {"const": "livekit"}, "livekit_config": {"type": "null"}},
-                    "required": ["transport"],
-                }
-            }
-        )
     token["allOf"] = rules
     livekit = schemas["LiveKitConfig"]
     livekit["properties"]["livekit_url"]["pattern"] = LIVEKIT_URL_PATTERN

@@ -120,7 +120,7 @@ class TokenRequest(_Body):
         default=False,
         description="Send each frame's mouth-track record (docs/mouth-track.md) as an avatar.mouth_track "
         "event on the LITE WebSocket and the WebRTC data channel (transport livekit: on the room's data "
-        "topic facecast.mouth_track) as the frame's audio plays. LITE only.",
+        "topic facecast.mouth_track) as the frame's audio plays. LITE and FULL sessions.",
     )
     video: bool = Field(
         default=True,

@@ -154,16 +154,18 @@ def _transport(config: ServerConfig, body: TokenRequest) -> str:
 
 
 def _check_track_only(body: TokenRequest, transport: str) -> None:
-    """The mouth track and track-only sessions (docs/mouth-track.md): LITE only; no video only with the
-    track, and only over this server's WebRTC peer (a LiveKit room's avatar always publishes video)."""
-    if body.mode == "FULL" and (body.mouth_track or not body.video):
+    """Track-only sessions (docs/mouth-track.md): no video only with the mouth track, in LITE sessions
+    (a FULL session's user watches the avatar), and only over this server's WebRTC peer (a LiveKit
+    room's avatar always publishes video)."""
+    if body.video:
+        return
+    if body.mode == "FULL":
         raise ApiError(
             400,
             p.CODE_BAD_REQUEST,
-            "mouth_track and video false are for LITE sessions; drop them or mint mode LITE",
+            "video false (a track-only session) is for LITE sessions: a FULL session's user talks with the "
+            "avatar they see; drop video false (mouth_track works in FULL sessions) or mint mode LITE",
         )
-    if body.video:
-        return
     if not body.mouth_track:
         raise ApiError(
             400,
