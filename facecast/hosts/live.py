@@ -8,7 +8,10 @@ starts playing; transports that send at once (aiortc, Pipecat) use no lead. A pa
 `queue_frames` frames produced ahead of their release.
 
 One worker thread per avatar makes every engine call (pushes, clear, next_frame) in call order: the engine
-is not thread-safe, and a frame costs milliseconds of CPU that must not block the event loop.
+is not thread-safe, and a frame costs milliseconds of CPU that must not block the event loop. A process
+that runs nothing but live sessions (a server's worker process) makes them on the loop instead
+(`engine_thread="loop"`): there the loop has nothing better to do meanwhile, and each frame saves two
+thread hand-offs and the loop's wait for the GIL behind the engine threads.
 
 One lag rule: a frame produced more than one period late is produced without drawing (its audio and face
 state still advance); production more than MAX_LAG_S behind moves the clock on instead of chasing it.
@@ -41,7 +44,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Generic, NamedTuple, TypeVar
+from typing import Any, Generic, Literal, NamedTuple, TypeVar
 
 import numpy as np
 
@@ -69,6 +72,10 @@ MAX_LAG_S = 0.25  # behind by more than this, the clock is moved on rather than 
 STILL_PX = 0.25
 
 T = TypeVar("T")
+
+# Where a live avatar's engine calls run: on its own worker thread, or on the event loop (a process that
+# runs only live sessions, such as a server's worker process: see LiveCore).
+EngineThread = Literal["own", "loop"]
 
 
 class AvatarClosed(ConnectionError):
@@ -191,6 +198,7 @@ class LiveCore:
         lead_s: float = 0.0,
         idle_yields_to_speech: bool = False,
         still_px: float = STILL_PX,
+        engine_thread: EngineThread = "own",
     ) -> None:
         if queue_frames < 1:
             raise ValueError(f"queue_frames must be at least 1, got {queue_frames}")
@@ -204,7 +212,14 @@ class LiveCore:
         self._still_px = still_px
         _hold_still(engine.renderer, still_px)
         self.stats = LiveStats()
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="facecast-avatar")
+        if engine_thread not in ("own", "loop"):
+            raise ValueError(f"engine_thread must be 'own' or 'loop', got {engine_thread!r}")
+        # None: every engine call runs on the event loop, in call order.
+        self._worker = (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="facecast-avatar")
+            if engine_thread == "own"
+            else None
+        )
         fps = engine.config.fps
         audio_frames = max(1, round(AUDIO_QUEUE_S * fps))
         self._video: _Output[VideoOut] = _Output(VIDEO_QUEUE_FRAMES)
@@ -286,7 +301,8 @@ class LiveCore:
             await asyncio.gather(self._task, return_exceptions=True)
         # Joined off the loop: the worker may be in the middle of a frame. Calls already queued still
         # run, so their callers get a result rather than a CancelledError they did not ask for.
-        await asyncio.to_thread(self._worker.shutdown, wait=True)
+        if self._worker is not None:
+            await asyncio.to_thread(self._worker.shutdown, wait=True)
 
     def _close_outputs(self) -> None:
         self._closed = True
@@ -388,7 +404,7 @@ class LiveCore:
             AudioOut(self._silent(len(a.samples)), a.sample_start) for a in self._audio.items
         )
         self._frames.items = deque(f._replace(video=None, audio=None) for f in self._frames.items)
-        self._worker.submit(self._timed, self._engine.clear)
+        self._submit(self._engine.clear)
 
     async def set_listening(self, listening: bool) -> None:
         await self._call(self._engine.set_listening, listening)
@@ -402,17 +418,28 @@ class LiveCore:
             self._engine.renderer = renderer
 
         if not self._closed:
-            self._worker.submit(self._timed, swap)
+            self._submit(swap)
 
     def set_listening_now(self, listening: bool) -> None:
         """set_listening from synchronous code (it takes effect in call order all the same)."""
         if not self._closed:
-            self._worker.submit(self._timed, functools.partial(self._engine.set_listening, listening))
+            self._submit(functools.partial(self._engine.set_listening, listening))
 
     async def _call(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         self._check_open()
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._worker, self._timed, functools.partial(fn, *args, **kwargs))
+        return await self._run(functools.partial(fn, *args, **kwargs))
+
+    async def _run(self, fn: Callable[[], T]) -> T:
+        if self._worker is None:
+            return self._timed(fn)
+        return await asyncio.get_running_loop().run_in_executor(self._worker, self._timed, fn)
+
+    def _submit(self, fn: Callable[[], object]) -> None:
+        """Run `fn` after the engine calls already made, without waiting for it."""
+        if self._worker is None:
+            self._timed(fn)
+        else:
+            self._worker.submit(self._timed, fn)
 
     def _timed(self, fn: Callable[[], T]) -> T:
         started = time.thread_time()
@@ -466,8 +493,8 @@ class LiveCore:
                     self.stats.clock_rebased += 1
                 render = lag <= period
                 epoch = self._epoch
-                video, audio, meta, seconds = await loop.run_in_executor(
-                    self._worker, self._timed, functools.partial(self._next_engine_frame, render)
+                video, audio, meta, seconds = await self._run(
+                    functools.partial(self._next_engine_frame, render)
                 )
                 self._engine_s.append(seconds)
                 self.stats.engine_ms = 1000.0 * sum(self._engine_s) / len(self._engine_s)

@@ -44,7 +44,7 @@ from facecast.avatars.look import Look
 from facecast.avatars.refs import LibraryAvatar, parse_avatar_id
 from facecast.engine import Engine
 from facecast.engine.types import PhoneTiming, SegmentEvent, SegmentTag
-from facecast.hosts.live import AvatarClosed, LiveCore, LiveStats
+from facecast.hosts.live import AvatarClosed, EngineThread, LiveCore, LiveStats
 from facecast.server.memory import MemoryReleaser, freeze_long_lived, map_large_buffers
 from facecast.server.session_settings import DEFAULT_LIP_SYNC, LipSync, SessionSettings
 
@@ -106,9 +106,11 @@ def build_engine(spec: AvatarSpec) -> Engine:
     return Engine(renderer, spec.lip_sync.engine_config(look, WEBRTC_AUDIO_RATE))
 
 
-def new_live_avatar(engine: Engine, on_event: Callable[[SegmentEvent], None]) -> LiveCore:
+def new_live_avatar(
+    engine: Engine, on_event: Callable[[SegmentEvent], None], *, engine_thread: EngineThread = "own"
+) -> LiveCore:
     """The one place a live session's avatar is made, in-process or in a worker."""
-    return LiveCore(engine, on_event=on_event)
+    return LiveCore(engine, on_event=on_event, engine_thread=engine_thread)
 
 
 # -- wire messages ------------------------------------------------------------------------------------
@@ -340,7 +342,10 @@ class _Worker:
         def on_event(event: SegmentEvent) -> None:
             self.channel.send(Notice(session_id, "segment", event))
 
-        avatar = new_live_avatar(engine, on_event)
+        # On the worker's loop: the process exists to run its sessions, so a frame computed there blocks
+        # nothing else; a thread per session would only add two GIL hand-offs per frame and make the
+        # loop (signalling, RTP, encoding) wait for the GIL behind the engines.
+        avatar = new_live_avatar(engine, on_event, engine_thread="loop")
         self.sessions[session_id] = _WorkerSession(avatar)
         await avatar.start(started_at=request.started_at)
 
