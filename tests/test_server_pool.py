@@ -213,3 +213,18 @@ def test_a_process_reads_a_library_bundle_once_until_its_file_changes(tmp_path: 
     path.unlink()  # deleted: never served from the cache
     with pytest.raises(ValueError, match="av_cached"):
         build_engine(spec)
+
+
+def test_sessions_of_a_built_in_avatar_draw_with_forks_of_one_renderer_per_look() -> None:
+    from facecast.avatars import load_renderer
+    from facecast.engine import FaceState
+
+    look = Look(avatar="mira", quality="low", background="green")
+    first, second = (build_engine(AvatarSpec(look)).renderer for _ in range(2))
+    other = build_engine(AvatarSpec(Look(avatar="mira", quality="low"))).renderer
+    assert first is not second and first._bgs is second._bgs  # type: ignore[union-attr]
+    assert other._bgs is not first._bgs  # type: ignore[union-attr]  # another look, another renderer
+    fresh = load_renderer("mira", quality="low", background="green")
+    for state in (FaceState(), FaceState(head_yaw=4.0, blink=0.6, speaking=True)):
+        assert np.array_equal(first.render(state), fresh.render(state))  # type: ignore[union-attr]
+        assert np.array_equal(second.render(state), fresh.render(state))  # type: ignore[union-attr]
