@@ -292,6 +292,23 @@ async def test_late_frames_are_produced_without_video_but_audio_stays_continuous
     )
 
 
+async def test_a_late_video_consumer_gets_the_latest_released_frame_at_once() -> None:
+    avatar = LiveCore(_engine())
+    try:
+        await avatar.start()
+        await _until(lambda: avatar.stats.frames >= 3)
+        released = avatar.last_frame
+        assert released is not None
+        # One already released (the latest drawn), not the next release.
+        first = await avatar.next_video()
+        assert first.index <= released.index
+        assert (await avatar.next_video()).index > first.index
+        avatar.clear_now()  # a clear drops what was released and not taken, the kept frame too
+        assert avatar._video.last is None and not avatar._video.items
+    finally:
+        await avatar.aclose()
+
+
 async def test_outputs_stay_bounded_when_the_consumer_stops_reading() -> None:
     avatar = LiveCore(_engine())
     try:

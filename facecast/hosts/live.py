@@ -162,17 +162,29 @@ class _Produced:
 
 class _Output(Generic[T]):
     """A bounded drop-oldest queue that a consumer awaits; it fills only once someone has asked for an
-    item, so a transport that connects late does not start with a stale backlog."""
+    item, so a transport that connects late does not start with a stale backlog. With `keep_last`, the
+    latest item put before then is the first one it gets (at once, rather than a period later)."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, *, keep_last: bool = False) -> None:
         self.items: deque[T] = deque()
         self.limit = limit
         self.wanted = False
         self.ready = asyncio.Event()
+        self.keep_last = keep_last
+        self.last: T | None = None
+
+    def want(self) -> None:
+        if not self.wanted:
+            self.wanted = True
+            if self.last is not None:
+                self.items.append(self.last)
+                self.last = None
 
     def put(self, item: T) -> bool:
         """Queue `item`; False when the oldest one had to be dropped to make room."""
         if not self.wanted:
+            if self.keep_last:
+                self.last = item
             return True
         self.items.append(item)
         self.ready.set()
@@ -222,7 +234,8 @@ class LiveCore:
         )
         fps = engine.config.fps
         audio_frames = max(1, round(AUDIO_QUEUE_S * fps))
-        self._video: _Output[VideoOut] = _Output(VIDEO_QUEUE_FRAMES)
+        # A video track that starts late gets the latest frame at once: its first picture on the wire.
+        self._video: _Output[VideoOut] = _Output(VIDEO_QUEUE_FRAMES, keep_last=True)
         self._audio: _Output[AudioOut] = _Output(audio_frames)
         self._frames: _Output[LiveFrame] = _Output(audio_frames)
         self._pending: deque[_Produced] = deque()  # produced, not yet released, in release order
@@ -307,6 +320,7 @@ class LiveCore:
     def _close_outputs(self) -> None:
         self._closed = True
         self._pending.clear()
+        self._video.last = None
         for output in (self._video, self._audio, self._frames):
             output.items.clear()
             output.ready.set()
@@ -400,6 +414,7 @@ class LiveCore:
             self._mute(item)
         # Released but not yet taken by the transport: its speech must not be heard either.
         self._video.items.clear()
+        self._video.last = None
         self._audio.items = deque(
             AudioOut(self._silent(len(a.samples)), a.sample_start) for a in self._audio.items
         )
@@ -462,7 +477,7 @@ class LiveCore:
         return await self._next(self._frames)
 
     async def _next(self, output: _Output[T]) -> T:
-        output.wanted = True
+        output.want()
         while True:
             self._check_open()
             if output.items:
@@ -559,8 +574,8 @@ class LiveCore:
             stats.speech_frames += 1
             stats.text_frames += int(meta.mouth_source in TEXT_MOUTH_SOURCES)
             stats.transcript_mismatch_frames += int(meta.transcript_mismatch)
-        # Only the outputs a transport reads are filled (and their items made).
-        wants_video = video is not None and self._video.wanted
+        # Only the outputs a transport reads are filled (and their items made); video keeps its latest.
+        wants_video = video is not None
         if wants_video and not self._video.put(VideoOut(video, meta.index, meta.index / cfg.fps)):
             stats.frames_lost_in_queue += 1
         if self._audio.wanted:
