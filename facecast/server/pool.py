@@ -37,6 +37,7 @@ from typing import Any, Literal, NamedTuple, get_args
 
 import numpy as np
 
+from facecast import settings
 from facecast.avatars import AvatarLibrary, load_renderer
 from facecast.avatars.bundle import Bundle
 from facecast.avatars.kinds import open_bundle, renderer_from_bundle
@@ -282,7 +283,8 @@ class _WorkerSession:
 
 class _Worker:
     """The worker process's side: runs requests as tasks (calls for one session keep their order: each
-    task makes its engine call, on the loop, before it first yields)."""
+    task hands its engine call to the avatar's worker thread, or makes it on the loop, before it first
+    yields)."""
 
     def __init__(self, channel: _Channel) -> None:
         self.channel = channel
@@ -355,10 +357,10 @@ class _Worker:
         def on_event(event: SegmentEvent) -> None:
             self.channel.send(Notice(session_id, "segment", event))
 
-        # On the worker's loop: the process exists to run its sessions, so a frame computed there blocks
-        # nothing else; a thread per session would only add two GIL hand-offs per frame and make the
-        # loop (signalling, RTP, encoding) wait for the GIL behind the engines.
-        avatar = new_live_avatar(engine, on_event, engine_thread="loop")
+        # FACECAST_LIVE_ENGINE_THREAD=loop: on the worker's loop, which saves two thread hand-offs per
+        # frame and the loop's waits for the GIL; but a joining session's signalling then waits behind
+        # the others' frames, which on an overloaded machine was worse (docs/benchmarks.md).
+        avatar = new_live_avatar(engine, on_event, engine_thread=settings.LIVE_ENGINE_THREAD.get())
         self.sessions[session_id] = _WorkerSession(avatar)
         await avatar.start(started_at=request.started_at)
 
