@@ -228,3 +228,31 @@ def test_sessions_of_a_built_in_avatar_draw_with_forks_of_one_renderer_per_look(
     for state in (FaceState(), FaceState(head_yaw=4.0, blink=0.6, speaking=True)):
         assert np.array_equal(first.render(state), fresh.render(state))  # type: ignore[union-attr]
         assert np.array_equal(second.render(state), fresh.render(state))  # type: ignore[union-attr]
+
+
+async def test_a_spare_engine_is_taken_only_for_its_spec_and_built_again_after() -> None:
+    built: list[AvatarSpec] = []
+
+    def build(spec: AvatarSpec) -> Any:
+        built.append(spec)
+        return object()
+
+    spare = pool.SpareEngine(build)
+    ava, mira = AvatarSpec(Look(avatar="ava")), AvatarSpec(Look(avatar="mira"))
+    assert spare.take(ava) is None  # nothing built yet
+    await spare.refill(ava)
+    await spare.refill(ava)  # already there: not built twice
+    assert built == [ava]
+    assert spare.take(mira) is None
+    engine = spare.take(ava)
+    assert engine is not None and spare.take(ava) is None  # taken once
+    await spare.refill(mira)  # another spec replaces it
+    assert spare.take(ava) is None and spare.take(mira) is not None
+    assert built == [ava, mira]
+
+    def broken(spec: AvatarSpec) -> Any:
+        raise ValueError("no such avatar")
+
+    failing = pool.SpareEngine(broken)
+    await failing.refill(ava)  # logged, not raised: a session's start never waits on it
+    assert failing.take(ava) is None

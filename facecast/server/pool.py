@@ -275,6 +275,40 @@ def _warm_up() -> None:
         engine.next_frame()
 
 
+# A spare engine is built this long after the start that took the last one: by then the new session's
+# signalling and first frames are done, and building (~35 ms, mostly PocketSphinx loading its model)
+# does not delay them.
+SPARE_AFTER_S = 1.0
+
+
+class SpareEngine:
+    """One engine built ahead for the avatar spec that sessions last asked for, so that the next session's
+    start takes it instead of building one. It is a plain object: nothing to close."""
+
+    def __init__(self, build: Callable[[AvatarSpec], Engine] = build_engine) -> None:
+        self._build = build
+        self._ready: tuple[AvatarSpec, Engine] | None = None
+
+    def take(self, spec: AvatarSpec) -> Engine | None:
+        """The spare, if it was built for `spec` (then there is none until the next refill)."""
+        if self._ready is None or self._ready[0] != spec:
+            return None
+        engine, self._ready = self._ready[1], None
+        return engine
+
+    async def refill(self, spec: AvatarSpec, *, after_s: float = 0.0) -> None:
+        """Build a spare for `spec` (after `after_s`), replacing one for another spec; errors are logged."""
+        await asyncio.sleep(after_s)
+        if self._ready is not None and self._ready[0] == spec:
+            return
+        try:
+            engine = await asyncio.to_thread(self._build, spec)
+        except Exception:
+            log.exception("building a spare engine failed")
+            return
+        self._ready = (spec, engine)
+
+
 class _WorkerSession:
     def __init__(self, avatar: LiveCore) -> None:
         self.avatar = avatar
@@ -291,6 +325,7 @@ class _Worker:
         self.sessions: dict[str, _WorkerSession] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self.memory = MemoryReleaser()
+        self.spare = SpareEngine()
 
     async def serve(self) -> None:
         pushing = asyncio.create_task(self._push_stats_forever())
@@ -352,7 +387,12 @@ class _Worker:
 
     async def _start(self, request: Start) -> None:
         session_id = request.session
-        engine = await asyncio.to_thread(build_engine, request.spec)
+        engine = self.spare.take(request.spec) or await asyncio.to_thread(build_engine, request.spec)
+        # Built-ins only: a library avatar's file may change or go before the spare would be taken.
+        if isinstance(parse_avatar_id(request.spec.look.avatar), BuiltinAvatar):
+            refill = asyncio.create_task(self.spare.refill(request.spec, after_s=SPARE_AFTER_S))
+            self.tasks.add(refill)
+            refill.add_done_callback(self.tasks.discard)
 
         def on_event(event: SegmentEvent) -> None:
             self.channel.send(Notice(session_id, "segment", event))
