@@ -38,6 +38,10 @@ FPS_CHOICES: Final = (25, 30)
 TRACKERS: Final[tuple[str, ...]] = ("auto", "phones", "energy")
 DEFAULT_LOOKAHEAD_MS: Final = 100
 MAX_LOOKAHEAD_MS: Final = 200
+# FULL mode's speech services, by Pipecat service (token fields stt_service / tts_service); the first of
+# each is the default, which needs no key (docs/full-mode.md § Other STT and TTS services).
+STT_PROVIDERS: Final[tuple[str, ...]] = ("pocketsphinx", "openai", "deepgram")
+TTS_PROVIDERS: Final[tuple[str, ...]] = ("espeak", "openai", "cartesia", "elevenlabs")
 DEFAULT_AVATAR: Final = "ava"
 
 # Landscape sizes; 3:4 is the transpose of 4:3.
@@ -120,6 +124,9 @@ AGENT_SPEAK_INTERRUPTED: Final = "agent.speak_interrupted"
 AGENT_STATE_UPDATED: Final = "agent.state_updated"
 SESSION_STOPPED: Final = "session.stopped"  # {end_reason}
 SESSION_STATS: Final = "session.stats"
+# {event_id: the utterance's, null on idle frames; track: one mouth-track record, docs/mouth-track.md}: one
+# per frame, sent as the frame's audio starts playing, to sessions minted with mouth_track true.
+AVATAR_MOUTH_TRACK: Final = "avatar.mouth_track"
 ERROR: Final = "error"  # {code, message, event_id?}
 
 AGENT_TALKING: Final = "talking"

@@ -117,6 +117,7 @@ def test_window_figures_from_counters_and_arrivals() -> None:
     assert w.largest_gap_ms == pytest.approx(7000.0 - 149 * PERIOD * 1000)
     assert w.long_gaps == 1
     assert w.dropped_pct == pytest.approx(100.0 * (30 + 8 + 29) / 600)
+    assert w.cpu_ms_per_frame == pytest.approx(6000.0 / 570)  # 6 s of server CPU over 570 frames
 
 
 def test_window_figures_read_the_live_core_stats_names() -> None:
@@ -230,3 +231,34 @@ def test_cpu_between_follows_processes_that_come_and_go() -> None:
     a = proctree.TreeSample(6.0, 0, 2, 2, {1: 1.0, 2: 5.0})
     b = proctree.TreeSample(2.5, 0, 2, 2, {1: 2.0, 3: 0.5})  # 2 ended, 3 started: the total fell
     assert proctree.cpu_between(a, b) == pytest.approx(1.5)
+
+
+def test_record_lateness_counts_records_late_against_their_frames() -> None:
+    on_time, late = Arrivals(), Arrivals()
+    for frame in range(30):
+        on_time.add(100.0 + frame / bench.FPS, frame)
+        # Frame 20 comes 60 ms late (and the ones after it on time again).
+        late.add(200.0 + frame / bench.FPS + (0.06 if frame == 20 else 0.0), frame)
+    p95, worst = bench.record_lateness_ms([on_time], 100.0, 102.0)
+    assert p95 == pytest.approx(0.0, abs=0.01) and worst == pytest.approx(0.0, abs=0.01)
+    p95, worst = bench.record_lateness_ms([on_time, late], 0.0, 300.0)
+    assert worst == pytest.approx(60.0, abs=0.01) and p95 < worst
+    assert all(math.isnan(v) for v in bench.record_lateness_ms([on_time], 0.0, 1.0))  # none inside
+
+
+def test_level_table_of_track_only_sessions_reports_records() -> None:
+    run = bench.LevelRun("this checkout", 8, reached=8, track_only=True, lateness_ms=(12.0, 40.0))
+    table = bench.level_table(8, [[run]], 10.0, 5.0)
+    rows = {row[0]: row[1:] for row in table.rows}
+    assert "track-only" in table.title
+    assert rows["record lateness ms, p95"] == ["12.0"] and rows["record lateness ms, max"] == ["40.0"]
+    assert "delivered records/s per session, mean" in rows
+    assert not any(name.startswith(("sampled session", "server: encode")) for name in rows)
+
+
+def test_window_figures_skip_a_session_that_ended_in_the_window() -> None:
+    a = _snapshot(0.0, 0.0, 0.0, [_stats(0, 0, 0, 0.0), _stats(0, 0, 0, 0.0)])
+    b = _snapshot(10.0, 0.0, 0.0, [_stats(300, 0, 300, 10.0), {}])  # the second one's record: no stats
+    w = bench.window_figures(a, b, [Arrivals(), Arrivals()])
+    assert w.not_drawn == 0 and w.dropped_pct == pytest.approx(0.0, abs=0.5)
+    assert w.cpu_ms_per_frame == pytest.approx(0.0)  # the snapshots' server CPU did not move

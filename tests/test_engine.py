@@ -150,6 +150,30 @@ def test_same_output_whatever_the_chunk_sizes(speech: tuple[np.ndarray, int, str
     assert key == [(f.audio.tobytes(), f.meta.mouth, f.meta.input_start) for f in streamed]
 
 
+@pytest.mark.parametrize("tracker", ["phones", "energy"])
+def test_an_ended_segment_reads_features_computed_ahead_exactly_as_frame_by_frame(
+    speech: tuple[np.ndarray, int, str], tracker: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file (all audio pushed, then end_segment) has its energy features computed in blocks ahead of
+    the frames that read them; every frame must be the one computing them frame by frame gives."""
+    from facecast.engine import tracker as tracker_module
+    from facecast.engine.mouth_track import mouth_track_record
+
+    pcm, rate, _ = speech
+    cfg = EngineConfig(out_rate=24000, fps=30, tracker=tracker)
+
+    def render_offline() -> list[dict]:
+        engine = Engine(None, cfg)
+        engine.push_audio(pcm, rate)
+        engine.end_segment()
+        return [mouth_track_record(f.meta) for f in _drain(engine)]
+
+    ahead = render_offline()
+    assert len(pcm) * 16000 // rate > tracker_module.FEATURE_BLOCK * tracker_module.HOP  # more than one block
+    monkeypatch.setattr(tracker_module, "FEATURE_BLOCK", 0)  # no look-ahead: the streaming computation
+    assert render_offline() == ahead
+
+
 def test_same_input_and_seed_give_the_same_face(speech: tuple[np.ndarray, int, str]) -> None:
     pcm, rate, _ = speech
     runs = []

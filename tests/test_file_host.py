@@ -19,7 +19,7 @@ import soundfile as sf
 
 from facecast.engine.mouth_track import BLENDSHAPE_NAMES
 from facecast.engine.types import VISEMES, FaceState
-from facecast.hosts.file import MediaError, Mp4Writer, RenderOptions, read_audio, render_file
+from facecast.hosts.file import MediaError, Mp4Encoder, Mp4Writer, RenderOptions, read_audio, render_file
 from facecast.hosts.progress import Progress
 from facecast.hosts.render_pool import RenderPipeline, RenderPipelineError
 
@@ -193,6 +193,38 @@ def test_mp4_writer_sync(tmp_path: Path) -> None:
     start, end = first_loud(pcm, rate, threshold=2000)
     assert start == pytest.approx(burst.start / FPS, abs=0.005)  # AAC smears an onset by a few ms
     assert end == pytest.approx(burst.stop / FPS, abs=0.005)  # AAC smears an onset by a few ms
+
+
+@pytest.mark.parametrize(("width", "height"), [(96, 64), (94, 62)])  # even and odd chroma heights
+def test_mp4_encoder_may_reuse_a_picture_buffer_at_once(tmp_path: Path, width: int, height: int) -> None:
+    """The encoder wraps an I420 picture instead of copying it where it can: overwriting the buffer
+    as soon as encode returns (as the render pipeline's ring does) must give the file that a fresh
+    buffer per frame gives."""
+    rng = np.random.default_rng(3)
+    pictures = [rng.integers(0, 256, (height * 3 // 2, width), dtype=np.uint8) for _ in range(12)]
+    audio = np.zeros(24000 // FPS, np.int16)
+    files = []
+    for name in ("fresh", "reused"):
+        path = tmp_path / f"{name}.mp4"
+        encoder = Mp4Encoder(path, width=width, height=height, fps=FPS, sample_rate=24000)
+        shared = np.zeros_like(pictures[0])
+        for picture in pictures:
+            if name == "fresh":
+                encoder.encode(picture.copy(), audio)
+            else:
+                shared[:] = picture
+                encoder.encode(shared, audio)
+                shared[:] = 0  # what a render worker writing the next frame into the slot does
+        encoder.close()
+        files.append(path.read_bytes())
+    assert files[0] == files[1]
+    with av.open(str(tmp_path / "reused.mp4")) as c:
+        luma = [f.to_ndarray(format="yuv420p")[:height] for f in c.decode(video=0)]
+    assert len(luma) == len(pictures)
+    # ultrafast at crf 23 keeps random noise only roughly: the frames still match their own source best
+    for i, y in enumerate(luma):
+        errors = [np.abs(y.astype(int) - p[:height].astype(int)).mean() for p in pictures]
+        assert int(np.argmin(errors)) == i
 
 
 # --- rendering through the engine ----------------------------------------------------------------

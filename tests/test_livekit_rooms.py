@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -30,6 +31,7 @@ from livekit_speech import AVATAR_QUALITY, RATE, mouth_box, stream, to_24k
 from server_harness import RunningServer, running_server
 
 from facecast.client.livekit_viewer import RoomViewer
+from facecast.hosts.livekit.names import MOUTH_TRACK_TOPIC
 from facecast.server.sessions import RoomSession
 
 AGENT = "agent"
@@ -277,3 +279,52 @@ async def test_local_mode_agent_session_in_a_real_room(
             await avatar.aclose()
             await session.aclose()
     assert AGENT in viewer.room.remote_participants  # local mode never removes the agent
+
+
+@pytest.mark.parametrize("mode", ["remote", "local"])
+async def test_plugin_avatar_sends_the_mouth_track_in_a_real_room(
+    agent_job: None,
+    agent_room: rtc.Room,
+    viewer: RoomViewer,
+    facecast_server: RunningServer,
+    sentence: np.ndarray,
+    mode: str,
+) -> None:
+    """`AvatarSession(mouth_track=True)`: remote mode asks the server's worker for it (the token body),
+    local mode the agent's own runner; either way every frame's record reaches the room on
+    `facecast.mouth_track`, in frame order, the jaw open while the agent speaks and at rest before."""
+    records: list[tuple[str, dict[str, Any]]] = []
+
+    def on_data(packet: rtc.DataPacket) -> None:
+        if packet.topic == MOUTH_TRACK_TOPIC and packet.participant is not None:
+            records.append((packet.participant.identity, json.loads(packet.data)))
+
+    viewer.room.on("data_received", on_data)
+    key = facecast_server.store.create_key("track")[1]
+    with fake_job_context(room=agent_room, agent_identity=AGENT):
+        session: AgentSession[Any] = AgentSession()
+        options: dict[str, Any] = {"api_url": facecast_server.url, "api_key": key} if mode == "remote" else {}
+        avatar = facecast.AvatarSession(mode=mode, video_quality=AVATAR_QUALITY, mouth_track=True, **options)
+        try:
+            await avatar.start(session, room=agent_room)
+            await start_agent(session, viewer, f"{mode}, mouth track")
+            await asyncio.sleep(0.5)  # idle frames first
+            handle = session.say("A sentence.", audio=stream(sentence), add_to_chat_ctx=False)
+            await asyncio.wait_for(handle.wait_for_playout(), HANG_S)
+            await asyncio.sleep(0.3)
+            if mode == "remote":
+                assert avatar.session_id is not None
+                assert facecast_server.session(avatar.session_id).settings.mouth_track is True
+        finally:
+            with contextlib.suppress(Exception):
+                await avatar.aclose()
+            with contextlib.suppress(Exception):
+                await session.aclose()
+    assert records, "no mouth-track record arrived"
+    assert {sender for sender, _ in records} == {AVATAR if mode == "remote" else AGENT}
+    frames = [r["frame"] for _, r in records]
+    assert frames == sorted(set(frames)), "records out of frame order"
+    speaking = [r["blendshapes"]["jawOpen"] for _, r in records if r["speaking"]]
+    idle = [r["blendshapes"]["jawOpen"] for _, r in records[:10] if not r["speaking"]]
+    assert len(speaking) > 20 and idle, (len(speaking), len(idle))
+    assert max(speaking) > 0.3 and max(idle) < 0.05

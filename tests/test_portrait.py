@@ -14,6 +14,7 @@ import pytest
 from photos import astronaut_rgb, coffee_rgb, with_beard, with_glasses
 
 from facecast.avatars import AvatarLibrary, load_renderer
+from facecast.avatars import face_mesh as fm
 from facecast.avatars.build import build_avatar
 from facecast.avatars.bundle import Bundle, BundleError, read_bundle, write_bundle
 from facecast.avatars.faces import FaceAnalysis, NoFaceError, analyze_faces
@@ -308,9 +309,10 @@ def test_a_bearded_face_talks_and_its_neck_stays(analysis: FaceAnalysis, tmp_pat
     assert extra["glasses"] is False
     x0, y0, x1, y1 = r.mouth_box()
     frames = [r.render(FaceState(mouth=MouthParams(open=v))) for v in (0.0, 0.3, 0.6, 0.9)]
-    # The beard is as dark as an open mouth, so the opening is read by colour: the cavity's dark red.
+    # The beard is as dark as an open mouth, so the opening is read by colour: the cavity's dark red, or
+    # its near-black back (darker than any beard pixel, luma 48 and up).
     mouth = [f[y0:y1, x0:x1].astype(int) for f in frames]
-    cavity = [(((m[..., 0] - m[..., 1]) > 40) & (_luma(m) < 90)).mean() for m in mouth]
+    cavity = [((((m[..., 0] - m[..., 1]) > 40) & (_luma(m) < 90)) | (_luma(m) < 40)).mean() for m in mouth]
     assert cavity[0] < cavity[1] < cavity[2] < cavity[3] and cavity[3] > cavity[0] + 0.03
     rest, talking = frames[0], frames[3]
     changed = np.abs(talking.astype(int) - rest).max(axis=2) > 12
@@ -332,3 +334,31 @@ def test_drawn_teeth_when_the_photo_shows_none(bundle_path: Path, tmp_path: Path
     luma = r.render(FaceState(mouth=MouthParams(open=0.9, teeth=0.8)))[y0:y1, x0:x1].astype(float) @ weights
     teeth = (luma > 200) & (rest < 190)  # new bright pixels: not the skin's highlights
     assert (luma < 60).mean() > 0.02 and teeth.sum() > 20  # the tongue and lower teeth fill the rest
+
+
+def test_drawn_teeth_are_in_the_photos_light(bundle_path: Path, tmp_path: Path) -> None:
+    """A dim closed-mouth photo gets drawn teeth in its own light: brighter than its skin, as teeth are,
+    but not the plain ivory that glares out of a dark face."""
+    photo = read_bundle(bundle_path).image("photo.png")
+    dim = (photo.astype(np.float32) * 0.55).round().astype(np.uint8)
+    ok, png = cv2.imencode(".png", cv2.cvtColor(dim, cv2.COLOR_RGB2BGR))
+    assert ok
+    swapped = _rewrite(
+        bundle_path,
+        tmp_path / "dim.facecast",
+        drop="teeth.png",
+        extra={"teeth": "drawn"},
+        swap={"photo.png": png.tobytes()},
+    )
+    r = renderer_from_bundle(read_bundle(swapped))
+    assert isinstance(r, PortraitRenderer)
+    weights = np.array([0.299, 0.587, 0.114])
+    rest = r.render(FaceState()).astype(float)
+    oval = np.zeros(rest.shape[:2], np.uint8)
+    cv2.fillPoly(oval, [np.round(r._points[list(fm.FACE_OVAL)]).astype(np.int32)], 255)
+    skin = float(np.median(rest[oval > 0] @ weights))
+    x0, y0, x1, y1 = r.mouth_box()
+    frame = r.render(FaceState(mouth=MouthParams(open=0.9, teeth=1.0))).astype(float)
+    drawn = np.abs(frame - rest).max(axis=2)[y0:y1, x0:x1] > 30
+    brightest = np.percentile((frame[y0:y1, x0:x1] @ weights)[drawn], 99)
+    assert skin < brightest < 1.3 * skin, (brightest, skin)

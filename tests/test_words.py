@@ -13,7 +13,16 @@ import pytest
 
 from facecast.bench.corpus import SENTENCES, Utterance, have_flite, synthesize
 from facecast.bench.harness import Score, make_engine, run_utterance
-from facecast.engine.words import SIL_ID, Lexicon, chain_of, scrambled
+from facecast.engine.types import VISEMES
+from facecast.engine.words import (
+    MIN_PHONE_FRAMES,
+    MISMATCH_COST,
+    SIL_ID,
+    Lexicon,
+    WordSpan,
+    chain_of,
+    id_code,
+)
 
 needs_flite = pytest.mark.skipif(
     not have_flite(), reason="flite is not installed (apt-get install flite); it makes the labelled speech"
@@ -47,11 +56,12 @@ def test_streaming_words_decide_the_mouth_before_the_segment_ends(utterances: li
     # The words are used while the audio streams (the forced alignment at the end covers only the tail).
     assert with_words.sources.get("words", 0) >= 0.8 * with_words.frames, with_words.sources
     assert with_words.mismatch_frames <= 0.05 * with_words.frames, summary
-    # Measured 0.788 / 0.90. Audio only was 0.744 / 0.83 before the mouth classifier and is 0.854 / 1.0
-    # with it: on these tuning voices the words no longer beat it, they must not fall below it by much.
-    assert with_words.accuracy >= 0.75, summary
-    assert with_words.accuracy >= audio_only.accuracy - 0.1, summary
-    assert with_words.closure_recall >= 0.9, summary
+    # Measured 0.867 / 1.0 (audio only 0.854 / 1.0): the words' pass reads the mouth classifier's class
+    # probabilities, so knowing the words must not make the mouth worse than not knowing them (before
+    # it read the raw phones: 0.788 / 0.90, 0.1 below audio only was allowed).
+    assert with_words.accuracy >= 0.8, summary
+    assert with_words.accuracy >= audio_only.accuracy - 0.02, summary
+    assert with_words.closure_recall >= 0.95, summary
     assert all(abs(c - 1.0) < 0.01 for c in with_words.coverage), with_words.coverage
 
 
@@ -124,12 +134,34 @@ def test_lexicon_uses_espeak_for_words_the_dictionary_lacks() -> None:
     assert len(made_up) >= 6 and made_up[0] == "B", made_up
 
 
-def test_scrambled_chain_keeps_the_sounds_and_pauses() -> None:
-    chain = chain_of("maple pie please", Lexicon.get())
-    other = scrambled(chain)
-    assert sorted(other.tolist()) == sorted(chain.tolist())
-    assert np.array_equal(other == SIL_ID, chain == SIL_ID)
-    assert not np.array_equal(other, chain)
+def _classifier_sure_of(codes: np.ndarray) -> np.ndarray:
+    """Class log-probabilities of a classifier that hears `codes` (one class per frame) clearly."""
+    log_probs = np.full((len(codes), len(VISEMES)), -6.0, np.float32)
+    log_probs[np.arange(len(codes)), codes] = -0.01
+    return log_probs
+
+
+def test_word_span_follows_the_text_and_judges_it_by_its_cost() -> None:
+    chain = chain_of("maple pie please " * 8, Lexicon.get())
+    states = chain[chain != SIL_ID]
+    spoken = np.repeat(id_code(states.astype(np.int64)), 2)  # each phone state held 20 ms: 60 ms a phone
+    labels = np.repeat(states, 2)  # the recogniser hears speech throughout
+    span = WordSpan(0, None, chain)
+    span.update(labels, _classifier_sure_of(spoken), len(spoken), 0)
+    codes, decided = span.codes(0, len(spoken), final=True)
+    assert decided.all() and span.accepted and not span.rejected
+    assert np.mean(codes == spoken) > 0.95 and span.cost < 0.1
+
+    # Audio of other speech: the same frames heard as the text's classes in reverse order.
+    other = WordSpan(0, None, chain)
+    other.update(labels, _classifier_sure_of(spoken[::-1].copy()), len(spoken), 0)
+    assert other.rejected and other.cost > MISMATCH_COST
+
+    # Judged frame by frame: the same audio decoded in pieces is judged alike.
+    pieces = WordSpan(0, None, chain)
+    for known in range(MIN_PHONE_FRAMES, len(spoken) + 1, 7):
+        pieces.update(labels, _classifier_sure_of(spoken[::-1].copy()), known, known - 7)
+    assert pieces.rejected
 
 
 @needs_flite

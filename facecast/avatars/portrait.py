@@ -26,6 +26,8 @@ _CAVITY_TOP = np.array([92.0, 38.0, 42.0])  # mouth interior just under the teet
 _CAVITY_DEEP = np.array([34.0, 10.0, 14.0])  # and at the back of the mouth
 _TONGUE = np.array([176.0, 86.0, 92.0])
 _TEETH = np.array([228.0, 220.0, 200.0])
+_TEETH_OVER_SKIN = 1.22  # drawn teeth's brightness ÷ the face's median skin brightness, at most
+_LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 _SHIFT = 3  # sub-pixel bits for cv2's anti-aliased drawing
 _MIN_WEIGHT = 1e-3  # fields with a smaller weight are skipped: no visible effect, saves time
 
@@ -291,13 +293,20 @@ class PortraitRenderer:
         return max(0, int(x0)), max(0, int(y0)), min(self._w, int(x1)), min(self._h, int(y1))
 
     def _drawn_teeth_colour(self) -> np.ndarray:
-        """The photo's own teeth colour where it shows enough of them, else a plain ivory."""
-        if self._teeth is None:
+        """The photo's own teeth colour where it shows enough of them, else ivory in the photo's light: no
+        brighter than teeth usually are beside the skin of the same face (the astronaut's teeth are 1.22
+        times her skin's median brightness), so a dim or dark photo does not get glaring white teeth."""
+        if self._teeth is not None:
+            shown = self._teeth[..., 3] > 200
+            if shown.sum() >= 20:
+                return np.median(self._teeth[..., :3][shown].astype(np.float32), axis=0)
+        oval = np.zeros((self._h, self._w), np.uint8)
+        cv2.fillPoly(oval, [np.round(self._points[list(fm.FACE_OVAL)]).astype(np.int32)], 255)
+        skin = self._base[..., :3][oval > 0].astype(np.float32)
+        if len(skin) < 20:
             return _TEETH
-        shown = self._teeth[..., 3] > 200
-        if shown.sum() < 20:
-            return _TEETH
-        return np.median(self._teeth[..., :3][shown].astype(np.float32), axis=0)
+        skin_luma = float(np.median(skin @ _LUMA))
+        return _TEETH * min(1.0, _TEETH_OVER_SKIN * skin_luma / float(_TEETH @ _LUMA))
 
     def _sample_lip_colour(self) -> np.ndarray:
         """The photo's lip colour, a little darker (the inner edge is in the lip's shadow): the median of
@@ -321,9 +330,11 @@ class PortraitRenderer:
         )
         smile = min(1.0, max(0.0, s.smile))
         face = {
-            # Spread and rounded lips show less of the gap for the same jaw drop (they thin and narrow): the
-            # jaw drops that much further, so the visible opening follows `open` alone.
-            "jaw": min(1.0, m.open * (1.0 - m.closed) * (1.0 + 0.4 * m.width + 0.36 * m.round)),
+            # Spread lips show less of the gap for the same jaw drop (they thin): the jaw drops that much
+            # further, so the visible opening follows `open` alone. Rounded lips do not hide it (their inner
+            # edges stay apart; an independent tracker read rounded mouths as more open, not less), so
+            # rounding adds no drop.
+            "jaw": min(1.0, m.open * (1.0 - m.closed) * (1.0 + 0.4 * m.width)),
             "close": 1.0,
             "press": m.closed,
             "wide": m.width,
@@ -375,11 +386,13 @@ class PortraitRenderer:
         lower_teeth = min(0.25 * gap, 0.07 * self._mouth_w) * (0.4 + 0.6 * m.teeth)
         if gap > 0.15 * self._mouth_w:
             self._draw_teeth(inside, lower - [x0, y0], lower_teeth, lower=True)
-        # The tongue lies low in the mouth on open vowels and rises to the upper teeth on L and TH.
+        # The tongue lies behind the lower teeth, its tip showing over them on open vowels, and rises to the
+        # upper teeth on L and TH. Lifted on every viseme, its lip-pink top was read as the lower lip by an
+        # independent tracker, which then saw less opening at mid openings than was drawn.
         tongue = max(m.tongue, 0.35 + 0.35 * m.open)
         if gap > 0.08 * self._mouth_w:
             middle = lower.mean(axis=0) - [x0, y0]
-            lift = (0.15 + 0.45 * m.tongue) * gap
+            lift = (0.45 * m.tongue - 0.05) * gap
             axes = (max(1, round(0.32 * (upper[-1, 0] - upper[0, 0]))), max(1, round(0.35 * gap)))
             tongue_mask = np.zeros((h, w), np.uint8)
             cx, cy = round(middle[0] * 4), round((middle[1] - lift + 0.3 * gap) * 4)

@@ -18,35 +18,55 @@ COMMANDS = ("speed", "latency", "lipsync", "memory", "all")
 # Default subset: keeps `all` within a few minutes on a 2-core machine; --full uses everything.
 SUBSET_SENTENCES = 5
 SUBSET_VOICES = ("slt", "kal16")
-# lipsync's default subset: three tuning voices (two flite, one espeak-ng) and three held-out ones.
+# lipsync's default subset: three tuning voices (two flite, one espeak-ng) and four held-out ones (two
+# espeak-ng, two festival).
 LIPSYNC_SUBSET = ("slt", "kal16", "espeak:en-us")
-LIPSYNC_HELD_OUT_SUBSET = ("espeak:en-gb-scotland", "espeak:en-029+f2", "espeak:en-us-nyc+m3")
+LIPSYNC_HELD_OUT_SUBSET = (
+    "espeak:en-gb-scotland",
+    "espeak:en-us-nyc+m3",
+    "festival:ked_diphone",
+    "festival:cmu_us_slt_arctic_hts",
+)
 
 
-def _lipsync_sets(args: argparse.Namespace, n_sent: int, log: Log) -> dict[str, list[Utterance]]:
-    """Tuning voices x corpus sentences and held-out voices x held-out sentences."""
+def _lipsync_sets(
+    args: argparse.Namespace, n_sent: int, log: Log
+) -> tuple[dict[str, list[Utterance]], list[str]]:
+    """Tuning voices x corpus sentences and held-out voices x held-out sentences, and notes for the table
+    (default festival voices that are not installed are left out and said so; named ones must exist)."""
     from facecast.bench.corpus import (
+        FESTIVAL_INSTALL,
         HELD_OUT_SENTENCES,
         HELD_OUT_VOICES,
         SENTENCES,
         TUNING_VOICES,
         build_corpus,
+        have_festival_voice,
+        is_festival,
     )
 
     tuning = (
         tuple(args.voices.split(",")) if args.voices else (TUNING_VOICES if args.full else LIPSYNC_SUBSET)
     )
-    held_out = (
-        tuple(args.held_out_voices.split(","))
-        if args.held_out_voices
-        else (HELD_OUT_VOICES if args.full else LIPSYNC_HELD_OUT_SUBSET)
-    )
+    notes: list[str] = []
+    if args.held_out_voices:
+        held_out = tuple(args.held_out_voices.split(","))
+    else:
+        held_out = HELD_OUT_VOICES if args.full else LIPSYNC_HELD_OUT_SUBSET
+        absent = [v for v in held_out if is_festival(v) and not have_festival_voice(v)]
+        if absent:
+            held_out = tuple(v for v in held_out if v not in absent)
+            notes.append(
+                f"held-out voices left out, not installed: {', '.join(absent)} (`{FESTIVAL_INSTALL}`)"
+            )
+            log(f"lipsync: {notes[-1]}")
     n_held = min(len(HELD_OUT_SENTENCES), n_sent)
     log(f"lipsync held-out: {n_held} held-out sentences x {len(held_out)} voices ({', '.join(held_out)})")
-    return {
+    sets = {
         "tuning": build_corpus(tuning, SENTENCES[:n_sent], args.cache_dir),
         "held-out": build_corpus(held_out, HELD_OUT_SENTENCES[:n_held], args.cache_dir),
     }
+    return sets, notes
 
 
 def _cpu_note() -> str:
@@ -79,7 +99,9 @@ def run_suite(args: argparse.Namespace, log: Log) -> list[Table]:
     if "latency" in want:
         tables.extend(runs.latency(utts, avatar, log))
     if "lipsync" in want:
-        table, scores = runs.lipsync(_lipsync_sets(args, n_sent, log), log)
+        sets, notes = _lipsync_sets(args, n_sent, log)
+        table, scores = runs.lipsync(sets, log)
+        table.notes.extend(notes)
         tables.append(table)
         if args.confusion:
             tables.extend(runs.confusion_table(s, label) for label, s in scores.items())

@@ -1,9 +1,10 @@
 """Labelled speech for lip-sync measurement: sentences with their synthesiser's own phone timings.
 
-Two synthesisers, each reporting what it said and when: flite's `-psdur` prints the end time of every
-phone, espeak-ng reports a phoneme event at every phone's first sample (`facecast.tts.espeak`). Voices
-and sentences are split: the tracker is tuned on TUNING_VOICES x SENTENCES only; HELD_OUT_VOICES x
-HELD_OUT_SENTENCES (other accents, another synthesiser than most tuning voices, unseen words) is what
+Three synthesisers, each reporting what it said and when: flite's `-psdur` prints the end time of every
+phone, espeak-ng reports a phoneme event at every phone's first sample (`facecast.tts.espeak`), and
+Debian's festival gives the end time of every item of its utterance's Segment relation. Voices and
+sentences are split: the tracker is tuned on TUNING_VOICES x SENTENCES only; HELD_OUT_VOICES x
+HELD_OUT_SENTENCES (other accents, other synthesisers than the tuning voices', unseen words) is what
 tells how it does on speech it has never met. The truth track is built with the engine's own
 phone → viseme table and coarticulation (`facecast.engine.visemes`), so that a measured difference is
 a tracking difference, never a mapping difference.
@@ -11,11 +12,13 @@ a tracking difference, never a mapping difference.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import shutil
 import subprocess
+import threading
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -121,27 +124,58 @@ TRAINING_SENTENCES: tuple[str, ...] = (
 )
 
 # flite voices are bare names (kal is an 8 kHz voice; kal16 is the same voice at 16 kHz); espeak-ng
-# voices are "espeak:<voice>[+variant]". The CMN prior and the recogniser settings were chosen on flite
-# slt/kal16/awb/rms and espeak-ng en/en-us, so those are the tuning voices.
+# voices are "espeak:<voice>[+variant]", festival voices "festival:<voice>". The CMN prior and the
+# recogniser settings were chosen on flite slt/kal16/awb/rms and espeak-ng en/en-us, so those are the
+# tuning voices.
 FLITE_VOICES: tuple[str, ...] = ("slt", "kal", "kal16", "awb", "rms")
 ESPEAK_PREFIX = "espeak:"
+FESTIVAL_PREFIX = "festival:"
+# The English festival voices Debian serves (bookworm main), and the package each comes in. kal_diphone
+# is the diphone set flite's kal16 (a tuning voice) was built from, so it is not held out.
+FESTIVAL_PACKAGES: dict[str, str] = {
+    "ked_diphone": "festvox-kdlpc16k",
+    "cmu_us_slt_arctic_hts": "festvox-us-slt-hts",
+    "kal_diphone": "festvox-kallpc16k",
+}
+FESTIVAL_VOICES: tuple[str, ...] = tuple(FESTIVAL_PREFIX + v for v in FESTIVAL_PACKAGES)
 TUNING_VOICES: tuple[str, ...] = ("slt", "kal16", "awb", "rms", "espeak:en-us", "espeak:en")
-# Accents and speaker variants the project never looked at (kal is kal16 at 8 kHz, so it is neither).
-HELD_OUT_VOICES: tuple[str, ...] = (
+# Accents and speaker variants the project never looked at (kal is kal16 at 8 kHz, so it is neither),
+# and festival's diphone speaker ked and its HTS voice of slt (the speaker of flite's slt, synthesised
+# by another method: statistical HTS at 32 kHz, not flite's clustergen).
+HELD_OUT_ESPEAK_VOICES: tuple[str, ...] = (
     "espeak:en-gb-scotland",
     "espeak:en-029+f2",
     "espeak:en-us-nyc+m3",
     "espeak:en-gb-x-rp+f3",
     "espeak:en-gb-x-gbclan+m7",
 )
+HELD_OUT_FESTIVAL_VOICES: tuple[str, ...] = ("festival:ked_diphone", "festival:cmu_us_slt_arctic_hts")
+HELD_OUT_VOICES: tuple[str, ...] = HELD_OUT_ESPEAK_VOICES + HELD_OUT_FESTIVAL_VOICES
 VOICES: tuple[str, ...] = TUNING_VOICES[:4]  # the flite tuning voices: the corpus before the split
-ALL_VOICES: tuple[str, ...] = FLITE_VOICES + TUNING_VOICES[4:] + HELD_OUT_VOICES
+ALL_VOICES: tuple[str, ...] = (
+    FLITE_VOICES
+    + TUNING_VOICES[4:]
+    + HELD_OUT_VOICES
+    + tuple(v for v in FESTIVAL_VOICES if v not in HELD_OUT_VOICES)
+)
+# What the held-out set needs (the test script installs the same).
+FESTIVAL_INSTALL = "apt-get install festival " + " ".join(
+    FESTIVAL_PACKAGES[v.removeprefix(FESTIVAL_PREFIX)] for v in HELD_OUT_FESTIVAL_VOICES
+)
 
 _CACHE_FORMAT = 2
 
 
-class FliteMissingError(RuntimeError):
+class SynthesiserMissingError(RuntimeError):
+    """A synthesiser or voice needed to make labelled speech is not installed."""
+
+
+class FliteMissingError(SynthesiserMissingError):
     """flite is needed to make labelled speech."""
+
+
+class FestivalMissingError(SynthesiserMissingError):
+    """festival, or one of its voices, is needed to make labelled speech."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,8 +293,52 @@ def is_espeak(voice: str) -> bool:
     return voice.startswith(ESPEAK_PREFIX)
 
 
+def is_festival(voice: str) -> bool:
+    return voice.startswith(FESTIVAL_PREFIX)
+
+
+def synthesiser(voice: str) -> str:
+    """Which program speaks `voice`: "flite", "espeak-ng" or "festival"."""
+    return "espeak-ng" if is_espeak(voice) else "festival" if is_festival(voice) else "flite"
+
+
+@functools.cache
+def festival_voices() -> frozenset[str]:
+    """The voices the installed festival knows (empty when festival is not installed)."""
+    festival = shutil.which("festival")
+    if festival is None:
+        return frozenset()
+    proc = subprocess.run(
+        [festival, "--pipe"], input="(print (voice.list))\n", capture_output=True, text=True, check=False
+    )
+    return frozenset(proc.stdout.strip().strip("()").split()) if proc.returncode == 0 else frozenset()
+
+
+def have_festival_voice(voice: str) -> bool:
+    """Whether "festival:<voice>" (or a bare festival voice name) can be spoken here."""
+    return voice.removeprefix(FESTIVAL_PREFIX) in festival_voices()
+
+
+def find_festival_voice(voice: str) -> str:
+    """The festival binary, once it is known to have `voice` (a bare festival voice name)."""
+    festival = shutil.which("festival")
+    package = FESTIVAL_PACKAGES.get(voice)
+    install = f"`apt-get install {package}`" if package else "install its festvox package"
+    if festival is None:
+        raise FestivalMissingError(
+            f"festival is not installed; voice {voice!r} needs it (Debian/Ubuntu: `{FESTIVAL_INSTALL}`)"
+        )
+    if voice not in festival_voices():
+        known = ", ".join(sorted(festival_voices())) or "none"
+        raise FestivalMissingError(
+            f"festival has no voice {voice!r} (it has: {known}); Debian/Ubuntu: {install}"
+        )
+    return festival
+
+
 def synthesize(text: str, voice: str, cache_dir: Path | None = None) -> Utterance:
-    """One utterance (cached by text and voice): flite for bare voice names, espeak-ng for "espeak:..."."""
+    """One utterance (cached by text and voice): flite for bare voice names, espeak-ng for "espeak:...",
+    festival for "festival:..."."""
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
     key = _key(text, voice)
@@ -271,6 +349,9 @@ def synthesize(text: str, voice: str, cache_dir: Path | None = None) -> Utteranc
         phones = tuple(Phone(*p) for p in json.loads(labels.read_text())["phones"])
     elif is_espeak(voice):
         phones = _espeak(text, voice[len(ESPEAK_PREFIX) :], wav)
+        labels.write_text(json.dumps({"text": text, "voice": voice, "phones": [list(_p(p)) for p in phones]}))
+    elif is_festival(voice):
+        phones = _festival(text, voice[len(FESTIVAL_PREFIX) :], wav)
         labels.write_text(json.dumps({"text": text, "voice": voice, "phones": [list(_p(p)) for p in phones]}))
     else:
         flite = find_flite()
@@ -307,6 +388,51 @@ def _espeak(text: str, voice: str, wav: Path) -> tuple[Phone, ...]:
     return tuple(phones)
 
 
+# Festival reads the script from stdin: select the voice, synthesise, save the wave as it is (no
+# rescaling, unlike text2wave) and print each Segment's name and end time, marked so that nothing else
+# festival prints is read as a phone.
+_FESTIVAL_SCRIPT = """(voice_{voice})
+(set! utt (utt.synth (Utterance Text "{text}")))
+(utt.save.wave utt "{wav}" 'riff)
+(mapcar (lambda (seg) (format t "segment %s %f\\n" (item.name seg) (item.feat seg "end")))
+        (utt.relation.items utt 'Segment))
+"""
+
+
+def _scheme_string(text: str) -> str:
+    return text.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def parse_festival_segments(output: str) -> tuple[Phone, ...]:
+    """Parse the `segment <phone> <end time>` lines of `_FESTIVAL_SCRIPT` (radio phones, lower case)."""
+    phones: list[Phone] = []
+    start = 0.0
+    for line in output.splitlines():
+        fields = line.split()
+        if len(fields) != 3 or fields[0] != "segment":
+            continue
+        end = max(start, float(fields[2]))
+        phones.append(Phone(fields[1], start, end))
+        start = end
+    if not phones:
+        raise ValueError(f"no segment timings in festival output: {output[:200]!r}")
+    return tuple(phones)
+
+
+def _festival(text: str, voice: str, wav: Path) -> tuple[Phone, ...]:
+    """Speak `text` with festival's `voice` into `wav`; its Segment relation's end times are the truth."""
+    festival = find_festival_voice(voice)
+    tmp_wav = wav.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp.wav")
+    script = _FESTIVAL_SCRIPT.format(voice=voice, text=_scheme_string(text), wav=_scheme_string(str(tmp_wav)))
+    proc = subprocess.run([festival, "--pipe"], input=script, capture_output=True, text=True, check=False)
+    if proc.returncode != 0 or not tmp_wav.exists():
+        tmp_wav.unlink(missing_ok=True)
+        raise RuntimeError(f"festival failed for voice {voice!r}: {proc.stderr.strip() or proc.returncode}")
+    phones = parse_festival_segments(proc.stdout)
+    tmp_wav.replace(wav)
+    return phones
+
+
 def _p(p: Phone) -> tuple[str, float, float]:
     return (p.phone, p.start, p.end)
 
@@ -318,8 +444,11 @@ def build_corpus(
 ) -> list[Utterance]:
     """Every sentence in every voice, generated in parallel on first use and cached after that."""
     voices = tuple(voices)
-    if any(not is_espeak(v) for v in voices):
+    if any(synthesiser(v) == "flite" for v in voices):
         find_flite()
+    for voice in voices:
+        if is_festival(voice):
+            find_festival_voice(voice[len(FESTIVAL_PREFIX) :])
     jobs = [(s, v) for v in voices for s in sentences]
     with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:
         return list(pool.map(lambda job: synthesize(job[0], job[1], cache_dir), jobs))

@@ -2,7 +2,12 @@
 the avatar's first speech frame, p50/p95, and where the time goes (VAD stop, STT, the answer's first TTS
 audio, the avatar's first frame). The LLM is the stand-in (facecast.bench.llm_standin) answering at once,
 so the figures are Facecast's own share. The user's speech is flite's (16 kHz voice `slt`) on an aiortc
-peer's microphone; recognition's word error rate is reported too."""
+peer's microphone; recognition's word error rate is reported too.
+
+CPU: the bench's process tree (the server, the client peer, the stand-in, and the FULL session's
+PocketSphinx process) during the turns, then during as long a LITE session on the same server whose agent
+says the same answers (agent.speak_text, the same pauses) to a client peer of the same kind: the
+difference is what the conversation (VAD, recognition, LLM client, synthesis) costs."""
 
 from __future__ import annotations
 
@@ -22,11 +27,15 @@ import soundfile as sf
 import uvicorn
 from scipy.signal import resample_poly
 
+from facecast import protocol as p
 from facecast.avatars import load_renderer
 from facecast.bench.corpus import FliteMissingError, find_flite
 from facecast.bench.full_peer import FullClient
-from facecast.bench.llm_standin import standin_llm
+from facecast.bench.llm_standin import echo_reply, standin_llm
+from facecast.bench.proctree import cpu_between, sample_tree
 from facecast.bench.report import Table
+from facecast.client import LiteClient, ReceivingPeer, StartedSession
+from facecast.client.lite_socket import LiteSocket
 from facecast.server.app import create_app
 from facecast.server.config import LiveKitSettings, ServerConfig
 from facecast.server.run import bind
@@ -115,28 +124,32 @@ async def _run(turns: int) -> list[Table]:
             await client.connect()
             client_ms: list[float] = []
             wers: list[float] = []
-            cpu0, wall0 = time.process_time(), time.monotonic()
+            answers: list[tuple[float, str]] = []  # (the user's speech in seconds, the answer)
+            tree0, wall0 = sample_tree(os.getpid()), time.monotonic()
             try:
                 for n in range(turns):
                     question = QUESTIONS[n % len(QUESTIONS)]
                     await asyncio.sleep(0.5)
                     asked = time.monotonic()
-                    client.mic.play(_speech(question, tmp))
+                    speech = _speech(question, tmp)
+                    client.mic.play(speech)
                     heard_at, heard = await client.wait_type("user.transcription", after=asked)
                     spoke_at, _ = await client.wait_type("avatar.speak_started", after=heard_at)
                     await client.wait_type("avatar.speak_ended", after=spoke_at)
                     assert client.mic.ended_at is not None
                     client_ms.append(1000 * (spoke_at - client.mic.ended_at))
                     wers.append(_wer(question, heard["payload"]["text"]))
+                    answers.append((len(speech) / 48000, _answer(heard["payload"]["text"])))
                     print(
                         f"turn {n + 1}: {heard['payload']['text']!r} → {client_ms[-1]:.0f} ms",
                         file=sys.stderr,
                     )
-                cpu_share = (time.process_time() - cpu0) / (time.monotonic() - wall0)
+                full_cpu = cpu_between(tree0, sample_tree(os.getpid())) / (time.monotonic() - wall0)
                 session = app.state.manager.live[start["session_id"]]
                 server_turns = list(session.conversation.timer.turns)
             finally:
                 await client.close()
+            lite_cpu = await _lite_session_cpu(url, key, answers)
         finally:
             server.should_exit = True
             await serving
@@ -154,11 +167,47 @@ async def _run(turns: int) -> list[Table]:
         values = [t[stage] for t in server_turns]
         table.add(f"server: {stage}", _pct(values, 0.5), _pct(values, 0.95))
     table.notes.append(f"recognition word error rate (flite slt speech): mean {statistics.mean(wers):.2f}")
-    table.notes.append(
-        f"CPU of this process (server + client + stand-in) during the turns: {100 * cpu_share:.0f}% of one "
-        "core; the PocketSphinx decoder's own process is not included"
+    cpu = Table(
+        "CPU of the bench's process tree (server, client peer, stand-in LLM; FULL: its PocketSphinx process)",
+        ["session", "% of one core"],
     )
-    return [table]
+    cpu.add("FULL: the turns above", round(100 * full_cpu))
+    cpu.add("LITE: the same answers via agent.speak_text, the same pauses", round(100 * lite_cpu))
+    cpu.notes.append(
+        f"the conversation's own share (FULL − LITE): {100 * (full_cpu - lite_cpu):.0f}% of one core"
+    )
+    return [table, cpu]
+
+
+def _answer(heard: str) -> str:
+    """What the stand-in LLM answered to `heard`: the LITE session says the same."""
+    return echo_reply([{"role": "user", "content": heard}])
+
+
+async def _lite_session_cpu(url: str, key: str, answers: list[tuple[float, str]]) -> float:
+    """CPU share of the process tree while a LITE session's agent says `answers` after pauses as long as the
+    user's speech in the FULL turns (and the bench's half second)."""
+    async with LiteClient(url, api_key=key) as lite:
+        minted = await lite.mint({"mode": "LITE", "fps": 25, "video_settings": {"quality": "low"}})
+        started: StartedSession = await lite.start(minted)
+        peer = ReceivingPeer(on_video=lambda frame, _arrival: frame.to_ndarray(format="rgb24"))
+        await peer.connect(lite, started)
+        assert started.ws_url is not None
+        socket = await LiteSocket.connect(lite.http, started.ws_url)
+        try:
+            await socket.wait_connected()
+            await peer.wait_first_video()
+            tree0, wall0 = sample_tree(os.getpid()), time.monotonic()
+            for n, (pause_s, text) in enumerate(answers):
+                await asyncio.sleep(0.5 + pause_s)
+                since = len(socket.events)
+                await socket.speak_text(f"answer-{n}", text)
+                await socket.wait_event(lambda e: e.get("type") == p.AGENT_SPEAK_ENDED, since, timeout=60)
+            return cpu_between(tree0, sample_tree(os.getpid())) / (time.monotonic() - wall0)
+        finally:
+            await socket.close()
+            await peer.close()
+            await lite.stop(started)
 
 
 def main(argv: list[str] | None = None) -> int:

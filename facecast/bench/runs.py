@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from facecast.bench import metrics
-from facecast.bench.corpus import Utterance
+from facecast.bench.corpus import Utterance, synthesiser
 from facecast.bench.harness import Score, make_engine, run_utterance
 from facecast.bench.report import Log, Table
 from facecast.engine.types import FaceState, MouthParams
@@ -294,6 +294,8 @@ def lipsync(
     for mode in modes:
         for set_name, utts in sets.items():
             score = Score()
+            # A set spoken by more than one synthesiser also gets a row per synthesiser.
+            by_synth = {synthesiser(u.voice): Score() for u in utts}
             for i, u in enumerate(utts):
                 track = run_utterance(
                     u,
@@ -303,27 +305,13 @@ def lipsync(
                     text=_text_for(utts, i, mode.wrong_text) if mode.with_text else None,
                 )
                 score.add(u, track)
+                by_synth[synthesiser(u.voice)].add(u, track)
+            rows = {set_name: score}
+            if len(by_synth) > 1:
+                rows |= {f"{set_name}: {name}": s for name, s in by_synth.items()}
+            for row_name, row in rows.items():
+                _lipsync_row(table, mode, row_name, row, log)
             scores[f"{mode.label} ({set_name})"] = score
-            src = ", ".join(
-                f"{k} {_percent(v / max(1, score.frames))}"
-                for k, v in sorted(score.sources.items(), key=lambda kv: -kv[1])
-            )
-            rejected = _percent(score.mismatch_frames / max(1, score.frames)) if mode.with_text else "-"
-            table.add(
-                mode.label,
-                set_name,
-                score.accuracy,
-                score.open_corr,
-                score.closure_recall,
-                score.lag_ms,
-                score.frames,
-                src,
-                rejected,
-            )
-            log(
-                f"lipsync {mode.label} ({set_name}): acc {score.accuracy:.3f} corr {score.open_corr:.3f} "
-                f"m/b/p {score.closure_recall:.3f} rejected {rejected}"
-            )
     table.notes.append(
         "targets on held-out voices: streaming audio only acc >= 0.75, corr >= 0.85, m/b/p >= 0.90; "
         "with the words >= 0.88 / 0.92 / 0.95"
@@ -334,6 +322,29 @@ def lipsync(
     )
     table.notes.append("mouth lag = median lag of engine openness behind truth openness (+ = late)")
     return table, scores
+
+
+def _lipsync_row(table: Table, mode: Mode, set_name: str, score: Score, log: Log) -> None:
+    src = ", ".join(
+        f"{k} {_percent(v / max(1, score.frames))}"
+        for k, v in sorted(score.sources.items(), key=lambda kv: -kv[1])
+    )
+    rejected = _percent(score.mismatch_frames / max(1, score.frames)) if mode.with_text else "-"
+    table.add(
+        mode.label,
+        set_name,
+        score.accuracy,
+        score.open_corr,
+        score.closure_recall,
+        score.lag_ms,
+        score.frames,
+        src,
+        rejected,
+    )
+    log(
+        f"lipsync {mode.label} ({set_name}): acc {score.accuracy:.3f} corr {score.open_corr:.3f} "
+        f"m/b/p {score.closure_recall:.3f} rejected {rejected}"
+    )
 
 
 def _text_for(utts: Sequence[Utterance], i: int, wrong: bool = False) -> str:

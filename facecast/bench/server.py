@@ -5,7 +5,9 @@ directory, free loopback port, its own API key) so that its CPU and memory (with
 it starts) are measured alone. Every client peer (aiortc) runs in this process on one event loop and
 shares the machine with the server; in `sessions` all but one of them count RTP frames without
 decoding them, so that the clients cost little. `sessions --baseline REF` runs REF's server (a
-temporary git worktree) under the same load in the same run. Tables go to stdout (Markdown with
+temporary git worktree) under the same load in the same run; `sessions --track-only` runs track-only
+sessions (mouth_track, video false: audio and mouth-track records, no video) and reports the records'
+rate and lateness instead of the video's. Tables go to stdout (Markdown with
 --markdown), progress to stderr. See docs/benchmarks.md, "Server".
 """
 
@@ -98,6 +100,11 @@ def _parser() -> argparse.ArgumentParser:
         metavar="ARG",
         help="an extra `facecast serve` argument for the baseline's server (repeatable)",
     )
+    parser.add_argument(
+        "--track-only",
+        action="store_true",
+        help="sessions: track-only sessions (mouth_track, video false): records instead of video",
+    )
     parser.add_argument("--duration", type=float, default=60.0, help="drift session length in s (default 60)")
     parser.add_argument("--churn", type=int, default=500, help="sessions started and stopped for memory")
     parser.add_argument("--cache-dir", type=Path, default=None, help="generated speech cache (as bench)")
@@ -171,16 +178,22 @@ async def _run(args: argparse.Namespace, log: Log) -> list[Table]:
     if "sessions" in want:
         levels = args.levels or (FULL_LEVELS if args.full else LEVELS)
         current = ServerCode("this checkout", checkout_root(), tuple(args.server_arg))
+        run = functools.partial(
+            sessions,
+            speech=speech,
+            levels=levels,
+            hold_s=args.hold,
+            idle_s=args.idle,
+            log=log,
+            rounds=args.rounds,
+            track_only=args.track_only,
+        )
         if args.baseline is None:
-            tables.extend(await sessions([current], speech, levels, args.hold, args.idle, log, args.rounds))
+            tables.extend(await run([current]))
         else:
             with baseline_checkout(args.baseline, log) as root:
                 baseline = ServerCode(args.baseline, root, tuple(args.baseline_server_arg))
-                tables.extend(
-                    await sessions(
-                        [baseline, current], speech, levels, args.hold, args.idle, log, args.rounds
-                    )
-                )
+                tables.extend(await run([baseline, current]))
     if "drift" in want:
         async with ServerProcess(log) as server:
             tables.extend(await drift(server, speech, args.duration, log))
@@ -404,14 +417,21 @@ class Peer:
     """One session as a client app sees it (facecast.client): the session API, a peer receiving audio
     and video, and the LITE WebSocket. With `decode=False` the peer counts complete RTP frames without
     decoding them (facecast.client.rtpcount); otherwise aiortc decodes them and, with `mouth_box`, every
-    video frame's mouth motion and luma and every audio frame's RMS are recorded."""
+    video frame's mouth motion and luma and every audio frame's RMS are recorded. `track_only`: the
+    session sends audio and mouth-track records (docs/mouth-track.md), no video."""
 
     def __init__(
-        self, client: LiteClient, *, mouth_box: tuple[int, ...] | None = None, decode: bool = True
+        self,
+        client: LiteClient,
+        *,
+        mouth_box: tuple[int, ...] | None = None,
+        decode: bool = True,
+        track_only: bool = False,
     ) -> None:
         self.client = client
         self.mouth_box = mouth_box
         self.decode = decode
+        self.track_only = track_only
         self.received = Received()
         self.parked = asyncio.Event()  # talk() waits at its gate
         self.speech_errors = 0
@@ -427,14 +447,25 @@ class Peer:
         """The LITE WebSocket's events with their arrival times."""
         return self._ws.events if self._ws is not None else []
 
+    def track_arrivals(self) -> Arrivals:
+        """The mouth-track records that came on the WebSocket: arrival time and frame index."""
+        arrivals = Arrivals()
+        for arrived, event in self.events:
+            if event["type"] == p.AVATAR_MOUTH_TRACK:
+                arrivals.add(arrived, event["track"]["frame"])
+        return arrivals
+
     async def open(self, max_session_duration: int | None = None) -> Timing:
-        """Mint, start, signal WebRTC and wait for the first decoded video frame."""
+        """Mint, start, signal WebRTC and wait for the first decoded video frame (track-only: the first
+        audio packet)."""
         body: dict[str, Any] = {
             "transport": "webrtc",
             "fps": FPS,
             "aspect_ratio": "1:1",
             "video_settings": {"quality": QUALITY},
         }
+        if self.track_only:
+            body.update(mouth_track=True, video=False)
         if max_session_duration is not None:
             body["max_session_duration"] = max_session_duration
         self._minted = await self.client.mint(body)
@@ -458,10 +489,14 @@ class Peer:
         await peer.accept_answer(*await self.client.offer(started, offer))
         timing.answer, t = _lap(t)
         try:
-            await peer.wait_first_video(TIMEOUT_S)
+            if self.track_only:
+                await _first_arrival(peer.audio_arrivals, TIMEOUT_S)
+            else:
+                await peer.wait_first_video(TIMEOUT_S)
         except TimeoutError:
+            what = "audio packet" if self.track_only else "video frame"
             raise TimeoutError(
-                f"session {self.session_id}: no video frame within {TIMEOUT_S:.0f} s of the answer"
+                f"session {self.session_id}: no {what} within {TIMEOUT_S:.0f} s of the answer"
             ) from None
         timing.first_frame, _ = _lap(t)
         return timing
@@ -549,6 +584,31 @@ class Peer:
             await self._ws.close()
         if self._peer is not None:
             await self._peer.close()
+
+
+async def _first_arrival(arrivals: Arrivals, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not arrivals.times:
+        if time.monotonic() > deadline:
+            raise TimeoutError
+        await asyncio.sleep(0.01)
+
+
+def record_lateness_ms(tracks: Sequence[Arrivals], t0: float, t1: float) -> tuple[float, float]:
+    """(p95, max) over the sessions of how late each mouth-track record arrived in [t0, t1): its arrival
+    minus its frame's time on the session's timeline (frame / FPS), less the smallest such offset of its
+    session in the window. 0 when every record comes exactly one frame period after the one before."""
+    late: list[float] = []
+    for track in tracks:
+        arrival = np.asarray(track.times)
+        frame = np.asarray(track.rtp_timestamps, dtype=np.float64)
+        inside = (arrival >= t0) & (arrival < t1)
+        if inside.any():
+            offset = arrival[inside] - frame[inside] / FPS
+            late.extend((offset - offset.min()).tolist())
+    if not late:
+        return math.nan, math.nan
+    return _ms(float(np.percentile(late, 95))), _ms(max(late))
 
 
 def _lap(t: float) -> tuple[float, float]:
@@ -647,16 +707,22 @@ class WindowFigures:
     long_gaps: int  # inter-arrival gaps over two frame periods, summed over the sessions
     engine_ms: float  # the server's mean engine wall time per frame, over the sessions
     encode_ms: float
+    # The server's CPU time over the frames its sessions released: what one frame costs, whether or not
+    # the machine had the CPU to keep every session at full rate.
+    cpu_ms_per_frame: float = math.nan
 
 
 def window_figures(a: Snapshot, b: Snapshot, videos: Sequence[Arrivals]) -> WindowFigures:
     """From two snapshots and each session's video arrivals (the same sessions, in the same order)."""
     wall = b.wall - a.wall
-    not_drawn = lost = 0
+    not_drawn = lost = frames = 0
     expected = late = fell_behind = 0.0
     for s0, s1 in zip(a.stats, b.stats, strict=True):
+        if not (s0 and s1):  # the session ended in the window (its record kept no stats): nothing to count
+            continue
         released = _stat(s1, "frames", "frames_sent") - _stat(s0, "frames", "frames_sent")
         skipped = s1["frames_dropped"] - s0["frames_dropped"]
+        frames += released
         not_drawn += skipped
         if "frames_lost_in_queue" in s1:  # counted by the server since the live core
             lost += s1["frames_lost_in_queue"] - s0["frames_lost_in_queue"]
@@ -675,8 +741,9 @@ def window_figures(a: Snapshot, b: Snapshot, videos: Sequence[Arrivals]) -> Wind
         gaps = frame_gaps(times, 1 / FPS)
         largest = max(largest, gaps.largest_s if gaps.frames >= 2 else wall)
         long_gaps += gaps.over_two_periods
+    server_cpu_s = b.server_cpu_s - a.server_cpu_s
     return WindowFigures(
-        server_cpu_pct=100.0 * (b.server_cpu_s - a.server_cpu_s) / wall,
+        server_cpu_pct=100.0 * server_cpu_s / wall,
         client_cpu_pct=100.0 * (b.client_cpu_s - a.client_cpu_s) / wall,
         fps_mean=float(np.mean(fps)) if fps else math.nan,
         fps_min=min(fps, default=math.nan),
@@ -686,8 +753,9 @@ def window_figures(a: Snapshot, b: Snapshot, videos: Sequence[Arrivals]) -> Wind
         fell_behind_s=fell_behind,
         largest_gap_ms=_ms(largest),
         long_gaps=long_gaps,
-        engine_ms=float(np.mean([_stat(s, "engine_ms", "render_ms") or math.nan for s in b.stats])),
-        encode_ms=float(np.mean([s.get("encode_ms") or math.nan for s in b.stats])),
+        engine_ms=float(np.mean([_stat(s, "engine_ms", "render_ms") or math.nan for s in b.stats if s])),
+        encode_ms=float(np.mean([s.get("encode_ms") or math.nan for s in b.stats if s])),
+        cpu_ms_per_frame=1000.0 * server_cpu_s / frames if frames else math.nan,
     )
 
 
@@ -758,6 +826,8 @@ class LevelRun:
     rss_mb: float = math.nan  # with every session, after the speaking window
     processes: int = 0
     pixels: PixelCheck | None = None
+    track_only: bool = False
+    lateness_ms: tuple[float, float] = (math.nan, math.nan)  # track-only: records' (p95, max), speaking
     speech_errors: int = 0
     notes: list[str] = field(default_factory=list)
 
@@ -774,9 +844,11 @@ async def sessions(
     idle_s: float,
     log: Log,
     rounds: int = 1,
+    track_only: bool = False,
 ) -> list[Table]:
     """Per level and round, a fresh server of each code in turn carries that many speaking sessions: one
-    table per level with a column per code (medians over the rounds) and their ratio."""
+    table per level with a column per code (medians over the rounds) and their ratio. `track_only`:
+    track-only sessions (no video; the mouth track's records are what is delivered)."""
     from facecast.avatars import load_renderer
 
     box = load_renderer(AVATAR, aspect="1:1", quality=QUALITY).mouth_box()
@@ -789,12 +861,14 @@ async def sessions(
             order = list(enumerate(codes)) if n % 2 == 0 else list(enumerate(codes))[::-1]
             for i, code in order:
                 async with ServerProcess(log, code) as server:
-                    run = await _level_run(server, speech, level, hold_s, idle_s, box, log)
+                    run = await _level_run(server, speech, level, hold_s, idle_s, box, log, track_only)
                 runs[i].append(run)
                 if run.speaking is not None:
+                    unit = "records/s" if track_only else "fps"
                     log(
                         f"sessions {level} ({code.label}, round {n + 1}/{rounds}): server CPU "
-                        f"{run.speaking.server_cpu_pct:.0f}%, {run.speaking.fps_mean:.1f} fps per session, "
+                        f"{run.speaking.server_cpu_pct:.0f}%, {run.speaking.fps_mean:.1f} {unit} per "
+                        "session, "
                         f"{run.speaking.not_drawn} not drawn, client CPU {run.speaking.client_cpu_pct:.0f}%"
                     )
         tables.append(level_table(level, runs, hold_s, idle_s))
@@ -809,8 +883,9 @@ async def _level_run(
     idle_s: float,
     mouth_box: tuple[int, ...],
     log: Log,
+    track_only: bool = False,
 ) -> LevelRun:
-    run = LevelRun(server.code.label, level, rss_idle_server_mb=server.rss_mb())
+    run = LevelRun(server.code.label, level, rss_idle_server_mb=server.rss_mb(), track_only=track_only)
     speaking = asyncio.Event()
     speaking.set()
     peers: list[Peer] = []
@@ -819,8 +894,10 @@ async def _level_run(
         try:
             while len(peers) < level:
                 # The first session is decoded and its pixels checked; the others only count frames.
-                first = not peers
-                peer = Peer(client, mouth_box=mouth_box if first else None, decode=first)
+                first = not peers and not track_only
+                peer = Peer(
+                    client, mouth_box=mouth_box if first else None, decode=first, track_only=track_only
+                )
                 peers.append(peer)
                 try:
                     run.ttff_s.append((await peer.open()).total)
@@ -850,10 +927,14 @@ async def _level_run(
             c = await _snapshot(server, peers)
             await asyncio.sleep(idle_s)
             d = await _snapshot(server, peers)
-            videos = [peer.received.video_arrivals for peer in peers]
+            if track_only:
+                videos = [peer.track_arrivals() for peer in peers]
+                run.lateness_ms = record_lateness_ms(videos, a.wall, b.wall)
+            else:
+                videos = [peer.received.video_arrivals for peer in peers]
+                sample = peers[0].received
+                run.pixels = pixel_check(sample.video, sample.luma, (a.wall, b.wall), (c.wall, d.wall))
             run.speaking, run.idle = window_figures(a, b, videos), window_figures(c, d, videos)
-            sample = peers[0].received
-            run.pixels = pixel_check(sample.video, sample.luma, (a.wall, b.wall), (c.wall, d.wall))
             for task in talkers:
                 if task.done() and not task.cancelled() and task.exception() is not None:
                     run.notes.append(f"{server.code.label}: a speaking client failed: {task.exception()!r}")
@@ -897,6 +978,7 @@ def level_table(level: int, runs: Sequence[Sequence[LevelRun]], hold_s: float, i
         ("time to first frame ms, p95", ttff(95)),
         ("server CPU % speaking", speaking(lambda w: w.server_cpu_pct)),
         ("server CPU % speaking, per session", speaking(lambda w: w.server_cpu_pct / level)),
+        ("server CPU ms per frame released, speaking", speaking(lambda w: w.cpu_ms_per_frame)),
         ("server CPU % idle", idle(lambda w: w.server_cpu_pct)),
         ("server CPU % idle, per session", idle(lambda w: w.server_cpu_pct / level)),
         ("server: engine ms / frame", speaking(lambda w: w.engine_ms)),
@@ -915,13 +997,24 @@ def level_table(level: int, runs: Sequence[Sequence[LevelRun]], hold_s: float, i
         ("sampled session: pixels ok, rounds", lambda r: int(r.pixels is not None and r.pixels.ok)),
         ("speech errors", lambda r: r.speech_errors),
     ]
+    track_only = runs[0][0].track_only
+    if track_only:  # no video: what the clients receive is the mouth track's records
+        rows = [
+            (name.replace("fps", "records/s").replace("frame gap", "gap between records"), get)
+            for name, get in rows
+            if not name.startswith(("sampled session", "server: encode"))
+        ]
+        rows[1:1] = [
+            ("record lateness ms, p95", lambda r: r.lateness_ms[0]),
+            ("record lateness ms, max", lambda r: r.lateness_ms[1]),
+        ]
     codes = [rounds[0].code for rounds in runs]
     headers = ["", *codes]
     if len(runs) == 2:
         headers.append(f"{codes[1]} / {codes[0]}")
+    what = "track-only sessions (audio + mouth track, no video)" if track_only else "sessions (512x512 VP8)"
     table = Table(
-        f"{level} concurrent sessions (512x512 VP8 @ {FPS} fps): {hold_s:.0f} s all speaking, then "
-        f"{idle_s:.0f} s all silent",
+        f"{level} concurrent {what} @ {FPS} fps: {hold_s:.0f} s all speaking, then {idle_s:.0f} s all silent",
         headers,
     )
     for name, get in rows:
@@ -937,9 +1030,16 @@ def level_table(level: int, runs: Sequence[Sequence[LevelRun]], hold_s: float, i
         "round(s) in alternating order, each figure the median over the rounds; CPU % is of one "
         "core (200% = both cores of a 2-core machine); server CPU and RSS sum its whole process tree (RSS "
         "counts pages shared between forked processes once per process)",
-        "every session but the first counts complete RTP frames without decoding them; the first decodes "
-        "and its pixels are checked: the mouth moves (luma change in the mouth box over 3x the silent "
-        "window's p95) while speaking, mean luma > 32; client CPU % is every client, in the bench process",
+        (
+            "track-only: each session's avatar.mouth_track records on its LITE WebSocket are its frames; "
+            "record lateness = a record's arrival minus frame / fps, less its session's smallest such "
+            "offset in the speaking window; client CPU % is every client, in the bench process"
+            if track_only
+            else "every session but the first counts complete RTP frames without decoding them; the first "
+            "decodes and its pixels are checked: the mouth moves (luma change in the mouth box over 3x the "
+            "silent window's p95) while speaking, mean luma > 32; client CPU % is every client, in the "
+            "bench process"
+        ),
         "not drawn = frames_dropped (the pacer ran late and skipped drawing); lost in queue = drawn frames "
         "the encoder did not take; dropped % = not drawn + lost + frames not released, over elapsed x fps; "
         "time to first frame = start call -> first frame at the client, each session joining under the "

@@ -44,12 +44,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--voices",
         default=None,
-        help="comma-separated voices: flite slt,kal,kal16,awb,rms or espeak:<voice> (lipsync: tuning set)",
+        help="comma-separated voices: flite slt,kal,kal16,awb,rms, espeak:<voice> or festival:<voice> "
+        "(lipsync: tuning set)",
     )
     p.add_argument(
         "--held-out-voices",
         default=None,
-        help="lipsync: comma-separated held-out voices (default: three of HELD_OUT_VOICES; --full: all)",
+        help="lipsync: comma-separated held-out voices (default: four of HELD_OUT_VOICES; --full: all)",
     )
     p.add_argument("--sentences", type=int, default=None, help="number of corpus sentences to use")
     p.add_argument("--frames", type=int, default=300, help="frames per render-speed measurement")
@@ -96,15 +97,17 @@ def main(argv: list[str] | None = None) -> int:
 
         return browser_main(argv[1:])
     from facecast.bench import _cpu_note, run_suite
-    from facecast.bench.corpus import ALL_VOICES, FliteMissingError, is_espeak
+    from facecast.bench.corpus import ALL_VOICES, SynthesiserMissingError, is_espeak, is_festival
     from facecast.bench.report import Log
 
     parser = _parser()
     args = parser.parse_args(argv)
     for option in (args.voices, args.held_out_voices):
-        # Any espeak-ng voice may be named; flite has five.
+        # Any espeak-ng or festival voice may be named; flite has five.
         unknown = sorted(
-            v for v in set((option or "").split(",")) - set(ALL_VOICES) if v and not is_espeak(v)
+            v
+            for v in set((option or "").split(",")) - set(ALL_VOICES)
+            if v and not is_espeak(v) and not is_festival(v)
         )
         if unknown:
             parser.error(f"unknown voice(s) {', '.join(unknown)}; choose from {', '.join(ALL_VOICES)}")
@@ -113,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()[0]
     try:
         tables = run_suite(args, log)
-    except (FliteMissingError, ImportError) as exc:  # a missing prerequisite, not a bug: one line
+    except (SynthesiserMissingError, ImportError) as exc:  # a missing prerequisite, not a bug: one line
         print(f"facecast bench: {exc}", file=sys.stderr)
         return 2
     header = (

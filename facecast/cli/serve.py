@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from facecast import __version__, settings
@@ -12,6 +13,9 @@ from facecast.cli.common import UsageError
 
 if TYPE_CHECKING:
     from facecast.server.config import ServerConfig
+    from facecast.server.store import Store
+
+FULL_EXTRA_MODULES = ("pipecat", "openai", "onnxruntime")
 
 
 def _add_server_options(p: argparse.ArgumentParser, *, default_port: int) -> None:
@@ -109,6 +113,47 @@ def _server_config(args: argparse.Namespace) -> ServerConfig:
     )
 
 
+@dataclass(frozen=True)
+class FullModeOffer:
+    """What `facecast demo` says about FULL mode: `page_fragment` (added to the page's `#key=...`) opens
+    the page in FULL mode when a language model is configured; without one, `text` says how to set one up."""
+
+    text: str
+    page_fragment: str | None = None
+
+
+def full_mode_offer(store: Store, dev_key: str) -> FullModeOffer:
+    """FULL mode (the user talks, the server holds the conversation) when a language model is configured:
+    the server's default, else the dev key's newest LLM configuration."""
+    import importlib.util
+
+    from facecast.server.store import LlmConfigRecord
+
+    if any(importlib.util.find_spec(name) is None for name in FULL_EXTRA_MODULES):
+        return FullModeOffer(
+            "FULL mode (talk with it) needs the conversation extra: pip install 'facecast[full]'"
+        )
+    if settings.LLM_BASE_URL.get() and settings.LLM_MODEL.get():
+        return FullModeOffer(
+            f"FULL mode (talk with it; the server's LLM {settings.LLM_MODEL.get()})", "&mode=FULL"
+        )
+    key = store.authenticate_key(dev_key)
+    configs = store.list_owned(LlmConfigRecord, key.id) if key is not None else []
+    if configs:
+        config = configs[-1]
+        assert isinstance(config, LlmConfigRecord)
+        return FullModeOffer(
+            f"FULL mode (talk with it; LLM configuration {config.display_name!r})",
+            f"&mode=FULL&llm={config.id}",
+        )
+    return FullModeOffer(
+        "FULL mode (talk with it) needs a language model: restart with "
+        f"{settings.LLM_BASE_URL.name}=http://127.0.0.1:11434/v1 {settings.LLM_MODEL.name}=llama3.2 (any "
+        f"OpenAI-compatible endpoint; {settings.LLM_API_KEY.name} too if it needs a key), or create an LLM "
+        "configuration for the dev key with POST /v1/llm_configurations (docs/full-mode.md)"
+    )
+
+
 def run(args: argparse.Namespace, *, demo: bool) -> int:
     """`facecast serve`, or `facecast demo` (demo: a dev key, and a free port if the one asked is taken)."""
     from facecast.server.auth import default_data_dir
@@ -116,19 +161,26 @@ def run(args: argparse.Namespace, *, demo: bool) -> int:
     from facecast.server.store import ensure_dev_key, open_store
 
     config = _server_config(args)
-    dev_key = None
+    dev_key: str | None = None
+    full_offer: FullModeOffer | None = None
     if demo:
         data_dir = config.data_dir or default_data_dir()
         store = open_store(config.database_url, data_dir)
         try:
             dev_key = ensure_dev_key(store, data_dir)
+            full_offer = full_mode_offer(store, dev_key)
         finally:
             store.close()
 
     def ready(url: str) -> None:
         print(f"Facecast {__version__} is listening on {url}")
         if dev_key is not None:
-            print(f"  open {url}/#key={dev_key}")
+            page_url = f"{url}/#key={dev_key}"
+            print(f"  open {page_url}")
+            if full_offer is not None and full_offer.page_fragment is not None:
+                print(f"  {full_offer.text}: open {page_url}{full_offer.page_fragment}")
+            elif full_offer is not None:
+                print(f"  {full_offer.text}")
             print(f"  dev API key: {dev_key}")
         print(f"  API docs: {url}/docs    metrics: {url}/metrics    Ctrl-C stops it")
         sys.stdout.flush()

@@ -17,7 +17,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pipecat.audio.vad.silero import SileroVADAnalyzer
 from pipecat.audio.vad.vad_analyzer import VADParams
 from pipecat.frames.frames import (
     ErrorFrame,
@@ -35,7 +34,6 @@ from pipecat.processors.aggregators.llm_response_universal import (
     LLMContextAggregatorPair,
     LLMUserAggregatorParams,
 )
-from pipecat.processors.audio.vad_processor import VADProcessor
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.services.openai.llm import OpenAILLMService
 from pipecat.turns.user_start import VADUserTurnStartStrategy
@@ -45,16 +43,25 @@ from pipecat.workers.runner import WorkerRunner
 
 from facecast.conversation import events as ev
 from facecast.conversation.processors import AvatarSpeech, Emit, Microphone, TurnTimer
-from facecast.conversation.services import STT_RATE, PocketSphinxSTTService
+from facecast.conversation.services import (
+    STT_RATE,
+    PauseTrackingSileroVAD,
+    PausingVADProcessor,
+    PocketSphinxSTTService,
+    SpeechChoice,
+    stt_service,
+    tts_service,
+)
 from facecast.hosts.live import LiveCore
-from facecast.tts.espeak_service import EspeakTTSService
 
 log = logging.getLogger(__name__)
 
 VAD_STOP_SECS = 0.2  # silence that ends the user's speech (Silero; what Pipecat recommends)
-USER_SPEECH_TIMEOUT_S = 0.4  # after the VAD stop, how long the user may resume; it runs while STT decodes
+USER_SPEECH_TIMEOUT_S = 0.1  # after the VAD stop, how long the user may resume (see docs/full-mode.md)
 USER_TURN_STOP_TIMEOUT_S = 15.0
 MAX_COMMAND_TEXT_CHARS = 2000
+DEFAULT_STT = SpeechChoice("pocketsphinx")
+DEFAULT_TTS = SpeechChoice("espeak")
 STOP_TIMEOUT_S = 15.0  # a pipeline's cleanup (the decoder process's exit included) on a busy CPU
 
 
@@ -122,6 +129,8 @@ class Conversation:
         *,
         on_activity: Callable[[], None],
         on_error: Callable[[str], None],
+        stt: SpeechChoice = DEFAULT_STT,
+        tts: SpeechChoice = DEFAULT_TTS,
     ) -> None:
         self.persona = persona
         self._emit = emit
@@ -131,7 +140,7 @@ class Conversation:
         self.timer = TurnTimer(VAD_STOP_SECS)
         self.avatar = AvatarSpeech(core, emit, self.timer)
         self.user_events = UserEvents(emit, on_activity, self.timer)
-        self.stt = PocketSphinxSTTService()
+        self.stt = stt_service(stt)
         messages: list[Any] = []
         if persona.opening_text:
             messages.append({"role": "assistant", "content": persona.opening_text})
@@ -156,12 +165,14 @@ class Conversation:
         pipeline = Pipeline(
             [
                 self.microphone,
-                VADProcessor(vad_analyzer=SileroVADAnalyzer(params=VADParams(stop_secs=VAD_STOP_SECS))),
+                PausingVADProcessor(
+                    vad_analyzer=PauseTrackingSileroVAD(params=VADParams(stop_secs=VAD_STOP_SECS))
+                ),
                 self.stt,
                 self.user_events,
                 aggregators.user(),
                 llm_service,
-                EspeakTTSService(settings=EspeakTTSService.Settings(voice=persona.voice)),
+                tts_service(tts, persona.voice),
                 self.avatar,
                 aggregators.assistant(),
             ]
@@ -190,7 +201,8 @@ class Conversation:
 
     async def start(self, timeout: float = 30.0) -> None:
         """Run the pipeline and wait until it has started (Silero and PocketSphinx loaded)."""
-        await self.stt.load()
+        if isinstance(self.stt, PocketSphinxSTTService):
+            await self.stt.load()
         self._worker_runner = WorkerRunner(handle_sigint=False)
         await self._worker_runner.add_workers(self._worker)
         self._runner = asyncio.create_task(self._worker_runner.run(), name="facecast-conversation")
@@ -274,7 +286,8 @@ class Conversation:
     async def aclose(self) -> None:
         runner, self._runner = self._runner, None
         if runner is None:
-            await self.stt.unload()  # loaded by start() before the pipeline ran
+            if isinstance(self.stt, PocketSphinxSTTService):
+                await self.stt.unload()  # loaded by start() before the pipeline ran
             return
         assert self._worker_runner is not None
         with contextlib.suppress(Exception):  # the runner cancels its worker and stops its bus
@@ -286,4 +299,5 @@ class Conversation:
             runner.cancel()
             with contextlib.suppress(BaseException):
                 await runner
-        await self.stt.unload()  # the pipeline's cleanup did, unless it was cut short
+        if isinstance(self.stt, PocketSphinxSTTService):
+            await self.stt.unload()  # the pipeline's cleanup did, unless it was cut short

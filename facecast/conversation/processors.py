@@ -1,7 +1,8 @@
 """The two ends of a FULL session's pipeline: the user's microphone in, the avatar out.
 
-`Microphone` heads the pipeline: it reads the session's WebRTC audio track (aiortc's decoded Opus, any
-rate and layout), turns it into 16 kHz mono `InputAudioRawFrame`s and, while the microphone is closed
+`Microphone` heads the pipeline: it reads the user's audio (a WebRTC session's aiortc track, decoded Opus
+of any rate and layout, or 16 kHz mono PCM from a LiveKit room's track), turns it into 16 kHz mono
+`InputAudioRawFrame`s and, while the microphone is closed
 (push-to-talk outside its window), sends silence of the same length instead, so the VAD sees the user stop.
 
 `AvatarSpeech` follows the TTS service: it swallows the TTS audio into the session's `LiveCore` (the
@@ -16,7 +17,7 @@ import contextlib
 import logging
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import av
@@ -92,20 +93,25 @@ class TurnTimer:
 
 
 class Microphone(FrameProcessor):
-    """The user's WebRTC audio track as 16 kHz mono `InputAudioRawFrame`s; silence while closed."""
+    """The user's audio as 16 kHz mono `InputAudioRawFrame`s; silence while closed."""
 
     def __init__(self, *, open_: bool = True, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.open = open_
-        self._track: Any = None
-        self._has_track = asyncio.Event()
+        self._source: AsyncIterator[bytes] | None = None
+        self._has_source = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._resampler = av.AudioResampler(format="s16", layout="mono", rate=STT_RATE)
 
     def attach(self, track: Any) -> None:
         """Listen to this aiortc audio track (the session's peer calls it when the offer brings one)."""
-        self._track = track
-        self._has_track.set()
+        self.attach_pcm(_aiortc_pcm(track))
+
+    def attach_pcm(self, source: AsyncIterator[bytes]) -> None:
+        """Listen to this stream of 16 kHz mono int16 PCM chunks instead of the one before (a LiveKit
+        room's user track; a user who leaves and comes back brings a new one). The stream ending means
+        the user's audio has gone; the microphone waits for the next."""
+        self._source = source
+        self._has_source.set()
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         await super().process_frame(frame, direction)
@@ -128,19 +134,32 @@ class Microphone(FrameProcessor):
             self._task = None
 
     async def _read(self) -> None:
-        from aiortc.mediastreams import MediaStreamError
-
-        await self._has_track.wait()
         while True:
-            try:
-                received = await self._track.recv()
-            except MediaStreamError:
-                return  # the peer went away; the session's owner ends the session
-            for frame in self._resampler.resample(received):
-                pcm = bytes(frame.planes[0])[: frame.samples * 2]
+            await self._has_source.wait()
+            self._has_source.clear()
+            source = self._source
+            assert source is not None
+            async for pcm in source:
+                if self._has_source.is_set():
+                    break  # a newer source replaces this one
                 if not self.open:
                     pcm = bytes(len(pcm))
                 await self.push_frame(InputAudioRawFrame(audio=pcm, sample_rate=STT_RATE, num_channels=1))
+
+
+async def _aiortc_pcm(track: Any) -> AsyncIterator[bytes]:
+    """An aiortc audio track as 16 kHz mono int16 PCM; ends when the peer goes away (the session's owner
+    then ends the session)."""
+    from aiortc.mediastreams import MediaStreamError
+
+    resampler = av.AudioResampler(format="s16", layout="mono", rate=STT_RATE)
+    while True:
+        try:
+            received = await track.recv()
+        except MediaStreamError:
+            return
+        for frame in resampler.resample(received):
+            yield bytes(frame.planes[0])[: frame.samples * 2]
 
 
 class AvatarSpeech(FrameProcessor):

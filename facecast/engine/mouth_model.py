@@ -28,6 +28,8 @@ PHONE_CONTEXT = 4  # recognised-phone frames either side (40 ms)
 # The running mean starts as the training set's mean weighted as this many frames, so the first frames
 # of a segment are normalised sensibly and later ones mostly by the speaker's own mean.
 CMN_PRIOR_FRAMES = 50.0
+# A confident classifier error must not make the known words' alignment impossible there.
+LOG_PROB_FLOOR = -6.0
 N_PHONES = len(ARPABET)
 N_INPUTS = (2 * MEL_CONTEXT + 1) * N_MEL + (2 * PHONE_CONTEXT + 1) * N_PHONES
 
@@ -117,6 +119,13 @@ class MouthModel:
     def logits(self, inputs: np.ndarray) -> np.ndarray:
         hidden = np.maximum(0.0, ((inputs - self._in_mean) * self._in_scale) @ self._w1 + self._b1)
         return hidden @ self._w2 + self._b2
+
+    def log_probs(self, inputs: np.ndarray) -> np.ndarray:
+        """Log-probability of each mouth class per input row, floored at LOG_PROB_FLOOR."""
+        logits = self.logits(inputs)
+        logits = logits - logits.max(axis=1, keepdims=True)
+        log_p = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+        return np.maximum(log_p, LOG_PROB_FLOOR).astype(np.float32)
 
     def classes(self, inputs: np.ndarray) -> np.ndarray:
         """Mouth class (index into VISEMES) of each input row."""

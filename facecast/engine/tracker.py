@@ -26,6 +26,7 @@ import numpy as np
 
 from facecast.engine.config import ANALYSIS_RATE
 from facecast.engine.mouth_model import (
+    LOG_PROB_FLOOR,
     MEL_CONTEXT,
     N_MEL,
     PHONE_CONTEXT,
@@ -70,6 +71,9 @@ SPEECH_GATE_DB = -52.0
 LEVEL_RANGE_DB = 26.0
 PEAK_DECAY_DB_PER_FRAME = 0.02
 ENERGY_WINDOW = 400  # 25 ms analysis window, as the recogniser's
+# Track frames (1 s) of an ended segment's energy features computed at once: larger blocks gain little
+# and wake OpenBLAS's threads for the mel matmul, which cost more CPU than they save.
+FEATURE_BLOCK = 100
 # Auto mode: where phones say silence but the energy level says this much, the recogniser missed speech.
 RECOGNISER_MISS_LEVEL = 0.45
 
@@ -325,7 +329,8 @@ class SegmentTrack:
         self._word_requests: list[tuple[str, str, float | str, float | None]] = []
         self._level = np.zeros(1024, np.float32)
         self._centroid = np.zeros(1024, np.float32)
-        self._n_feat = 0  # track frames with energy features
+        self._n_feat = 0  # track frames with energy features (what the mouth may read)
+        self._n_computed = 0  # track frames whose features are computed (ahead of _n_feat once ended)
         self._utt_base = 0  # track frame where the recogniser's current utterance started
         self._utt_started = False
         self._recogniser_failed = False
@@ -337,6 +342,11 @@ class SegmentTrack:
         self._model = MouthModel.get() if recognizer is not None else None
         self._mel = np.zeros((1024 if self._model is not None else 0, N_MEL), np.float32)
         self._mel_mean = RunningMean(self._model.cmn_prior) if self._model is not None else None
+        # The classifier's class log-probabilities per track frame, read by the word spans' passes;
+        # frames from _log_probs_final on were computed before their whole context was known.
+        self._log_probs = np.zeros((0, len(VISEMES)), np.float32)
+        self._log_probs_final = 0
+        self._classified_labels = np.zeros(0, np.int16)  # the phone each frame had when classified
 
     # -- intake -------------------------------------------------------------------------------------
     def feed(self, audio16: np.ndarray) -> None:
@@ -449,11 +459,50 @@ class SegmentTrack:
 
     def _update_spans(self) -> None:
         self._take_word_requests()
+        if not self._spans:
+            return
         known = min(len(self._labels), self._decoded // HOP)
+        redo = max(0, min(self._dirty - PHONE_CONTEXT, self._log_probs_final))
+        self._classify(redo, known)
         for span in self._spans:
             if not span.rejected:
-                span.update(self._labels, known, self._dirty)
+                span.update(self._labels, self._log_probs, known, redo)
         self._dirty = known
+
+    def _classify(self, lo: int, hi: int) -> None:
+        """Class log-probabilities of track frames [lo, hi) (the recogniser has decoded them). A frame
+        computed with its whole context is computed again only where the recogniser's phones around it
+        changed since."""
+        if hi > len(self._log_probs):
+            size = max(hi, 2 * len(self._log_probs))
+            grown = np.zeros((size, len(VISEMES)), np.float32)
+            grown[: len(self._log_probs)] = self._log_probs
+            self._log_probs = grown
+            seen = np.full(size, UNDECODED, np.int16)
+            seen[: len(self._classified_labels)] = self._classified_labels
+            self._classified_labels = seen
+        if hi <= lo:
+            return
+        if self._model is None or self._n_feat == 0:
+            # No classifier: the recogniser's own classes, as certain.
+            codes = _window_codes(self._codes, hi, lo, hi, complete=False)
+            self._log_probs[lo:hi] = np.where(np.eye(len(VISEMES), dtype=bool)[codes], 0.0, LOG_PROB_FLOOR)
+        else:
+            labels = fill_undecoded(
+                context_rows(self._labels, hi, lo - PHONE_CONTEXT, hi + PHONE_CONTEXT), UNDECODED
+            )
+            centre = labels[PHONE_CONTEXT : PHONE_CONTEXT + hi - lo]
+            changed = centre != self._classified_labels[lo:hi]
+            changed[max(0, self._log_probs_final - lo) :] = True
+            near = np.convolve(changed, np.ones(2 * PHONE_CONTEXT + 1, bool), mode="same") > 0
+            first = int(np.argmax(near)) if near.any() else hi - lo
+            mel = context_rows(self._mel, self._n_feat, lo + first - MEL_CONTEXT, hi + MEL_CONTEXT)
+            self._log_probs[lo + first : hi] = self._model.log_probs(model_inputs(mel, labels[first:]))
+            self._classified_labels[lo:hi] = centre
+        complete = self._complete and hi >= self._n // HOP
+        self._log_probs_final = (
+            hi if complete else max(0, min(hi - PHONE_CONTEXT, self._n_feat - MEL_CONTEXT))
+        )
 
     def _words_window(self, w0: int, w1: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Classes from accepted word spans for frames [w0, w1), the frames they decide, and the
@@ -498,20 +547,32 @@ class SegmentTrack:
             self._decoded = head
         feat_end = -(-self._n // HOP) if self._complete else max(0, (head - ENERGY_WINDOW) // HOP + 1)
         if feat_end > self._n_feat:
-            # Only the samples these frames' windows reach: the segment may hold minutes more.
-            stop = min(self._n, (feat_end - 1) * HOP + ENERGY_WINDOW)
-            audio = self._pcm[self._n_feat * HOP : stop].astype(np.float32) / 32768.0
-            level, centroid, log_mel = self._energy.frames(audio, 0, feat_end - self._n_feat)
-            self._ensure(feat_end)
-            self._level[self._n_feat : feat_end] = level
-            self._centroid[self._n_feat : feat_end] = centroid
-            if self._mel_mean is not None:
-                self._mel[self._n_feat : feat_end] = self._mel_mean.normalise(log_mel)
+            if feat_end > self._n_computed:
+                # An ended segment (a file) has its features computed ahead in blocks of FEATURE_BLOCK
+                # frames instead of a few per video frame: the same numbers (each row sees the same
+                # window, the running peak and mean take the rows in the same order), read only up to
+                # feat_end as before.
+                ahead = min(-(-self._n // HOP), self._n_computed + FEATURE_BLOCK) if self._ended else 0
+                self._compute_features(max(feat_end, ahead))
             self._n_feat = feat_end
         if self._complete and not self._finished:
             self._finished = True
             if self._recognizer is not None and self._utt_started and not self._recogniser_failed:
                 self._write_phones(self._recognizer.finish())
+
+    def _compute_features(self, end: int) -> None:
+        """Energy features (and normalised log-mel rows) of track frames [_n_computed, end)."""
+        first = self._n_computed
+        # Only the samples these frames' windows reach: the segment may hold minutes more.
+        stop = min(self._n, (end - 1) * HOP + ENERGY_WINDOW)
+        audio = self._pcm[first * HOP : stop].astype(np.float32) / 32768.0
+        level, centroid, log_mel = self._energy.frames(audio, 0, end - first)
+        self._ensure(end)
+        self._level[first:end] = level
+        self._centroid[first:end] = centroid
+        if self._mel_mean is not None:
+            self._mel[first:end] = self._mel_mean.normalise(log_mel)
+        self._n_computed = end
 
     def _decode_phones(self, start: int, head: int) -> None:
         rec = self._recognizer
@@ -609,14 +670,19 @@ class SegmentTrack:
             codes = _window_codes(self._align, len(self._align), w0, w1, complete=True)
             source = "alignment"
         elif self._recognizer is not None and not self._recogniser_failed:
-            codes = self._phone_codes(w0, w1)
             source = "phones"
             if self._spans or self._word_requests:
                 word_codes, decided, rejected = self._words_window(w0, w1)
-                codes = np.where(decided, word_codes, codes).astype(np.int8)
+                # The classifier's own classes are needed only where the words do not decide.
+                codes = (
+                    word_codes if decided.all() else np.where(decided, word_codes, self._phone_codes(w0, w1))
+                )
+                codes = codes.astype(np.int8)
                 if decided[centre]:
                     source = "words"
                 mismatch = bool(rejected[centre])
+            else:
+                codes = self._phone_codes(w0, w1)
         else:
             rows = energy[span]
             row = rows.mean(axis=0)

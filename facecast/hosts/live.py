@@ -199,13 +199,17 @@ class LiveCore:
     `next_audio()` for transports with one track each, `next_frame()` for those that send both.
 
     `on_event` receives SegmentStarted / SegmentEnded on the event loop when the frame carrying the event
-    is released. Outputs start filling on their first call."""
+    is released. `on_frame` receives each released frame's FrameMeta on the event loop (transports
+    without a lead: as its audio starts playing), except frames whose speech a clear silenced: a stream
+    of per-frame data (the mouth track) stops with the speech. Outputs start filling on their first
+    call."""
 
     def __init__(
         self,
         engine: Engine,
         *,
         on_event: Callable[[SegmentEvent], None] | None = None,
+        on_frame: Callable[[FrameMeta], None] | None = None,
         queue_frames: int = 2,
         lead_s: float = 0.0,
         idle_yields_to_speech: bool = False,
@@ -218,6 +222,7 @@ class LiveCore:
             raise ValueError(f"lead_s must not be negative, got {lead_s}")
         self._engine = engine
         self._on_event = on_event
+        self._on_frame = on_frame
         self._queue_frames = queue_frames
         self._lead_s = lead_s
         self._idle_yields = idle_yields_to_speech
@@ -605,6 +610,11 @@ class LiveCore:
                     log.exception("on_event callback failed for %s", event)
         if speech is not None:
             self._speech_free_at = plays_mono + duration
+        if self._on_frame is not None and not item.muted:
+            try:
+                self._on_frame(meta)
+            except Exception:
+                log.exception("on_frame callback failed for frame %d", meta.index)
 
     def _silent(self, n: int) -> np.ndarray:
         # Shared read-only buffers: idle frames are the common case.

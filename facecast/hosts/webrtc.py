@@ -615,7 +615,9 @@ class AvatarPeer:
     client closed it), fails (a client that vanished fails when aioice's consent checks give up,
     about 30 s), or is not connected `grace_s` after the answer; not when aclose() ends it.
     `on_audio_track`, when given, receives the client's audio track (its microphone), once the offer
-    carries one. aiortc
+    carries one. `video=False` makes a track-only peer: no video track and no video encoder (the
+    answer's video section, if the offer has one, is inactive); the audio and the data channel stay,
+    for a client that draws the avatar itself from the mouth track. aiortc
     has no "disconnected" state; should one appear it gets the same grace. Callbacks run on the event
     loop and must not block."""
 
@@ -630,6 +632,7 @@ class AvatarPeer:
         on_closed: Callable[[], None] | None = None,
         on_audio_track: Callable[[MediaStreamTrack], None] | None = None,
         grace_s: float = DEFAULT_GRACE_S,
+        video: bool = True,
     ) -> None:
         if codec not in VIDEO_CODECS:
             raise ValueError(f"codec must be one of {VIDEO_CODECS}, got {codec!r}")
@@ -640,7 +643,7 @@ class AvatarPeer:
         self._on_closed = on_closed
         self._grace_s = grace_s
         self._pc = RTCPeerConnection(RTCConfiguration(iceServers=[_ice_server(s) for s in ice_servers]))
-        self.video = AvatarVideoTrack(avatar)
+        self.video = AvatarVideoTrack(avatar) if video else None
         self.audio = AvatarAudioTrack(avatar)
         # Transceivers before the offer arrives, so the codec preference shapes the answer.
         # With on_audio_track the client's microphone comes back on the audio transceiver (FULL mode).
@@ -649,12 +652,15 @@ class AvatarPeer:
         self._on_audio_track = on_audio_track
         if on_audio_track is not None:
             self._pc.on("track", self._track_arrived)
-        video = self._pc.addTransceiver(self.video, direction="sendonly")
-        video.setCodecPreferences(_codec_preferences(codec))
+        senders = [audio.sender]
+        if self.video is not None:
+            video_transceiver = self._pc.addTransceiver(self.video, direction="sendonly")
+            video_transceiver.setCodecPreferences(_codec_preferences(codec))
+            senders.append(video_transceiver.sender)
         if rtcp.enabled():  # sender reports on the engine's clock from the first packets: see hosts/rtcp.py
-            rtcp.MediaClockReports().attach(audio.sender, video.sender)
-        encode_where_sent(audio.sender)  # after rtcp's hold, which wraps the tracks' own frames
-        encode_where_sent(video.sender)
+            rtcp.MediaClockReports().attach(*senders)
+        for sender in senders:  # after rtcp's hold, which wraps the tracks' own frames
+            encode_where_sent(sender)
         self._channel = self._pc.createDataChannel(DATA_CHANNEL_LABEL, negotiated=True, id=0)
         self._channel.on("open", self._flush_events)
         self._channel.on("message", self._receive)
@@ -703,11 +709,11 @@ class AvatarPeer:
         out: dict[str, Any] = {
             "connection_state": self._pc.connectionState,
             "video_codec": self.codec,
-            "video_frames_sent": self.video.frames,
-            "first_video_sent_at": self.video.first_sent_at,
+            "video_frames_sent": self.video.frames if self.video is not None else 0,
+            "first_video_sent_at": self.video.first_sent_at if self.video is not None else None,
             "audio_frames_sent": self.audio.frames,
-            "encode_ms": self.video.meter.mean_ms,
-            "encode_cpu_ms": self.video.meter.mean_cpu_ms,
+            "encode_ms": self.video.meter.mean_ms if self.video is not None else None,
+            "encode_cpu_ms": self.video.meter.mean_cpu_ms if self.video is not None else None,
             "events_dropped": self._events_dropped,
         }
         for transceiver in self._pc.getTransceivers():
@@ -723,7 +729,8 @@ class AvatarPeer:
             self._cancel_timer()
             self._closing = asyncio.create_task(self._pc.close())
         await asyncio.shield(self._closing)
-        self.video.stop()  # the senders stop their tracks, unless media never started
+        if self.video is not None:  # the senders stop their tracks, unless media never started
+            self.video.stop()
         self.audio.stop()
 
     # -- internals ------------------------------------------------------------------------------------

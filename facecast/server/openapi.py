@@ -253,6 +253,50 @@ def _require_body_rules(document: dict[str, Any], config: ServerConfig) -> None:
             ]
         },
     ]
+    # The mouth track and track-only sessions (server.sessions.tokens._check_track_only).
+    track_only = {"properties": {"video": {"const": False}}, "required": ["video"]}
+    rules += [
+        {
+            "anyOf": [
+                {"not": track_only},
+                {"properties": {"mouth_track": {"const": True}}, "required": ["mouth_track"]},
+            ]
+        },
+        *(
+            {
+                "not": {
+                    "properties": {"mode": {"const": "FULL"}, name: {"const": value}},
+                    "required": ["mode", name],
+                }
+            }
+            for name, value in (("mouth_track", True), ("video", False))
+        ),
+        {
+            "not": {
+                "allOf": [
+                    track_only,
+                    {"properties": {"livekit_config": {"type": "object"}}, "required": ["livekit_config"]},
+                ]
+            }
+        },
+        {
+            "not": {
+                "allOf": [
+                    track_only,
+                    {"properties": {"transport": {"const": "livekit"}}, "required": ["transport"]},
+                ]
+            }
+        },
+    ]
+    if config.livekit.configured:  # transport livekit is then the default: track-only names webrtc
+        rules.append(
+            {
+                "anyOf": [
+                    {"not": track_only},
+                    {"properties": {"transport": {"const": "webrtc"}}, "required": ["transport"]},
+                ]
+            }
+        )
     if not config.livekit.configured:
         # Without a LiveKit server of its own the server makes no rooms: transport livekit names the caller's.
         rules.append(

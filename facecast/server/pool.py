@@ -7,8 +7,9 @@ bytes or arrays, never base64).
 
 In the API process a session sees two proxies: `RemoteAvatar` (the `SpeechTarget` LITE commands drive)
 and `RemotePeer` (offer/answer, events to the data channel, stats). Segment events, the peer's
-connected/closed changes, its data-channel messages and (every STATS_PUSH_S) the live stats come back as
-`Notice`s.
+connected/closed changes, its data-channel messages, (every STATS_PUSH_S) the live stats and, for
+sessions with the mouth track, each frame's `avatar.mouth_track` event (for the LITE WebSocket; the worker
+sends it to the data channel itself) come back as `Notice`s.
 
 A worker that dies (crash, OOM kill) ends only its own sessions: their `on_lost` callbacks fire, every call
 waiting on it fails with AvatarClosed, and a fresh process takes its place. Workers exit when the API
@@ -37,6 +38,7 @@ from typing import Any, Literal, NamedTuple, get_args
 
 import numpy as np
 
+from facecast import protocol as p
 from facecast import settings
 from facecast.avatars import AvatarLibrary, load_renderer
 from facecast.avatars.bundle import Bundle
@@ -45,7 +47,8 @@ from facecast.avatars.look import Look
 from facecast.avatars.procedural import ProceduralRenderer
 from facecast.avatars.refs import BuiltinAvatar, LibraryAvatar, parse_avatar_id
 from facecast.engine import Engine
-from facecast.engine.types import PhoneTiming, SegmentEvent, SegmentTag
+from facecast.engine.mouth_track import mouth_track_record
+from facecast.engine.types import FrameMeta, PhoneTiming, SegmentEvent, SegmentTag
 from facecast.hosts.live import AvatarClosed, EngineThread, LiveCore, LiveStats
 from facecast.server.memory import MemoryReleaser, freeze_long_lived, map_large_buffers
 from facecast.server.session_settings import DEFAULT_LIP_SYNC, LipSync, SessionSettings
@@ -70,6 +73,7 @@ class AvatarSpec:
     look: Look
     lip_sync: LipSync = DEFAULT_LIP_SYNC
     library_root: str | None = None  # the server's AvatarLibrary (avatars made through the API)
+    video: bool = True  # False: a track-only session, whose engine draws nothing (no renderer)
 
     @staticmethod
     def from_settings(settings: SessionSettings, library: AvatarLibrary | None) -> AvatarSpec:
@@ -77,6 +81,7 @@ class AvatarSpec:
             look=settings.look,
             lip_sync=settings.lip_sync,
             library_root=str(library.root) if library is not None else None,
+            video=settings.video,
         )
 
 
@@ -90,6 +95,8 @@ def _read_bundle(path: str, mtime_ns: int, size: int) -> Bundle:
 def build_engine(spec: AvatarSpec) -> Engine:
     """The session's engine. Raises ValueError (AvatarNotFoundError, BundleError) for an avatar that
     cannot be rendered."""
+    if not spec.video:  # track-only: the mouth track comes from the animation, nothing is drawn
+        return Engine(None, spec.lip_sync.engine_config(spec.look, WEBRTC_AUDIO_RATE))
     library = AvatarLibrary(spec.library_root) if spec.library_root is not None else None
     look = spec.look
     # The id was checked at mint (a built-in, or one of the key's avatars): never a path.
@@ -120,10 +127,27 @@ def _builtin_renderer(name: str, aspect: str, quality: str, background: str) -> 
 
 
 def new_live_avatar(
-    engine: Engine, on_event: Callable[[SegmentEvent], None], *, engine_thread: EngineThread = "own"
+    engine: Engine,
+    on_event: Callable[[SegmentEvent], None],
+    on_frame: Callable[[FrameMeta], None] | None = None,
+    *,
+    engine_thread: EngineThread = "own",
 ) -> LiveCore:
-    """The one place a live session's avatar is made, in-process or in a worker."""
-    return LiveCore(engine, on_event=on_event, engine_thread=engine_thread)
+    """The one place a live session's avatar is made, in-process or in a worker; `on_frame`: the
+    session sends the mouth track."""
+    return LiveCore(engine, on_event=on_event, on_frame=on_frame, engine_thread=engine_thread)
+
+
+def mouth_track_event(session_id: str, meta: FrameMeta) -> dict[str, Any]:
+    """One frame's `avatar.mouth_track` event (docs/mouth-track.md): `event_id` is the utterance's (its
+    segment's tag) while its audio plays, None on idle frames."""
+    tag = meta.segment_tag
+    return {
+        "type": p.AVATAR_MOUTH_TRACK,
+        "event_id": tag if isinstance(tag, str) else None,
+        "session_id": session_id,
+        "track": mouth_track_record(meta),
+    }
 
 
 # -- wire messages ------------------------------------------------------------------------------------
@@ -138,6 +162,7 @@ class Start:
     session: str
     spec: AvatarSpec
     started_at: float  # time.monotonic() of the start request: CLOCK_MONOTONIC is one clock per machine
+    mouth_track: bool = False  # send each frame's avatar.mouth_track event (data channel and Notice)
 
 
 @dataclass(frozen=True)
@@ -159,6 +184,7 @@ class Offer:
     sdp_type: str
     codec: str
     ice_servers: tuple[dict[str, Any], ...]
+    video: bool = True  # False: a track-only peer (AvatarPeer(video=False))
 
 
 @dataclass(frozen=True)
@@ -204,13 +230,14 @@ class Reply:
     error: tuple[str, str] | None = None  # (exception type name, message)
 
 
-NoticeKind = Literal["segment", "connected", "closed", "message", "stats"]
+NoticeKind = Literal["segment", "connected", "closed", "message", "stats", "track"]
 
 
 @dataclass(frozen=True)
 class Notice:
     """Worker → API: something happened to a session (payload: the SegmentEvent, the client's
-    data-channel message, or the avatar's LiveStats, sent every STATS_PUSH_S)."""
+    data-channel message, the avatar's LiveStats, sent every STATS_PUSH_S, or a frame's
+    avatar.mouth_track event)."""
 
     session: str
     kind: NoticeKind
@@ -397,11 +424,23 @@ class _Worker:
         def on_event(event: SegmentEvent) -> None:
             self.channel.send(Notice(session_id, "segment", event))
 
+        def on_frame(meta: FrameMeta) -> None:
+            event = mouth_track_event(session_id, meta)
+            peer = session.peer
+            if peer is not None and peer.connection_state == "connected":
+                peer.send_event(event)
+            self.channel.send(Notice(session_id, "track", event))
+
         # FACECAST_LIVE_ENGINE_THREAD=loop: on the worker's loop, which saves two thread hand-offs per
         # frame and the loop's waits for the GIL; but a joining session's signalling then waits behind
         # the others' frames, which on an overloaded machine was worse (docs/benchmarks.md).
-        avatar = new_live_avatar(engine, on_event, engine_thread=settings.LIVE_ENGINE_THREAD.get())
-        self.sessions[session_id] = _WorkerSession(avatar)
+        avatar = new_live_avatar(
+            engine,
+            on_event,
+            on_frame if request.mouth_track else None,
+            engine_thread=settings.LIVE_ENGINE_THREAD.get(),
+        )
+        session = self.sessions[session_id] = _WorkerSession(avatar)
         await avatar.start(started_at=request.started_at)
 
     async def _offer(self, request: Offer, session: _WorkerSession) -> Answer:
@@ -421,6 +460,7 @@ class _Worker:
             on_message=lambda message: self.channel.send(Notice(sid, "message", message)),
             on_connected=notify("connected"),
             on_closed=notify("closed"),
+            video=request.video,
         )
         try:
             answer = await session.peer.answer(request.sdp, request.sdp_type)
@@ -474,6 +514,7 @@ class _Handlers:
     on_closed: Callable[[], None] | None = None
     on_message: Callable[[dict[str, Any]], None] | None = None
     on_stats: Callable[[LiveStats], None] | None = None
+    on_track: Callable[[dict[str, Any]], None] | None = None  # avatar.mouth_track events
 
 
 def _rss_bytes(pid: int) -> int | None:
@@ -555,6 +596,8 @@ class WorkerProcess:
             callback, args = handlers.on_message, (notice.payload,)
         elif notice.kind == "stats":
             callback, args = handlers.on_stats, (notice.payload,)
+        elif notice.kind == "track":
+            callback, args = handlers.on_track, (notice.payload,)
         else:
             callback = handlers.on_connected if notice.kind == "connected" else handlers.on_closed
             args = ()
@@ -755,12 +798,15 @@ class RemoteAvatar:
         started_at: float,
         on_event: Callable[[SegmentEvent], None],
         on_lost: Callable[[], None],
+        on_track: Callable[[dict[str, Any]], None] | None = None,
     ) -> RemoteAvatar:
         """Start a session's avatar on the least-loaded worker. ValueError: the avatar cannot be
-        rendered; AvatarClosed: the worker died meanwhile."""
-        worker = await pool.place(session_id, _Handlers(on_event=on_event, on_lost=on_lost))
+        rendered; AvatarClosed: the worker died meanwhile. `on_track`: the session sends the mouth
+        track, and this receives each frame's avatar.mouth_track event."""
+        handlers = _Handlers(on_event=on_event, on_lost=on_lost, on_track=on_track)
+        worker = await pool.place(session_id, handlers)
         try:
-            await worker.call(Start(session_id, spec, started_at))
+            await worker.call(Start(session_id, spec, started_at, mouth_track=on_track is not None))
         except Exception:
             worker.sessions.pop(session_id, None)
             with contextlib.suppress(Exception):
@@ -809,6 +855,7 @@ class RemoteAvatar:
         on_message: Callable[[dict[str, Any]], None],
         on_connected: Callable[[], None],
         on_closed: Callable[[], None],
+        video: bool = True,
     ) -> RemotePeer:
         handlers = self.worker.sessions.get(self.session_id)
         if handlers is not None:
@@ -817,7 +864,7 @@ class RemoteAvatar:
                 on_connected,
                 on_closed,
             )
-        return RemotePeer(self, codec, tuple(ice_servers))
+        return RemotePeer(self, codec, tuple(ice_servers), video=video)
 
     async def aclose(self) -> None:
         """Close the session in its worker. Idempotent; a no-op once the worker is gone."""
@@ -835,15 +882,18 @@ class RemoteAvatar:
 class RemotePeer:
     """The session's aiortc peer in its worker process."""
 
-    def __init__(self, avatar: RemoteAvatar, codec: str, ice_servers: tuple[dict[str, Any], ...]) -> None:
+    def __init__(
+        self, avatar: RemoteAvatar, codec: str, ice_servers: tuple[dict[str, Any], ...], *, video: bool = True
+    ) -> None:
         self._avatar = avatar
         self.codec = codec
         self._ice_servers = ice_servers
+        self._video = video
 
     async def answer(self, offer_sdp: str, offer_type: str = "offer") -> Answer:
         worker = self._avatar.worker
         sdp, sdp_type = await worker.call(
-            Offer(self._avatar.session_id, offer_sdp, offer_type, self.codec, self._ice_servers)
+            Offer(self._avatar.session_id, offer_sdp, offer_type, self.codec, self._ice_servers, self._video)
         )
         return Answer(sdp, sdp_type)
 

@@ -15,7 +15,15 @@ from pydantic import (
 )
 
 # The wire's value sets, not the avatars' or the engine's: a client validates with these models without them.
-from facecast.protocol import ASPECTS, DEFAULT_LOOKAHEAD_MS, FPS_CHOICES, MAX_LOOKAHEAD_MS, QUALITIES
+from facecast.protocol import (
+    ASPECTS,
+    DEFAULT_LOOKAHEAD_MS,
+    FPS_CHOICES,
+    MAX_LOOKAHEAD_MS,
+    QUALITIES,
+    STT_PROVIDERS,
+    TTS_PROVIDERS,
+)
 
 
 def _integral(value: object) -> object:
@@ -41,6 +49,30 @@ class AvatarPersona(_Body):
     # The speech's language (BCP 47, e.g. "en", "en-GB", "fr"): with tracker auto, English is followed by
     # phone recognition and any other language by the energy of the voice.
     language: str = Field(default="en", pattern=r"^[A-Za-z]{2,8}(-[A-Za-z0-9]{1,8})*$", max_length=35)
+
+
+ServiceText = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+
+
+class _ServiceChoice(_Body):
+    # The service's key is a secret of the API key's (POST /v1/secrets); `base_url` points `openai` at any
+    # OpenAI-compatible server.
+    secret_id: str | None = None
+    model: ServiceText | None = None
+    base_url: str | None = Field(default=None, min_length=1, max_length=2048)
+
+
+class SttServiceChoice(_ServiceChoice):
+    """FULL mode's speech recognition, a Pipecat STT service (docs/full-mode.md)."""
+
+    provider: Literal[tuple(STT_PROVIDERS)]  # type: ignore[valid-type]
+
+
+class TtsServiceChoice(_ServiceChoice):
+    """FULL mode's speech synthesis, a Pipecat TTS service; `voice` is the provider's voice id."""
+
+    provider: Literal[tuple(TTS_PROVIDERS)]  # type: ignore[valid-type]
+    voice: ServiceText | None = None
 
 
 class LiveKitConfig(_Body):
@@ -84,6 +116,17 @@ class TokenRequest(_Body):
     lookahead_ms: Annotated[int, BeforeValidator(_integral)] = Field(
         default=DEFAULT_LOOKAHEAD_MS, ge=0, le=MAX_LOOKAHEAD_MS
     )
+    mouth_track: bool = Field(
+        default=False,
+        description="Send each frame's mouth-track record (docs/mouth-track.md) as an avatar.mouth_track "
+        "event on the LITE WebSocket and the WebRTC data channel (transport livekit: on the room's data "
+        "topic facecast.mouth_track) as the frame's audio plays. LITE only.",
+    )
+    video: bool = Field(
+        default=True,
+        description="false: a track-only session for client-side avatars: no video is drawn or encoded "
+        "(the WebRTC answer carries audio only); needs mouth_track true, mode LITE and transport webrtc.",
+    )
     # None: `livekit` when livekit_config is given or this server knows a LiveKit server (it makes a room
     # for the session), else `webrtc`.
     transport: Literal["webrtc", "livekit"] | None = None
@@ -95,6 +138,9 @@ class TokenRequest(_Body):
     # FULL mode: the OpenAI-compatible endpoint (POST /v1/llm_configurations; None: the server's default,
     # FACECAST_LLM_*) and values for the context's `${name}` placeholders (LiveAvatar's limits).
     llm_configuration_id: str | None = None
+    # FULL mode: the speech services (None: PocketSphinx and espeak-ng, no key needed).
+    stt_service: SttServiceChoice | None = None
+    tts_service: TtsServiceChoice | None = None
     dynamic_variables: dict[VariableName, VariableValue] | None = Field(default=None, max_length=50)
 
     @field_validator("is_sandbox", "video_settings", mode="before")

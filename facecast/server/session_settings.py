@@ -77,9 +77,27 @@ class LlmSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class SpeechServiceSettings:
+    """A FULL session's STT or TTS service (a provider of protocol.STT_PROVIDERS / TTS_PROVIDERS) and
+    the id of its key's secret, never its value."""
+
+    provider: str
+    secret_id: str | None = None
+    model: str | None = None
+    base_url: str | None = None
+    voice: str | None = None  # TTS: the provider's voice
+
+
+DEFAULT_STT = SpeechServiceSettings("pocketsphinx")
+DEFAULT_TTS = SpeechServiceSettings("espeak")
+
+
+@dataclass(frozen=True, slots=True)
 class FullSettings:
     persona: FullPersona
     llm: LlmSettings
+    stt: SpeechServiceSettings = DEFAULT_STT
+    tts: SpeechServiceSettings = DEFAULT_TTS
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +110,8 @@ class SessionSettings:
     voice_id: str | None = None  # the espeak-ng voice of the server's speech; None: its default
     livekit: LiveKitRoom | None = None  # transport livekit
     full: FullSettings | None = None  # mode FULL
+    mouth_track: bool = False  # each frame's mouth-track record goes to the clients (docs/mouth-track.md)
+    video: bool = True  # False: track-only, no picture drawn or encoded (needs mouth_track)
 
     @property
     def language(self) -> str:
@@ -112,6 +132,8 @@ class SessionSettings:
             "tracker": self.lip_sync.tracker,
             "lookahead_ms": self.lip_sync.lookahead_ms,
             "voice_id": self.voice_id,
+            "mouth_track": self.mouth_track,
+            "video": self.video,
         }
         if self.livekit is not None:
             out["livekit"] = asdict(self.livekit)
@@ -129,8 +151,8 @@ class SessionSettings:
     @classmethod
     def from_json(cls, data: Mapping[str, Any], *, avatar: str) -> SessionSettings:
         """The settings `to_json` wrote for a session of `avatar`. Records written before the look-ahead,
-        tracker and language were kept get the defaults they ran with; FULL ones kept the voice and the
-        language in their persona."""
+        tracker, language, mouth track and video flag were kept get the defaults they ran with; FULL ones
+        kept the voice and the language in their persona."""
         video = data["video_settings"]
         look = Look(
             avatar=avatar,
@@ -161,8 +183,13 @@ class SessionSettings:
                         **{k: v for k, v in persona.items() if k not in ("language", "voice_id")}
                     ),
                     llm=LlmSettings(**full["llm"]),
+                    # Records from before the choice ran with the defaults.
+                    stt=SpeechServiceSettings(**full["stt"]) if "stt" in full else DEFAULT_STT,
+                    tts=SpeechServiceSettings(**full["tts"]) if "tts" in full else DEFAULT_TTS,
                 )
                 if full is not None
                 else None
             ),
+            mouth_track=bool(data.get("mouth_track", False)),
+            video=bool(data.get("video", True)),
         )

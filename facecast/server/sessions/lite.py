@@ -9,17 +9,25 @@ import contextlib
 import logging
 import time
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from facecast import protocol as p
-from facecast.engine.types import PhoneTiming, SegmentEnded, SegmentEvent, SegmentStarted, SegmentTag
+from facecast.engine.types import (
+    FrameMeta,
+    PhoneTiming,
+    SegmentEnded,
+    SegmentEvent,
+    SegmentStarted,
+    SegmentTag,
+)
 from facecast.hosts.live import LiveCore
 from facecast.hosts.webrtc import AvatarPeer
 from facecast.server.errors import ApiError
-from facecast.server.pool import RemoteAvatar, RemotePeer
+from facecast.server.pool import RemoteAvatar, RemotePeer, mouth_track_event
 from facecast.server.session_stats import SessionStats
 from facecast.server.store import SessionRecord
 from facecast.tts import TTSError
@@ -30,6 +38,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_SPEAK_TEXT_CHARS = 2000
+# avatar.mouth_track events waiting for the WebSocket clients: a lossy stream, so a client that falls
+# this far behind (1 s at 30 fps) loses the oldest records instead of getting later and later.
+TRACK_BACKLOG = 30
 
 EventSink = Callable[[dict[str, Any]], Awaitable[None]]
 
@@ -96,6 +107,8 @@ class LiveSession:
         self._listening = False
         self.agent_state = p.AGENT_IDLE
         self.ending = False
+        self._track_out: deque[dict[str, Any]] = deque(maxlen=TRACK_BACKLOG)
+        self._track_sending = False
 
     @property
     def room(self) -> str | None:
@@ -115,13 +128,49 @@ class LiveSession:
     async def emit(self, event_type: str, event_id: str | None = None, **fields: Any) -> None:
         event = {"type": event_type, "event_id": event_id or uuid.uuid4().hex, "session_id": self.id}
         event.update(fields)
-        if self.peer is not None:
-            self.peer.send_event(event)
+        self.send_on_transport(event)
         for sink in list(self._sinks):
             try:
                 await sink(event)
             except Exception:  # a client that went away is dropped, the session goes on
                 self._sinks.discard(sink)
+
+    # -- the mouth track (sessions minted with mouth_track) ---------------------------------------------
+    def on_frame(self, meta: FrameMeta) -> None:
+        """A frame of this process's avatar was released (its audio starts playing): its record goes to
+        the data channel once the peer is connected, and to the WebSocket clients."""
+        event = mouth_track_event(self.id, meta)
+        if self.peer is not None and self.connected_at is not None:
+            self.peer.send_event(event)
+        self.send_track(event)
+
+    def send_track(self, event: dict[str, Any]) -> None:
+        """Queue an avatar.mouth_track event for the WebSocket clients; one task sends them in frame
+        order (a task per record could reorder them when a socket waits to drain)."""
+        if self.ending or not self._sinks:
+            return
+        self._track_out.append(event)
+        if not self._track_sending:
+            self._track_sending = True
+            self._manager.spawn(self._send_tracks())
+
+    async def _send_tracks(self) -> None:
+        try:
+            while self._track_out and not self.ending:
+                event = self._track_out.popleft()
+                for sink in list(self._sinks):
+                    try:
+                        await sink(event)
+                    except Exception:  # a client that went away is dropped, the session goes on
+                        self._sinks.discard(sink)
+        finally:
+            self._track_sending = False
+
+    def send_on_transport(self, event: dict[str, Any]) -> None:
+        """An event to the clients of the session's media transport: the WebRTC peer's data channel (a
+        FULL session in a LiveKit room sends data packets instead)."""
+        if self.peer is not None:
+            self.peer.send_event(event)
 
     async def set_ws_state(self, state: str) -> None:
         self.ws_state = state
@@ -350,6 +399,7 @@ class LiveSession:
     async def _begin_close(self) -> SessionStats | None:
         """The first steps of every close: no more commands, the final stats, the socket told so."""
         self.ending = True
+        self._track_out.clear()
         stats = None
         with contextlib.suppress(Exception):
             stats = await self.stats()

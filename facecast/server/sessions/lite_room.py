@@ -97,16 +97,21 @@ class SocketAudio(AudioReceiver):
         return self._open
 
     async def push_audio(
-        self, pcm: bytes | bytearray | memoryview | np.ndarray, sample_rate: int, *, text: str | None = None
+        self,
+        pcm: bytes | bytearray | memoryview | np.ndarray,
+        sample_rate: int,
+        *,
+        channels: int = 1,
+        text: str | None = None,
     ) -> int:
-        """Queue int16 mono PCM for the open segment (opened if none is). `text` is not used: the
-        worker's engine aligns the mouth from the audio."""
+        """Queue int16 PCM (interleaved if `channels` > 1) for the open segment (opened if none is).
+        `text` is not used: the worker's engine aligns the mouth from the audio."""
         segment = self._open if self._open is not None else await self.open_segment()
         data = pcm.astype(np.int16).tobytes() if isinstance(pcm, np.ndarray) else bytes(pcm)
-        samples = len(data) // 2
+        samples = len(data) // (2 * channels)
         if samples:
             self._with_audio.add(segment)
-            self._put(segment, rtc.AudioFrame(data, sample_rate, 1, samples))
+            self._put(segment, rtc.AudioFrame(data[: samples * 2 * channels], sample_rate, channels, samples))
         return segment
 
     async def push_phones(self, timings: Sequence[PhoneTiming]) -> int:

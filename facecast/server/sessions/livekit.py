@@ -119,6 +119,7 @@ def new_room_avatar(manager: SessionManager, record: SessionRecord, **options: A
         tracker=settings.lip_sync.tracker,
         language=settings.lip_sync.language,
         lookahead_ms=settings.lip_sync.lookahead_ms,
+        mouth_track=settings.mouth_track,  # on the room's data topic (docs/mouth-track.md)
         max_duration_s=None,  # the manager enforces the duration, like every other limit
         agent_identity=lk.agent_identity,
         on_end=on_end,
@@ -157,7 +158,8 @@ async def start_lite_in_room(manager: SessionManager, record: SessionRecord) -> 
 def livekit_start_details(config: ServerConfig, record: SessionRecord) -> dict[str, Any]:
     """The LiveKit part of a /start answer, in LiveAvatar's names: for a room this server made,
     fresh tokens for the user's frontend (`livekit_client_token`) and the agent
-    (`livekit_agent_token`); for the caller's own room, empty strings (the caller mints its own)."""
+    (`livekit_agent_token`, LITE only); for the caller's own room, empty strings (the caller mints its
+    own)."""
     lk = record.settings.livekit
     assert lk is not None
     client_token = agent_token = ""
@@ -169,7 +171,10 @@ def livekit_start_details(config: ServerConfig, record: SessionRecord) -> dict[s
         # A LiveKit server cannot revoke a token: these die with the session's longest life.
         ttl = timedelta(seconds=record.settings.max_session_duration + config.limits.token_ttl)
         client_token = participant_token(*keys, room=lk.room, identity=OWNED_ROOM_USER, ttl=ttl)
-        agent_token = participant_token(*keys, room=lk.room, identity=OWNED_ROOM_AGENT, kind="agent", ttl=ttl)
+        if record.mode == "LITE":  # in FULL mode the server is the agent: no one else needs to be
+            agent_token = participant_token(
+                *keys, room=lk.room, identity=OWNED_ROOM_AGENT, kind="agent", ttl=ttl
+            )
     return {
         "livekit_url": lk.url,
         "livekit_room": lk.room,

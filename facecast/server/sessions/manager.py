@@ -16,7 +16,7 @@ from typing import Any
 
 from facecast import protocol as p
 from facecast.avatars.refs import is_builtin
-from facecast.engine.types import SegmentEvent
+from facecast.engine.types import FrameMeta, SegmentEvent
 from facecast.hosts.live import AvatarClosed, LiveCore
 from facecast.hosts.webrtc import OFFER_HINT, AvatarPeer, check_offer_sdp
 from facecast.server.auth import hash_secret
@@ -42,6 +42,17 @@ from facecast.tts import EspeakTTS
 log = logging.getLogger(__name__)
 
 Session = LiveSession | RoomSession
+
+# What a track-only session (video false) takes of the capacity, a session with video taking 1: it
+# draws and encodes nothing, which `facecast bench frames` puts at ~45 % of a speaking session's CPU
+# (render, colour, VP8, video RTP); rounded up, so a server full of them is not overloaded
+# (docs/benchmarks.md § Track-only sessions).
+TRACK_ONLY_COST = 0.6
+
+
+def capacity_cost(record: SessionRecord) -> float:
+    """How much of FACECAST_MAX_LIVE_SESSIONS a session takes."""
+    return 1.0 if record.settings.video else TRACK_ONLY_COST
 
 
 class SessionManager:
@@ -69,7 +80,8 @@ class SessionManager:
         self.pending: dict[str, float] = {}  # minted here, not started: session id -> token expiry (unix)
         # Starts in progress, claimed before their first await: parallel starts of one session conflict.
         self._starting: set[str] = set()
-        self._admitted: set[str] = set()  # starting and past the capacity check: they count as live
+        # Starting and past the capacity check: they count as live (session id -> capacity_cost).
+        self._admitted: dict[str, float] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._memory = MemoryReleaser()  # what ended sessions leave in reference cycles, freed
         self._reaper = SessionReaper(self)
@@ -123,6 +135,11 @@ class SessionManager:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._memory.aclose()
+
+    def load(self) -> float:
+        """The capacity the live and admitted sessions take (capacity_cost each)."""
+        live = sum(capacity_cost(s.record) for sid, s in self.live.items() if sid not in self._admitted)
+        return live + sum(self._admitted.values())
 
     def spawn(self, coro: Awaitable[Any]) -> None:
         """Run a short task the manager owns (cancelled at shutdown, errors logged)."""
@@ -185,23 +202,24 @@ class SessionManager:
             return await self._start(record)
         finally:
             self._starting.discard(record.id)
-            self._admitted.discard(record.id)
+            self._admitted.pop(record.id, None)
 
     async def _start(self, record: SessionRecord) -> Session:
         if not is_builtin(record.avatar_id):  # an id parsed when the token was minted
             await self._wait_for_avatar(record)
         capacity = self.config.live_capacity
         # Starts still building their engine count too, or parallel starts would all pass.
-        if len(self.live.keys() | self._admitted) >= capacity:
+        if round(self.load() + capacity_cost(record), 6) > capacity:  # 5 x 0.6 is 3, not 3.0000000000000004
             # Refused rather than admitted: one session too many makes every session on the machine drop
             # frames. The token stays valid, so the client may retry or go to another server.
             raise ApiError(
                 503,
                 p.CODE_LIMIT,
-                f"this server is at capacity ({capacity} live sessions, FACECAST_MAX_LIVE_SESSIONS); "
-                "retry shortly or start the session on another server",
+                f"this server is at capacity ({capacity} live sessions, FACECAST_MAX_LIVE_SESSIONS; a "
+                f"track-only session counts {TRACK_ONLY_COST:g}); retry shortly or start the session on "
+                "another server",
             )
-        self._admitted.add(record.id)
+        self._admitted[record.id] = capacity_cost(record)
         if record.mode == "FULL":
             from facecast.server.full_mode import start_full_session
 
@@ -228,7 +246,11 @@ class SessionManager:
             if session is not None:
                 session.on_segment_event(event)
 
-        avatar = new_live_avatar(engine, on_event)
+        def on_frame(meta: FrameMeta) -> None:
+            if session is not None:
+                session.on_frame(meta)
+
+        avatar = new_live_avatar(engine, on_event, on_frame if record.settings.mouth_track else None)
         now = time.time()  # started_at; the session's deadline is taken just after, so never early
         session = LiveSession(record, avatar, manager=self, started_mono=started_mono)
         try:
@@ -262,9 +284,19 @@ class SessionManager:
             log.error("session %s ended: the worker process running it exited", record.id)
             self.spawn(self.end(record.id, p.END_ERROR))
 
+        def on_track(event: dict[str, Any]) -> None:
+            if session is not None:
+                session.send_track(event)
+
         try:
             avatar = await RemoteAvatar.start(
-                pool, record.id, spec, started_at=started_mono, on_event=on_event, on_lost=on_lost
+                pool,
+                record.id,
+                spec,
+                started_at=started_mono,
+                on_event=on_event,
+                on_lost=on_lost,
+                on_track=on_track if record.settings.mouth_track else None,
             )
         except ValueError as exc:  # a bundle that cannot be rendered (AvatarNotFoundError, BundleError)
             raise await self._unloadable(record, exc) from None
@@ -348,6 +380,7 @@ class SessionManager:
                 on_message=on_message,
                 on_connected=session.on_peer_connected,
                 on_closed=session.on_peer_closed,
+                video=session.record.settings.video,
             )
         else:
             assert isinstance(session.avatar, LiveCore)
@@ -359,6 +392,7 @@ class SessionManager:
                 on_connected=session.on_peer_connected,
                 on_closed=session.on_peer_closed,
                 on_audio_track=session.on_audio_track,
+                video=session.record.settings.video,
             )
         session.peer = peer
         try:

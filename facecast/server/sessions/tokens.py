@@ -38,11 +38,19 @@ def mint_session(manager: SessionManager, key: ApiKey, body: TokenRequest) -> tu
     # FULL sessions run over this server's WebRTC peer unless the body names a room or a transport.
     full_default = body.mode == "FULL" and body.transport is None and body.livekit_config is None
     transport = "webrtc" if full_default else _transport(config, body)
+    _check_track_only(body, transport)
     full = None
     if body.mode == "FULL":
         from facecast.server.full_mode import full_settings
 
-        full = full_settings(manager, key, body, transport)
+        full = full_settings(manager, key, body)
+    elif body.stt_service is not None or body.tts_service is not None:
+        raise ApiError(  # 409 as for avatar_persona.context_id: a valid body a LITE session cannot use
+            409,
+            p.CODE_CONFLICT,
+            "stt_service and tts_service choose a FULL session's speech services; a LITE session's agent "
+            "brings its own: drop them or mint mode FULL",
+        )
     quality = _quality(body)
     livekit = _livekit_settings(config, body, session_id) if transport == "livekit" else None
     voice_id = _voice(body, livekit)
@@ -108,6 +116,8 @@ def mint_session(manager: SessionManager, key: ApiKey, body: TokenRequest) -> tu
             voice_id=voice_id,
             livekit=livekit,
             full=full,
+            mouth_track=body.mouth_track,
+            video=body.video,
         ),
         state=p.STATE_CREATED,
         token_hash=hash_secret(token),
@@ -141,6 +151,33 @@ def _transport(config: ServerConfig, body: TokenRequest) -> str:
     if body.livekit_config is not None or config.livekit.configured:
         return "livekit"
     return "webrtc"
+
+
+def _check_track_only(body: TokenRequest, transport: str) -> None:
+    """The mouth track and track-only sessions (docs/mouth-track.md): LITE only; no video only with the
+    track, and only over this server's WebRTC peer (a LiveKit room's avatar always publishes video)."""
+    if body.mode == "FULL" and (body.mouth_track or not body.video):
+        raise ApiError(
+            400,
+            p.CODE_BAD_REQUEST,
+            "mouth_track and video false are for LITE sessions; drop them or mint mode LITE",
+        )
+    if body.video:
+        return
+    if not body.mouth_track:
+        raise ApiError(
+            400,
+            p.CODE_BAD_REQUEST,
+            "video false leaves a session nothing to show: a track-only session sends the mouth track "
+            "instead, so set mouth_track true (or drop video false)",
+        )
+    if transport != "webrtc":
+        raise ApiError(
+            400,
+            p.CODE_BAD_REQUEST,
+            "video false (a track-only session) runs over this server's WebRTC peer: set transport webrtc "
+            "and drop livekit_config, or drop video false",
+        )
 
 
 def _quality(body: TokenRequest) -> str:
@@ -209,7 +246,9 @@ def _livekit_settings(config: ServerConfig, body: TokenRequest, session_id: str)
             "token; give one of them",
         )
     facecast_shape = cfg.livekit_worker_token is not None or cfg.agent_identity is not None
-    audio_source = body.audio_source or ("data_stream" if facecast_shape else "websocket")
+    # A FULL session's speech is the server's own: it feeds the avatar as the LITE socket's audio does.
+    lite_agent_in_room = facecast_shape and body.mode == "LITE"
+    audio_source = body.audio_source or ("data_stream" if lite_agent_in_room else "websocket")
     token = tokens.pop() if tokens else None
     # A token given decides who the avatar is in the room (LiveAvatar's plugin names it itself).
     identity = (token and _token_identity(token)) or cfg.avatar_identity or "facecast-avatar"

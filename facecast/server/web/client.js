@@ -412,7 +412,11 @@ function speak(ev) {
 }
 
 function init() {
-  const fromHash = new URLSearchParams(location.hash.slice(1)).get("key");
+  const hash = new URLSearchParams(location.hash.slice(1));
+  const fromHash = hash.get("key");
+  // `facecast demo` links FULL mode (#key=...&mode=FULL[&llm=llm_...]) when a language model is configured.
+  if (hash.get("mode") === "FULL") $("mode").value = "FULL";
+  if (hash.get("llm")) $("llm-config").value = hash.get("llm");
   const saved = sessionStorage.getItem("facecast-key");
   $("api-key").value = fromHash || saved || "";
   $("api-key").addEventListener("change", () => {

@@ -46,6 +46,7 @@ class LocalAvatar:
         video_quality: VideoQuality,
         sample_rate: int,
         build_timeout: float,
+        mouth_track: bool = False,
     ) -> None:
         self._avatar = avatar
         self._source = source
@@ -53,6 +54,7 @@ class LocalAvatar:
         self._video_quality = video_quality
         self._sample_rate = sample_rate
         self._build_timeout = build_timeout
+        self._mouth_track = mouth_track
         self.avatar_id: str | None = None  # the library id of a built photo, else the avatar given
         self.session_id: str | None = None
         self.room: rtc.Room | None = None
@@ -84,7 +86,9 @@ class LocalAvatar:
             raise FacecastException(f"local mode cannot render avatar {self._avatar!r}: {exc}") from None
         # The agent's audio goes to the renderer, which publishes it with the video, in sync.
         output = QueueAudioOutput(sample_rate=self._sample_rate, wait_playback_start=True)
-        self._runner = FacecastAvatarRunner(room, audio_recv=output, generator=generator)
+        self._runner = FacecastAvatarRunner(
+            room, audio_recv=output, generator=generator, mouth_track=self._mouth_track
+        )
         self.room = room
         self._agent_session = agent_session
         agent_session.output.replace_audio_tail(output)

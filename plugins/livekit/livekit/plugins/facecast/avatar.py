@@ -92,6 +92,7 @@ class AvatarSession(BaseAvatarSession):
         avatar_participant_name: NotGivenOr[str | None] = NOT_GIVEN,
         conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS,
         avatar_build_timeout: float = DEFAULT_AVATAR_BUILD_TIMEOUT,
+        mouth_track: bool = False,
     ) -> None:
         """Create a Facecast avatar session.
 
@@ -115,6 +116,9 @@ class AvatarSession(BaseAvatarSession):
             conn_options: timeout and retries for the Facecast API.
             avatar_build_timeout: how long `start()` may wait, in seconds, for an avatar to be built
                 from a photo or bundle (upload and build; default 180).
+            mouth_track: also send each video frame's mouth-track record (visemes, mouth parameters,
+                ARKit-style blendshapes; Facecast's docs/mouth-track.md) as a lossy data packet on topic
+                `facecast.mouth_track`, as the frame plays, for clients that drive their own avatar.
 
         Raises:
             FacecastException: an invalid option, an avatar path that does not exist, or no API key in
@@ -144,6 +148,7 @@ class AvatarSession(BaseAvatarSession):
             _given_or_env(avatar_participant_identity, None, DEFAULT_AVATAR_IDENTITY) or ""
         )
         self._avatar_name = _given_or_env(avatar_participant_name, None, DEFAULT_AVATAR_NAME) or ""
+        self._mouth_track = mouth_track
         self._remote: RemoteAvatar | None = None
         self._local: LocalAvatar | None = None  # made in start(): it needs the facecast engine
         if mode == "remote":
@@ -162,6 +167,7 @@ class AvatarSession(BaseAvatarSession):
                 avatar_name=self._avatar_name,
                 sample_rate=SAMPLE_RATE,
                 build_timeout=avatar_build_timeout,
+                mouth_track=mouth_track,
             )
         self._started = False
 
@@ -279,6 +285,7 @@ class AvatarSession(BaseAvatarSession):
             video_quality=self._video_quality,
             sample_rate=SAMPLE_RATE,
             build_timeout=self._avatar_build_timeout,
+            mouth_track=self._mouth_track,
         )
         await self._local.prepare(agent_session, room)
         await super().start(agent_session, room)

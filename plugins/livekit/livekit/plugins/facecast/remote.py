@@ -65,6 +65,7 @@ class RemoteAvatar:
         avatar_name: str,
         sample_rate: int,
         build_timeout: float,
+        mouth_track: bool = False,
     ) -> None:
         self._api = facecast_api
         self._avatar = avatar
@@ -76,6 +77,7 @@ class RemoteAvatar:
         self._avatar_name = avatar_name
         self._sample_rate = sample_rate
         self._build_timeout = build_timeout
+        self._mouth_track = mouth_track
         self.avatar_id: str | None = None  # the server's id, once resolve_avatar() has returned
         self.session_id: str | None = None
         self._session_token: str | None = None
@@ -148,6 +150,8 @@ class RemoteAvatar:
         }
         if self._max_duration_seconds is not None:
             body["max_session_duration"] = self._max_duration_seconds
+        if self._mouth_track:  # the server's worker sends it on topic facecast.mouth_track
+            body["mouth_track"] = True
         created = await self._api.create_session_token(body)
         started = await self._api.start_session(created["session_token"])
         self.session_id = started["session_id"]
