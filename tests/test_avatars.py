@@ -302,3 +302,27 @@ def test_still_px_repeats_barely_moving_idle_frames_and_draws_everything_else() 
     yaws = np.arange(1.0, 3.0, 0.02)
     drawn = {id(r.render(dataclasses.replace(rest, head_yaw=float(y)))) for y in yaws}
     assert 1 < len(drawn) < len(yaws) // 2
+
+
+def test_a_fork_draws_what_a_new_renderer_draws_and_keeps_its_own_frame_state() -> None:
+    from facecast.engine import Engine, EngineConfig
+
+    original = load_renderer("leo", quality="medium")
+    original.still_px = 0.25
+    fork = original.fork()
+    fresh = load_renderer("leo", quality="medium")
+    assert fork.still_px == 0.0 and fork.mouth_box() == fresh.mouth_box()
+    engine = Engine(None, EngineConfig(fps=30, tracker="energy"))
+    t = np.arange(16000) / 16000
+    engine.push_audio((0.4 * np.sin(2 * np.pi * 220 * t) * (t < 0.6)).astype(np.float32), 16000)
+    engine.end_segment()
+    speaking = 0
+    for _ in range(45):  # speech, then idle frames with head sway and blinks
+        state = engine.next_frame(render=False).meta.state
+        speaking += state.speaking
+        # Drawn in turn, each from its own pose and queue: the fork is unaffected by the original.
+        original.render(state)
+        assert np.array_equal(fork.render(state), fresh.render(state))
+    assert speaking > 5
+    # The backdrops are shared and read-only: drawing on one renderer cannot change the other's.
+    assert fork._bgs is original._bgs and not any(bg.flags.writeable for bg in fork._bgs)

@@ -86,12 +86,14 @@ class Recorder:
         return [a for a in self.audio if np.any(a.samples)]
 
 
-@pytest.fixture
-async def recorders() -> AsyncIterator[Callable[[Engine], Recorder]]:
+@pytest.fixture(params=["own", "loop"])
+async def recorders(request: pytest.FixtureRequest) -> AsyncIterator[Callable[[Engine], Recorder]]:
+    """Recorders over live cores whose engine runs on its own thread, or on the event loop."""
     made: list[Recorder] = []
 
     def make(engine: Engine, **kwargs: object) -> Recorder:
         holder: list[Recorder] = []
+        kwargs.setdefault("engine_thread", request.param)
         avatar = LiveCore(engine, on_event=lambda e: holder[0].on_event(e), **kwargs)  # type: ignore[arg-type]
         holder.append(Recorder(avatar))
         made.append(holder[0])
@@ -290,6 +292,23 @@ async def test_late_frames_are_produced_without_video_but_audio_stays_continuous
     )
 
 
+async def test_a_late_video_consumer_gets_the_latest_released_frame_at_once() -> None:
+    avatar = LiveCore(_engine())
+    try:
+        await avatar.start()
+        await _until(lambda: avatar.stats.frames >= 3)
+        released = avatar.last_frame
+        assert released is not None
+        # One already released (the latest drawn), not the next release.
+        first = await avatar.next_video()
+        assert first.index <= released.index
+        assert (await avatar.next_video()).index > first.index
+        avatar.clear_now()  # a clear drops what was released and not taken, the kept frame too
+        assert avatar._video.last is None and not avatar._video.items
+    finally:
+        await avatar.aclose()
+
+
 async def test_outputs_stay_bounded_when_the_consumer_stops_reading() -> None:
     avatar = LiveCore(_engine())
     try:
@@ -349,6 +368,8 @@ async def test_aclose_before_start_and_bad_arguments() -> None:
         await avatar.start()
     with pytest.raises(ValueError, match="queue_frames"):
         LiveCore(_engine(), queue_frames=0)
+    with pytest.raises(ValueError, match="engine_thread must be 'own' or 'loop', got 'shared'"):
+        LiveCore(_engine(), engine_thread="shared")  # type: ignore[arg-type]
     avatar = LiveCore(_engine())
     try:
         await avatar.start()
@@ -356,6 +377,47 @@ async def test_aclose_before_start_and_bad_arguments() -> None:
             await avatar.start()
     finally:
         await avatar.aclose()
+
+
+class _ThreadsSeen:
+    """A renderer that records which thread draws each frame."""
+
+    def __init__(self) -> None:
+        self._inner = load_renderer("ava", quality="low")
+        self.width, self.height, self.channels = self._inner.width, self._inner.height, self._inner.channels
+        self.threads: set[str] = set()
+
+    def render(self, state: FaceState) -> np.ndarray:
+        self.threads.add(threading.current_thread().name)
+        return self._inner.render(state)
+
+
+@pytest.mark.parametrize("engine_thread", ["own", "loop"])
+async def test_the_engine_runs_on_its_own_thread_or_on_the_loop_and_in_call_order(engine_thread: str) -> None:
+    renderer = _ThreadsSeen()
+    seen: list[str] = []
+    avatar = LiveCore(
+        _engine(renderer=renderer),
+        on_event=lambda e: seen.append(type(e).__name__),
+        engine_thread=engine_thread,  # type: ignore[arg-type]
+    )
+    try:
+        await avatar.start()
+        await avatar.next_video()
+        await avatar.push_audio(_tone(0.3), RATE)
+        await avatar.end_segment()
+        await avatar.set_listening(True)
+        await _until(lambda: "SegmentEnded" in seen)
+        assert seen == ["SegmentStarted", "SegmentEnded"]
+        assert avatar.stats.speech_frames >= 0.3 * 30 - 1
+        assert avatar.stats.engine_cpu_s > 0
+    finally:
+        await avatar.aclose()
+    workers = {name for name in renderer.threads if name.startswith("facecast-avatar")}
+    if engine_thread == "own":
+        assert renderer.threads == workers and len(workers) == 1
+    else:
+        assert renderer.threads == {threading.current_thread().name}
 
 
 async def test_a_failing_renderer_closes_the_outputs_with_the_cause() -> None:

@@ -102,3 +102,44 @@ def test_sender_reports_mode_follows_the_environment(monkeypatch: pytest.MonkeyP
     assert not rtcp.enabled()
     monkeypatch.setenv(rtcp.MODE_ENV, "media-clock")
     assert rtcp.enabled()
+
+
+async def test_the_first_video_frame_leaves_at_once_and_the_next_ones_after_the_hold(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from fractions import Fraction
+    from types import SimpleNamespace
+
+    slept: list[float] = []
+
+    class _Asyncio:
+        """rtcp's asyncio, recording its sleeps instead of sleeping (so no wall clock is involved)."""
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(asyncio, name)
+
+        async def sleep(self, seconds: float) -> None:
+            slept.append(seconds)
+
+    monkeypatch.setattr(rtcp, "asyncio", _Asyncio())
+
+    class Track:
+        index = 0
+
+        async def recv(self) -> Any:
+            frame = SimpleNamespace(pts=self.index * 3000, time_base=Fraction(1, 90000))
+            self.index += 1
+            return frame
+
+    async def next_encoded(codec: Any) -> None:
+        return None
+
+    sender = SimpleNamespace(kind="video", track=Track(), _next_encoded_frame=next_encoded)
+    rtcp._SenderClock(rtcp.MediaClockReports(), sender)  # type: ignore[arg-type]
+    await sender.track.recv()
+    assert slept == []  # the first frame: not held
+    await sender.track.recv()
+    await sender.track.recv()
+    # Returned at once by the track, each later frame waits for its release (one period per frame
+    # since the first) plus the hold.
+    assert len(slept) == 2 and all(s >= rtcp.VIDEO_HOLD_S for s in slept), slept

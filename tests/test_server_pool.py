@@ -213,3 +213,46 @@ def test_a_process_reads_a_library_bundle_once_until_its_file_changes(tmp_path: 
     path.unlink()  # deleted: never served from the cache
     with pytest.raises(ValueError, match="av_cached"):
         build_engine(spec)
+
+
+def test_sessions_of_a_built_in_avatar_draw_with_forks_of_one_renderer_per_look() -> None:
+    from facecast.avatars import load_renderer
+    from facecast.engine import FaceState
+
+    look = Look(avatar="mira", quality="low", background="green")
+    first, second = (build_engine(AvatarSpec(look)).renderer for _ in range(2))
+    other = build_engine(AvatarSpec(Look(avatar="mira", quality="low"))).renderer
+    assert first is not second and first._bgs is second._bgs  # type: ignore[union-attr]
+    assert other._bgs is not first._bgs  # type: ignore[union-attr]  # another look, another renderer
+    fresh = load_renderer("mira", quality="low", background="green")
+    for state in (FaceState(), FaceState(head_yaw=4.0, blink=0.6, speaking=True)):
+        assert np.array_equal(first.render(state), fresh.render(state))  # type: ignore[union-attr]
+        assert np.array_equal(second.render(state), fresh.render(state))  # type: ignore[union-attr]
+
+
+async def test_a_spare_engine_is_taken_only_for_its_spec_and_built_again_after() -> None:
+    built: list[AvatarSpec] = []
+
+    def build(spec: AvatarSpec) -> Any:
+        built.append(spec)
+        return object()
+
+    spare = pool.SpareEngine(build)
+    ava, mira = AvatarSpec(Look(avatar="ava")), AvatarSpec(Look(avatar="mira"))
+    assert spare.take(ava) is None  # nothing built yet
+    await spare.refill(ava)
+    await spare.refill(ava)  # already there: not built twice
+    assert built == [ava]
+    assert spare.take(mira) is None
+    engine = spare.take(ava)
+    assert engine is not None and spare.take(ava) is None  # taken once
+    await spare.refill(mira)  # another spec replaces it
+    assert spare.take(ava) is None and spare.take(mira) is not None
+    assert built == [ava, mira]
+
+    def broken(spec: AvatarSpec) -> Any:
+        raise ValueError("no such avatar")
+
+    failing = pool.SpareEngine(broken)
+    await failing.refill(ava)  # logged, not raised: a session's start never waits on it
+    assert failing.take(ava) is None

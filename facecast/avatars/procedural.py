@@ -13,6 +13,7 @@ under the jaw that no backdrop or hair shows inside the box.
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import math
 import tomllib
@@ -113,6 +114,7 @@ class ProceduralRenderer:
             img = backdrop.copy()
             self._draw_torso(rise)
             self._flush(img)
+            img.setflags(write=False)  # shared by forks (each frame starts from a copy)
             self._bgs.append(img)
         self._build_static_parts()
         self._set_pose(0.0, 0.0, 0.0)
@@ -122,6 +124,18 @@ class ProceduralRenderer:
         # 0 (the default): every frame is drawn. Live hosts set it (facecast.hosts.live.STILL_PX).
         self.still_px = 0.0
         self._still: tuple[FaceState, np.ndarray] | None = None  # the last frame drawn and its state
+
+    def fork(self) -> ProceduralRenderer:
+        """A renderer that draws the same pictures, sharing this one's set-up (shapes, palette, the
+        pre-drawn read-only backdrops) but with its own per-frame state: what a new live session needs,
+        in microseconds rather than the ~100 ms of building one (and ~4 MB less per session at 512²).
+        `still_px` starts at 0, as in a new renderer."""
+        fork = copy.copy(self)
+        fork._queue = []
+        fork.still_px = 0.0
+        fork._still = None
+        fork._set_pose(0.0, 0.0, 0.0)
+        return fork
 
     # ---- Renderer protocol -------------------------------------------------------------------------
     @property

@@ -8,7 +8,10 @@ starts playing; transports that send at once (aiortc, Pipecat) use no lead. A pa
 `queue_frames` frames produced ahead of their release.
 
 One worker thread per avatar makes every engine call (pushes, clear, next_frame) in call order: the engine
-is not thread-safe, and a frame costs milliseconds of CPU that must not block the event loop.
+is not thread-safe, and a frame costs milliseconds of CPU that must not block the event loop. A process
+that runs nothing but live sessions (a server's worker process) makes them on the loop instead
+(`engine_thread="loop"`): there the loop has nothing better to do meanwhile, and each frame saves two
+thread hand-offs and the loop's wait for the GIL behind the engine threads.
 
 One lag rule: a frame produced more than one period late is produced without drawing (its audio and face
 state still advance); production more than MAX_LAG_S behind moves the clock on instead of chasing it.
@@ -41,7 +44,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Generic, NamedTuple, TypeVar
+from typing import Any, Generic, Literal, NamedTuple, TypeVar
 
 import numpy as np
 
@@ -69,6 +72,10 @@ MAX_LAG_S = 0.25  # behind by more than this, the clock is moved on rather than 
 STILL_PX = 0.25
 
 T = TypeVar("T")
+
+# Where a live avatar's engine calls run: on its own worker thread, or on the event loop (a process that
+# runs only live sessions, such as a server's worker process: see LiveCore).
+EngineThread = Literal["own", "loop"]
 
 
 class AvatarClosed(ConnectionError):
@@ -155,17 +162,29 @@ class _Produced:
 
 class _Output(Generic[T]):
     """A bounded drop-oldest queue that a consumer awaits; it fills only once someone has asked for an
-    item, so a transport that connects late does not start with a stale backlog."""
+    item, so a transport that connects late does not start with a stale backlog. With `keep_last`, the
+    latest item put before then is the first one it gets (at once, rather than a period later)."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, *, keep_last: bool = False) -> None:
         self.items: deque[T] = deque()
         self.limit = limit
         self.wanted = False
         self.ready = asyncio.Event()
+        self.keep_last = keep_last
+        self.last: T | None = None
+
+    def want(self) -> None:
+        if not self.wanted:
+            self.wanted = True
+            if self.last is not None:
+                self.items.append(self.last)
+                self.last = None
 
     def put(self, item: T) -> bool:
         """Queue `item`; False when the oldest one had to be dropped to make room."""
         if not self.wanted:
+            if self.keep_last:
+                self.last = item
             return True
         self.items.append(item)
         self.ready.set()
@@ -195,6 +214,7 @@ class LiveCore:
         lead_s: float = 0.0,
         idle_yields_to_speech: bool = False,
         still_px: float = STILL_PX,
+        engine_thread: EngineThread = "own",
     ) -> None:
         if queue_frames < 1:
             raise ValueError(f"queue_frames must be at least 1, got {queue_frames}")
@@ -209,10 +229,18 @@ class LiveCore:
         self._still_px = still_px
         _hold_still(engine.renderer, still_px)
         self.stats = LiveStats()
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="facecast-avatar")
+        if engine_thread not in ("own", "loop"):
+            raise ValueError(f"engine_thread must be 'own' or 'loop', got {engine_thread!r}")
+        # None: every engine call runs on the event loop, in call order.
+        self._worker = (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="facecast-avatar")
+            if engine_thread == "own"
+            else None
+        )
         fps = engine.config.fps
         audio_frames = max(1, round(AUDIO_QUEUE_S * fps))
-        self._video: _Output[VideoOut] = _Output(VIDEO_QUEUE_FRAMES)
+        # A video track that starts late gets the latest frame at once: its first picture on the wire.
+        self._video: _Output[VideoOut] = _Output(VIDEO_QUEUE_FRAMES, keep_last=True)
         self._audio: _Output[AudioOut] = _Output(audio_frames)
         self._frames: _Output[LiveFrame] = _Output(audio_frames)
         self._pending: deque[_Produced] = deque()  # produced, not yet released, in release order
@@ -291,11 +319,13 @@ class LiveCore:
             await asyncio.gather(self._task, return_exceptions=True)
         # Joined off the loop: the worker may be in the middle of a frame. Calls already queued still
         # run, so their callers get a result rather than a CancelledError they did not ask for.
-        await asyncio.to_thread(self._worker.shutdown, wait=True)
+        if self._worker is not None:
+            await asyncio.to_thread(self._worker.shutdown, wait=True)
 
     def _close_outputs(self) -> None:
         self._closed = True
         self._pending.clear()
+        self._video.last = None
         for output in (self._video, self._audio, self._frames):
             output.items.clear()
             output.ready.set()
@@ -389,11 +419,12 @@ class LiveCore:
             self._mute(item)
         # Released but not yet taken by the transport: its speech must not be heard either.
         self._video.items.clear()
+        self._video.last = None
         self._audio.items = deque(
             AudioOut(self._silent(len(a.samples)), a.sample_start) for a in self._audio.items
         )
         self._frames.items = deque(f._replace(video=None, audio=None) for f in self._frames.items)
-        self._worker.submit(self._timed, self._engine.clear)
+        self._submit(self._engine.clear)
 
     async def set_listening(self, listening: bool) -> None:
         await self._call(self._engine.set_listening, listening)
@@ -407,17 +438,28 @@ class LiveCore:
             self._engine.renderer = renderer
 
         if not self._closed:
-            self._worker.submit(self._timed, swap)
+            self._submit(swap)
 
     def set_listening_now(self, listening: bool) -> None:
         """set_listening from synchronous code (it takes effect in call order all the same)."""
         if not self._closed:
-            self._worker.submit(self._timed, functools.partial(self._engine.set_listening, listening))
+            self._submit(functools.partial(self._engine.set_listening, listening))
 
     async def _call(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         self._check_open()
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._worker, self._timed, functools.partial(fn, *args, **kwargs))
+        return await self._run(functools.partial(fn, *args, **kwargs))
+
+    async def _run(self, fn: Callable[[], T]) -> T:
+        if self._worker is None:
+            return self._timed(fn)
+        return await asyncio.get_running_loop().run_in_executor(self._worker, self._timed, fn)
+
+    def _submit(self, fn: Callable[[], object]) -> None:
+        """Run `fn` after the engine calls already made, without waiting for it."""
+        if self._worker is None:
+            self._timed(fn)
+        else:
+            self._worker.submit(self._timed, fn)
 
     def _timed(self, fn: Callable[[], T]) -> T:
         started = time.thread_time()
@@ -440,7 +482,7 @@ class LiveCore:
         return await self._next(self._frames)
 
     async def _next(self, output: _Output[T]) -> T:
-        output.wanted = True
+        output.want()
         while True:
             self._check_open()
             if output.items:
@@ -471,8 +513,8 @@ class LiveCore:
                     self.stats.clock_rebased += 1
                 render = lag <= period
                 epoch = self._epoch
-                video, audio, meta, seconds = await loop.run_in_executor(
-                    self._worker, self._timed, functools.partial(self._next_engine_frame, render)
+                video, audio, meta, seconds = await self._run(
+                    functools.partial(self._next_engine_frame, render)
                 )
                 self._engine_s.append(seconds)
                 self.stats.engine_ms = 1000.0 * sum(self._engine_s) / len(self._engine_s)
@@ -537,8 +579,8 @@ class LiveCore:
             stats.speech_frames += 1
             stats.text_frames += int(meta.mouth_source in TEXT_MOUTH_SOURCES)
             stats.transcript_mismatch_frames += int(meta.transcript_mismatch)
-        # Only the outputs a transport reads are filled (and their items made).
-        wants_video = video is not None and self._video.wanted
+        # Only the outputs a transport reads are filled (and their items made); video keeps its latest.
+        wants_video = video is not None
         if wants_video and not self._video.put(VideoOut(video, meta.index, meta.index / cfg.fps)):
             stats.frames_lost_in_queue += 1
         if self._audio.wanted:

@@ -130,9 +130,11 @@ class _SenderClock:
             pts_s = float(frame.pts * frame.time_base)
             now = asyncio.get_running_loop().time()
             if self._first_pts_s is None:
+                # The first frame goes out at once: it starts the picture (time to first frame), and
+                # what the hold aligns, the mouth with its sound, begins with speech, frames later.
                 self._first_pts_s = pts_s
                 released_at = now - pts_s
-            if hold_s:
+            elif hold_s:
                 due = released_at + pts_s + hold_s
                 if now > due + MAX_HOLD_LAG_S:
                     released_at = now - pts_s - hold_s

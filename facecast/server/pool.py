@@ -39,15 +39,17 @@ from typing import Any, Literal, NamedTuple, get_args
 import numpy as np
 
 from facecast import protocol as p
+from facecast import settings
 from facecast.avatars import AvatarLibrary, load_renderer
 from facecast.avatars.bundle import Bundle
 from facecast.avatars.kinds import open_bundle, renderer_from_bundle
 from facecast.avatars.look import Look
-from facecast.avatars.refs import LibraryAvatar, parse_avatar_id
+from facecast.avatars.procedural import ProceduralRenderer
+from facecast.avatars.refs import BuiltinAvatar, LibraryAvatar, parse_avatar_id
 from facecast.engine import Engine
 from facecast.engine.mouth_track import mouth_track_record
 from facecast.engine.types import FrameMeta, PhoneTiming, SegmentEvent, SegmentTag
-from facecast.hosts.live import AvatarClosed, LiveCore, LiveStats
+from facecast.hosts.live import AvatarClosed, EngineThread, LiveCore, LiveStats
 from facecast.server.memory import MemoryReleaser, freeze_long_lived, map_large_buffers
 from facecast.server.session_settings import DEFAULT_LIP_SYNC, LipSync, SessionSettings
 
@@ -106,6 +108,8 @@ def build_engine(spec: AvatarSpec) -> Engine:
         renderer = renderer_from_bundle(
             bundle, aspect=look.aspect, quality=look.quality, background=look.background
         )
+    elif isinstance(avatar, BuiltinAvatar):
+        renderer = _builtin_renderer(avatar.name, look.aspect, look.quality, look.background).fork()
     else:
         renderer = load_renderer(
             avatar, aspect=look.aspect, quality=look.quality, background=look.background, library=library
@@ -113,14 +117,25 @@ def build_engine(spec: AvatarSpec) -> Engine:
     return Engine(renderer, spec.lip_sync.engine_config(look, WEBRTC_AUDIO_RATE))
 
 
+@functools.lru_cache(maxsize=BUNDLES_CACHED)
+def _builtin_renderer(name: str, aspect: str, quality: str, background: str) -> ProceduralRenderer:
+    """A built-in character's renderer, built once per process and look; sessions draw with forks of it
+    (~100 ms of a session's start saved, and its pre-drawn backdrops shared)."""
+    renderer = load_renderer(BuiltinAvatar(name), aspect=aspect, quality=quality, background=background)
+    assert isinstance(renderer, ProceduralRenderer)  # load_renderer's kind for a built-in
+    return renderer
+
+
 def new_live_avatar(
     engine: Engine,
     on_event: Callable[[SegmentEvent], None],
     on_frame: Callable[[FrameMeta], None] | None = None,
+    *,
+    engine_thread: EngineThread = "own",
 ) -> LiveCore:
     """The one place a live session's avatar is made, in-process or in a worker; `on_frame`: the
     session sends the mouth track."""
-    return LiveCore(engine, on_event=on_event, on_frame=on_frame)
+    return LiveCore(engine, on_event=on_event, on_frame=on_frame, engine_thread=engine_thread)
 
 
 def mouth_track_event(session_id: str, meta: FrameMeta) -> dict[str, Any]:
@@ -279,11 +294,46 @@ def _warm_up() -> None:
     from facecast.hosts import webrtc
 
     webrtc.tune_encoders()
-    engine = build_engine(AvatarSpec(Look(avatar="ava", quality="low", fps=25)))
+    # The default look: its renderer is then built (see _builtin_renderer) before any session asks.
+    engine = build_engine(AvatarSpec(Look()))
     engine.push_audio(np.zeros(WEBRTC_AUDIO_RATE // 2, np.int16), WEBRTC_AUDIO_RATE)
     engine.end_segment()
     for _ in range(15):
         engine.next_frame()
+
+
+# A spare engine is built this long after the start that took the last one: by then the new session's
+# signalling and first frames are done, and building (~35 ms, mostly PocketSphinx loading its model)
+# does not delay them.
+SPARE_AFTER_S = 1.0
+
+
+class SpareEngine:
+    """One engine built ahead for the avatar spec that sessions last asked for, so that the next session's
+    start takes it instead of building one. It is a plain object: nothing to close."""
+
+    def __init__(self, build: Callable[[AvatarSpec], Engine] = build_engine) -> None:
+        self._build = build
+        self._ready: tuple[AvatarSpec, Engine] | None = None
+
+    def take(self, spec: AvatarSpec) -> Engine | None:
+        """The spare, if it was built for `spec` (then there is none until the next refill)."""
+        if self._ready is None or self._ready[0] != spec:
+            return None
+        engine, self._ready = self._ready[1], None
+        return engine
+
+    async def refill(self, spec: AvatarSpec, *, after_s: float = 0.0) -> None:
+        """Build a spare for `spec` (after `after_s`), replacing one for another spec; errors are logged."""
+        await asyncio.sleep(after_s)
+        if self._ready is not None and self._ready[0] == spec:
+            return
+        try:
+            engine = await asyncio.to_thread(self._build, spec)
+        except Exception:
+            log.exception("building a spare engine failed")
+            return
+        self._ready = (spec, engine)
 
 
 class _WorkerSession:
@@ -294,13 +344,15 @@ class _WorkerSession:
 
 class _Worker:
     """The worker process's side: runs requests as tasks (calls for one session keep their order: each
-    task hands its engine call to the avatar's single worker thread before it first yields)."""
+    task hands its engine call to the avatar's worker thread, or makes it on the loop, before it first
+    yields)."""
 
     def __init__(self, channel: _Channel) -> None:
         self.channel = channel
         self.sessions: dict[str, _WorkerSession] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self.memory = MemoryReleaser()
+        self.spare = SpareEngine()
 
     async def serve(self) -> None:
         pushing = asyncio.create_task(self._push_stats_forever())
@@ -362,7 +414,12 @@ class _Worker:
 
     async def _start(self, request: Start) -> None:
         session_id = request.session
-        engine = await asyncio.to_thread(build_engine, request.spec)
+        engine = self.spare.take(request.spec) or await asyncio.to_thread(build_engine, request.spec)
+        # Built-ins only: a library avatar's file may change or go before the spare would be taken.
+        if isinstance(parse_avatar_id(request.spec.look.avatar), BuiltinAvatar):
+            refill = asyncio.create_task(self.spare.refill(request.spec, after_s=SPARE_AFTER_S))
+            self.tasks.add(refill)
+            refill.add_done_callback(self.tasks.discard)
 
         def on_event(event: SegmentEvent) -> None:
             self.channel.send(Notice(session_id, "segment", event))
@@ -374,7 +431,15 @@ class _Worker:
                 peer.send_event(event)
             self.channel.send(Notice(session_id, "track", event))
 
-        avatar = new_live_avatar(engine, on_event, on_frame if request.mouth_track else None)
+        # FACECAST_LIVE_ENGINE_THREAD=loop: on the worker's loop, which saves two thread hand-offs per
+        # frame and the loop's waits for the GIL; but a joining session's signalling then waits behind
+        # the others' frames, which on an overloaded machine was worse (docs/benchmarks.md).
+        avatar = new_live_avatar(
+            engine,
+            on_event,
+            on_frame if request.mouth_track else None,
+            engine_thread=settings.LIVE_ENGINE_THREAD.get(),
+        )
         session = self.sessions[session_id] = _WorkerSession(avatar)
         await avatar.start(started_at=request.started_at)
 
