@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 from livekit import rtc
 
+from facecast.bench.full_peer import AgentEventLog
 from facecast.client.livekit_viewer import RoomViewer
 
 MIC_RATE = 48000
@@ -21,7 +22,7 @@ MIC_FRAME = MIC_RATE // 100  # 10 ms
 MIC_QUEUE_MS = 200  # queued ahead: a busy test loop must not leave gaps in the speech (the VAD splits there)
 
 
-class RoomUser:
+class RoomUser(AgentEventLog):
     def __init__(self, *, mouth_box: tuple[int, int, int, int], avatar: str) -> None:
         self.viewer = RoomViewer(mouth_box=mouth_box, publisher=avatar)
         self.room = self.viewer.room
@@ -81,25 +82,6 @@ class RoomUser:
         if packet.topic != "agent-response":
             return
         self.events.append((time.monotonic(), json.loads(packet.data)))
-
-    def agent_events(self) -> list[tuple[float, dict[str, Any]]]:
-        return [(t, e) for t, e in self.events if "event_type" in e]
-
-    async def wait(
-        self, match: Any, timeout: float = 60.0, after: float = 0.0
-    ) -> tuple[float, dict[str, Any]]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for stamped in self.events:
-                if stamped[0] >= after and match(stamped[1]):
-                    return stamped
-            await asyncio.sleep(0.02)
-        raise AssertionError(f"no matching event in {[e for _, e in self.events]}")
-
-    async def wait_type(
-        self, event_type: str, timeout: float = 60.0, after: float = 0.0
-    ) -> tuple[float, dict[str, Any]]:
-        return await self.wait(lambda e: e.get("event_type") == event_type, timeout, after)
 
     async def aclose(self) -> None:
         if self._closed:

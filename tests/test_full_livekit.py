@@ -18,7 +18,7 @@ import pytest
 from full_room_user import RoomUser
 from livekit_server import LiveKitServer, LiveRoom
 from server_harness import RunningServer, running_server
-from test_full_mode import QUESTION, configure_llm, flite_speech, word_error_rate
+from test_full_mode import QUESTION, configure_llm, create_context, flite_speech, word_error_rate
 
 pytest.importorskip("pipecat.audio.vad.silero")
 pytest.importorskip("openai")
@@ -137,13 +137,7 @@ async def test_conversation_in_a_room_the_server_makes(
     key = server.store.create_key("owned")[1]
     with server.client() as http:
         config_id = configure_llm(http, key, llm)
-        context_id = _ok(
-            http.post(
-                "/v1/contexts",
-                headers={"X-API-KEY": key},
-                json={"name": "c", "prompt": "Help ${name}.", "opening_text": "Hello ${name}, ask away."},
-            )
-        )["id"]
+        context_id = create_context(http, key, "Help ${name}.", "Hello ${name}, ask away.")
     token, start = await start_full(
         server,
         key,

@@ -97,6 +97,16 @@ def configure_llm(http: httpx.Client, key: str, llm: StandInLLM) -> str:
     return config["id"]
 
 
+def create_context(http: httpx.Client, key: str, prompt: str, opening_text: str) -> str:
+    """A context of `key` with this prompt and opening text; its id."""
+    made = http.post(
+        "/v1/contexts",
+        headers={"X-API-KEY": key},
+        json={"name": "test", "prompt": prompt, "opening_text": opening_text},
+    )
+    return str(_ok(made)["id"])
+
+
 async def start_full(
     server: RunningServer, key: str, body: dict[str, Any], responses: list[str]
 ) -> FullClient:
@@ -233,13 +243,7 @@ def test_full_tokens_say_what_is_missing(server: RunningServer, llm: StandInLLM,
         assert "/v1/llm_configurations" in no_llm.json()["message"]
         assert "FACECAST_LLM_BASE_URL" in no_llm.json()["message"]
         config_id = configure_llm(http, key, llm)
-        context_id = _ok(
-            http.post(
-                "/v1/contexts",
-                headers={"X-API-KEY": key},
-                json={"name": "c", "prompt": "Help ${user_name} on the ${plan} plan.", "opening_text": "Hi!"},
-            )
-        )["id"]
+        context_id = create_context(http, key, "Help ${user_name} on the ${plan} plan.", "Hi!")
         persona = {"context_id": context_id}
         undefined = token(
             llm_configuration_id=config_id, avatar_persona=persona, dynamic_variables={"plan": "Pro"}
@@ -290,17 +294,9 @@ async def test_conversation_hears_answers_and_speaks(
     responses: list[str] = []
     with server.client() as http:
         config_id = configure_llm(http, key, llm)
-        context_id = _ok(
-            http.post(
-                "/v1/contexts",
-                headers={"X-API-KEY": key},
-                json={
-                    "name": "helper",
-                    "prompt": "You help ${user_name}. Answer briefly.",
-                    "opening_text": "Hello ${user_name}, ask me anything.",
-                },
-            )
-        )["id"]
+        context_id = create_context(
+            http, key, "You help ${user_name}. Answer briefly.", "Hello ${user_name}, ask me anything."
+        )
     client = await start_full(
         server,
         key,
@@ -476,13 +472,7 @@ async def test_a_full_session_sends_the_mouth_track_on_its_data_channel(
     key = server.store.create_key("a")[1]
     with server.client() as http:
         config_id = configure_llm(http, key, llm)
-        context_id = _ok(
-            http.post(
-                "/v1/contexts",
-                headers={"X-API-KEY": key},
-                json={"name": "greeter", "prompt": "Be brief.", "opening_text": "Hello there, how are you?"},
-            )
-        )["id"]
+        context_id = create_context(http, key, "Be brief.", "Hello there, how are you?")
     client = await start_full(
         server,
         key,

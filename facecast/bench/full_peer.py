@@ -59,7 +59,33 @@ class FakeMicrophone(MediaStreamTrack):
         return frame
 
 
-class FullClient:
+class AgentEventLog:
+    """Waiting on a FULL session's events as a client received them (`events`: arrival time, event),
+    whichever transport carried them (the WebRTC data channel, a LiveKit room's agent-response topic)."""
+
+    events: list[tuple[float, dict[str, Any]]]
+
+    def agent_events(self) -> list[tuple[float, dict[str, Any]]]:
+        return [(t, e) for t, e in self.events if "event_type" in e]
+
+    async def wait(
+        self, match: Any, timeout: float = 60.0, after: float = 0.0
+    ) -> tuple[float, dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for stamped in self.events:
+                if stamped[0] >= after and match(stamped[1]):
+                    return stamped
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"no matching event in {[e for _, e in self.events]}")
+
+    async def wait_type(
+        self, event_type: str, timeout: float = 60.0, after: float = 0.0
+    ) -> tuple[float, dict[str, Any]]:
+        return await self.wait(lambda e: e.get("event_type") == event_type, timeout, after)
+
+
+class FullClient(AgentEventLog):
     """A receiving peer (facecast.client) with a microphone; records the avatar's video (mouth crops) and
     the events of the data channel."""
 
@@ -94,25 +120,6 @@ class FullClient:
         if payload:
             message["payload"] = payload
         self.peer.send_channel(message)
-
-    def agent_events(self) -> list[tuple[float, dict[str, Any]]]:
-        return [(t, e) for t, e in self.events if "event_type" in e]
-
-    async def wait(
-        self, match: Any, timeout: float = 60.0, after: float = 0.0
-    ) -> tuple[float, dict[str, Any]]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for stamped in self.events:
-                if stamped[0] >= after and match(stamped[1]):
-                    return stamped
-            await asyncio.sleep(0.02)
-        raise AssertionError(f"no matching event in {[e for _, e in self.events]}")
-
-    async def wait_type(
-        self, event_type: str, timeout: float = 60.0, after: float = 0.0
-    ) -> tuple[float, dict]:
-        return await self.wait(lambda e: e.get("event_type") == event_type, timeout, after)
 
     def mouth_motion(self, start: float, end: float) -> float:
         """Mean frame-to-frame change of the mouth crop in [start, end] (arrival times)."""

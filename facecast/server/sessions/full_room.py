@@ -32,8 +32,8 @@ from facecast.engine.types import SegmentEvent
 from facecast.server.errors import ApiError
 from facecast.server.full_mode import FullAgent, NewConversation, conversation_failed
 from facecast.server.session_stats import SessionStats
-from facecast.server.sessions.lite_room import AUDIO_RATE, LiteRoomSession, SocketAudio
-from facecast.server.sessions.livekit import create_owned_room, new_room_avatar
+from facecast.server.sessions.lite_room import LiteRoomSession, fed_room_avatar
+from facecast.server.sessions.livekit import create_owned_room
 from facecast.server.store import SessionRecord
 
 if TYPE_CHECKING:
@@ -250,12 +250,7 @@ async def start_full_room(
         if session is not None:
             session.on_segment_event(event)
 
-    audio = SocketAudio(on_event)
-    try:
-        worker = new_room_avatar(manager, record, sample_rate=AUDIO_RATE, audio_receiver=audio)
-    except ValueError as exc:
-        await manager.end(record.id, p.END_ERROR)
-        raise ApiError(500, p.CODE_INTERNAL, f"could not load avatar {record.avatar_id!r}: {exc}") from None
+    audio, worker = await fed_room_avatar(manager, record, on_event)
     session = FullRoomSession(record, audio, worker, manager=manager, started_mono=started_mono)
     session.conversation = new_conversation(audio, session)
     manager.mark_started(record, session, time.time())

@@ -226,6 +226,20 @@ class LiteRoomSession(LiveSession):
         return stats
 
 
+async def fed_room_avatar(
+    manager: SessionManager, record: SessionRecord, on_event: Callable[[SegmentEvent], None]
+) -> tuple[SocketAudio, RoomAvatar]:
+    """`record`'s avatar worker for its LiveKit room, fed through a `SocketAudio` (which reports its
+    segment events to `on_event`); a look that does not load ends the session with an error."""
+    audio = SocketAudio(on_event)
+    try:
+        worker = new_room_avatar(manager, record, sample_rate=AUDIO_RATE, audio_receiver=audio)
+    except ValueError as exc:
+        await manager.end(record.id, p.END_ERROR)
+        raise ApiError(500, p.CODE_INTERNAL, f"could not load avatar {record.avatar_id!r}: {exc}") from None
+    return audio, worker
+
+
 async def start_lite_room(manager: SessionManager, record: SessionRecord) -> LiveSession:
     """Start `record`'s avatar in its LiveKit room, fed from the LITE WebSocket."""
     lk = record.settings.livekit
@@ -237,12 +251,7 @@ async def start_lite_room(manager: SessionManager, record: SessionRecord) -> Liv
         if session is not None:
             session.on_segment_event(event)
 
-    audio = SocketAudio(on_event)
-    try:
-        worker = new_room_avatar(manager, record, sample_rate=AUDIO_RATE, audio_receiver=audio)
-    except ValueError as exc:
-        await manager.end(record.id, p.END_ERROR)
-        raise ApiError(500, p.CODE_INTERNAL, f"could not load avatar {record.avatar_id!r}: {exc}") from None
+    audio, worker = await fed_room_avatar(manager, record, on_event)
     session = LiteRoomSession(record, audio, worker, manager=manager, started_mono=started_mono)
     manager.mark_started(record, session, time.time())
     try:

@@ -2,6 +2,8 @@
 // over the LITE WebSocket (LITE) or talk with it through the microphone (FULL: the server holds the
 // conversation; commands and events on the data channel), and show what happens. Plain ES module.
 
+import { api, newEventId } from "./api.js";
+
 const $ = (id) => document.getElementById(id);
 const state = {
   apiKey: "", avatar: null, session: null, pc: null, ws: null, stats: null, keepAlive: null,
@@ -37,28 +39,6 @@ function showError(message) {
   if (message) log(message, "error");
 }
 
-// Every call the page makes goes through here: an error answer becomes an Error carrying the server's
-// own message ({code, data, message}), whatever the status, so nothing reads a missing `data`.
-async function api(path, { key, token, body, form, method = "POST" } = {}) {
-  const headers = {};
-  if (body !== undefined) headers["Content-Type"] = "application/json";
-  if (key) headers["X-API-KEY"] = key;
-  if (token) headers.Authorization = `Bearer ${token}`;
-  let response;
-  try {
-    response = await fetch(path, { method, headers, body: form ?? (body !== undefined ? JSON.stringify(body) : undefined) });
-  } catch (err) {
-    throw new Error(`${method} ${path}: the server is unreachable (${err.message})`);
-  }
-  let payload = null;
-  try { payload = await response.json(); } catch { /* not JSON: the status says what happened */ }
-  const message = payload && typeof payload.message === "string" ? payload.message : "";
-  if (!response.ok) throw new Error(`${method} ${path}: ${message || `${response.status} ${response.statusText}`}`);
-  if (!payload || typeof payload !== "object" || !("data" in payload)) {
-    throw new Error(`${method} ${path}: the answer (${response.status}) is not the API's {code, data, message}`);
-  }
-  return payload.data;
-}
 
 async function listAvatars(key) {
   // With a key, the list also holds that key's own avatars (photo avatars made on this server). A key the
@@ -393,9 +373,6 @@ async function stop() {
   teardown();
 }
 
-// crypto.randomUUID exists only in secure contexts; a plain-http LAN address is not one.
-const newEventId = () =>
-  crypto.randomUUID ? crypto.randomUUID() : Array.from({ length: 4 }, () => Math.random().toString(16).slice(2, 10)).join("");
 
 function sayText(text) {
   const eventId = newEventId();

@@ -3,6 +3,8 @@
 // record as it arrives: jaw, lips (open, width, round, closed), teeth, tongue, blinks, gaze, head pose.
 // Records come over the WebSocket and the data channel both; the first of each frame is drawn.
 
+import { api, newEventId } from "./api.js";
+
 const $ = (id) => document.getElementById(id);
 const state = {
   session: null, pc: null, ws: null, keepAlive: null, last: null, lastFrame: -1, records: 0,
@@ -29,23 +31,6 @@ function setStatus(text) {
   $("status").className = `pill ${text}`;
 }
 
-async function api(path, { key, token, body } = {}) {
-  const headers = { "Content-Type": "application/json" };
-  if (key) headers["X-API-KEY"] = key;
-  if (token) headers.Authorization = `Bearer ${token}`;
-  let response;
-  try {
-    response = await fetch(path, { method: "POST", headers, body: JSON.stringify(body ?? {}) });
-  } catch (err) {
-    throw new Error(`POST ${path}: the server is unreachable (${err.message})`);
-  }
-  let payload = null;
-  try { payload = await response.json(); } catch { /* not JSON: the status says what happened */ }
-  if (!response.ok || !payload || !("data" in payload)) {
-    throw new Error(`POST ${path}: ${payload?.message || `${response.status} ${response.statusText}`}`);
-  }
-  return payload.data;
-}
 
 // -- the track --------------------------------------------------------------------------------------------
 function onTrack(event) {
@@ -217,7 +202,7 @@ async function start() {
     if (!trackOnly) body.video_settings = { quality: "low" };
     const minted = await api("/v1/sessions/token", { key, body });
     log(`session ${minted.session_id}${trackOnly ? " (track only)" : ""}`);
-    const started = await api("/v1/sessions/start", { token: minted.session_token });
+    const started = await api("/v1/sessions/start", { token: minted.session_token, body: {} });
     state.session = { ...started, token: minted.session_token };
     openSocket(started.ws_url);
     await connectPeer(started, trackOnly);
@@ -323,15 +308,13 @@ async function stop() {
   const session = state.session;
   if (session) {
     try {
-      const data = await api("/v1/sessions/stop", { token: session.token });
+      const data = await api("/v1/sessions/stop", { token: session.token, body: {} });
       log(`stopped (${data.end_reason})`);
     } catch (err) { log(err.message, "error"); }
   }
   teardown();
 }
 
-const newEventId = () =>
-  crypto.randomUUID ? crypto.randomUUID() : Array.from({ length: 4 }, () => Math.random().toString(16).slice(2, 10)).join("");
 
 function init() {
   const fromHash = new URLSearchParams(location.hash.slice(1)).get("key");
