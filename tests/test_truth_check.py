@@ -1,4 +1,4 @@
-"""The truth-offset measure reads a known shift of the truth back."""
+"""The closure measure of facecast.bench.truth_check reads a known shift of the truth back."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from facecast.bench.corpus import SENTENCES, Phone, have_flite, synthesize
-from facecast.bench.truth_offset import closure_offsets_ms
+from facecast.bench.truth_check import closure_offsets_ms
 
 
 @pytest.mark.skipif(not have_flite(), reason="flite is not installed (apt-get install flite)")
