@@ -29,10 +29,9 @@ from facecast.bounded_json import MessageRefused, parse_message
 from facecast.conversation.events import TOPIC_CONTROL, TOPIC_RESPONSE
 from facecast.conversation.sphinx_worker import STT_RATE
 from facecast.engine.types import SegmentEvent
-from facecast.server.errors import ApiError
 from facecast.server.full_mode import FullAgent, NewConversation, conversation_failed
 from facecast.server.session_stats import SessionStats
-from facecast.server.sessions.lite_room import LiteRoomSession, fed_room_avatar
+from facecast.server.sessions.lite_room import LiteRoomSession, fed_room_avatar, join_room
 from facecast.server.sessions.livekit import create_owned_room
 from facecast.server.store import SessionRecord
 
@@ -254,16 +253,7 @@ async def start_full_room(
     session = FullRoomSession(record, audio, worker, manager=manager, started_mono=started_mono)
     session.conversation = new_conversation(audio, session)
     manager.mark_started(record, session, time.time())
-    try:
-        await worker.start()
-    except Exception as exc:
-        await manager.end(record.id, p.END_ERROR)
-        raise ApiError(
-            502,
-            p.CODE_INTERNAL,
-            f"the avatar could not join the LiveKit room {lk.room!r} at {lk.url}: {exc}; check the "
-            "URL and that the avatar's token (livekit_client_token) grants joining that room",
-        ) from None
+    await join_room(manager, record, worker)
     try:
         await session.conversation.start()
     except Exception as exc:

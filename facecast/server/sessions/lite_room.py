@@ -240,20 +240,11 @@ async def fed_room_avatar(
     return audio, worker
 
 
-async def start_lite_room(manager: SessionManager, record: SessionRecord) -> LiveSession:
-    """Start `record`'s avatar in its LiveKit room, fed from the LITE WebSocket."""
+async def join_room(manager: SessionManager, record: SessionRecord, worker: RoomAvatar) -> None:
+    """Start `record`'s avatar worker in its LiveKit room; one that cannot join ends the session with an
+    error that says what to check."""
     lk = record.settings.livekit
     assert lk is not None
-    started_mono = time.monotonic()
-    session: LiteRoomSession | None = None
-
-    def on_event(event: SegmentEvent) -> None:
-        if session is not None:
-            session.on_segment_event(event)
-
-    audio, worker = await fed_room_avatar(manager, record, on_event)
-    session = LiteRoomSession(record, audio, worker, manager=manager, started_mono=started_mono)
-    manager.mark_started(record, session, time.time())
     try:
         await worker.start()
     except Exception as exc:
@@ -264,5 +255,20 @@ async def start_lite_room(manager: SessionManager, record: SessionRecord) -> Liv
             f"the avatar could not join the LiveKit room {lk.room!r} at {lk.url}: {exc}; check the "
             "URL and that the avatar's token (livekit_client_token) grants joining that room",
         ) from None
+
+
+async def start_lite_room(manager: SessionManager, record: SessionRecord) -> LiveSession:
+    """Start `record`'s avatar in its LiveKit room, fed from the LITE WebSocket."""
+    started_mono = time.monotonic()
+    session: LiteRoomSession | None = None
+
+    def on_event(event: SegmentEvent) -> None:
+        if session is not None:
+            session.on_segment_event(event)
+
+    audio, worker = await fed_room_avatar(manager, record, on_event)
+    session = LiteRoomSession(record, audio, worker, manager=manager, started_mono=started_mono)
+    manager.mark_started(record, session, time.time())
+    await join_room(manager, record, worker)
     session.on_worker_started()
     return session
