@@ -31,7 +31,7 @@ pytest.importorskip("openai")
 from facecast import protocol as p
 from facecast import settings
 from facecast.avatars import load_renderer
-from facecast.bench.full_peer import FullClient
+from facecast.bench.full_peer import AgentEventLog, FullClient
 from facecast.bench.llm_standin import StandInLLM, standin_llm
 from facecast.tts import EspeakTTS
 
@@ -105,6 +105,19 @@ def create_context(http: httpx.Client, key: str, prompt: str, opening_text: str)
         json={"name": "test", "prompt": prompt, "opening_text": opening_text},
     )
     return str(_ok(made)["id"])
+
+
+def check_one_turn(log: AgentEventLog, asked_at: float, heard: dict[str, Any]) -> str:
+    """The events since the question in seed 002's order and the question recognised (its word error
+    rate printed, not asserted); the transcript."""
+    order = [e["event_type"] for t, e in log.agent_events() if t >= asked_at]
+    assert order[:3] == ["user.speak_started", "user.speak_ended", "user.transcription"], order
+    assert order.index("avatar.speak_started") > order.index("user.transcription")
+    assert order.index("avatar.speak_ended") > order.index("avatar.speak_started")
+    transcript = str(heard["payload"]["text"])
+    print(f"recognised {transcript!r} for {QUESTION!r}: WER {word_error_rate(QUESTION, transcript):.2f}")
+    assert "weather" in transcript
+    return transcript
 
 
 async def start_full(
@@ -327,13 +340,7 @@ async def test_conversation_hears_answers_and_speaks(
         answer = " ".join(e["payload"]["text"] for e in said)  # one event per sentence, as each starts
         assert ended["payload"]["interrupted"] is False
         await asyncio.sleep(1.5)  # idle video after the answer, to compare the mouth against
-        order = [e["event_type"] for t, e in client.agent_events() if t >= asked_at]
-        assert order[:3] == ["user.speak_started", "user.speak_ended", "user.transcription"], order
-        assert order.index("avatar.speak_started") > order.index("user.transcription")
-        assert order.index("avatar.speak_ended") > order.index("avatar.speak_started")
-        transcript = heard["payload"]["text"]
-        print(f"recognised {transcript!r} for {QUESTION!r}: WER {word_error_rate(QUESTION, transcript):.2f}")
-        assert "weather" in transcript
+        transcript = check_one_turn(client, asked_at, heard)
         assert answer == f"You asked about {transcript}. It is sunny today."
         # One turn: the avatar does not stop between the answer's two sentences.
         answer_events = [e["event_type"] for t, e in client.agent_events() if heard_at <= t <= ended_at]
