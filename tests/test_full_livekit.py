@@ -155,6 +155,7 @@ async def test_conversation_in_a_room_the_server_makes(
         },
     )
     assert start["livekit_client_token"] and start["livekit_agent_token"] == ""  # the server is the agent
+    assert "audio_source" not in start  # the server speaks itself; there is no agent audio to source
     session_id = start["session_id"]
     user = RoomUser(mouth_box=mouth_box, avatar=start["avatar_identity"])
     try:

@@ -108,9 +108,10 @@ async def start_session(
             **livekit_start_details(config, record),
             "max_session_duration": settings.max_session_duration,
             "idle_timeout": config.limits.idle_timeout,
-            "audio_source": settings.livekit.audio_source,
             "video": video,
         }
+        if record.mode == "LITE":  # a FULL session speaks itself: no agent audio to source
+            data["audio_source"] = settings.livekit.audio_source
         if not isinstance(session, RoomSession):
             data["ws_url"] = ws_url
             data["audio"] = {"input_sample_rate": p.LITE_AUDIO_RATE}
