@@ -441,9 +441,10 @@ SENDER_REPORTS = _setting(
 LIVE_ENGINE_THREAD = _setting(
     "FACECAST_LIVE_ENGINE_THREAD",
     one_of("own", "loop"),
-    "own",
-    "Where a server's worker process runs each live session's engine: `own` thread, or its event `loop` "
-    "(to compare, `facecast bench server sessions`; docs/benchmarks.md § Engine on the loop).",
+    "loop",
+    "Where a server's worker process runs each live session's engine: its event `loop`, or an `own` "
+    "thread per session (to compare, `facecast bench server sessions`; docs/benchmarks.md § Engine on "
+    "the loop).",
     DEVELOPMENT,
 )
 LIVEKIT_SERVER = _setting(

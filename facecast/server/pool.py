@@ -431,9 +431,9 @@ class _Worker:
                 peer.send_event(event)
             self.channel.send(Notice(session_id, "track", event))
 
-        # FACECAST_LIVE_ENGINE_THREAD=loop: on the worker's loop, which saves two thread hand-offs per
-        # frame and the loop's waits for the GIL; but a joining session's signalling then waits behind
-        # the others' frames, which on an overloaded machine was worse (docs/benchmarks.md).
+        # On the worker's loop by default (FACECAST_LIVE_ENGINE_THREAD): two thread hand-offs per frame
+        # and the loop's waits for the GIL saved; on a quiet 2-core machine 6 sessions ran clean on it
+        # and not on own threads (docs/benchmarks.md § Engine on the loop).
         avatar = new_live_avatar(
             engine,
             on_event,
