@@ -14,6 +14,9 @@ NOSE_BOTTOM = 2  # where the nose meets the upper lip
 # Face-oval points beside the ears, at about the height of the jaw joints (subject's right, left).
 EAR_LINE_RIGHT = 93
 EAR_LINE_LEFT = 323
+# Face-oval points at the cheekbones, the face's widest line (subject's right, left).
+CHEEK_RIGHT = 234
+CHEEK_LEFT = 454
 
 FACE_OVAL: tuple[int, ...] = (
     10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377,

@@ -25,6 +25,10 @@ SMALL_FACE_WINDOWS = 0.5  # the windows searched for a face too small to be foun
 CROP_MARGIN = 1.6  # face heights of photo kept around the face on every side when cropping
 FLIP_MARGIN = 10.0  # degrees nearer upright the photo turned round must be to be taken instead
 MAX_RESIDUAL_ROLL = 45.0  # after turning by a multiple of 90°, the face must be at most this far off upright
+# How far the nose tip sits off the middle of the cheek line, in half face widths, above which the face is
+# turned to one side: ~0 facing the camera (the test photos: 0.03), ~0.5 at 40° or so, past 1 in profile
+# (the nose beyond the cheek); a mouth seen from the side barely opens in the picture.
+SIDE_TURN_NOSE_OFFSET = 0.5
 
 
 @dataclass(frozen=True, eq=False)
@@ -175,12 +179,26 @@ def photo_warnings(image: np.ndarray, analysis: FaceAnalysis) -> list[str]:
             "the eyes look closed in the photo: blinks and gaze need open eyes; "
             "use a photo with the eyes open"
         )
+    if side_turn(lm) > SIDE_TURN_NOSE_OFFSET:
+        out.append(
+            "the face is turned to one side (seen from the side, the mouth's opening barely shows, so the "
+            "speech reads poorly); use a photo where the face looks into the camera"
+        )
     if _mouth_hidden(image, lm):
         out.append(
             "the mouth looks covered or hard to see (its colour is not like lips): the avatar draws its "
             "mouth over whatever is there; use a photo where the lips are clearly visible"
         )
     return out
+
+
+def side_turn(landmarks: np.ndarray) -> float:
+    """How far the face is turned to one side: the nose tip's distance from the middle of the cheek line,
+    in half face widths (0 facing the camera; over 1 in profile, the nose beyond the cheek)."""
+    right, left = landmarks[fm.CHEEK_RIGHT, :2], landmarks[fm.CHEEK_LEFT, :2]
+    half_width = max(float(np.linalg.norm(left - right)) / 2, 1e-6)
+    axis = (left - right) / (2 * half_width)
+    return abs(float(np.dot(landmarks[fm.NOSE_TIP, :2] - (left + right) / 2, axis))) / half_width
 
 
 _EYES = ((fm.RIGHT_EYE_UPPER, fm.RIGHT_EYE_LOWER), (fm.LEFT_EYE_UPPER, fm.LEFT_EYE_LOWER))

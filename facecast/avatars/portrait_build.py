@@ -523,7 +523,7 @@ def _face_motion(
     u, v, below = f.u, f.v, f.below
     along = np.zeros((*u.shape, 2))  # (du, dv) in mouth coordinates
     chin_v = geo.uv(*geo.point(fm.CHIN))[1]
-    cheeks = 0.5 * float(np.linalg.norm(geo.point(234) - geo.point(454)))
+    cheeks = 0.5 * float(np.linalg.norm(geo.point(fm.CHEEK_RIGHT) - geo.point(fm.CHEEK_LEFT)))
     if name == "jaw":
         # What the jaw carries turns about the joints and slides down with them; the upper lip rises a
         # little. Toward the ears the rotation itself fades (those points are beside the joints).
