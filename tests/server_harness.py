@@ -27,6 +27,7 @@ class RunningServer:
     config: ServerConfig
     app: Any
     loop: asyncio.AbstractEventLoop
+    uvicorn: FacecastServer
 
     def client(self, **kwargs: Any) -> httpx.Client:
         kwargs.setdefault("timeout", 20.0)
@@ -90,7 +91,7 @@ def running_server(
             raise RuntimeError("the test server did not start")
         time.sleep(0.02)
     try:
-        yield RunningServer(f"http://127.0.0.1:{port}", store, config, app, loops[0])
+        yield RunningServer(f"http://127.0.0.1:{port}", store, config, app, loops[0], server)
     finally:
         server.should_exit = True
         thread.join(30)

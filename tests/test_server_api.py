@@ -4,6 +4,7 @@ and the LITE WebSocket's behaviour before the video peer connects."""
 from __future__ import annotations
 
 import json
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -106,6 +107,17 @@ def test_non_json_body_is_a_400(server: RunningServer, key: str) -> None:
             content=b"{not json",
         )
     assert r.status_code == 400 and r.json()["code"] == p.CODE_BAD_REQUEST
+
+
+def test_connections_send_without_waiting_for_acks(server: RunningServer) -> None:
+    """Nagle is off (TCP_NODELAY) on the server's side of every connection: with it on, a response's
+    body waited ~40 ms behind its headers on a kept-alive connection (the client's delayed ACK), which
+    cost /start and the WebRTC offer 40 ms each."""
+    with server.client() as http:
+        assert http.get("/healthz").status_code == 200  # the connection stays open (keep-alive)
+        sockets = [c.transport.get_extra_info("socket") for c in server.uvicorn.server_state.connections]
+        assert sockets
+        assert all(s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) for s in sockets)
 
 
 # -- session tokens ---------------------------------------------------------------------------------------
