@@ -55,8 +55,10 @@ REPORT_INTERVAL_S = (0.3, 0.6)
 # Each video frame leaves this long after the avatar released it (its audio leaves at once). Chromium
 # starts a session with ~60 ms of audio in its jitter buffer (NetEq's floor) against ~12 ms of video,
 # and its synchroniser first moves ~5 s in, by about half the gap per move: without the hold the mouth
-# leads the sound by ~45 ms from the start. One frame at 30 fps, no more: the avatar queues two video
-# frames for the track (realtime.VIDEO_QUEUE_FRAMES), so a longer hold would make it drop frames.
+# leads the sound by ~45 ms from the start. One frame at 30 fps: a 50 ms hold, tried in Chromium, made
+# the first second's mouth lag the sound by ~29 ms (docs/benchmarks.md, Sync in the browser). A frame
+# waits for its hold in the avatar's video queue (live.VIDEO_QUEUE_FRAMES, two), so a hold past about
+# two frame periods less the encode time would drop frames.
 VIDEO_HOLD_S = 0.033
 MAX_HOLD_LAG_S = 0.1  # a frame this late for its hold: the avatar's clock moved on, and the hold follows
 NTP_EPOCH_OFFSET_S = 2208988800  # 1900-01-01 to 1970-01-01
