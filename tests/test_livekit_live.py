@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -44,7 +45,10 @@ def speech(seconds: float, rate: int = 24000) -> np.ndarray:
     return (8000 * np.sin(2 * np.pi * 180 * t) * (1 + np.sin(2 * np.pi * 3 * t)) / 2).astype(np.int16)
 
 
-async def test_worker_plays_and_interrupts_in_a_real_room(live_room: LiveRoom, viewer: RoomViewer) -> None:
+async def test_worker_plays_and_interrupts_in_a_real_room(
+    live_room: LiveRoom, viewer: RoomViewer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="livekit.agents")
     agent = rtc.Room()
     await agent.connect(live_room.url, live_room.token("agent", kind="agent"))
     worker_token = mint_worker_token(
@@ -79,6 +83,9 @@ async def test_worker_plays_and_interrupts_in_a_real_room(live_room: LiveRoom, v
     await asyncio.wait_for(out.wait_for_playout(), HANG_S)
     # cleared 0.8 s into 3 s of speech: some of it played, not all (a busy host delays the clear)
     assert finished[-1][1] is True and 0.3 < finished[-1][0] < 2.9
+    # This agent, as stock agents do, did not register lk.playback_started: noted, never an ERROR.
+    started_notes = [r for r in caplog.records if "lk.playback_started" in r.getMessage()]
+    assert started_notes and all(r.levelno < logging.WARNING for r in started_notes)
 
     await viewer.wait_for(lambda: viewer.tracks_of(AVATAR) >= {"avatar_audio", "avatar_video"})
     assert viewer.room.remote_participants[AVATAR].attributes.get("lk.publish_on_behalf") == "agent"

@@ -35,6 +35,7 @@ from facecast.hosts.livekit.names import (
     AUDIO_STREAM_TOPIC,
     RPC_CLEAR_BUFFER,
     RPC_PLAYBACK_FINISHED,
+    RPC_PLAYBACK_STARTED,
     SESSION_STATE_TOPIC,
     STATE_CONNECTED,
     STATE_DISCONNECTED,
@@ -80,8 +81,40 @@ def transcript_delta_text(chunk: str) -> str:
     return "".join(texts)
 
 
+class _PlaybackStartedIsOptional(logging.Filter):
+    """livekit-agents' receiver logs an ERROR on every utterance whose sender did not register
+    lk.playback_started, which a stock agent's DataStreamAudioOutput registers only with
+    wait_playback_start=True. The protocol makes it optional and the avatar plays on, so the first is
+    said once at INFO with what it means, the rest at DEBUG."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.said = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if record.levelno != logging.ERROR or RPC_PLAYBACK_STARTED not in text or "register" not in text:
+            return True
+        if self.said:
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return True
+        self.said = True
+        record.levelno, record.levelname = logging.INFO, "INFO"
+        record.msg, record.args = (
+            "the agent did not register lk.playback_started, so it is not told when the avatar starts "
+            "playing its speech (optional; pass wait_playback_start=True to DataStreamAudioOutput to get "
+            "it); said once",
+            (),
+        )
+        return True
+
+
+# On livekit-agents' own logger, where its receiver logs (livekit/agents/log.py).
+_PLAYBACK_STARTED_FILTER = _PlaybackStartedIsOptional()
+
+
 class _RoomScopedReceiver(DataStreamAudioReceiver):
-    """The stock receiver, with two fixes for a worker process that serves many rooms of a real server.
+    """The stock receiver, with three fixes for a worker process that serves many rooms of a real server.
 
     - livekit-agents keeps lk.clear_buffer handlers in one process-wide table keyed by the sender's
       identity, so two senders with the same identity in two rooms would get each other's interrupts:
@@ -89,10 +122,15 @@ class _RoomScopedReceiver(DataStreamAudioReceiver):
     - The stock receiver starts listening for audio streams only once LiveKit reports the sender
       *active*. A sender that joins after the avatar and streams at once (`facecast say`) has its first
       stream arrive before that, and it was dropped ("no callback attached"). Hold the streams that
-      arrive before start() and hand them over."""
+      arrive before start() and hand them over.
+    - An agent that does not register lk.playback_started costs an ERROR line per utterance in the
+      stock receiver: said once, at INFO (_PlaybackStartedIsOptional)."""
 
     def __init__(self, room: rtc.Room, **kwargs: Any) -> None:
         super().__init__(room, **kwargs)
+        agents_logger = logging.getLogger("livekit.agents")
+        if _PLAYBACK_STARTED_FILTER not in agents_logger.filters:
+            agents_logger.addFilter(_PLAYBACK_STARTED_FILTER)
         self._early: list[tuple[rtc.ByteStreamReader, str]] = []
         room.register_byte_stream_handler(AUDIO_STREAM_TOPIC, self._hold_early)
 
