@@ -25,9 +25,12 @@ from collections.abc import Callable
 RELEASE_DELAY_S = 0.5
 
 
-# glibc's mallopt parameter, and the size from which it serves an allocation with its own mmap.
+# glibc's mallopt parameter, and the size from which it serves an allocation with its own mmap: above
+# the frame-sized buffers (a 768x768 RGB image is 1.7 MB), so frames are reused inside the heaps. Served
+# by mmap, each is page-faulted in and unmapped again: a 768 KB copy cost 0.56 ms instead of 0.02 ms
+# (docs/reliability.md, Memory and soak).
 M_MMAP_THRESHOLD = -3
-MMAP_THRESHOLD_BYTES = 256 * 1024
+MMAP_THRESHOLD_BYTES = 4 * 1024 * 1024
 
 
 def _glibc() -> ctypes.CDLL | None:
@@ -42,13 +45,12 @@ _GLIBC = _glibc()
 _MALLOC_TRIM: Callable[[int], int] | None = _GLIBC.malloc_trim if _GLIBC is not None else None
 
 
-def map_large_buffers() -> None:
-    """Serve every allocation of MMAP_THRESHOLD_BYTES or more (frames: a 512x512 RGB image is 768 KB,
-    its I420 copy and the codecs' buffers are as large) with its own mmap, which free() unmaps. glibc
-    starts at 128 KB but raises its threshold to the largest block freed, so after a session's first
-    frame it puts frames in its heaps, where the small blocks allocated among them keep the pages
-    resident once they are free: `facecast bench soak abandon` showed the idle server's memory creeping
-    up round after round (+156 MB after 8 rounds of 20 sessions) and flat with a fixed threshold.
+def fix_mmap_threshold() -> None:
+    """Fix glibc's mmap threshold at MMAP_THRESHOLD_BYTES. Left alone, glibc starts at 128 KB and raises
+    it to the largest block freed (up to 32 MB), so where a buffer lives changes as the process runs.
+    With the sessions' garbage collected and trimmed when they end (MemoryReleaser), `facecast bench
+    soak abandon` stays flat at this threshold with worker processes, as at 256 KB (where every frame
+    had its own mmap and paid for it in page faults), and ~8 MB higher with sessions in one process.
     MALLOC_MMAP_THRESHOLD_ in the environment wins."""
     if _GLIBC is not None and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
         _GLIBC.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)

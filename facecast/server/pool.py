@@ -50,7 +50,7 @@ from facecast.engine import Engine
 from facecast.engine.mouth_track import mouth_track_record
 from facecast.engine.types import FrameMeta, PhoneTiming, SegmentEvent, SegmentTag
 from facecast.hosts.live import AvatarClosed, EngineThread, LiveCore, LiveStats
-from facecast.server.memory import MemoryReleaser, freeze_long_lived, map_large_buffers
+from facecast.server.memory import MemoryReleaser, fix_mmap_threshold, freeze_long_lived
 from facecast.server.session_settings import DEFAULT_LIP_SYNC, LipSync, SessionSettings
 
 log = logging.getLogger(__name__)
@@ -498,7 +498,7 @@ def worker_main(sock: socket.socket, warm: bool, log_level: int) -> None:
     but this socket)."""
     # Ctrl-C reaches the whole process group; the API process decides when its workers stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    map_large_buffers()
+    fix_mmap_threshold()
     logging.basicConfig(level=log_level, format="%(levelname)s %(name)s[worker %(process)d]: %(message)s")
     asyncio.run(_worker_loop(sock, warm))
 

@@ -15,7 +15,7 @@ from fastapi import FastAPI
 
 from facecast.server.app import create_app
 from facecast.server.config import ServerConfig
-from facecast.server.memory import freeze_long_lived, map_large_buffers
+from facecast.server.memory import fix_mmap_threshold, freeze_long_lived
 
 
 def bind(host: str, port: int, *, fallback_to_free_port: bool) -> socket.socket:
@@ -68,7 +68,7 @@ def serve(
     logging.basicConfig(
         level=getattr(logging, log_level.upper(), logging.INFO), format="%(levelname)s %(name)s: %(message)s"
     )
-    map_large_buffers()
+    fix_mmap_threshold()
     sock = bind(config.host, config.port, fallback_to_free_port=fallback_to_free_port)
     port = sock.getsockname()[1]
     if port != config.port:
