@@ -27,7 +27,7 @@ from facecast.conversation.events import TOPIC_RESPONSE
 from facecast.server.auth import default_data_dir
 from facecast.server.errors import ApiError
 from facecast.server.pool import AvatarSpec, build_engine, new_live_avatar
-from facecast.server.routes.resources import check_base_url
+from facecast.server.routes.resources import check_base_url, secret_missing
 from facecast.server.schemas import SttServiceChoice, TokenRequest, TtsServiceChoice
 from facecast.server.secret_box import SecretBox, SecretBoxError
 from facecast.server.session_settings import (
@@ -208,10 +208,7 @@ def _speech_service(
             f'{{"secret_type": "{field[:3].upper()}_API_KEY", "secret_value": "..."}} and pass the id as '
             f"{field}.secret_id",
         )
-    if (
-        choice.secret_id is not None
-        and manager.store.get_owned(SecretRecord, key.id, choice.secret_id) is None
-    ):
+    if secret_missing(manager.store, key, choice.secret_id):
         raise ApiError(
             404,
             p.CODE_NOT_FOUND,
@@ -242,10 +239,7 @@ def _llm_settings(manager: SessionManager, key: ApiKey, config_id: str | None) -
                 p.CODE_NOT_FOUND,
                 f"no LLM configuration {config_id!r} for this API key; GET /v1/llm_configurations lists them",
             )
-        if (
-            config.secret_id is not None
-            and manager.store.get_owned(SecretRecord, key.id, config.secret_id) is None
-        ):
+        if secret_missing(manager.store, key, config.secret_id):
             raise ApiError(
                 400,
                 p.CODE_BAD_REQUEST,

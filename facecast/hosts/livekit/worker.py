@@ -92,8 +92,10 @@ class _PlaybackStartedIsOptional(logging.Filter):
         self.said = False
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.ERROR:
+            return True  # checked first: the other records are not formatted here
         text = record.getMessage()
-        if record.levelno != logging.ERROR or RPC_PLAYBACK_STARTED not in text or "register" not in text:
+        if RPC_PLAYBACK_STARTED not in text or "register" not in text:
             return True
         if self.said:
             record.levelno, record.levelname = logging.DEBUG, "DEBUG"

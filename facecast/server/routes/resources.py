@@ -275,8 +275,13 @@ LLM_CONFIGURATIONS = OwnedResource(
 )
 
 
+def secret_missing(store: Store, key: ApiKey, secret_id: str | None) -> bool:
+    """A secret is named, and this API key has no such secret."""
+    return secret_id is not None and store.get_owned(SecretRecord, key.id, secret_id) is None
+
+
 def _check_secret(store: Store, key: ApiKey, secret_id: str | None) -> None:
-    if secret_id is not None and store.get_owned(SecretRecord, key.id, secret_id) is None:
+    if secret_missing(store, key, secret_id):
         raise ApiError(
             404,
             p.CODE_NOT_FOUND,
