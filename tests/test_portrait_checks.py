@@ -17,10 +17,12 @@ from facecast.avatars import AvatarLibrary, load_renderer
 from facecast.avatars import face_mesh as fm
 from facecast.avatars.build import build_avatar
 from facecast.avatars.faces import NoFaceError, analyze_faces
+from facecast.avatars.kinds import renderer_from_bundle
 from facecast.avatars.photo_checks import face_roll_degrees, photo_warnings, prepare_photo
-from facecast.avatars.portrait import PortraitRenderer
+from facecast.avatars.portrait import PortraitData, PortraitRenderer
+from facecast.avatars.portrait_build import FACE_CONTROLS
 from facecast.bench.runs import varied_states
-from facecast.engine.types import MouthParams
+from facecast.engine.types import FaceState, MouthParams
 
 
 def _png(rgb: np.ndarray) -> bytes:
@@ -89,20 +91,52 @@ def test_a_tilted_face_is_levelled(tmp_path: Path) -> None:
     assert abs(np.degrees(np.arctan2(ay, ax))) < 3
 
 
-def test_a_small_face_is_cropped_out(tmp_path: Path) -> None:
-    """scikit-image's camera.png (CC0): a man with a camera, his face too small for the detector in the
-    whole photo, and in profile. It is found in a window, cropped with margin, and built, with warnings
-    for its resolution and for the turned face."""
+@pytest.fixture(scope="module")
+def camera_library(tmp_path_factory: pytest.TempPathFactory) -> AvatarLibrary:
+    """scikit-image's camera.png (CC0), built: a man with a camera, his face small and turned to one side."""
     camera = cv2.cvtColor(read_rgb("camera.png"), cv2.COLOR_RGB2GRAY)
-    photo = np.dstack([camera] * 3)
+    library = AvatarLibrary(tmp_path_factory.mktemp("camera"))
+    build_avatar(_png(np.dstack([camera] * 3)), name="camera", library=library)
+    return library
+
+
+def test_a_small_face_is_cropped_out(camera_library: AvatarLibrary) -> None:
+    """The cameraman's face is too small for the detector in the whole photo, and in profile. It is found
+    in a window, cropped with margin, and built, with warnings for its resolution and for the turned face."""
+    camera = cv2.cvtColor(read_rgb("camera.png"), cv2.COLOR_RGB2GRAY)
     with pytest.raises(NoFaceError):
-        analyze_faces(photo)
-    library = AvatarLibrary(tmp_path)
-    manifest = build_avatar(_png(photo), name="camera", library=library)
+        analyze_faces(np.dstack([camera] * 3))
+    manifest = camera_library.load("camera").manifest
     assert any("cropped" in c for c in manifest.extra["build_changes"])
     warnings = [w.split(" (")[0].split(":")[0] for w in manifest.extra["build_warnings"]]
     # Grey lips are not taken for a covered mouth.
     assert warnings == ["low resolution", "the face is turned to one side"]
+
+
+def test_a_turned_face_opens_at_the_front_of_its_lips(camera_library: AvatarLibrary) -> None:
+    """On a face turned to one side the lips stand out beyond the face's outline. The jaw still carries the
+    whole lower lip, its front too, so the mouth opens where a viewer sees the lips part; the background
+    beside the chin stays where it is."""
+    bundle = camera_library.load("camera")
+    data = PortraitData.from_bundle(bundle)
+    jaw = data.moves[3 + FACE_CONTROLS.index("jaw")]
+    drop = jaw[list(fm.LOWER_INNER[1:-1]), 1]  # corner to corner, the corners left out
+    assert drop.min() > 0.5 * drop.max(), drop
+    r = renderer_from_bundle(bundle, aspect="1:1", quality="high")
+    assert isinstance(r, PortraitRenderer)
+    rest = r.render(FaceState())[..., :3].astype(int)
+    wide = r.render(FaceState(mouth=MouthParams(open=1.0)))[..., :3].astype(int)
+    assert rest.shape[:2] == data.mask.shape
+    lm = data.landmarks
+    face_h = float(np.linalg.norm(lm[fm.CHIN, :2] - lm[fm.FOREHEAD, :2]))
+    # Background near the chin, a little away from the person.
+    margin = round(0.06 * face_h)
+    background = cv2.erode((data.mask < 128).astype(np.uint8), np.ones((2 * margin + 1,) * 2, np.uint8)) > 0
+    ys, xs = np.mgrid[: rest.shape[0], : rest.shape[1]]
+    chin = lm[fm.CHIN, :2]
+    near_chin = np.hypot(xs - chin[0], ys - chin[1]) < 0.5 * face_h
+    changed = np.abs(wide - rest).max(axis=2)[background & near_chin]
+    assert changed.size > 500 and np.percentile(changed, 99) < 20
 
 
 def test_no_face_anywhere_says_how_to_crop() -> None:

@@ -61,6 +61,7 @@ JAW_SLIDE = 0.1
 # further back than those points.
 JAW_PIVOT_BEHIND = 0.07
 PRESS = 0.18  # m/b/p: the share of each lip's thickness that pressing the lips together takes away
+LIP_MARGIN = 0.08  # face heights the jaw's mask reaches past the lower lip's outline
 NECK_ANCHOR = 0.32  # face heights below the chin where the jaw's and the head's motion reach zero
 # Glasses stay on the nose when the brows go up, but a warp moves a frame that crosses the brows with
 # them: with glasses found, the brows move this much of their usual travel, so the frame barely bends.
@@ -113,7 +114,7 @@ def build_portrait(
     report("computing the warp fields", 0.5)
     glasses = _has_glasses(photo, geo)
     hinge = _jaw_hinge(geo)
-    origin, step, face_fields, moves = _face_fields(geo, photo, hinge)
+    origin, step, face_fields, moves = _face_fields(geo, photo, mask, hinge)
     if glasses:
         brow = FACE_CONTROLS.index("brow")
         face_fields[brow] *= BROW_GAIN_WITH_GLASSES
@@ -427,7 +428,7 @@ def _has_glasses(photo: np.ndarray, geo: _Geometry) -> bool:
 
 
 def _face_fields(
-    geo: _Geometry, photo: np.ndarray, hinge: _JawHinge
+    geo: _Geometry, photo: np.ndarray, person_mask: np.ndarray, hinge: _JawHinge
 ) -> tuple[np.ndarray, int, np.ndarray, np.ndarray]:
     """Fields for FACE_CONTROLS over a box around the face: (K, h, w, 2) backward displacements sampled
     every `step` canonical pixels from `origin`, and the landmarks' forward motion (K, 478, 2)."""
@@ -442,7 +443,7 @@ def _face_fields(
     ys = np.arange(y0, y1, step, dtype=np.float64)
     gx, gy = np.meshgrid(xs, ys)
     region = _FaceFrame(geo, gx, gy)
-    jaw = _jaw_region(geo, side)
+    jaw = _jaw_region(geo, person_mask)
     jaw_region = jaw[y0:y1:step, x0:x1:step]
     eyes = _eye_regions(geo, side)
     guard = _eye_guard(eyes, h)
@@ -476,17 +477,29 @@ def _face_fields(
     return np.array([x0, y0]), step, fields, moves
 
 
-def _jaw_region(geo: _Geometry, side: int) -> np.ndarray:
+def _jaw_region(geo: _Geometry, person_mask: np.ndarray) -> np.ndarray:
     """Soft mask (float, full frame) of what the jaw carries: the lower face, and the skin below the chin
     down to the neck anchor."""
     h = geo.face_h
     oval = geo.lm[list(fm.FACE_OVAL), :2]
     _, v = geo.uv(oval[:, 0], oval[:, 1])
     lower = oval[v > -0.05 * h]
+    # The lower lip too, with a margin past its outline: on a turned face the lips stand out beyond the
+    # face oval, and a lip the mask left behind would barely part at its front.
+    lip = geo.lm[list(fm.LOWER_OUTER), :2]
+    out = lip - geo.mouth_mid
+    lip = lip + out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-6) * LIP_MARGIN * h
+    lower = np.concatenate([lower, lip])
     hull = np.concatenate([lower, lower + geo.normal * NECK_ANCHOR * h * 0.8])
-    mask = np.zeros((side, side), np.uint8)
+    mask = np.zeros(person_mask.shape, np.uint8)
     cv2.fillConvexPoly(mask, cv2.convexHull(np.round(hull).astype(np.int32)), 255)
-    return cv2.GaussianBlur(mask.astype(np.float32) / 255.0, (0, 0), 0.05 * h)
+    region = cv2.GaussianBlur(mask.astype(np.float32) / 255.0, (0, 0), 0.05 * h)
+    # Only the person: the background beside a turned chin stays where it is instead of bending with it.
+    # The mask is grown a little first, so that the face's own edge moves fully.
+    radius = max(1, round(0.015 * h))
+    grown = cv2.dilate(person_mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1,) * 2))
+    person = cv2.GaussianBlur(grown.astype(np.float32) / 255.0, (0, 0), 0.01 * h)
+    return region * person
 
 
 def _eye_regions(geo: _Geometry, side: int) -> np.ndarray:
