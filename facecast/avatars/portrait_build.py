@@ -478,8 +478,8 @@ def _face_fields(
 
 
 def _jaw_region(geo: _Geometry, person_mask: np.ndarray) -> np.ndarray:
-    """Soft mask (float, full frame) of what the jaw carries: the lower face, and the skin below the chin
-    down to the neck anchor."""
+    """Soft mask (float, full frame) of what the jaw carries: the lower face and the lower lip, and the
+    skin below the chin down to the neck anchor; within the person."""
     h = geo.face_h
     oval = geo.lm[list(fm.FACE_OVAL), :2]
     _, v = geo.uv(oval[:, 0], oval[:, 1])
