@@ -20,7 +20,7 @@ from facecast.avatars.faces import NoFaceError, analyze_faces
 from facecast.avatars.kinds import renderer_from_bundle
 from facecast.avatars.photo_checks import face_roll_degrees, photo_warnings, prepare_photo
 from facecast.avatars.portrait import PortraitData, PortraitRenderer
-from facecast.avatars.portrait_build import FACE_CONTROLS
+from facecast.avatars.portrait_build import FACE_CONTROLS, HEAD_CONTROLS
 from facecast.bench.runs import varied_states
 from facecast.engine.types import FaceState, MouthParams
 
@@ -91,21 +91,24 @@ def test_a_tilted_face_is_levelled(tmp_path: Path) -> None:
     assert abs(np.degrees(np.arctan2(ay, ax))) < 3
 
 
+def _camera_photo() -> np.ndarray:
+    """scikit-image's camera.png (CC0), grey in three channels: a man with a camera, his face small and
+    turned to one side."""
+    return np.dstack([cv2.cvtColor(read_rgb("camera.png"), cv2.COLOR_RGB2GRAY)] * 3)
+
+
 @pytest.fixture(scope="module")
 def camera_library(tmp_path_factory: pytest.TempPathFactory) -> AvatarLibrary:
-    """scikit-image's camera.png (CC0), built: a man with a camera, his face small and turned to one side."""
-    camera = cv2.cvtColor(read_rgb("camera.png"), cv2.COLOR_RGB2GRAY)
     library = AvatarLibrary(tmp_path_factory.mktemp("camera"))
-    build_avatar(_png(np.dstack([camera] * 3)), name="camera", library=library)
+    build_avatar(_png(_camera_photo()), name="camera", library=library)
     return library
 
 
 def test_a_small_face_is_cropped_out(camera_library: AvatarLibrary) -> None:
     """The cameraman's face is too small for the detector in the whole photo, and in profile. It is found
     in a window, cropped with margin, and built, with warnings for its resolution and for the turned face."""
-    camera = cv2.cvtColor(read_rgb("camera.png"), cv2.COLOR_RGB2GRAY)
     with pytest.raises(NoFaceError):
-        analyze_faces(np.dstack([camera] * 3))
+        analyze_faces(_camera_photo())
     manifest = camera_library.load("camera").manifest
     assert any("cropped" in c for c in manifest.extra["build_changes"])
     warnings = [w.split(" (")[0].split(":")[0] for w in manifest.extra["build_warnings"]]
@@ -119,7 +122,7 @@ def test_a_turned_face_opens_at_the_front_of_its_lips(camera_library: AvatarLibr
     beside the chin stays where it is."""
     bundle = camera_library.load("camera")
     data = PortraitData.from_bundle(bundle)
-    jaw = data.moves[3 + FACE_CONTROLS.index("jaw")]
+    jaw = data.moves[len(HEAD_CONTROLS) + FACE_CONTROLS.index("jaw")]
     drop = jaw[list(fm.LOWER_INNER[1:-1]), 1]  # corner to corner, the corners left out
     assert drop.min() > 0.5 * drop.max(), drop
     r = renderer_from_bundle(bundle, aspect="1:1", quality="high")
