@@ -6,14 +6,26 @@ from pathlib import Path
 
 import av
 import numpy as np
+import pytest
 from photos import astronaut_rgb
+from PIL import Image
 
 from facecast.avatars.bundle import read_bundle, write_bundle
 from facecast.avatars.faces import analyze_faces
 from facecast.avatars.kinds import renderer_from_bundle
 from facecast.avatars.portrait_build import build_portrait
 from facecast.bench.metrics import pearson
-from facecast.bench.portrait import CHIN, FOREHEAD, INNER_LIP_PAIRS, mouth_opening, track_videos
+from facecast.bench.portrait import (
+    CHIN,
+    FOREHEAD,
+    INNER_LIP_PAIRS,
+    SWEEP_LEVELS,
+    main,
+    mouth_opening,
+    photo_path,
+    photos_from,
+    track_videos,
+)
 from facecast.engine.types import FaceState, MouthParams
 
 
@@ -47,3 +59,26 @@ def test_the_tracker_reads_a_rendered_opening_back(tmp_path: Path) -> None:
     opening = mouth_opening(landmarks)
     assert pearson(opens, opening) > 0.9
     assert opening[10] > opening[0] + 0.05  # wide open vs closed, in face heights
+
+
+def test_photos_are_bench_names_or_image_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    mine = tmp_path / "me.png"
+    Image.fromarray(astronaut_rgb()).save(mine)
+    assert photos_from(f"astronaut,{mine}") == {"astronaut": str(photo_path("astronaut")), "me": str(mine)}
+    (tmp_path / "other").mkdir()
+    Image.fromarray(astronaut_rgb()).save(tmp_path / "other" / "me.png")
+    with pytest.raises(ValueError, match="two photos named 'me'"):
+        photos_from(f"{mine},{tmp_path / 'other' / 'me.png'}")
+    assert main(["--photos", f"astronaut,{tmp_path / 'missing.png'}"]) == 2
+    assert "missing.png: neither a bench photo" in capsys.readouterr().err
+
+
+def test_the_sweep_reads_held_openings_back(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    face = tmp_path / "face.png"
+    Image.fromarray(astronaut_rgb()).save(face)
+    assert main(["--sweep", "--photos", str(face), "--markdown", "--quiet"]) == 0
+    (row,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| new | face |")]
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    readings = np.array([float(c) for c in cells[2 : 2 + len(SWEEP_LEVELS)]])
+    assert readings[-1] > readings[0] + 3  # wide open vs closed, in hundredths of the face height
+    assert float(cells[-1]) > 0.9  # the readings follow the drawn opening

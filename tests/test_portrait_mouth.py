@@ -185,6 +185,41 @@ def test_the_mouth_layer_stays_in_the_mouth_region(
         assert xs.min() >= x0 and xs.max() < x1 and ys.min() >= y0 and ys.max() < y1, state
 
 
+def test_the_tongue_lies_low_on_open_vowels_and_rises_on_l(
+    analysis: FaceAnalysis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Wide open on an open vowel, the tongue shows only just above the lower lip (filling the lower half
+    of the mouth, it was taken for the lower lip by an independent tracker); on L it rises into the upper
+    half. Read in the mouth's middle columns, the tongue drawn in a marker green, the opening being what
+    the mouth layer covers there."""
+    from facecast.avatars import portrait
+
+    r = _renderer(astronaut_rgb(), analysis, tmp_path, "astro")
+    monkeypatch.setattr(portrait, "_TONGUE", np.array([0.0, 255.0, 0.0]))
+
+    def tongue_top_and_opening(mouth: MouthParams) -> tuple[float, int, int]:
+        """Where the tongue's top is, as a share of the opening from its bottom; the opening's rows."""
+        state = FaceState(mouth=mouth)
+        frame = r.render(state).astype(int)
+        with monkeypatch.context() as m:
+            m.setattr(r, "_draw_mouth", lambda *args: None)
+            layer = np.abs(frame - r.render(state)).max(axis=2) > 0
+        x0, _, x1, _ = r.mouth_box()
+        middle = slice((3 * x0 + 2 * x1) // 5, (2 * x0 + 3 * x1) // 5)
+        rows = np.nonzero(layer[:, middle].any(axis=1))[0]
+        top, bottom = int(rows.min()), int(rows.max())
+        green = (frame[..., 1] - frame[..., 0] > 60)[:, middle].any(axis=1)
+        tongue_rows = np.nonzero(green)[0]
+        assert len(tongue_rows) > 0, mouth  # it shows
+        return (bottom - tongue_rows.min()) / (bottom - top), top, bottom
+
+    vowel, top, bottom = tongue_top_and_opening(MouthParams(open=1.0, teeth=0.8, viseme="D"))
+    assert bottom - top > 20
+    assert vowel < 0.3
+    lifted, _, _ = tongue_top_and_opening(MouthParams(open=0.55, tongue=1.0, teeth=0.6, viseme="H"))
+    assert lifted > 0.5
+
+
 def test_a_bundle_from_before_press_and_the_teeth_mask_still_renders(
     analysis: FaceAnalysis, tmp_path: Path
 ) -> None:

@@ -391,8 +391,11 @@ class PortraitRenderer:
         # independent tracker, which then saw less opening at mid openings than was drawn.
         tongue = max(m.tongue, 0.35 + 0.35 * m.open)
         if gap > 0.08 * self._mouth_w:
-            middle = lower.mean(axis=0) - [x0, y0]
-            lift = (0.45 * m.tongue - 0.05) * gap
+            # Placed from the lower lip's lowest point, not its mean height: on a wide opening the lip's
+            # curve sags far below its mean, and a tongue up there filled the lower half of the mouth and
+            # was read as the lower lip.
+            middle = lower[np.argmax(lower[:, 1])] - [x0, y0]
+            lift = (0.1 + 0.55 * m.tongue) * gap
             axes = (max(1, round(0.32 * (upper[-1, 0] - upper[0, 0]))), max(1, round(0.35 * gap)))
             tongue_mask = np.zeros((h, w), np.uint8)
             cx, cy = round(middle[0] * 4), round((middle[1] - lift + 0.3 * gap) * 4)

@@ -46,6 +46,10 @@ STRIP_STATES: tuple[tuple[str, dict[str, Any]], ...] = (
     ("F/V", {"mouth": {"open": 0.1, "bite": 1.0, "viseme": "G"}}),
     ("blink", {"blink": 1.0}),
 )
+# `--sweep`: the jaw opened in steps, each held long enough for the tracker (video mode) to settle, the
+# lips neither spread nor rounded; the reading is the median over the last SWEEP_READ frames of a step.
+SWEEP_LEVELS: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(11))
+SWEEP_HOLD, SWEEP_READ = 12, 6
 INNER_LIP_PAIRS = ((82, 87), (13, 14), (312, 317))  # upper and lower inner lip, mid and either side
 FOREHEAD, CHIN = 10, 152
 
@@ -71,6 +75,17 @@ def photo_path(name: str) -> Path:
             raise FileNotFoundError(f"grace_hopper.jpg is not in matplotlib's sample data under {venv}")
         return Path(found[0])
     raise ValueError(f"unknown bench photo {name!r}; choose from {', '.join(PHOTOS)}")
+
+
+def photos_from(spec: str) -> dict[str, str]:
+    """{name: path} for `--photos`: bench photo names, or image files named by their stem."""
+    photos = {}
+    for item in spec.split(","):
+        name = item if item in PHOTOS else Path(item).stem
+        if name in photos:
+            raise ValueError(f"two photos named {name!r} in --photos; rename one of the files")
+        photos[name] = str(photo_path(item)) if item in PHOTOS else str(Path(item).resolve())
+    return photos
 
 
 # ---- what runs in each tree's processes --------------------------------------------------------------
@@ -133,6 +148,24 @@ def _child(job: dict[str, Any]) -> dict[str, Any]:
             frame = renderer.render(FaceState(mouth=mouth, blink=spec.get("blink", 0.0)))
             tiles.append(frame[..., :3])
         np.save(job["out"], np.stack(tiles))
+        return {}
+    if kind == "sweep":
+        import av
+
+        from facecast.engine.types import FaceState, MouthParams
+        from facecast.hosts.file import X264_CRF, X264_PRESET
+
+        with av.open(job["out"], "w", format="mp4") as container:
+            stream = container.add_stream(
+                "libx264", rate=FPS, options={"preset": X264_PRESET, "crf": str(X264_CRF)}
+            )
+            stream.width, stream.height, stream.pix_fmt = renderer.width, renderer.height, "yuv420p"
+            for level in SWEEP_LEVELS:
+                frame = renderer.render(FaceState(mouth=MouthParams(open=level, viseme="D")))
+                picture = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame[..., :3]), format="rgb24")
+                for _ in range(SWEEP_HOLD):
+                    container.mux(stream.encode(picture))
+            container.mux(stream.encode(None))
         return {}
     raise ValueError(f"unknown job {kind!r}")
 
@@ -309,10 +342,12 @@ def run(args: argparse.Namespace, log: Any) -> list[Any]:
     trees = [Tree("new", Path(__file__).resolve().parents[2])]
     if args.against:
         trees.append(Tree("old", Path(args.against).resolve()))
+    if args.sweep:
+        return [_sweep(trees, photos_from(args.photos), log)]
     voices = tuple(args.voices.split(","))
     utts = build_corpus(voices, SENTENCES[-args.sentences :], args.cache_dir)  # the corpus's last sentences
     by_uid = {u.uid: u for u in utts}
-    photos = {p: str(photo_path(p)) for p in args.photos.split(",")}
+    photos = photos_from(args.photos)
     tables = []
     with tempfile.TemporaryDirectory(prefix="facecast-bench-portrait-") as tmp:
         built: dict[str, dict[str, Any]] = {}
@@ -403,15 +438,55 @@ def run(args: argparse.Namespace, log: Any) -> list[Any]:
     return tables
 
 
+def _sweep(trees: Sequence[Tree], photos: dict[str, str], log: Any) -> Any:
+    """The tracker's reading of held jaw openings (`--sweep`): where it reads the drawn mouth short."""
+    from facecast.bench import metrics
+    from facecast.bench.report import Table
+
+    table = Table(
+        "Mouth opening read by the tracker (inner-lip gap ÷ face height, ×100) per drawn `open`",
+        ["tree", "photo", *(f"{level:g}" for level in SWEEP_LEVELS), "corr"],
+    )
+    with tempfile.TemporaryDirectory(prefix="facecast-bench-sweep-") as tmp:
+        for tree in trees:
+            folder = Path(tmp) / tree.label
+            folder.mkdir()
+            built = tree.run({"kind": "build", "dir": str(folder), "photos": photos})
+            for photo, entry in built.items():
+                if "bundle" not in entry:
+                    table.add(tree.label, photo, entry["error"][:60], *[""] * len(SWEEP_LEVELS))
+                    continue
+                video = folder / f"{photo}-sweep.mp4"
+                tree.run({"kind": "sweep", "bundle": entry["bundle"], "out": str(video)})
+                opening = mouth_opening(track_videos([video])[0])
+                held = opening.reshape(len(SWEEP_LEVELS), SWEEP_HOLD)[:, -SWEEP_READ:]
+                readings = np.median(held, axis=1)
+                corr = metrics.pearson(np.array(SWEEP_LEVELS), readings)
+                table.add(tree.label, photo, *(f"{100 * r:.1f}" for r in readings), f"{corr:.3f}")
+                log(f"{tree.label} {photo}: sweep corr {corr:.3f}")
+    table.notes.append(
+        f"each level held {SWEEP_HOLD} frames (viseme D, lips neither spread nor rounded), "
+        f"median of its last {SWEEP_READ}; corr = Pearson of the readings with the levels"
+    )
+    return table
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="facecast bench portrait", description=__doc__.splitlines()[0])
     p.add_argument("--against", type=Path, default=None, help="a second source tree to measure (e.g. main)")
-    p.add_argument("--photos", default=",".join(PHOTOS), help=f"comma-separated, from {', '.join(PHOTOS)}")
+    p.add_argument(
+        "--photos",
+        default=",".join(PHOTOS),
+        help=f"comma-separated: {', '.join(PHOTOS)}, or paths to image files (named by their stem)",
+    )
     p.add_argument("--voices", default="slt,kal16,awb", help="comma-separated flite voices")
     p.add_argument("--sentences", type=int, default=4, help="how many of the corpus's last sentences")
     p.add_argument("--frames", type=int, default=200, help="frames per render-time measurement")
     p.add_argument(
         "--strip", type=Path, default=None, help="also write a before/after image strip (.png or .jpg)"
+    )
+    p.add_argument(
+        "--sweep", action="store_true", help="only the tracker's reading of held jaw openings, per photo"
     )
     p.add_argument("--cache-dir", type=Path, default=None, help="where generated speech is cached")
     p.add_argument("--markdown", action="store_true", help="print tables as Markdown")
@@ -423,9 +498,13 @@ def main(argv: Sequence[str]) -> int:
     from facecast.bench.report import Log
 
     args = _parser().parse_args(argv)
-    unknown = set(args.photos.split(",")) - set(PHOTOS)
+    unknown = [p for p in args.photos.split(",") if p not in PHOTOS and not Path(p).is_file()]
     if unknown:
-        print(f"facecast bench portrait: unknown photo(s) {', '.join(sorted(unknown))}", file=sys.stderr)
+        print(
+            f"facecast bench portrait: {', '.join(unknown)}: neither a bench photo ({', '.join(PHOTOS)}) "
+            "nor an image file",
+            file=sys.stderr,
+        )
         return 2
     started = time.perf_counter()
     tables = run(args, Log(enabled=not args.quiet))
