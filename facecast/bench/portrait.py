@@ -8,6 +8,10 @@ offset: the lag that maximises the cross-correlation, + = the mouth moves after 
 engine's own openness for that frame (`--params`), which isolates the renderer from the lip tracking.
 Render time is per 512×512 frame of varied face states, in the rendering thread's CPU time.
 
+`--sweep` renders only held jaw openings (0 to 1 in tenths) and prints what the tracker reads for each:
+where it reads the drawn mouth short, without speech and its timing in the way. `--photos` takes image
+files as well as the bench's own photos (faces the portrait was not tuned on).
+
 `--against TREE` measures a second source tree (a temporary checkout of main) in the same run: each
 tree builds its own bundles and renders in its own processes, from the code in this file, so both are
 measured the same way; timing rounds alternate A B B A so that both see the same load.

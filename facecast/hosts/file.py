@@ -25,6 +25,7 @@ import numpy as np
 
 from facecast.engine.mouth_track import mouth_track_record
 from facecast.engine.types import PhoneTiming, Renderer
+from facecast.hosts.blas_threads import one_blas_thread
 from facecast.hosts.progress import Progress
 
 if TYPE_CHECKING:
@@ -329,6 +330,7 @@ def render_file(
     return render_pcm(pcm, rate, out_path, options, started=started)
 
 
+@one_blas_thread()  # the engine runs here while the render and encode helpers use the other cores
 def render_pcm(
     pcm: np.ndarray,
     rate: int,

@@ -43,6 +43,7 @@ from livekit.agents import AgentServer, AutoSubscribe, JobContext, JobProcess, J
 from facecast.avatars import DEFAULT_AVATAR, AvatarLibrary, find_avatar
 from facecast.avatars.refs import AvatarRefError, parse_avatar_id
 from facecast.bounded_json import MessageRefused, parse_message
+from facecast.hosts.blas_threads import single_threaded_blas
 from facecast.hosts.livekit.names import (
     ATTRIBUTE_JOB_PROCESS,
     ATTRIBUTE_PUBLISH_ON_BEHALF,
@@ -280,6 +281,8 @@ async def _report_dead_job(
 def _prewarm(_proc: JobProcess) -> None:
     # Idle job processes import the engine and renderer ahead of the dispatch.
     import facecast.hosts.livekit.generator  # noqa: F401
+
+    single_threaded_blas()
 
 
 def _session_load(max_sessions: int, server: AgentServer) -> float:
