@@ -25,7 +25,7 @@ import numpy as np
 
 from facecast.engine.mouth_track import mouth_track_record
 from facecast.engine.types import PhoneTiming, Renderer
-from facecast.hosts.blas_threads import one_blas_thread
+from facecast.hosts.native_threads import one_blas_thread
 from facecast.hosts.progress import Progress
 
 if TYPE_CHECKING:

@@ -49,8 +49,8 @@ from facecast.avatars.refs import BuiltinAvatar, LibraryAvatar, parse_avatar_id
 from facecast.engine import Engine
 from facecast.engine.mouth_track import mouth_track_record
 from facecast.engine.types import FrameMeta, PhoneTiming, SegmentEvent, SegmentTag
-from facecast.hosts.blas_threads import single_threaded_blas
 from facecast.hosts.live import AvatarClosed, EngineThread, LiveCore, LiveStats
+from facecast.hosts.native_threads import limit_native_threads
 from facecast.server.memory import MemoryReleaser, fix_mmap_threshold, freeze_long_lived
 from facecast.server.session_settings import DEFAULT_LIP_SYNC, LipSync, SessionSettings
 
@@ -500,7 +500,7 @@ def worker_main(sock: socket.socket, warm: bool, log_level: int) -> None:
     # Ctrl-C reaches the whole process group; the API process decides when its workers stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     fix_mmap_threshold()
-    single_threaded_blas()
+    limit_native_threads()
     logging.basicConfig(level=log_level, format="%(levelname)s %(name)s[worker %(process)d]: %(message)s")
     asyncio.run(_worker_loop(sock, warm))
 

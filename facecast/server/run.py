@@ -13,7 +13,7 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI
 
-from facecast.hosts.blas_threads import single_threaded_blas
+from facecast.hosts.native_threads import limit_native_threads
 from facecast.server.app import create_app
 from facecast.server.config import ServerConfig
 from facecast.server.memory import fix_mmap_threshold, freeze_long_lived
@@ -70,7 +70,7 @@ def serve(
         level=getattr(logging, log_level.upper(), logging.INFO), format="%(levelname)s %(name)s: %(message)s"
     )
     fix_mmap_threshold()
-    single_threaded_blas()  # sessions in this process too, when there are no worker processes
+    limit_native_threads()  # sessions in this process too, when there are no worker processes
     sock = bind(config.host, config.port, fallback_to_free_port=fallback_to_free_port)
     port = sock.getsockname()[1]
     if port != config.port:

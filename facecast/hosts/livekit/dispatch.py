@@ -43,7 +43,6 @@ from livekit.agents import AgentServer, AutoSubscribe, JobContext, JobProcess, J
 from facecast.avatars import DEFAULT_AVATAR, AvatarLibrary, find_avatar
 from facecast.avatars.refs import AvatarRefError, parse_avatar_id
 from facecast.bounded_json import MessageRefused, parse_message
-from facecast.hosts.blas_threads import single_threaded_blas
 from facecast.hosts.livekit.names import (
     ATTRIBUTE_JOB_PROCESS,
     ATTRIBUTE_PUBLISH_ON_BEHALF,
@@ -56,6 +55,7 @@ from facecast.hosts.livekit.names import (
     STATE_ERROR,
 )
 from facecast.hosts.livekit.worker import RoomAvatar, run_room_avatar
+from facecast.hosts.native_threads import limit_native_threads
 from facecast.protocol import END_ERROR, END_SERVER_SHUTDOWN
 
 logger = logging.getLogger("facecast.livekit")
@@ -282,7 +282,7 @@ def _prewarm(_proc: JobProcess) -> None:
     # Idle job processes import the engine and renderer ahead of the dispatch.
     import facecast.hosts.livekit.generator  # noqa: F401
 
-    single_threaded_blas()
+    limit_native_threads()
 
 
 def _session_load(max_sessions: int, server: AgentServer) -> float:
