@@ -8,8 +8,9 @@ the threads spin waiting for more, taking cores from the other sessions' frames.
 machine (numpy 2.4 with OpenBLAS 0.3.31, OpenCV 4.14), `facecast bench server sessions --levels 4,8
 --hold 8 --idle 6 --rounds 2`: with both pools, 4 speaking sessions got 7.7 frames/s each at 190 % server
 CPU; with one BLAS thread, 30 frames/s at 96 %; with one OpenCV thread as well, 8 sessions cost 15 % of
-a core each speaking instead of 18 %, 7.4 % idle instead of 10.3 %. `facecast bench speed`: an offline
-render on both cores went from 6.3× to 8.8× real time with one BLAS thread.
+a core each speaking instead of 18 %, 7.4 % idle instead of 10.3 %. An offline render on both cores
+(`render_pcm`, jobs 2, the limit on and off in turn) went from 6.3× to 8.8× real time with one BLAS
+thread.
 """
 
 from __future__ import annotations
