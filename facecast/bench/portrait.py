@@ -83,6 +83,10 @@ def photo_path(name: str) -> Path:
 
 def photos_from(spec: str) -> dict[str, str]:
     """{name: path} for `--photos`: bench photo names, or image files named by their stem."""
+    unknown = [item for item in spec.split(",") if item not in PHOTOS and not Path(item).is_file()]
+    if unknown:
+        known = ", ".join(PHOTOS)
+        raise ValueError(f"{', '.join(unknown)}: neither a bench photo ({known}) nor an image file")
     photos = {}
     for item in spec.split(","):
         name = item if item in PHOTOS else Path(item).stem
@@ -502,13 +506,10 @@ def main(argv: Sequence[str]) -> int:
     from facecast.bench.report import Log
 
     args = _parser().parse_args(argv)
-    unknown = [p for p in args.photos.split(",") if p not in PHOTOS and not Path(p).is_file()]
-    if unknown:
-        print(
-            f"facecast bench portrait: {', '.join(unknown)}: neither a bench photo ({', '.join(PHOTOS)}) "
-            "nor an image file",
-            file=sys.stderr,
-        )
+    try:
+        photos_from(args.photos)  # checked before any work starts
+    except ValueError as exc:
+        print(f"facecast bench portrait: {exc}", file=sys.stderr)
         return 2
     started = time.perf_counter()
     tables = run(args, Log(enabled=not args.quiet))
