@@ -14,6 +14,7 @@ import pytest
 from facecast.bench import _lipsync_sets
 from facecast.bench import corpus as corpus_module
 from facecast.bench.corpus import (
+    ESPEAK_PREFIX,
     FESTIVAL_INSTALL,
     HELD_OUT_FESTIVAL_VOICES,
     HELD_OUT_VOICES,
@@ -132,6 +133,17 @@ def test_held_out_set_keeps_the_tuning_voices_and_adds_festival() -> None:
     assert {synthesiser(v) for v in HELD_OUT_VOICES} == {"espeak-ng", "festival"}
     assert not set(HELD_OUT_VOICES) & set(TUNING_VOICES)
     assert "festival:kal_diphone" not in HELD_OUT_VOICES  # flite's kal16 (tuning) is built from it
+
+
+def test_no_tuning_voice_shares_a_held_out_accent_or_speaker_variant() -> None:
+    def accent_and_variant(voice: str) -> tuple[str, str | None]:
+        accent, _, variant = voice.removeprefix(ESPEAK_PREFIX).partition("+")
+        return accent, variant or None
+
+    held = [accent_and_variant(v) for v in HELD_OUT_VOICES if synthesiser(v) == "espeak-ng"]
+    tuning = [accent_and_variant(v) for v in TUNING_VOICES if synthesiser(v) == "espeak-ng"]
+    assert not {a for a, _ in held} & {a for a, _ in tuning}
+    assert not {v for _, v in held if v} & {v for _, v in tuning if v}
 
 
 def test_missing_festival_says_what_to_install(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

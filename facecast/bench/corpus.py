@@ -138,7 +138,26 @@ FESTIVAL_PACKAGES: dict[str, str] = {
     "kal_diphone": "festvox-kallpc16k",
 }
 FESTIVAL_VOICES: tuple[str, ...] = tuple(FESTIVAL_PREFIX + v for v in FESTIVAL_PACKAGES)
-TUNING_VOICES: tuple[str, ...] = ("slt", "kal16", "awb", "rms", "espeak:en-us", "espeak:en")
+# espeak-ng speaker variants on the two tuning accents, for the mouth classifier's training only (the
+# settings above were not chosen on them): with one female tuning voice (flite slt) it read espeak-ng's
+# female variants worst. None is a held-out accent or variant (f2, f3, m3, m7).
+ESPEAK_VARIANT_TUNING_VOICES: tuple[str, ...] = (
+    "espeak:en-us+f1",
+    "espeak:en+f4",
+    "espeak:en-us+f5",
+    "espeak:en+m2",
+    "espeak:en-us+m6",
+    "espeak:en+Annie",
+)
+TUNING_VOICES: tuple[str, ...] = (
+    "slt",
+    "kal16",
+    "awb",
+    "rms",
+    "espeak:en-us",
+    "espeak:en",
+    *ESPEAK_VARIANT_TUNING_VOICES,
+)
 # Accents and speaker variants the project never looked at (kal is kal16 at 8 kHz, so it is neither),
 # and festival's diphone speaker ked and its HTS voice of slt (the speaker of flite's slt, synthesised
 # by another method: statistical HTS at 32 kHz, not flite's clustergen).

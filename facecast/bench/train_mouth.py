@@ -2,8 +2,9 @@
 
     python -m facecast.bench.train_mouth            # writes facecast/engine/mouth_model.npz
 
-Data: every tuning voice (`TUNING_VOICES`: flite slt, kal16, awb, rms; espeak-ng en-us, en) speaking
-`TRAINING_SENTENCES`, sentences neither benchmark set uses; no held-out voice is ever read. Each
+Data: every tuning voice (`TUNING_VOICES`: flite slt, kal16, awb, rms; espeak-ng en-us, en and six of its
+speaker variants on those two accents) speaking `TRAINING_SENTENCES`, sentences neither benchmark set
+uses; no held-out voice, accent or variant is ever read. Each
 utterance goes through the engine's own analysis (its resampler, the energy analyser's log-mel
 spectrum with the running mean, the phone recogniser over the whole utterance); the target of each
 10 ms frame is the synthesiser's own phone there, mapped to its mouth class as the benchmark's truth
@@ -40,7 +41,7 @@ from facecast.engine.tracker import HOP, EnergyAnalyzer, PhoneRecognizer
 from facecast.engine.types import VISEMES
 from facecast.engine.words import UNDECODED, id_code
 
-HIDDEN = 64
+HIDDEN = 128
 EPOCHS = 20
 BATCH = 256
 LEARNING_RATE = 2e-3
