@@ -138,9 +138,9 @@ FESTIVAL_PACKAGES: dict[str, str] = {
     "kal_diphone": "festvox-kallpc16k",
 }
 FESTIVAL_VOICES: tuple[str, ...] = tuple(FESTIVAL_PREFIX + v for v in FESTIVAL_PACKAGES)
-# espeak-ng speaker variants on the two tuning accents, for the mouth classifier's training only (the
-# settings above were not chosen on them): with one female tuning voice (flite slt) it read espeak-ng's
-# female variants worst. None is a held-out accent or variant (f2, f3, m3, m7).
+# espeak-ng speaker variants of the two tuning accents, added for the mouth classifier's training (the
+# recogniser settings were chosen without them): with flite slt its only female voice, it read
+# espeak-ng's female variants worst. None is a held-out accent or variant (f2, f3, m3, m7).
 ESPEAK_VARIANT_TUNING_VOICES: tuple[str, ...] = (
     "espeak:en-us+f1",
     "espeak:en+f4",
