@@ -6,10 +6,11 @@ Data: every tuning voice (`TUNING_VOICES`: flite slt, kal16, awb, rms; espeak-ng
 speaker variants of those two accents) speaking `TRAINING_SENTENCES`, sentences neither benchmark set
 uses; no held-out voice, accent or variant is ever read. Each utterance goes through the engine's own
 analysis (its resampler, the energy analyser's log-mel spectrum with the running mean, the phone
-recogniser over the whole utterance); the target of each 10 ms frame is the synthesiser's own phone there, mapped to its mouth class as the benchmark's truth
-is. The network (one hidden layer, ReLU, softmax) is fitted with Adam from a fixed seed, so the command
-reproduces the shipped file on this kind of machine (floating-point sums may differ in the last bits
-elsewhere). Runs in a few minutes on 2 cores.
+recogniser over the whole utterance); the target of each 10 ms frame is the synthesiser's own phone
+there, mapped to its mouth class as the benchmark's truth is. The network (one hidden layer, ReLU,
+softmax) is fitted with Adam from a fixed seed, so the command reproduces the shipped file on this kind
+of machine (floating-point sums may differ in the last bits elsewhere). Runs in a few minutes on 2
+cores.
 """
 
 from __future__ import annotations
