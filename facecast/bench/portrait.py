@@ -83,12 +83,13 @@ def photo_path(name: str) -> Path:
 
 def photos_from(spec: str) -> dict[str, str]:
     """{name: path} for `--photos`: bench photo names, or image files named by their stem."""
-    unknown = [item for item in spec.split(",") if item not in PHOTOS and not Path(item).is_file()]
+    items = spec.split(",")
+    unknown = [item for item in items if item not in PHOTOS and not Path(item).is_file()]
     if unknown:
         known = ", ".join(PHOTOS)
         raise ValueError(f"{', '.join(unknown)}: neither a bench photo ({known}) nor an image file")
     photos = {}
-    for item in spec.split(","):
+    for item in items:
         name = item if item in PHOTOS else Path(item).stem
         if name in photos:
             raise ValueError(f"two photos named {name!r} in --photos; rename one of the files")
@@ -343,7 +344,8 @@ def _strip_image(rows: Sequence[tuple[str, np.ndarray]], path: Path) -> None:
     cv2.imwrite(str(path), cv2.cvtColor(out, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 88])
 
 
-def run(args: argparse.Namespace, log: Any) -> list[Any]:
+def run(args: argparse.Namespace, photos: dict[str, str], log: Any) -> list[Any]:
+    """The tables for `args`, over `photos` (from photos_from)."""
     from facecast.bench.corpus import SENTENCES, build_corpus
     from facecast.bench.report import Table
 
@@ -351,11 +353,10 @@ def run(args: argparse.Namespace, log: Any) -> list[Any]:
     if args.against:
         trees.append(Tree("old", Path(args.against).resolve()))
     if args.sweep:
-        return [_sweep(trees, photos_from(args.photos), log)]
+        return [_sweep(trees, photos, log)]
     voices = tuple(args.voices.split(","))
     utts = build_corpus(voices, SENTENCES[-args.sentences :], args.cache_dir)  # the corpus's last sentences
     by_uid = {u.uid: u for u in utts}
-    photos = photos_from(args.photos)
     tables = []
     with tempfile.TemporaryDirectory(prefix="facecast-bench-portrait-") as tmp:
         built: dict[str, dict[str, Any]] = {}
@@ -507,12 +508,12 @@ def main(argv: Sequence[str]) -> int:
 
     args = _parser().parse_args(argv)
     try:
-        photos_from(args.photos)  # checked before any work starts
+        photos = photos_from(args.photos)  # checked before any work starts
     except ValueError as exc:
         print(f"facecast bench portrait: {exc}", file=sys.stderr)
         return 2
     started = time.perf_counter()
-    tables = run(args, Log(enabled=not args.quiet))
+    tables = run(args, photos, Log(enabled=not args.quiet))
     elapsed = time.perf_counter() - started
     print(f"facecast bench portrait — {elapsed:.0f} s, load average {os.getloadavg()[0]:.1f}")
     for t in tables:
