@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import AsyncGenerator
 
 import numpy as np
 import pytest
@@ -14,13 +15,18 @@ from pipecat.frames.frames import (
     OutputTransportReadyFrame,
     ServiceUpdateSettingsFrame,
     TTSAudioRawFrame,
+    TTSSpeakFrame,
     TTSStartedFrame,
     TTSStoppedFrame,
     TTSTextFrame,
     UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
 )
+from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineParams
+from pipecat.processors.frame_processor import FrameProcessor
+from pipecat.services.settings import TTSSettings
+from pipecat.services.tts_service import TTSService
 from pipecat.tests.utils import SleepFrame, run_test
 from pipecat_facecast import FacecastVideoService
 from pipecat_pairs import StallingAvatar, assert_pairs, pictureless
@@ -73,7 +79,7 @@ def last_index_of(frames: list[Frame], cls: type) -> int:
     return max(i for i, f in enumerate(frames) if isinstance(f, cls))
 
 
-async def run(avatar: FacecastVideoService, frames: list[Frame], rate: int = 24000, **kwargs):
+async def run(avatar: FrameProcessor, frames: list[Frame], rate: int = 24000, **kwargs):
     return await run_test(
         avatar, frames_to_send=frames, pipeline_params=PipelineParams(audio_out_sample_rate=rate), **kwargs
     )
@@ -262,6 +268,56 @@ async def test_tts_text_is_passed_on_word_by_word_for_alignment(monkeypatch: pyt
     # Complete words go to the engine as they arrive (aligned while the audio streams), word pieces
     # wait for the rest of their word, and the last word comes with the end of the utterance.
     assert texts == ["Good", "morning.", "Hello", "world"]
+
+
+class WordTimestampTTS(TTSService):
+    """A TTS that reports word timestamps the way ElevenLabs' and Cartesia's services do: pipecat's own
+    machinery turns them into `TTSTextFrame.pts` on its clock. It speaks a tone of `seconds`, the text's
+    words starting at `times`."""
+
+    def __init__(self, times: list[float], seconds: float) -> None:
+        super().__init__(
+            push_text_frames=False,
+            push_stop_frames=True,
+            push_start_frame=True,
+            sample_rate=24000,
+            settings=TTSSettings(model=None, voice=None, language=None),
+        )
+        self._times = times
+        self._seconds = seconds
+
+    async def run_tts(self, text: str, context_id: str) -> AsyncGenerator[Frame | None, None]:
+        pcm = sine(self._seconds, 24000, freq=200.0)
+        for i in range(0, len(pcm), 2400):
+            yield TTSAudioRawFrame(pcm[i : i + 2400].tobytes(), 24000, 1, context_id=context_id)
+            if i == 0:
+                words = list(zip(text.split(), self._times, strict=True))
+                await self.add_word_timestamps(words, context_id)
+
+
+async def test_words_the_tts_timed_reach_the_engine_with_their_times(monkeypatch: pytest.MonkeyPatch) -> None:
+    spans: list[tuple[str, float, float | None]] = []
+    original = Engine.push_words
+
+    def spy(self: Engine, text: str, start: float = 0.0, duration: float | None = None) -> int | None:
+        spans.append((text, start, duration))
+        return original(self, text, start, duration)
+
+    monkeypatch.setattr(Engine, "push_words", spy)
+    times = [0.05, 0.4, 0.9]
+    tts = WordTimestampTTS(times, seconds=1.4)
+    # Two replies at once: the TTS times the second one's words from the first one's last word, not
+    # from its own first audio, and the service must map them back onto the second utterance.
+    replies = [TTSSpeakFrame("Good morning world"), TTSSpeakFrame("Bananas are yellow")]
+    frames = [OutputTransportReadyFrame(), *replies, SleepFrame(4.0)]
+    down, _ = await run(Pipeline([tts, FacecastVideoService(tracker="energy")]), frames)
+    assert len(speech(down)) == round(2 * 1.4 * 30)
+    assert [text for text, _, _ in spans] == ["Good", "morning", "world", "Bananas", "are", "yellow"]
+    ends = [0.4, 0.9, None]
+    for (text, start, duration), at, end in zip(spans, times * 2, ends * 2, strict=True):
+        # The TTS reads pipecat's clock as it sends the first audio, the service as it receives it.
+        assert start == pytest.approx(at, abs=0.03), text
+        assert duration is None if end is None else duration == pytest.approx(end - at, abs=1e-6)
 
 
 async def test_settings_change_the_look_and_frame_rate_at_runtime(avatar: FacecastVideoService) -> None:

@@ -149,6 +149,11 @@ class LocalAvatar:
         if self._speaking:
             await self._require_core().push_text(text)
 
+    async def add_words(self, text: str, start: float, duration: float | None) -> None:
+        """Words the TTS timed: spoken from `start` for `duration` s of the utterance (None: to its end)."""
+        if self._speaking:
+            await self._require_core().push_words(text, start, duration)
+
     async def end_speech(self, text: str | None) -> None:
         """The current utterance is complete; `text` (its transcript) enables forced alignment."""
         core = self._require_core()

@@ -177,6 +177,9 @@ class RemoteAvatar:
     async def add_text(self, text: str) -> None:
         """Words of the utterance: not part of the LITE protocol, so the server recognises the audio."""
 
+    async def add_words(self, text: str, start: float, duration: float | None) -> None:
+        """Timed words: not part of the LITE protocol either."""
+
     async def end_speech(self, text: str | None) -> None:
         """The utterance is complete (the text is not part of the LITE protocol)."""
         if self._open is None:

@@ -101,6 +101,7 @@ class _Avatar(Protocol):
         self, pcm: bytes, sample_rate: int, channels: int, phones: list[PhoneTiming] | None
     ) -> int: ...
     async def add_text(self, text: str) -> None: ...
+    async def add_words(self, text: str, start: float, duration: float | None) -> None: ...
     async def end_speech(self, text: str | None) -> None: ...
     async def interrupt(self) -> None: ...
     async def set_listening(self, listening: bool) -> None: ...
@@ -117,6 +118,10 @@ class _Utterance:
     sample_rate: int = 0
     text: str = ""
     text_sent: int = 0  # characters of `text` already given to the engine
+    # Pipecat's clock time the TTS times this utterance's words from (their `pts`), set by the first audio.
+    words_clock_ns: int | None = None
+    # The latest word the TTS timed, with its start: it goes to the engine once the next word ends it.
+    timed_word: tuple[str, float] | None = None
     last_audio: float = 0.0  # time.monotonic() of the latest audio
 
 
@@ -144,7 +149,9 @@ class FacecastVideoService(AIService):
     - Frames that arrive behind TTS audio (``TTSStoppedFrame``, ``TTSTextFrame``, ...) come out after
       that audio's pair, so the transport's ``BotStoppedSpeakingFrame`` fires when the speech ends.
     - ``InterruptionFrame`` drops all pending speech at once; the mouth closes within two frames.
-    - ``TTSTextFrame`` text is passed to the engine for forced alignment of the utterance.
+    - ``TTSTextFrame`` text is passed to the engine, which aligns it to the audio as the audio arrives.
+      Words a TTS with word timestamps timed (their ``pts``) go with their times: each word is aligned
+      inside its own span of the audio.
     - ``UserStartedSpeakingFrame``/``UserStoppedSpeakingFrame`` switch the attentive listening pose.
 
     Event handlers: none beyond `AIService`'s. Metrics: TTFB is the time from the first TTS audio of an
@@ -182,10 +189,10 @@ class FacecastVideoService(AIService):
             tracker: Mouth tracker: "auto" (phone recognition for English, energy otherwise), "phones" or
                 "energy".
             language: Language of the speech, for the tracker ("en", "de", ...).
-            align_text: Pass the TTS text (``TTSTextFrame``) to the engine for forced alignment, the most
-                accurate mouth tracking. The alignment runs when the ``TTSStoppedFrame`` arrives and
-                blocks the event loop for about 12–30 ms per second of speech (the recogniser holds the
-                GIL), which long replies can hear as a short audio gap; set False to avoid it.
+            align_text: Pass the TTS text (``TTSTextFrame``, with its word times where the TTS gives
+                them) to the engine, which aligns it to the audio: the most accurate mouth tracking.
+                The alignment runs on the engine's worker thread but holds the GIL for about 12–30 ms
+                per second of speech; set False to track from the audio alone.
             seed: Seed of the idle motion (blinks, gaze, sway), for reproducible output.
             renderer: Your own avatar: any ``facecast.engine.Renderer`` (``width``, ``height``,
                 ``channels`` and ``render(FaceState) -> HxWxC uint8``). It replaces the built-in avatars;
@@ -260,6 +267,10 @@ class FacecastVideoService(AIService):
         self._utterance: _Utterance | None = None
         self._behind: Position | None = None  # where the latest TTS audio ends
         self._segments: dict[int, _Segment] = {}  # segments not yet played out
+        # The pts of the latest word the TTS timed, and of the latest one an interruption cannot drop:
+        # the TTS times the next utterance's words from the later of that and its first audio.
+        self._word_pts = 0
+        self._uninterruptible_word_pts = 0
         self._auto_end_task: asyncio.Task | None = None
         self._drained: asyncio.Event | None = None
 
@@ -382,9 +393,8 @@ class FacecastVideoService(AIService):
             if isinstance(frame, TTSStartedFrame):
                 await self._end_utterance()
                 self._utterance = _Utterance(explicit=True, context_id=frame.context_id)
-            elif isinstance(frame, TTSTextFrame) and self._utterance is not None:
-                self._add_text(self._utterance, frame)
-                await self._send_text(self._utterance)
+            elif isinstance(frame, TTSTextFrame):
+                await self._text(frame)
             elif isinstance(frame, TTSStoppedFrame):
                 await self._end_utterance()
             await self._push_in_order(frame, direction)
@@ -406,6 +416,7 @@ class FacecastVideoService(AIService):
         first_audio = utterance.segment_id is None
         utterance.segment_id = segment_id
         if first_audio:
+            utterance.words_clock_ns = max(self._word_pts, self.get_clock().get_time())
             await self._send_text(utterance)  # text that came ahead of the audio
         utterance.sample_rate = frame.sample_rate
         utterance.samples += frame.num_frames
@@ -419,6 +430,8 @@ class FacecastVideoService(AIService):
     async def _end_utterance(self) -> None:
         utterance, self._utterance = self._utterance, None
         if utterance is not None and utterance.segment_id is not None:
+            if utterance.timed_word is not None:
+                await self._avatar.add_words(*utterance.timed_word, None)
             text = utterance.text[utterance.text_sent :].strip() if self._align_text else ""
             await self._avatar.end_speech(text or None)
 
@@ -431,6 +444,41 @@ class FacecastVideoService(AIService):
                 break
             await asyncio.sleep(AUTO_END_SECS - idle)
         self._auto_end_task = None
+
+    async def _text(self, frame: TTSTextFrame) -> None:
+        """Text the TTS spoke: a word it timed (a `pts`) goes to the engine with its time.
+
+        Other text goes as the utterance's words, aligned over all of its audio.
+        """
+        if frame.pts:
+            self._word_pts = max(self._word_pts, frame.pts)
+            if not frame.interruptible:
+                self._uninterruptible_word_pts = max(self._uninterruptible_word_pts, frame.pts)
+        utterance = self._utterance
+        if utterance is None:
+            return
+        if frame.pts and utterance.words_clock_ns is not None and self._align_text and not self._remote:
+            await self._add_timed_word(utterance, frame, (frame.pts - utterance.words_clock_ns) / 1e9)
+        else:
+            self._add_text(utterance, frame)
+            await self._send_text(utterance)
+
+    async def _add_timed_word(self, utterance: _Utterance, frame: TTSTextFrame, start: float) -> None:
+        """Give the engine the previous word, which this one's start ends.
+
+        Words given one time (those the TTS never timed share the last word's) become one span.
+        """
+        start = max(0.0, start)
+        if utterance.timed_word is None:
+            utterance.timed_word = (frame.text, start)
+            return
+        text, begun = utterance.timed_word
+        if start > begun:
+            await self._avatar.add_words(text, begun, start - begun)
+            utterance.timed_word = (frame.text, start)
+        else:
+            space = "" if frame.includes_inter_frame_spaces else " "
+            utterance.timed_word = (f"{text}{space}{frame.text}", begun)
 
     async def _send_text(self, utterance: _Utterance) -> None:
         """Give the engine the utterance's complete words as they come.
@@ -455,6 +503,7 @@ class FacecastVideoService(AIService):
 
     async def _interrupt(self, frame: InterruptionFrame, direction: FrameDirection) -> None:
         self._utterance = None
+        self._word_pts = self._uninterruptible_word_pts  # as the TTS does: dropped words time nothing
         self._behind = None
         self._segments.clear()
         if self._sample_rate:
