@@ -287,9 +287,9 @@ class WordTimestampTTS(TTSService):
         self._seconds = seconds
 
     async def run_tts(self, text: str, context_id: str) -> AsyncGenerator[Frame | None, None]:
-        pcm = sine(self._seconds, 24000, freq=200.0)
-        for i in range(0, len(pcm), 2400):
-            yield TTSAudioRawFrame(pcm[i : i + 2400].tobytes(), 24000, 1, context_id=context_id)
+        audio = tts_frames(sine(self._seconds, 24000, 200.0), 24000, context_id=context_id)
+        for i, frame in enumerate(audio):
+            yield frame
             if i == 0:
                 words = list(zip(text.split(), self._times, strict=True))
                 await self.add_word_timestamps(words, context_id)
