@@ -93,6 +93,24 @@ def test_timed_speech_reports_every_phone_in_order(tts: EspeakTTS) -> None:
     assert spoken.count("B") >= 2 and "SIL" in [p.phone for p in phones]  # "baked", "bye"; the full stop
 
 
+def test_timed_speech_reports_every_word_with_the_span_of_its_phones(tts: EspeakTTS) -> None:
+    text = "My mother baked a pie, twenty-one times. Bye! 42 cats."
+    speech = tts.synthesize_timed(text)
+    # A hyphenated word and a number read as two words each stay one word of the text.
+    assert [w.text for w in speech.words] == text.split()
+    spoken = [p for p in speech.phones if p.phone != "SIL"]
+    for word, nxt in itertools.pairwise(speech.words):
+        assert word.start < word.end <= nxt.start
+    for word in speech.words:  # each starts on a phone and ends on one: no pause inside its span
+        assert any(p.start == word.start for p in spoken) and any(p.end == word.end for p in spoken)
+    first, second = speech.words[:2]
+    assert [p.phone for p in spoken if first.start <= p.start < first.end] == ["M", "AY"]
+    assert [p.phone for p in spoken if second.start <= p.start < second.end] == ["M", "AH", "DH", "ER"]
+    bye = speech.words[7]
+    pause = [p for p in speech.phones if p.phone == "SIL" and speech.words[6].end <= p.start < bye.start]
+    assert pause  # the full stop's pause lies between "times." and "Bye!", in neither
+
+
 @pytest.mark.parametrize(
     ("mnemonic", "arpabet"),
     [

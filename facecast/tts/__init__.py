@@ -7,7 +7,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from facecast.tts.espeak import EspeakTTS, TimedSpeech, TTSError
+from facecast.tts.espeak import EspeakTTS, TimedSpeech, TTSError, WordTiming
 
 
 @runtime_checkable
@@ -20,4 +20,4 @@ class TTS(Protocol):
     def synthesize(self, text: str, voice: str | None = None) -> np.ndarray: ...
 
 
-__all__ = ["TTS", "EspeakTTS", "TTSError", "TimedSpeech"]
+__all__ = ["TTS", "EspeakTTS", "TTSError", "TimedSpeech", "WordTiming"]

@@ -17,6 +17,7 @@ from facecast.phone_timing import PhoneTiming
 AUDIO_OUTPUT_SYNCHRONOUS = 2  # espeak_Synth blocks and delivers audio through the callback
 INITIALIZE_PHONEME_EVENTS = 0x0001  # report every phoneme with its position in the audio
 EVENT_LIST_TERMINATED = 0
+EVENT_WORD = 1  # start of a word: its character position and length in the text
 EVENT_PHONEME = 7
 EVENT_END = 5  # end of a sentence
 EVENT_MSG_TERMINATED = 6
@@ -141,6 +142,7 @@ _lib: ctypes.CDLL | None = None
 _rate: int = 0
 _chunks: list[np.ndarray] = []
 _phones: list[tuple[str, int]] = []  # (mnemonic, start sample) of the synthesis in progress
+_words: list[tuple[int, int, int]] = []  # (1-based character position, length, start sample) of its words
 _end_samples: list[int] = []
 
 
@@ -158,6 +160,8 @@ def _on_audio(wav: ctypes._Pointer, numsamples: int, events: ctypes._Pointer) ->
         event = events[i]
         if event.type == EVENT_PHONEME:
             _phones.append((event.id.string.decode("ascii", "replace"), event.sample))
+        elif event.type == EVENT_WORD:
+            _words.append((event.text_position, event.length, event.sample))
         elif event.type in (EVENT_END, EVENT_MSG_TERMINATED):
             _end_samples.append(event.sample)
         i += 1
@@ -228,7 +232,8 @@ class EspeakTTS:
         return self.synthesize_timed(text, voice).audio
 
     def synthesize_timed(self, text: str, voice: str | None = None) -> TimedSpeech:
-        """Speak `text`, with the time of every phone spoken (what the engine's `push_phones` takes)."""
+        """Speak `text`, with the time of every phone spoken (what the engine's `push_phones` takes)
+        and of every word (what its `push_words` takes)."""
         if not text or not text.strip():
             raise TTSError("cannot synthesize empty text")
         name = voice or self.voice
@@ -240,6 +245,7 @@ class EspeakTTS:
             lib.espeak_SetParameter(ESPEAK_RATE, int(self.rate), 0)
             _chunks.clear()
             _phones.clear()
+            _words.clear()
             _end_samples.clear()
             try:
                 err = lib.espeak_Synth(data, len(data), 0, POS_CHARACTER, 0, ESPEAK_CHARS_UTF8, None, None)
@@ -248,13 +254,16 @@ class EspeakTTS:
                     raise TTSError(f"espeak_Synth failed with code {err}")
                 audio = np.concatenate(_chunks) if _chunks else np.zeros(0, dtype=np.int16)
                 events = list(_phones)
+                word_events = list(_words)
             finally:
                 _chunks.clear()
                 _phones.clear()
+                _words.clear()
                 _end_samples.clear()
         if audio.size == 0:
             raise TTSError(f"espeak-ng produced no audio for {text!r}")
-        return TimedSpeech(audio, rate, _timings(events, len(audio), rate))
+        phones = _timings(events, len(audio), rate)
+        return TimedSpeech(audio, rate, phones, _word_timings(text, word_events, phones, rate))
 
 
 def _timings(events: list[tuple[str, int]], n_samples: int, rate: int) -> list[PhoneTiming]:
@@ -269,8 +278,47 @@ def _timings(events: list[tuple[str, int]], n_samples: int, rate: int) -> list[P
     return out
 
 
+def _word_timings(
+    text: str, events: list[tuple[int, int, int]], phones: list[PhoneTiming], rate: int
+) -> list[WordTiming]:
+    """Words with the span of their spoken phones (the pauses around them left out, as word timestamps
+    from TTS services are). A word event comes shortly before its first phone; espeak-ng gives a number
+    one event per spoken word ("42": forty, two) within the number's characters, and a hyphenated word
+    one event: a word's text runs to the next event outside it."""
+    groups: list[list[int]] = []  # [start index, end index, start sample] into text
+    for position, length, sample in events:
+        first = position - 1
+        if groups and first < groups[-1][1]:
+            groups[-1][1] = max(groups[-1][1], first + length)
+        else:
+            groups.append([first, first + length, sample])
+    out = []
+    for k, (first, _, start_sample) in enumerate(groups):
+        last = groups[k + 1][0] if k + 1 < len(groups) else len(text)
+        next_sample = groups[k + 1][2] if k + 1 < len(groups) else None
+        spoken = [
+            p
+            for p in phones
+            if p.phone != "SIL"
+            and p.start * rate >= start_sample - 1
+            and (next_sample is None or p.start * rate < next_sample - 1)
+        ]
+        word = text[first:last].strip()
+        if word and spoken:
+            out.append(WordTiming(word, spoken[0].start, spoken[-1].end))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class WordTiming:
+    text: str
+    start: float  # segment-relative seconds
+    end: float
+
+
 @dataclass(frozen=True, slots=True)
 class TimedSpeech:
     audio: np.ndarray  # int16 mono
     sample_rate: int
     phones: list[PhoneTiming]  # segment-relative seconds
+    words: list[WordTiming]
