@@ -24,6 +24,7 @@ import contextlib
 import functools
 import json
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -91,6 +92,26 @@ class _Segment:
         return max(0.0, self.pushed_s - max(0.0, self.ends_at - now))
 
 
+@dataclass(frozen=True, slots=True)
+class TranscriptPiece:
+    """One delta of an agent's transcript. `start` / `end`: where its TTS timed it, in seconds from the
+    start of the speech's audio (a TimedString's `start_time` / `end_time`); None where it did not."""
+
+    text: str
+    start: float | None = None
+    end: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _TimedWords:
+    """Words the engine takes as belonging to the segment's audio from `start` for `duration` seconds
+    (None: until the segment ends)."""
+
+    text: str
+    start: float
+    duration: float | None
+
+
 class FacecastAvatarRunner:
     """Runs one generator in one room: receives audio from `audio_recv`, publishes audio + video."""
 
@@ -119,10 +140,12 @@ class FacecastAvatarRunner:
         self._open: _Segment | None = None
         self._video_timers: set[asyncio.TimerHandle] = set()
         self._lead_missing = True  # the source holds less than the playout lead (start, after a clear)
-        # None: end of segment; str: words of the segment's speech (the agent's lk.transcription)
-        self._inbox: deque[tuple[_Segment, rtc.AudioFrame | str | None]] = deque()
+        # None: end of segment; str, _TimedWords: words of the segment's speech (the agent's
+        # lk.transcription)
+        self._inbox: deque[tuple[_Segment, rtc.AudioFrame | str | _TimedWords | None]] = deque()
         self._text_tail = ""  # transcript text after the last space: maybe half a word
-        self._early_text = ""  # transcript words that came before any of their segment's audio
+        self._timed_tail: TranscriptPiece | None = None  # a timed piece whose word or end may go on
+        self._early_words: list[str | _TimedWords] = []  # words that came before their segment's audio
         self._inbox_ready = asyncio.Event()
         self._after_clear = False  # no item has arrived since the last clear
         self._open_at_clear = False
@@ -240,9 +263,9 @@ class FacecastAvatarRunner:
                     continue
                 seg = self._new_segment(open_=True)
                 self._enqueue(seg, item)
-                if self._early_text:  # after the first audio: the engine takes words for open speech
-                    self._enqueue(seg, self._early_text)
-                    self._early_text = ""
+                for words in self._early_words:  # after the first audio: the engine takes words for
+                    self._enqueue(seg, words)  # open speech
+                self._early_words = []
 
     def _new_segment(self, *, open_: bool = False) -> _Segment:
         seg = _Segment(received_at=time.monotonic())
@@ -260,31 +283,77 @@ class FacecastAvatarRunner:
         seg = self._open
         return seg is None or seg.played_s(time.monotonic()) == 0.0
 
-    def add_transcript(self, text: str) -> None:
+    def add_transcript(self, pieces: list[TranscriptPiece]) -> None:
         """Words of the agent's speech (a delta of its `lk.transcription` stream). They go to the
         segment still receiving audio, in order with it, so the engine aligns them while the audio
-        streams. Words that come while no segment is receiving audio wait for the next one's first
+        streams: untimed words as the segment's text, words its TTS timed as spans of the segment's
+        audio. Words that come while no segment is receiving audio wait for the next one's first
         audio: an unsynchronized transcript leads its speech. An interrupt drops them."""
-        text = self._text_tail + text
-        boundary = max(text.rfind(" "), text.rfind("\n"))
-        words, self._text_tail = (text[:boundary], text[boundary + 1 :]) if boundary >= 0 else ("", text)
-        self._give_words(words)
+        for piece in pieces:
+            if piece.start is None:
+                self._give_timed_tail(None)
+                text = self._text_tail + piece.text
+                boundary = max(text.rfind(" "), text.rfind("\n"))
+                words, self._text_tail = (
+                    (text[:boundary], text[boundary + 1 :]) if boundary >= 0 else ("", text)
+                )
+                self._give_words(words)
+            else:
+                self._add_timed(piece)
+
+    def _add_timed(self, piece: TranscriptPiece) -> None:
+        """A timed piece is given once its word is complete (it ends in a space, or the next piece
+        starts with one: livekit-agents' transcript carries each word's leading space) and its end is
+        known (its own `end`, else the next piece's `start`): a word split over pieces is one span."""
+        if self._text_tail:
+            self._give_words(self._text_tail)
+            self._text_tail = ""
+        tail = self._timed_tail
+        if tail is not None and not tail.text[-1:].isspace() and not piece.text[:1].isspace():
+            piece = TranscriptPiece(tail.text + piece.text, tail.start, piece.end)
+        else:
+            self._give_timed_tail(piece.start)
+        if piece.end is not None and piece.text[-1:].isspace():
+            self._timed_tail = None
+            self._give_timed(piece, piece.end)
+        else:
+            self._timed_tail = piece
+
+    def _give_timed_tail(self, next_start: float | None) -> None:
+        tail, self._timed_tail = self._timed_tail, None
+        if tail is not None:
+            self._give_timed(tail, tail.end if tail.end is not None else next_start)
 
     def end_transcript(self) -> None:
         """The transcript stream closed: its last word is complete."""
+        self._give_timed_tail(None)
         tail, self._text_tail = self._text_tail, ""
         self._give_words(tail)
 
+    def _give_timed(self, piece: TranscriptPiece, end: float | None) -> None:
+        words = piece.text.strip()
+        start = piece.start
+        if not words or start is None:
+            return
+        if not (math.isfinite(start) and start >= 0) or (end is not None and not end > start):
+            self._give_words(words)  # a span the engine cannot take: the words still count, untimed
+            return
+        self._give(_TimedWords(words, start, None if end is None else end - start))
+
     def _give_words(self, words: str) -> None:
         words = words.strip()
-        if not words:
-            return
+        if words:
+            self._give(words)
+
+    def _give(self, words: str | _TimedWords) -> None:
         if self._open is not None:
             self._enqueue(self._open, words)
-        elif len(self._early_text) + len(words) < MAX_EARLY_TEXT_CHARS:
-            self._early_text = f"{self._early_text} {words}".lstrip()
+            return
+        held = sum(len(w if isinstance(w, str) else w.text) for w in self._early_words)
+        if held + len(words if isinstance(words, str) else words.text) < MAX_EARLY_TEXT_CHARS:
+            self._early_words.append(words)
 
-    def _enqueue(self, seg: _Segment, frame: rtc.AudioFrame | str | None) -> None:
+    def _enqueue(self, seg: _Segment, frame: rtc.AudioFrame | str | _TimedWords | None) -> None:
         self._inbox.append((seg, frame))
         self._inbox_ready.set()
 
@@ -302,6 +371,10 @@ class FacecastAvatarRunner:
                 if isinstance(frame, str):
                     if seg.in_engine and not seg.rejected:
                         await self._core.push_text(frame)
+                    continue
+                if isinstance(frame, _TimedWords):
+                    if seg.in_engine and not seg.rejected:
+                        await self._core.push_words(frame.text, frame.start, frame.duration)
                     continue
                 frames = [frame]
                 while (
@@ -357,7 +430,9 @@ class FacecastAvatarRunner:
         self._pending.clear()
         self._inbox.clear()
         self._open = None
-        self._text_tail = self._early_text = ""
+        self._text_tail = ""
+        self._timed_tail = None
+        self._early_words = []
 
     # -- playing -----------------------------------------------------------------------------------------
     async def _publish_video_then_play(self) -> None:

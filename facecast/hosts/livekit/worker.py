@@ -44,7 +44,7 @@ from facecast.hosts.livekit.names import (
     TOPIC_TRANSCRIPTION,
     TRANSCRIBED_TRACK,
 )
-from facecast.hosts.livekit.runner import FacecastAvatarRunner
+from facecast.hosts.livekit.runner import FacecastAvatarRunner, TranscriptPiece
 from facecast.protocol import END_CLIENT_GONE, END_ERROR, END_MAX_DURATION, END_STOPPED
 
 logger = logging.getLogger("facecast.livekit")
@@ -62,23 +62,30 @@ _GONE_REASONS = frozenset(
 )
 
 
-def transcript_delta_text(chunk: str) -> str:
-    """The text of one delta of an agent's transcript stream: plain text, or, with the agent's
-    `TextOutputOptions(json_format=True)`, one TimedString JSON object per line (its `text`)."""
+def transcript_delta(chunk: str) -> list[TranscriptPiece]:
+    """The pieces of one delta of an agent's transcript stream: plain text, or, with the agent's
+    `TextOutputOptions(json_format=True)`, one TimedString JSON object per line, with the times its TTS
+    gave (`start_time` / `end_time`, from `use_tts_aligned_transcript` and a TTS that times words)."""
     if not chunk.lstrip().startswith("{"):
-        return chunk
-    texts = []
+        return [TranscriptPiece(chunk)]
+    pieces = []
     for line in chunk.splitlines():
         if not line.strip():
             continue
         try:
             value = parse_message(line)
         except MessageRefused:
-            return chunk
+            return [TranscriptPiece(chunk)]
         if not isinstance(value, dict) or not isinstance(value.get("text"), str):
-            return chunk
-        texts.append(value["text"])
-    return "".join(texts)
+            return [TranscriptPiece(chunk)]
+        pieces.append(
+            TranscriptPiece(value["text"], _seconds(value.get("start_time")), _seconds(value.get("end_time")))
+        )
+    return pieces
+
+
+def _seconds(value: object) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 class _PlaybackStartedIsOptional(logging.Filter):
@@ -507,7 +514,7 @@ class RoomAvatar:
                 if leads is None:
                     leads = runner.transcript_leads_playback()
                 if leads:
-                    runner.add_transcript(transcript_delta_text(chunk))
+                    runner.add_transcript(transcript_delta(chunk))
             if leads:
                 runner.end_transcript()
 
