@@ -81,8 +81,17 @@ def test_festival_speaks_a_tiny_sentence_with_its_phone_timings(
     # Within a few 10 ms frames (festival's diphones carry a final nasal ~40 ms into the pause).
     boundaries = np.abs(check.onsets_ms + check.offsets_ms)
     assert np.median(boundaries) <= 25.0 and boundaries.max() <= 60.0, check
-    # Cached: a second call reads the same phones back from the cache, without festival.
-    assert synthesize(TINY, voice, tmp_path).phones == phones
+    # Festival's Word relation times each word by its first and last segment.
+    assert [w.text for w in utt.words] == ["My", "mom", "all", "alone"]
+    starts = {p.start for p in phones if p.phone != "pau"}
+    ends = {p.end for p in phones if p.phone != "pau"}
+    for word in utt.words:
+        assert any(abs(word.start - t) < 1e-5 for t in starts) and any(abs(word.end - t) < 1e-5 for t in ends)
+    spoken_in = [[p.phone for p in phones if w.start - 1e-5 <= p.start < w.end - 1e-5] for w in utt.words]
+    assert spoken_in[1] == ["m", "aa", "m"] and spoken_in[3] == ["ax", "l", "ow", "n"], spoken_in
+    # Cached: a second call reads the same phones and words back from the cache, without festival.
+    again = synthesize(TINY, voice, tmp_path)
+    assert again.phones == phones and again.words == utt.words
 
 
 def test_a_run_of_silence_phones_is_one_pause() -> None:
@@ -104,6 +113,9 @@ def test_espeak_held_out_truth_matches_its_silences(tmp_path: Path) -> None:
     assert synthesiser(utt.voice) == "espeak-ng"
     spoken = [p.phone for p in utt.phones if p.phone != "sil"]
     assert spoken[0] == spoken[2] == spoken[4] == "m" and spoken[-1] == "n", spoken  # my mom ... alone
+    assert [w.text for w in utt.words] == TINY.split()  # espeak-ng's word events
+    assert utt.words[0].start == next(p.start for p in utt.phones if p.phone != "sil")
+    assert utt.words[-1].end == max(p.end for p in utt.phones if p.phone != "sil")
     check = check_utterance(utt)
     assert check.onsets_ms and check.offsets_ms, check
     boundaries = np.abs(check.onsets_ms + check.offsets_ms)

@@ -146,13 +146,20 @@ def test_transcript_deltas_in_json_format_give_their_text_and_times() -> None:
     assert transcript_delta('{"start_time": 1}\n') == [TranscriptPiece('{"start_time": 1}\n')]
 
 
-def _spy_on_spans(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, float, float | None]]:
-    spans: list[tuple[str, float, float | None]] = []
+def _spy_on_spans(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, float, float | None, bool]]:
+    spans: list[tuple[str, float, float | None, bool]] = []
     original = Engine.push_words
 
-    def spy(self: Engine, text: str, start: float = 0.0, duration: float | None = None) -> int | None:
-        spans.append((text, start, duration))
-        return original(self, text, start, duration)
+    def spy(
+        self: Engine,
+        text: str,
+        start: float = 0.0,
+        duration: float | None = None,
+        *,
+        pause_after: bool = False,
+    ) -> int | None:
+        spans.append((text, start, duration, pause_after))
+        return original(self, text, start, duration, pause_after=pause_after)
 
     monkeypatch.setattr(Engine, "push_words", spy)
     return spans
@@ -164,7 +171,8 @@ async def test_timed_pieces_become_spans_of_whole_words(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A word split over pieces is one span; a piece with no end (livekit-agents' StreamAdapter times
-    only each sentence's start) ends where the next begins, the last one with the segment."""
+    only each sentence's start) ends where the next begins, maybe after a pause, the last one with the
+    segment."""
     spans = _spy_on_spans(monkeypatch)
     utt = synthesize(SENTENCES[0], "slt", tmp_path)
     pcm, rate = utt.audio(), utt.sample_rate
@@ -187,10 +195,10 @@ async def test_timed_pieces_become_spans_of_whole_words(
     await say(out, pcm[int(0.3 * rate) :], rate)
     await playout(out)
     assert spans == [
-        ("The birch", 0.1, pytest.approx(0.35)),
-        ("canoe slid.", 0.5, pytest.approx(0.7)),
-        ("On the", 1.2, pytest.approx(0.4)),
-        ("smooth planks.", 1.6, None),
+        ("The birch", 0.1, pytest.approx(0.35), False),
+        ("canoe slid.", 0.5, pytest.approx(0.7), True),
+        ("On the", 1.2, pytest.approx(0.4), True),
+        ("smooth planks.", 1.6, None, True),
     ]
 
 
@@ -291,10 +299,11 @@ async def test_the_word_times_of_an_agent_sessions_tts_reach_the_engine_over_a_r
         (speech,) = voice.spoken
         # livekit-agents moves each word's space to its front: the avatar knows a word is whole when
         # the next one comes (the last, when the stream closes).
-        assert [text for text, _, _ in spans] == [w.text for w in speech.words]
-        for (text, start, duration), word in zip(spans, speech.words, strict=True):
+        assert [text for text, _, _, _ in spans] == [w.text for w in speech.words]
+        for (text, start, duration, pause_after), word in zip(spans, speech.words, strict=True):
             assert start == pytest.approx(word.start, abs=1e-6), text
             assert duration == pytest.approx(word.end - word.start, abs=1e-6), text
+            assert not pause_after, text  # each word ends where its TTS said
         assert stats["transcript_mismatch_frames"] == 0, stats
         assert stats["text_frames"] >= 0.5 * stats["speech_frames"] > 0, stats
     finally:

@@ -297,11 +297,20 @@ class WordTimestampTTS(TTSService):
 
 async def test_words_the_tts_timed_reach_the_engine_with_their_times(monkeypatch: pytest.MonkeyPatch) -> None:
     spans: list[tuple[str, float, float | None]] = []
+    pauses_after: list[bool] = []
     original = Engine.push_words
 
-    def spy(self: Engine, text: str, start: float = 0.0, duration: float | None = None) -> int | None:
+    def spy(
+        self: Engine,
+        text: str,
+        start: float = 0.0,
+        duration: float | None = None,
+        *,
+        pause_after: bool = False,
+    ) -> int | None:
         spans.append((text, start, duration))
-        return original(self, text, start, duration)
+        pauses_after.append(pause_after)
+        return original(self, text, start, duration, pause_after=pause_after)
 
     monkeypatch.setattr(Engine, "push_words", spy)
     times = [0.05, 0.4, 0.9]
@@ -318,6 +327,7 @@ async def test_words_the_tts_timed_reach_the_engine_with_their_times(monkeypatch
         # The TTS reads pipecat's clock as it sends the first audio, the service as it receives it.
         assert start == pytest.approx(at, abs=0.03), text
         assert duration is None if end is None else duration == pytest.approx(end - at, abs=1e-6)
+    assert all(pauses_after)  # pipecat times when words start: a span runs on to the next one's start
 
 
 async def test_settings_change_the_look_and_frame_rate_at_runtime(avatar: FacecastVideoService) -> None:

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_corpus_voices import need_festival_voice
 
-from facecast.bench.corpus import SENTENCES, Utterance, have_flite, synthesize
+from facecast.bench.corpus import HELD_OUT_FESTIVAL_VOICES, SENTENCES, Utterance, have_flite, synthesize
 from facecast.bench.harness import Score, make_engine, run_utterance
 from facecast.engine.types import VISEMES
 from facecast.engine.words import (
@@ -115,6 +116,22 @@ def test_timed_words_cover_only_their_span(utterances: list[Utterance]) -> None:
         if meta.input_start is not None and meta.input_start / u.sample_rate > 0.6 * u.duration:
             late.append(meta.mouth_source)
     assert late and "words" not in late, late
+
+
+@pytest.mark.parametrize("sentence", [0, 2])
+def test_timed_words_start_on_their_first_phone(sentence: int, tmp_path: Path) -> None:
+    """A word the source timed starts at its start: its closure (the classifier hears it as silence)
+    is shown closed, not taken for more of the pause before the word. Festival's words after a pause
+    ("Bob", "please", "Please") showed rest there while the span's first state was a free pause."""
+    need_festival_voice(HELD_OUT_FESTIVAL_VOICES[0])
+    u = synthesize(SENTENCES[sentence], HELD_OUT_FESTIVAL_VOICES[0], tmp_path)
+    track = run_utterance(u, streaming=True, fps=30, words=u.words)
+    closed_starts = [w.start for w in u.words if w.text[0].lower() in "bmp"]
+    assert closed_starts
+    for start in closed_starts:
+        frame = int(np.searchsorted(track.ends, start + 0.02))  # the frame 20 ms into the word
+        assert VISEMES[track.codes[frame]] == "A", (start, VISEMES[track.codes[frame]])
+        assert track.sources[frame] == "words"
 
 
 def test_push_words_rejects_bad_spans() -> None:

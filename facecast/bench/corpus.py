@@ -207,6 +207,16 @@ class Phone:
 
 
 @dataclass(frozen=True, slots=True)
+class Word:
+    """One synthesised word and the span of its phones in seconds (what a TTS with word timestamps
+    reports): espeak-ng's word events, festival's Word relation; flite gives none."""
+
+    text: str
+    start: float
+    end: float
+
+
+@dataclass(frozen=True, slots=True)
 class Truth:
     """Ground truth at TRACK_HZ (frame j covers [j, j+1) / TRACK_HZ seconds, decided at its centre)."""
 
@@ -227,6 +237,7 @@ class Utterance:
     wav_path: Path
     sample_rate: int
     phones: tuple[Phone, ...]
+    words: tuple[Word, ...] = ()  # empty where the synthesiser does not time its words (flite)
 
     @property
     def duration(self) -> float:
@@ -364,14 +375,25 @@ def synthesize(text: str, voice: str, cache_dir: Path | None = None) -> Utteranc
     stem = voice.replace(":", "-").replace("+", "-")
     wav = cache / f"{stem}-{key}.wav"
     labels = cache / f"{stem}-{key}.json"
-    if wav.exists() and labels.exists():
-        phones = tuple(Phone(*p) for p in json.loads(labels.read_text())["phones"])
-    elif is_espeak(voice):
-        phones = _espeak(text, voice[len(ESPEAK_PREFIX) :], wav)
-        labels.write_text(json.dumps({"text": text, "voice": voice, "phones": [list(_p(p)) for p in phones]}))
-    elif is_festival(voice):
-        phones = _festival(text, voice[len(FESTIVAL_PREFIX) :], wav)
-        labels.write_text(json.dumps({"text": text, "voice": voice, "phones": [list(_p(p)) for p in phones]}))
+    cached = json.loads(labels.read_text()) if wav.exists() and labels.exists() else None
+    words: tuple[Word, ...] = ()
+    # Labels cached before words were recorded are made again where the synthesiser times its words.
+    if cached is not None and ("words" in cached or synthesiser(voice) == "flite"):
+        phones = tuple(Phone(*p) for p in cached["phones"])
+        words = tuple(Word(*w) for w in cached.get("words", ()))
+    elif is_espeak(voice) or is_festival(voice):
+        make = _espeak if is_espeak(voice) else _festival
+        phones, words = make(text, voice.split(":", 1)[1], wav)
+        labels.write_text(
+            json.dumps(
+                {
+                    "text": text,
+                    "voice": voice,
+                    "phones": [list(_p(p)) for p in phones],
+                    "words": [[w.text, w.start, w.end] for w in words],
+                }
+            )
+        )
     else:
         flite = find_flite()
         # Write to a private name first so that concurrent runs never read a half-written file.
@@ -389,12 +411,19 @@ def synthesize(text: str, voice: str, cache_dir: Path | None = None) -> Utteranc
         labels.write_text(json.dumps({"text": text, "voice": voice, "phones": [list(_p(p)) for p in phones]}))
     rate = sf.info(str(wav)).samplerate
     return Utterance(
-        uid=f"{voice}:{key[:6]}", text=text, voice=voice, wav_path=wav, sample_rate=rate, phones=phones
+        uid=f"{voice}:{key[:6]}",
+        text=text,
+        voice=voice,
+        wav_path=wav,
+        sample_rate=rate,
+        phones=phones,
+        words=words,
     )
 
 
-def _espeak(text: str, voice: str, wav: Path) -> tuple[Phone, ...]:
-    """Speak `text` with espeak-ng into `wav`; its phone events are the truth."""
+def _espeak(text: str, voice: str, wav: Path) -> tuple[tuple[Phone, ...], tuple[Word, ...]]:
+    """Speak `text` with espeak-ng into `wav`; its phone events are the truth, its word events the
+    words' times."""
     from facecast.tts.espeak import EspeakTTS
 
     speech = EspeakTTS(voice).synthesize_timed(text)
@@ -404,17 +433,21 @@ def _espeak(text: str, voice: str, wav: Path) -> tuple[Phone, ...]:
     phones = [Phone(p.phone.lower(), p.start, p.end) for p in speech.phones]
     if phones and phones[0].start > 0:  # the first event comes a few ms in: that lead is silence
         phones.insert(0, Phone("sil", 0.0, phones[0].start))
-    return tuple(phones)
+    return tuple(phones), tuple(Word(w.text, w.start, w.end) for w in speech.words)
 
 
 # Festival reads the script from stdin: select the voice, synthesise, save the wave as it is (no
-# rescaling, unlike text2wave) and print each Segment's name and end time, marked so that nothing else
-# festival prints is read as a phone.
+# rescaling, unlike text2wave) and print each Segment's name and end time, then each Word's name and the
+# span of its segments, marked so that nothing else festival prints is read as a phone or a word.
 _FESTIVAL_SCRIPT = """(voice_{voice})
 (set! utt (utt.synth (Utterance Text "{text}")))
 (utt.save.wave utt "{wav}" 'riff)
 (mapcar (lambda (seg) (format t "segment %s %f\\n" (item.name seg) (item.feat seg "end")))
         (utt.relation.items utt 'Segment))
+(mapcar (lambda (w) (format t "word %s %f %f\\n" (item.name w)
+                            (item.feat w "R:SylStructure.daughter1.daughter1.segment_start")
+                            (item.feat w "R:SylStructure.daughtern.daughtern.segment_end")))
+        (utt.relation.items utt 'Word))
 """
 
 
@@ -438,8 +471,19 @@ def parse_festival_segments(output: str) -> tuple[Phone, ...]:
     return tuple(phones)
 
 
-def _festival(text: str, voice: str, wav: Path) -> tuple[Phone, ...]:
-    """Speak `text` with festival's `voice` into `wav`; its Segment relation's end times are the truth."""
+def parse_festival_words(output: str) -> tuple[Word, ...]:
+    """Parse the `word <text> <start> <end>` lines of `_FESTIVAL_SCRIPT` (words with no span are left out)."""
+    words = []
+    for line in output.splitlines():
+        fields = line.split()
+        if len(fields) == 4 and fields[0] == "word" and float(fields[3]) > float(fields[2]):
+            words.append(Word(fields[1], float(fields[2]), float(fields[3])))
+    return tuple(words)
+
+
+def _festival(text: str, voice: str, wav: Path) -> tuple[tuple[Phone, ...], tuple[Word, ...]]:
+    """Speak `text` with festival's `voice` into `wav`; its Segment relation's end times are the truth,
+    its Word relation gives the words' times."""
     festival = find_festival_voice(voice)
     tmp_wav = wav.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp.wav")
     script = _FESTIVAL_SCRIPT.format(voice=voice, text=_scheme_string(text), wav=_scheme_string(str(tmp_wav)))
@@ -449,7 +493,7 @@ def _festival(text: str, voice: str, wav: Path) -> tuple[Phone, ...]:
         raise RuntimeError(f"festival failed for voice {voice!r}: {proc.stderr.strip() or proc.returncode}")
     phones = parse_festival_segments(proc.stdout)
     tmp_wav.replace(wav)
-    return phones
+    return phones, parse_festival_words(proc.stdout)
 
 
 def _p(p: Phone) -> tuple[str, float, float]:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from facecast.bench import metrics
-from facecast.bench.corpus import Utterance
+from facecast.bench.corpus import Utterance, Word
 from facecast.engine.config import DEFAULT_LOOKAHEAD_MS
 from facecast.engine.types import VISEMES, FramePair, Renderer
 
@@ -97,6 +98,7 @@ def run_utterance(
     tracker: str = "phones",
     streaming: bool = True,
     text: str | None = None,
+    words: Sequence[Word] = (),
     lookahead_ms: int = DEFAULT_LOOKAHEAD_MS,
     fps: int = 30,
     renderer: Renderer | None = None,
@@ -105,7 +107,9 @@ def run_utterance(
     """Feed one utterance to a fresh engine (or `engine`) and collect its speech frames.
 
     Streaming is a live host: push 1/fps of audio, pull one frame, repeat; then end the segment and
-    drain. Offline pushes everything, ends the segment, then pulls while speech is pending.
+    drain. Offline pushes everything, ends the segment, then pulls while speech is pending. `text` comes
+    with the first audio, untimed; `words` (as a TTS with word timestamps reports them) right after it,
+    each as `push_words(word, start, end - start)`.
     """
     eng = (
         engine
@@ -122,11 +126,14 @@ def run_utterance(
             a, b = i * rate // fps, min(len(audio), (i + 1) * rate // fps)
             t0 = clock()
             eng.push_audio(audio[a:b], rate, text=text if i == 0 else None)
+            if i == 0:
+                _push_words(eng, words)
             pair = eng.next_frame()
             col.add(pair, clock() - t0)
         eng.end_segment()
     else:
         eng.push_audio(audio, rate, text=text)
+        _push_words(eng, words)
         eng.end_segment()
     guard = 10 * fps + len(audio) * fps // rate  # a stuck engine must not hang the benchmark
     while eng.pending_speech and guard > 0:
@@ -137,6 +144,11 @@ def run_utterance(
     if eng.pending_speech:
         raise RuntimeError(f"engine still has speech pending after draining {utt.uid}")
     return col.track()
+
+
+def _push_words(engine: Engine, words: Sequence[Word]) -> None:
+    for word in words:
+        engine.push_words(word.text, word.start, word.end - word.start)
 
 
 @dataclass

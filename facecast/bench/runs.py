@@ -40,6 +40,7 @@ class Mode:
     with_text: bool
     streaming: bool
     wrong_text: bool = False  # the text of another sentence: must be detected and rejected
+    timed_words: bool = False  # each word with its times instead of the text (voices that time words)
 
 
 LIPSYNC_MODES: tuple[Mode, ...] = (
@@ -56,6 +57,7 @@ LIPSYNC_TABLE_MODES: tuple[Mode, ...] = (
     LIPSYNC_MODES[2],
     LIPSYNC_MODES[3],
     LIPSYNC_MODES[4],
+    Mode("timed words / streaming", "phones", True, True, timed_words=True),
     Mode("wrong words / streaming", "phones", True, True, wrong_text=True),
     Mode("wrong words / offline", "phones", True, False, wrong_text=True),
 )
@@ -292,7 +294,11 @@ def lipsync(
     )
     scores: dict[str, Score] = {}
     for mode in modes:
-        for set_name, utts in sets.items():
+        for set_name, all_utts in sets.items():
+            utts = [u for u in all_utts if u.words] if mode.timed_words else list(all_utts)
+            if not utts:
+                continue
+            label = set_name if len(utts) == len(all_utts) else f"{set_name}, voices with word times"
             score = Score()
             # A set spoken by more than one synthesiser also gets a row per synthesiser.
             by_synth = {synthesiser(u.voice): Score() for u in utts}
@@ -302,23 +308,29 @@ def lipsync(
                     tracker=mode.tracker,
                     streaming=mode.streaming,
                     fps=FPS,
-                    text=_text_for(utts, i, mode.wrong_text) if mode.with_text else None,
+                    text=_text_for(utts, i, mode.wrong_text)
+                    if mode.with_text and not mode.timed_words
+                    else None,
+                    words=u.words if mode.timed_words else (),
                 )
                 score.add(u, track)
                 by_synth[synthesiser(u.voice)].add(u, track)
-            rows = {set_name: score}
+            rows = {label: score}
             if len(by_synth) > 1:
-                rows |= {f"{set_name}: {name}": s for name, s in by_synth.items()}
+                rows |= {f"{label}: {name}": s for name, s in by_synth.items()}
             for row_name, row in rows.items():
                 _lipsync_row(table, mode, row_name, row, log)
-            scores[f"{mode.label} ({set_name})"] = score
+            scores[f"{mode.label} ({label})"] = score
     table.notes.append(
         "targets on held-out voices: streaming audio only acc >= 0.75, corr >= 0.85, m/b/p >= 0.90; "
         "with the words >= 0.88 / 0.92 / 0.95"
     )
     table.notes.append(
-        "words = the sentence's text given with its first audio (no times); wrong words = another "
-        "sentence's text, which should be rejected (text rejected = frames flagged transcript_mismatch)"
+        "words = the sentence's text given with its first audio (no times); timed words = each word "
+        "with its start and end as its synthesiser reports them (espeak-ng's word events, festival's Word "
+        "relation; flite times none), given with the first audio, as a TTS with word timestamps does; "
+        "wrong words = another sentence's text, which should be rejected (text rejected = frames flagged "
+        "transcript_mismatch)"
     )
     table.notes.append("mouth lag = median lag of engine openness behind truth openness (+ = late)")
     return table, scores

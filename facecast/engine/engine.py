@@ -233,12 +233,17 @@ class Engine:
         segment.add_text(text)
         return segment.id
 
-    def push_words(self, text: str, start: float = 0.0, duration: float | None = None) -> int | None:
+    def push_words(
+        self, text: str, start: float = 0.0, duration: float | None = None, *, pause_after: bool = False
+    ) -> int | None:
         """These words belong to the current segment's audio from `start` to `start + duration`
-        segment-relative input seconds (`duration` None: until the segment ends). They are aligned
-        to the audio as it arrives, inside the look-ahead; words that do not fit it are rejected and
-        their frames fall back to recognition (`FrameMeta.transcript_mismatch`). Returns the segment's
-        id (None, and no segment opened, when `text` has no words)."""
+        segment-relative input seconds (`duration` None: until the segment ends): the first word starts
+        at `start`, the last ends at `start + duration`, or, with `pause_after`, somewhere before it
+        (a source that knows only when each word starts gives spans that run to the next word's start,
+        over the pause between them). They are aligned to the audio as it arrives, inside the
+        look-ahead; words that do not fit it are rejected and their frames fall back to recognition
+        (`FrameMeta.transcript_mismatch`). Returns the segment's id (None, and no segment opened, when
+        `text` has no words)."""
         if not text or not text.strip():
             return None
         if not np.isfinite(start) or start < 0 or (duration is not None and not duration > 0):
@@ -246,7 +251,7 @@ class Engine:
         segment = self._open_segment()
         if self._recognizer is not None:
             end = None if duration is None else float(start) + float(duration)
-            segment.track.add_words(text, float(start), end)
+            segment.track.add_words(text, float(start), end, pause_after=pause_after)
         segment.text.append(text)
         return segment.id
 

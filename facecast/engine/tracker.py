@@ -325,8 +325,8 @@ class SegmentTrack:
         self._spans: list[WordSpan] = []  # words the host said belong to stretches of this audio
         self._dirty = 0  # first track frame whose label changed since the spans last looked
         self._text_span: WordSpan | None = None  # the span of text given without times
-        # add_words / set_text calls not yet looked up: (kind, text, start or added, end)
-        self._word_requests: list[tuple[str, str, float | str, float | None]] = []
+        # add_words / set_text calls not yet looked up: (kind, text, start or added, end, pause after)
+        self._word_requests: list[tuple[str, str, float | str, float | None, bool]] = []
         self._level = np.zeros(1024, np.float32)
         self._centroid = np.zeros(1024, np.float32)
         self._n_feat = 0  # track frames with energy features (what the mouth may read)
@@ -398,29 +398,35 @@ class SegmentTrack:
             self._timed[f0:f1] = phone_code(phone)
             self._timed_until = max(self._timed_until, f1)
 
-    def add_words(self, text: str, start: float, end: float | None) -> None:
-        """Words spoken from `start` to `end` seconds of this segment (None: until it ends). Their
-        pronunciations are looked up when a frame first needs them: a segment its source timed never
-        loads the dictionary."""
-        self._word_requests.append(("words", text, start, end))
+    def add_words(self, text: str, start: float, end: float | None, *, pause_after: bool = False) -> None:
+        """Words spoken from `start` to `end` seconds of this segment (None: until it ends; with
+        `pause_after`, the last word may end before `end`). Their pronunciations are looked up when a
+        frame first needs them: a segment its source timed never loads the dictionary."""
+        self._word_requests.append(("words", text, start, end, pause_after))
 
     def set_text(self, text: str, added: str) -> None:
         """The transcript of the whole segment so far (text without times): one span over all of it,
         extended when more text (`added`) arrives."""
-        self._word_requests.append(("text", text, added, None))
+        self._word_requests.append(("text", text, added, None, True))
 
     def _take_word_requests(self) -> None:
         requests, self._word_requests = self._word_requests, []
-        for kind, text, a, b in requests:
+        for kind, text, a, b, pause_after in requests:
             if kind == "words":
                 assert isinstance(a, float)
-                self._add_words(text, a, b)
+                self._add_words(text, a, b, anchored=True, pause_after=pause_after or b is None)
             else:
                 assert isinstance(a, str)
                 self._set_text(text, a)
 
-    def _add_words(self, text: str, start: float, end: float | None) -> None:
+    def _add_words(
+        self, text: str, start: float, end: float | None, *, anchored: bool, pause_after: bool
+    ) -> None:
         chain = chain_of(text, Lexicon.get())
+        # The chain is a pause, then each word's phones and a pause after it. Where the source said
+        # when its words start (and end), the first phone starts there (and the last ends there): the
+        # classifier hears a stop's closure as silence, and a free pause would move the word's edge.
+        chain = chain[int(anchored) : len(chain) - int(anchored and not pause_after)]
         if len(chain) < 2:
             return
         f0 = max(0, int(np.floor(start * TRACK_HZ)))
@@ -442,7 +448,7 @@ class SegmentTrack:
             self._spans.remove(span)
             self._text_span = None
         before = len(self._spans)
-        self._add_words(text, 0.0, None)
+        self._add_words(text, 0.0, None, anchored=False, pause_after=True)
         if len(self._spans) > before:
             self._text_span = self._spans[-1]
 

@@ -178,7 +178,7 @@ class WordSpan:
             if not self._rows:
                 row = np.full(n, _NEG, np.float32)
                 row[0] = emit[0]
-                if n > 1:
+                if n > 1 and self._is_pause[0]:
                     row[1] = emit[1]  # the leading pause may be skipped
                 self._rows.append(row)
                 self._back.append(np.zeros(n, np.int8))

@@ -393,9 +393,11 @@ class LiveCore:
     async def push_text(self, text: str) -> int | None:
         return await self._call(self._engine.push_text, text)
 
-    async def push_words(self, text: str, start: float = 0.0, duration: float | None = None) -> int | None:
+    async def push_words(
+        self, text: str, start: float = 0.0, duration: float | None = None, *, pause_after: bool = False
+    ) -> int | None:
         """Words of the current segment's audio from `start` for `duration` seconds (Engine.push_words)."""
-        return await self._call(self._engine.push_words, text, start, duration)
+        return await self._call(self._engine.push_words, text, start, duration, pause_after=pause_after)
 
     async def end_segment(self) -> None:
         """End the current segment (see Engine.end_segment); a short one becomes ready to play."""

@@ -110,6 +110,7 @@ class _TimedWords:
     text: str
     start: float
     duration: float | None
+    pause_after: bool  # the span runs to the next word's start, not to its last word's end
 
 
 class FacecastAvatarRunner:
@@ -315,14 +316,16 @@ class FacecastAvatarRunner:
             self._give_timed_tail(piece.start)
         if piece.end is not None and piece.text[-1:].isspace():
             self._timed_tail = None
-            self._give_timed(piece, piece.end)
+            self._give_timed(piece, piece.end, pause_after=False)
         else:
             self._timed_tail = piece
 
     def _give_timed_tail(self, next_start: float | None) -> None:
         tail, self._timed_tail = self._timed_tail, None
         if tail is not None:
-            self._give_timed(tail, tail.end if tail.end is not None else next_start)
+            self._give_timed(
+                tail, tail.end if tail.end is not None else next_start, pause_after=tail.end is None
+            )
 
     def end_transcript(self) -> None:
         """The transcript stream closed: its last word is complete."""
@@ -330,7 +333,7 @@ class FacecastAvatarRunner:
         tail, self._text_tail = self._text_tail, ""
         self._give_words(tail)
 
-    def _give_timed(self, piece: TranscriptPiece, end: float | None) -> None:
+    def _give_timed(self, piece: TranscriptPiece, end: float | None, *, pause_after: bool) -> None:
         words = piece.text.strip()
         start = piece.start
         if not words or start is None:
@@ -338,7 +341,7 @@ class FacecastAvatarRunner:
         if not (math.isfinite(start) and start >= 0) or (end is not None and not end > start):
             self._give_words(words)  # a span the engine cannot take: the words still count, untimed
             return
-        self._give(_TimedWords(words, start, None if end is None else end - start))
+        self._give(_TimedWords(words, start, None if end is None else end - start, pause_after))
 
     def _give_words(self, words: str) -> None:
         words = words.strip()
@@ -374,7 +377,9 @@ class FacecastAvatarRunner:
                     continue
                 if isinstance(frame, _TimedWords):
                     if seg.in_engine and not seg.rejected:
-                        await self._core.push_words(frame.text, frame.start, frame.duration)
+                        await self._core.push_words(
+                            frame.text, frame.start, frame.duration, pause_after=frame.pause_after
+                        )
                     continue
                 frames = [frame]
                 while (

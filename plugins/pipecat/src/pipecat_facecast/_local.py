@@ -150,9 +150,13 @@ class LocalAvatar:
             await self._require_core().push_text(text)
 
     async def add_words(self, text: str, start: float, duration: float | None) -> None:
-        """Words the TTS timed: spoken from `start` for `duration` s of the utterance (None: to its end)."""
+        """Words the TTS timed: spoken from `start` for `duration` s of the utterance (None: to its end).
+
+        Pipecat times only when each word starts, so a span runs to the next word's start, over the
+        pause between them.
+        """
         if self._speaking:
-            await self._require_core().push_words(text, start, duration)
+            await self._require_core().push_words(text, start, duration, pause_after=True)
 
     async def end_speech(self, text: str | None) -> None:
         """The current utterance is complete; `text` (its transcript) enables forced alignment."""
