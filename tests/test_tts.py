@@ -122,6 +122,9 @@ def test_timed_speech_reports_every_word_with_the_span_of_its_phones(tts: Espeak
         ("tS", "CH"),
         ("D", "DH"),
         ("a#", "AH"),
+        (";", "Y"),  # the linking glide of "the oboe"
+        ("aI2", "AY"),  # en-gb-scotland's "my": a variant of aI
+        ("O2", "AO"),
     ],
 )
 def test_espeak_phonemes_map_to_arpabet(mnemonic: str, arpabet: str) -> None:

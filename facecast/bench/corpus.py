@@ -366,6 +366,11 @@ def find_festival_voice(voice: str) -> str:
     return festival
 
 
+# What a cached label file holds; files of another version are made again. 2: word times (espeak-ng,
+# festival) and espeak-ng's linking glide ";" as Y (was a generic consonant).
+LABELS_VERSION = 2
+
+
 def synthesize(text: str, voice: str, cache_dir: Path | None = None) -> Utterance:
     """One utterance (cached by text and voice): flite for bare voice names, espeak-ng for "espeak:...",
     festival for "festival:..."."""
@@ -377,8 +382,8 @@ def synthesize(text: str, voice: str, cache_dir: Path | None = None) -> Utteranc
     labels = cache / f"{stem}-{key}.json"
     cached = json.loads(labels.read_text()) if wav.exists() and labels.exists() else None
     words: tuple[Word, ...] = ()
-    # Labels cached before words were recorded are made again where the synthesiser times its words.
-    if cached is not None and ("words" in cached or synthesiser(voice) == "flite"):
+    # Labels made by an earlier version of this code (other phone names, no word times) are made again.
+    if cached is not None and cached.get("version") == LABELS_VERSION:
         phones = tuple(Phone(*p) for p in cached["phones"])
         words = tuple(Word(*w) for w in cached.get("words", ()))
     elif is_espeak(voice) or is_festival(voice):
@@ -387,6 +392,7 @@ def synthesize(text: str, voice: str, cache_dir: Path | None = None) -> Utteranc
         labels.write_text(
             json.dumps(
                 {
+                    "version": LABELS_VERSION,
                     "text": text,
                     "voice": voice,
                     "phones": [list(_p(p)) for p in phones],
@@ -408,7 +414,16 @@ def synthesize(text: str, voice: str, cache_dir: Path | None = None) -> Utteranc
             raise RuntimeError(f"flite failed for voice {voice!r}: {proc.stderr.strip() or proc.returncode}")
         phones = parse_psdur(proc.stdout)
         tmp_wav.replace(wav)
-        labels.write_text(json.dumps({"text": text, "voice": voice, "phones": [list(_p(p)) for p in phones]}))
+        labels.write_text(
+            json.dumps(
+                {
+                    "version": LABELS_VERSION,
+                    "text": text,
+                    "voice": voice,
+                    "phones": [list(_p(p)) for p in phones],
+                }
+            )
+        )
     rate = sf.info(str(wav)).samplerate
     return Utterance(
         uid=f"{voice}:{key[:6]}",

@@ -122,6 +122,7 @@ _ESPEAK_TO_ARPABET: dict[str, str] = {
     "j": "Y",
     "h": "HH",
     "?": "T",
+    ";": "Y",  # the glide espeak-ng links two vowels with ("the_oboe", "city_orchestra")
 }
 _STRESS_MARKS = "',%=!"
 
@@ -132,8 +133,10 @@ def espeak_phone_to_arpabet(mnemonic: str) -> str:
     name = mnemonic.strip().lstrip(_STRESS_MARKS)
     if not name or name.startswith("_"):
         return "SIL"
-    if name in _ESPEAK_TO_ARPABET:
-        return _ESPEAK_TO_ARPABET[name]
+    # A trailing digit marks an accent's or a position's variant of the same phoneme ("aI2", "O2", "t2").
+    for candidate in (name, name.rstrip("0123456789")):
+        if candidate in _ESPEAK_TO_ARPABET:
+            return _ESPEAK_TO_ARPABET[candidate]
     return _ESPEAK_TO_ARPABET.get(name[0], "N")
 
 
