@@ -285,9 +285,10 @@ def _word_timings(
     text: str, events: list[tuple[int, int, int]], phones: list[PhoneTiming], rate: int
 ) -> list[WordTiming]:
     """Words with the span of their spoken phones (the pauses around them left out, as word timestamps
-    from TTS services are). A word event comes shortly before its first phone; espeak-ng gives a number
+    from TTS services are). A word event comes shortly before its first phone. espeak-ng gives a number
     one event per spoken word ("42": forty, two) within the number's characters, and a hyphenated word
-    one event: a word's text runs to the next event outside it."""
+    or a function word with the next ("on the") one event: a word's text runs to the next event outside
+    it, so one timing may hold more than one word of the text."""
     groups: list[list[int]] = []  # [start index, end index, start sample] into text
     for position, length, sample in events:
         first = position - 1
@@ -295,20 +296,21 @@ def _word_timings(
             groups[-1][1] = max(groups[-1][1], first + length)
         else:
             groups.append([first, first + length, sample])
+    spoken = [p for p in phones if p.phone != "SIL"]  # in order of their starts
     out = []
+    i = 0
     for k, (first, _, start_sample) in enumerate(groups):
         last = groups[k + 1][0] if k + 1 < len(groups) else len(text)
         next_sample = groups[k + 1][2] if k + 1 < len(groups) else None
-        spoken = [
-            p
-            for p in phones
-            if p.phone != "SIL"
-            and p.start * rate >= start_sample - 1
-            and (next_sample is None or p.start * rate < next_sample - 1)
-        ]
+        while i < len(spoken) and spoken[i].start * rate < start_sample - 1:
+            i += 1  # phones before this word's event (none, unless events and phones disagree)
+        j = i
+        while j < len(spoken) and (next_sample is None or spoken[j].start * rate < next_sample - 1):
+            j += 1
         word = text[first:last].strip()
-        if word and spoken:
-            out.append(WordTiming(word, spoken[0].start, spoken[-1].end))
+        if word and j > i:
+            out.append(WordTiming(word, spoken[i].start, spoken[j - 1].end))
+        i = j
     return out
 
 
