@@ -8,9 +8,10 @@ uses; no held-out voice, accent or variant is ever read. Each utterance goes thr
 analysis (its resampler, the energy analyser's log-mel spectrum with the running mean, the phone
 recogniser over the whole utterance); the target of each 10 ms frame is the synthesiser's own phone
 there, mapped to its mouth class as the benchmark's truth is. The network (one hidden layer, ReLU,
-softmax) is fitted with Adam from a fixed seed, so the command reproduces the shipped file on this kind
-of machine (floating-point sums may differ in the last bits elsewhere). Runs in a few minutes on 2
-cores.
+softmax) is fitted with Adam from a fixed seed, so from the same cached corpus the command gives the
+same file on this kind of machine (floating-point sums may differ in the last bits elsewhere); espeak-ng
+adds noise to its speech, so a corpus synthesised afresh gives a close, not an identical, file. Runs in
+a few minutes on 2 cores.
 """
 
 from __future__ import annotations
