@@ -36,6 +36,32 @@ def speech(tmp_path_factory: pytest.TempPathFactory) -> tuple[np.ndarray, int, s
     return np.concatenate(chunks).astype(np.int16), rate, SENTENCE
 
 
+WordSpan = tuple[str, float, "float | None", bool]  # text, start, duration, pause_after
+
+
+@pytest.fixture
+def word_spans(monkeypatch: pytest.MonkeyPatch) -> list[WordSpan]:
+    """Every `Engine.push_words` call of the test, in order, as (text, start, duration, pause_after)."""
+    from facecast.engine import Engine
+
+    spans: list[WordSpan] = []
+    original = Engine.push_words
+
+    def spy(
+        self: Engine,
+        text: str,
+        start: float = 0.0,
+        duration: float | None = None,
+        *,
+        pause_after: bool = False,
+    ) -> int | None:
+        spans.append((text, start, duration, pause_after))
+        return original(self, text, start, duration, pause_after=pause_after)
+
+    monkeypatch.setattr(Engine, "push_words", spy)
+    return spans
+
+
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[RunningServer]:
     """A real Facecast server with the default settings on a loopback port, for one test (a test file

@@ -295,24 +295,9 @@ class WordTimestampTTS(TTSService):
                 await self.add_word_timestamps(words, context_id)
 
 
-async def test_words_the_tts_timed_reach_the_engine_with_their_times(monkeypatch: pytest.MonkeyPatch) -> None:
-    spans: list[tuple[str, float, float | None]] = []
-    pauses_after: list[bool] = []
-    original = Engine.push_words
-
-    def spy(
-        self: Engine,
-        text: str,
-        start: float = 0.0,
-        duration: float | None = None,
-        *,
-        pause_after: bool = False,
-    ) -> int | None:
-        spans.append((text, start, duration))
-        pauses_after.append(pause_after)
-        return original(self, text, start, duration, pause_after=pause_after)
-
-    monkeypatch.setattr(Engine, "push_words", spy)
+async def test_words_the_tts_timed_reach_the_engine_with_their_times(
+    word_spans: list[tuple[str, float, float | None, bool]],
+) -> None:
     times = [0.05, 0.4, 0.9]
     tts = WordTimestampTTS(times, seconds=1.4)
     # Two replies at once: the TTS times the second one's words from the first one's last word, not
@@ -321,13 +306,13 @@ async def test_words_the_tts_timed_reach_the_engine_with_their_times(monkeypatch
     frames = [OutputTransportReadyFrame(), *replies, SleepFrame(4.0)]
     down, _ = await run(Pipeline([tts, FacecastVideoService(tracker="energy")]), frames)
     assert len(speech(down)) == round(2 * 1.4 * 30)
-    assert [text for text, _, _ in spans] == ["Good", "morning", "world", "Bananas", "are", "yellow"]
+    assert [text for text, _, _, _ in word_spans] == ["Good", "morning", "world", "Bananas", "are", "yellow"]
     ends = [0.4, 0.9, None]
-    for (text, start, duration), at, end in zip(spans, times * 2, ends * 2, strict=True):
+    for (text, start, duration, pause_after), at, end in zip(word_spans, times * 2, ends * 2, strict=True):
         # The TTS reads pipecat's clock as it sends the first audio, the service as it receives it.
         assert start == pytest.approx(at, abs=0.03), text
         assert duration is None if end is None else duration == pytest.approx(end - at, abs=1e-6)
-    assert all(pauses_after)  # pipecat times when words start: a span runs on to the next one's start
+        assert pause_after  # pipecat times when words start: a span runs on to the next one's start
 
 
 async def test_settings_change_the_look_and_frame_rate_at_runtime(avatar: FacecastVideoService) -> None:

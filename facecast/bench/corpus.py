@@ -389,17 +389,7 @@ def synthesize(text: str, voice: str, cache_dir: Path | None = None) -> Utteranc
     elif is_espeak(voice) or is_festival(voice):
         make = _espeak if is_espeak(voice) else _festival
         phones, words = make(text, voice.split(":", 1)[1], wav)
-        labels.write_text(
-            json.dumps(
-                {
-                    "version": LABELS_VERSION,
-                    "text": text,
-                    "voice": voice,
-                    "phones": [list(_p(p)) for p in phones],
-                    "words": [[w.text, w.start, w.end] for w in words],
-                }
-            )
-        )
+        _write_labels(labels, text, voice, phones, words)
     else:
         flite = find_flite()
         # Write to a private name first so that concurrent runs never read a half-written file.
@@ -414,16 +404,7 @@ def synthesize(text: str, voice: str, cache_dir: Path | None = None) -> Utteranc
             raise RuntimeError(f"flite failed for voice {voice!r}: {proc.stderr.strip() or proc.returncode}")
         phones = parse_psdur(proc.stdout)
         tmp_wav.replace(wav)
-        labels.write_text(
-            json.dumps(
-                {
-                    "version": LABELS_VERSION,
-                    "text": text,
-                    "voice": voice,
-                    "phones": [list(_p(p)) for p in phones],
-                }
-            )
-        )
+        _write_labels(labels, text, voice, phones, ())
     rate = sf.info(str(wav)).samplerate
     return Utterance(
         uid=f"{voice}:{key[:6]}",
@@ -511,8 +492,17 @@ def _festival(text: str, voice: str, wav: Path) -> tuple[tuple[Phone, ...], tupl
     return phones, parse_festival_words(proc.stdout)
 
 
-def _p(p: Phone) -> tuple[str, float, float]:
-    return (p.phone, p.start, p.end)
+def _write_labels(
+    path: Path, text: str, voice: str, phones: tuple[Phone, ...], words: tuple[Word, ...]
+) -> None:
+    record = {
+        "version": LABELS_VERSION,
+        "text": text,
+        "voice": voice,
+        "phones": [[p.phone, p.start, p.end] for p in phones],
+        "words": [[w.text, w.start, w.end] for w in words],
+    }
+    path.write_text(json.dumps(record))
 
 
 def build_corpus(
